@@ -1,0 +1,278 @@
+//! Segment files: the append-only files that hold the chain.
+//!
+//! A segment is named `segment-<first height, 20 decimal digits>.chain` and starts with a
+//! 40-byte header, followed by records back to back:
+//!
+//! ```text
+//! header  0   8   magic "OPDBSEG\0"
+//!         8   4   format version, u32 LE = 1
+//!         12  4   reserved, zero
+//!         16  8   height of the first record, u64 LE
+//!         24  16  chain id (random, fixed at genesis; the same in every segment)
+//! record  0   4   body length N, u32 LE
+//!         4   4   N xor 0xFFFF_FFFF (a damaged length is corruption, never a torn tail)
+//!         8   N   the block's canonical encoding (see `block.rs`)
+//!         8+N 32  SHA-256 of the encoding
+//!         40+N 4  end marker "BLK\n"
+//! ```
+//! A crash can leave the newest records of the newest segment incomplete or zero-filled; they
+//! were never acknowledged (acks follow fdatasync) and recovery cuts them. Anything else that
+//! does not check out is corruption and is reported with the height it concerns.
+
+use super::block::{Block, Hash};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"OPDBSEG\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 40;
+pub const RECORD_HEAD_LEN: usize = 8;
+pub const RECORD_TAIL_LEN: usize = 36;
+pub const END_MARKER: &[u8; 4] = b"BLK\n";
+/// A block encoding larger than this is not a record but damage (it bounds what a reader
+/// allocates for a length it has not yet checked against the file size).
+pub const MAX_BODY_LEN: usize = 64 * 1024 * 1024;
+
+pub type ChainId = [u8; 16];
+
+/// File name of the segment whose first record has `first_height`.
+pub fn file_name(first_height: u64) -> String {
+    format!("segment-{first_height:020}.chain")
+}
+
+/// The first height encoded in a segment file name, if it is one.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("segment-")?.strip_suffix(".chain")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The segment files of a chain directory, ordered by first height.
+pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(first) = entry.file_name().to_str().and_then(parse_file_name) {
+            found.push((first, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+pub fn encode_header(first_height: u64, chain_id: &ChainId) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&first_height.to_le_bytes());
+    header[24..40].copy_from_slice(chain_id);
+    header
+}
+
+/// Checks every byte of a segment header; returns the chain id it names.
+pub fn check_header(bytes: &[u8], first_height: u64) -> Result<ChainId, String> {
+    if bytes.len() < HEADER_LEN {
+        return Err(format!("header is {} bytes, expected {HEADER_LEN}", bytes.len()));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err("not a segment file (bad magic)".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported format version {version}"));
+    }
+    if bytes[12..16] != [0; 4] {
+        return Err("reserved header bytes are not zero".into());
+    }
+    let stored_first = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if stored_first != first_height {
+        return Err(format!(
+            "header says first height {stored_first}, file name says {first_height}"
+        ));
+    }
+    Ok(bytes[24..40].try_into().expect("16 bytes"))
+}
+
+/// Appends the record for `block` (whose encoding is `encoding`) to `out`.
+pub fn encode_record(block: &Block, out: &mut Vec<u8>) {
+    let len = block.encoded_len() as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(len ^ u32::MAX).to_le_bytes());
+    let start = out.len();
+    block.encode_into(out);
+    debug_assert_eq!(out.len() - start, len as usize);
+    out.extend_from_slice(&block.hash);
+    out.extend_from_slice(END_MARKER);
+}
+
+/// Total size on disk of the record of a block whose encoding is `body_len` bytes.
+pub fn record_len(body_len: usize) -> usize {
+    RECORD_HEAD_LEN + body_len + RECORD_TAIL_LEN
+}
+
+/// What the bytes at one position of a segment turned out to be.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A complete record whose stored hash matches its content.
+    Record { block: Block, len: usize },
+    /// The record (or what is left of it) is incomplete or zero-filled: a torn write.
+    Torn,
+    /// Bytes that cannot be a torn write and are not a valid record.
+    Damaged(String),
+}
+
+/// Where the run of zero bytes that ends `bytes` starts (`bytes.len()` when it ends non-zero).
+pub fn trailing_zeros_start(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1)
+}
+
+/// Parses the record at the start of `bytes`, which runs to the end of the file; from
+/// `zeros_from` on, `bytes` holds only zeros (see [`trailing_zeros_start`]).
+///
+/// A record is torn when the file ends inside it, or when everything from inside it to the end
+/// of the file is zero and that zero run covers at least its whole trailer (36 bytes, four of
+/// them a non-zero marker: no single damaged byte can fake it).
+pub fn parse_record(bytes: &[u8], zeros_from: usize) -> Parsed {
+    if bytes.len() < RECORD_HEAD_LEN {
+        return Parsed::Torn;
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let check = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if check != len ^ u32::MAX || len as usize > MAX_BODY_LEN {
+        return if zeros_from < RECORD_HEAD_LEN {
+            Parsed::Torn
+        } else {
+            Parsed::Damaged("record length field is damaged".into())
+        };
+    }
+    let body_len = len as usize;
+    let total = record_len(body_len);
+    if bytes.len() < total {
+        return Parsed::Torn;
+    }
+    if zeros_from <= total - RECORD_TAIL_LEN {
+        return Parsed::Torn;
+    }
+    parse_complete(&bytes[..total])
+}
+
+/// Parses exactly one complete record (a record the index points at, or one the scan found
+/// whole): any mismatch is damage.
+pub fn parse_complete(bytes: &[u8]) -> Parsed {
+    if bytes.len() < RECORD_HEAD_LEN + RECORD_TAIL_LEN {
+        return Parsed::Damaged(format!("record of {} bytes is too short", bytes.len()));
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let check = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if check != len ^ u32::MAX || record_len(len as usize) != bytes.len() {
+        return Parsed::Damaged("record length field is damaged".into());
+    }
+    let body_end = RECORD_HEAD_LEN + len as usize;
+    let body = &bytes[RECORD_HEAD_LEN..body_end];
+    let tail = &bytes[body_end..];
+    if &tail[32..] != END_MARKER {
+        return Parsed::Damaged("record end marker is damaged".into());
+    }
+    let block = match Block::decode(body) {
+        Ok(block) => block,
+        Err(err) => return Parsed::Damaged(format!("block does not decode: {err}")),
+    };
+    let stored: Hash = tail[..32].try_into().expect("32 bytes");
+    if block.hash != stored {
+        return Parsed::Damaged(format!(
+            "content hashes to {} but the record says {}",
+            hex::encode(block.hash),
+            hex::encode(stored)
+        ));
+    }
+    Parsed::Record {
+        block,
+        len: bytes.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::{Caller, ZERO_HASH};
+
+    fn record() -> (Block, Vec<u8>) {
+        let block = Block::new(
+            1,
+            5,
+            ZERO_HASH,
+            Caller::default(),
+            "network".into(),
+            "create".into(),
+            "{}".into(),
+        );
+        let mut bytes = Vec::new();
+        encode_record(&block, &mut bytes);
+        (block, bytes)
+    }
+
+    fn parse(bytes: &[u8]) -> Parsed {
+        parse_record(bytes, trailing_zeros_start(bytes))
+    }
+
+    #[test]
+    fn a_record_parses_back_to_its_block() {
+        let (block, bytes) = record();
+        match parse(&bytes) {
+            Parsed::Record { block: parsed, len } => {
+                assert_eq!(parsed, block);
+                assert_eq!(len, bytes.len());
+            }
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_prefix_is_torn() {
+        let (_, bytes) = record();
+        for len in 0..bytes.len() {
+            assert!(matches!(parse(&bytes[..len]), Parsed::Torn), "prefix {len}");
+        }
+    }
+
+    #[test]
+    fn zero_fill_covering_the_trailer_is_torn() {
+        let (_, bytes) = record();
+        for from in 0..=bytes.len() - RECORD_TAIL_LEN {
+            let mut zero_filled = bytes.clone();
+            zero_filled[from..].fill(0);
+            zero_filled.extend_from_slice(&[0; 100]);
+            assert!(matches!(parse(&zero_filled), Parsed::Torn), "zero-filled from {from}");
+        }
+    }
+
+    #[test]
+    fn every_single_flipped_byte_is_damage() {
+        let (_, bytes) = record();
+        for at in 0..bytes.len() {
+            for mask in [0x01, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[at] ^= mask;
+                assert!(
+                    matches!(parse(&bad), Parsed::Damaged(_)),
+                    "flip {mask:#x} at {at} not detected"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn data_after_a_zeroed_record_is_damage() {
+        let (_, bytes) = record();
+        let mut bad = vec![0; bytes.len()];
+        bad.extend_from_slice(&bytes);
+        assert!(matches!(parse(&bad), Parsed::Damaged(_)));
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        assert_eq!(parse_file_name(&file_name(42)), Some(42));
+        assert_eq!(parse_file_name("segment-42.chain"), None);
+        assert_eq!(parse_file_name("index"), None);
+    }
+}

@@ -1,0 +1,3 @@
+//! opdbus-blockchain: a tamper-evident, durable audit trail for op-dbus.
+
+pub mod chain;
