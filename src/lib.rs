@@ -1,3 +1,16 @@
 //! opdbus-blockchain: a tamper-evident, durable audit trail for op-dbus.
+//!
+//! The core (`chain`, `service`) is plain Rust on its own threads and knows nothing of D-Bus;
+//! `dbus` is the thin adapter that serves it as `org.opdbus.Blockchain`, and `daemon` wires
+//! everything together for the `opdbus-blockchaind` binary.
 
 pub mod chain;
+pub mod config;
+pub mod daemon;
+pub mod dbus;
+pub mod footprint;
+pub mod service;
+
+pub use chain::block::{Block, Caller};
+pub use footprint::PluginFootprint;
+pub use service::{OptimizedBlockchain, StreamingBlockchain};

@@ -267,7 +267,9 @@ pub fn parse_hash(text: &str) -> Option<Hash> {
 }
 
 fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
-    slice.try_into().expect("callers pass slices of exactly N bytes")
+    slice
+        .try_into()
+        .expect("callers pass slices of exactly N bytes")
 }
 
 #[cfg(test)]
@@ -302,13 +304,24 @@ mod tests {
     fn every_truncation_is_rejected() {
         let bytes = sample().encode();
         for len in 0..bytes.len() {
-            assert!(Block::decode(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
+            assert!(
+                Block::decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes accepted"
+            );
         }
     }
 
     #[test]
     fn unknown_caller_fields_round_trip_as_none() {
-        let block = Block::new(1, 2, ZERO_HASH, Caller::default(), "p".into(), "o".into(), "1".into());
+        let block = Block::new(
+            1,
+            2,
+            ZERO_HASH,
+            Caller::default(),
+            "p".into(),
+            "o".into(),
+            "1".into(),
+        );
         let decoded = Block::decode(&block.encode()).expect("valid encoding");
         assert_eq!(decoded.caller, Caller::default());
     }

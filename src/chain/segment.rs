@@ -72,7 +72,10 @@ pub fn encode_header(first_height: u64, chain_id: &ChainId) -> [u8; HEADER_LEN] 
 /// Checks every byte of a segment header; returns the chain id it names.
 pub fn check_header(bytes: &[u8], first_height: u64) -> Result<ChainId, String> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!("header is {} bytes, expected {HEADER_LEN}", bytes.len()));
+        return Err(format!(
+            "header is {} bytes, expected {HEADER_LEN}",
+            bytes.len()
+        ));
     }
     if &bytes[..8] != MAGIC {
         return Err("not a segment file (bad magic)".into());
@@ -123,7 +126,10 @@ pub enum Parsed {
 
 /// Where the run of zero bytes that ends `bytes` starts (`bytes.len()` when it ends non-zero).
 pub fn trailing_zeros_start(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1)
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1)
 }
 
 /// Parses the record at the start of `bytes`, which runs to the end of the file; from
@@ -242,7 +248,10 @@ mod tests {
             let mut zero_filled = bytes.clone();
             zero_filled[from..].fill(0);
             zero_filled.extend_from_slice(&[0; 100]);
-            assert!(matches!(parse(&zero_filled), Parsed::Torn), "zero-filled from {from}");
+            assert!(
+                matches!(parse(&zero_filled), Parsed::Torn),
+                "zero-filled from {from}"
+            );
         }
     }
 

@@ -1,0 +1,71 @@
+//! Errors of the chain layer.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// An I/O error that is not a full disk; `context` says what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The filesystem refused the write for lack of space. Nothing was committed; writes
+    /// succeed again once space is freed.
+    #[error("no space left on the chain's filesystem; nothing was written: {0}")]
+    NoSpace(String),
+    /// A flush to stable storage failed earlier. The store no longer knows what is durable, so
+    /// it refuses every write until the daemon restarts and recovers from disk.
+    #[error("storage failed earlier and is latched until restart: {0}")]
+    Latched(String),
+    /// Stored data does not check out; `height` is the first block concerned.
+    #[error("chain is corrupted at height {height}: {reason}")]
+    Corrupted { height: u64, reason: String },
+    /// Another process holds the chain directory.
+    #[error("chain directory {0} is in use by another process")]
+    InUse(PathBuf),
+    /// The footprint was refused before it reached the store.
+    #[error("{0}")]
+    InvalidFootprint(String),
+    /// The writer has shut down.
+    #[error("the chain writer has stopped")]
+    Closed,
+}
+
+impl ChainError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            return ChainError::NoSpace(format!("{}: {source}", context.into()));
+        }
+        ChainError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = ChainError> = std::result::Result<T, E>;
+
+impl ChainError {
+    /// The same error again, for answering every caller of a failed batch.
+    pub fn duplicate(&self) -> ChainError {
+        match self {
+            ChainError::Io { context, source } => ChainError::Io {
+                context: context.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            ChainError::NoSpace(m) => ChainError::NoSpace(m.clone()),
+            ChainError::Latched(m) => ChainError::Latched(m.clone()),
+            ChainError::Corrupted { height, reason } => ChainError::Corrupted {
+                height: *height,
+                reason: reason.clone(),
+            },
+            ChainError::InUse(p) => ChainError::InUse(p.clone()),
+            ChainError::InvalidFootprint(m) => ChainError::InvalidFootprint(m.clone()),
+            ChainError::Closed => ChainError::Closed,
+        }
+    }
+}

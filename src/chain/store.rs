@@ -1,0 +1,782 @@
+//! The segment store: opens (and on first use creates) a chain directory, recovers its tail,
+//! appends batches of blocks durably and reads blocks back by height or hash.
+//!
+//! Promises:
+//! - `ChainWriter::append` returns `Ok` only after every block of the batch is on stable storage
+//!   (`fdatasync` of the segment; a new segment is also recorded in its directory with `fsync`).
+//! - A failed write is rolled back to the last durable length and nothing of the batch becomes
+//!   visible. A failed `fdatasync` latches the store: every later append fails until a restart
+//!   recovers from disk, because after such a failure the kernel no longer tells which bytes are
+//!   durable.
+//! - Readers (`ChainReader`, any thread) see a block only once it is durable.
+//!
+//! The index file (`index`) maps height → (segment, offset, length) and hash → height. It is a
+//! start-up accelerator, written without sync after each commit: on open it is checked
+//! (structure, and its last entry against the segment) and rebuilt from the segments when it
+//! does not check out.
+
+use super::block::{Block, Caller, Hash, ZERO_HASH};
+use super::error::{ChainError, Result};
+use super::scan::{self, ScanEnd, ScanState, GENESIS_OPERATION, GENESIS_PLUGIN};
+use super::segment::{self, ChainId, Parsed, HEADER_LEN};
+use crate::footprint::PluginFootprint;
+use parking_lot::RwLock;
+use std::collections::hash_map::{Entry, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const INDEX_FILE: &str = "index";
+const LOCK_FILE: &str = "lock";
+const INDEX_MAGIC: &[u8; 8] = b"OPDBIDX\0";
+const INDEX_ENTRY_LEN: usize = 56;
+
+/// Tunables of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// A segment is sealed and a new one started once it would grow past this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What opening the store found and did.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// The chain was created by this open (genesis written).
+    pub created: bool,
+    /// Bytes of an incomplete, never acknowledged tail that were cut.
+    pub torn_bytes_cut: u64,
+    /// The index file did not check out and was rebuilt from the segments.
+    pub index_rebuilt: bool,
+    /// Blocks whose records were scanned and hash-checked during the open.
+    pub blocks_scanned: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    segment: u32,
+    len: u32,
+    offset: u64,
+}
+
+struct Segment {
+    first_height: u64,
+    file: File,
+}
+
+#[derive(Default)]
+struct Index {
+    locations: Vec<Location>,
+    hashes_by_prefix: HashMap<u64, u64>,
+    /// Heights whose hash prefix was already taken by another block (practically never used).
+    collisions: HashMap<Hash, u64>,
+    head_hash: Hash,
+    head_timestamp_ns: u64,
+}
+
+impl Index {
+    fn push(&mut self, location: Location, block: &Block) {
+        let height = self.locations.len() as u64;
+        debug_assert_eq!(height, block.height);
+        self.locations.push(location);
+        self.insert_hash(&block.hash, height);
+        self.head_timestamp_ns = block.timestamp_ns;
+    }
+
+    fn insert_hash(&mut self, hash: &Hash, height: u64) {
+        match self.hashes_by_prefix.entry(prefix(hash)) {
+            Entry::Vacant(slot) => {
+                slot.insert(height);
+            }
+            // The first holder keeps the prefix; a later block is found through its full hash.
+            Entry::Occupied(_) => {
+                self.collisions.insert(*hash, height);
+            }
+        }
+        self.head_hash = *hash;
+    }
+}
+
+fn prefix(hash: &Hash) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+struct Shared {
+    dir: PathBuf,
+    chain_id: ChainId,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    index: RwLock<Index>,
+}
+
+/// Reads durable blocks; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct ChainReader {
+    shared: Arc<Shared>,
+}
+
+/// Appends blocks; owned by the single writer thread.
+pub struct ChainWriter {
+    shared: Arc<Shared>,
+    options: StoreOptions,
+    active: File,
+    active_len: u64,
+    index_file: Option<File>,
+    latched: Option<String>,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Opens the chain in `dir` for writing, creating it (with its genesis block) when the
+/// directory holds no segment. Takes an exclusive lock on the directory.
+pub fn open(dir: &Path, options: StoreOptions) -> Result<(ChainWriter, ChainReader, Recovery)> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ChainError::io(format!("creating chain directory {}", dir.display()), e))?;
+    let lock = take_lock(dir)?;
+    let mut recovery = Recovery::default();
+    if segment::list(dir)
+        .map_err(|e| ChainError::io(format!("listing {}", dir.display()), e))?
+        .is_empty()
+    {
+        create_genesis(dir)?;
+        recovery.created = true;
+    }
+    let loaded = load(dir, true, &mut recovery)?;
+    let shared = loaded.shared;
+    let (active_first, active_path) = loaded.last_segment;
+    let active = OpenOptions::new()
+        .write(true)
+        .open(&active_path)
+        .map_err(|e| ChainError::io(format!("opening {}", active_path.display()), e))?;
+    if let Some(valid_len) = loaded.torn_from {
+        let file_len = active
+            .metadata()
+            .map_err(|e| ChainError::io("reading segment size", e))?
+            .len();
+        tracing::warn!(
+            segment = %active_path.display(),
+            cut_bytes = file_len - valid_len,
+            "cutting an incomplete record at the end of the chain (a write that was never acknowledged)"
+        );
+        active
+            .set_len(valid_len)
+            .and_then(|()| active.sync_all())
+            .map_err(|e| ChainError::io("cutting the torn tail", e))?;
+        recovery.torn_bytes_cut = file_len - valid_len;
+    }
+    let active_len = loaded.valid_len;
+    let index_file = rewrite_index(&shared, loaded.index_trusted);
+    let writer = ChainWriter {
+        shared: shared.clone(),
+        options,
+        active,
+        active_len,
+        index_file,
+        latched: None,
+        _lock: lock,
+    };
+    debug_assert_eq!(
+        shared.segments.read().last().map(|s| s.first_height),
+        Some(active_first)
+    );
+    Ok((writer, ChainReader { shared }, recovery))
+}
+
+/// Opens the chain in `dir` for reading only: no lock, no tail cut, no index written. A torn
+/// tail is left on disk and simply not shown.
+pub fn open_read_only(dir: &Path) -> Result<ChainReader> {
+    let mut recovery = Recovery::default();
+    let loaded = load(dir, false, &mut recovery)?;
+    Ok(ChainReader {
+        shared: loaded.shared,
+    })
+}
+
+fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| ChainError::io(format!("opening lock file {}", path.display()), e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| ChainError::InUse(dir.to_path_buf()))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The genesis block's data: format version, chain id and creation time.
+pub fn genesis_data(chain_id: &ChainId, created_ns: u64) -> String {
+    format!(
+        r#"{{"format_version":{},"chain_id":"{}","created_ns":{created_ns}}}"#,
+        segment::FORMAT_VERSION,
+        hex::encode(chain_id)
+    )
+}
+
+fn create_genesis(dir: &Path) -> Result<()> {
+    let mut chain_id: ChainId = [0; 16];
+    getrandom::getrandom(&mut chain_id)
+        .map_err(|e| ChainError::io("drawing a chain id", std::io::Error::other(e.to_string())))?;
+    let created = now_ns();
+    let genesis = Block::new(
+        0,
+        created,
+        ZERO_HASH,
+        Caller::this_process(),
+        GENESIS_PLUGIN.into(),
+        GENESIS_OPERATION.into(),
+        genesis_data(&chain_id, created),
+    );
+    let mut bytes = segment::encode_header(0, &chain_id).to_vec();
+    segment::encode_record(&genesis, &mut bytes);
+    let path = dir.join(segment::file_name(0));
+    let tmp = dir.join(format!(".{}.new", segment::file_name(0)));
+    let write = || -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)?;
+        file.write_all_at(&bytes, 0)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(dir)
+    };
+    write().map_err(|e| ChainError::io(format!("creating the chain in {}", dir.display()), e))?;
+    tracing::info!(chain_id = %hex::encode(chain_id), dir = %dir.display(), "created a new chain");
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+struct Loaded {
+    shared: Arc<Shared>,
+    last_segment: (u64, PathBuf),
+    /// Length of the last segment up to its last valid record.
+    valid_len: u64,
+    /// Set when bytes after `valid_len` are a torn tail.
+    torn_from: Option<u64>,
+    /// Number of leading index-file entries that were found valid.
+    index_trusted: usize,
+}
+
+fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
+    let mut listed =
+        segment::list(dir).map_err(|e| ChainError::io(format!("listing {}", dir.display()), e))?;
+    if listed.is_empty() {
+        return Err(ChainError::io(
+            format!("no chain in {}", dir.display()),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(listed.len());
+    let mut chain_id: Option<ChainId> = None;
+    let last = listed.len() - 1;
+    for (i, (first, path)) in listed.clone().into_iter().enumerate() {
+        let mut file = File::open(&path)
+            .map_err(|e| ChainError::io(format!("opening {}", path.display()), e))?;
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        (&mut file)
+            .take(HEADER_LEN as u64)
+            .read_to_end(&mut header)
+            .map_err(|e| ChainError::io(format!("reading {}", path.display()), e))?;
+        match segment::check_header(&header, first) {
+            Ok(id) => {
+                if let Some(expected) = chain_id {
+                    if id != expected {
+                        return Err(ChainError::Corrupted {
+                            height: first,
+                            reason: format!("{} belongs to another chain", path.display()),
+                        });
+                    }
+                }
+                chain_id = Some(id);
+            }
+            Err(reason) => {
+                let expected = chain_id.map(|id| segment::encode_header(first, &id));
+                let z = segment::trailing_zeros_start(&header);
+                let torn_creation = i == last
+                    && i > 0
+                    && expected
+                        .is_some_and(|e| header.len() <= HEADER_LEN && header[..z] == e[..z]);
+                if torn_creation {
+                    // A segment whose creation crashed before its header was durable.
+                    if writable {
+                        tracing::warn!(segment = %path.display(), "removing a segment whose creation did not complete");
+                        std::fs::remove_file(&path)
+                            .and_then(|()| sync_dir(dir))
+                            .map_err(|e| ChainError::io("removing an incomplete segment", e))?;
+                    }
+                    listed.pop();
+                    break;
+                }
+                return Err(ChainError::Corrupted {
+                    height: first,
+                    reason: format!("segment {}: {reason}", path.display()),
+                });
+            }
+        }
+        segments.push(Arc::new(Segment {
+            first_height: first,
+            file,
+        }));
+    }
+    let chain_id = chain_id.expect("at least one segment was read");
+    if segments[0].first_height != 0 {
+        return Err(ChainError::Corrupted {
+            height: 0,
+            reason: "the first segment does not start at height 0".into(),
+        });
+    }
+
+    let mut index = Index::default();
+    let mut index_trusted = 0;
+    match load_index(dir, &chain_id, &segments) {
+        Ok(entries) => {
+            for (hash, location) in &entries {
+                index.locations.push(*location);
+                index.insert_hash(hash, index.locations.len() as u64 - 1);
+            }
+            index_trusted = entries.len();
+        }
+        Err(reason) => {
+            if dir.join(INDEX_FILE).exists() {
+                tracing::warn!(%reason, "the index does not check out; rebuilding it from the segments");
+            }
+            recovery.index_rebuilt = true;
+        }
+    }
+
+    // Scan what the index does not cover: every record is hash-checked and linked.
+    let (mut seg_i, mut offset) = match index.locations.last() {
+        Some(loc) => (loc.segment as usize, loc.offset + loc.len as u64),
+        None => (0, HEADER_LEN as u64),
+    };
+    if let Some(loc) = index.locations.last() {
+        // The head's timestamp is needed to keep time monotonic; read it from the record.
+        let block = read_record(
+            &segments[loc.segment as usize],
+            loc,
+            index.locations.len() as u64 - 1,
+        )?;
+        index.head_timestamp_ns = block.timestamp_ns;
+    }
+    let valid_len;
+    let mut torn_from = None;
+    loop {
+        let seg = &segments[seg_i];
+        let expected = index.locations.len() as u64;
+        if offset == HEADER_LEN as u64 && seg.first_height != expected {
+            return Err(ChainError::Corrupted {
+                height: expected.min(seg.first_height),
+                reason: format!(
+                    "segment {} starts at height {} but the chain before it ends at height {}",
+                    segment::file_name(seg.first_height),
+                    seg.first_height,
+                    expected as i64 - 1
+                ),
+            });
+        }
+        let mut bytes = Vec::new();
+        let mut file = &seg.file;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
+            .and_then(|_| file.read_to_end(&mut bytes))
+            .map_err(|e| ChainError::io("reading a segment", e))?;
+        let is_last = seg_i == segments.len() - 1;
+        let mut state = ScanState {
+            chain_id,
+            next_height: expected,
+            prev_hash: index.head_hash,
+        };
+        let end = scan::scan_records(&bytes, is_last, &mut state, |block, at, len| {
+            let location = Location {
+                segment: seg_i as u32,
+                len: len as u32,
+                offset: offset + at as u64,
+            };
+            index.push(location, block);
+            recovery.blocks_scanned += 1;
+        })?;
+        let at = match end {
+            ScanEnd::Clean => bytes.len(),
+            ScanEnd::Torn(at) => {
+                torn_from = Some(offset + at as u64);
+                at
+            }
+        };
+        if is_last {
+            valid_len = offset + at as u64;
+            break;
+        }
+        seg_i += 1;
+        offset = HEADER_LEN as u64;
+    }
+    let last_segment = listed.pop().expect("at least one segment");
+    Ok(Loaded {
+        shared: Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            chain_id,
+            segments: RwLock::new(segments),
+            index: RwLock::new(index),
+        }),
+        last_segment,
+        valid_len,
+        torn_from,
+        index_trusted,
+    })
+}
+
+/// Reads and checks the index file; `Err` says why it cannot be trusted.
+fn load_index(
+    dir: &Path,
+    chain_id: &ChainId,
+    segments: &[Arc<Segment>],
+) -> std::result::Result<Vec<(Hash, Location)>, String> {
+    let bytes = std::fs::read(dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
+    if bytes.len() < HEADER_LEN || &bytes[..8] != INDEX_MAGIC || bytes[24..40] != chain_id[..] {
+        return Err("bad index header".into());
+    }
+    let mut entries = Vec::with_capacity((bytes.len() - HEADER_LEN) / INDEX_ENTRY_LEN);
+    let mut seg_i = 0usize;
+    let mut next_offset = HEADER_LEN as u64;
+    for (height, raw) in bytes[HEADER_LEN..]
+        .chunks_exact(INDEX_ENTRY_LEN)
+        .enumerate()
+    {
+        let height = height as u64;
+        let hash: Hash = raw[..32].try_into().expect("32 bytes");
+        let first = u64::from_le_bytes(raw[32..40].try_into().expect("8 bytes"));
+        let offset = u64::from_le_bytes(raw[40..48].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(raw[48..52].try_into().expect("4 bytes"));
+        if first != segments[seg_i].first_height {
+            seg_i += 1;
+            next_offset = HEADER_LEN as u64;
+            if segments.get(seg_i).map(|s| s.first_height) != Some(first) || first != height {
+                return Err(format!("entry {height} names an unexpected segment"));
+            }
+        }
+        if offset != next_offset || (len as usize) < segment::record_len(0) {
+            return Err(format!(
+                "entry {height} is not contiguous with the one before"
+            ));
+        }
+        next_offset = offset + len as u64;
+        entries.push((
+            hash,
+            Location {
+                segment: seg_i as u32,
+                len,
+                offset,
+            },
+        ));
+    }
+    if let Some((hash, location)) = entries.last() {
+        let height = entries.len() as u64 - 1;
+        let block = read_record(&segments[location.segment as usize], location, height)
+            .map_err(|e| e.to_string())?;
+        if &block.hash != hash {
+            return Err(format!("entry {height} does not match its record"));
+        }
+    }
+    Ok(entries)
+}
+
+/// Writes the index file anew past its first `trusted` entries; the index is an accelerator,
+/// so failing here is a warning, never an error.
+fn rewrite_index(shared: &Shared, trusted: usize) -> Option<File> {
+    let path = shared.dir.join(INDEX_FILE);
+    let result = (|| -> std::io::Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(&path)?;
+        let mut header = segment::encode_header(0, &shared.chain_id);
+        header[..8].copy_from_slice(INDEX_MAGIC);
+        file.write_all_at(&header, 0)?;
+        file.set_len((HEADER_LEN + trusted * INDEX_ENTRY_LEN) as u64)?;
+        let index = shared.index.read();
+        let segments = shared.segments.read();
+        let mut buf = Vec::new();
+        for height in trusted..index.locations.len() {
+            let location = index.locations[height];
+            let block = read_record(
+                &segments[location.segment as usize],
+                &location,
+                height as u64,
+            )
+            .map_err(std::io::Error::other)?;
+            encode_index_entry(
+                &block.hash,
+                segments[location.segment as usize].first_height,
+                &location,
+                &mut buf,
+            );
+        }
+        file.write_all_at(&buf, (HEADER_LEN + trusted * INDEX_ENTRY_LEN) as u64)?;
+        Ok(file)
+    })();
+    match result {
+        Ok(file) => Some(file),
+        Err(err) => {
+            tracing::warn!(%err, path = %path.display(), "cannot write the index; start-up will scan the segments");
+            None
+        }
+    }
+}
+
+fn encode_index_entry(hash: &Hash, segment_first: u64, location: &Location, out: &mut Vec<u8>) {
+    out.extend_from_slice(hash);
+    out.extend_from_slice(&segment_first.to_le_bytes());
+    out.extend_from_slice(&location.offset.to_le_bytes());
+    out.extend_from_slice(&location.len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+}
+
+fn read_record(segment: &Segment, location: &Location, height: u64) -> Result<Block> {
+    let mut buf = vec![0u8; location.len as usize];
+    segment
+        .file
+        .read_exact_at(&mut buf, location.offset)
+        .map_err(|e| ChainError::Corrupted {
+            height,
+            reason: format!("cannot read its record: {e}"),
+        })?;
+    match segment::parse_complete(&buf) {
+        Parsed::Record { block, .. } if block.height == height => Ok(block),
+        Parsed::Record { block, .. } => Err(ChainError::Corrupted {
+            height,
+            reason: format!("record holds height {}", block.height),
+        }),
+        Parsed::Damaged(reason) => Err(ChainError::Corrupted { height, reason }),
+        Parsed::Torn => Err(ChainError::Corrupted {
+            height,
+            reason: "its record is incomplete".into(),
+        }),
+    }
+}
+
+impl ChainReader {
+    /// Height and hash of the newest durable block.
+    pub fn head(&self) -> (u64, Hash) {
+        let index = self.shared.index.read();
+        (index.locations.len() as u64 - 1, index.head_hash)
+    }
+
+    /// The random id fixed at genesis.
+    pub fn chain_id(&self) -> ChainId {
+        self.shared.chain_id
+    }
+
+    /// The chain directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The block at `height`, read from its segment and hash-checked; `None` past the head.
+    pub fn block_at(&self, height: u64) -> Result<Option<Block>> {
+        let (segment, location) = {
+            let index = self.shared.index.read();
+            let Some(location) = index.locations.get(height as usize).copied() else {
+                return Ok(None);
+            };
+            (
+                self.shared.segments.read()[location.segment as usize].clone(),
+                location,
+            )
+        };
+        read_record(&segment, &location, height).map(Some)
+    }
+
+    /// The height of the block with `hash`, if the chain holds it.
+    pub fn height_of(&self, hash: &Hash) -> Option<u64> {
+        let index = self.shared.index.read();
+        index
+            .collisions
+            .get(hash)
+            .or_else(|| index.hashes_by_prefix.get(&prefix(hash)))
+            .copied()
+    }
+
+    /// The block with `hash`, hash-checked; `None` when the chain holds no such block.
+    pub fn block_by_hash(&self, hash: &Hash) -> Result<Option<Block>> {
+        let Some(height) = self.height_of(hash) else {
+            return Ok(None);
+        };
+        match self.block_at(height)? {
+            Some(block) if &block.hash == hash => Ok(Some(block)),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl ChainWriter {
+    /// Appends one block per footprint, in order, and returns them once they are durable.
+    /// On error nothing of the batch is visible and the chain is as before.
+    pub fn append(&mut self, items: &[(PluginFootprint, Caller)]) -> Result<Vec<Block>> {
+        if let Some(reason) = &self.latched {
+            return Err(ChainError::Latched(reason.clone()));
+        }
+        let (head_height, mut prev_hash, mut timestamp) = {
+            let index = self.shared.index.read();
+            (
+                index.locations.len() as u64 - 1,
+                index.head_hash,
+                index.head_timestamp_ns,
+            )
+        };
+        let estimate: u64 = items
+            .iter()
+            .map(|(f, c)| {
+                (f.data_json().len()
+                    + f.plugin_id.len()
+                    + f.operation.len()
+                    + c.bus_name.len()
+                    + c.unit.len()
+                    + 200) as u64
+            })
+            .sum();
+        if self.active_len > HEADER_LEN as u64
+            && self.active_len + estimate > self.options.segment_bytes
+        {
+            self.rotate(head_height + 1)?;
+        }
+        let mut buf = Vec::with_capacity(estimate as usize);
+        let mut blocks = Vec::with_capacity(items.len());
+        let mut lengths = Vec::with_capacity(items.len());
+        for (i, (footprint, caller)) in items.iter().enumerate() {
+            // Time never runs backwards along the chain, even when the clock does.
+            timestamp = timestamp.max(now_ns());
+            let block = Block::new(
+                head_height + 1 + i as u64,
+                timestamp,
+                prev_hash,
+                caller.clone(),
+                footprint.plugin_id.clone(),
+                footprint.operation.clone(),
+                footprint.data_json().to_owned(),
+            );
+            let before = buf.len();
+            segment::encode_record(&block, &mut buf);
+            lengths.push((buf.len() - before) as u32);
+            prev_hash = block.hash;
+            blocks.push(block);
+        }
+        if let Err(err) = self.active.write_all_at(&buf, self.active_len) {
+            self.roll_back();
+            return Err(ChainError::io("appending to the segment", err));
+        }
+        if let Err(err) = self.active.sync_data() {
+            let reason = format!("fdatasync of the segment failed: {err}");
+            tracing::error!(%reason, "latching the store: no more writes until restart");
+            self.latched = Some(reason.clone());
+            return Err(ChainError::Latched(reason));
+        }
+        self.publish(&blocks, &lengths);
+        Ok(blocks)
+    }
+
+    /// Why the store refuses writes, if it does.
+    pub fn latched(&self) -> Option<&str> {
+        self.latched.as_deref()
+    }
+
+    fn roll_back(&mut self) {
+        if let Err(err) = self.active.set_len(self.active_len) {
+            let reason = format!("could not roll back a failed write: {err}");
+            tracing::error!(%reason, "latching the store: no more writes until restart");
+            self.latched = Some(reason);
+        }
+    }
+
+    fn publish(&mut self, blocks: &[Block], lengths: &[u32]) {
+        let segment = self.shared.segments.read().len() as u32 - 1;
+        let segment_first = self.shared.segments.read()[segment as usize].first_height;
+        let index_start = (HEADER_LEN + blocks[0].height as usize * INDEX_ENTRY_LEN) as u64;
+        let mut entries = Vec::with_capacity(blocks.len() * INDEX_ENTRY_LEN);
+        {
+            let mut index = self.shared.index.write();
+            for (block, &len) in blocks.iter().zip(lengths) {
+                let location = Location {
+                    segment,
+                    len,
+                    offset: self.active_len,
+                };
+                self.active_len += len as u64;
+                index.push(location, block);
+                encode_index_entry(&block.hash, segment_first, &location, &mut entries);
+            }
+        }
+        if let Some(file) = &self.index_file {
+            if let Err(err) = file.write_all_at(&entries, index_start) {
+                tracing::warn!(%err, "cannot extend the index; it will be rebuilt at the next start");
+                self.index_file = None;
+            }
+        }
+    }
+
+    /// Seals the active segment and starts a new one whose first block is `first_height`.
+    fn rotate(&mut self, first_height: u64) -> Result<()> {
+        let dir = self.shared.dir.clone();
+        let path = dir.join(segment::file_name(first_height));
+        let header = segment::encode_header(first_height, &self.shared.chain_id);
+        let create = || -> std::io::Result<File> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(&path)?;
+            file.write_all_at(&header, 0)?;
+            file.sync_data()?;
+            sync_dir(&dir)?;
+            Ok(file)
+        };
+        let file = match create() {
+            Ok(file) => file,
+            Err(err) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(ChainError::io(
+                    format!("starting segment {}", path.display()),
+                    err,
+                ));
+            }
+        };
+        let reader = File::open(&path)
+            .map_err(|e| ChainError::io(format!("opening {}", path.display()), e))?;
+        self.shared.segments.write().push(Arc::new(Segment {
+            first_height,
+            file: reader,
+        }));
+        self.active = file;
+        self.active_len = HEADER_LEN as u64;
+        Ok(())
+    }
+
+    /// A reader of this chain.
+    pub fn reader(&self) -> ChainReader {
+        ChainReader {
+            shared: self.shared.clone(),
+        }
+    }
+}

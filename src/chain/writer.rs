@@ -1,0 +1,246 @@
+//! Group commit: the single writer thread that owns the `ChainWriter`.
+//!
+//! Callers queue footprints; the thread takes everything queued (up to a bound), appends it as
+//! one batch with one `fdatasync`, and only then answers each caller. Footprints that arrive
+//! while a sync runs form the next batch, so throughput grows with concurrency while every
+//! caller still waits for its own durable acknowledgement.
+
+use super::block::{Block, Caller, Hash};
+use super::error::{ChainError, Result};
+use super::store::ChainWriter;
+use crate::footprint::PluginFootprint;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most footprints committed by one `fdatasync`.
+const MAX_BATCH: usize = 4096;
+/// Queue bound: senders wait (asynchronously) when the writer is this far behind.
+const QUEUE_LEN: usize = 16 * 1024;
+
+type Reply = oneshot::Sender<Result<Block>>;
+
+enum Command {
+    Write {
+        footprint: PluginFootprint,
+        caller: Caller,
+        reply: Option<Reply>,
+    },
+    /// Stop at a block boundary: report the head, then wait until `resume` fires or drops.
+    Pause {
+        paused: oneshot::Sender<(u64, Hash)>,
+        resume: std::sync::mpsc::Receiver<()>,
+    },
+    Shutdown,
+}
+
+/// Counters of the writer, readable at any time.
+#[derive(Debug, Default)]
+pub struct CommitCounters {
+    /// Batches committed (one `fdatasync` each).
+    pub batches: AtomicU64,
+    /// Blocks committed.
+    pub blocks: AtomicU64,
+    /// Footprints that failed to commit.
+    pub failed: AtomicU64,
+}
+
+/// Called on the writer thread with each committed batch, after the callers were answered.
+pub type CommitHook = Box<CommitFn>;
+type CommitFn = dyn Fn(&[Block]) + Send;
+
+/// Handle to the writer thread.
+pub struct GroupCommit {
+    tx: mpsc::Sender<Command>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Arc<CommitCounters>,
+}
+
+impl GroupCommit {
+    /// Starts the writer thread. `on_start` runs first on that thread (CPU and memory binding);
+    /// `on_commit` runs after every committed batch.
+    pub fn start(
+        mut writer: ChainWriter,
+        on_start: impl FnOnce() + Send + 'static,
+        on_commit: Option<CommitHook>,
+    ) -> std::io::Result<GroupCommit> {
+        let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
+        let counters = Arc::new(CommitCounters::default());
+        let thread_counters = counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("chain-writer".into())
+            .spawn(move || {
+                on_start();
+                run(&mut writer, &mut rx, &thread_counters, on_commit.as_deref());
+            })?;
+        Ok(GroupCommit {
+            tx,
+            thread: parking_lot::Mutex::new(Some(thread)),
+            counters,
+        })
+    }
+
+    /// Queues a footprint and waits until its block is durable.
+    pub async fn commit(&self, footprint: PluginFootprint, caller: Caller) -> Result<Block> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Write {
+                footprint,
+                caller,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| ChainError::Closed)?;
+        answer.await.map_err(|_| ChainError::Closed)?
+    }
+
+    /// Queues a footprint without waiting for it (the streaming receiver's path); waits only
+    /// while the queue is full.
+    pub async fn enqueue(&self, footprint: PluginFootprint, caller: Caller) -> Result<()> {
+        self.tx
+            .send(Command::Write {
+                footprint,
+                caller,
+                reply: None,
+            })
+            .await
+            .map_err(|_| ChainError::Closed)
+    }
+
+    /// Stops the writer at a block boundary and returns the head there; writing resumes when
+    /// the returned guard is dropped. Footprints queue up meanwhile.
+    pub async fn pause(&self) -> Result<((u64, Hash), PauseGuard)> {
+        let (paused, at) = oneshot::channel();
+        let (resume, resume_rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Command::Pause {
+                paused,
+                resume: resume_rx,
+            })
+            .await
+            .map_err(|_| ChainError::Closed)?;
+        let head = at.await.map_err(|_| ChainError::Closed)?;
+        Ok((head, PauseGuard { _resume: resume }))
+    }
+
+    /// Commits everything queued so far, then stops the thread and waits for it.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    pub fn counters(&self) -> &CommitCounters {
+        &self.counters
+    }
+}
+
+/// Keeps the writer paused while alive.
+pub struct PauseGuard {
+    _resume: std::sync::mpsc::Sender<()>,
+}
+
+fn run(
+    writer: &mut ChainWriter,
+    rx: &mut mpsc::Receiver<Command>,
+    counters: &CommitCounters,
+    on_commit: Option<&CommitFn>,
+) {
+    let mut held: Option<Command> = None;
+    let mut entries = Vec::new();
+    let mut replies = Vec::new();
+    loop {
+        let Some(command) = held.take().or_else(|| rx.blocking_recv()) else {
+            break;
+        };
+        match command {
+            Command::Write {
+                footprint,
+                caller,
+                reply,
+            } => {
+                entries.push((footprint, caller));
+                replies.push(reply);
+                while entries.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Command::Write {
+                            footprint,
+                            caller,
+                            reply,
+                        }) => {
+                            entries.push((footprint, caller));
+                            replies.push(reply);
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_batch(writer, &mut entries, &mut replies, counters, on_commit);
+            }
+            Command::Pause { paused, resume } => {
+                let head = writer.reader().head();
+                if paused.send(head).is_ok() {
+                    // Returns when the guard is dropped (its sender hangs up).
+                    let _ = resume.recv();
+                }
+            }
+            Command::Shutdown => break,
+        }
+    }
+    rx.close();
+    tracing::debug!("chain writer stopped");
+}
+
+fn commit_batch(
+    writer: &mut ChainWriter,
+    entries: &mut Vec<(PluginFootprint, Caller)>,
+    replies: &mut Vec<Option<Reply>>,
+    counters: &CommitCounters,
+    on_commit: Option<&CommitFn>,
+) {
+    match writer.append(entries) {
+        Ok(blocks) => {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters
+                .blocks
+                .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+            for (block, reply) in blocks.iter().zip(replies.drain(..)) {
+                if let Some(reply) = reply {
+                    // A caller that gave up still has its block committed.
+                    let _ = reply.send(Ok(block.clone()));
+                }
+            }
+            if let Some(hook) = on_commit {
+                hook(&blocks);
+            }
+        }
+        Err(err) => {
+            counters
+                .failed
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            tracing::warn!(%err, footprints = entries.len(), "a batch failed to commit");
+            let mut unanswered = 0;
+            for reply in replies.drain(..) {
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(err.duplicate()));
+                    }
+                    None => unanswered += 1,
+                }
+            }
+            if unanswered > 0 {
+                tracing::error!(
+                    lost = unanswered,
+                    %err,
+                    "streamed footprints could not be committed and are dropped"
+                );
+            }
+        }
+    }
+    entries.clear();
+}

@@ -1,0 +1,278 @@
+//! The daemon's configuration: one typed struct, built once at start-up from
+//! defaults ← config file ← environment (`OPDBUS_*`) ← command-line flags, and validated with
+//! errors that name the bad key and what it accepts.
+//!
+//! The config file has the format of the environment file systemd reads
+//! (`/etc/default/opdbus-blockchain`): `KEY=VALUE` lines, `#` comments, optional quotes.
+
+use crate::footprint::DEFAULT_MAX_DATA_BYTES;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Which bus the daemon serves on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusChoice {
+    System,
+    Session,
+    /// A D-Bus address such as `unix:path=/run/test/bus`.
+    Address(String),
+}
+
+impl std::str::FromStr for BusChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "system" => Ok(BusChoice::System),
+            "session" => Ok(BusChoice::Session),
+            "" => Err("empty bus; use system, session or a D-Bus address like unix:path=/run/bus".into()),
+            address if address.contains(':') => Ok(BusChoice::Address(address.to_owned())),
+            other => Err(format!(
+                "'{other}' is not a bus; use system, session or a D-Bus address like unix:path=/run/bus"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BusChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusChoice::System => f.write_str("system"),
+            BusChoice::Session => f.write_str("session"),
+            BusChoice::Address(address) => f.write_str(address),
+        }
+    }
+}
+
+/// Everything the daemon can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bus: BusChoice,
+    /// `OPDBUS_BLOCKCHAIN_DIR`
+    pub chain_dir: PathBuf,
+    /// `OPDBUS_CACHE_DIR`
+    pub cache_dir: PathBuf,
+    /// `OPDBUS_MAX_DATA_BYTES`: largest footprint data JSON accepted.
+    pub max_data_bytes: usize,
+    /// `OPDBUS_SEGMENT_BYTES`: size at which a segment file is sealed.
+    pub segment_bytes: u64,
+    /// `OPDBUS_WRITER_UIDS`: uids besides root (and the daemon's own) allowed to write.
+    pub writer_uids: Vec<u32>,
+    /// `OPDBUS_LOG`: tracing filter, e.g. `info` or `opdbus_blockchain=debug`.
+    pub log: String,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}={value}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {reason}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("unknown key {key} in config file {path} (known keys: {known})")]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
+}
+
+/// Every key the config file and environment understand, with its default.
+pub const KEYS: &[(&str, &str)] = &[
+    ("OPDBUS_BUS", "system"),
+    ("OPDBUS_BLOCKCHAIN_DIR", "/var/lib/op-dbus/blockchain"),
+    ("OPDBUS_CACHE_DIR", "/var/lib/op-dbus/@cache"),
+    ("OPDBUS_MAX_DATA_BYTES", "65536"),
+    ("OPDBUS_SEGMENT_BYTES", "67108864"),
+    ("OPDBUS_WRITER_UIDS", ""),
+    ("OPDBUS_LOG", "info"),
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bus: BusChoice::System,
+            chain_dir: PathBuf::from("/var/lib/op-dbus/blockchain"),
+            cache_dir: PathBuf::from("/var/lib/op-dbus/@cache"),
+            max_data_bytes: DEFAULT_MAX_DATA_BYTES,
+            segment_bytes: 64 * 1024 * 1024,
+            writer_uids: Vec::new(),
+            log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then the environment as read by `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut values = BTreeMap::new();
+        if let Some(path) = file {
+            values.extend(read_env_file(path)?);
+        }
+        for (key, _) in KEYS {
+            if let Some(value) = env(key) {
+                values.insert((*key).to_owned(), value);
+            }
+        }
+        let mut config = Config::default();
+        for (key, value) in &values {
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one key; the error names the key, the value and what is accepted.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        match key {
+            "OPDBUS_BUS" => self.bus = value.parse().map_err(invalid)?,
+            "OPDBUS_BLOCKCHAIN_DIR" => self.chain_dir = absolute_dir(value).map_err(invalid)?,
+            "OPDBUS_CACHE_DIR" => self.cache_dir = absolute_dir(value).map_err(invalid)?,
+            "OPDBUS_MAX_DATA_BYTES" => {
+                self.max_data_bytes =
+                    parse_in_range(value, 1024, 64 * 1024 * 1024).map_err(invalid)? as usize
+            }
+            "OPDBUS_SEGMENT_BYTES" => {
+                self.segment_bytes = parse_in_range(value, 64 * 1024, 1 << 40).map_err(invalid)?
+            }
+            "OPDBUS_WRITER_UIDS" => {
+                self.writer_uids = value
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<u32>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| {
+                        invalid("expected a comma-separated list of numeric uids".into())
+                    })?
+            }
+            "OPDBUS_LOG" => self.log = value.to_owned(),
+            _ => {
+                return Err(invalid(format!(
+                    "unknown key; known keys: {}",
+                    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn absolute_dir(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err("expected an absolute path".into())
+    }
+}
+
+fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let parsed: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number of bytes from {min} to {max}"))?;
+    if !(min..=max).contains(&parsed) {
+        return Err(format!("must be from {min} to {max}"));
+    }
+    Ok(parsed)
+}
+
+/// Reads `KEY=VALUE` lines (the systemd environment-file format, without line continuations).
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut values = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: "expected KEY=VALUE".into(),
+            });
+        };
+        let key = key.trim();
+        if !KEYS.iter().any(|(known, _)| *known == key) {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key: key.to_owned(),
+                known: KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+            });
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        values.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config");
+        std::fs::write(
+            &file,
+            "# comment\nOPDBUS_BLOCKCHAIN_DIR=\"/srv/chain\"\nOPDBUS_CACHE_DIR=/srv/cache\n",
+        )
+        .expect("write");
+        let env = |key: &str| (key == "OPDBUS_CACHE_DIR").then(|| "/env/cache".to_owned());
+        let config = Config::load(Some(&file), env).expect("valid");
+        assert_eq!(config.chain_dir, PathBuf::from("/srv/chain"));
+        assert_eq!(config.cache_dir, PathBuf::from("/env/cache"));
+        assert_eq!(config.max_data_bytes, DEFAULT_MAX_DATA_BYTES);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_is_accepted() {
+        let env = |key: &str| (key == "OPDBUS_MAX_DATA_BYTES").then(|| "lots".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_MAX_DATA_BYTES=lots"), "{err}");
+        assert!(err.contains("whole number"), "{err}");
+        let err = "nowhere".parse::<BusChoice>().expect_err("invalid");
+        assert!(err.contains("system, session"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config");
+        std::fs::write(&file, "OPDBUS_CHAIN_DIRECTORY=/x\n").expect("write");
+        let err = Config::load(Some(&file), |_| None)
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("OPDBUS_CHAIN_DIRECTORY"), "{err}");
+        assert!(err.contains("OPDBUS_BLOCKCHAIN_DIR"), "{err}");
+    }
+}

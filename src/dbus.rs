@@ -1,0 +1,265 @@
+//! The D-Bus adapter: `org.opdbus.Blockchain` at `/org/opdbus/Blockchain`.
+//!
+//! Thin by design: validate arguments, find out who is calling (from the bus, never from the
+//! payload), call the core, map its errors to typed D-Bus errors, and emit `BlockAdded` once
+//! the reply has been sent.
+
+use crate::chain::block::{parse_hash, Block, Caller};
+use crate::chain::error::ChainError;
+use crate::footprint::PluginFootprint;
+use crate::service::OptimizedBlockchain;
+use std::collections::HashMap;
+use zbus::fdo::DBusProxy;
+use zbus::message::Header;
+use zbus::names::{BusName, UniqueName};
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{Signature, Type};
+use zbus::{interface, Connection};
+
+/// Well-known bus name and interface name.
+pub const BUS_NAME: &str = "org.opdbus.Blockchain";
+/// Object path of the one object.
+pub const OBJECT_PATH: &str = "/org/opdbus/Blockchain";
+/// Remembered callers; unique names are never reused on a bus, so entries never go stale,
+/// they only accumulate: past this many the memory is cleared.
+const CALLER_CACHE_LEN: usize = 4096;
+
+/// The errors callers see, each with a message meant for a person.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.opdbus.Blockchain.Error")]
+pub enum Error {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The arguments were refused; nothing was written.
+    InvalidArgument(String),
+    /// No such block.
+    NotFound(String),
+    /// The store could not take or give the data (disk full, I/O error, corruption).
+    StorageFailure(String),
+    /// The caller may not do this.
+    AccessDenied(String),
+}
+
+impl From<ChainError> for Error {
+    fn from(err: ChainError) -> Self {
+        match err {
+            ChainError::InvalidFootprint(message) => Error::InvalidArgument(message),
+            other => Error::StorageFailure(other.to_string()),
+        }
+    }
+}
+
+/// The served object.
+pub struct BlockchainObject {
+    chain: OptimizedBlockchain,
+    callers: parking_lot::Mutex<HashMap<String, Caller>>,
+    /// uids allowed to write besides root and the daemon's own.
+    writer_uids: Vec<u32>,
+}
+
+impl BlockchainObject {
+    pub fn new(chain: OptimizedBlockchain, writer_uids: Vec<u32>) -> Self {
+        BlockchainObject {
+            chain,
+            callers: parking_lot::Mutex::new(HashMap::new()),
+            writer_uids,
+        }
+    }
+
+    /// Who sent `header`'s message, asked of the bus once per connection.
+    async fn caller(&self, header: &Header<'_>, connection: &Connection) -> Result<Caller, Error> {
+        let Some(sender) = header.sender() else {
+            // Peer-to-peer connections have no bus to ask; the peer is whoever connected.
+            return Ok(Caller::default());
+        };
+        if let Some(caller) = self.callers.lock().get(sender.as_str()) {
+            return Ok(caller.clone());
+        }
+        let caller = ask_bus(connection, sender).await?;
+        let mut callers = self.callers.lock();
+        if callers.len() >= CALLER_CACHE_LEN {
+            callers.clear();
+        }
+        callers.insert(sender.to_string(), caller.clone());
+        Ok(caller)
+    }
+
+    fn may_write(&self, caller: &Caller) -> bool {
+        match caller.uid {
+            Some(uid) => {
+                uid == 0 || uid == nix::unistd::getuid().as_raw() || self.writer_uids.contains(&uid)
+            }
+            None => false,
+        }
+    }
+}
+
+async fn ask_bus(connection: &Connection, sender: &UniqueName<'_>) -> Result<Caller, Error> {
+    let proxy = DBusProxy::new(connection).await?;
+    let credentials = proxy
+        .get_connection_credentials(BusName::Unique(sender.to_owned()))
+        .await
+        .map_err(|e| Error::AccessDenied(format!("cannot identify the caller {sender}: {e}")))?;
+    let pid = credentials.process_id();
+    Ok(Caller {
+        uid: credentials.unix_user_id(),
+        pid,
+        bus_name: sender.to_string(),
+        unit: pid.and_then(unit_of_pid).unwrap_or_default(),
+    })
+}
+
+/// The systemd unit a process runs in, from its cgroup path (`…/foo.service`).
+fn unit_of_pid(pid: u32) -> Option<String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroups
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .or_else(|| {
+            cgroups
+                .lines()
+                .find_map(|l| l.split(":name=systemd:").nth(1))
+        })?;
+    path.rsplit('/')
+        .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
+        .map(str::to_owned)
+}
+
+fn not_found_by_hash(hash: &str) -> Error {
+    Error::NotFound(format!("no block with hash {hash}"))
+}
+
+#[interface(name = "org.opdbus.Blockchain")]
+impl BlockchainObject {
+    /// Adds a footprint; returns once its block is durable.
+    #[zbus(out_args("height", "hash"))]
+    async fn add_footprint(
+        &self,
+        plugin: String,
+        operation: String,
+        data_json: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(u64, SentWithReply), Error> {
+        let footprint = PluginFootprint::from_json_text(plugin, operation, data_json)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let caller = self.caller(&header, connection).await?;
+        if !self.may_write(&caller) {
+            return Err(Error::AccessDenied(format!(
+                "uid {} may not add footprints; ask the administrator to add it to OPDBUS_WRITER_UIDS",
+                caller.uid.map_or("unknown".into(), |u| u.to_string())
+            )));
+        }
+        let block = self.chain.append(footprint, caller).await?;
+        tracing::debug!(
+            BLOCK_HEIGHT = block.height,
+            BLOCK_HASH = %block.hash_hex(),
+            PLUGIN = %block.plugin,
+            OPERATION = %block.operation,
+            "block added"
+        );
+        let (sent, reply_gone) = tokio::sync::oneshot::channel();
+        let emitter = emitter.to_owned();
+        let height = block.height;
+        let hash = block.hash_hex();
+        tokio::spawn(async move {
+            let _ = reply_gone.await;
+            emit_block_added(&emitter, &block).await;
+        });
+        Ok((
+            height,
+            SentWithReply {
+                text: hash,
+                _sent: sent,
+            },
+        ))
+    }
+
+    /// The block with this hash, as JSON.
+    async fn get_block(&self, hash: String) -> Result<String, Error> {
+        if parse_hash(&hash).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "'{}' is not a block hash (64 hex digits)",
+                hash.chars().take(80).collect::<String>()
+            )));
+        }
+        match self.chain.get_block(&hash).await? {
+            Some(block) => Ok(block.to_json()),
+            None => Err(not_found_by_hash(&hash)),
+        }
+    }
+
+    /// The block at this height, as JSON.
+    async fn get_block_by_height(&self, height: u64) -> Result<String, Error> {
+        match self.chain.get_block_by_height(height).await? {
+            Some(block) => Ok(block.to_json()),
+            None => Err(Error::NotFound(format!(
+                "no block at height {height}; the head is at {}",
+                self.chain.head().0
+            ))),
+        }
+    }
+
+    /// Re-hashes and re-links every block up to the current head.
+    #[zbus(out_args("ok", "blocks_checked", "message"))]
+    async fn verify(&self) -> Result<(bool, u64, String), Error> {
+        let report = self.chain.verify().await?;
+        Ok((report.ok(), report.blocks_checked, report.summary()))
+    }
+
+    /// Height of the newest durable block (not announced through PropertiesChanged).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn height(&self) -> u64 {
+        self.chain.head().0
+    }
+
+    /// Hash of the newest durable block (not announced through PropertiesChanged).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn head_hash(&self) -> String {
+        self.chain.head().1
+    }
+
+    /// Sent after the reply to each AddFootprint.
+    #[zbus(signal)]
+    async fn block_added(
+        emitter: &SignalEmitter<'_>,
+        height: u64,
+        hash: &str,
+        plugin: &str,
+        operation: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// A reply string that, by being dropped, tells that the reply carrying it was sent: zbus drops
+/// a method's return value right after sending it. (zbus's own `ResponseDispatchNotifier` would
+/// do the same, but it hides the out-argument names and types from introspection.)
+#[derive(Debug)]
+pub struct SentWithReply {
+    text: String,
+    _sent: tokio::sync::oneshot::Sender<()>,
+}
+
+impl serde::Serialize for SentWithReply {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(serializer)
+    }
+}
+
+impl Type for SentWithReply {
+    const SIGNATURE: &'static Signature = String::SIGNATURE;
+}
+
+async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &Block) {
+    if let Err(err) = BlockchainObject::block_added(
+        emitter,
+        block.height,
+        &block.hash_hex(),
+        &block.plugin,
+        &block.operation,
+    )
+    .await
+    {
+        tracing::debug!(%err, "cannot emit BlockAdded");
+    }
+}

@@ -1,0 +1,378 @@
+//! The real daemon on a real private bus, driven with busctl and with a zbus client.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+fn start() -> (Bus, Daemon, tempfile::TempDir) {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&bus, &dir.path().join("chain"), &dir.path().join("cache"));
+    (bus, daemon, dir)
+}
+
+#[test]
+fn busctl_round_trip_add_get_verify() {
+    let (bus, _daemon, _dir) = start();
+    let (ok, out, err) = bus.call(
+        "AddFootprint",
+        "sss",
+        &["network", "create", r#"{"interface":"eth0","mtu":1500}"#],
+    );
+    assert!(ok, "AddFootprint failed: {err}");
+    // busctl prints: ts 1 "<hash>"
+    let mut words = out.split_whitespace();
+    assert_eq!(words.next(), Some("ts"));
+    assert_eq!(
+        words.next(),
+        Some("1"),
+        "first footprint is height 1: {out}"
+    );
+    let hash = words.next().expect("hash").trim_matches('"').to_owned();
+    assert_eq!(hash.len(), 64);
+
+    let out = bus.busctl(&[
+        "--json=short",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "GetBlock",
+        "s",
+        &hash,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
+    let block: serde_json::Value =
+        serde_json::from_str(reply["data"][0].as_str().expect("string")).expect("block JSON");
+    assert_eq!(block["hash"], hash.as_str());
+    assert_eq!(block["height"], 1);
+    assert_eq!(block["plugin"], "network");
+    assert_eq!(block["operation"], "create");
+    assert_eq!(block["data"]["interface"], "eth0");
+    assert_eq!(block["caller"]["uid"], nix::unistd::getuid().as_raw());
+    assert!(block["caller"]["pid"].as_u64().is_some_and(|p| p > 0));
+    assert!(block["caller"]["bus_name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with(':')));
+    assert_eq!(block["prev_hash"].as_str().map(str::len), Some(64));
+
+    let (ok, by_height, _) = bus.call("GetBlockByHeight", "t", &["1"]);
+    assert!(ok);
+    assert!(by_height.contains(&hash));
+
+    let (ok, verify, _) = bus.call("Verify", "", &[]);
+    assert!(ok);
+    assert!(verify.starts_with("bts true 2 "), "{verify}");
+
+    let out = bus.busctl(&[
+        "get-property",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "Height",
+        "HeadHash",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("t 1"), "{text}");
+    assert!(text.contains(&hash), "{text}");
+
+    // Introspection names the out arguments and gives their real types.
+    let out = bus.busctl(&["--xml-interface", "introspect", BUS_NAME, OBJECT_PATH]);
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        xml.contains(r#"<arg name="height" type="t" direction="out"/>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<arg name="hash" type="s" direction="out"/>"#),
+        "{xml}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zbus_client_round_trip_keeps_data_verbatim() {
+    let (bus, _daemon, _dir) = start();
+    let connection = bus.connect().await;
+    let data = "{ \"unit\" : \"nginx.service\",\n  \"state\": \"restarted\" }";
+    let (height, hash) = add_footprint(&connection, "systemd", "restart", data)
+        .await
+        .expect("add");
+    assert_eq!(height, 1);
+    let reply = connection
+        .call_method(
+            Some(BUS_NAME),
+            OBJECT_PATH,
+            Some(BUS_NAME),
+            "GetBlock",
+            &(hash.as_str(),),
+        )
+        .await
+        .expect("GetBlock");
+    let json: String = reply.body().deserialize().expect("string");
+    assert!(
+        json.contains(data),
+        "data must be embedded byte for byte: {json}"
+    );
+    let block: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(block["hash"], hash.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_added_reaches_a_subscriber_after_the_reply() {
+    let (bus, _daemon, _dir) = start();
+    let listener = bus.connect().await;
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(BUS_NAME)
+        .expect("interface")
+        .member("BlockAdded")
+        .expect("member")
+        .build();
+    let mut signals = zbus::MessageStream::for_match_rule(rule, &listener, None)
+        .await
+        .expect("match");
+    let writer = bus.connect().await;
+    let (height, hash) = add_footprint(&writer, "firewall", "add_rule", r#"{"port":22}"#)
+        .await
+        .expect("add");
+    let message = tokio::time::timeout(std::time::Duration::from_secs(10), signals.next())
+        .await
+        .expect("BlockAdded within 10 s")
+        .expect("stream open")
+        .expect("message");
+    let (h, s, plugin, operation): (u64, String, String, String) =
+        message.body().deserialize().expect("tsss");
+    assert_eq!(
+        (h, s.as_str(), plugin.as_str(), operation.as_str()),
+        (height, hash.as_str(), "firewall", "add_rule")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_clients_times_500_footprints_are_all_acked_dense_and_verified() {
+    let (bus, mut daemon, _dir) = start();
+    let acked = run_clients(&bus, 16, 500).await;
+    assert_eq!(acked.len(), 16 * 500);
+    let heights: HashSet<u64> = acked.iter().map(|(h, _)| *h).collect();
+    assert_eq!(
+        heights,
+        (1..=8000).collect::<HashSet<u64>>(),
+        "heights must be dense and unique"
+    );
+    let connection = bus.connect().await;
+    for (height, hash) in acked.iter().step_by(97) {
+        let block = get_block(&connection, hash).await.expect("readable");
+        assert_eq!(block["height"], *height);
+    }
+    assert!(daemon.stop().success(), "SIGTERM must exit 0");
+    let (code, out, _) = cli(&[
+        "verify",
+        "--chain-dir",
+        daemon.chain_dir.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("8001 blocks checked"), "{out}");
+}
+
+/// Runs `clients` separate bus connections, each adding `each` footprints; returns the acks.
+async fn run_clients(bus: &Bus, clients: usize, each: usize) -> Vec<(u64, String)> {
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let connection = bus.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::with_capacity(each);
+            for i in 0..each {
+                let data = format!(r#"{{"client":{client},"seq":{i}}}"#);
+                acked.push(
+                    add_footprint(&connection, "load", "write", &data)
+                        .await
+                        .expect("acked"),
+                );
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("client task"));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_footprints_survive_kill_9_under_load() {
+    let (bus, mut daemon, _dir) = start();
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::<(u64, String)>::new()));
+    let mut tasks = Vec::new();
+    for client in 0..16 {
+        let connection = bus.connect().await;
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let data = format!(r#"{{"client":{client},"seq":{i}}}"#);
+                match add_footprint(&connection, "load", "write", &data).await {
+                    Ok(ack) => acked.lock().push(ack),
+                    Err(_) => return, // the daemon died under us: this one was never acked
+                }
+            }
+        }));
+    }
+    // Let the load run, then crash the daemon in the middle of it.
+    common::wait_until(std::time::Duration::from_secs(60), "1000 acks", || {
+        acked.lock().len() >= 1000
+    });
+    daemon.kill9();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let acked = acked.lock().clone();
+    daemon.restart(&bus);
+    let connection = bus.connect().await;
+    for (height, hash) in &acked {
+        let block = get_block(&connection, hash)
+            .await
+            .unwrap_or_else(|e| panic!("acked block {height} {hash} lost after kill -9: {e}"));
+        assert_eq!(block["height"], *height);
+    }
+    let (ok, verify, _) = bus.call("Verify", "", &[]);
+    assert!(ok && verify.starts_with("bts true"), "{verify}");
+    // The chain goes on from where it was.
+    let (height, _) = add_footprint(&connection, "after", "restart", "{}")
+        .await
+        .expect("add after restart");
+    let max_acked = acked.iter().map(|(h, _)| *h).max().expect("some acks");
+    assert!(height > max_acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_typed_errors_and_adds_nothing() {
+    let (bus, _daemon, _dir) = start();
+    let connection = bus.connect().await;
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(70 * 1024));
+    let long_name = "p".repeat(300);
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        ("network", "create", "{not json", "data is not valid JSON"),
+        ("", "create", "{}", "plugin is empty"),
+        ("network", "", "{}", "operation is empty"),
+        (&long_name, "create", "{}", "plugin is 300 bytes long"),
+        ("net\u{7}work", "create", "{}", "control character"),
+        ("network", "create", &big, "the limit is 65536"),
+    ];
+    for (plugin, operation, data, expected) in cases {
+        let err = add_footprint(&connection, plugin, operation, data)
+            .await
+            .expect_err("must be refused");
+        assert_eq!(
+            error_name(&err),
+            "org.opdbus.Blockchain.Error.InvalidArgument",
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(expected),
+            "message '{err}' lacks '{expected}'"
+        );
+    }
+    for (member, arg) in [("GetBlock", "zz"), ("GetBlock", &"0".repeat(64)[..])] {
+        let err = connection
+            .call_method(Some(BUS_NAME), OBJECT_PATH, Some(BUS_NAME), member, &(arg,))
+            .await
+            .expect_err("must fail");
+        let name = error_name(&err);
+        assert!(
+            name == "org.opdbus.Blockchain.Error.InvalidArgument"
+                || name == "org.opdbus.Blockchain.Error.NotFound",
+            "{name}"
+        );
+    }
+    let err = connection
+        .call_method(
+            Some(BUS_NAME),
+            OBJECT_PATH,
+            Some(BUS_NAME),
+            "GetBlockByHeight",
+            &(99u64,),
+        )
+        .await
+        .expect_err("past the head");
+    assert_eq!(error_name(&err), "org.opdbus.Blockchain.Error.NotFound");
+    let out = bus.busctl(&["get-property", BUS_NAME, OBJECT_PATH, BUS_NAME, "Height"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t 0",
+        "nothing may have been added"
+    );
+}
+
+#[test]
+fn a_flipped_byte_is_reported_at_its_height() {
+    let (bus, mut daemon, dir) = start();
+    let mut hashes = Vec::new();
+    for i in 1..=20 {
+        let (ok, out, err) = bus.call(
+            "AddFootprint",
+            "sss",
+            &["network", "create", &format!(r#"{{"n":{i}}}"#)],
+        );
+        assert!(ok, "{err}");
+        hashes.push(out);
+    }
+    assert!(daemon.stop().success());
+    // Tamper with a copy, as an operator checking a backup would.
+    let copy = dir.path().join("copy");
+    copy_dir(&daemon.chain_dir, &copy);
+    let segment = std::fs::read_dir(&copy)
+        .expect("read copy")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "chain"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    // Find height 13's data and flip one byte of it.
+    let needle = br#"{"n":13}"#;
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("height 13's data");
+    bytes[at + 5] ^= 0x01;
+    std::fs::write(&segment, bytes).expect("write tampered segment");
+    let (code, out, _) = cli(&["verify", "--chain-dir", copy.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("first bad block at height 13"), "{out}");
+    // The original is untouched and intact.
+    let (code, out, _) = cli(&[
+        "verify",
+        "--chain-dir",
+        daemon.chain_dir.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_chain_is_refused_with_a_reason() {
+    let (bus, daemon, _dir) = start();
+    let out = std::process::Command::new(DAEMON)
+        .args(["--bus", &bus.address, "--chain-dir"])
+        .arg(&daemon.chain_dir)
+        .arg("--cache-dir")
+        .arg(&daemon.cache_dir)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+}
