@@ -376,3 +376,24 @@ fn a_second_daemon_on_the_same_chain_is_refused_with_a_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");
 }
+
+#[test]
+fn the_shipped_introspection_xml_matches_the_running_daemon() {
+    let (bus, _daemon, _dir) = start();
+    let out = bus.busctl(&["--xml-interface", "introspect", BUS_NAME, OBJECT_PATH]);
+    let live = String::from_utf8_lossy(&out.stdout).into_owned();
+    let shipped =
+        std::fs::read_to_string(repo_path("dbus/org.opdbus.Blockchain.xml")).expect("xml");
+    let interface = |xml: &str| -> String {
+        let start = xml
+            .find(r#"<interface name="org.opdbus.Blockchain">"#)
+            .expect("our interface");
+        let end = start + xml[start..].find("</interface>").expect("end");
+        xml[start..end].to_owned()
+    };
+    assert_eq!(
+        interface(&live),
+        interface(&shipped),
+        "dbus/org.opdbus.Blockchain.xml is out of date; regenerate it from the daemon"
+    );
+}

@@ -637,6 +637,9 @@ impl ChainWriter {
         if let Some(reason) = &self.latched {
             return Err(ChainError::Latched(reason.clone()));
         }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         let (head_height, mut prev_hash, mut timestamp) = {
             let index = self.shared.index.read();
             (

@@ -31,6 +31,8 @@ enum Command {
         paused: oneshot::Sender<(u64, Hash)>,
         resume: std::sync::mpsc::Receiver<()>,
     },
+    /// Answer once everything queued before it is durable.
+    Flush(oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -105,6 +107,16 @@ impl GroupCommit {
             })
             .await
             .map_err(|_| ChainError::Closed)
+    }
+
+    /// Waits until everything queued before this call is durable (or has failed).
+    pub async fn flush(&self) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Flush(done))
+            .await
+            .map_err(|_| ChainError::Closed)?;
+        wait.await.map_err(|_| ChainError::Closed)
     }
 
     /// Stops the writer at a block boundary and returns the head there; writing resumes when
@@ -188,6 +200,9 @@ fn run(
                     // Returns when the guard is dropped (its sender hangs up).
                     let _ = resume.recv();
                 }
+            }
+            Command::Flush(done) => {
+                let _ = done.send(());
             }
             Command::Shutdown => break,
         }

@@ -1,0 +1,34 @@
+#!/bin/bash
+# Installs what building, testing and running opdbus-blockchain need on Debian 12 (as root).
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+packages=(
+  dbus            # dbus-daemon: the private bus of the tests and the demo
+  systemd         # busctl
+  util-linux      # setpriv, mount
+  btrfs-progs     # btrfs snapshots, send/receive
+  libhwloc-dev    # NUMA topology (hwlocality links the system libhwloc)
+  libudev-dev
+  pkg-config
+  hwloc           # lstopo, for operators
+  python3         # tools/verify-chain.py, the independent verifier
+  gcc
+  make
+  ca-certificates
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ! command -v cargo >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
+  # Debian 12's own rustc (1.63) is too old; rustc-web/cargo-web (bookworm-security) are new enough.
+  missing+=(rustc-web cargo-web)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
