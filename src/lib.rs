@@ -1,3 +1,4 @@
 //! opdbus-blockchain: a tamper-evident, durable audit trail for op-dbus.
 
 pub mod chain;
+pub mod numa;
