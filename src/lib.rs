@@ -1,14 +1,15 @@
 //! opdbus-blockchain: a tamper-evident, durable audit trail for op-dbus.
 //!
-//! The core (`chain`, `service`) is plain Rust on its own threads and knows nothing of D-Bus;
-//! `dbus` is the thin adapter that serves it as `org.opdbus.Blockchain`, and `daemon` wires
-//! everything together for the `opdbus-blockchaind` binary.
+//! The core (`chain`, `service`, `numa`, `btrfs`, `snapshot`) is plain Rust on its own threads
+//! and knows nothing of D-Bus; `dbus` is the thin adapter that serves it as
+//! `org.opdbus.Blockchain`, and `daemon` wires everything together for `opdbus-blockchaind`.
 
 pub mod chain;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
 pub mod footprint;
+pub mod numa;
 pub mod service;
 
 pub use chain::block::{Block, Caller};

@@ -1,0 +1,234 @@
+//! Pinning the calling thread (the chain writer) to the optimal node and applying its memory
+//! policy, and judging whether that really happened.
+//!
+//! hwloc "succeeds" without doing anything on a topology that is not this system, and a
+//! kernel or cgroup can narrow what was asked, so success is decided by reading back: the
+//! thread's `Cpus_allowed_list` from procfs, and its memory policy from `get_mempolicy` (via
+//! hwloc). hwloc's return value only adds detail to the reason.
+
+use super::{sysfs, MemoryPolicy, NumaTopology};
+use hwlocality::cpu::binding::CpuBindingFlags;
+use hwlocality::memory::binding::{MemoryBindingFlags, MemoryBindingPolicy};
+use hwlocality::memory::nodeset::NodeSet;
+use serde::Serialize;
+
+/// What [`NumaTopology::bind_writer_thread`] achieved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BindingOutcome {
+    /// Kernel thread id of the thread that bound itself.
+    pub tid: i32,
+    pub cpus_requested: Vec<u32>,
+    /// The thread's CPUs as the kernel reports them afterwards, if they could be read.
+    pub cpus_observed: Option<Vec<u32>>,
+    /// The kernel confirms the thread runs on exactly `cpus_requested`.
+    pub cpu_applied: bool,
+    pub cpu_reason: String,
+    pub memory_policy: MemoryPolicy,
+    /// The thread's memory policy read back as configured.
+    pub memory_applied: bool,
+    pub memory_reason: String,
+}
+
+impl BindingOutcome {
+    /// The CPU pinning took effect (the memory policy is reported separately).
+    pub fn applied(&self) -> bool {
+        self.cpu_applied
+    }
+}
+
+const NOT_THIS_SYSTEM: &str = "not applied: topology is synthetic/XML, not this system";
+
+impl NumaTopology {
+    /// Pins the *calling* thread to the optimal node's CPUs and applies the configured memory
+    /// policy to it. Call it first thing on the writer thread. Never panics: a refused or
+    /// meaningless binding is recorded as not applied, with the reason, and [`info`] reports
+    /// it from then on.
+    ///
+    /// [`info`]: NumaTopology::info
+    pub fn bind_writer_thread(&self) -> BindingOutcome {
+        let tid = nix::unistd::gettid().as_raw();
+        let requested = self.writer_cpus();
+        let policy = self.opts.memory_policy;
+        let outcome = if !self.topology.is_this_system() {
+            BindingOutcome {
+                tid,
+                cpus_requested: requested,
+                cpus_observed: sysfs::thread_cpus_allowed(tid).ok(),
+                cpu_applied: false,
+                cpu_reason: NOT_THIS_SYSTEM.to_owned(),
+                memory_policy: policy,
+                memory_applied: false,
+                memory_reason: NOT_THIS_SYSTEM.to_owned(),
+            }
+        } else {
+            let (observed, cpu_applied, cpu_reason) = self.pin_cpus(tid, &requested);
+            let (memory_applied, memory_reason) = self.apply_memory_policy(policy);
+            BindingOutcome {
+                tid,
+                cpus_requested: requested,
+                cpus_observed: observed,
+                cpu_applied,
+                cpu_reason,
+                memory_policy: policy,
+                memory_applied,
+                memory_reason,
+            }
+        };
+        if outcome.cpu_applied || !self.topology.is_this_system() {
+            tracing::info!(
+                tid,
+                node = self.optimal,
+                cpu_applied = outcome.cpu_applied,
+                memory_applied = outcome.memory_applied,
+                "writer thread binding: {}; memory policy {}: {}",
+                outcome.cpu_reason,
+                policy,
+                outcome.memory_reason
+            );
+        } else {
+            tracing::warn!(
+                tid,
+                node = self.optimal,
+                memory_applied = outcome.memory_applied,
+                "writer thread binding: {}; memory policy {}: {}",
+                outcome.cpu_reason,
+                policy,
+                outcome.memory_reason
+            );
+        }
+        *self.binding.lock() = Some(outcome.clone());
+        outcome
+    }
+
+    fn pin_cpus(&self, tid: i32, requested: &[u32]) -> (Option<Vec<u32>>, bool, String) {
+        if requested.is_empty() {
+            let observed = sysfs::thread_cpus_allowed(tid).ok();
+            let why = format!("not applied: node {} has no CPUs", self.optimal);
+            return (observed, false, why);
+        }
+        let call = self
+            .topology
+            .bind_cpu(&self.writer_cpuset, CpuBindingFlags::THREAD);
+        let hwloc_note = match &call {
+            Ok(()) => String::new(),
+            Err(e) => format!("; hwloc: {e}"),
+        };
+        match sysfs::thread_cpus_allowed(tid) {
+            Ok(observed) if observed == requested => {
+                let why = format!(
+                    "applied: thread {tid} runs on CPUs {} of node {} (read back from /proc){hwloc_note}",
+                    sysfs::format_cpu_list(&observed),
+                    self.optimal
+                );
+                (Some(observed), true, why)
+            }
+            Ok(observed) => {
+                let why = format!(
+                    "not applied: kernel reports CPUs {} for thread {tid}, wanted {}{hwloc_note}",
+                    sysfs::format_cpu_list(&observed),
+                    sysfs::format_cpu_list(requested)
+                );
+                (Some(observed), false, why)
+            }
+            Err(e) => {
+                let why = format!(
+                    "not applied: cannot read thread {tid}'s affinity back: {e}{hwloc_note}"
+                );
+                (None, false, why)
+            }
+        }
+    }
+
+    fn apply_memory_policy(&self, policy: MemoryPolicy) -> (bool, String) {
+        let thread = MemoryBindingFlags::THREAD;
+        let strict = thread | MemoryBindingFlags::STRICT;
+        // `None`: back to the kernel default, which hwloc reads back as first touch.
+        let (expected_set, expected_policy, flags) = match policy {
+            MemoryPolicy::Default => (None, MemoryBindingPolicy::FirstTouch, thread),
+            MemoryPolicy::Bind => (
+                Some(&self.optimal_nodeset),
+                MemoryBindingPolicy::Bind,
+                strict,
+            ),
+            // hwloc's non-strict bind is the kernel's MPOL_PREFERRED.
+            MemoryPolicy::Preferred => (
+                Some(&self.optimal_nodeset),
+                MemoryBindingPolicy::Bind,
+                thread,
+            ),
+            MemoryPolicy::Interleaved => (
+                Some(&self.all_nodeset),
+                MemoryBindingPolicy::Interleave,
+                thread,
+            ),
+        };
+        let call = match expected_set {
+            None => self
+                .topology
+                .unbind_memory(flags)
+                .map_err(|e| e.to_string()),
+            Some(set) => self
+                .topology
+                .bind_memory(set, expected_policy, flags)
+                .map_err(|e| e.to_string()),
+        };
+        let hwloc_note = match &call {
+            Ok(()) => String::new(),
+            Err(e) => format!("; hwloc: {e}"),
+        };
+        match self.topology.memory_binding::<NodeSet>(thread) {
+            Ok((set, got)) => {
+                let policy_ok = got == Some(expected_policy);
+                let set_ok = expected_set.is_none_or(|want| *want == set);
+                if policy_ok && set_ok {
+                    (
+                        true,
+                        format!(
+                            "applied: thread policy reads back as {} on nodes {}{hwloc_note}",
+                            policy_name(got),
+                            node_list(&set)
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        format!(
+                            "not applied: thread policy reads back as {} on nodes {}, wanted {}{}{hwloc_note}",
+                            policy_name(got),
+                            node_list(&set),
+                            policy_name(Some(expected_policy)),
+                            expected_set
+                                .map(|s| format!(" on nodes {}", node_list(s)))
+                                .unwrap_or_default()
+                        ),
+                    )
+                }
+            }
+            Err(e) => (
+                false,
+                format!(
+                    "not applied: cannot read the thread's memory policy back: {e}{hwloc_note}"
+                ),
+            ),
+        }
+    }
+}
+
+fn node_list(set: &NodeSet) -> String {
+    let ids: Vec<u32> = set
+        .iter_set()
+        .filter_map(|i| u32::try_from(usize::from(i)).ok())
+        .collect();
+    sysfs::format_cpu_list(&ids)
+}
+
+/// hwloc's policy in the kernel's words (hwloc reads MPOL_PREFERRED back as `Bind`).
+fn policy_name(policy: Option<MemoryBindingPolicy>) -> &'static str {
+    match policy {
+        Some(MemoryBindingPolicy::FirstTouch) => "default (first touch)",
+        Some(MemoryBindingPolicy::Bind) => "bind/preferred",
+        Some(MemoryBindingPolicy::Interleave) => "interleave",
+        Some(MemoryBindingPolicy::NextTouch) => "next touch",
+        _ => "unknown",
+    }
+}
