@@ -4,6 +4,8 @@
 //! and knows nothing of D-Bus; `dbus` is the thin adapter that serves it as
 //! `org.opdbus.Blockchain`, and `daemon` wires everything together for `opdbus-blockchaind`.
 
+pub mod btrfs;
+pub mod btrfs;
 pub mod chain;
 pub mod config;
 pub mod daemon;
@@ -11,6 +13,7 @@ pub mod dbus;
 pub mod footprint;
 pub mod numa;
 pub mod service;
+pub mod snapshot;
 
 pub use chain::block::{Block, Caller};
 pub use footprint::PluginFootprint;
