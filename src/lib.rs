@@ -5,7 +5,6 @@
 //! `org.opdbus.Blockchain`, and `daemon` wires everything together for `opdbus-blockchaind`.
 
 pub mod btrfs;
-pub mod btrfs;
 pub mod chain;
 pub mod config;
 pub mod daemon;
