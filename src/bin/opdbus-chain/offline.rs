@@ -1,6 +1,6 @@
-//! opdbus-chain: the operator's tool for the op-dbus audit chain.
+//! Offline commands: they read the chain directory and never write to it.
 
-use clap::{Args, Parser, Subcommand};
+use crate::Outcome;
 use opdbus_blockchain::chain::block::{parse_hash, Block};
 use opdbus_blockchain::chain::store;
 use opdbus_blockchain::chain::verify::verify_dir;
@@ -9,87 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Inspect and check the op-dbus audit chain.
-///
-/// Offline commands (verify, get, tail) read the chain directory directly and never write to
-/// it, so they work on a live chain, a read-only snapshot or a received backup. Online commands
-/// talk to a running opdbus-blockchaind over D-Bus and take --bus.
-///
-/// Exit status: 0 success; 1 the chain is not intact or the block was not found; 2 the command
-/// could not run (bad arguments, unreadable directory).
-#[derive(Parser)]
-#[command(version, propagate_version = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Re-hash every block and check every link from genesis to the head.
-    ///
-    /// Prints one line saying the chain is intact (with its head) or naming the first bad
-    /// height and why. On long chains a progress line goes to stderr every second.
-    /// An incomplete record at the very end (a crash before the write was acknowledged) is
-    /// reported but is not an error: the daemon cuts it at its next start.
-    Verify {
-        #[command(flatten)]
-        dir: ChainDir,
-    },
-    /// Print one block as JSON, by hash (64 hex digits) or by height.
-    Get {
-        /// A block hash or a height.
-        block: String,
-        #[command(flatten)]
-        dir: ChainDir,
-        /// Indent the JSON for reading.
-        #[arg(long)]
-        pretty: bool,
-    },
-    /// Print the newest blocks, oldest first.
-    Tail {
-        /// How many blocks.
-        #[arg(short = 'n', long, default_value_t = 10)]
-        lines: u64,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        dir: ChainDir,
-    },
-}
-
-#[derive(Args)]
-struct ChainDir {
-    /// The chain directory.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "OPDBUS_BLOCKCHAIN_DIR",
-        default_value = "/var/lib/op-dbus/blockchain"
-    )]
-    chain_dir: PathBuf,
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Verify { dir } => verify(dir.chain_dir),
-        Command::Get { block, dir, pretty } => get(dir.chain_dir, &block, pretty),
-        Command::Tail { lines, json, dir } => tail(dir.chain_dir, lines, json),
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("opdbus-chain: {err}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-type Outcome = Result<ExitCode, String>;
-
-fn verify(dir: PathBuf) -> Outcome {
+pub fn verify(dir: PathBuf) -> Outcome {
     let started = Instant::now();
     let mut last_print = started;
     let mut progress = |checked: u64| {
@@ -111,7 +31,7 @@ fn verify(dir: PathBuf) -> Outcome {
     })
 }
 
-fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
+pub fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
     let reader = store::open_read_only(&dir).map_err(|e| e.to_string())?;
     let block = if let Ok(height) = which.parse::<u64>() {
         reader.block_at(height)
@@ -140,7 +60,7 @@ fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn tail(dir: PathBuf, lines: u64, json: bool) -> Outcome {
+pub fn tail(dir: PathBuf, lines: u64, json: bool) -> Outcome {
     let reader = store::open_read_only(&dir).map_err(|e| e.to_string())?;
     let (head, _) = reader.head();
     let first = (head + 1).saturating_sub(lines);
