@@ -6,6 +6,7 @@
 //! (`/etc/default/opdbus-blockchain`): `KEY=VALUE` lines, `#` comments, optional quotes.
 
 use crate::footprint::DEFAULT_MAX_DATA_BYTES;
+use crate::numa::{self, CachePlacement, MemoryPolicy, NumaOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,16 @@ pub struct Config {
     pub writer_uids: Vec<u32>,
     /// `OPDBUS_LOG`: tracing filter, e.g. `info` or `opdbus_blockchain=debug`.
     pub log: String,
+    /// `OPDBUS_CACHE_PLACEMENT`: on which NUMA node(s) the cache's memory goes.
+    pub cache_placement: CachePlacement,
+    /// `OPDBUS_CACHE_MEMORY_POLICY`: memory policy of the writer thread.
+    pub memory_policy: MemoryPolicy,
+    /// `OPDBUS_NUMA`: `on` detects the topology and binds the writer; `off` skips both.
+    pub numa: bool,
+    /// `OPDBUS_NUMA_SYSFS_ROOT`: where `nodeN/meminfo` are read (tests point it elsewhere).
+    pub numa_sysfs_root: Option<PathBuf>,
+    /// `OPDBUS_NUMA_SYSFS_BLOCK_ROOT`: where block devices are looked up for disk locality.
+    pub numa_block_root: Option<PathBuf>,
 }
 
 /// A configuration value that cannot be used.
@@ -98,6 +109,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("OPDBUS_SEGMENT_BYTES", "67108864"),
     ("OPDBUS_WRITER_UIDS", ""),
     ("OPDBUS_LOG", "info"),
+    ("OPDBUS_CACHE_PLACEMENT", "local_node"),
+    ("OPDBUS_CACHE_MEMORY_POLICY", "preferred"),
+    ("OPDBUS_NUMA", "on"),
+    ("OPDBUS_NUMA_SYSFS_ROOT", "/sys/devices/system/node"),
+    ("OPDBUS_NUMA_SYSFS_BLOCK_ROOT", "/sys/dev/block"),
 ];
 
 impl Default for Config {
@@ -110,6 +126,11 @@ impl Default for Config {
             segment_bytes: 64 * 1024 * 1024,
             writer_uids: Vec::new(),
             log: "info".into(),
+            cache_placement: CachePlacement::default(),
+            memory_policy: MemoryPolicy::default(),
+            numa: true,
+            numa_sysfs_root: None,
+            numa_block_root: None,
         }
     }
 }
@@ -165,6 +186,35 @@ impl Config {
                     })?
             }
             "OPDBUS_LOG" => self.log = value.to_owned(),
+            numa::ENV_PLACEMENT => {
+                self.cache_placement = value.parse().map_err(|_| {
+                    invalid(format!(
+                        "accepted values: {}",
+                        CachePlacement::WORDS.join(", ")
+                    ))
+                })?
+            }
+            numa::ENV_MEMORY_POLICY => {
+                self.memory_policy = value.parse().map_err(|_| {
+                    invalid(format!(
+                        "accepted values: {}",
+                        MemoryPolicy::WORDS.join(", ")
+                    ))
+                })?
+            }
+            "OPDBUS_NUMA" => {
+                self.numa = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(invalid("accepted values: on, off".into())),
+                }
+            }
+            numa::ENV_SYSFS_NODE_ROOT => {
+                self.numa_sysfs_root = Some(absolute_dir(value).map_err(invalid)?)
+            }
+            numa::ENV_SYSFS_BLOCK_ROOT => {
+                self.numa_block_root = Some(absolute_dir(value).map_err(invalid)?)
+            }
             _ => {
                 return Err(invalid(format!(
                     "unknown key; known keys: {}",
@@ -173,6 +223,26 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The NUMA options these settings describe; `None` when NUMA is switched off.
+    pub fn numa_options(&self) -> Option<NumaOptions> {
+        let defaults = NumaOptions::default();
+        self.numa.then(|| NumaOptions {
+            placement: self.cache_placement,
+            memory_policy: self.memory_policy,
+            sysfs_node_root: self
+                .numa_sysfs_root
+                .clone()
+                .unwrap_or(defaults.sysfs_node_root),
+            sysfs_block_root: self
+                .numa_block_root
+                .clone()
+                .unwrap_or(defaults.sysfs_block_root),
+            chain_dir: self.chain_dir.clone(),
+        })
     }
 }
 
@@ -260,6 +330,13 @@ mod tests {
         let err = Config::load(None, env).expect_err("invalid").to_string();
         assert!(err.contains("OPDBUS_MAX_DATA_BYTES=lots"), "{err}");
         assert!(err.contains("whole number"), "{err}");
+        let env = |key: &str| (key == "OPDBUS_CACHE_PLACEMENT").then(|| "everywhere".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_CACHE_PLACEMENT=everywhere"), "{err}");
+        assert!(
+            err.contains("local_node, round_robin, most_memory, disabled"),
+            "{err}"
+        );
         let err = "nowhere".parse::<BusChoice>().expect_err("invalid");
         assert!(err.contains("system, session"), "{err}");
     }

@@ -31,6 +31,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut options = ChainOptions::new(&config.chain_dir);
     options.max_data_bytes = config.max_data_bytes;
     options.store.segment_bytes = config.segment_bytes;
+    options.numa = config.numa_options();
     let chain = OptimizedBlockchain::with_options(options, config.cache_dir.clone())
         .await
         .map_err(|source| DaemonError::Chain {

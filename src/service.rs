@@ -10,6 +10,7 @@ use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
 use crate::chain::verify::{self, VerifyReport};
 use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard};
 use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
+use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -21,14 +22,22 @@ pub struct ChainOptions {
     pub store: StoreOptions,
     /// Largest footprint data JSON accepted, in bytes.
     pub max_data_bytes: usize,
+    /// NUMA detection and writer binding; `None` leaves threads and memory where they are.
+    pub numa: Option<NumaOptions>,
 }
 
 impl ChainOptions {
     pub fn new(chain_dir: impl Into<PathBuf>) -> Self {
+        let chain_dir: PathBuf = chain_dir.into();
+        let chain_dir_for_numa = chain_dir.clone();
         ChainOptions {
-            chain_dir: chain_dir.into(),
+            chain_dir,
             store: StoreOptions::default(),
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
+            numa: Some(NumaOptions {
+                chain_dir: chain_dir_for_numa.clone(),
+                ..NumaOptions::default()
+            }),
         }
     }
 }
@@ -190,11 +199,40 @@ impl StreamingBlockchain {
     }
 }
 
+async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
+    let detected = tokio::task::spawn_blocking(move || NumaTopology::detect(&options)).await;
+    match detected {
+        Ok(Ok(topology)) => {
+            let info = topology.info();
+            tracing::info!(
+                nodes = info.node_count(),
+                numa_enabled = info.numa_enabled(),
+                reason = %info.reason(),
+                optimal_node = info.optimal_node(),
+                optimal_node_reason = %info.optimal_node_reason(),
+                placement = %info.placement(),
+                memory_policy = %info.memory_policy(),
+                "NUMA topology"
+            );
+            Some(Arc::new(topology))
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "no NUMA topology could be read; running without NUMA placement");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(%err, "NUMA detection failed; running without NUMA placement");
+            None
+        }
+    }
+}
+
 /// The seed's `OptimizedBlockchain`: the chain plus its cache and NUMA placement.
 #[derive(Clone)]
 pub struct OptimizedBlockchain {
     chain: StreamingBlockchain,
     cache_dir: PathBuf,
+    numa: Option<Arc<NumaTopology>>,
 }
 
 impl OptimizedBlockchain {
@@ -205,9 +243,42 @@ impl OptimizedBlockchain {
         Self::with_options(options, cache_dir.as_ref().to_path_buf()).await
     }
 
+    /// Opens the chain with `options`: detects the NUMA topology (when `options.numa` is set)
+    /// and binds the writer thread to the optimal node before it writes anything.
     pub async fn with_options(options: ChainOptions, cache_dir: PathBuf) -> Result<Self> {
-        let chain = StreamingBlockchain::open(options).await?;
-        Ok(OptimizedBlockchain { chain, cache_dir })
+        let numa = match options.numa.clone() {
+            Some(numa_options) => detect_numa(numa_options).await,
+            None => None,
+        };
+        let on_writer_start = {
+            let numa = numa.clone();
+            move || {
+                if let Some(numa) = numa {
+                    let outcome = numa.bind_writer_thread();
+                    tracing::info!(
+                        cpus = ?outcome.cpus_requested,
+                        applied = outcome.cpu_applied,
+                        reason = %outcome.cpu_reason,
+                        memory_policy = %outcome.memory_policy,
+                        memory_applied = outcome.memory_applied,
+                        memory_reason = %outcome.memory_reason,
+                        "chain writer thread binding"
+                    );
+                }
+            }
+        };
+        let chain = StreamingBlockchain::open_with(options, on_writer_start, None).await?;
+        Ok(OptimizedBlockchain {
+            chain,
+            cache_dir,
+            numa,
+        })
+    }
+
+    /// The NUMA topology, the choices made from it and whether binding took effect; `None`
+    /// when NUMA is switched off or no topology could be read at all.
+    pub async fn numa_info(&self) -> Option<NumaInfo> {
+        self.numa.as_ref().map(|numa| numa.info())
     }
 
     /// See [`StreamingBlockchain::add_footprint`].
