@@ -208,6 +208,17 @@ impl BlockchainObject {
         Ok((report.ok(), report.blocks_checked, report.summary()))
     }
 
+    /// The NUMA topology, the node chosen for the writer and whether its binding took effect.
+    /// Always answers: without a readable topology it reports one node and the reason.
+    async fn numa_info(&self) -> crate::numa::report::Dict {
+        match self.chain.numa_info().await {
+            Some(info) => crate::numa::report::to_dict(&info),
+            None => crate::numa::report::unavailable_dict(
+                self.chain.numa_unavailable().unwrap_or("no topology"),
+            ),
+        }
+    }
+
     /// Height of the newest durable block (not announced through PropertiesChanged).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn height(&self) -> u64 {

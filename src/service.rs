@@ -29,15 +29,14 @@ pub struct ChainOptions {
 impl ChainOptions {
     pub fn new(chain_dir: impl Into<PathBuf>) -> Self {
         let chain_dir: PathBuf = chain_dir.into();
-        let chain_dir_for_numa = chain_dir.clone();
         ChainOptions {
+            numa: Some(NumaOptions {
+                chain_dir: chain_dir.clone(),
+                ..NumaOptions::default()
+            }),
             chain_dir,
             store: StoreOptions::default(),
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
-            numa: Some(NumaOptions {
-                chain_dir: chain_dir_for_numa.clone(),
-                ..NumaOptions::default()
-            }),
         }
     }
 }
@@ -199,7 +198,10 @@ impl StreamingBlockchain {
     }
 }
 
-async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
+/// The topology, or why there is none.
+type NumaState = std::result::Result<Arc<NumaTopology>, Arc<str>>;
+
+async fn detect_numa(options: NumaOptions) -> NumaState {
     let detected = tokio::task::spawn_blocking(move || NumaTopology::detect(&options)).await;
     match detected {
         Ok(Ok(topology)) => {
@@ -214,15 +216,15 @@ async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
                 memory_policy = %info.memory_policy(),
                 "NUMA topology"
             );
-            Some(Arc::new(topology))
+            Ok(Arc::new(topology))
         }
         Ok(Err(err)) => {
             tracing::warn!(%err, "no NUMA topology could be read; running without NUMA placement");
-            None
+            Err(format!("no topology could be read: {err}").into())
         }
         Err(err) => {
             tracing::warn!(%err, "NUMA detection failed; running without NUMA placement");
-            None
+            Err(format!("detection failed: {err}").into())
         }
     }
 }
@@ -232,7 +234,7 @@ async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
 pub struct OptimizedBlockchain {
     chain: StreamingBlockchain,
     cache_dir: PathBuf,
-    numa: Option<Arc<NumaTopology>>,
+    numa: NumaState,
 }
 
 impl OptimizedBlockchain {
@@ -248,12 +250,12 @@ impl OptimizedBlockchain {
     pub async fn with_options(options: ChainOptions, cache_dir: PathBuf) -> Result<Self> {
         let numa = match options.numa.clone() {
             Some(numa_options) => detect_numa(numa_options).await,
-            None => None,
+            None => Err("NUMA placement is switched off (OPDBUS_NUMA=off)".into()),
         };
         let on_writer_start = {
             let numa = numa.clone();
             move || {
-                if let Some(numa) = numa {
+                if let Ok(numa) = numa {
                     let outcome = numa.bind_writer_thread();
                     tracing::info!(
                         cpus = ?outcome.cpus_requested,
@@ -278,7 +280,12 @@ impl OptimizedBlockchain {
     /// The NUMA topology, the choices made from it and whether binding took effect; `None`
     /// when NUMA is switched off or no topology could be read at all.
     pub async fn numa_info(&self) -> Option<NumaInfo> {
-        self.numa.as_ref().map(|numa| numa.info())
+        self.numa.as_ref().ok().map(|numa| numa.info())
+    }
+
+    /// Why [`OptimizedBlockchain::numa_info`] is `None`, if it is.
+    pub fn numa_unavailable(&self) -> Option<&str> {
+        self.numa.as_ref().err().map(|reason| &**reason)
     }
 
     /// See [`StreamingBlockchain::add_footprint`].

@@ -1,8 +1,10 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod offline;
+mod online;
 
 use clap::{Args, Parser, Subcommand};
+use opdbus_blockchain::config::BusChoice;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,6 +56,22 @@ enum Command {
         #[command(flatten)]
         dir: ChainDir,
     },
+    /// Show the daemon's NUMA view: nodes with CPUs and memory, the node chosen for the chain
+    /// writer and why, cache placement, memory policy, and whether the binding took effect.
+    Numa {
+        #[command(flatten)]
+        bus: Bus,
+        /// Print the NumaInfo dictionary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct Bus {
+    /// The bus the daemon is on: system, session or a D-Bus address (unix:path=/run/bus).
+    #[arg(long, value_name = "BUS", default_value = "system")]
+    bus: BusChoice,
 }
 
 #[derive(Args)]
@@ -74,6 +92,7 @@ fn main() -> ExitCode {
         Command::Verify { dir } => offline::verify(dir.chain_dir),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
+        Command::Numa { bus, json } => online::numa(&bus.bus, json),
     };
     match result {
         Ok(code) => code,
