@@ -125,6 +125,27 @@ fn unit_of_pid(pid: u32) -> Option<String> {
         .map(str::to_owned)
 }
 
+impl BlockchainObject {
+    async fn similar(
+        &self,
+        query: &str,
+        k: u32,
+        filter: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Vec<(u64, String, f64)>, Error> {
+        use crate::vector::query::{check_k, filter_from_dict};
+        let parsed: crate::vector::SimilarQuery = query.parse().map_err(Error::InvalidArgument)?;
+        let k = check_k(k).map_err(Error::InvalidArgument)?;
+        let filter = filter_from_dict(&filter).map_err(Error::InvalidArgument)?;
+        match self.chain.find_similar(&parsed, k, &filter).await? {
+            Some(matches) => Ok(matches
+                .into_iter()
+                .map(|m| (m.height, hex::encode(m.hash), m.score))
+                .collect()),
+            None => Err(not_found_by_hash(query.trim())),
+        }
+    }
+}
+
 fn not_found_by_hash(hash: &str) -> Error {
     Error::NotFound(format!("no block with hash {hash}"))
 }
@@ -217,6 +238,25 @@ impl BlockchainObject {
                 self.chain.numa_unavailable().unwrap_or("no topology"),
             ),
         }
+    }
+
+    /// The `k` blocks most similar to `query` (a block hash, or a footprint
+    /// `{"plugin":…,"operation":…,"data":…}`), best first: height, hash, cosine score.
+    #[zbus(out_args("matches"))]
+    async fn find_similar(&self, query: String, k: u32) -> Result<Vec<(u64, String, f64)>, Error> {
+        self.similar(&query, k, HashMap::new()).await
+    }
+
+    /// As FindSimilar, among blocks passing `filter`: plugin (s), operation (s), uid (u),
+    /// since_ns (t), until_ns (t).
+    #[zbus(out_args("matches"))]
+    async fn find_similar_filtered(
+        &self,
+        query: String,
+        k: u32,
+        filter: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Vec<(u64, String, f64)>, Error> {
+        self.similar(&query, k, filter).await
     }
 
     /// Height of the newest durable block (not announced through PropertiesChanged).

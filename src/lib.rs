@@ -13,6 +13,7 @@ pub mod footprint;
 pub mod numa;
 pub mod service;
 pub mod snapshot;
+pub mod vector;
 
 pub use chain::block::{Block, Caller};
 pub use footprint::PluginFootprint;

@@ -11,6 +11,7 @@ use crate::chain::verify::{self, VerifyReport};
 use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard};
 use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
+use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -196,6 +197,10 @@ impl StreamingBlockchain {
     pub fn chain_dir(&self) -> &Path {
         self.inner.reader.dir()
     }
+
+    pub(crate) fn reader(&self) -> &ChainReader {
+        &self.inner.reader
+    }
 }
 
 /// The topology, or why there is none.
@@ -235,6 +240,7 @@ pub struct OptimizedBlockchain {
     chain: StreamingBlockchain,
     cache_dir: PathBuf,
     numa: NumaState,
+    vectors: Arc<VectorIndex>,
 }
 
 impl OptimizedBlockchain {
@@ -270,10 +276,23 @@ impl OptimizedBlockchain {
             }
         };
         let chain = StreamingBlockchain::open_with(options, on_writer_start, None).await?;
+        let vectors = Arc::new(VectorIndex::open(
+            chain.chain_dir(),
+            chain.reader().chain_id(),
+            Arc::new(HashingEmbedder),
+        ));
+        // Build missing vectors in the background; a query meanwhile waits for them.
+        let (index, reader) = (Arc::clone(&vectors), chain.reader().clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = index.catch_up(&reader) {
+                tracing::warn!(%err, "cannot build the block vectors");
+            }
+        });
         Ok(OptimizedBlockchain {
             chain,
             cache_dir,
             numa,
+            vectors,
         })
     }
 
@@ -332,5 +351,41 @@ impl OptimizedBlockchain {
 
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
+    }
+
+    /// The `k` blocks most similar to `query` that pass `filter`, best first (cosine of the
+    /// block vectors; see docs/format.md). `None` when the query names a block the chain does
+    /// not hold. Every durable block is searchable.
+    pub async fn find_similar(
+        &self,
+        query: &SimilarQuery,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Option<Vec<Match>>> {
+        let vector = match query {
+            SimilarQuery::Block(hash) => match self.chain.reader().block_by_hash(hash)? {
+                Some(block) => self.vectors.embed_block(&block),
+                None => return Ok(None),
+            },
+            SimilarQuery::Footprint {
+                plugin,
+                operation,
+                data,
+            } => self.vectors.embed(plugin, operation, data),
+        };
+        let (index, reader, filter) = (
+            Arc::clone(&self.vectors),
+            self.chain.reader().clone(),
+            filter.clone(),
+        );
+        tokio::task::spawn_blocking(move || index.search(&reader, &vector, k, &filter))
+            .await
+            .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
+            .map(Some)
+    }
+
+    /// The block vectors (for checks and tools).
+    pub fn vectors(&self) -> &VectorIndex {
+        &self.vectors
     }
 }

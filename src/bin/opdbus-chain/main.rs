@@ -65,6 +65,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find the blocks most similar to a block or a footprint (cosine of block vectors).
+    ///
+    /// QUERY is a block hash, or a footprint as JSON:
+    /// '{"plugin":"network","operation":"create","data":{"name":"eth0"}}'.
+    /// Prints height, score (1 = identical features) and hash, best first; exit status 1 when
+    /// nothing matches.
+    Similar {
+        /// A block hash or a footprint JSON object.
+        query: String,
+        /// How many blocks (1 to 1000).
+        #[arg(short = 'k', long, default_value_t = 10)]
+        k: u32,
+        /// Only blocks of this plugin.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only blocks of this operation.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only blocks added by this uid.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only blocks at or after this time (nanoseconds since the Unix epoch).
+        #[arg(long, value_name = "NS")]
+        since_ns: Option<u64>,
+        /// Only blocks at or before this time (nanoseconds since the Unix epoch).
+        #[arg(long, value_name = "NS")]
+        until_ns: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
+    },
 }
 
 #[derive(Args)]
@@ -93,6 +126,29 @@ fn main() -> ExitCode {
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
         Command::Numa { bus, json } => online::numa(&bus.bus, json),
+        Command::Similar {
+            query,
+            k,
+            plugin,
+            operation,
+            uid,
+            since_ns,
+            until_ns,
+            json,
+            bus,
+        } => online::similar(
+            &bus.bus,
+            online::SimilarArgs {
+                query,
+                k,
+                plugin,
+                operation,
+                uid,
+                since_ns,
+                until_ns,
+                json,
+            },
+        ),
     };
     match result {
         Ok(code) => code,

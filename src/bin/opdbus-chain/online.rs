@@ -145,3 +145,74 @@ pub fn numa(bus: &BusChoice, json: bool) -> Outcome {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// What `opdbus-chain similar` filters by.
+pub struct SimilarArgs {
+    pub query: String,
+    pub k: u32,
+    pub plugin: Option<String>,
+    pub operation: Option<String>,
+    pub uid: Option<u32>,
+    pub since_ns: Option<u64>,
+    pub until_ns: Option<u64>,
+    pub json: bool,
+}
+
+/// `opdbus-chain similar`: blocks most like a given block or footprint.
+pub fn similar(bus: &BusChoice, args: SimilarArgs) -> Outcome {
+    let mut filter: HashMap<&str, Value<'_>> = HashMap::new();
+    if let Some(plugin) = &args.plugin {
+        filter.insert("plugin", Value::from(plugin.as_str()));
+    }
+    if let Some(operation) = &args.operation {
+        filter.insert("operation", Value::from(operation.as_str()));
+    }
+    if let Some(uid) = args.uid {
+        filter.insert("uid", Value::from(uid));
+    }
+    if let Some(since) = args.since_ns {
+        filter.insert("since_ns", Value::from(since));
+    }
+    if let Some(until) = args.until_ns {
+        filter.insert("until_ns", Value::from(until));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let matches: Vec<(u64, String, f64)> = runtime.block_on(async {
+        let connection = bus
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
+        let reply = connection
+            .call_method(
+                Some(BUS_NAME),
+                OBJECT_PATH,
+                Some(BUS_NAME),
+                "FindSimilarFiltered",
+                &(args.query.as_str(), args.k, filter),
+            )
+            .await
+            .map_err(|e| describe_call_error("FindSimilarFiltered", e))?;
+        reply
+            .body()
+            .deserialize()
+            .map_err(|e| format!("FindSimilarFiltered: unexpected reply: {e}"))
+    })?;
+    for (height, hash, score) in &matches {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"height": height, "hash": hash, "score": score})
+            );
+        } else {
+            println!("{height:>10}  {score:>7.4}  {hash}");
+        }
+    }
+    if matches.is_empty() {
+        eprintln!("no block matches");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
