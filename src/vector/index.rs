@@ -11,7 +11,7 @@
 //! approximation: at 1 M blocks that is 256 MB of int8 dot products), keeps the best
 //! candidates, and re-ranks them by the exact cosine of vectors recomputed from their blocks.
 
-use super::embed::{cosine, quantize, Embedder, DIM};
+use super::embed::{cosine, quantize, Embedder, HashingEmbedder, DIM};
 use crate::chain::block::{Block, Hash, UNKNOWN_UID};
 use crate::chain::error::Result;
 use crate::chain::segment::ChainId;
@@ -49,6 +49,18 @@ struct Meta {
     plugin: u64,
     operation: u64,
     hash_prefix: u64,
+}
+
+impl Meta {
+    fn of(block: &Block) -> Meta {
+        Meta {
+            timestamp_ns: block.timestamp_ns,
+            uid: block.caller.uid.unwrap_or(UNKNOWN_UID),
+            plugin: name_key(&block.plugin),
+            operation: name_key(&block.operation),
+            hash_prefix: hash_prefix(&block.hash),
+        }
+    }
 }
 
 /// Which blocks a search may return; `None` fields do not restrict.
@@ -230,13 +242,7 @@ impl VectorIndex {
                 break;
             };
             let vector = quantize(&self.embed_block(&block));
-            let meta = Meta {
-                timestamp_ns: block.timestamp_ns,
-                uid: block.caller.uid.unwrap_or(UNKNOWN_UID),
-                plugin: name_key(&block.plugin),
-                operation: name_key(&block.operation),
-                hash_prefix: hash_prefix(&block.hash),
-            };
+            let meta = Meta::of(&block);
             encode_record(&vector, &meta, &mut bytes);
             state.vectors.extend_from_slice(&vector);
             state.meta.push(meta);
@@ -318,25 +324,30 @@ impl VectorIndex {
         matches.truncate(k);
         Ok(matches)
     }
+}
 
-    /// Heights whose stored vector differs from the one recomputed from the block (should be
-    /// none); reads every block.
-    pub fn mismatches(&self, reader: &ChainReader) -> Result<Vec<u64>> {
-        let state = self.state.read();
-        let mut bad = Vec::new();
-        for (height, vector) in state.vectors.chunks_exact(DIM).enumerate() {
-            let Some(block) = reader.block_at(height as u64)? else {
-                bad.push(height as u64);
-                continue;
-            };
-            if quantize(&self.embed_block(&block)) != vector
-                || state.meta[height].hash_prefix != hash_prefix(&block.hash)
-            {
-                bad.push(height as u64);
-            }
+/// Reads `<chain_dir>/vectors` without writing anything and recomputes every stored record from
+/// its block. Returns how many records the file holds and the heights whose record differs;
+/// an error when the file is missing or belongs to another chain.
+pub fn check_file(
+    chain_dir: &Path,
+    reader: &ChainReader,
+) -> std::result::Result<(u64, Vec<u64>), String> {
+    let path = chain_dir.join(FILE_NAME);
+    let (vectors, meta) =
+        load(&path, &reader.chain_id()).map_err(|why| format!("{}: {why}", path.display()))?;
+    let mut bad = Vec::new();
+    for (height, (vector, stored)) in vectors.chunks_exact(DIM).zip(&meta).enumerate() {
+        let block = reader.block_at(height as u64).map_err(|e| e.to_string())?;
+        let agrees = block.is_some_and(|block| {
+            let embedded = HashingEmbedder.embed(&block.plugin, &block.operation, &block.data);
+            *stored == Meta::of(&block) && quantize(&embedded) == vector
+        });
+        if !agrees {
+            bad.push(height as u64);
         }
-        Ok(bad)
     }
+    Ok((meta.len() as u64, bad))
 }
 
 fn encode_record(vector: &[i8], meta: &Meta, out: &mut Vec<u8>) {
