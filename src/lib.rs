@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod footprint;
 pub mod numa;
+pub mod predict;
 pub mod service;
 pub mod snapshot;
 pub mod vector;
