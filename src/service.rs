@@ -197,6 +197,11 @@ impl StreamingBlockchain {
     pub fn chain_dir(&self) -> &Path {
         self.inner.reader.dir()
     }
+
+    /// `Ok` while the writer thread runs and the store takes writes; otherwise why not.
+    pub fn writer_health(&self) -> std::result::Result<(), String> {
+        self.inner.commit.health()
+    }
 }
 
 async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
@@ -325,5 +330,10 @@ impl OptimizedBlockchain {
 
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
+    }
+
+    /// See [`StreamingBlockchain::writer_health`].
+    pub fn writer_health(&self) -> std::result::Result<(), String> {
+        self.chain.writer_health()
     }
 }
