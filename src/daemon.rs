@@ -34,16 +34,6 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let mut options = ChainOptions::new(&config.chain_dir);
-    options.max_data_bytes = config.max_data_bytes;
-    options.store.segment_bytes = config.segment_bytes;
-    options.numa = config.numa_options();
-    let chain = OptimizedBlockchain::with_options(options, config.cache_dir.clone())
-        .await
-        .map_err(|source| DaemonError::Chain {
-            dir: config.chain_dir.clone(),
-            source,
-        })?;
     tracing::info!(
         bus = %config.bus,
         chain_dir = %config.chain_dir.display(),
@@ -55,8 +45,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cache_placement = %config.cache_placement,
         memory_policy = %config.memory_policy,
         log = %config.log,
-        "configuration"
+        "configuration: bus {}, chain {}, cache {}, numa {}, log {}",
+        config.bus,
+        config.chain_dir.display(),
+        config.cache_dir.display(),
+        if config.numa { "on" } else { "off" },
+        config.log
     );
+    let mut options = ChainOptions::new(&config.chain_dir);
+    options.max_data_bytes = config.max_data_bytes;
+    options.store.segment_bytes = config.segment_bytes;
+    options.numa = config.numa_options();
+    let chain = OptimizedBlockchain::with_options(options, config.cache_dir.clone())
+        .await
+        .map_err(|source| DaemonError::Chain {
+            dir: config.chain_dir.clone(),
+            source,
+        })?;
     let (height, head) = chain.head();
     let recovery = chain.chain().recovery();
     tracing::info!(
@@ -70,7 +75,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         created = recovery.created,
         torn_bytes_cut = recovery.torn_bytes_cut,
         index_rebuilt = recovery.index_rebuilt,
-        "chain opened"
+        "chain opened at height {height}, head {head}"
     );
 
     let bus = config.bus.to_string();
@@ -104,7 +109,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 source,
             },
         })?;
-    tracing::info!(bus = %bus, name = BUS_NAME, height, "serving");
+    tracing::info!(
+        bus = %bus,
+        name = BUS_NAME,
+        height,
+        "serving {BUS_NAME} on the {bus} bus"
+    );
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(&chain)),
@@ -131,7 +141,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     chain.shutdown().await;
     connection.graceful_shutdown().await;
     let (height, head) = chain.head();
-    tracing::info!(height, head = %head, "stopped");
+    tracing::info!(height, head = %head, "stopped at height {height}");
     Ok(())
 }
 
@@ -217,7 +227,16 @@ pub fn init_logging(filter: &str) {
     let journald = stderr_is_journal()
         .then(|| tracing_journald::layer().ok())
         .flatten()
-        .map(|layer| layer.with_field_prefix(None));
+        .map(|layer| {
+            // Priorities as syslog reads them (the crate's default shifts each level one up:
+            // info as notice, debug as info), so `journalctl -p info` leaves per-block records out.
+            let mut priorities = tracing_journald::PriorityMappings::new();
+            priorities.info = tracing_journald::Priority::Informational;
+            priorities.debug = tracing_journald::Priority::Debug;
+            layer
+                .with_field_prefix(None)
+                .with_priority_mappings(priorities)
+        });
     if let Some(journald) = journald {
         tracing_subscriber::registry()
             .with(filter)

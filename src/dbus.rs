@@ -185,7 +185,10 @@ impl BlockchainObject {
             BLOCK_HASH = %block.hash_hex(),
             PLUGIN = %block.plugin,
             OPERATION = %block.operation,
-            "block added"
+            "block {} added: {} {}",
+            block.height,
+            block.plugin,
+            block.operation
         );
         let (sent, reply_gone) = tokio::sync::oneshot::channel();
         let emitter = emitter.to_owned();
