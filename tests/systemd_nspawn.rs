@@ -254,6 +254,34 @@ fn real_systemd_kill_9_and_automatic_restart_lose_no_acked_footprint() {
 }
 
 #[test]
+fn real_systemd_watchdog_pings_keep_a_healthy_daemon_running() {
+    let Some(ct) = Container::boot_with_service("watchdog") else {
+        return;
+    };
+    // A short watchdog, as an operator would set it in a drop-in: a daemon that did not ping
+    // would be killed (SIGABRT) and restarted within 2 s.
+    ct.ok(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/systemd/system/opdbus-blockchaind.service.d && \
+         printf '[Service]\\nWatchdogSec=2s\\n' \
+           > /etc/systemd/system/opdbus-blockchaind.service.d/watchdog.conf && \
+         systemctl daemon-reload",
+    ]);
+    ct.ok(&["systemctl", "start", UNIT]);
+    assert_eq!(ct.unit_property("WatchdogUSec"), "2s");
+    let pid = ct.unit_property("MainPID");
+    let mut pings = HashSet::new();
+    wait_until(Duration::from_secs(60), "four watchdog pings", || {
+        pings.insert(ct.unit_property("WatchdogTimestampMonotonic"));
+        pings.len() >= 5
+    });
+    assert_eq!(ct.unit_property("ActiveState"), "active");
+    assert_eq!(ct.unit_property("NRestarts"), "0");
+    assert_eq!(ct.unit_property("MainPID"), pid, "the daemon was restarted");
+}
+
+#[test]
 fn real_systemd_first_call_activates_the_unit() {
     let Some(ct) = Container::boot_with_service("activate") else {
         return;

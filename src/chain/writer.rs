@@ -277,3 +277,29 @@ fn commit_batch(
     }
     entries.clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::store::{self, StoreOptions};
+
+    #[tokio::test]
+    async fn health_is_ok_while_the_writer_runs_and_an_error_once_it_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (writer, _reader, _) =
+            store::open(dir.path(), StoreOptions::default()).expect("open the store");
+        let commit = GroupCommit::start(writer, || {}, None).expect("start the writer");
+        assert_eq!(commit.health(), Ok(()));
+        commit
+            .commit(
+                PluginFootprint::new("network", "create", serde_json::json!({})),
+                Caller::this_process(),
+            )
+            .await
+            .expect("commit");
+        assert_eq!(commit.health(), Ok(()));
+        commit.shutdown().await;
+        let reason = commit.health().expect_err("no writer any more");
+        assert!(reason.contains("shut down"), "{reason}");
+    }
+}
