@@ -129,20 +129,44 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     watchdog.abort();
-    // New calls now fail (no name, no object); calls already dispatched keep going.
+    // From here on calls to the name find no owner. Calls the bus routed to us before are
+    // ahead of this ping in our queue, so once it is answered every one of them has been
+    // handed to the object server (dropping the connection earlier would leave them
+    // unanswered). Then the object goes, so calls to our unique name are refused too.
     let _ = connection.release_name(BUS_NAME).await;
+    flush_incoming(&connection).await;
     let _ = connection
         .object_server()
         .remove::<BlockchainObject, _>(OBJECT_PATH)
         .await;
-    // The writer still runs, so every counted call gets its block committed and its reply
-    // sent (a call leaves the count only once its reply is on the wire).
+    // The writer still runs, so every call handed over gets its block committed and its
+    // reply sent; the connection closes once the last call's task has let it go.
     in_flight.idle().await;
-    chain.shutdown().await;
     connection.graceful_shutdown().await;
+    chain.shutdown().await;
     let (height, head) = chain.head();
     tracing::info!(height, head = %head, "stopped at height {height}");
     Ok(())
+}
+
+/// Returns once every message that reached our connection before this call has been dispatched:
+/// a `Peer.Ping` to ourselves through the bus queues behind them.
+async fn flush_incoming(connection: &zbus::Connection) {
+    let Some(me) = connection.unique_name() else {
+        return;
+    };
+    if let Err(err) = connection
+        .call_method(
+            Some(me.as_ref()),
+            "/",
+            Some("org.freedesktop.DBus.Peer"),
+            "Ping",
+            &(),
+        )
+        .await
+    {
+        tracing::warn!(%err, "cannot ping ourselves through the bus; stopping anyway");
+    }
 }
 
 /// What `systemctl status` shows next to the unit.
