@@ -16,6 +16,8 @@ packages=(
   gcc
   make
   ca-certificates
+  systemd-container # systemd-nspawn: tests/systemd_nspawn.rs boots a real systemd
+  debootstrap       # the minimal Debian those containers run
 )
 
 missing=()

@@ -1,6 +1,12 @@
 //! The daemon: opens the chain, owns `org.opdbus.Blockchain` on the bus, tells systemd when it
 //! is ready, and shuts down cleanly on SIGTERM/SIGINT (stop taking calls, drain and sync the
 //! queue, release the name, exit 0).
+//!
+//! systemd protocol (`Type=notify`): `READY=1` once the name is owned and the chain's tail was
+//! checked on open; `STATUS=` with the chain height, refreshed on every tick; `WATCHDOG=1` on
+//! every tick (half of `WatchdogSec=`) only while the chain writer is healthy (thread alive,
+//! store not latched), so a latched store gets the daemon restarted and recovered from disk;
+//! `STOPPING=1` when a stop signal arrives.
 
 use crate::chain::error::ChainError;
 use crate::config::{BusChoice, Config};
@@ -28,6 +34,24 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    tracing::info!(
+        bus = %config.bus,
+        chain_dir = %config.chain_dir.display(),
+        cache_dir = %config.cache_dir.display(),
+        max_data_bytes = config.max_data_bytes,
+        segment_bytes = config.segment_bytes,
+        writer_uids = ?config.writer_uids,
+        numa = config.numa,
+        cache_placement = %config.cache_placement,
+        memory_policy = %config.memory_policy,
+        log = %config.log,
+        "configuration: bus {}, chain {}, cache {}, numa {}, log {}",
+        config.bus,
+        config.chain_dir.display(),
+        config.cache_dir.display(),
+        if config.numa { "on" } else { "off" },
+        config.log
+    );
     let mut options = ChainOptions::new(&config.chain_dir);
     options.max_data_bytes = config.max_data_bytes;
     options.store.segment_bytes = config.segment_bytes;
@@ -51,7 +75,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         created = recovery.created,
         torn_bytes_cut = recovery.torn_bytes_cut,
         index_rebuilt = recovery.index_rebuilt,
-        "chain opened"
+        "chain opened at height {height}, head {head}"
     );
 
     let bus = config.bus.to_string();
@@ -65,6 +89,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     let object = BlockchainObject::new(chain.clone(), config.writer_uids.clone());
+    let in_flight = object.in_flight();
     let connection = builder
         .serve_at(OBJECT_PATH, object)
         .and_then(|b| b.name(BUS_NAME))
@@ -84,29 +109,118 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 source,
             },
         })?;
-    tracing::info!(bus = %bus, name = BUS_NAME, height, "serving");
+    tracing::info!(
+        bus = %bus,
+        name = BUS_NAME,
+        height,
+        "serving {BUS_NAME} on the {bus} bus"
+    );
     notify(&[
         NotifyState::Ready,
-        NotifyState::Status(&format!("serving, chain height {height}")),
+        NotifyState::Status(&status_line(&chain)),
     ]);
+    let watchdog = tokio::spawn(watch_health(chain.clone()));
 
     wait_for_stop_signal().await?;
 
-    tracing::info!("stopping: no new calls, draining the write queue");
-    notify(&[NotifyState::Stopping]);
+    tracing::info!(
+        in_flight = in_flight.count(),
+        "stopping: no new calls, answering those in flight, draining the write queue"
+    );
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    watchdog.abort();
+    // From here on calls to the name find no owner. Calls the bus routed to us before are
+    // ahead of this ping in our queue, so once it is answered every one of them has been
+    // handed to the object server (dropping the connection earlier would leave them
+    // unanswered). Then the object goes, so calls to our unique name are refused too.
     let _ = connection.release_name(BUS_NAME).await;
+    flush_incoming(&connection).await;
     let _ = connection
         .object_server()
         .remove::<BlockchainObject, _>(OBJECT_PATH)
         .await;
-    chain.shutdown().await;
-    // Let the calls the writer just answered send their replies.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The writer still runs, so every call handed over gets its block committed and its
+    // reply sent; the connection closes once the last call's task has let it go.
+    in_flight.idle().await;
     connection.graceful_shutdown().await;
-    let (height, _) = chain.head();
-    tracing::info!(height, "stopped");
+    chain.shutdown().await;
+    let (height, head) = chain.head();
+    tracing::info!(height, head = %head, "stopped at height {height}");
     Ok(())
 }
+
+/// Returns once every message that reached our connection before this call has been dispatched:
+/// a `Peer.Ping` to ourselves through the bus queues behind them.
+async fn flush_incoming(connection: &zbus::Connection) {
+    let Some(me) = connection.unique_name() else {
+        return;
+    };
+    if let Err(err) = connection
+        .call_method(
+            Some(me.as_ref()),
+            "/",
+            Some("org.freedesktop.DBus.Peer"),
+            "Ping",
+            &(),
+        )
+        .await
+    {
+        tracing::warn!(%err, "cannot ping ourselves through the bus; stopping anyway");
+    }
+}
+
+/// What `systemctl status` shows next to the unit.
+fn status_line(chain: &OptimizedBlockchain) -> String {
+    let (height, _) = chain.head();
+    format!("serving, chain height {height}")
+}
+
+/// Refreshes `STATUS=` and pings the watchdog while the writer is healthy; runs until aborted.
+async fn watch_health(chain: OptimizedBlockchain) {
+    let mut watchdog_usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let period = if watchdog {
+        Duration::from_micros(watchdog_usec / 2)
+    } else {
+        STATUS_PERIOD
+    };
+    let mut ticks = tokio::time::interval(period.max(MIN_TICK));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    let mut unhealthy = false;
+    loop {
+        ticks.tick().await;
+        let status = match chain.writer_health() {
+            Ok(()) => {
+                if watchdog {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                unhealthy = false;
+                status_line(&chain)
+            }
+            Err(reason) => {
+                if !unhealthy {
+                    tracing::error!(
+                        %reason,
+                        "the chain writer is unhealthy; no more watchdog pings, so systemd \
+                         restarts the daemon"
+                    );
+                    unhealthy = true;
+                }
+                format!("degraded: {reason}")
+            }
+        };
+        if status != last_status {
+            notify(&[NotifyState::Status(&status)]);
+            last_status = status;
+        }
+    }
+}
+
+/// How often `STATUS=` is refreshed when systemd does not ask for watchdog pings.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
+/// A floor for the tick, whatever `WATCHDOG_USEC` says.
+const MIN_TICK: Duration = Duration::from_millis(100);
 
 async fn wait_for_stop_signal() -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -132,9 +246,21 @@ pub fn init_logging(filter: &str) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let journald = std::env::var_os("JOURNAL_STREAM")
-        .and_then(|_| tracing_journald::layer().ok())
-        .map(|layer| layer.with_field_prefix(None));
+    // Field names as we write them (BLOCK_HEIGHT, PLUGIN, …), without the default `F_` prefix,
+    // so that `journalctl PLUGIN=network` finds them.
+    let journald = stderr_is_journal()
+        .then(|| tracing_journald::layer().ok())
+        .flatten()
+        .map(|layer| {
+            // Priorities as syslog reads them (the crate's default shifts each level one up:
+            // info as notice, debug as info), so `journalctl -p info` leaves per-block records out.
+            let mut priorities = tracing_journald::PriorityMappings::new();
+            priorities.info = tracing_journald::Priority::Informational;
+            priorities.debug = tracing_journald::Priority::Debug;
+            layer
+                .with_field_prefix(None)
+                .with_priority_mappings(priorities)
+        });
     if let Some(journald) = journald {
         tracing_subscriber::registry()
             .with(filter)
@@ -146,4 +272,24 @@ pub fn init_logging(filter: &str) {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
+}
+
+/// Whether stderr is the journal stream systemd gave us: `JOURNAL_STREAM` is `device:inode` of
+/// that stream, and a child that inherited the variable but not the stream must not use it.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(metadata) = std::fs::File::from(stderr).metadata() else {
+        return false;
+    };
+    device.parse() == Ok(metadata.dev()) && inode.parse() == Ok(metadata.ino())
 }

@@ -55,6 +55,8 @@ pub struct BlockchainObject {
     callers: parking_lot::Mutex<HashMap<String, Caller>>,
     /// uids allowed to write besides root and the daemon's own.
     writer_uids: Vec<u32>,
+    /// AddFootprint calls whose reply has not been sent yet.
+    in_flight: InFlight,
 }
 
 impl BlockchainObject {
@@ -63,7 +65,13 @@ impl BlockchainObject {
             chain,
             callers: parking_lot::Mutex::new(HashMap::new()),
             writer_uids,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// The count of AddFootprint calls not yet answered, for the daemon to drain at shutdown.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
     }
 
     /// Who sent `header`'s message, asked of the bus once per connection.
@@ -163,22 +171,45 @@ impl BlockchainObject {
         #[zbus(connection)] connection: &Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(u64, SentWithReply), Error> {
+        let in_flight = self.in_flight.enter();
         let footprint = PluginFootprint::from_json_text(plugin, operation, data_json)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let caller = self.caller(&header, connection).await?;
         if !self.may_write(&caller) {
+            let uid = caller.uid.map_or("unknown".into(), |u| u.to_string());
+            tracing::warn!(
+                PLUGIN = %footprint.plugin_id,
+                OPERATION = %footprint.operation,
+                CALLER_UID = %uid,
+                "footprint refused: the caller may not write"
+            );
             return Err(Error::AccessDenied(format!(
-                "uid {} may not add footprints; ask the administrator to add it to OPDBUS_WRITER_UIDS",
-                caller.uid.map_or("unknown".into(), |u| u.to_string())
+                "uid {uid} may not add footprints; ask the administrator to add it to OPDBUS_WRITER_UIDS"
             )));
         }
-        let block = self.chain.append(footprint, caller).await?;
+        let plugin = footprint.plugin_id.clone();
+        let operation = footprint.operation.clone();
+        let block = self
+            .chain
+            .append(footprint, caller)
+            .await
+            .inspect_err(|err| {
+                tracing::warn!(
+                    PLUGIN = %plugin,
+                    OPERATION = %operation,
+                    %err,
+                    "footprint not committed"
+                );
+            })?;
         tracing::debug!(
             BLOCK_HEIGHT = block.height,
             BLOCK_HASH = %block.hash_hex(),
             PLUGIN = %block.plugin,
             OPERATION = %block.operation,
-            "block added"
+            "block {} added: {} {}",
+            block.height,
+            block.plugin,
+            block.operation
         );
         let (sent, reply_gone) = tokio::sync::oneshot::channel();
         let emitter = emitter.to_owned();
@@ -193,6 +224,7 @@ impl BlockchainObject {
             SentWithReply {
                 text: hash,
                 _sent: sent,
+                _in_flight: in_flight,
             },
         ))
     }
@@ -289,6 +321,8 @@ impl BlockchainObject {
 pub struct SentWithReply {
     text: String,
     _sent: tokio::sync::oneshot::Sender<()>,
+    /// The call stays counted as in flight until its reply is on the wire.
+    _in_flight: InFlightCall,
 }
 
 impl serde::Serialize for SentWithReply {
@@ -312,5 +346,45 @@ async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &Block) {
     .await
     {
         tracing::debug!(%err, "cannot emit BlockAdded");
+    }
+}
+
+/// Counts calls that have started and whose reply has not been sent, so that shutdown can wait
+/// for every acknowledgement to leave before it closes the connection.
+#[derive(Debug, Clone)]
+pub struct InFlight(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl InFlight {
+    /// Counts one call until the returned value is dropped.
+    pub fn enter(&self) -> InFlightCall {
+        self.0.send_modify(|count| *count += 1);
+        InFlightCall(self.0.clone())
+    }
+
+    /// Calls counted right now.
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Returns once no call is counted.
+    pub async fn idle(&self) {
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = self.0.subscribe().wait_for(|count| *count == 0).await;
+    }
+}
+
+/// One counted call; see [`InFlight::enter`].
+#[derive(Debug)]
+pub struct InFlightCall(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for InFlightCall {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count -= 1);
     }
 }

@@ -201,6 +201,11 @@ impl StreamingBlockchain {
     pub(crate) fn reader(&self) -> &ChainReader {
         &self.inner.reader
     }
+
+    /// `Ok` while the writer thread runs and the store takes writes; otherwise why not.
+    pub fn writer_health(&self) -> std::result::Result<(), String> {
+        self.inner.commit.health()
+    }
 }
 
 /// The topology, or why there is none.
@@ -387,5 +392,10 @@ impl OptimizedBlockchain {
     /// The block vectors (for checks and tools).
     pub fn vectors(&self) -> &VectorIndex {
         &self.vectors
+    }
+
+    /// See [`StreamingBlockchain::writer_health`].
+    pub fn writer_health(&self) -> std::result::Result<(), String> {
+        self.chain.writer_health()
     }
 }

@@ -45,6 +45,8 @@ pub struct CommitCounters {
     pub blocks: AtomicU64,
     /// Footprints that failed to commit.
     pub failed: AtomicU64,
+    /// Why the store refuses all writes until a restart (a failed `fdatasync`), once it does.
+    latched: parking_lot::Mutex<Option<String>>,
 }
 
 /// Called on the writer thread with each committed batch, after the callers were answered.
@@ -147,6 +149,19 @@ impl GroupCommit {
     pub fn counters(&self) -> &CommitCounters {
         &self.counters
     }
+
+    /// `Ok` while the writer thread runs and the store takes writes; otherwise why not. Cheap
+    /// (no round trip to the thread): the daemon asks it for every watchdog ping.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        if let Some(reason) = self.counters.latched.lock().clone() {
+            return Err(format!("the store is latched: {reason}"));
+        }
+        match &*self.thread.lock() {
+            Some(thread) if !thread.is_finished() => Ok(()),
+            Some(_) => Err("the chain writer thread has ended".into()),
+            None => Err("the chain writer has been shut down".into()),
+        }
+    }
 }
 
 /// Keeps the writer paused while alive.
@@ -238,6 +253,9 @@ fn commit_batch(
             counters
                 .failed
                 .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            if let Some(reason) = writer.latched() {
+                *counters.latched.lock() = Some(reason.to_owned());
+            }
             tracing::warn!(%err, footprints = entries.len(), "a batch failed to commit");
             let mut unanswered = 0;
             for reply in replies.drain(..) {
@@ -258,4 +276,30 @@ fn commit_batch(
         }
     }
     entries.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::store::{self, StoreOptions};
+
+    #[tokio::test]
+    async fn health_is_ok_while_the_writer_runs_and_an_error_once_it_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (writer, _reader, _) =
+            store::open(dir.path(), StoreOptions::default()).expect("open the store");
+        let commit = GroupCommit::start(writer, || {}, None).expect("start the writer");
+        assert_eq!(commit.health(), Ok(()));
+        commit
+            .commit(
+                PluginFootprint::new("network", "create", serde_json::json!({})),
+                Caller::this_process(),
+            )
+            .await
+            .expect("commit");
+        assert_eq!(commit.health(), Ok(()));
+        commit.shutdown().await;
+        let reason = commit.health().expect_err("no writer any more");
+        assert!(reason.contains("shut down"), "{reason}");
+    }
 }

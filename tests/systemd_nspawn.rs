@@ -1,0 +1,923 @@
+//! The installed service under a real systemd: each test boots a minimal Debian 12 in a
+//! `systemd-nspawn` container (systemd as PID 1, a real system bus, journald), installs this
+//! build with `scripts/install.sh` and drives it with `systemctl`, `busctl` and `journalctl`.
+//!
+//! Root only; without root or without `systemd-nspawn`/`debootstrap` every test says why it is
+//! SKIPPED (set `OPDBUS_REQUIRE_NSPAWN=1` to make that a failure instead). The rootfs is built
+//! once with debootstrap (about a minute, network needed) and cached in
+//! `/var/cache/opdbus-test-rootfs` (`OPDBUS_TEST_ROOTFS_CACHE` to move it); containers run it
+//! with `--volatile=overlay`, so no test changes the cached tree.
+
+mod common;
+
+use common::{is_root, wait_until, BUS_NAME, DAEMON, OBJECT_PATH};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const UNIT: &str = "opdbus-blockchaind.service";
+/// Where the build and the sources appear inside the container (read-only bind mounts).
+const CT_BIN: &str = "/opt/opdbus/bin";
+const CT_SRC: &str = "/opt/opdbus/src";
+/// Packages of the cached rootfs; changing them needs a new marker name.
+const ROOTFS_PACKAGES: &str = "systemd,systemd-sysv,dbus,libhwloc15,procps";
+const ROOTFS_MARKER: &str = ".opdbus-test-rootfs-v1";
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn real_systemd_start_returns_after_ready_and_serves_the_system_bus() {
+    let Some(ct) = Container::boot_with_service("ready") else {
+        return;
+    };
+    ct.enable_debug_logging();
+    ct.ok(&["systemctl", "start", UNIT]);
+    // `systemctl start` of a Type=notify unit returns once READY=1 arrived: by then the unit is
+    // active and the name is owned, so the very first call must work (no retry here).
+    assert_eq!(ct.unit_property("ActiveState"), "active");
+    let genesis = ct.busctl_call("GetBlockByHeight", &["t", "0"]);
+    assert!(genesis.contains("\\\"height\\\":0"), "{genesis}");
+    let status = ct.unit_property("StatusText");
+    assert!(status.contains("chain height 0"), "STATUS= is '{status}'");
+
+    let (height, hash) = ct.add_footprint("network", "create", r#"{"interface":"eth0"}"#);
+    assert_eq!(height, 1);
+    let block = ct.busctl_call("GetBlock", &["s", &hash]);
+    assert!(block.contains("eth0"), "{block}");
+    // The host reaches the container's system bus through its socket, like any client.
+    let from_host = Command::new("busctl")
+        .arg(format!(
+            "--address=unix:path={}",
+            ct.path("/run/dbus/system_bus_socket").display()
+        ))
+        .args(["get-property", BUS_NAME, OBJECT_PATH, BUS_NAME, "Height"])
+        .output()
+        .expect("busctl");
+    assert_eq!(stdout(&from_host).trim(), "t 1", "{}", stderr(&from_host));
+}
+
+#[test]
+fn real_systemd_unprivileged_writes_are_denied_reads_allowed() {
+    let Some(ct) = Container::boot_with_service("deny") else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    let (_, hash) = ct.add_footprint("network", "create", "{}");
+    let as_nobody = |member: &str, args: &[&str]| {
+        let mut command = vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--init-groups",
+            "dbus-send",
+            "--system",
+            "--print-reply",
+            "--dest=org.opdbus.Blockchain",
+            OBJECT_PATH,
+        ];
+        let member = format!("{BUS_NAME}.{member}");
+        command.push(&member);
+        command.extend_from_slice(args);
+        ct.run(&command)
+    };
+    // The bus policy refuses the write before it reaches the daemon.
+    let write = as_nobody(
+        "AddFootprint",
+        &["string:network", "string:delete", "string:{}"],
+    );
+    assert!(!write.status.success(), "nobody could write");
+    assert!(
+        stderr(&write).contains("org.freedesktop.DBus.Error.AccessDenied"),
+        "{}",
+        stderr(&write)
+    );
+    // Reads are open to everyone.
+    let read = as_nobody("GetBlock", &[&format!("string:{hash}")]);
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert!(stdout(&read).contains(&hash));
+    // In the writers' group the policy lets the call through, and the daemon's own uid check
+    // (OPDBUS_WRITER_UIDS is empty) still refuses it, with its own error.
+    ct.ok(&["usermod", "-a", "-G", "opdbus", "nobody"]);
+    ct.ok(&[
+        "busctl",
+        "call",
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        "ReloadConfig",
+    ]);
+    let write = as_nobody(
+        "AddFootprint",
+        &["string:network", "string:delete", "string:{}"],
+    );
+    assert!(!write.status.success(), "nobody could write");
+    assert!(
+        stderr(&write).contains("org.opdbus.Blockchain.Error.AccessDenied"),
+        "{}",
+        stderr(&write)
+    );
+    assert_eq!(ct.busctl_call("GetBlockByHeight", &["t", "2"]).len(), 0);
+}
+
+#[test]
+fn real_systemd_journal_has_structured_block_fields_and_start_up_facts() {
+    let Some(ct) = Container::boot_with_service("journal") else {
+        return;
+    };
+    ct.enable_debug_logging();
+    ct.ok(&["systemctl", "start", UNIT]);
+    let (height, hash) = ct.add_footprint("network", "create", r#"{"interface":"eth0"}"#);
+    ct.add_footprint("storage", "mount", "{}");
+
+    // journalctl -u opdbus-blockchaind PLUGIN=network: the network block, and only it.
+    let records = ct.wait_for_journal(&["PLUGIN=network"], |records| {
+        records.iter().any(|r| field(r, "BLOCK_HASH") == hash)
+    });
+    assert!(records.iter().all(|r| field(r, "PLUGIN") == "network"));
+    let block = records
+        .iter()
+        .find(|r| field(r, "BLOCK_HASH") == hash)
+        .expect("found above");
+    assert_eq!(field(block, "BLOCK_HEIGHT"), height.to_string());
+    assert_eq!(field(block, "OPERATION"), "create");
+    assert_eq!(field(block, "PRIORITY"), "7", "per-block records are debug");
+    assert!(
+        block
+            .as_object()
+            .expect("object")
+            .keys()
+            .all(|k| !k.starts_with("F_")),
+        "field names carry no prefix: {block}"
+    );
+
+    // Start-up: configuration, NUMA choice and chain height at info.
+    let all = ct.wait_for_journal(&[], |records| {
+        records
+            .iter()
+            .any(|r| field(r, "MESSAGE").starts_with("serving"))
+    });
+    let find = |prefix: &str| {
+        all.iter()
+            .find(|r| field(r, "MESSAGE").starts_with(prefix))
+            .unwrap_or_else(|| panic!("no '{prefix}…' record in the journal"))
+    };
+    assert_eq!(field(find("configuration"), "PRIORITY"), "6");
+    assert_eq!(field(find("configuration"), "BUS"), "system");
+    assert_eq!(field(find("chain opened"), "HEIGHT"), "0");
+    assert_eq!(field(find("NUMA topology"), "OPTIMAL_NODE"), "0");
+}
+
+#[test]
+fn real_systemd_stop_answers_calls_in_flight_and_exits_cleanly() {
+    let Some(ct) = Container::boot_with_service("stop") else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    // 16 clients on the host, each adding footprints one after the other through the
+    // container's system bus, so that calls are in flight when the stop comes.
+    let address = format!(
+        "unix:path={}",
+        ct.path("/run/dbus/system_bus_socket").display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcomes = runtime.block_on(async {
+        let connection = zbus::connection::Builder::address(address.as_str())
+            .expect("address")
+            .build()
+            .await
+            .expect("connect to the container's system bus");
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients: Vec<_> = (0..16)
+            .map(|n| tokio::spawn(add_until_refused(connection.clone(), n, acked.clone())))
+            .collect();
+        while acked.load(std::sync::atomic::Ordering::Relaxed) < 300
+            && !clients.iter().all(|client| client.is_finished())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stop = ct.command(&["systemctl", "stop", UNIT]).output();
+        let mut outcomes = Vec::new();
+        for client in clients {
+            outcomes.push(client.await.expect("client task"));
+        }
+        assert!(
+            stop.expect("systemctl").status.success(),
+            "systemctl stop failed"
+        );
+        outcomes
+    });
+
+    assert_eq!(ct.unit_property("ActiveState"), "inactive");
+    assert_eq!(ct.unit_property("Result"), "success");
+    assert_eq!(ct.unit_property("ExecMainStatus"), "0");
+    // Every call got an answer: its block, or (sent after the name was released) no service.
+    // None was cut off or refused because the daemon was going away.
+    let mut acked = HashSet::new();
+    for (hashes, last_error) in outcomes {
+        acked.extend(hashes);
+        assert!(
+            [
+                "org.freedesktop.DBus.Error.ServiceUnknown",
+                "org.freedesktop.DBus.Error.NameHasNoOwner",
+                "org.freedesktop.DBus.Error.UnknownObject",
+            ]
+            .iter()
+            .any(|name| last_error.starts_with(name)),
+            "a call in flight at the stop ended with: {last_error}"
+        );
+    }
+    let on_disk = ct.hashes_on_disk();
+    let missing: Vec<_> = acked.difference(&on_disk).collect();
+    assert!(
+        missing.is_empty(),
+        "acked but not in the chain: {missing:?}"
+    );
+    ct.ok(&["opdbus-chain", "verify"]);
+    let records = ct.wait_for_journal(&[], |records| {
+        records
+            .iter()
+            .any(|r| field(r, "MESSAGE").starts_with("stopped at height"))
+    });
+    let stopping = records
+        .iter()
+        .find(|r| field(r, "MESSAGE").starts_with("stopping"))
+        .expect("a 'stopping' record");
+    eprintln!(
+        "{} footprints acked; calls in flight at SIGTERM: {}",
+        acked.len(),
+        field(stopping, "IN_FLIGHT")
+    );
+    let stopped = records
+        .iter()
+        .find(|r| field(r, "MESSAGE").starts_with("stopped at height"))
+        .expect("found above");
+    assert_eq!(
+        field(stopped, "HEIGHT"),
+        (on_disk.len() - 1).to_string(),
+        "the last record names the chain's height"
+    );
+}
+
+/// Adds footprints until a call fails; returns the acknowledged hashes and that failure.
+/// `NoAutoStart`: a call after the stop must not start the daemon again.
+async fn add_until_refused(
+    connection: zbus::Connection,
+    client: usize,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (Vec<String>, String) {
+    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME)
+        .await
+        .expect("proxy");
+    let mut hashes = Vec::new();
+    for i in 0.. {
+        let data = format!(r#"{{"client":{client},"i":{i}}}"#);
+        let reply = proxy
+            .call_with_flags::<_, _, (u64, String)>(
+                "AddFootprint",
+                zbus::proxy::MethodFlags::NoAutoStart.into(),
+                &("load", "stop", data.as_str()),
+            )
+            .await;
+        match reply {
+            Ok(Some((_, hash))) => {
+                hashes.push(hash);
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(None) => return (hashes, "no reply body".into()),
+            Err(zbus::Error::MethodError(name, message, _)) => {
+                return (hashes, format!("{name}: {}", message.unwrap_or_default()))
+            }
+            Err(err) => return (hashes, err.to_string()),
+        }
+    }
+    unreachable!("the loop ends by returning")
+}
+
+#[test]
+fn real_systemd_kill_9_and_automatic_restart_lose_no_acked_footprint() {
+    let Some(ct) = Container::boot_with_service("kill") else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    let first_pid = ct.unit_property("MainPID");
+    let writers = ct.start_writers("kill", 4, 500);
+    ct.wait_for_acks("kill", 40);
+    ct.ok(&["systemctl", "kill", "-s", "KILL", UNIT]);
+    writers.finish();
+
+    // Restart=on-failure brings it back by itself.
+    wait_until(
+        Duration::from_secs(60),
+        "systemd to restart the unit",
+        || ct.unit_property("ActiveState") == "active" && ct.unit_property("NRestarts") == "1",
+    );
+    assert_ne!(ct.unit_property("MainPID"), first_pid);
+    let acked = ct.acked_hashes("kill");
+    assert!(acked.len() >= 40);
+    // Every acknowledged block is served by the restarted daemon.
+    let missing = ct.sh("for h in $(cut -d'\"' -f2 /root/acks-kill-*); do \
+           busctl --auto-start=no call org.opdbus.Blockchain /org/opdbus/Blockchain \
+             org.opdbus.Blockchain GetBlock s $h >/dev/null 2>&1 || echo MISSING $h; \
+         done");
+    assert_eq!(
+        stdout(&missing),
+        "",
+        "acked blocks lost: {}",
+        stderr(&missing)
+    );
+    let verify = ct.busctl_call("Verify", &[]);
+    assert!(verify.starts_with("bts true"), "{verify}");
+}
+
+#[test]
+fn real_systemd_watchdog_pings_keep_a_healthy_daemon_running() {
+    let Some(ct) = Container::boot_with_service("watchdog") else {
+        return;
+    };
+    // A short watchdog, as an operator would set it in a drop-in: a daemon that did not ping
+    // would be killed (SIGABRT) and restarted within 2 s.
+    ct.ok(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/systemd/system/opdbus-blockchaind.service.d && \
+         printf '[Service]\\nWatchdogSec=2s\\n' \
+           > /etc/systemd/system/opdbus-blockchaind.service.d/watchdog.conf && \
+         systemctl daemon-reload",
+    ]);
+    ct.ok(&["systemctl", "start", UNIT]);
+    assert_eq!(ct.unit_property("WatchdogUSec"), "2s");
+    let pid = ct.unit_property("MainPID");
+    let mut pings = HashSet::new();
+    wait_until(Duration::from_secs(60), "four watchdog pings", || {
+        pings.insert(ct.unit_property("WatchdogTimestampMonotonic"));
+        pings.len() >= 5
+    });
+    assert_eq!(ct.unit_property("ActiveState"), "active");
+    assert_eq!(ct.unit_property("NRestarts"), "0");
+    assert_eq!(ct.unit_property("MainPID"), pid, "the daemon was restarted");
+}
+
+#[test]
+fn real_systemd_first_call_activates_the_unit() {
+    let Some(ct) = Container::boot_with_service("activate") else {
+        return;
+    };
+    assert_eq!(ct.unit_property("ActiveState"), "inactive");
+    // No `systemctl start`: the bus starts the unit named in the activation file.
+    let genesis = ct.busctl_call("GetBlockByHeight", &["t", "0"]);
+    assert!(genesis.contains("\\\"height\\\":0"), "{genesis}");
+    assert_eq!(ct.unit_property("ActiveState"), "active");
+    let journal = ct.run(&["journalctl", "-b", "-u", "dbus.service", "--no-pager"]);
+    assert!(
+        stdout(&journal).contains("Activating via systemd: service name='org.opdbus.Blockchain'"),
+        "{}",
+        stdout(&journal)
+    );
+}
+
+#[test]
+fn real_systemd_unit_verifies_clean_and_rates_ok() {
+    let Some(ct) = Container::boot_with_service("analyze") else {
+        return;
+    };
+    let verify = ct.run(&["systemd-analyze", "verify", UNIT]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert_eq!(
+        format!("{}{}", stdout(&verify), stderr(&verify)),
+        "",
+        "systemd-analyze verify is not clean"
+    );
+    let security = ct.ok(&["systemd-analyze", "security", "--no-pager", UNIT]);
+    let score: f64 = security
+        .lines()
+        .find_map(|line| line.split("opdbus-blockchaind.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|score| score.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure level in:\n{security}"));
+    eprintln!("systemd-analyze security: {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{security}");
+}
+
+#[test]
+fn real_systemd_uninstall_removes_the_files_and_keeps_the_chain() {
+    let Some(ct) = Container::boot_with_service("uninstall") else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    ct.add_footprint("network", "create", "{}");
+    ct.ok(&[&format!("{CT_SRC}/scripts/install.sh"), "uninstall"]);
+    for file in [
+        "/usr/bin/opdbus-blockchaind",
+        "/usr/bin/opdbus-chain",
+        "/usr/lib/systemd/system/opdbus-blockchaind.service",
+        "/usr/share/dbus-1/system.d/org.opdbus.Blockchain.conf",
+        "/usr/share/dbus-1/system-services/org.opdbus.Blockchain.service",
+        "/etc/default/opdbus-blockchain",
+    ] {
+        assert!(!ct.path(file).exists(), "{file} is still there");
+    }
+    assert_ne!(ct.unit_property("ActiveState"), "active");
+    assert!(
+        ct.path("/var/lib/op-dbus/blockchain").is_dir(),
+        "the chain was removed"
+    );
+    // No activation file any more: a call finds no service.
+    let call = ct.run(&[
+        "busctl",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "GetBlockByHeight",
+        "t",
+        "0",
+    ]);
+    assert!(!call.status.success(), "the service still answers");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The container
+
+/// A booted container with this build installed; powered off and cleaned up on drop.
+struct Container {
+    name: String,
+    nspawn: Child,
+    leader: u32,
+    cgroups: Vec<PathBuf>,
+    console: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Container {
+    /// Boots a container and runs `scripts/install.sh` in it; `None` when the test is skipped.
+    fn boot_with_service(tag: &str) -> Option<Container> {
+        if let Some(reason) = missing_prerequisite() {
+            assert!(
+                std::env::var_os("OPDBUS_REQUIRE_NSPAWN").is_none(),
+                "OPDBUS_REQUIRE_NSPAWN is set and {reason}"
+            );
+            eprintln!("SKIPPED: {reason}; this test needs root and a real systemd");
+            return None;
+        }
+        let container = Container::boot(tag, &cached_rootfs());
+        let install = format!("{CT_SRC}/scripts/install.sh");
+        container.ok(&[&install, "install", "--bin-dir", CT_BIN]);
+        Some(container)
+    }
+
+    fn boot(tag: &str, rootfs: &Path) -> Container {
+        let name = format!("opdbus-{tag}-{}", std::process::id());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let console = dir.path().join("console.log");
+        // Without a systemd on the host all containers would share one cgroup and disturb each
+        // other: each gets its own parent cgroup in every hierarchy.
+        let cgroups = cgroup_parents(&name);
+        let mut procs = String::new();
+        for cgroup in &cgroups {
+            std::fs::create_dir_all(cgroup).expect("create the container's cgroup");
+            procs.push_str(&format!("{} ", cgroup.join("cgroup.procs").display()));
+        }
+        let build = Path::new(DAEMON).parent().expect("the build directory");
+        let nspawn = Command::new("sh")
+            .arg("-c")
+            .arg(r#"for f in $CGROUP_PROCS; do echo $$ > "$f"; done; exec "$@""#)
+            .arg("sh")
+            .args(["systemd-nspawn", "--boot", "--register=no", "--keep-unit"])
+            .args(["--console=read-only", "--volatile=overlay", "--quiet"])
+            .arg(format!("--directory={}", rootfs.display()))
+            .arg(format!("--machine={name}"))
+            .arg(format!("--bind-ro={}:{CT_BIN}", build.display()))
+            .arg(format!("--bind-ro={}:{CT_SRC}", env!("CARGO_MANIFEST_DIR")))
+            .env("CGROUP_PROCS", procs)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&console).expect("console log"))
+            .stderr(Stdio::from(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&console)
+                    .expect("console log"),
+            ))
+            .spawn()
+            .expect("systemd-nspawn");
+        let mut container = Container {
+            name,
+            leader: 0,
+            nspawn,
+            cgroups,
+            console,
+            _dir: dir,
+        };
+        container.leader = container.wait_for_init();
+        let socket = container.path("/run/systemd/private");
+        wait_until(Duration::from_secs(60), "the container's systemd", || {
+            socket.exists()
+        });
+        let state = container.run(&["systemctl", "is-system-running", "--wait"]);
+        let state = stdout(&state).trim().to_owned();
+        if state != "running" {
+            let failed = container.run(&["systemctl", "--failed", "--no-pager"]);
+            panic!("container state '{state}':\n{}", stdout(&failed));
+        }
+        container
+    }
+
+    /// The container's systemd: the child of systemd-nspawn named `systemd`.
+    fn wait_for_init(&mut self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.nspawn.try_wait() {
+                panic!(
+                    "systemd-nspawn exited with {status}:\n{}",
+                    std::fs::read_to_string(&self.console).unwrap_or_default()
+                );
+            }
+            let children = Command::new("pgrep")
+                .args(["-P", &self.nspawn.id().to_string()])
+                .output()
+                .expect("pgrep");
+            for pid in stdout(&children).split_whitespace() {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "systemd" {
+                    return pid.parse().expect("a pid");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no systemd in container {}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A path inside the container, as the host sees it.
+    fn path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{inside}", self.leader))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("timeout");
+        command
+            .args(["120", "nsenter", "-t", &self.leader.to_string(), "-a"])
+            .args(args);
+        command
+    }
+
+    /// Runs a command in the container.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("nsenter")
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        self.run(&["sh", "-c", script])
+    }
+
+    /// Runs a command in the container that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({}):\n{}{}",
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    fn unit_property(&self, name: &str) -> String {
+        self.ok(&["systemctl", "show", "--value", "-p", name, UNIT])
+            .trim()
+            .to_owned()
+    }
+
+    /// `OPDBUS_LOG` as an operator sets it: in /etc/default/opdbus-blockchain.
+    fn enable_debug_logging(&self) {
+        self.ok(&[
+            "sh",
+            "-c",
+            "echo OPDBUS_LOG=opdbus_blockchain=debug >> /etc/default/opdbus-blockchain",
+        ]);
+    }
+
+    /// `busctl call` of one of our methods as root; returns stdout. Empty on failure.
+    fn busctl_call(&self, member: &str, args: &[&str]) -> String {
+        let mut command = vec!["busctl", "call", BUS_NAME, OBJECT_PATH, BUS_NAME, member];
+        command.extend_from_slice(args);
+        let out = self.run(&command);
+        if !out.status.success() {
+            eprintln!("{member} failed: {}", stderr(&out));
+        }
+        stdout(&out)
+    }
+
+    /// Adds a footprint as root; returns the acknowledged (height, hash).
+    fn add_footprint(&self, plugin: &str, operation: &str, data: &str) -> (u64, String) {
+        let reply = self.ok(&[
+            "busctl",
+            "call",
+            BUS_NAME,
+            OBJECT_PATH,
+            BUS_NAME,
+            "AddFootprint",
+            "sss",
+            plugin,
+            operation,
+            data,
+        ]);
+        parse_ack(reply.trim()).unwrap_or_else(|| panic!("not an AddFootprint reply: {reply}"))
+    }
+
+    /// `count` shell loops in the container, each adding up to `each` footprints one after
+    /// the other and appending every acknowledgement to /root/acks-<tag>-<n>. A loop ends at
+    /// its first failure; `--auto-start=no` keeps the bus from starting a stopped daemon again.
+    fn start_writers(&self, tag: &str, count: usize, each: usize) -> Writers {
+        let loops = (0..count)
+            .map(|n| {
+                let script = format!(
+                    "i=0; while [ $i -lt {each} ]; do i=$((i+1)); \
+                       busctl --auto-start=no call {BUS_NAME} {OBJECT_PATH} {BUS_NAME} \
+                         AddFootprint sss load w{n} \"{{\\\"i\\\":$i}}\" \
+                         >> /root/acks-{tag}-{n} 2>/root/error-{tag}-{n} || break; \
+                     done"
+                );
+                self.command(&["sh", "-c", &script])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start a writer")
+            })
+            .collect();
+        Writers(loops)
+    }
+
+    fn wait_for_acks(&self, tag: &str, at_least: usize) {
+        wait_until(Duration::from_secs(120), "acknowledged footprints", || {
+            self.acked_hashes(tag).len() >= at_least
+        });
+    }
+
+    /// Hashes acknowledged to the writers of `tag`.
+    fn acked_hashes(&self, tag: &str) -> HashSet<String> {
+        let mut hashes = HashSet::new();
+        for n in 0.. {
+            let Ok(text) = std::fs::read_to_string(self.path(&format!("/root/acks-{tag}-{n}")))
+            else {
+                break;
+            };
+            for line in text.lines() {
+                // A line still being written is not yet an acknowledgement.
+                if let Some((_, hash)) = parse_ack(line) {
+                    hashes.insert(hash);
+                }
+            }
+        }
+        hashes
+    }
+
+    /// Every block hash in the installed chain, read offline with the installed CLI.
+    fn hashes_on_disk(&self) -> HashSet<String> {
+        let text = self.ok(&["opdbus-chain", "tail", "-n", "1000000", "--json"]);
+        text.lines()
+            .map(|line| {
+                let block: serde_json::Value = serde_json::from_str(line).expect("a JSON block");
+                block["hash"].as_str().expect("a hash").to_owned()
+            })
+            .collect()
+    }
+
+    /// Journal records of the unit in this boot matching `matches`, as JSON, once `done`
+    /// says they are complete (journald writes what it receives asynchronously).
+    fn wait_for_journal(
+        &self,
+        matches: &[&str],
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut args = vec!["journalctl", "-b", "-u", UNIT, "-o", "json", "--no-pager"];
+        args.extend_from_slice(matches);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.run(&args);
+            let records: Vec<serde_json::Value> = stdout(&out)
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect();
+            if done(&records) {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the journal never had the expected records for {matches:?}:\n{}",
+                stdout(&self.run(&["journalctl", "-b", "-u", UNIT, "--no-pager"]))
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.leader != 0 {
+            // SIGRTMIN+4 asks systemd for an orderly poweroff.
+            let _ = Command::new("kill")
+                .args(["-s", "RTMIN+4", &self.leader.to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        for cgroup in &self.cgroups {
+            remove_cgroup_tree(cgroup);
+        }
+    }
+}
+
+/// Writer loops started by [`Container::start_writers`].
+struct Writers(Vec<Child>);
+
+impl Writers {
+    /// Waits until every loop has ended.
+    fn finish(mut self) {
+        for writer in &mut self.0 {
+            let _ = writer.wait();
+        }
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        for writer in &mut self.0 {
+            let _ = writer.kill();
+            let _ = writer.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn missing_prerequisite() -> Option<String> {
+    if !is_root() {
+        return Some("not running as root".into());
+    }
+    for tool in ["systemd-nspawn", "debootstrap", "nsenter", "pgrep"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (apt-get install systemd-container debootstrap)"
+            ));
+        }
+    }
+    if cgroup_parents("probe").is_empty() {
+        return Some("no cgroup hierarchy found under /sys/fs/cgroup".into());
+    }
+    None
+}
+
+/// The container's own parent cgroups: in the named systemd and unified hierarchies of a hybrid
+/// host, or in the one hierarchy of a pure cgroup v2 host.
+fn cgroup_parents(name: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let hybrid: Vec<PathBuf> = ["systemd", "unified"]
+        .iter()
+        .map(|h| root.join(h))
+        .filter(|h| h.is_dir())
+        .collect();
+    if !hybrid.is_empty() {
+        return hybrid
+            .into_iter()
+            .map(|h| h.join(format!("nspawn-{name}")))
+            .collect();
+    }
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.join(format!("nspawn-{name}"))];
+    }
+    Vec::new()
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The minimal Debian 12 the containers boot, built once and cached.
+fn cached_rootfs() -> PathBuf {
+    let cache = std::env::var_os("OPDBUS_TEST_ROOTFS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/opdbus-test-rootfs"));
+    let rootfs = cache.join("bookworm");
+    std::fs::create_dir_all(&cache).expect("create the rootfs cache");
+    // Tests run in parallel: one builds, the others wait for it.
+    let lock = std::fs::File::create(cache.join(".lock")).expect("the cache lock");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, err)| err)
+        .expect("lock the rootfs cache");
+    if rootfs.join(ROOTFS_MARKER).exists() {
+        return rootfs;
+    }
+    let building = cache.join("bookworm.tmp");
+    let _ = std::fs::remove_dir_all(&building);
+    let _ = std::fs::remove_dir_all(&rootfs);
+    eprintln!(
+        "building the test rootfs in {} with debootstrap (once; about a minute)",
+        rootfs.display()
+    );
+    let log = cache.join("debootstrap.log");
+    let status = Command::new("timeout")
+        .args(["900", "debootstrap", "--variant=minbase"])
+        .arg(format!("--include={ROOTFS_PACKAGES}"))
+        .arg("bookworm")
+        .arg(&building)
+        .arg(apt_mirror())
+        .stdout(std::fs::File::create(&log).expect("debootstrap log"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("debootstrap");
+    assert!(
+        status.success(),
+        "debootstrap failed ({status}); see {}",
+        log.display()
+    );
+    // Downloaded packages are not needed any more; without /etc/hostname nspawn names the
+    // container after the machine.
+    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        if let Ok(entries) = std::fs::read_dir(building.join(dir)) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(building.join("etc/hostname"));
+    std::fs::write(building.join(ROOTFS_MARKER), ROOTFS_PACKAGES).expect("write the marker");
+    std::fs::rename(&building, &rootfs).expect("move the rootfs in place");
+    rootfs
+}
+
+/// The Debian mirror this machine's apt uses.
+fn apt_mirror() -> String {
+    if let Ok(mirror) = std::env::var("OPDBUS_TEST_MIRROR") {
+        return mirror;
+    }
+    let sources =
+        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    let from_deb822 = sources
+        .lines()
+        .find_map(|line| line.strip_prefix("URIs:"))
+        .and_then(|uris| uris.split_whitespace().next());
+    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    let from_list = list
+        .lines()
+        .find_map(|line| line.strip_prefix("deb "))
+        .and_then(|rest| rest.split_whitespace().find(|w| w.contains("://")));
+    from_deb822
+        .or(from_list)
+        .unwrap_or("http://deb.debian.org/debian")
+        .to_owned()
+}
+
+/// `ts 12 "abcd…"` → (12, "abcd…").
+fn parse_ack(line: &str) -> Option<(u64, String)> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "ts" {
+        return None;
+    }
+    let height = words.next()?.parse().ok()?;
+    let hash = words.next()?.trim_matches('"');
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| (height, hash.to_owned()))
+}
+
+fn field<'a>(record: &'a serde_json::Value, name: &str) -> &'a str {
+    record[name].as_str().unwrap_or("")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
