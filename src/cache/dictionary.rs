@@ -43,11 +43,18 @@ impl Dictionaries {
     /// Loads every dictionary in `dir` (created when missing); returns them with the newest
     /// (most recently modified) one's id and bytes, the one new blocks are compressed with.
     pub fn load(dir: &Path) -> std::io::Result<(Dictionaries, Option<Trained>)> {
-        std::fs::create_dir_all(dir)?;
+        // Created on first use (`add`); a missing directory is an empty one.
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Dictionaries::empty(dir), None))
+            }
+            Err(err) => return Err(err),
+        };
         let mut decoders = HashMap::new();
         let mut newest: Option<(std::time::SystemTime, u32, Vec<u8>)> = None;
         let mut total = 0u64;
-        for entry in std::fs::read_dir(dir)? {
+        for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(parse_file_name) else {
@@ -76,6 +83,15 @@ impl Dictionaries {
             },
             newest.map(|(_, id, bytes)| (id, bytes)),
         ))
+    }
+
+    /// No dictionaries (yet) in `dir`.
+    pub fn empty(dir: &Path) -> Dictionaries {
+        Dictionaries {
+            dir: dir.to_path_buf(),
+            decoders: RwLock::new(HashMap::new()),
+            bytes: 0.into(),
+        }
     }
 
     /// The decoder for dictionary `id`, if this cache has it.

@@ -49,18 +49,29 @@ pub struct DiskTier {
 
 impl DiskTier {
     /// Opens (creating) the disk tier in `dir` and counts what it holds. Returns the tier and
-    /// the dictionary new blocks should use.
-    pub fn open(dir: &Path) -> std::io::Result<(DiskTier, Option<Trained>)> {
+    /// the dictionary new blocks should use. Problems (a read-only or unreadable directory) are
+    /// logged: the tier then starts with what it could read, and writes will tell.
+    pub fn open(dir: &Path) -> (DiskTier, Option<Trained>) {
         let blocks_dir = dir.join("blocks");
-        std::fs::create_dir_all(&blocks_dir)?;
-        let (dictionaries, current) = Dictionaries::load(&dir.join("dict"))?;
+        if let Err(err) = std::fs::create_dir_all(&blocks_dir) {
+            tracing::warn!(%err, path = %blocks_dir.display(), "cannot create the cache directory; blocks are served from the chain until it can be written");
+        }
+        let dict_dir = dir.join("dict");
+        let (dictionaries, current) = Dictionaries::load(&dict_dir).unwrap_or_else(|err| {
+            tracing::warn!(%err, path = %dict_dir.display(), "cannot read the cache dictionaries; entries that need them will be dropped as unreadable");
+            (Dictionaries::empty(&dict_dir), None)
+        });
         let tier = DiskTier {
             blocks_dir,
             dictionaries,
             counters: DiskCounters::default(),
         };
-        tier.count_entries()?;
-        Ok((tier, current))
+        if let Err(err) = tier.count_entries() {
+            if err.kind() != ErrorKind::NotFound {
+                tracing::warn!(%err, path = %tier.blocks_dir.display(), "cannot count all cache entries; the stats will be low");
+            }
+        }
+        (tier, current)
     }
 
     fn path(&self, hash: &Hash) -> PathBuf {

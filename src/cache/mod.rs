@@ -20,7 +20,7 @@
 mod dictionary;
 mod disk;
 mod feed;
-// pub mod repair;
+pub mod repair;
 #[cfg(test)]
 mod tests;
 
@@ -207,13 +207,10 @@ pub enum Put {
 
 impl BlockCache {
     /// Opens (or creates) the cache in `options.dir` and counts what its disk tier holds.
+    /// A directory that cannot be created or read is a warning, not an error: the cache then
+    /// starts empty and its writes fail (counted) until the directory works.
     pub fn open(options: &CacheOptions) -> Result<BlockCache, CacheError> {
-        let io = |source| CacheError::Io {
-            context: format!("opening the cache in {}", options.dir.display()),
-            source,
-        };
-        std::fs::create_dir_all(&options.dir).map_err(io)?;
-        let (disk, current) = DiskTier::open(&options.dir).map_err(io)?;
+        let (disk, current) = DiskTier::open(&options.dir);
         let evictions = CountEvictions::default();
         let estimated_items = (options.hot_bytes / 1024).clamp(16, 1 << 24) as usize;
         let hot = Cache::with(
@@ -243,8 +240,7 @@ impl BlockCache {
     /// as a hot hit, a disk hit or a miss.
     pub fn get(&self, hash: &Hash) -> Option<Arc<Block>> {
         let counters = &self.inner.counters;
-        if let Some(block) = self.inner.hot.get(hash) {
-            counters.hot_hits.fetch_add(1, Relaxed);
+        if let Some(block) = self.get_hot(hash) {
             return Some(block);
         }
         match self.load_from_disk(hash) {
@@ -257,6 +253,14 @@ impl BlockCache {
                 None
             }
         }
+    }
+
+    /// The block with `hash` if RAM holds it (counted as a hot hit); `None` is not counted, so
+    /// that [`BlockCache::get`] can follow. Never touches the disk.
+    pub fn get_hot(&self, hash: &Hash) -> Option<Arc<Block>> {
+        let block = self.inner.hot.get(hash)?;
+        self.inner.counters.hot_hits.fetch_add(1, Relaxed);
+        Some(block)
     }
 
     /// The block from the disk tier, re-hashed, and kept in RAM; not counted as a lookup.

@@ -1,6 +1,8 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod offline;
+mod repair;
+mod stats;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,6 +34,14 @@ enum Command {
     Verify {
         #[command(flatten)]
         dir: ChainDir,
+        /// Rewrite blocks that fail their hash from the cache's verified copies (--cache-dir),
+        /// then verify again. Needs the daemon stopped (takes the chain's lock); says what it
+        /// repaired.
+        #[arg(long, requires = "cache_dir")]
+        repair: bool,
+        /// The daemon's cache directory, for --repair.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Print one block as JSON, by hash (64 hex digits) or by height.
     Get {
@@ -54,6 +64,15 @@ enum Command {
         #[command(flatten)]
         dir: ChainDir,
     },
+    /// Print the running daemon's cache counters (CacheStats over D-Bus).
+    Stats {
+        /// system, session, or a D-Bus address (unix:path=…).
+        #[arg(long, default_value = "system")]
+        bus: String,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -71,9 +90,15 @@ struct ChainDir {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Verify { dir } => offline::verify(dir.chain_dir),
+        Command::Verify {
+            dir,
+            repair: true,
+            cache_dir: Some(cache_dir),
+        } => repair::verify_and_repair(&dir.chain_dir, &cache_dir),
+        Command::Verify { dir, .. } => offline::verify(dir.chain_dir),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
+        Command::Stats { bus, json } => stats::stats(&bus, json),
     };
     match result {
         Ok(code) => code,
