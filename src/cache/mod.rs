@@ -291,9 +291,11 @@ impl BlockCache {
         }
     }
 
-    /// Keeps `block` in RAM (nothing is written).
+    /// Keeps `block` in RAM (nothing is written); a block already there stays as it is.
     pub fn insert_hot(&self, block: Arc<Block>) {
-        self.inner.hot.insert(block.hash, block);
+        if self.inner.hot.peek(&block.hash).is_none() {
+            self.inner.hot.insert(block.hash, block);
+        }
     }
 
     /// Whether RAM holds `hash` (no counting, no promotion).
@@ -312,7 +314,11 @@ impl BlockCache {
     pub fn put(&self, block: &Block) -> std::io::Result<Put> {
         let result = self.write(block);
         match &result {
-            Ok(_) => self.insert_hot(Arc::new(block.clone())),
+            Ok(_) => {
+                if !self.is_hot(&block.hash) {
+                    self.insert_hot(Arc::new(block.clone()));
+                }
+            }
             Err(_) => {
                 self.inner.counters.write_failures.fetch_add(1, Relaxed);
             }
