@@ -171,7 +171,7 @@ impl CacheFeed {
             .await
             .map_err(|_| CacheError::Stopped)?
             .clone();
-        if seen.next <= height {
+        if !seen.running {
             return Err(CacheError::Stopped);
         }
         match seen.first_missing {

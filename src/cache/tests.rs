@@ -220,3 +220,199 @@ fn zipf_read_mix_hits_the_hot_tier_85_percent() {
         stats.hot_hit_rate
     );
 }
+
+/// A chain stand-in for the feed: blocks by height, genesis first.
+#[derive(Clone)]
+struct FakeChain(Arc<parking_lot::Mutex<Vec<Block>>>);
+
+impl FakeChain {
+    fn new(blocks: &[Block]) -> FakeChain {
+        let genesis = Block::new(
+            0,
+            1,
+            crate::chain::block::ZERO_HASH,
+            crate::chain::block::Caller::default(),
+            "opdbus-blockchain".into(),
+            "genesis".into(),
+            "{}".into(),
+        );
+        let mut all = vec![genesis];
+        all.extend_from_slice(blocks);
+        FakeChain(Arc::new(parking_lot::Mutex::new(all)))
+    }
+}
+
+impl BlockSource for FakeChain {
+    fn head(&self) -> (u64, Hash) {
+        let blocks = self.0.lock();
+        let last = blocks.last().expect("genesis at least");
+        (last.height, last.hash)
+    }
+    fn block_at(&self, height: u64) -> Option<Block> {
+        self.0.lock().get(height as usize).cloned()
+    }
+    fn chain_id(&self) -> [u8; 16] {
+        [7; 16]
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_skips_without_blocking_and_the_gap_is_filled_from_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let blocks = corpus::blocks(8, 200);
+    let chain = FakeChain::new(&blocks);
+    let feed = CacheFeed::new(cache.clone(), 32);
+    // The thread is not running yet: the queue fills and the rest is skipped, without waiting.
+    for batch in blocks.chunks(10) {
+        feed.offer(batch);
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.queued_blocks, 30);
+    assert_eq!(stats.skipped_writes, 170);
+    feed.start(chain.clone(), 0).expect("start");
+    feed.caught_up(200).await.expect("caught up");
+    let stats = cache.stats();
+    assert_eq!(
+        stats.total_entries, 201,
+        "genesis and every block: {stats:#?}"
+    );
+    assert_eq!(stats.complete_through, 200);
+    assert_eq!(stats.queued_blocks, 0);
+    for block in &blocks {
+        assert!(cache.on_disk(&block.hash));
+    }
+    feed.stop();
+    assert!(matches!(
+        feed.caught_up(200).await,
+        Err(CacheError::Stopped)
+    ));
+    let state = std::fs::read_to_string(dir.path().join("state")).expect("state file");
+    assert!(state.contains("complete_through=200"), "{state}");
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_state_file_and_preloads_the_newest_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(9, 50);
+    let chain = FakeChain::new(&blocks);
+    {
+        let feed = CacheFeed::new(open(dir.path(), DEFAULT_HOT_BYTES), 1024);
+        feed.start(chain.clone(), 0).expect("start");
+        feed.caught_up(50).await.expect("caught up");
+        feed.stop();
+    }
+    let more = corpus::blocks(9, 60);
+    chain.0.lock().extend_from_slice(&more[50..]);
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let feed = CacheFeed::new(cache.clone(), 1024);
+    feed.start(chain.clone(), 20).expect("start");
+    feed.caught_up(60).await.expect("caught up");
+    let stats = cache.stats();
+    assert_eq!(stats.total_entries, 61);
+    // The 20 newest blocks (41..=60), walked back from the head: 51..=60 from the chain (the
+    // cache lacked them), 41..=50 from the disk tier; nothing older.
+    for block in &more[40..60] {
+        assert!(
+            cache.is_hot(&block.hash),
+            "height {} not pre-loaded",
+            block.height
+        );
+    }
+    for block in &more[..40] {
+        assert!(
+            !cache.is_hot(&block.hash),
+            "height {} pre-loaded",
+            block.height
+        );
+    }
+    feed.stop();
+}
+
+#[tokio::test]
+async fn caught_up_names_the_first_block_the_cache_could_not_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    let cache = open(&cache_dir, DEFAULT_HOT_BYTES);
+    let blocks = corpus::blocks(10, 5);
+    let chain = FakeChain::new(&blocks);
+    let feed = CacheFeed::new(cache.clone(), 1024);
+    feed.start(chain.clone(), 0).expect("start");
+    feed.caught_up(5).await.expect("caught up");
+    // A file where the shard directory of the next block should be: its write fails.
+    let next = corpus::blocks(10, 6).pop().expect("block 6");
+    let shard = cache_dir.join("blocks").join(&hex::encode(next.hash)[..2]);
+    if shard.exists() {
+        std::fs::remove_dir_all(&shard).expect("clear shard");
+    }
+    std::fs::write(&shard, b"in the way").expect("block the shard");
+    chain.0.lock().push(next.clone());
+    feed.offer(std::slice::from_ref(&next));
+    match feed.caught_up(6).await {
+        Err(CacheError::Incomplete {
+            height: 6,
+            first_missing: 6,
+            reason,
+        }) => assert!(!reason.is_empty()),
+        other => panic!("expected Incomplete at 6, got {other:?}"),
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.write_failures, 1);
+    assert_eq!(stats.complete_through, 5);
+    // Still fine for the heights it has.
+    feed.caught_up(5)
+        .await
+        .expect("heights up to 5 are complete");
+    feed.stop();
+}
+
+#[tokio::test]
+async fn get_block_reads_through_to_the_chain_and_fills_the_cache() {
+    use crate::service::{ChainOptions, OptimizedBlockchain};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ChainOptions::new(dir.path().join("chain"));
+    options.numa = None;
+    let mut cache_options = CacheOptions::new(dir.path().join("cache"));
+    cache_options.preload_blocks = 0;
+    let chain = OptimizedBlockchain::with_cache(options.clone(), cache_options.clone())
+        .await
+        .expect("open");
+    let mut hashes = Vec::new();
+    for footprint in corpus::footprints(12, 20) {
+        hashes.push(chain.add_footprint(footprint).await.expect("add"));
+    }
+    chain.cache_caught_up(20).await.expect("caught up");
+    chain.shutdown().await;
+    // The cache is gone; a restart without pre-load starts cold and refills on reads.
+    std::fs::remove_dir_all(dir.path().join("cache")).expect("delete cache");
+    let chain = OptimizedBlockchain::with_cache(options, cache_options)
+        .await
+        .expect("reopen");
+    let unknown = "00".repeat(32);
+    assert_eq!(
+        chain.get_cached_block(&unknown).await.expect("lookup"),
+        None
+    );
+    assert_eq!(
+        chain.get_cached_block("not a hash").await.expect("lookup"),
+        None
+    );
+    let block = chain
+        .get_block(&hashes[4])
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(block.hash_hex(), hashes[4]);
+    let cached = chain
+        .get_cached_block(&hashes[4])
+        .await
+        .expect("lookup")
+        .expect("filled by get_block");
+    assert_eq!(cached, block);
+    chain.cache_caught_up(20).await.expect("rebuilt");
+    let stats = chain.cache_stats().await.expect("stats");
+    assert_eq!(stats.total_entries, 21);
+    assert!(stats.hits >= 1);
+    assert!(stats.misses >= 1);
+    chain.shutdown().await;
+}
