@@ -85,6 +85,12 @@ pub struct Config {
     pub numa_sysfs_root: Option<PathBuf>,
     /// `OPDBUS_NUMA_SYSFS_BLOCK_ROOT`: where block devices are looked up for disk locality.
     pub numa_block_root: Option<PathBuf>,
+    /// `OPDBUS_CACHE_HOT_BYTES`: RAM for the cache's hot tier.
+    pub cache_hot_bytes: u64,
+    /// `OPDBUS_CACHE_PRELOAD_BLOCKS`: newest blocks loaded into RAM at start.
+    pub cache_preload_blocks: u64,
+    /// `OPDBUS_CACHE_QUEUE_BLOCKS`: blocks that may wait for the cache thread before skipping.
+    pub cache_queue_blocks: usize,
 }
 
 /// A configuration value that cannot be used.
@@ -129,6 +135,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("OPDBUS_NUMA", "on"),
     ("OPDBUS_NUMA_SYSFS_ROOT", "/sys/devices/system/node"),
     ("OPDBUS_NUMA_SYSFS_BLOCK_ROOT", "/sys/dev/block"),
+    ("OPDBUS_CACHE_HOT_BYTES", "67108864"),
+    ("OPDBUS_CACHE_PRELOAD_BLOCKS", "1024"),
+    ("OPDBUS_CACHE_QUEUE_BLOCKS", "65536"),
 ];
 
 impl Default for Config {
@@ -146,6 +155,9 @@ impl Default for Config {
             numa: true,
             numa_sysfs_root: None,
             numa_block_root: None,
+            cache_hot_bytes: crate::cache::DEFAULT_HOT_BYTES,
+            cache_preload_blocks: crate::cache::DEFAULT_PRELOAD_BLOCKS,
+            cache_queue_blocks: crate::cache::DEFAULT_QUEUE_BLOCKS,
         }
     }
 }
@@ -230,6 +242,16 @@ impl Config {
             numa::ENV_SYSFS_BLOCK_ROOT => {
                 self.numa_block_root = Some(absolute_dir(value).map_err(invalid)?)
             }
+            "OPDBUS_CACHE_HOT_BYTES" => {
+                self.cache_hot_bytes = parse_in_range(value, 64 * 1024, 1 << 40).map_err(invalid)?
+            }
+            "OPDBUS_CACHE_PRELOAD_BLOCKS" => {
+                self.cache_preload_blocks = parse_count(value, 0, 100_000_000).map_err(invalid)?
+            }
+            "OPDBUS_CACHE_QUEUE_BLOCKS" => {
+                self.cache_queue_blocks =
+                    parse_count(value, 16, 16 * 1024 * 1024).map_err(invalid)? as usize
+            }
             _ => {
                 return Err(invalid(format!(
                     "unknown key; known keys: {}",
@@ -259,6 +281,29 @@ impl Config {
             chain_dir: self.chain_dir.clone(),
         })
     }
+}
+
+impl Config {
+    /// The block cache's options these settings describe.
+    pub fn cache_options(&self) -> crate::cache::CacheOptions {
+        crate::cache::CacheOptions {
+            dir: self.cache_dir.clone(),
+            hot_bytes: self.cache_hot_bytes,
+            preload_blocks: self.cache_preload_blocks,
+            queue_blocks: self.cache_queue_blocks,
+        }
+    }
+}
+
+fn parse_count(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let parsed: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number of blocks from {min} to {max}"))?;
+    if !(min..=max).contains(&parsed) {
+        return Err(format!("must be from {min} to {max}"));
+    }
+    Ok(parsed)
 }
 
 fn absolute_dir(value: &str) -> Result<PathBuf, String> {
@@ -354,6 +399,35 @@ mod tests {
         );
         let err = "nowhere".parse::<BusChoice>().expect_err("invalid");
         assert!(err.contains("system, session"), "{err}");
+    }
+
+    #[test]
+    fn cache_settings_are_read_and_checked() {
+        let env = |key: &str| match key {
+            "OPDBUS_CACHE_HOT_BYTES" => Some("1048576".to_owned()),
+            "OPDBUS_CACHE_PRELOAD_BLOCKS" => Some("0".to_owned()),
+            "OPDBUS_CACHE_QUEUE_BLOCKS" => Some("128".to_owned()),
+            _ => None,
+        };
+        let options = Config::load(None, env).expect("valid").cache_options();
+        assert_eq!(options.hot_bytes, 1 << 20);
+        assert_eq!(options.preload_blocks, 0);
+        assert_eq!(options.queue_blocks, 128);
+        for (key, value, expected) in [
+            ("OPDBUS_CACHE_HOT_BYTES", "1k", "whole number of bytes"),
+            ("OPDBUS_CACHE_HOT_BYTES", "1024", "must be from 65536"),
+            (
+                "OPDBUS_CACHE_PRELOAD_BLOCKS",
+                "-1",
+                "whole number of blocks",
+            ),
+            ("OPDBUS_CACHE_QUEUE_BLOCKS", "0", "must be from 16"),
+        ] {
+            let env = |k: &str| (k == key).then(|| value.to_owned());
+            let err = Config::load(None, env).expect_err("invalid").to_string();
+            assert!(err.contains(&format!("{key}={value}")), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     #[test]

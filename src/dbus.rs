@@ -4,6 +4,7 @@
 //! payload), call the core, map its errors to typed D-Bus errors, and emit `BlockAdded` once
 //! the reply has been sent.
 
+use crate::cache::StatValue;
 use crate::chain::block::{parse_hash, Block, Caller};
 use crate::chain::error::ChainError;
 use crate::footprint::PluginFootprint;
@@ -13,7 +14,7 @@ use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::names::{BusName, UniqueName};
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{Signature, Type};
+use zbus::zvariant::{OwnedValue, Signature, Type};
 use zbus::{interface, Connection};
 
 /// Well-known bus name and interface name.
@@ -289,6 +290,25 @@ impl BlockchainObject {
         filter: HashMap<String, zbus::zvariant::OwnedValue>,
     ) -> Result<Vec<(u64, String, f64)>, Error> {
         self.similar(&query, k, filter).await
+    }
+
+    /// The block cache's counters and sizes: `total_entries`, `hot_entries`,
+    /// `disk_usage_bytes`, `hits`, `misses`, `hit_rate`, `compression_ratio`,
+    /// `write_failures`, `evictions`, … (`t`, `x` or `d` values; see docs/dbus-api.md).
+    async fn cache_stats(&self) -> Result<HashMap<String, OwnedValue>, Error> {
+        let stats = self.chain.cache_stats().await?;
+        Ok(stats
+            .fields()
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    StatValue::UInt(v) => OwnedValue::from(v),
+                    StatValue::Int(v) => OwnedValue::from(v),
+                    StatValue::Float(v) => OwnedValue::from(v),
+                };
+                (name.to_owned(), value)
+            })
+            .collect())
     }
 
     /// Height of the newest durable block (not announced through PropertiesChanged).

@@ -5,8 +5,10 @@
 //! `org.opdbus.Blockchain`, and `daemon` wires everything together for `opdbus-blockchaind`.
 
 pub mod btrfs;
+pub mod cache;
 pub mod chain;
 pub mod config;
+pub mod corpus;
 pub mod daemon;
 pub mod dbus;
 pub mod footprint;

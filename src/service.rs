@@ -4,6 +4,7 @@
 //! Both are cheap to clone and safe to share between tasks. Every write goes through the one
 //! group-commit writer thread; `add_footprint` resolves only when its block is durable.
 
+use crate::cache::{BlockCache, CacheError, CacheFeed, CacheOptions, CacheStats};
 use crate::chain::block::{parse_hash, Block, Caller};
 use crate::chain::error::{ChainError, Result};
 use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
@@ -246,6 +247,8 @@ pub struct OptimizedBlockchain {
     cache_dir: PathBuf,
     numa: NumaState,
     vectors: Arc<VectorIndex>,
+    cache: BlockCache,
+    feed: Arc<CacheFeed>,
 }
 
 impl OptimizedBlockchain {
@@ -256,9 +259,27 @@ impl OptimizedBlockchain {
         Self::with_options(options, cache_dir.as_ref().to_path_buf()).await
     }
 
-    /// Opens the chain with `options`: detects the NUMA topology (when `options.numa` is set)
-    /// and binds the writer thread to the optimal node before it writes anything.
+    /// Opens the chain with `options` and the cache in `cache_dir` with default cache
+    /// settings; see [`OptimizedBlockchain::with_cache`].
     pub async fn with_options(options: ChainOptions, cache_dir: PathBuf) -> Result<Self> {
+        Self::with_cache(options, CacheOptions::new(cache_dir)).await
+    }
+
+    /// Opens the chain with `options` and the block cache with `cache_options`: detects the
+    /// NUMA topology (when `options.numa` is set) and binds the writer thread to the optimal
+    /// node before it writes anything; every committed block is handed to the cache thread
+    /// (never waiting for it), which also pre-loads the newest blocks and fills in whatever
+    /// the cache lacks from the chain.
+    pub async fn with_cache(options: ChainOptions, cache_options: CacheOptions) -> Result<Self> {
+        let opened = {
+            let cache_options = cache_options.clone();
+            tokio::task::spawn_blocking(move || BlockCache::open(&cache_options))
+                .await
+                .map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?
+        };
+        let cache =
+            opened.map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?;
+        let feed = Arc::new(CacheFeed::new(cache.clone(), cache_options.queue_blocks));
         let numa = match options.numa.clone() {
             Some(numa_options) => detect_numa(numa_options).await,
             None => Err("NUMA placement is switched off (OPDBUS_NUMA=off)".into()),
@@ -280,7 +301,11 @@ impl OptimizedBlockchain {
                 }
             }
         };
-        let chain = StreamingBlockchain::open_with(options, on_writer_start, None).await?;
+        let chain =
+            StreamingBlockchain::open_with(options, on_writer_start, Some(Box::new(feed.hook())))
+                .await?;
+        feed.start(chain.inner.reader.clone(), cache_options.preload_blocks)
+            .map_err(|e| ChainError::io("starting the cache thread", e))?;
         let vectors = Arc::new(VectorIndex::open(
             chain.chain_dir(),
             chain.reader().chain_id(),
@@ -295,9 +320,11 @@ impl OptimizedBlockchain {
         });
         Ok(OptimizedBlockchain {
             chain,
-            cache_dir,
+            cache_dir: cache_options.dir,
             numa,
             vectors,
+            cache,
+            feed,
         })
     }
 
@@ -322,9 +349,18 @@ impl OptimizedBlockchain {
         self.chain.append(footprint, caller).await
     }
 
-    /// The block with this hash.
+    /// The block with this hash: from the cache (RAM, then disk), else from the chain, in
+    /// which case the cache is filled.
     pub async fn get_block(&self, hash: &str) -> Result<Option<Block>> {
-        self.chain.get_block(hash).await
+        if let Some(block) = self.get_cached_block(hash).await? {
+            return Ok(Some(block));
+        }
+        let block = self.chain.get_block(hash).await?;
+        if let Some(block) = &block {
+            self.cache.insert_hot(Arc::new(block.clone()));
+            self.feed.fill(block.clone());
+        }
+        Ok(block)
     }
 
     /// The block at `height`.
@@ -345,8 +381,12 @@ impl OptimizedBlockchain {
         self.chain.verify().await
     }
 
+    /// Stops the writer (committing what is queued), then the cache thread (storing what it
+    /// was handed).
     pub async fn shutdown(&self) {
-        self.chain.shutdown().await
+        self.chain.shutdown().await;
+        let feed = self.feed.clone();
+        let _ = tokio::task::spawn_blocking(move || feed.stop()).await;
     }
 
     /// The chain alone.
@@ -397,5 +437,40 @@ impl OptimizedBlockchain {
     /// See [`StreamingBlockchain::writer_health`].
     pub fn writer_health(&self) -> std::result::Result<(), String> {
         self.chain.writer_health()
+    }
+
+    /// The block with this hash (64 hex digits) if the cache holds it: from RAM, else from the
+    /// disk tier (re-hashed, then kept in RAM). Counted as a hit or a miss.
+    pub async fn get_cached_block(&self, hash: &str) -> Result<Option<Block>> {
+        let Some(hash) = parse_hash(hash) else {
+            return Ok(None);
+        };
+        if let Some(block) = self.cache.get_hot(&hash) {
+            return Ok(Some(block.as_ref().clone()));
+        }
+        let cache = self.cache.clone();
+        let block = tokio::task::spawn_blocking(move || cache.get(&hash))
+            .await
+            .map_err(|e| ChainError::io("reading the cache", std::io::Error::other(e)))?;
+        Ok(block.map(|b| b.as_ref().clone()))
+    }
+
+    /// The cache's counters and sizes.
+    pub async fn cache_stats(&self) -> Result<CacheStats> {
+        Ok(self.cache.stats())
+    }
+
+    /// Waits until the cache holds every block up to `height`, filling in from the chain
+    /// whatever it skipped. The unified snapshot calls this with the height it paused the
+    /// writer at, so that the cache snapshot describes the same height as the chain snapshot.
+    /// `Err(CacheError::Incomplete)` names the first block the cache could not store (full or
+    /// read-only cache filesystem); `Err(CacheError::Stopped)` after shutdown.
+    pub async fn cache_caught_up(&self, height: u64) -> Result<(), CacheError> {
+        self.feed.caught_up(height).await
+    }
+
+    /// The block cache itself.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
     }
 }

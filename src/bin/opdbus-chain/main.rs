@@ -2,6 +2,7 @@
 
 mod offline;
 mod online;
+mod repair;
 
 use clap::{Args, Parser, Subcommand};
 use opdbus_blockchain::config::BusChoice;
@@ -34,6 +35,14 @@ enum Command {
     Verify {
         #[command(flatten)]
         dir: ChainDir,
+        /// Rewrite blocks that fail their hash from the cache's verified copies (--cache-dir),
+        /// then verify again. Needs the daemon stopped (takes the chain's lock); says what it
+        /// repaired.
+        #[arg(long, requires = "cache_dir")]
+        repair: bool,
+        /// The daemon's cache directory, for --repair.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Print one block as JSON, by hash (64 hex digits) or by height.
     Get {
@@ -98,6 +107,15 @@ enum Command {
         #[command(flatten)]
         bus: Bus,
     },
+    /// Print the running daemon's cache counters and sizes (CacheStats over D-Bus): entries
+    /// in RAM and on disk, hits, misses, hit rate, compression ratio, write failures.
+    Stats {
+        #[command(flatten)]
+        bus: Bus,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -122,7 +140,12 @@ struct ChainDir {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Verify { dir } => offline::verify(dir.chain_dir),
+        Command::Verify {
+            dir,
+            repair: true,
+            cache_dir: Some(cache_dir),
+        } => repair::verify_and_repair(&dir.chain_dir, &cache_dir),
+        Command::Verify { dir, .. } => offline::verify(dir.chain_dir),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
         Command::Numa { bus, json } => online::numa(&bus.bus, json),
@@ -149,6 +172,7 @@ fn main() -> ExitCode {
                 json,
             },
         ),
+        Command::Stats { bus, json } => online::stats(&bus.bus, json),
     };
     match result {
         Ok(code) => code,

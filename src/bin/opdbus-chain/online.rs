@@ -216,3 +216,22 @@ pub fn similar(bus: &BusChoice, args: SimilarArgs) -> Outcome {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `opdbus-chain stats`: the daemon's CacheStats, as a table or JSON.
+pub fn stats(bus: &BusChoice, json: bool) -> Outcome {
+    let dict = dict_to_json(&call_dict(bus, "CacheStats")?);
+    if json {
+        println!("{}", serde_json::Value::Object(dict));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut fields: Vec<_> = dict.into_iter().collect();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, value) in fields {
+        let text = match value.as_f64() {
+            Some(v) if value.is_f64() => format!("{v:.4}"),
+            _ => value.to_string(),
+        };
+        println!("{name:<20} {text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
