@@ -7,6 +7,7 @@
 
 use crate::footprint::DEFAULT_MAX_DATA_BYTES;
 use crate::numa::{self, CachePlacement, MemoryPolicy, NumaOptions};
+use crate::snapshot::{RetentionPolicy, SnapshotInterval, SNAPSHOT_INTERVAL_ENV};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -70,6 +71,10 @@ pub struct Config {
     pub numa_sysfs_root: Option<PathBuf>,
     /// `OPDBUS_NUMA_SYSFS_BLOCK_ROOT`: where block devices are looked up for disk locality.
     pub numa_block_root: Option<PathBuf>,
+    /// `OPDBUS_SNAPSHOT_INTERVAL`: when the daemon takes unified snapshots by itself.
+    pub snapshot_interval: SnapshotInterval,
+    /// `OPDBUS_RETAIN_HOURLY`, `_DAILY`, `_WEEKLY`: which scheduled snapshots are kept.
+    pub retention: RetentionPolicy,
 }
 
 /// A configuration value that cannot be used.
@@ -114,6 +119,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("OPDBUS_NUMA", "on"),
     ("OPDBUS_NUMA_SYSFS_ROOT", "/sys/devices/system/node"),
     ("OPDBUS_NUMA_SYSFS_BLOCK_ROOT", "/sys/dev/block"),
+    ("OPDBUS_SNAPSHOT_INTERVAL", "off"),
+    ("OPDBUS_RETAIN_HOURLY", "5"),
+    ("OPDBUS_RETAIN_DAILY", "5"),
+    ("OPDBUS_RETAIN_WEEKLY", "5"),
 ];
 
 impl Default for Config {
@@ -131,6 +140,8 @@ impl Default for Config {
             numa: true,
             numa_sysfs_root: None,
             numa_block_root: None,
+            snapshot_interval: SnapshotInterval::Off,
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -215,6 +226,22 @@ impl Config {
             numa::ENV_SYSFS_BLOCK_ROOT => {
                 self.numa_block_root = Some(absolute_dir(value).map_err(invalid)?)
             }
+            SNAPSHOT_INTERVAL_ENV => {
+                self.snapshot_interval = value.parse().map_err(|_| {
+                    invalid(
+                        "accepted values: every-N-minutes (N a whole number ≥ 1, e.g. \
+                         every-15-minutes), hourly, daily, off"
+                            .into(),
+                    )
+                })?
+            }
+            "OPDBUS_RETAIN_HOURLY" => {
+                self.retention.hourly = parse_count(value).map_err(invalid)?
+            }
+            "OPDBUS_RETAIN_DAILY" => self.retention.daily = parse_count(value).map_err(invalid)?,
+            "OPDBUS_RETAIN_WEEKLY" => {
+                self.retention.weekly = parse_count(value).map_err(invalid)?
+            }
             _ => {
                 return Err(invalid(format!(
                     "unknown key; known keys: {}",
@@ -253,6 +280,16 @@ fn absolute_dir(value: &str) -> Result<PathBuf, String> {
     } else {
         Err("expected an absolute path".into())
     }
+}
+
+/// A retention count: how many hours, days or weeks keep a snapshot.
+fn parse_count(value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 10_000)
+        .ok_or_else(|| "expected a whole number from 0 to 10000".into())
 }
 
 fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -339,6 +376,39 @@ mod tests {
         );
         let err = "nowhere".parse::<BusChoice>().expect_err("invalid");
         assert!(err.contains("system, session"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_schedule_and_retention_are_read_and_checked() {
+        let config = Config::load(None, |_| None).expect("defaults");
+        assert_eq!(config.snapshot_interval, SnapshotInterval::Off);
+        assert_eq!(config.retention, RetentionPolicy::default());
+        let env = |key: &str| match key {
+            "OPDBUS_SNAPSHOT_INTERVAL" => Some("every-15-minutes".to_owned()),
+            "OPDBUS_RETAIN_HOURLY" => Some("24".to_owned()),
+            "OPDBUS_RETAIN_WEEKLY" => Some("0".to_owned()),
+            _ => None,
+        };
+        let config = Config::load(None, env).expect("valid");
+        assert_eq!(config.snapshot_interval.to_string(), "every-15-minutes");
+        assert_eq!(
+            config.retention,
+            RetentionPolicy {
+                hourly: 24,
+                daily: 5,
+                weekly: 0
+            }
+        );
+        let env = |key: &str| (key == "OPDBUS_SNAPSHOT_INTERVAL").then(|| "weekly".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_SNAPSHOT_INTERVAL=weekly"), "{err}");
+        assert!(
+            err.contains("every-N-minutes") && err.contains("off"),
+            "{err}"
+        );
+        let env = |key: &str| (key == "OPDBUS_RETAIN_DAILY").then(|| "-1".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_RETAIN_DAILY=-1"), "{err}");
     }
 
     #[test]

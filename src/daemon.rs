@@ -24,10 +24,13 @@ pub enum DaemonError {
     OwnName { bus: String, source: zbus::Error },
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),
+    #[error("cannot prepare the chain or cache directory: {0}")]
+    Prepare(crate::btrfs::BtrfsError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    prepare_dirs(&config).map_err(DaemonError::Prepare)?;
     let mut options = ChainOptions::new(&config.chain_dir);
     options.max_data_bytes = config.max_data_bytes;
     options.store.segment_bytes = config.segment_bytes;
@@ -90,7 +93,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         NotifyState::Status(&format!("serving, chain height {height}")),
     ]);
 
+    let timeline = tokio::spawn(crate::snapshot::timeline::run(
+        chain.clone(),
+        config.snapshot_interval,
+        config.retention,
+    ));
+
     wait_for_stop_signal().await?;
+    timeline.abort();
 
     tracing::info!("stopping: no new calls, draining the write queue");
     notify(&[NotifyState::Stopping]);
@@ -105,6 +115,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     connection.graceful_shutdown().await;
     let (height, _) = chain.head();
     tracing::info!(height, "stopped");
+    Ok(())
+}
+
+/// Chain and cache directories become btrfs subvolumes when they are absent and their parent
+/// is on btrfs (so that they can be snapshotted); plain directories otherwise.
+fn prepare_dirs(config: &Config) -> Result<(), crate::btrfs::BtrfsError> {
+    use crate::snapshot::layout::{prepare_dir, DirKind};
+    for dir in [&config.chain_dir, &config.cache_dir] {
+        let kind = prepare_dir(dir)?;
+        if kind == DirKind::Plain && crate::btrfs::is_btrfs(dir) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "on btrfs but not a subvolume: snapshots fall back to hard-link copies and cannot \
+                 be sent as backups (see docs/snapshots.md to convert it)"
+            );
+        }
+    }
     Ok(())
 }
 

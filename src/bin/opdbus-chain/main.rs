@@ -1,8 +1,11 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
+mod backup;
 mod offline;
+mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
+use opdbus_blockchain::snapshot::backup::BackupTarget;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,6 +57,75 @@ enum Command {
         #[command(flatten)]
         dir: ChainDir,
     },
+    /// Ask the running daemon for a unified snapshot of chain and cache (online).
+    ///
+    /// Prints the chain snapshot's path, then the cache snapshot's. Both hold the same height
+    /// (see MANIFEST.json inside each).
+    Snapshot {
+        /// Bus of the daemon: system, session, or a D-Bus address such as unix:path=/run/bus.
+        #[arg(long, value_name = "BUS", env = "OPDBUS_BUS", default_value = "system")]
+        bus: opdbus_blockchain::config::BusChoice,
+    },
+    /// Send the newest snapshot to a backup target with btrfs send/receive, then verify it.
+    ///
+    /// Incremental from the newest snapshot the target already holds. With --to, the copy is
+    /// received as DIR/<snapshot name>/{chain,cache} under a temporary name, re-hashed, checked
+    /// against its manifest and only then renamed: a failed backup leaves no snapshot name.
+    /// Exit 2 with a one-line reason on any failure.
+    Backup {
+        #[command(flatten)]
+        dirs: ChainAndCache,
+        /// A directory on another btrfs filesystem.
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "to_command",
+            conflicts_with = "to_command"
+        )]
+        to: Option<PathBuf>,
+        /// A command that runs btrfs receive elsewhere, split like a shell would but run without
+        /// one; {name} is replaced by the snapshot name. Example:
+        /// 'ssh backup@host "mkdir -p /srv/opdbus/{name} && btrfs receive /srv/opdbus/{name}"'
+        #[arg(long, value_name = "CMD")]
+        to_command: Option<String>,
+    },
+    /// Check a backup (or snapshot) directory holding chain/ and cache/: every block re-hashed,
+    /// the head equal to the manifest. Exit 1 when it does not check out.
+    VerifyBackup {
+        /// TARGET/<snapshot name>
+        dir: PathBuf,
+    },
+    /// Put a backup back as a working chain and cache (which must not exist yet).
+    ///
+    /// The backup is verified first and the restored chain again afterwards. Start the daemon
+    /// on the restored directories; new footprints continue the chain.
+    Restore {
+        /// The backup: TARGET/<snapshot name> (or a local .snapshots/<snapshot name>).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[command(flatten)]
+        dirs: ChainAndCache,
+    },
+}
+
+#[derive(Args)]
+struct ChainAndCache {
+    /// The chain directory (its snapshots are in .snapshots beside it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "OPDBUS_BLOCKCHAIN_DIR",
+        default_value = "/var/lib/op-dbus/blockchain"
+    )]
+    chain_dir: PathBuf,
+    /// The cache directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "OPDBUS_CACHE_DIR",
+        default_value = "/var/lib/op-dbus/@cache"
+    )]
+    cache_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -74,6 +146,22 @@ fn main() -> ExitCode {
         Command::Verify { dir } => offline::verify(dir.chain_dir),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
+        Command::Snapshot { bus } => snapshot::snapshot(&bus),
+        Command::Backup {
+            dirs,
+            to,
+            to_command,
+        } => match (to, to_command) {
+            (Some(dir), _) => {
+                backup::backup(dirs.chain_dir, dirs.cache_dir, BackupTarget::Directory(dir))
+            }
+            (None, Some(line)) => {
+                backup::backup(dirs.chain_dir, dirs.cache_dir, BackupTarget::Command(line))
+            }
+            (None, None) => Err("give --to DIR or --to-command CMD".into()),
+        },
+        Command::VerifyBackup { dir } => backup::verify_backup(&dir),
+        Command::Restore { from, dirs } => backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir),
     };
     match result {
         Ok(code) => code,
