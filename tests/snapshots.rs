@@ -142,6 +142,11 @@ async fn loop_snapshot_under_concurrent_writes_holds_one_height_in_chain_and_cac
     let (code, stdout, stderr) = cli(&["snapshot", "--bus", &bus.address]);
     assert_eq!(code, 0, "{stderr}");
     taken.push(stdout.lines().map(PathBuf::from).collect());
+    // Several at once (they are taken one after the other).
+    let concurrent = futures_util::future::join_all((0..3).map(|_| snapshot(&connection))).await;
+    for paths in concurrent {
+        taken.push(paths.expect("concurrent Snapshot"));
+    }
     let heights = writers.await.expect("writers");
     assert_eq!(heights.len(), 240, "every footprint acknowledged");
 

@@ -180,6 +180,10 @@ fn is_readonly_subvolume(path: &Path) -> bool {
 
 /// Sends the newest snapshot of `layout` to `target`; see the module documentation.
 pub fn backup(layout: &SnapshotLayout, target: &BackupTarget) -> Result<BackupReport, BackupError> {
+    // Pruning waits while we send (it could otherwise delete our snapshot or its parent).
+    let _lock = layout
+        .lock(true)
+        .map_err(io_err(&layout.chain_snapshots().join(".lock")))?;
     let names = layout.list().map_err(io_err(&layout.chain_snapshots()))?;
     let Some(name) = names.last().cloned() else {
         return Err(BackupError::NoSnapshot(layout.chain_snapshots()));

@@ -66,6 +66,36 @@ impl SnapshotLayout {
     }
 }
 
+/// Held by a backup while it sends, and by pruning while it deletes, so that pruning never
+/// removes a snapshot a backup is sending (`.snapshots/.lock`, `flock(2)`).
+pub struct SnapshotsLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl SnapshotLayout {
+    /// Takes the lock; waits for it when `wait`, else returns `None` when it is held.
+    pub fn lock(&self, wait: bool) -> io::Result<Option<SnapshotsLock>> {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = self.chain_snapshots();
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        let arg = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        match Flock::lock(file, arg) {
+            Ok(lock) => Ok(Some(SnapshotsLock { _lock: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+            Err((_, errno)) => Err(io::Error::from(errno)),
+        }
+    }
+}
+
 /// `<parent of dir>/.snapshots`.
 pub fn snapshots_dir_beside(dir: &Path) -> PathBuf {
     match dir.parent() {

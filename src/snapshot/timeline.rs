@@ -24,7 +24,12 @@ pub struct Pruned {
 
 /// Applies `policy` to the snapshots of `layout`: deletes (chain and cache side) every snapshot
 /// the plan does not keep, oldest first, and any half-made `.incomplete-*` left by a crash.
+/// Nothing is deleted while a backup holds the snapshots lock (it is retried next time).
 pub fn prune(layout: &SnapshotLayout, policy: RetentionPolicy) -> std::io::Result<Pruned> {
+    let Some(_lock) = layout.lock(false)? else {
+        tracing::info!("a backup is running; pruning waits for the next snapshot");
+        return Ok(Pruned::default());
+    };
     let entries: Vec<SnapshotEntry> = layout
         .list()?
         .iter()

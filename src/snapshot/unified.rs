@@ -69,6 +69,9 @@ pub struct UnifiedSnapshot {
     pub pause: Duration,
 }
 
+/// Serialises unified snapshots within the process.
+static SNAPSHOT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Waits until the cache holds every block up to `height`.
 ///
 /// PLACEHOLDER, the only one: the cache (src/cache/) is being built in parallel; the cache
@@ -90,6 +93,9 @@ pub async fn create_unified_snapshot(
         blockchain.chain().chain_dir().to_owned(),
         blockchain.cache_dir().to_owned(),
     );
+    // One snapshot at a time: two in the same second at the same height would share a
+    // staging name.
+    let _one_at_a_time = SNAPSHOT_LOCK.lock().await;
     let ((height, head_hash), guard) = blockchain.chain().pause_writer().await?;
     let paused_at = Instant::now();
     if let Err(err) = wait_for_cache(blockchain, height).await {
@@ -184,33 +190,48 @@ fn capture(layout: &SnapshotLayout, name: &str, height: u64) -> Result<Captured,
         super::layout::remove_snapshot_dir(dir)?;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let result = (|| {
-        let chain = match super::layout::dir_kind(&layout.chain_dir) {
+    let capture_chain = || -> Result<ChainCapture, SnapshotError> {
+        match super::layout::dir_kind(&layout.chain_dir) {
             DirKind::Subvolume => {
                 btrfs::snapshot(&layout.chain_dir, &chain_stage.join(CHAIN_LEAF), false)?;
-                ChainCapture::Btrfs
+                Ok(ChainCapture::Btrfs)
             }
-            DirKind::Plain => barrier(&layout.chain_dir, height)?,
-        };
+            DirKind::Plain => barrier(&layout.chain_dir, height),
+        }
+    };
+    let capture_cache = || -> Result<SnapshotMethod, SnapshotError> {
         let cache_dest = cache_stage.join(CACHE_LEAF);
-        let cache_method = match super::layout::dir_kind(&layout.cache_dir) {
+        match super::layout::dir_kind(&layout.cache_dir) {
             DirKind::Subvolume => {
                 btrfs::snapshot(&layout.cache_dir, &cache_dest, false)?;
-                SnapshotMethod::BtrfsSnapshot
+                Ok(SnapshotMethod::BtrfsSnapshot)
             }
             DirKind::Plain => {
                 fs::create_dir(&cache_dest).map_err(io_err(&cache_dest))?;
                 if layout.cache_dir.is_dir() {
                     copy_tree(&layout.cache_dir, &cache_dest)?;
                 }
-                SnapshotMethod::HardlinkCopy
+                Ok(SnapshotMethod::HardlinkCopy)
             }
-        };
+        }
+    };
+    // Both at once: the pause is then about one snapshot's cost, not two.
+    let (chain, cache_method) = std::thread::scope(|scope| {
+        let cache = scope.spawn(capture_cache);
+        let chain = capture_chain();
+        let cache = cache.join().unwrap_or_else(|_| {
+            Err(SnapshotError::Inconsistent(
+                "the cache snapshot thread panicked".into(),
+            ))
+        });
+        (chain, cache)
+    });
+    let result = chain.and_then(|chain| {
         Ok(Parts {
             chain,
-            cache_method,
+            cache_method: cache_method?,
         })
-    })();
+    });
     match result {
         Ok(parts) => Ok(Captured::New(parts)),
         Err(err) => {
