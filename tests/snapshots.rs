@@ -542,6 +542,9 @@ async fn fallback_without_btrfs_hard_links_sealed_segments_and_cuts_the_open_one
         "sealed segments hard-linked, the open one copied"
     );
     assert!(bus_height(&bus) > height, "writes went on past the barrier");
+    let pauses = pause_figures(&daemon.log_text());
+    eprintln!("hard-link fallback pause (µs) under 2 writing clients: {pauses:?}");
+    assert_eq!(pauses.len(), 1);
 
     // Not btrfs: backup refuses with the reason.
     let (code, _, stderr) = cli(&[
