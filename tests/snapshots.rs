@@ -225,12 +225,12 @@ fn bus_height(bus: &Bus) -> u64 {
 fn snapshot_and_backup(bus: &Bus, chain_dir: &Path, cache_dir: &Path, to: &Path) -> String {
     let (code, _, stderr) = cli(&["snapshot", "--bus", &bus.address]);
     assert_eq!(code, 0, "{stderr}");
+    // The cache directory is the default one, @cache beside the chain directory.
+    assert_eq!(cache_dir, chain_dir.with_file_name("@cache"));
     let (code, stdout, stderr) = cli(&[
         "backup",
         "--chain-dir",
         chain_dir.to_str().expect("utf-8"),
-        "--cache-dir",
-        cache_dir.to_str().expect("utf-8"),
         "--to",
         to.to_str().expect("utf-8"),
     ]);

@@ -45,6 +45,8 @@ pub enum BackupError {
     NoSnapshot(PathBuf),
     #[error("{}: not a btrfs snapshot (the chain or cache is not a btrfs subvolume, so it was snapshotted by hard-link copy); btrfs send needs btrfs snapshots: copy the directory with cp -a or rsync instead", .0.display())]
     NotBtrfsSnapshot(PathBuf),
+    #[error("{} does not exist (is the cache directory given right? --cache-dir)", .0.display())]
+    MissingSnapshot(PathBuf),
     #[error("{}: not a directory on a btrfs filesystem; btrfs receive needs one", .0.display())]
     TargetNotBtrfs(PathBuf),
     #[error("{}: already exists; move it aside first", .0.display())]
@@ -193,6 +195,9 @@ pub fn backup(layout: &SnapshotLayout, target: &BackupTarget) -> Result<BackupRe
             && is_readonly_subvolume(&layout.cache_snapshot(n))
     };
     for path in [layout.chain_snapshot(&name), layout.cache_snapshot(&name)] {
+        if path.symlink_metadata().is_err() {
+            return Err(BackupError::MissingSnapshot(path));
+        }
         if !is_readonly_subvolume(&path) {
             return Err(BackupError::NotBtrfsSnapshot(path));
         }

@@ -118,14 +118,22 @@ struct ChainAndCache {
         default_value = "/var/lib/op-dbus/blockchain"
     )]
     chain_dir: PathBuf,
-    /// The cache directory.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "OPDBUS_CACHE_DIR",
-        default_value = "/var/lib/op-dbus/@cache"
-    )]
-    cache_dir: PathBuf,
+    /// The cache directory [default: @cache beside the chain directory].
+    #[arg(long, value_name = "DIR", env = "OPDBUS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl ChainAndCache {
+    /// The cache directory, by default `@cache` beside the chain directory (the daemon's
+    /// default layout: /var/lib/op-dbus/blockchain and /var/lib/op-dbus/@cache).
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| {
+            self.chain_dir
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("@cache")
+        })
+    }
 }
 
 #[derive(Args)]
@@ -152,16 +160,22 @@ fn main() -> ExitCode {
             to,
             to_command,
         } => match (to, to_command) {
-            (Some(dir), _) => {
-                backup::backup(dirs.chain_dir, dirs.cache_dir, BackupTarget::Directory(dir))
-            }
-            (None, Some(line)) => {
-                backup::backup(dirs.chain_dir, dirs.cache_dir, BackupTarget::Command(line))
-            }
+            (Some(dir), _) => backup::backup(
+                dirs.chain_dir.clone(),
+                dirs.cache_dir(),
+                BackupTarget::Directory(dir),
+            ),
+            (None, Some(line)) => backup::backup(
+                dirs.chain_dir.clone(),
+                dirs.cache_dir(),
+                BackupTarget::Command(line),
+            ),
             (None, None) => Err("give --to DIR or --to-command CMD".into()),
         },
         Command::VerifyBackup { dir } => backup::verify_backup(&dir),
-        Command::Restore { from, dirs } => backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir),
+        Command::Restore { from, dirs } => {
+            backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir())
+        }
     };
     match result {
         Ok(code) => code,
