@@ -516,6 +516,26 @@ async fn fallback_without_btrfs_hard_links_sealed_segments_and_cuts_the_open_one
     let connection = bus.connect().await;
     let paths = snapshot(&connection).await.expect("Snapshot");
     writers.await.expect("writers");
+    if is_root() {
+        // An ordinary user may not take snapshots (the bus policy already refuses).
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "dbus-send",
+            ])
+            .arg(format!("--bus={}", bus.address))
+            .arg("--print-reply")
+            .arg(format!("--dest={BUS_NAME}"))
+            .arg(OBJECT_PATH)
+            .arg(format!("{BUS_NAME}.Snapshot"))
+            .output()
+            .expect("setpriv dbus-send");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("AccessDenied"), "{stderr}");
+    }
     let height = check_same_height(&paths);
     for path in &paths {
         assert_eq!(

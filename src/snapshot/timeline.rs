@@ -138,6 +138,8 @@ pub async fn run(
             }
         }
         let pruning = {
+            // Not while a snapshot (e.g. an on-demand one) is being made.
+            let _one_at_a_time = super::unified::SNAPSHOT_LOCK.lock().await;
             let layout = layout.clone();
             tokio::task::spawn_blocking(move || prune(&layout, policy)).await
         };

@@ -69,8 +69,8 @@ pub struct UnifiedSnapshot {
     pub pause: Duration,
 }
 
-/// Serialises unified snapshots within the process.
-static SNAPSHOT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serialises unified snapshots (and the daemon's pruning) within the process.
+pub(crate) static SNAPSHOT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits until the cache holds every block up to `height`.
 ///
