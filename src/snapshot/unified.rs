@@ -29,6 +29,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a snapshot could not be taken. Nothing half-made is left under a snapshot name.
@@ -70,7 +71,9 @@ pub struct UnifiedSnapshot {
 }
 
 /// Serialises unified snapshots (and the daemon's pruning) within the process.
-pub(crate) static SNAPSHOT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Owned guards, so that a snapshot whose caller went away keeps it until its blocking part ends.
+pub(crate) static SNAPSHOT_LOCK: LazyLock<Arc<tokio::sync::Mutex<()>>> =
+    LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
 
 /// Waits until the cache holds every block up to `height`.
 ///
@@ -95,7 +98,7 @@ pub async fn create_unified_snapshot(
     );
     // One snapshot at a time: two in the same second at the same height would share a
     // staging name.
-    let _one_at_a_time = SNAPSHOT_LOCK.lock().await;
+    let one_at_a_time = SNAPSHOT_LOCK.clone().lock_owned().await;
     let ((height, head_hash), guard) = blockchain.chain().pause_writer().await?;
     let paused_at = Instant::now();
     if let Err(err) = wait_for_cache(blockchain, height).await {
@@ -108,6 +111,7 @@ pub async fn create_unified_snapshot(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let name = snapshot_name(secs, height);
+        let _one_at_a_time = one_at_a_time;
         let captured = capture(&layout, &name, height);
         drop(guard);
         let pause = paused_at.elapsed();
