@@ -493,3 +493,76 @@ fn sync_dir(dir: &Path) {
         tracing::warn!(%err, dir = %dir.display(), "cannot sync the snapshot directory");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::Caller;
+    use crate::chain::store::{self, StoreOptions};
+    use crate::chain::verify::verify_dir;
+    use crate::footprint::PluginFootprint;
+
+    /// A chain of `blocks` footprints in `dir`; returns the head and the open segment.
+    fn chain_with(dir: &Path, blocks: usize) -> ((u64, Hash), u64, PathBuf) {
+        let (mut writer, reader, _) = store::open(dir, StoreOptions::default()).expect("open");
+        let items: Vec<_> = (0..blocks)
+            .map(|i| {
+                (
+                    PluginFootprint::new("p", "o", serde_json::json!({ "i": i })),
+                    Caller::default(),
+                )
+            })
+            .collect();
+        writer.append(&items).expect("append");
+        let (first, open) = segment::list(dir).expect("list").pop().expect("a segment");
+        (reader.head(), first, open)
+    }
+
+    #[test]
+    fn the_open_segment_is_cut_right_after_the_head() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        let ((height, hash), first, open) = chain_with(&chain, 5);
+        let len_at_barrier = fs::metadata(&open).expect("meta").len();
+        // Bytes past the barrier (a record written after the pause, or never acknowledged).
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&open)
+            .expect("open");
+        io::Write::write_all(&mut file, &[0xAB; 100]).expect("junk");
+        let dest = dir.path().join("snap");
+        fs::create_dir(&dest).expect("mkdir");
+        copy_open_segment(&open, first, len_at_barrier + 100, height, &hash, &dest).expect("copy");
+        let report = verify_dir(&dest, None, &mut |_| {}).expect("verify");
+        assert!(report.ok(), "{}", report.summary());
+        assert_eq!(report.head, Some((height, hash)));
+        assert_eq!(report.torn_tail_bytes, 0);
+        assert_eq!(
+            fs::metadata(dest.join(open.file_name().expect("name")))
+                .expect("copy")
+                .len(),
+            len_at_barrier
+        );
+    }
+
+    #[test]
+    fn a_barrier_that_does_not_end_at_the_head_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        let ((height, hash), first, open) = chain_with(&chain, 3);
+        let len = fs::metadata(&open).expect("meta").len();
+        let dest = dir.path().join("snap");
+        fs::create_dir(&dest).expect("mkdir");
+        let wrong_hash = [0u8; 32];
+        let err = copy_open_segment(&open, first, len, height, &wrong_hash, &dest)
+            .expect_err("not the head");
+        assert!(err.to_string().contains("not the head"), "{err}");
+        let err = copy_open_segment(&open, first, len, height + 1, &hash, &dest)
+            .expect_err("past the end");
+        assert!(err.to_string().contains("ends before height"), "{err}");
+        assert!(
+            fs::read_dir(&dest).expect("dest").next().is_none(),
+            "nothing copied"
+        );
+    }
+}
