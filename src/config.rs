@@ -35,6 +35,21 @@ impl std::str::FromStr for BusChoice {
     }
 }
 
+impl BusChoice {
+    /// A client connection to this bus.
+    pub async fn connect(&self) -> zbus::Result<zbus::Connection> {
+        match self {
+            BusChoice::System => zbus::Connection::system().await,
+            BusChoice::Session => zbus::Connection::session().await,
+            BusChoice::Address(address) => {
+                zbus::connection::Builder::address(address.as_str())?
+                    .build()
+                    .await
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for BusChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -421,5 +436,27 @@ mod tests {
             .to_string();
         assert!(err.contains("OPDBUS_CHAIN_DIRECTORY"), "{err}");
         assert!(err.contains("OPDBUS_BLOCKCHAIN_DIR"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_documents_every_key_with_its_default() {
+        let shipped = include_str!("../config/opdbus-blockchain");
+        for (key, default) in KEYS {
+            let line = format!("#{key}={default}");
+            assert!(
+                shipped.lines().any(|l| l.trim() == line),
+                "config/opdbus-blockchain lacks the line `{line}`"
+            );
+        }
+        // And the file, uncommented, is a valid configuration.
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#').filter(|l| l.starts_with("OPDBUS_")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("defaults");
+        std::fs::write(&file, uncommented).expect("write");
+        Config::load(Some(&file), |_| None).expect("the documented defaults load");
     }
 }

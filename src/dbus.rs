@@ -125,6 +125,27 @@ fn unit_of_pid(pid: u32) -> Option<String> {
         .map(str::to_owned)
 }
 
+impl BlockchainObject {
+    async fn similar(
+        &self,
+        query: &str,
+        k: u32,
+        filter: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Vec<(u64, String, f64)>, Error> {
+        use crate::vector::query::{check_k, filter_from_dict};
+        let parsed: crate::vector::SimilarQuery = query.parse().map_err(Error::InvalidArgument)?;
+        let k = check_k(k).map_err(Error::InvalidArgument)?;
+        let filter = filter_from_dict(&filter).map_err(Error::InvalidArgument)?;
+        match self.chain.find_similar(&parsed, k, &filter).await? {
+            Some(matches) => Ok(matches
+                .into_iter()
+                .map(|m| (m.height, hex::encode(m.hash), m.score))
+                .collect()),
+            None => Err(not_found_by_hash(query.trim())),
+        }
+    }
+}
+
 fn not_found_by_hash(hash: &str) -> Error {
     Error::NotFound(format!("no block with hash {hash}"))
 }
@@ -206,6 +227,36 @@ impl BlockchainObject {
     async fn verify(&self) -> Result<(bool, u64, String), Error> {
         let report = self.chain.verify().await?;
         Ok((report.ok(), report.blocks_checked, report.summary()))
+    }
+
+    /// The NUMA topology, the node chosen for the writer and whether its binding took effect.
+    /// Always answers: without a readable topology it reports one node and the reason.
+    async fn numa_info(&self) -> crate::numa::report::Dict {
+        match self.chain.numa_info().await {
+            Some(info) => crate::numa::report::to_dict(&info),
+            None => crate::numa::report::unavailable_dict(
+                self.chain.numa_unavailable().unwrap_or("no topology"),
+            ),
+        }
+    }
+
+    /// The `k` blocks most similar to `query` (a block hash, or a footprint
+    /// `{"plugin":…,"operation":…,"data":…}`), best first: height, hash, cosine score.
+    #[zbus(out_args("matches"))]
+    async fn find_similar(&self, query: String, k: u32) -> Result<Vec<(u64, String, f64)>, Error> {
+        self.similar(&query, k, HashMap::new()).await
+    }
+
+    /// As FindSimilar, among blocks passing `filter`: plugin (s), operation (s), uid (u),
+    /// since_ns (t), until_ns (t).
+    #[zbus(out_args("matches"))]
+    async fn find_similar_filtered(
+        &self,
+        query: String,
+        k: u32,
+        filter: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Vec<(u64, String, f64)>, Error> {
+        self.similar(&query, k, filter).await
     }
 
     /// Snapshots chain and cache at one block height; returns [chain_snapshot, cache_snapshot].

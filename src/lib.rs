@@ -11,8 +11,10 @@ pub mod daemon;
 pub mod dbus;
 pub mod footprint;
 pub mod numa;
+pub mod predict;
 pub mod service;
 pub mod snapshot;
+pub mod vector;
 
 pub use chain::block::{Block, Caller};
 pub use footprint::PluginFootprint;

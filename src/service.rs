@@ -11,6 +11,7 @@ use crate::chain::verify::{self, VerifyReport};
 use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard};
 use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
+use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -29,15 +30,14 @@ pub struct ChainOptions {
 impl ChainOptions {
     pub fn new(chain_dir: impl Into<PathBuf>) -> Self {
         let chain_dir: PathBuf = chain_dir.into();
-        let chain_dir_for_numa = chain_dir.clone();
         ChainOptions {
+            numa: Some(NumaOptions {
+                chain_dir: chain_dir.clone(),
+                ..NumaOptions::default()
+            }),
             chain_dir,
             store: StoreOptions::default(),
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
-            numa: Some(NumaOptions {
-                chain_dir: chain_dir_for_numa.clone(),
-                ..NumaOptions::default()
-            }),
         }
     }
 }
@@ -197,9 +197,16 @@ impl StreamingBlockchain {
     pub fn chain_dir(&self) -> &Path {
         self.inner.reader.dir()
     }
+
+    pub(crate) fn reader(&self) -> &ChainReader {
+        &self.inner.reader
+    }
 }
 
-async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
+/// The topology, or why there is none.
+type NumaState = std::result::Result<Arc<NumaTopology>, Arc<str>>;
+
+async fn detect_numa(options: NumaOptions) -> NumaState {
     let detected = tokio::task::spawn_blocking(move || NumaTopology::detect(&options)).await;
     match detected {
         Ok(Ok(topology)) => {
@@ -214,15 +221,15 @@ async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
                 memory_policy = %info.memory_policy(),
                 "NUMA topology"
             );
-            Some(Arc::new(topology))
+            Ok(Arc::new(topology))
         }
         Ok(Err(err)) => {
             tracing::warn!(%err, "no NUMA topology could be read; running without NUMA placement");
-            None
+            Err(format!("no topology could be read: {err}").into())
         }
         Err(err) => {
             tracing::warn!(%err, "NUMA detection failed; running without NUMA placement");
-            None
+            Err(format!("detection failed: {err}").into())
         }
     }
 }
@@ -232,7 +239,8 @@ async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
 pub struct OptimizedBlockchain {
     chain: StreamingBlockchain,
     cache_dir: PathBuf,
-    numa: Option<Arc<NumaTopology>>,
+    numa: NumaState,
+    vectors: Arc<VectorIndex>,
 }
 
 impl OptimizedBlockchain {
@@ -248,12 +256,12 @@ impl OptimizedBlockchain {
     pub async fn with_options(options: ChainOptions, cache_dir: PathBuf) -> Result<Self> {
         let numa = match options.numa.clone() {
             Some(numa_options) => detect_numa(numa_options).await,
-            None => None,
+            None => Err("NUMA placement is switched off (OPDBUS_NUMA=off)".into()),
         };
         let on_writer_start = {
             let numa = numa.clone();
             move || {
-                if let Some(numa) = numa {
+                if let Ok(numa) = numa {
                     let outcome = numa.bind_writer_thread();
                     tracing::info!(
                         cpus = ?outcome.cpus_requested,
@@ -268,17 +276,35 @@ impl OptimizedBlockchain {
             }
         };
         let chain = StreamingBlockchain::open_with(options, on_writer_start, None).await?;
+        let vectors = Arc::new(VectorIndex::open(
+            chain.chain_dir(),
+            chain.reader().chain_id(),
+            Arc::new(HashingEmbedder),
+        ));
+        // Build missing vectors in the background; a query meanwhile waits for them.
+        let (index, reader) = (Arc::clone(&vectors), chain.reader().clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = index.catch_up(&reader) {
+                tracing::warn!(%err, "cannot build the block vectors");
+            }
+        });
         Ok(OptimizedBlockchain {
             chain,
             cache_dir,
             numa,
+            vectors,
         })
     }
 
     /// The NUMA topology, the choices made from it and whether binding took effect; `None`
     /// when NUMA is switched off or no topology could be read at all.
     pub async fn numa_info(&self) -> Option<NumaInfo> {
-        self.numa.as_ref().map(|numa| numa.info())
+        self.numa.as_ref().ok().map(|numa| numa.info())
+    }
+
+    /// Why [`OptimizedBlockchain::numa_info`] is `None`, if it is.
+    pub fn numa_unavailable(&self) -> Option<&str> {
+        self.numa.as_ref().err().map(|reason| &**reason)
     }
 
     /// See [`StreamingBlockchain::add_footprint`].
@@ -325,6 +351,42 @@ impl OptimizedBlockchain {
 
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
+    }
+
+    /// The `k` blocks most similar to `query` that pass `filter`, best first (cosine of the
+    /// block vectors; see docs/format.md). `None` when the query names a block the chain does
+    /// not hold. Every durable block is searchable.
+    pub async fn find_similar(
+        &self,
+        query: &SimilarQuery,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Option<Vec<Match>>> {
+        let vector = match query {
+            SimilarQuery::Block(hash) => match self.chain.reader().block_by_hash(hash)? {
+                Some(block) => self.vectors.embed_block(&block),
+                None => return Ok(None),
+            },
+            SimilarQuery::Footprint {
+                plugin,
+                operation,
+                data,
+            } => self.vectors.embed(plugin, operation, data),
+        };
+        let (index, reader, filter) = (
+            Arc::clone(&self.vectors),
+            self.chain.reader().clone(),
+            filter.clone(),
+        );
+        tokio::task::spawn_blocking(move || index.search(&reader, &vector, k, &filter))
+            .await
+            .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
+            .map(Some)
+    }
+
+    /// The block vectors (for checks and tools).
+    pub fn vectors(&self) -> &VectorIndex {
+        &self.vectors
     }
 
     /// Snapshots chain and cache at one block height under one name; returns

@@ -2,9 +2,11 @@
 
 mod backup;
 mod offline;
+mod online;
 mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
+use opdbus_blockchain::config::BusChoice;
 use opdbus_blockchain::snapshot::backup::BackupTarget;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,14 +59,55 @@ enum Command {
         #[command(flatten)]
         dir: ChainDir,
     },
+    /// Show the daemon's NUMA view: nodes with CPUs and memory, the node chosen for the chain
+    /// writer and why, cache placement, memory policy, and whether the binding took effect.
+    Numa {
+        #[command(flatten)]
+        bus: Bus,
+        /// Print the NumaInfo dictionary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find the blocks most similar to a block or a footprint (cosine of block vectors).
+    ///
+    /// QUERY is a block hash, or a footprint as JSON:
+    /// '{"plugin":"network","operation":"create","data":{"name":"eth0"}}'.
+    /// Prints height, score (1 = identical features) and hash, best first; exit status 1 when
+    /// nothing matches.
+    Similar {
+        /// A block hash or a footprint JSON object.
+        query: String,
+        /// How many blocks (1 to 1000).
+        #[arg(short = 'k', long, default_value_t = 10)]
+        k: u32,
+        /// Only blocks of this plugin.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only blocks of this operation.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only blocks added by this uid.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only blocks at or after this time (nanoseconds since the Unix epoch).
+        #[arg(long, value_name = "NS")]
+        since_ns: Option<u64>,
+        /// Only blocks at or before this time (nanoseconds since the Unix epoch).
+        #[arg(long, value_name = "NS")]
+        until_ns: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
+    },
     /// Ask the running daemon for a unified snapshot of chain and cache (online).
     ///
     /// Prints the chain snapshot's path, then the cache snapshot's. Both hold the same height
     /// (see MANIFEST.json inside each).
     Snapshot {
-        /// Bus of the daemon: system, session, or a D-Bus address such as unix:path=/run/bus.
-        #[arg(long, value_name = "BUS", env = "OPDBUS_BUS", default_value = "system")]
-        bus: opdbus_blockchain::config::BusChoice,
+        #[command(flatten)]
+        bus: Bus,
     },
     /// Send the newest snapshot to a backup target with btrfs send/receive, then verify it.
     ///
@@ -106,6 +149,13 @@ enum Command {
         #[command(flatten)]
         dirs: ChainAndCache,
     },
+}
+
+#[derive(Args)]
+struct Bus {
+    /// The bus the daemon is on: system, session or a D-Bus address (unix:path=/run/bus).
+    #[arg(long, value_name = "BUS", default_value = "system")]
+    bus: BusChoice,
 }
 
 #[derive(Args)]
@@ -154,7 +204,31 @@ fn main() -> ExitCode {
         Command::Verify { dir } => offline::verify(dir.chain_dir),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
-        Command::Snapshot { bus } => snapshot::snapshot(&bus),
+        Command::Numa { bus, json } => online::numa(&bus.bus, json),
+        Command::Similar {
+            query,
+            k,
+            plugin,
+            operation,
+            uid,
+            since_ns,
+            until_ns,
+            json,
+            bus,
+        } => online::similar(
+            &bus.bus,
+            online::SimilarArgs {
+                query,
+                k,
+                plugin,
+                operation,
+                uid,
+                since_ns,
+                until_ns,
+                json,
+            },
+        ),
+        Command::Snapshot { bus } => snapshot::snapshot(&bus.bus),
         Command::Backup {
             dirs,
             to,

@@ -19,14 +19,8 @@ pub fn snapshot(bus: &BusChoice) -> Outcome {
 }
 
 async fn call_snapshot(bus: &BusChoice) -> Result<Vec<String>, String> {
-    let builder = match bus {
-        BusChoice::System => zbus::connection::Builder::system(),
-        BusChoice::Session => zbus::connection::Builder::session(),
-        BusChoice::Address(address) => zbus::connection::Builder::address(address.as_str()),
-    }
-    .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
-    let connection = builder
-        .build()
+    let connection = bus
+        .connect()
         .await
         .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
     let reply = connection
