@@ -836,3 +836,80 @@ async fn loop_backup_over_ssh_to_a_host_in_a_network_namespace() {
         assert!(verified.height >= 20);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_the_newest_and_backup_parents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain_dir = dir.path().join("blockchain");
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &chain_dir, &dir.path().join("@cache"));
+    let connection = bus.connect().await;
+    let mut names = Vec::new();
+    for i in 0..4 {
+        add_footprint(&connection, "p", "o", &format!("{{\"i\":{i}}}"))
+            .await
+            .expect("add");
+        let paths = snapshot(&connection).await.expect("Snapshot");
+        let name = paths[0]
+            .parent()
+            .and_then(Path::file_name)
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        names.push(name);
+    }
+    let snapshots = dir.path().join(".snapshots");
+    std::fs::write(
+        snapshots.join(".backup-parents.json"),
+        format!("{{\"dir:/mnt/backup\": \"{}\"}}\n", names[1]),
+    )
+    .expect("a backup target's parent");
+    let prune = |extra: &[&str]| {
+        let mut args = vec![
+            "prune",
+            "--chain-dir",
+            chain_dir.to_str().expect("utf-8"),
+            "--hourly",
+            "0",
+            "--daily",
+            "0",
+            "--weekly",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let (code, stdout, stderr) = prune(&["--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("keep    {}  (newest)", names[3])),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("keep    {}  (pinned", names[1])),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("would delete  {}", names[0])),
+        "{stdout}"
+    );
+    assert_eq!(
+        names_in(&snapshots)
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .count(),
+        4
+    );
+
+    let (code, stdout, stderr) = prune(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("deleted  {}", names[2])),
+        "{stdout}"
+    );
+    let left: Vec<String> = names_in(&snapshots)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(left, [names[1].clone(), names[3].clone()]);
+}

@@ -26,10 +26,15 @@ pub struct Pruned {
 /// the plan does not keep, oldest first, and any half-made `.incomplete-*` left by a crash.
 /// Nothing is deleted while a backup holds the snapshots lock (it is retried next time).
 pub fn prune(layout: &SnapshotLayout, policy: RetentionPolicy) -> std::io::Result<Pruned> {
-    let Some(_lock) = layout.lock(false)? else {
-        tracing::info!("a backup is running; pruning waits for the next snapshot");
-        return Ok(Pruned::default());
-    };
+    prune_with(layout, policy, false)
+}
+
+/// What pruning would keep and delete now (`opdbus-chain prune --dry-run`): the retention plan
+/// with the newest snapshot and the backup parents pinned.
+pub fn retention_plan(
+    layout: &SnapshotLayout,
+    policy: RetentionPolicy,
+) -> std::io::Result<KeepPlan> {
     let entries: Vec<SnapshotEntry> = layout
         .list()?
         .iter()
@@ -42,7 +47,20 @@ pub fn prune(layout: &SnapshotLayout, policy: RetentionPolicy) -> std::io::Resul
             tracing::warn!(%err, "cannot read the backup parents; pruning nothing");
             entries.iter().map(|e| e.name.clone()).collect()
         });
-    let plan = select_keep(&entries, policy, &pinned);
+    Ok(select_keep(&entries, policy, &pinned))
+}
+
+/// As [`prune`]; with `wait`, waits for a running backup instead of skipping.
+pub fn prune_with(
+    layout: &SnapshotLayout,
+    policy: RetentionPolicy,
+    wait: bool,
+) -> std::io::Result<Pruned> {
+    let Some(_lock) = layout.lock(wait)? else {
+        tracing::info!("a backup is running; pruning waits for the next snapshot");
+        return Ok(Pruned::default());
+    };
+    let plan = retention_plan(layout, policy)?;
     let mut pruned = Pruned {
         plan,
         failed: Vec::new(),

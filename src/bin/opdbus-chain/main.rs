@@ -3,6 +3,7 @@
 mod backup;
 mod offline;
 mod online;
+mod prune;
 mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
@@ -149,6 +150,40 @@ enum Command {
         #[command(flatten)]
         dirs: ChainAndCache,
     },
+    /// Apply the retention policy to the snapshots beside the chain (as the daemon does after
+    /// each scheduled snapshot): keep the newest snapshot of each of the last N hours, days and
+    /// ISO weeks that hold one, the newest, and every backup target's parent; delete the rest.
+    Prune {
+        #[command(flatten)]
+        dirs: ChainAndCache,
+        /// Keep the newest snapshot of each of the last N hours that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_HOURLY",
+            default_value_t = 5
+        )]
+        hourly: u32,
+        /// Keep the newest snapshot of each of the last N days (UTC) that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_DAILY",
+            default_value_t = 5
+        )]
+        daily: u32,
+        /// Keep the newest snapshot of each of the last N ISO weeks that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_WEEKLY",
+            default_value_t = 5
+        )]
+        weekly: u32,
+        /// Only print what would be kept (with why) and deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args)]
@@ -250,6 +285,22 @@ fn main() -> ExitCode {
         Command::Restore { from, dirs } => {
             backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir())
         }
+        Command::Prune {
+            dirs,
+            hourly,
+            daily,
+            weekly,
+            dry_run,
+        } => prune::prune(
+            dirs.chain_dir.clone(),
+            dirs.cache_dir(),
+            opdbus_blockchain::snapshot::RetentionPolicy {
+                hourly,
+                daily,
+                weekly,
+            },
+            dry_run,
+        ),
     };
     match result {
         Ok(code) => code,
