@@ -7,6 +7,7 @@
 
 use crate::footprint::DEFAULT_MAX_DATA_BYTES;
 use crate::numa::{self, CachePlacement, MemoryPolicy, NumaOptions};
+use crate::snapshot::{RetentionPolicy, SnapshotInterval, SNAPSHOT_INTERVAL_ENV};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -91,6 +92,10 @@ pub struct Config {
     pub cache_preload_blocks: u64,
     /// `OPDBUS_CACHE_QUEUE_BLOCKS`: blocks that may wait for the cache thread before skipping.
     pub cache_queue_blocks: usize,
+    /// `OPDBUS_SNAPSHOT_INTERVAL`: when the daemon takes unified snapshots by itself.
+    pub snapshot_interval: SnapshotInterval,
+    /// `OPDBUS_RETAIN_HOURLY`, `_DAILY`, `_WEEKLY`: which scheduled snapshots are kept.
+    pub retention: RetentionPolicy,
 }
 
 /// A configuration value that cannot be used.
@@ -138,6 +143,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("OPDBUS_CACHE_HOT_BYTES", "67108864"),
     ("OPDBUS_CACHE_PRELOAD_BLOCKS", "1024"),
     ("OPDBUS_CACHE_QUEUE_BLOCKS", "65536"),
+    ("OPDBUS_SNAPSHOT_INTERVAL", "off"),
+    ("OPDBUS_RETAIN_HOURLY", "5"),
+    ("OPDBUS_RETAIN_DAILY", "5"),
+    ("OPDBUS_RETAIN_WEEKLY", "5"),
 ];
 
 impl Default for Config {
@@ -158,6 +167,8 @@ impl Default for Config {
             cache_hot_bytes: crate::cache::DEFAULT_HOT_BYTES,
             cache_preload_blocks: crate::cache::DEFAULT_PRELOAD_BLOCKS,
             cache_queue_blocks: crate::cache::DEFAULT_QUEUE_BLOCKS,
+            snapshot_interval: SnapshotInterval::Off,
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -252,6 +263,24 @@ impl Config {
                 self.cache_queue_blocks =
                     parse_count(value, 16, 16 * 1024 * 1024).map_err(invalid)? as usize
             }
+            SNAPSHOT_INTERVAL_ENV => {
+                self.snapshot_interval = value.parse().map_err(|_| {
+                    invalid(
+                        "accepted values: every-N-minutes (N a whole number ≥ 1, e.g. \
+                         every-15-minutes), hourly, daily, off"
+                            .into(),
+                    )
+                })?
+            }
+            "OPDBUS_RETAIN_HOURLY" => {
+                self.retention.hourly = parse_retention(value).map_err(invalid)?
+            }
+            "OPDBUS_RETAIN_DAILY" => {
+                self.retention.daily = parse_retention(value).map_err(invalid)?
+            }
+            "OPDBUS_RETAIN_WEEKLY" => {
+                self.retention.weekly = parse_retention(value).map_err(invalid)?
+            }
             _ => {
                 return Err(invalid(format!(
                     "unknown key; known keys: {}",
@@ -313,6 +342,16 @@ fn absolute_dir(value: &str) -> Result<PathBuf, String> {
     } else {
         Err("expected an absolute path".into())
     }
+}
+
+/// A retention count: how many hours, days or weeks keep a snapshot.
+fn parse_retention(value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 10_000)
+        .ok_or_else(|| "expected a whole number from 0 to 10000".into())
 }
 
 fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -428,6 +467,39 @@ mod tests {
             assert!(err.contains(&format!("{key}={value}")), "{err}");
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn snapshot_schedule_and_retention_are_read_and_checked() {
+        let config = Config::load(None, |_| None).expect("defaults");
+        assert_eq!(config.snapshot_interval, SnapshotInterval::Off);
+        assert_eq!(config.retention, RetentionPolicy::default());
+        let env = |key: &str| match key {
+            "OPDBUS_SNAPSHOT_INTERVAL" => Some("every-15-minutes".to_owned()),
+            "OPDBUS_RETAIN_HOURLY" => Some("24".to_owned()),
+            "OPDBUS_RETAIN_WEEKLY" => Some("0".to_owned()),
+            _ => None,
+        };
+        let config = Config::load(None, env).expect("valid");
+        assert_eq!(config.snapshot_interval.to_string(), "every-15-minutes");
+        assert_eq!(
+            config.retention,
+            RetentionPolicy {
+                hourly: 24,
+                daily: 5,
+                weekly: 0
+            }
+        );
+        let env = |key: &str| (key == "OPDBUS_SNAPSHOT_INTERVAL").then(|| "weekly".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_SNAPSHOT_INTERVAL=weekly"), "{err}");
+        assert!(
+            err.contains("every-N-minutes") && err.contains("off"),
+            "{err}"
+        );
+        let env = |key: &str| (key == "OPDBUS_RETAIN_DAILY").then(|| "-1".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_RETAIN_DAILY=-1"), "{err}");
     }
 
     #[test]

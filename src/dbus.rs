@@ -311,6 +311,31 @@ impl BlockchainObject {
             .collect())
     }
 
+    /// Snapshots chain and cache at one block height; returns [chain_snapshot, cache_snapshot].
+    #[zbus(out_args("paths"))]
+    async fn snapshot(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<String>, Error> {
+        let caller = self.caller(&header, connection).await?;
+        if !self.may_write(&caller) {
+            return Err(Error::AccessDenied(format!(
+                "uid {} may not take snapshots; ask the administrator to add it to OPDBUS_WRITER_UIDS",
+                caller.uid.map_or("unknown".into(), |u| u.to_string())
+            )));
+        }
+        let paths = self
+            .chain
+            .create_unified_snapshot()
+            .await
+            .map_err(|e| Error::StorageFailure(format!("snapshot failed: {e}")))?;
+        Ok(paths
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect())
+    }
+
     /// Height of the newest durable block (not announced through PropertiesChanged).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn height(&self) -> u64 {

@@ -473,4 +473,13 @@ impl OptimizedBlockchain {
     pub fn cache(&self) -> &BlockCache {
         &self.cache
     }
+
+    /// Snapshots chain and cache at one block height under one name; returns
+    /// `[chain_snapshot, cache_snapshot]`. See [`crate::snapshot::unified`].
+    pub async fn create_unified_snapshot(
+        &self,
+    ) -> std::result::Result<Vec<PathBuf>, crate::snapshot::SnapshotError> {
+        let snapshot = crate::snapshot::create_unified_snapshot(self).await?;
+        Ok(vec![snapshot.chain, snapshot.cache])
+    }
 }

@@ -1,11 +1,15 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
+mod backup;
 mod offline;
 mod online;
+mod prune;
 mod repair;
+mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
 use opdbus_blockchain::config::BusChoice;
+use opdbus_blockchain::snapshot::backup::BackupTarget;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -116,6 +120,88 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running daemon for a unified snapshot of chain and cache (online).
+    ///
+    /// Prints the chain snapshot's path, then the cache snapshot's. Both hold the same height
+    /// (see MANIFEST.json inside each).
+    Snapshot {
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Send the newest snapshot to a backup target with btrfs send/receive, then verify it.
+    ///
+    /// Incremental from the newest snapshot the target already holds. With --to, the copy is
+    /// received as DIR/<snapshot name>/{chain,cache} under a temporary name, re-hashed, checked
+    /// against its manifest and only then renamed: a failed backup leaves no snapshot name.
+    /// Exit 2 with a one-line reason on any failure.
+    Backup {
+        #[command(flatten)]
+        dirs: ChainAndCache,
+        /// A directory on another btrfs filesystem.
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "to_command",
+            conflicts_with = "to_command"
+        )]
+        to: Option<PathBuf>,
+        /// A command that runs btrfs receive elsewhere, split like a shell would but run without
+        /// one; {name} is replaced by the snapshot name. Example:
+        /// 'ssh backup@host "mkdir -p /srv/opdbus/{name} && btrfs receive /srv/opdbus/{name}"'
+        #[arg(long, value_name = "CMD")]
+        to_command: Option<String>,
+    },
+    /// Check a backup (or snapshot) directory holding chain/ and cache/: every block re-hashed,
+    /// the head equal to the manifest. Exit 1 when it does not check out.
+    VerifyBackup {
+        /// TARGET/<snapshot name>
+        dir: PathBuf,
+    },
+    /// Put a backup back as a working chain and cache (which must not exist yet).
+    ///
+    /// The backup is verified first and the restored chain again afterwards. Start the daemon
+    /// on the restored directories; new footprints continue the chain.
+    Restore {
+        /// The backup: TARGET/<snapshot name> (or a local .snapshots/<snapshot name>).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[command(flatten)]
+        dirs: ChainAndCache,
+    },
+    /// Apply the retention policy to the snapshots beside the chain (as the daemon does after
+    /// each scheduled snapshot): keep the newest snapshot of each of the last N hours, days and
+    /// ISO weeks that hold one, the newest, and every backup target's parent; delete the rest.
+    Prune {
+        #[command(flatten)]
+        dirs: ChainAndCache,
+        /// Keep the newest snapshot of each of the last N hours that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_HOURLY",
+            default_value_t = 5
+        )]
+        hourly: u32,
+        /// Keep the newest snapshot of each of the last N days (UTC) that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_DAILY",
+            default_value_t = 5
+        )]
+        daily: u32,
+        /// Keep the newest snapshot of each of the last N ISO weeks that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_WEEKLY",
+            default_value_t = 5
+        )]
+        weekly: u32,
+        /// Only print what would be kept (with why) and deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args)]
@@ -123,6 +209,34 @@ struct Bus {
     /// The bus the daemon is on: system, session or a D-Bus address (unix:path=/run/bus).
     #[arg(long, value_name = "BUS", default_value = "system")]
     bus: BusChoice,
+}
+
+#[derive(Args)]
+struct ChainAndCache {
+    /// The chain directory (its snapshots are in .snapshots beside it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "OPDBUS_BLOCKCHAIN_DIR",
+        default_value = "/var/lib/op-dbus/blockchain"
+    )]
+    chain_dir: PathBuf,
+    /// The cache directory [default: @cache beside the chain directory].
+    #[arg(long, value_name = "DIR", env = "OPDBUS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl ChainAndCache {
+    /// The cache directory, by default `@cache` beside the chain directory (the daemon's
+    /// default layout: /var/lib/op-dbus/blockchain and /var/lib/op-dbus/@cache).
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| {
+            self.chain_dir
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("@cache")
+        })
+    }
 }
 
 #[derive(Args)]
@@ -173,6 +287,44 @@ fn main() -> ExitCode {
             },
         ),
         Command::Stats { bus, json } => online::stats(&bus.bus, json),
+        Command::Snapshot { bus } => snapshot::snapshot(&bus.bus),
+        Command::Backup {
+            dirs,
+            to,
+            to_command,
+        } => match (to, to_command) {
+            (Some(dir), _) => backup::backup(
+                dirs.chain_dir.clone(),
+                dirs.cache_dir(),
+                BackupTarget::Directory(dir),
+            ),
+            (None, Some(line)) => backup::backup(
+                dirs.chain_dir.clone(),
+                dirs.cache_dir(),
+                BackupTarget::Command(line),
+            ),
+            (None, None) => Err("give --to DIR or --to-command CMD".into()),
+        },
+        Command::VerifyBackup { dir } => backup::verify_backup(&dir),
+        Command::Restore { from, dirs } => {
+            backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir())
+        }
+        Command::Prune {
+            dirs,
+            hourly,
+            daily,
+            weekly,
+            dry_run,
+        } => prune::prune(
+            dirs.chain_dir.clone(),
+            dirs.cache_dir(),
+            opdbus_blockchain::snapshot::RetentionPolicy {
+                hourly,
+                daily,
+                weekly,
+            },
+            dry_run,
+        ),
     };
     match result {
         Ok(code) => code,
