@@ -92,6 +92,8 @@ pub struct Config {
     pub cache_preload_blocks: u64,
     /// `OPDBUS_CACHE_QUEUE_BLOCKS`: blocks that may wait for the cache thread before skipping.
     pub cache_queue_blocks: usize,
+    /// `OPDBUS_CACHE_PREDICT`: pre-load blocks readers are likely to read next.
+    pub cache_predict: bool,
     /// `OPDBUS_SNAPSHOT_INTERVAL`: when the daemon takes unified snapshots by itself.
     pub snapshot_interval: SnapshotInterval,
     /// `OPDBUS_RETAIN_HOURLY`, `_DAILY`, `_WEEKLY`: which scheduled snapshots are kept.
@@ -143,6 +145,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("OPDBUS_CACHE_HOT_BYTES", "67108864"),
     ("OPDBUS_CACHE_PRELOAD_BLOCKS", "1024"),
     ("OPDBUS_CACHE_QUEUE_BLOCKS", "65536"),
+    ("OPDBUS_CACHE_PREDICT", "on"),
     ("OPDBUS_SNAPSHOT_INTERVAL", "off"),
     ("OPDBUS_RETAIN_HOURLY", "5"),
     ("OPDBUS_RETAIN_DAILY", "5"),
@@ -167,6 +170,7 @@ impl Default for Config {
             cache_hot_bytes: crate::cache::DEFAULT_HOT_BYTES,
             cache_preload_blocks: crate::cache::DEFAULT_PRELOAD_BLOCKS,
             cache_queue_blocks: crate::cache::DEFAULT_QUEUE_BLOCKS,
+            cache_predict: true,
             snapshot_interval: SnapshotInterval::Off,
             retention: RetentionPolicy::default(),
         }
@@ -240,13 +244,7 @@ impl Config {
                     ))
                 })?
             }
-            "OPDBUS_NUMA" => {
-                self.numa = match value {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(invalid("accepted values: on, off".into())),
-                }
-            }
+            "OPDBUS_NUMA" => self.numa = on_off(value).map_err(invalid)?,
             numa::ENV_SYSFS_NODE_ROOT => {
                 self.numa_sysfs_root = Some(absolute_dir(value).map_err(invalid)?)
             }
@@ -259,6 +257,7 @@ impl Config {
             "OPDBUS_CACHE_PRELOAD_BLOCKS" => {
                 self.cache_preload_blocks = parse_count(value, 0, 100_000_000).map_err(invalid)?
             }
+            "OPDBUS_CACHE_PREDICT" => self.cache_predict = on_off(value).map_err(invalid)?,
             "OPDBUS_CACHE_QUEUE_BLOCKS" => {
                 self.cache_queue_blocks =
                     parse_count(value, 16, 16 * 1024 * 1024).map_err(invalid)? as usize
@@ -333,6 +332,14 @@ fn parse_count(value: &str, min: u64, max: u64) -> Result<u64, String> {
         return Err(format!("must be from {min} to {max}"));
     }
     Ok(parsed)
+}
+
+fn on_off(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("accepted values: on, off".into()),
+    }
 }
 
 fn absolute_dir(value: &str) -> Result<PathBuf, String> {

@@ -59,6 +59,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     options.max_data_bytes = config.max_data_bytes;
     options.store.segment_bytes = config.segment_bytes;
     options.numa = config.numa_options();
+    options.predict = config.cache_predict;
     let chain = OptimizedBlockchain::with_cache(options, config.cache_options())
         .await
         .map_err(|source| DaemonError::Chain {

@@ -155,6 +155,11 @@ impl BlockchainObject {
     }
 }
 
+/// Who is reading, for read prediction: the caller's unique bus name.
+fn reader_name<'a>(header: &'a Header<'_>) -> &'a str {
+    header.sender().map_or("unknown", |sender| sender.as_str())
+}
+
 fn not_found_by_hash(hash: &str) -> Error {
     Error::NotFound(format!("no block with hash {hash}"))
 }
@@ -231,22 +236,34 @@ impl BlockchainObject {
     }
 
     /// The block with this hash, as JSON.
-    async fn get_block(&self, hash: String) -> Result<String, Error> {
+    async fn get_block(
+        &self,
+        hash: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, Error> {
         if parse_hash(&hash).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "'{}' is not a block hash (64 hex digits)",
                 hash.chars().take(80).collect::<String>()
             )));
         }
-        match self.chain.get_block(&hash).await? {
+        match self.chain.get_block_as(reader_name(&header), &hash).await? {
             Some(block) => Ok(block.to_json()),
             None => Err(not_found_by_hash(&hash)),
         }
     }
 
     /// The block at this height, as JSON.
-    async fn get_block_by_height(&self, height: u64) -> Result<String, Error> {
-        match self.chain.get_block_by_height(height).await? {
+    async fn get_block_by_height(
+        &self,
+        height: u64,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, Error> {
+        match self
+            .chain
+            .get_block_by_height_as(reader_name(&header), height)
+            .await?
+        {
             Some(block) => Ok(block.to_json()),
             None => Err(Error::NotFound(format!(
                 "no block at height {height}; the head is at {}",

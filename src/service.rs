@@ -12,7 +12,11 @@ use crate::chain::verify::{self, VerifyReport};
 use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard};
 use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
+use crate::predict::Predictor;
 use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
+
+/// The reader name of in-process reads through the plain `get_block*` methods.
+const LIBRARY_READER: &str = "library";
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -26,6 +30,9 @@ pub struct ChainOptions {
     pub max_data_bytes: usize,
     /// NUMA detection and writer binding; `None` leaves threads and memory where they are.
     pub numa: Option<NumaOptions>,
+    /// Pre-load the blocks a reader is likely to read next into the cache's hot tier
+    /// (see [`crate::predict`]).
+    pub predict: bool,
 }
 
 impl ChainOptions {
@@ -39,6 +46,7 @@ impl ChainOptions {
             chain_dir,
             store: StoreOptions::default(),
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
+            predict: true,
         }
     }
 }
@@ -249,6 +257,10 @@ pub struct OptimizedBlockchain {
     vectors: Arc<VectorIndex>,
     cache: BlockCache,
     feed: Arc<CacheFeed>,
+    /// Learns read patterns; `None` when prediction is off. Heights' hashes are remembered
+    /// either way.
+    predictor: Arc<Predictor>,
+    predict: bool,
 }
 
 impl OptimizedBlockchain {
@@ -280,6 +292,7 @@ impl OptimizedBlockchain {
         let cache =
             opened.map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?;
         let feed = Arc::new(CacheFeed::new(cache.clone(), cache_options.queue_blocks));
+        let predict = options.predict;
         let numa = match options.numa.clone() {
             Some(numa_options) => detect_numa(numa_options).await,
             None => Err("NUMA placement is switched off (OPDBUS_NUMA=off)".into()),
@@ -325,6 +338,8 @@ impl OptimizedBlockchain {
             vectors,
             cache,
             feed,
+            predictor: Arc::new(Predictor::new()),
+            predict,
         })
     }
 
@@ -352,6 +367,11 @@ impl OptimizedBlockchain {
     /// The block with this hash: from the cache (RAM, then disk), else from the chain, in
     /// which case the cache is filled.
     pub async fn get_block(&self, hash: &str) -> Result<Option<Block>> {
+        self.get_block_as(LIBRARY_READER, hash).await
+    }
+
+    /// Cache, then chain (filling the cache); not seen by the predictor.
+    async fn lookup(&self, hash: &str) -> Result<Option<Block>> {
         if let Some(block) = self.get_cached_block(hash).await? {
             return Ok(Some(block));
         }
@@ -365,7 +385,61 @@ impl OptimizedBlockchain {
 
     /// The block at `height`.
     pub async fn get_block_by_height(&self, height: u64) -> Result<Option<Block>> {
-        self.chain.get_block_by_height(height).await
+        self.get_block_by_height_as(LIBRARY_READER, height).await
+    }
+
+    /// [`OptimizedBlockchain::get_block`] on behalf of `reader` (e.g. a bus connection's
+    /// unique name): what it reads next is predicted from what it has read, and pre-loaded.
+    pub async fn get_block_as(&self, reader: &str, hash: &str) -> Result<Option<Block>> {
+        let block = self.lookup(hash).await?;
+        if let Some(block) = &block {
+            self.after_read(reader, block);
+        }
+        Ok(block)
+    }
+
+    /// [`OptimizedBlockchain::get_block_by_height`] on behalf of `reader`. Served from the
+    /// cache when the height's hash is known (read or pre-loaded before), else from the chain.
+    pub async fn get_block_by_height_as(&self, reader: &str, height: u64) -> Result<Option<Block>> {
+        let block = match self.predictor.hash_at(height) {
+            Some(hash) => self.lookup(&hex::encode(hash)).await?,
+            None => {
+                let block = self.chain.get_block_by_height(height).await?;
+                if let Some(block) = &block {
+                    self.cache.insert_hot(Arc::new(block.clone()));
+                }
+                block
+            }
+        };
+        if let Some(block) = &block {
+            self.after_read(reader, block);
+        }
+        Ok(block)
+    }
+
+    /// Learns from a read and pre-loads the predicted blocks in the background.
+    fn after_read(&self, reader: &str, block: &Block) {
+        self.predictor.remember(block.height, block.hash);
+        let predicted = self.predictor.record(reader, block.height);
+        if !self.predict || predicted.is_empty() {
+            return;
+        }
+        let (chain, cache, predictor) = (
+            self.chain.reader().clone(),
+            self.cache.clone(),
+            Arc::clone(&self.predictor),
+        );
+        tokio::task::spawn_blocking(move || {
+            for height in predicted {
+                if predictor.hash_at(height).is_some_and(|h| cache.is_hot(&h)) {
+                    continue;
+                }
+                if let Ok(Some(block)) = chain.block_at(height) {
+                    predictor.remember(height, block.hash);
+                    cache.insert_hot(Arc::new(block));
+                }
+            }
+        });
     }
 
     /// See [`StreamingBlockchain::start_footprint_receiver`].

@@ -1,6 +1,7 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod backup;
+mod bench_vectors;
 mod offline;
 mod online;
 mod prune;
@@ -119,6 +120,23 @@ enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Measure similarity search (recall@10 against exact search, query latency, index build
+    /// time and memory) on chains of realistic footprints, and the cache's hot hit rate on a
+    /// realistic read mix with plain LRU and with read prediction. Runs in-process on temp dirs.
+    BenchVectors {
+        /// Chain sizes to measure search on, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        blocks: Vec<u64>,
+        /// Queries per size.
+        #[arg(long, default_value_t = 100)]
+        queries: usize,
+        /// Blocks (and about as many reads) for the read-prediction run.
+        #[arg(long, default_value_t = 20_000)]
+        read_blocks: u64,
+        /// Also write the figures as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Ask the running daemon for a unified snapshot of chain and cache (online).
     ///
@@ -287,6 +305,12 @@ fn main() -> ExitCode {
             },
         ),
         Command::Stats { bus, json } => online::stats(&bus.bus, json),
+        Command::BenchVectors {
+            blocks,
+            queries,
+            read_blocks,
+            json,
+        } => bench_vectors::run(&blocks, queries, read_blocks, json),
         Command::Snapshot { bus } => snapshot::snapshot(&bus.bus),
         Command::Backup {
             dirs,

@@ -9,6 +9,9 @@
 //! The caller pre-loads the predicted blocks into the cache's hot tier. Memory is bounded:
 //! past [`MAX_SUCCESSORS`] learned pairs or [`MAX_READERS`] readers the oldest half is dropped.
 
+pub mod bench;
+
+use crate::chain::block::Hash;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 
@@ -18,6 +21,8 @@ pub const LOOKAHEAD: u64 = 4;
 pub const MAX_SUCCESSORS: usize = 65_536;
 /// Readers whose last read is remembered.
 pub const MAX_READERS: usize = 1024;
+/// Heights whose block hash is remembered (so reads by height can use the hash-keyed cache).
+pub const MAX_HEIGHTS: usize = 262_144;
 /// Successors remembered per block.
 const SUCCESSORS_PER_BLOCK: usize = 2;
 
@@ -34,6 +39,8 @@ struct State {
     reader_order: VecDeque<String>,
     successors: HashMap<u64, Vec<u64>>,
     successor_order: VecDeque<u64>,
+    hashes: HashMap<u64, Hash>,
+    hash_order: VecDeque<u64>,
 }
 
 /// Learns from reads and predicts the next ones.
@@ -45,6 +52,26 @@ pub struct Predictor {
 impl Predictor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Remembers the hash of the block at `height`.
+    pub fn remember(&self, height: u64, hash: Hash) {
+        let mut state = self.state.lock();
+        if state.hashes.insert(height, hash).is_none() {
+            if state.hashes.len() > MAX_HEIGHTS {
+                for _ in 0..MAX_HEIGHTS / 2 {
+                    if let Some(old) = state.hash_order.pop_front() {
+                        state.hashes.remove(&old);
+                    }
+                }
+            }
+            state.hash_order.push_back(height);
+        }
+    }
+
+    /// The hash of the block at `height`, if remembered.
+    pub fn hash_at(&self, height: u64) -> Option<Hash> {
+        self.state.lock().hashes.get(&height).copied()
     }
 
     /// Records that `reader` read the block at `height`; returns the heights worth pre-loading
@@ -155,7 +182,12 @@ mod tests {
         for h in 0..(MAX_SUCCESSORS as u64 * 3) {
             p.record(&format!("r{}", h % 3000), h * 7);
         }
+        for h in 0..(MAX_HEIGHTS as u64 * 2) {
+            p.remember(h, [0; 32]);
+        }
+        assert_eq!(p.hash_at(MAX_HEIGHTS as u64 * 2 - 1), Some([0; 32]));
         let state = p.state.lock();
+        assert!(state.hashes.len() <= MAX_HEIGHTS);
         assert!(state.successors.len() <= MAX_SUCCESSORS);
         assert!(state.readers.len() <= MAX_READERS);
     }
