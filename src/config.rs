@@ -352,4 +352,29 @@ mod tests {
         assert!(err.contains("OPDBUS_CHAIN_DIRECTORY"), "{err}");
         assert!(err.contains("OPDBUS_BLOCKCHAIN_DIR"), "{err}");
     }
+
+    /// The environment file systemd reads documents every key with its default, commented out.
+    #[test]
+    fn the_shipped_config_file_shows_every_key_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/opdbus-blockchain");
+        let text = std::fs::read_to_string(path).expect("config/opdbus-blockchain");
+        for (key, default) in KEYS {
+            let line = format!("#{key}={default}");
+            assert!(
+                text.lines().any(|l| l.trim() == line),
+                "config/opdbus-blockchain lacks the line '{line}'"
+            );
+        }
+        // And what it shows is accepted as it stands.
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.starts_with("OPDBUS_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config");
+        std::fs::write(&file, uncommented).expect("write");
+        Config::load(Some(&file), |_| None).expect("the shown defaults load");
+    }
 }

@@ -35,9 +35,20 @@ fn real_systemd_start_returns_after_ready_and_serves_the_system_bus() {
     ct.enable_debug_logging();
     ct.ok(&["systemctl", "start", UNIT]);
     // `systemctl start` of a Type=notify unit returns once READY=1 arrived: by then the unit is
-    // active and the name is owned, so the very first call must work (no retry here).
+    // active and the name is owned, so the very first call must work (no retry here, and no
+    // bus activation that would wait for the start job and hide a READY sent too early).
     assert_eq!(ct.unit_property("ActiveState"), "active");
-    let genesis = ct.busctl_call("GetBlockByHeight", &["t", "0"]);
+    let genesis = ct.ok(&[
+        "busctl",
+        "--auto-start=no",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "GetBlockByHeight",
+        "t",
+        "0",
+    ]);
     assert!(genesis.contains("\\\"height\\\":0"), "{genesis}");
     let status = ct.unit_property("StatusText");
     assert!(status.contains("chain height 0"), "STATUS= is '{status}'");
