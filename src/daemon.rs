@@ -186,34 +186,67 @@ async fn watch_health(chain: OptimizedBlockchain) {
     };
     let mut ticks = tokio::time::interval(period.max(MIN_TICK));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_status = String::new();
-    let mut unhealthy = false;
+    let mut watch = HealthWatch::new(watchdog);
     loop {
         ticks.tick().await;
-        let status = match chain.writer_health() {
+        let tick = watch.tick(chain.writer_health(), || status_line(&chain));
+        if tick.ping {
+            notify(&[NotifyState::Watchdog]);
+        }
+        if let Some(status) = &tick.status {
+            notify(&[NotifyState::Status(status)]);
+        }
+    }
+}
+
+/// What one health tick tells systemd.
+#[derive(Debug, PartialEq, Eq)]
+struct Tick {
+    /// Send `WATCHDOG=1`.
+    ping: bool,
+    /// Send this `STATUS=` (only when it changed).
+    status: Option<String>,
+}
+
+/// The watchdog decision, apart from timers and sockets: ping only while the writer is healthy.
+struct HealthWatch {
+    watchdog: bool,
+    last_status: String,
+    unhealthy: bool,
+}
+
+impl HealthWatch {
+    fn new(watchdog: bool) -> Self {
+        HealthWatch {
+            watchdog,
+            last_status: String::new(),
+            unhealthy: false,
+        }
+    }
+
+    fn tick(&mut self, health: Result<(), String>, serving: impl FnOnce() -> String) -> Tick {
+        let (ping, status) = match health {
             Ok(()) => {
-                if watchdog {
-                    notify(&[NotifyState::Watchdog]);
-                }
-                unhealthy = false;
-                status_line(&chain)
+                self.unhealthy = false;
+                (self.watchdog, serving())
             }
             Err(reason) => {
-                if !unhealthy {
+                if !self.unhealthy {
                     tracing::error!(
                         %reason,
                         "the chain writer is unhealthy; no more watchdog pings, so systemd \
                          restarts the daemon"
                     );
-                    unhealthy = true;
+                    self.unhealthy = true;
                 }
-                format!("degraded: {reason}")
+                (false, format!("degraded: {reason}"))
             }
         };
-        if status != last_status {
-            notify(&[NotifyState::Status(&status)]);
-            last_status = status;
-        }
+        let status = (status != self.last_status).then(|| {
+            self.last_status = status.clone();
+            status
+        });
+        Tick { ping, status }
     }
 }
 
@@ -292,4 +325,53 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     device.parse() == Ok(metadata.dev()) && inode.parse() == Ok(metadata.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_pinged_only_while_the_writer_is_healthy() {
+        let mut watch = HealthWatch::new(true);
+        let serving = || "serving, chain height 3".to_owned();
+        assert_eq!(
+            watch.tick(Ok(()), serving),
+            Tick {
+                ping: true,
+                status: Some("serving, chain height 3".into())
+            }
+        );
+        // Same status: not sent again; the ping is.
+        assert_eq!(
+            watch.tick(Ok(()), serving),
+            Tick {
+                ping: true,
+                status: None
+            }
+        );
+        let latched = || Err("the store is latched: fdatasync failed".to_owned());
+        assert_eq!(
+            watch.tick(latched(), serving),
+            Tick {
+                ping: false,
+                status: Some("degraded: the store is latched: fdatasync failed".into())
+            }
+        );
+        assert_eq!(
+            watch.tick(latched(), serving),
+            Tick {
+                ping: false,
+                status: None
+            }
+        );
+    }
+
+    #[test]
+    fn without_a_watchdog_only_the_status_is_sent() {
+        let mut watch = HealthWatch::new(false);
+        let tick = watch.tick(Ok(()), || "serving, chain height 0".to_owned());
+        assert!(!tick.ping);
+        assert_eq!(tick.status.as_deref(), Some("serving, chain height 0"));
+    }
 }
