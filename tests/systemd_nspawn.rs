@@ -130,6 +130,19 @@ fn real_systemd_unprivileged_writes_are_denied_reads_allowed() {
         stderr(&write)
     );
     assert_eq!(ct.busctl_call("GetBlockByHeight", &["t", "2"]).len(), 0);
+    // The daemon's refusal is a warning with the footprint's fields.
+    let warnings = ct.wait_for_journal(&["PRIORITY=4"], |records| {
+        records
+            .iter()
+            .any(|r| field(r, "MESSAGE").starts_with("footprint refused"))
+    });
+    let refused = warnings
+        .iter()
+        .find(|r| field(r, "MESSAGE").starts_with("footprint refused"))
+        .expect("found above");
+    assert_eq!(field(refused, "PLUGIN"), "network");
+    assert_eq!(field(refused, "OPERATION"), "delete");
+    assert_eq!(field(refused, "CALLER_UID"), "65534");
 }
 
 #[test]
