@@ -142,7 +142,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // The writer still runs, so every call handed over gets its block committed and its
     // reply sent; the connection closes once the last call's task has let it go.
     in_flight.idle().await;
-    connection.graceful_shutdown().await;
+    // Bounded, so that a client that keeps calling our unique name (or a task that keeps a
+    // clone of the connection) cannot hold the stop until systemd's SIGKILL.
+    if tokio::time::timeout(CLOSE_GRACE, connection.graceful_shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the bus connection was still in use {} s after the stop; closing it anyway",
+            CLOSE_GRACE.as_secs()
+        );
+    }
     chain.shutdown().await;
     let (height, head) = chain.head();
     tracing::info!(height, head = %head, "stopped at height {height}");
@@ -250,6 +260,9 @@ impl HealthWatch {
     }
 }
 
+/// How long the stop waits for the bus connection to be let go (below the unit's
+/// `TimeoutStopSec=30s`).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How often `STATUS=` is refreshed when systemd does not ask for watchdog pings.
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
 /// A floor for the tick, whatever `WATCHDOG_USEC` says.
