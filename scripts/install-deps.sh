@@ -8,6 +8,8 @@ packages=(
   systemd         # busctl
   util-linux      # setpriv, mount
   btrfs-progs     # btrfs snapshots, send/receive
+  openssh-server  # sshd in a network namespace: the backup-over-ssh test (skips without it)
+  openssh-client  # ssh: backups to another host
   libhwloc-dev    # NUMA topology (hwlocality links the system libhwloc)
   libudev-dev
   pkg-config

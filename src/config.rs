@@ -7,6 +7,7 @@
 
 use crate::footprint::DEFAULT_MAX_DATA_BYTES;
 use crate::numa::{self, CachePlacement, MemoryPolicy, NumaOptions};
+use crate::snapshot::{RetentionPolicy, SnapshotInterval, SNAPSHOT_INTERVAL_ENV};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,21 @@ impl std::str::FromStr for BusChoice {
             other => Err(format!(
                 "'{other}' is not a bus; use system, session or a D-Bus address like unix:path=/run/bus"
             )),
+        }
+    }
+}
+
+impl BusChoice {
+    /// A client connection to this bus.
+    pub async fn connect(&self) -> zbus::Result<zbus::Connection> {
+        match self {
+            BusChoice::System => zbus::Connection::system().await,
+            BusChoice::Session => zbus::Connection::session().await,
+            BusChoice::Address(address) => {
+                zbus::connection::Builder::address(address.as_str())?
+                    .build()
+                    .await
+            }
         }
     }
 }
@@ -70,6 +86,16 @@ pub struct Config {
     pub numa_sysfs_root: Option<PathBuf>,
     /// `OPDBUS_NUMA_SYSFS_BLOCK_ROOT`: where block devices are looked up for disk locality.
     pub numa_block_root: Option<PathBuf>,
+    /// `OPDBUS_CACHE_HOT_BYTES`: RAM for the cache's hot tier.
+    pub cache_hot_bytes: u64,
+    /// `OPDBUS_CACHE_PRELOAD_BLOCKS`: newest blocks loaded into RAM at start.
+    pub cache_preload_blocks: u64,
+    /// `OPDBUS_CACHE_QUEUE_BLOCKS`: blocks that may wait for the cache thread before skipping.
+    pub cache_queue_blocks: usize,
+    /// `OPDBUS_SNAPSHOT_INTERVAL`: when the daemon takes unified snapshots by itself.
+    pub snapshot_interval: SnapshotInterval,
+    /// `OPDBUS_RETAIN_HOURLY`, `_DAILY`, `_WEEKLY`: which scheduled snapshots are kept.
+    pub retention: RetentionPolicy,
 }
 
 /// A configuration value that cannot be used.
@@ -114,6 +140,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("OPDBUS_NUMA", "on"),
     ("OPDBUS_NUMA_SYSFS_ROOT", "/sys/devices/system/node"),
     ("OPDBUS_NUMA_SYSFS_BLOCK_ROOT", "/sys/dev/block"),
+    ("OPDBUS_CACHE_HOT_BYTES", "67108864"),
+    ("OPDBUS_CACHE_PRELOAD_BLOCKS", "1024"),
+    ("OPDBUS_CACHE_QUEUE_BLOCKS", "65536"),
+    ("OPDBUS_SNAPSHOT_INTERVAL", "off"),
+    ("OPDBUS_RETAIN_HOURLY", "5"),
+    ("OPDBUS_RETAIN_DAILY", "5"),
+    ("OPDBUS_RETAIN_WEEKLY", "5"),
 ];
 
 impl Default for Config {
@@ -131,6 +164,11 @@ impl Default for Config {
             numa: true,
             numa_sysfs_root: None,
             numa_block_root: None,
+            cache_hot_bytes: crate::cache::DEFAULT_HOT_BYTES,
+            cache_preload_blocks: crate::cache::DEFAULT_PRELOAD_BLOCKS,
+            cache_queue_blocks: crate::cache::DEFAULT_QUEUE_BLOCKS,
+            snapshot_interval: SnapshotInterval::Off,
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -215,6 +253,34 @@ impl Config {
             numa::ENV_SYSFS_BLOCK_ROOT => {
                 self.numa_block_root = Some(absolute_dir(value).map_err(invalid)?)
             }
+            "OPDBUS_CACHE_HOT_BYTES" => {
+                self.cache_hot_bytes = parse_in_range(value, 64 * 1024, 1 << 40).map_err(invalid)?
+            }
+            "OPDBUS_CACHE_PRELOAD_BLOCKS" => {
+                self.cache_preload_blocks = parse_count(value, 0, 100_000_000).map_err(invalid)?
+            }
+            "OPDBUS_CACHE_QUEUE_BLOCKS" => {
+                self.cache_queue_blocks =
+                    parse_count(value, 16, 16 * 1024 * 1024).map_err(invalid)? as usize
+            }
+            SNAPSHOT_INTERVAL_ENV => {
+                self.snapshot_interval = value.parse().map_err(|_| {
+                    invalid(
+                        "accepted values: every-N-minutes (N a whole number ≥ 1, e.g. \
+                         every-15-minutes), hourly, daily, off"
+                            .into(),
+                    )
+                })?
+            }
+            "OPDBUS_RETAIN_HOURLY" => {
+                self.retention.hourly = parse_retention(value).map_err(invalid)?
+            }
+            "OPDBUS_RETAIN_DAILY" => {
+                self.retention.daily = parse_retention(value).map_err(invalid)?
+            }
+            "OPDBUS_RETAIN_WEEKLY" => {
+                self.retention.weekly = parse_retention(value).map_err(invalid)?
+            }
             _ => {
                 return Err(invalid(format!(
                     "unknown key; known keys: {}",
@@ -246,6 +312,29 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The block cache's options these settings describe.
+    pub fn cache_options(&self) -> crate::cache::CacheOptions {
+        crate::cache::CacheOptions {
+            dir: self.cache_dir.clone(),
+            hot_bytes: self.cache_hot_bytes,
+            preload_blocks: self.cache_preload_blocks,
+            queue_blocks: self.cache_queue_blocks,
+        }
+    }
+}
+
+fn parse_count(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let parsed: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number of blocks from {min} to {max}"))?;
+    if !(min..=max).contains(&parsed) {
+        return Err(format!("must be from {min} to {max}"));
+    }
+    Ok(parsed)
+}
+
 fn absolute_dir(value: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(value);
     if path.is_absolute() {
@@ -253,6 +342,16 @@ fn absolute_dir(value: &str) -> Result<PathBuf, String> {
     } else {
         Err("expected an absolute path".into())
     }
+}
+
+/// A retention count: how many hours, days or weeks keep a snapshot.
+fn parse_retention(value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 10_000)
+        .ok_or_else(|| "expected a whole number from 0 to 10000".into())
 }
 
 fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -342,6 +441,68 @@ mod tests {
     }
 
     #[test]
+    fn cache_settings_are_read_and_checked() {
+        let env = |key: &str| match key {
+            "OPDBUS_CACHE_HOT_BYTES" => Some("1048576".to_owned()),
+            "OPDBUS_CACHE_PRELOAD_BLOCKS" => Some("0".to_owned()),
+            "OPDBUS_CACHE_QUEUE_BLOCKS" => Some("128".to_owned()),
+            _ => None,
+        };
+        let options = Config::load(None, env).expect("valid").cache_options();
+        assert_eq!(options.hot_bytes, 1 << 20);
+        assert_eq!(options.preload_blocks, 0);
+        assert_eq!(options.queue_blocks, 128);
+        for (key, value, expected) in [
+            ("OPDBUS_CACHE_HOT_BYTES", "1k", "whole number of bytes"),
+            ("OPDBUS_CACHE_HOT_BYTES", "1024", "must be from 65536"),
+            (
+                "OPDBUS_CACHE_PRELOAD_BLOCKS",
+                "-1",
+                "whole number of blocks",
+            ),
+            ("OPDBUS_CACHE_QUEUE_BLOCKS", "0", "must be from 16"),
+        ] {
+            let env = |k: &str| (k == key).then(|| value.to_owned());
+            let err = Config::load(None, env).expect_err("invalid").to_string();
+            assert!(err.contains(&format!("{key}={value}")), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn snapshot_schedule_and_retention_are_read_and_checked() {
+        let config = Config::load(None, |_| None).expect("defaults");
+        assert_eq!(config.snapshot_interval, SnapshotInterval::Off);
+        assert_eq!(config.retention, RetentionPolicy::default());
+        let env = |key: &str| match key {
+            "OPDBUS_SNAPSHOT_INTERVAL" => Some("every-15-minutes".to_owned()),
+            "OPDBUS_RETAIN_HOURLY" => Some("24".to_owned()),
+            "OPDBUS_RETAIN_WEEKLY" => Some("0".to_owned()),
+            _ => None,
+        };
+        let config = Config::load(None, env).expect("valid");
+        assert_eq!(config.snapshot_interval.to_string(), "every-15-minutes");
+        assert_eq!(
+            config.retention,
+            RetentionPolicy {
+                hourly: 24,
+                daily: 5,
+                weekly: 0
+            }
+        );
+        let env = |key: &str| (key == "OPDBUS_SNAPSHOT_INTERVAL").then(|| "weekly".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_SNAPSHOT_INTERVAL=weekly"), "{err}");
+        assert!(
+            err.contains("every-N-minutes") && err.contains("off"),
+            "{err}"
+        );
+        let env = |key: &str| (key == "OPDBUS_RETAIN_DAILY").then(|| "-1".to_owned());
+        let err = Config::load(None, env).expect_err("invalid").to_string();
+        assert!(err.contains("OPDBUS_RETAIN_DAILY=-1"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("config");
@@ -353,28 +514,25 @@ mod tests {
         assert!(err.contains("OPDBUS_BLOCKCHAIN_DIR"), "{err}");
     }
 
-    /// The environment file systemd reads documents every key with its default, commented out.
     #[test]
-    fn the_shipped_config_file_shows_every_key_with_its_default() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/opdbus-blockchain");
-        let text = std::fs::read_to_string(path).expect("config/opdbus-blockchain");
+    fn the_shipped_config_file_documents_every_key_with_its_default() {
+        let shipped = include_str!("../config/opdbus-blockchain");
         for (key, default) in KEYS {
             let line = format!("#{key}={default}");
             assert!(
-                text.lines().any(|l| l.trim() == line),
-                "config/opdbus-blockchain lacks the line '{line}'"
+                shipped.lines().any(|l| l.trim() == line),
+                "config/opdbus-blockchain lacks the line `{line}`"
             );
         }
-        // And what it shows is accepted as it stands.
-        let uncommented: String = text
+        // And the file, uncommented, is a valid configuration.
+        let uncommented: String = shipped
             .lines()
-            .filter_map(|l| l.strip_prefix('#'))
-            .filter(|l| l.starts_with("OPDBUS_"))
+            .filter_map(|l| l.strip_prefix('#').filter(|l| l.starts_with("OPDBUS_")))
             .map(|l| format!("{l}\n"))
             .collect();
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("config");
+        let file = dir.path().join("defaults");
         std::fs::write(&file, uncommented).expect("write");
-        Config::load(Some(&file), |_| None).expect("the shown defaults load");
+        Config::load(Some(&file), |_| None).expect("the documented defaults load");
     }
 }

@@ -30,6 +30,8 @@ pub enum DaemonError {
     OwnName { bus: String, source: zbus::Error },
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),
+    #[error("cannot prepare the chain or cache directory: {0}")]
+    Prepare(crate::btrfs::BtrfsError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -52,11 +54,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if config.numa { "on" } else { "off" },
         config.log
     );
+    prepare_dirs(&config).map_err(DaemonError::Prepare)?;
     let mut options = ChainOptions::new(&config.chain_dir);
     options.max_data_bytes = config.max_data_bytes;
     options.store.segment_bytes = config.segment_bytes;
     options.numa = config.numa_options();
-    let chain = OptimizedBlockchain::with_options(options, config.cache_dir.clone())
+    let chain = OptimizedBlockchain::with_cache(options, config.cache_options())
         .await
         .map_err(|source| DaemonError::Chain {
             dir: config.chain_dir.clone(),
@@ -121,7 +124,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ]);
     let watchdog = tokio::spawn(watch_health(chain.clone()));
 
+    let timeline = tokio::spawn(crate::snapshot::timeline::run(
+        chain.clone(),
+        config.snapshot_interval,
+        config.retention,
+    ));
+
     wait_for_stop_signal().await?;
+    timeline.abort();
 
     tracing::info!(
         in_flight = in_flight.count(),
@@ -182,7 +192,12 @@ async fn flush_incoming(connection: &zbus::Connection) {
 /// What `systemctl status` shows next to the unit.
 fn status_line(chain: &OptimizedBlockchain) -> String {
     let (height, _) = chain.head();
-    format!("serving, chain height {height}")
+    let cache = chain.cache().stats();
+    format!(
+        "serving, chain height {height}, cache hit rate {:.1}% of {} reads",
+        cache.hit_rate * 100.0,
+        cache.hits + cache.misses
+    )
 }
 
 /// Refreshes `STATUS=` and pings the watchdog while the writer is healthy; runs until aborted.
@@ -267,6 +282,23 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
 /// A floor for the tick, whatever `WATCHDOG_USEC` says.
 const MIN_TICK: Duration = Duration::from_millis(100);
+
+/// Chain and cache directories become btrfs subvolumes when they are absent and their parent
+/// is on btrfs (so that they can be snapshotted); plain directories otherwise.
+fn prepare_dirs(config: &Config) -> Result<(), crate::btrfs::BtrfsError> {
+    use crate::snapshot::layout::{prepare_dir, DirKind};
+    for dir in [&config.chain_dir, &config.cache_dir] {
+        let kind = prepare_dir(dir)?;
+        if kind == DirKind::Plain && crate::btrfs::is_btrfs(dir) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "on btrfs but not a subvolume: snapshots fall back to hard-link copies and cannot \
+                 be sent as backups (see docs/snapshots.md to convert it)"
+            );
+        }
+    }
+    Ok(())
+}
 
 async fn wait_for_stop_signal() -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};

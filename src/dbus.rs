@@ -4,6 +4,7 @@
 //! payload), call the core, map its errors to typed D-Bus errors, and emit `BlockAdded` once
 //! the reply has been sent.
 
+use crate::cache::StatValue;
 use crate::chain::block::{parse_hash, Block, Caller};
 use crate::chain::error::ChainError;
 use crate::footprint::PluginFootprint;
@@ -13,7 +14,7 @@ use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::names::{BusName, UniqueName};
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{Signature, Type};
+use zbus::zvariant::{OwnedValue, Signature, Type};
 use zbus::{interface, Connection};
 
 /// Well-known bus name and interface name.
@@ -133,6 +134,27 @@ fn unit_of_pid(pid: u32) -> Option<String> {
         .map(str::to_owned)
 }
 
+impl BlockchainObject {
+    async fn similar(
+        &self,
+        query: &str,
+        k: u32,
+        filter: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Vec<(u64, String, f64)>, Error> {
+        use crate::vector::query::{check_k, filter_from_dict};
+        let parsed: crate::vector::SimilarQuery = query.parse().map_err(Error::InvalidArgument)?;
+        let k = check_k(k).map_err(Error::InvalidArgument)?;
+        let filter = filter_from_dict(&filter).map_err(Error::InvalidArgument)?;
+        match self.chain.find_similar(&parsed, k, &filter).await? {
+            Some(matches) => Ok(matches
+                .into_iter()
+                .map(|m| (m.height, hex::encode(m.hash), m.score))
+                .collect()),
+            None => Err(not_found_by_hash(query.trim())),
+        }
+    }
+}
+
 fn not_found_by_hash(hash: &str) -> Error {
     Error::NotFound(format!("no block with hash {hash}"))
 }
@@ -242,6 +264,80 @@ impl BlockchainObject {
     async fn verify(&self) -> Result<(bool, u64, String), Error> {
         let report = self.chain.verify().await?;
         Ok((report.ok(), report.blocks_checked, report.summary()))
+    }
+
+    /// The NUMA topology, the node chosen for the writer and whether its binding took effect.
+    /// Always answers: without a readable topology it reports one node and the reason.
+    async fn numa_info(&self) -> crate::numa::report::Dict {
+        match self.chain.numa_info().await {
+            Some(info) => crate::numa::report::to_dict(&info),
+            None => crate::numa::report::unavailable_dict(
+                self.chain.numa_unavailable().unwrap_or("no topology"),
+            ),
+        }
+    }
+
+    /// The `k` blocks most similar to `query` (a block hash, or a footprint
+    /// `{"plugin":…,"operation":…,"data":…}`), best first: height, hash, cosine score.
+    #[zbus(out_args("matches"))]
+    async fn find_similar(&self, query: String, k: u32) -> Result<Vec<(u64, String, f64)>, Error> {
+        self.similar(&query, k, HashMap::new()).await
+    }
+
+    /// As FindSimilar, among blocks passing `filter`: plugin (s), operation (s), uid (u),
+    /// since_ns (t), until_ns (t).
+    #[zbus(out_args("matches"))]
+    async fn find_similar_filtered(
+        &self,
+        query: String,
+        k: u32,
+        filter: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Vec<(u64, String, f64)>, Error> {
+        self.similar(&query, k, filter).await
+    }
+
+    /// The block cache's counters and sizes: `total_entries`, `hot_entries`,
+    /// `disk_usage_bytes`, `hits`, `misses`, `hit_rate`, `compression_ratio`,
+    /// `write_failures`, `evictions`, … (`t`, `x` or `d` values; see docs/dbus-api.md).
+    async fn cache_stats(&self) -> Result<HashMap<String, OwnedValue>, Error> {
+        let stats = self.chain.cache_stats().await?;
+        Ok(stats
+            .fields()
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    StatValue::UInt(v) => OwnedValue::from(v),
+                    StatValue::Int(v) => OwnedValue::from(v),
+                    StatValue::Float(v) => OwnedValue::from(v),
+                };
+                (name.to_owned(), value)
+            })
+            .collect())
+    }
+
+    /// Snapshots chain and cache at one block height; returns [chain_snapshot, cache_snapshot].
+    #[zbus(out_args("paths"))]
+    async fn snapshot(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<String>, Error> {
+        let caller = self.caller(&header, connection).await?;
+        if !self.may_write(&caller) {
+            return Err(Error::AccessDenied(format!(
+                "uid {} may not take snapshots; ask the administrator to add it to OPDBUS_WRITER_UIDS",
+                caller.uid.map_or("unknown".into(), |u| u.to_string())
+            )));
+        }
+        let paths = self
+            .chain
+            .create_unified_snapshot()
+            .await
+            .map_err(|e| Error::StorageFailure(format!("snapshot failed: {e}")))?;
+        Ok(paths
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect())
     }
 
     /// Height of the newest durable block (not announced through PropertiesChanged).

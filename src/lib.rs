@@ -5,14 +5,18 @@
 //! `org.opdbus.Blockchain`, and `daemon` wires everything together for `opdbus-blockchaind`.
 
 pub mod btrfs;
+pub mod cache;
 pub mod chain;
 pub mod config;
+pub mod corpus;
 pub mod daemon;
 pub mod dbus;
 pub mod footprint;
 pub mod numa;
+pub mod predict;
 pub mod service;
 pub mod snapshot;
+pub mod vector;
 
 pub use chain::block::{Block, Caller};
 pub use footprint::PluginFootprint;

@@ -4,6 +4,7 @@
 //! Both are cheap to clone and safe to share between tasks. Every write goes through the one
 //! group-commit writer thread; `add_footprint` resolves only when its block is durable.
 
+use crate::cache::{BlockCache, CacheError, CacheFeed, CacheOptions, CacheStats};
 use crate::chain::block::{parse_hash, Block, Caller};
 use crate::chain::error::{ChainError, Result};
 use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
@@ -11,6 +12,7 @@ use crate::chain::verify::{self, VerifyReport};
 use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard};
 use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
+use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -29,15 +31,14 @@ pub struct ChainOptions {
 impl ChainOptions {
     pub fn new(chain_dir: impl Into<PathBuf>) -> Self {
         let chain_dir: PathBuf = chain_dir.into();
-        let chain_dir_for_numa = chain_dir.clone();
         ChainOptions {
+            numa: Some(NumaOptions {
+                chain_dir: chain_dir.clone(),
+                ..NumaOptions::default()
+            }),
             chain_dir,
             store: StoreOptions::default(),
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
-            numa: Some(NumaOptions {
-                chain_dir: chain_dir_for_numa.clone(),
-                ..NumaOptions::default()
-            }),
         }
     }
 }
@@ -198,13 +199,20 @@ impl StreamingBlockchain {
         self.inner.reader.dir()
     }
 
+    pub(crate) fn reader(&self) -> &ChainReader {
+        &self.inner.reader
+    }
+
     /// `Ok` while the writer thread runs and the store takes writes; otherwise why not.
     pub fn writer_health(&self) -> std::result::Result<(), String> {
         self.inner.commit.health()
     }
 }
 
-async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
+/// The topology, or why there is none.
+type NumaState = std::result::Result<Arc<NumaTopology>, Arc<str>>;
+
+async fn detect_numa(options: NumaOptions) -> NumaState {
     let detected = tokio::task::spawn_blocking(move || NumaTopology::detect(&options)).await;
     match detected {
         Ok(Ok(topology)) => {
@@ -219,15 +227,15 @@ async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
                 memory_policy = %info.memory_policy(),
                 "NUMA topology"
             );
-            Some(Arc::new(topology))
+            Ok(Arc::new(topology))
         }
         Ok(Err(err)) => {
             tracing::warn!(%err, "no NUMA topology could be read; running without NUMA placement");
-            None
+            Err(format!("no topology could be read: {err}").into())
         }
         Err(err) => {
             tracing::warn!(%err, "NUMA detection failed; running without NUMA placement");
-            None
+            Err(format!("detection failed: {err}").into())
         }
     }
 }
@@ -237,7 +245,10 @@ async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {
 pub struct OptimizedBlockchain {
     chain: StreamingBlockchain,
     cache_dir: PathBuf,
-    numa: Option<Arc<NumaTopology>>,
+    numa: NumaState,
+    vectors: Arc<VectorIndex>,
+    cache: BlockCache,
+    feed: Arc<CacheFeed>,
 }
 
 impl OptimizedBlockchain {
@@ -248,17 +259,35 @@ impl OptimizedBlockchain {
         Self::with_options(options, cache_dir.as_ref().to_path_buf()).await
     }
 
-    /// Opens the chain with `options`: detects the NUMA topology (when `options.numa` is set)
-    /// and binds the writer thread to the optimal node before it writes anything.
+    /// Opens the chain with `options` and the cache in `cache_dir` with default cache
+    /// settings; see [`OptimizedBlockchain::with_cache`].
     pub async fn with_options(options: ChainOptions, cache_dir: PathBuf) -> Result<Self> {
+        Self::with_cache(options, CacheOptions::new(cache_dir)).await
+    }
+
+    /// Opens the chain with `options` and the block cache with `cache_options`: detects the
+    /// NUMA topology (when `options.numa` is set) and binds the writer thread to the optimal
+    /// node before it writes anything; every committed block is handed to the cache thread
+    /// (never waiting for it), which also pre-loads the newest blocks and fills in whatever
+    /// the cache lacks from the chain.
+    pub async fn with_cache(options: ChainOptions, cache_options: CacheOptions) -> Result<Self> {
+        let opened = {
+            let cache_options = cache_options.clone();
+            tokio::task::spawn_blocking(move || BlockCache::open(&cache_options))
+                .await
+                .map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?
+        };
+        let cache =
+            opened.map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?;
+        let feed = Arc::new(CacheFeed::new(cache.clone(), cache_options.queue_blocks));
         let numa = match options.numa.clone() {
             Some(numa_options) => detect_numa(numa_options).await,
-            None => None,
+            None => Err("NUMA placement is switched off (OPDBUS_NUMA=off)".into()),
         };
         let on_writer_start = {
             let numa = numa.clone();
             move || {
-                if let Some(numa) = numa {
+                if let Ok(numa) = numa {
                     let outcome = numa.bind_writer_thread();
                     tracing::info!(
                         cpus = ?outcome.cpus_requested,
@@ -272,18 +301,42 @@ impl OptimizedBlockchain {
                 }
             }
         };
-        let chain = StreamingBlockchain::open_with(options, on_writer_start, None).await?;
+        let chain =
+            StreamingBlockchain::open_with(options, on_writer_start, Some(Box::new(feed.hook())))
+                .await?;
+        feed.start(chain.inner.reader.clone(), cache_options.preload_blocks)
+            .map_err(|e| ChainError::io("starting the cache thread", e))?;
+        let vectors = Arc::new(VectorIndex::open(
+            chain.chain_dir(),
+            chain.reader().chain_id(),
+            Arc::new(HashingEmbedder),
+        ));
+        // Build missing vectors in the background; a query meanwhile waits for them.
+        let (index, reader) = (Arc::clone(&vectors), chain.reader().clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = index.catch_up(&reader) {
+                tracing::warn!(%err, "cannot build the block vectors");
+            }
+        });
         Ok(OptimizedBlockchain {
             chain,
-            cache_dir,
+            cache_dir: cache_options.dir,
             numa,
+            vectors,
+            cache,
+            feed,
         })
     }
 
     /// The NUMA topology, the choices made from it and whether binding took effect; `None`
     /// when NUMA is switched off or no topology could be read at all.
     pub async fn numa_info(&self) -> Option<NumaInfo> {
-        self.numa.as_ref().map(|numa| numa.info())
+        self.numa.as_ref().ok().map(|numa| numa.info())
+    }
+
+    /// Why [`OptimizedBlockchain::numa_info`] is `None`, if it is.
+    pub fn numa_unavailable(&self) -> Option<&str> {
+        self.numa.as_ref().err().map(|reason| &**reason)
     }
 
     /// See [`StreamingBlockchain::add_footprint`].
@@ -296,9 +349,18 @@ impl OptimizedBlockchain {
         self.chain.append(footprint, caller).await
     }
 
-    /// The block with this hash.
+    /// The block with this hash: from the cache (RAM, then disk), else from the chain, in
+    /// which case the cache is filled.
     pub async fn get_block(&self, hash: &str) -> Result<Option<Block>> {
-        self.chain.get_block(hash).await
+        if let Some(block) = self.get_cached_block(hash).await? {
+            return Ok(Some(block));
+        }
+        let block = self.chain.get_block(hash).await?;
+        if let Some(block) = &block {
+            self.cache.insert_hot(Arc::new(block.clone()));
+            self.feed.fill(block.clone());
+        }
+        Ok(block)
     }
 
     /// The block at `height`.
@@ -319,8 +381,12 @@ impl OptimizedBlockchain {
         self.chain.verify().await
     }
 
+    /// Stops the writer (committing what is queued), then the cache thread (storing what it
+    /// was handed).
     pub async fn shutdown(&self) {
-        self.chain.shutdown().await
+        self.chain.shutdown().await;
+        let feed = self.feed.clone();
+        let _ = tokio::task::spawn_blocking(move || feed.stop()).await;
     }
 
     /// The chain alone.
@@ -332,8 +398,88 @@ impl OptimizedBlockchain {
         &self.cache_dir
     }
 
+    /// The `k` blocks most similar to `query` that pass `filter`, best first (cosine of the
+    /// block vectors; see docs/format.md). `None` when the query names a block the chain does
+    /// not hold. Every durable block is searchable.
+    pub async fn find_similar(
+        &self,
+        query: &SimilarQuery,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Option<Vec<Match>>> {
+        let vector = match query {
+            SimilarQuery::Block(hash) => match self.chain.reader().block_by_hash(hash)? {
+                Some(block) => self.vectors.embed_block(&block),
+                None => return Ok(None),
+            },
+            SimilarQuery::Footprint {
+                plugin,
+                operation,
+                data,
+            } => self.vectors.embed(plugin, operation, data),
+        };
+        let (index, reader, filter) = (
+            Arc::clone(&self.vectors),
+            self.chain.reader().clone(),
+            filter.clone(),
+        );
+        tokio::task::spawn_blocking(move || index.search(&reader, &vector, k, &filter))
+            .await
+            .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
+            .map(Some)
+    }
+
+    /// The block vectors (for checks and tools).
+    pub fn vectors(&self) -> &VectorIndex {
+        &self.vectors
+    }
+
     /// See [`StreamingBlockchain::writer_health`].
     pub fn writer_health(&self) -> std::result::Result<(), String> {
         self.chain.writer_health()
+    }
+
+    /// The block with this hash (64 hex digits) if the cache holds it: from RAM, else from the
+    /// disk tier (re-hashed, then kept in RAM). Counted as a hit or a miss.
+    pub async fn get_cached_block(&self, hash: &str) -> Result<Option<Block>> {
+        let Some(hash) = parse_hash(hash) else {
+            return Ok(None);
+        };
+        if let Some(block) = self.cache.get_hot(&hash) {
+            return Ok(Some(block.as_ref().clone()));
+        }
+        let cache = self.cache.clone();
+        let block = tokio::task::spawn_blocking(move || cache.get(&hash))
+            .await
+            .map_err(|e| ChainError::io("reading the cache", std::io::Error::other(e)))?;
+        Ok(block.map(|b| b.as_ref().clone()))
+    }
+
+    /// The cache's counters and sizes.
+    pub async fn cache_stats(&self) -> Result<CacheStats> {
+        Ok(self.cache.stats())
+    }
+
+    /// Waits until the cache holds every block up to `height`, filling in from the chain
+    /// whatever it skipped. The unified snapshot calls this with the height it paused the
+    /// writer at, so that the cache snapshot describes the same height as the chain snapshot.
+    /// `Err(CacheError::Incomplete)` names the first block the cache could not store (full or
+    /// read-only cache filesystem); `Err(CacheError::Stopped)` after shutdown.
+    pub async fn cache_caught_up(&self, height: u64) -> Result<(), CacheError> {
+        self.feed.caught_up(height).await
+    }
+
+    /// The block cache itself.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    /// Snapshots chain and cache at one block height under one name; returns
+    /// `[chain_snapshot, cache_snapshot]`. See [`crate::snapshot::unified`].
+    pub async fn create_unified_snapshot(
+        &self,
+    ) -> std::result::Result<Vec<PathBuf>, crate::snapshot::SnapshotError> {
+        let snapshot = crate::snapshot::create_unified_snapshot(self).await?;
+        Ok(vec![snapshot.chain, snapshot.cache])
     }
 }

@@ -149,3 +149,79 @@ fn the_independent_verifier_agrees_with_ours() {
         opdbus_blockchain::chain::verify::verify_dir(&chain, None, &mut |_| {}).expect("verify");
     assert_eq!(report.first_bad.map(|(h, _)| h), Some(500));
 }
+
+#[test]
+fn block_vector_matches_the_document() {
+    use opdbus_blockchain::vector::embed::{quantize, Embedder, HashingEmbedder};
+    let v = doc_vectors();
+    let vector = HashingEmbedder.embed("network", "create", r#"{"interface":"eth0"}"#);
+    let nonzero: Vec<String> = quantize(&vector)
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| **q != 0)
+        .map(|(i, q)| format!("{i}:{q}"))
+        .collect();
+    assert_eq!(nonzero.join(","), v["vector-int8"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_independent_verifier_recomputes_the_stored_block_vectors() {
+    use opdbus_blockchain::vector::{Filter, SimilarQuery};
+    use opdbus_blockchain::OptimizedBlockchain;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain_dir = dir.path().join("chain");
+    let chain = OptimizedBlockchain::new(&chain_dir, dir.path().join("cache"))
+        .await
+        .expect("open");
+    let samples = [
+        serde_json::json!({"name": "eth0", "mtu": 1500, "up": true, "gw": null}),
+        serde_json::json!({"unit": "nginx.service", "deps": ["network.target", "a_b-c"]}),
+        serde_json::json!({"nested": {"z": [], "a": {}, "m": [1, [2, 3]]}, "ünï": "Grüße Welt"}),
+        serde_json::json!("just a string"),
+        serde_json::json!([{"k": -7}, {"k": 0}]),
+    ];
+    for (i, data) in samples.iter().cycle().take(50).enumerate() {
+        chain
+            .add_footprint(PluginFootprint::new(
+                ["network", "systemd", "packages"][i % 3],
+                ["create", "restart"][i % 2],
+                data.clone(),
+            ))
+            .await
+            .expect("add");
+    }
+    // A query catches the vectors up with the chain.
+    let query: SimilarQuery = r#"{"plugin":"network","operation":"create","data":{}}"#
+        .parse()
+        .expect("query");
+    chain
+        .find_similar(&query, 5, &Filter::default())
+        .await
+        .expect("search")
+        .expect("results");
+    drop(chain);
+    let out = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/verify-chain.py"))
+        .arg("--vectors")
+        .arg(&chain_dir)
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("vectors 51 match"), "{stdout}");
+
+    // A changed stored component is caught.
+    let file = chain_dir.join("vectors");
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[32 + 7 * 292 + 100] ^= 0x01;
+    std::fs::write(&file, bytes).expect("write");
+    let out = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/verify-chain.py"))
+        .arg("--vectors")
+        .arg(&chain_dir)
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("bad 7 vector"), "{stdout}");
+}

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Independent verifier of an opdbus-blockchain chain directory, written from docs/format.md.
 
-Usage: verify-chain.py CHAIN_DIR
+Usage: verify-chain.py [--vectors] CHAIN_DIR
 Exit 0 and "intact <blocks> <head height> <head hash>" when every rule holds,
 exit 1 and "bad <height> <reason>" at the first height that breaks one.
+With --vectors it also recomputes every block's vector ("Block vectors" in docs/format.md) and
+compares it with CHAIN_DIR/vectors: "vectors <records> match" or "bad <height> vector ...".
 It shares no code with the daemon on purpose: it checks that the format document is complete.
 """
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -38,7 +41,11 @@ def decode_block(enc):
         at += 4 + n
     if at != len(enc):
         return None
-    return {"height": height, "prev": prev, "plugin": fields[2], "operation": fields[3], "data": fields[4]}
+    return {"height": height, "prev": prev, "plugin": fields[2], "operation": fields[3], "data": fields[4],
+            "timestamp_ns": ts, "uid": uid}
+
+
+BLOCKS = []
 
 
 def main(directory):
@@ -101,6 +108,8 @@ def main(directory):
             elif block["prev"] != prev_hash:
                 fail(expected, "prev_hash does not link")
             prev_hash, head = block_hash, (expected, block_hash)
+            block["hash"] = block_hash
+            BLOCKS.append(block)
             expected += 1
             at += total
     return report(expected, head, torn=False)
@@ -109,11 +118,97 @@ def main(directory):
 def report(blocks, head, torn):
     height, block_hash = head
     print(f"intact {blocks} {height} {block_hash.hex()}" + (" torn-tail" if torn else ""))
-    sys.exit(0)
+    return 0
+
+
+DIM = 256
+
+
+def features(plugin, operation, data_text):
+    out = [(f"plugin:{plugin}", 2.0), (f"operation:{operation}", 1.0),
+           (f"plugin+operation:{plugin}/{operation}", 1.0)]
+    try:
+        value = json.loads(data_text)
+    except ValueError:
+        value = data_text
+    leaves = [0]
+
+    def walk(v, path):
+        child = (lambda k: k) if path == "" else (lambda k: f"{path}.{k}")
+        if isinstance(v, dict) and v:
+            for k in sorted(v):
+                walk(v[k], child(k))
+        elif isinstance(v, list) and v:
+            for item in v:
+                walk(item, child("[]"))
+        elif leaves[0] < 4096:
+            leaves[0] += 1
+            out.append((f"key:{path}", 0.5))
+            text = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+            out.append((f"value:{path}={text}", 1.0))
+            if isinstance(v, str):
+                for token in re.split(r"[^\w]|_", v):
+                    if token:
+                        out.append((f"token:{token.lower()}", 0.25))
+
+    walk(value, "")
+    return out
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def block_vector(plugin, operation, data_text):
+    sums = [0.0] * DIM
+    for feature, weight in features(plugin, operation, data_text):
+        digest = hashlib.sha256(feature.encode()).digest()
+        bucket = struct.unpack_from("<I", digest, 0)[0] % DIM
+        sums[bucket] += -weight if digest[4] & 1 else weight
+    norm = math.sqrt(sum(x * x for x in sums))
+    if norm == 0:
+        return [0] * DIM
+    out = []
+    for x in sums:
+        scaled = f32(f32(x / norm) * 127.0)
+        q = math.floor(abs(scaled) + 0.5) * (1 if scaled >= 0 else -1)
+        out.append(max(-127, min(127, q)))
+    return out
+
+
+def name_key(name):
+    return struct.unpack_from("<Q", hashlib.sha256(name.encode()).digest(), 0)[0]
+
+
+def check_vectors(directory):
+    data = open(os.path.join(directory, "vectors"), "rb").read()
+    if data[:8] != b"OPDBVEC\0" or struct.unpack_from("<II", data, 8) != (1, DIM):
+        print("bad 0 vector file header")
+        return 1
+    record_len = DIM + 36
+    records = (len(data) - 32) // record_len
+    for height in range(min(records, len(BLOCKS))):
+        block = BLOCKS[height]
+        at = 32 + height * record_len
+        stored = [b - 256 if b > 127 else b for b in data[at:at + DIM]]
+        ts, uid, plugin, operation, prefix = struct.unpack_from("<QIQQQ", data, at + DIM)
+        expected = (block["timestamp_ns"], block["uid"], name_key(block["plugin"]),
+                    name_key(block["operation"]), struct.unpack_from("<Q", block["hash"], 0)[0])
+        if stored != block_vector(block["plugin"], block["operation"], block["data"]):
+            print(f"bad {height} vector differs")
+            return 1
+        if (ts, uid, plugin, operation, prefix) != expected:
+            print(f"bad {height} vector record fields differ")
+            return 1
+    print(f"vectors {records} match")
+    return 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--vectors":
+        status = main(sys.argv[2])
+        sys.exit(status or check_vectors(sys.argv[2]))
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1]))

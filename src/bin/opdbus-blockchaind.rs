@@ -41,6 +41,8 @@ Environment:
   OPDBUS_SEGMENT_BYTES   size at which a segment file is sealed, bytes [67108864]
   OPDBUS_WRITER_UIDS     uids besides root allowed to add footprints   []
   OPDBUS_LOG             log filter (error, warn, info, debug, ...)    [info]
+  OPDBUS_SNAPSHOT_INTERVAL  every-N-minutes | hourly | daily | off       [off]
+  OPDBUS_RETAIN_HOURLY/_DAILY/_WEEKLY  snapshots kept per period       [5/5/5]
 
 Exit status: 0 after a clean stop, 1 when it cannot start (the reason is logged).";
 

@@ -48,7 +48,7 @@ pub struct ToolFailure {
     pub command: String,
     /// How it ended: `exit status: 1`, `signal: 13 (SIGPIPE)`, or why it was judged failed.
     pub status: String,
-    /// Its standard error, trimmed.
+    /// Its standard error, trimmed, lines joined with ` / `.
     pub stderr: String,
 }
 
@@ -164,7 +164,13 @@ impl Tool {
         ToolFailure {
             command: self.shown(),
             status,
-            stderr: String::from_utf8_lossy(stderr).trim().to_owned(),
+            // One line, so that an error stays one line wherever it is shown.
+            stderr: String::from_utf8_lossy(stderr)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" / "),
         }
     }
 }

@@ -200,7 +200,9 @@ pub fn open_read_only(dir: &Path) -> Result<ChainReader> {
     })
 }
 
-fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
+/// Takes the exclusive lock a writer holds on the chain directory (`InUse` when a daemon or
+/// another writer has it). Offline tools that rewrite a segment (repair) hold it meanwhile.
+pub fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)

@@ -16,6 +16,7 @@
 
 mod binding;
 mod options;
+pub mod report;
 mod sysfs;
 #[cfg(test)]
 mod tests;

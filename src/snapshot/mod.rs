@@ -1,11 +1,15 @@
-//! Snapshot building blocks, all pure or file-local: names, manifests, the schedule and the
-//! retention plan. Taking a unified snapshot (pausing the writer, btrfs or hard-link copy) is
-//! built on these and on `crate::btrfs`; nothing here touches the chain or runs a tool.
+//! Snapshots: names, manifests, the schedule and the retention plan (pure or file-local), where
+//! snapshots live (`layout`), taking a unified snapshot of chain + cache (`unified`), and the
+//! scheduled snapshot-and-prune task (`timeline`).
 
+pub mod backup;
+pub mod layout;
 pub mod manifest;
 pub mod naming;
 pub mod retention;
 pub mod schedule;
+pub mod timeline;
+pub mod unified;
 pub mod utc;
 
 pub use manifest::{
@@ -14,3 +18,4 @@ pub use manifest::{
 pub use naming::{parse_snapshot_name, snapshot_name, SnapshotName, SnapshotNameError};
 pub use retention::{select_keep, KeepPlan, KeepReason, Kept, RetentionPolicy, SnapshotEntry};
 pub use schedule::{SnapshotInterval, SnapshotIntervalError, SNAPSHOT_INTERVAL_ENV};
+pub use unified::{create_unified_snapshot, SnapshotError, UnifiedSnapshot};

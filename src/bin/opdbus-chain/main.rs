@@ -1,8 +1,15 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
+mod backup;
 mod offline;
+mod online;
+mod prune;
+mod repair;
+mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
+use opdbus_blockchain::config::BusChoice;
+use opdbus_blockchain::snapshot::backup::BackupTarget;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,6 +39,14 @@ enum Command {
     Verify {
         #[command(flatten)]
         dir: ChainDir,
+        /// Rewrite blocks that fail their hash from the cache's verified copies (--cache-dir),
+        /// then verify again. Needs the daemon stopped (takes the chain's lock); says what it
+        /// repaired.
+        #[arg(long, requires = "cache_dir")]
+        repair: bool,
+        /// The daemon's cache directory, for --repair.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Print one block as JSON, by hash (64 hex digits) or by height.
     Get {
@@ -54,6 +69,174 @@ enum Command {
         #[command(flatten)]
         dir: ChainDir,
     },
+    /// Show the daemon's NUMA view: nodes with CPUs and memory, the node chosen for the chain
+    /// writer and why, cache placement, memory policy, and whether the binding took effect.
+    Numa {
+        #[command(flatten)]
+        bus: Bus,
+        /// Print the NumaInfo dictionary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find the blocks most similar to a block or a footprint (cosine of block vectors).
+    ///
+    /// QUERY is a block hash, or a footprint as JSON:
+    /// '{"plugin":"network","operation":"create","data":{"name":"eth0"}}'.
+    /// Prints height, score (1 = identical features) and hash, best first; exit status 1 when
+    /// nothing matches.
+    Similar {
+        /// A block hash or a footprint JSON object.
+        query: String,
+        /// How many blocks (1 to 1000).
+        #[arg(short = 'k', long, default_value_t = 10)]
+        k: u32,
+        /// Only blocks of this plugin.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only blocks of this operation.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only blocks added by this uid.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only blocks at or after this time (nanoseconds since the Unix epoch).
+        #[arg(long, value_name = "NS")]
+        since_ns: Option<u64>,
+        /// Only blocks at or before this time (nanoseconds since the Unix epoch).
+        #[arg(long, value_name = "NS")]
+        until_ns: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Print the running daemon's cache counters and sizes (CacheStats over D-Bus): entries
+    /// in RAM and on disk, hits, misses, hit rate, compression ratio, write failures.
+    Stats {
+        #[command(flatten)]
+        bus: Bus,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon for a unified snapshot of chain and cache (online).
+    ///
+    /// Prints the chain snapshot's path, then the cache snapshot's. Both hold the same height
+    /// (see MANIFEST.json inside each).
+    Snapshot {
+        #[command(flatten)]
+        bus: Bus,
+    },
+    /// Send the newest snapshot to a backup target with btrfs send/receive, then verify it.
+    ///
+    /// Incremental from the newest snapshot the target already holds. With --to, the copy is
+    /// received as DIR/<snapshot name>/{chain,cache} under a temporary name, re-hashed, checked
+    /// against its manifest and only then renamed: a failed backup leaves no snapshot name.
+    /// Exit 2 with a one-line reason on any failure.
+    Backup {
+        #[command(flatten)]
+        dirs: ChainAndCache,
+        /// A directory on another btrfs filesystem.
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "to_command",
+            conflicts_with = "to_command"
+        )]
+        to: Option<PathBuf>,
+        /// A command that runs btrfs receive elsewhere, split like a shell would but run without
+        /// one; {name} is replaced by the snapshot name. Example:
+        /// 'ssh backup@host "mkdir -p /srv/opdbus/{name} && btrfs receive /srv/opdbus/{name}"'
+        #[arg(long, value_name = "CMD")]
+        to_command: Option<String>,
+    },
+    /// Check a backup (or snapshot) directory holding chain/ and cache/: every block re-hashed,
+    /// the head equal to the manifest. Exit 1 when it does not check out.
+    VerifyBackup {
+        /// TARGET/<snapshot name>
+        dir: PathBuf,
+    },
+    /// Put a backup back as a working chain and cache (which must not exist yet).
+    ///
+    /// The backup is verified first and the restored chain again afterwards. Start the daemon
+    /// on the restored directories; new footprints continue the chain.
+    Restore {
+        /// The backup: TARGET/<snapshot name> (or a local .snapshots/<snapshot name>).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[command(flatten)]
+        dirs: ChainAndCache,
+    },
+    /// Apply the retention policy to the snapshots beside the chain (as the daemon does after
+    /// each scheduled snapshot): keep the newest snapshot of each of the last N hours, days and
+    /// ISO weeks that hold one, the newest, and every backup target's parent; delete the rest.
+    Prune {
+        #[command(flatten)]
+        dirs: ChainAndCache,
+        /// Keep the newest snapshot of each of the last N hours that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_HOURLY",
+            default_value_t = 5
+        )]
+        hourly: u32,
+        /// Keep the newest snapshot of each of the last N days (UTC) that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_DAILY",
+            default_value_t = 5
+        )]
+        daily: u32,
+        /// Keep the newest snapshot of each of the last N ISO weeks that hold one.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "OPDBUS_RETAIN_WEEKLY",
+            default_value_t = 5
+        )]
+        weekly: u32,
+        /// Only print what would be kept (with why) and deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args)]
+struct Bus {
+    /// The bus the daemon is on: system, session or a D-Bus address (unix:path=/run/bus).
+    #[arg(long, value_name = "BUS", default_value = "system")]
+    bus: BusChoice,
+}
+
+#[derive(Args)]
+struct ChainAndCache {
+    /// The chain directory (its snapshots are in .snapshots beside it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "OPDBUS_BLOCKCHAIN_DIR",
+        default_value = "/var/lib/op-dbus/blockchain"
+    )]
+    chain_dir: PathBuf,
+    /// The cache directory [default: @cache beside the chain directory].
+    #[arg(long, value_name = "DIR", env = "OPDBUS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl ChainAndCache {
+    /// The cache directory, by default `@cache` beside the chain directory (the daemon's
+    /// default layout: /var/lib/op-dbus/blockchain and /var/lib/op-dbus/@cache).
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| {
+            self.chain_dir
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("@cache")
+        })
+    }
 }
 
 #[derive(Args)]
@@ -71,9 +254,77 @@ struct ChainDir {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Verify { dir } => offline::verify(dir.chain_dir),
+        Command::Verify {
+            dir,
+            repair: true,
+            cache_dir: Some(cache_dir),
+        } => repair::verify_and_repair(&dir.chain_dir, &cache_dir),
+        Command::Verify { dir, .. } => offline::verify(dir.chain_dir),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
+        Command::Numa { bus, json } => online::numa(&bus.bus, json),
+        Command::Similar {
+            query,
+            k,
+            plugin,
+            operation,
+            uid,
+            since_ns,
+            until_ns,
+            json,
+            bus,
+        } => online::similar(
+            &bus.bus,
+            online::SimilarArgs {
+                query,
+                k,
+                plugin,
+                operation,
+                uid,
+                since_ns,
+                until_ns,
+                json,
+            },
+        ),
+        Command::Stats { bus, json } => online::stats(&bus.bus, json),
+        Command::Snapshot { bus } => snapshot::snapshot(&bus.bus),
+        Command::Backup {
+            dirs,
+            to,
+            to_command,
+        } => match (to, to_command) {
+            (Some(dir), _) => backup::backup(
+                dirs.chain_dir.clone(),
+                dirs.cache_dir(),
+                BackupTarget::Directory(dir),
+            ),
+            (None, Some(line)) => backup::backup(
+                dirs.chain_dir.clone(),
+                dirs.cache_dir(),
+                BackupTarget::Command(line),
+            ),
+            (None, None) => Err("give --to DIR or --to-command CMD".into()),
+        },
+        Command::VerifyBackup { dir } => backup::verify_backup(&dir),
+        Command::Restore { from, dirs } => {
+            backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir())
+        }
+        Command::Prune {
+            dirs,
+            hourly,
+            daily,
+            weekly,
+            dry_run,
+        } => prune::prune(
+            dirs.chain_dir.clone(),
+            dirs.cache_dir(),
+            opdbus_blockchain::snapshot::RetentionPolicy {
+                hourly,
+                daily,
+                weekly,
+            },
+            dry_run,
+        ),
     };
     match result {
         Ok(code) => code,

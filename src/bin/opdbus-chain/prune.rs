@@ -1,0 +1,38 @@
+//! `opdbus-chain prune`: applies the retention policy to the snapshots beside a chain, as the
+//! daemon does after each scheduled snapshot (for snapshots taken on demand or by a timer).
+
+use crate::Outcome;
+use opdbus_blockchain::snapshot::layout::SnapshotLayout;
+use opdbus_blockchain::snapshot::timeline::{prune_with, retention_plan};
+use opdbus_blockchain::snapshot::RetentionPolicy;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub fn prune(
+    chain_dir: PathBuf,
+    cache_dir: PathBuf,
+    policy: RetentionPolicy,
+    dry_run: bool,
+) -> Outcome {
+    let layout = SnapshotLayout::new(chain_dir, cache_dir);
+    let plan = if dry_run {
+        retention_plan(&layout, policy)
+    } else {
+        prune_with(&layout, policy, true).map(|pruned| {
+            for (name, reason) in &pruned.failed {
+                eprintln!("opdbus-chain: cannot delete {name}: {reason}");
+            }
+            pruned.plan
+        })
+    }
+    .map_err(|e| format!("{}: {e}", layout.chain_snapshots().display()))?;
+    for kept in &plan.keep {
+        let reasons: Vec<String> = kept.reasons.iter().map(ToString::to_string).collect();
+        println!("keep    {}  ({})", kept.name, reasons.join(", "));
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for name in &plan.delete {
+        println!("{verb}  {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,244 @@
+//! zstd dictionaries: trained from recent blocks, stored under `dict/`, never deleted.
+//!
+//! A block is a few hundred bytes of length-prefixed fields and JSON; alone, zstd finds little
+//! to reuse in it (about 1.3x). A dictionary trained on recent blocks holds the field names,
+//! plugin names and values that recur, and brings small blocks to the seed's 3–5x.
+//!
+//! Each dictionary carries the random 32-bit id zstd's trainer gives it; the id is written in
+//! every frame compressed with it, so a cache file names the dictionary it needs, and every
+//! dictionary ever used stays on disk: old files stay readable after a retrain. Id 0 means
+//! "no dictionary" (the first blocks, before enough samples exist to train one).
+//!
+//! A dictionary file (`dict/<id, 8 hex digits>.zdict`) is written and synced before the first
+//! cache file that uses it, so a cache file never refers to a dictionary that is not on disk.
+
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zstd::dict::{DecoderDictionary, EncoderDictionary};
+
+/// A dictionary's id and bytes.
+pub type Trained = (u32, Vec<u8>);
+
+/// Largest dictionary trained, in bytes (zstd's own recommendation is ~100x smaller than the
+/// samples; 16 KiB suits blocks of a few hundred bytes).
+pub const MAX_DICTIONARY_BYTES: usize = 16 * 1024;
+/// Blocks needed before the first dictionary is trained.
+pub const FIRST_TRAINING_SAMPLES: usize = 64;
+/// Recent block encodings kept as training samples.
+pub const SAMPLES_KEPT: usize = 2048;
+/// Blocks written with one dictionary before a new one is trained from the recent samples.
+pub const RETRAIN_EVERY: u64 = 50_000;
+
+/// The dictionaries a cache directory holds, by id; shared by readers and the writer.
+pub struct Dictionaries {
+    dir: PathBuf,
+    decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Dictionaries {
+    /// Loads every dictionary in `dir` (created when missing); returns them with the newest
+    /// (most recently modified) one's id and bytes, the one new blocks are compressed with.
+    pub fn load(dir: &Path) -> std::io::Result<(Dictionaries, Option<Trained>)> {
+        // Created on first use (`add`); a missing directory is an empty one.
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Dictionaries::empty(dir), None))
+            }
+            Err(err) => return Err(err),
+        };
+        let mut decoders = HashMap::new();
+        let mut newest: Option<(std::time::SystemTime, u32, Vec<u8>)> = None;
+        let mut total = 0u64;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(parse_file_name) else {
+                continue;
+            };
+            let bytes = std::fs::read(entry.path())?;
+            if zstd::zstd_safe::get_dict_id_from_dict(&bytes).map(u32::from) != Some(id) {
+                tracing::warn!(path = %entry.path().display(), "ignoring a dictionary file whose content does not match its name");
+                continue;
+            }
+            total += bytes.len() as u64;
+            decoders.insert(id, Arc::new(DecoderDictionary::copy(&bytes)));
+            let modified = entry
+                .metadata()?
+                .modified()
+                .unwrap_or(std::time::UNIX_EPOCH);
+            if newest.as_ref().is_none_or(|(t, _, _)| modified >= *t) {
+                newest = Some((modified, id, bytes));
+            }
+        }
+        Ok((
+            Dictionaries {
+                dir: dir.to_path_buf(),
+                decoders: RwLock::new(decoders),
+                bytes: total.into(),
+            },
+            newest.map(|(_, id, bytes)| (id, bytes)),
+        ))
+    }
+
+    /// No dictionaries (yet) in `dir`.
+    pub fn empty(dir: &Path) -> Dictionaries {
+        Dictionaries {
+            dir: dir.to_path_buf(),
+            decoders: RwLock::new(HashMap::new()),
+            bytes: 0.into(),
+        }
+    }
+
+    /// The decoder for dictionary `id`, if this cache has it.
+    pub fn decoder(&self, id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+        self.decoders.read().get(&id).cloned()
+    }
+
+    /// Writes a new dictionary durably and makes it available to readers.
+    fn add(&self, id: u32, bytes: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(file_name(id));
+        let tmp = self.dir.join(format!(".{}.tmp", file_name(id)));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.decoders
+            .write()
+            .insert(id, Arc::new(DecoderDictionary::copy(bytes)));
+        self.bytes
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Number of dictionaries and their total size in bytes.
+    pub fn count_and_bytes(&self) -> (u64, u64) {
+        (
+            self.decoders.read().len() as u64,
+            self.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+fn file_name(id: u32) -> String {
+    format!("{id:08x}.zdict")
+}
+
+fn parse_file_name(name: &str) -> Option<u32> {
+    let hex = name.strip_suffix(".zdict")?;
+    (hex.len() == 8)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// What compresses new blocks: the current dictionary, and the samples the next is trained on.
+/// Owned by the one thread that writes the cache.
+pub struct Encoder {
+    level: i32,
+    current: Option<(u32, EncoderDictionary<'static>)>,
+    samples: std::collections::VecDeque<Vec<u8>>,
+    written_since_training: u64,
+    /// Blocks to see before the next training attempt (grows when training fails).
+    next_training_at: usize,
+}
+
+/// What [`Encoder::observe`] did.
+pub enum Training {
+    /// Nothing new.
+    None,
+    /// A new dictionary with this id is in use from now on.
+    Trained(u32),
+}
+
+impl Encoder {
+    pub fn new(level: i32, current: Option<Trained>) -> Encoder {
+        let has_dictionary = current.is_some();
+        Encoder {
+            level,
+            current: current.map(|(id, bytes)| (id, EncoderDictionary::copy(&bytes, level))),
+            samples: std::collections::VecDeque::new(),
+            written_since_training: 0,
+            // A cache that has a dictionary already is past its young phase.
+            next_training_at: if has_dictionary {
+                SAMPLES_KEPT + 1
+            } else {
+                FIRST_TRAINING_SAMPLES
+            },
+        }
+    }
+
+    /// Compresses one block encoding as a single zstd frame (dictionary id in its header).
+    pub fn compress(&self, encoding: &[u8]) -> std::io::Result<Vec<u8>> {
+        match &self.current {
+            Some((_, dictionary)) => {
+                zstd::bulk::Compressor::with_prepared_dictionary(dictionary)?.compress(encoding)
+            }
+            None => zstd::bulk::compress(encoding, self.level),
+        }
+    }
+
+    /// The id of the dictionary new blocks are compressed with (0: none).
+    pub fn current_id(&self) -> u32 {
+        self.current.as_ref().map_or(0, |(id, _)| *id)
+    }
+
+    /// Remembers a written block as a training sample and trains a dictionary when it is time:
+    /// first once enough samples exist, then every [`RETRAIN_EVERY`] blocks.
+    pub fn observe(&mut self, encoding: &[u8], dictionaries: &Dictionaries) -> Training {
+        if self.samples.len() == SAMPLES_KEPT {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(encoding.to_vec());
+        self.written_since_training += 1;
+        // A young cache retrains as its samples double (64, 128, … SAMPLES_KEPT): each
+        // dictionary is better than the last; after that, every RETRAIN_EVERY blocks.
+        let due = if self.next_training_at <= SAMPLES_KEPT {
+            self.samples.len() >= self.next_training_at
+        } else {
+            self.written_since_training >= RETRAIN_EVERY
+        };
+        if !due {
+            return Training::None;
+        }
+        match self.train(dictionaries) {
+            Ok(id) => Training::Trained(id),
+            Err(err) => {
+                // Too few or too uniform samples: try again with more.
+                tracing::debug!(%err, samples = self.samples.len(), "cannot train a cache dictionary yet");
+                self.next_training_at = self.samples.len() * 2;
+                self.written_since_training = 0;
+                Training::None
+            }
+        }
+    }
+
+    fn train(&mut self, dictionaries: &Dictionaries) -> std::io::Result<u32> {
+        let samples: Vec<&[u8]> = self.samples.iter().map(Vec::as_slice).collect();
+        let total: usize = samples.iter().map(|s| s.len()).sum();
+        // A dictionary larger than a quarter of its samples only memorises them.
+        let size = MAX_DICTIONARY_BYTES.min(total / 4).max(1024);
+        let bytes = zstd::dict::from_samples(&samples, size)?;
+        let id = zstd::zstd_safe::get_dict_id_from_dict(&bytes)
+            .map(u32::from)
+            .ok_or_else(|| std::io::Error::other("the trained dictionary has no id"))?;
+        if dictionaries.decoder(id).is_none() {
+            dictionaries.add(id, &bytes)?;
+        }
+        self.current = Some((id, EncoderDictionary::copy(&bytes, self.level)));
+        self.written_since_training = 0;
+        self.next_training_at = samples.len() * 2;
+        tracing::info!(
+            dictionary_id = format_args!("{id:08x}"),
+            bytes = bytes.len(),
+            samples = samples.len(),
+            "trained a new cache dictionary"
+        );
+        Ok(id)
+    }
+}

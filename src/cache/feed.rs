@@ -1,0 +1,481 @@
+//! Dual write: committed blocks reach the cache off the commit path.
+//!
+//! The chain writer calls [`CacheFeed::offer`] (through its commit hook) with every committed
+//! batch. `offer` never blocks and never fails: when more than `queue_blocks` blocks are
+//! waiting it drops the batch and counts it (`skipped_writes`). The cache thread drains the
+//! queue and writes each block to the disk tier.
+//!
+//! The thread keeps a cursor `next`: every height below it has been handled. A block above the
+//! cursor means blocks were skipped (or the cache was deleted, or is new): the thread first
+//! fills the gap from the chain. When the queue is empty and the chain is ahead, it catches up
+//! from the chain too, so the cache ends up holding every block whatever was skipped.
+//!
+//! A failed write is counted (`write_failures`) and logged once per burst (one warning when
+//! writes start failing, one line when they work again). The first height that could not be
+//! stored is remembered and retried every [`RETRY_EVERY`] while the queue is idle.
+//!
+//! `state` in the cache directory records `complete_through` (every block up to it is on disk)
+//! and the chain id; it lets a restart skip what the cache already has. It is rewritten after
+//! each batch, unsynced: after a crash it may be stale, and a file it vouches for may be gone —
+//! a miss, refilled from the chain on the next read.
+
+use super::{BlockCache, CacheError};
+use crate::chain::block::{Block, Hash};
+use crate::chain::store::ChainReader;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How often a failed write is retried while the queue is idle.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// Blocks filled in from the chain between two looks at the queue.
+const CATCH_UP_CHUNK: u64 = 1024;
+const STATE_FILE: &str = "state";
+/// The state file is rewritten at most this often (and at stop).
+const STATE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the cache thread reads blocks it did not get through the queue.
+pub trait BlockSource: Send + 'static {
+    /// Height and hash of the newest durable block.
+    fn head(&self) -> (u64, Hash);
+    /// The durable block at `height`, hash-checked; `None` past the head or when unreadable.
+    fn block_at(&self, height: u64) -> Option<Block>;
+    /// Identifies the chain, so a cache directory of another chain is not trusted.
+    fn chain_id(&self) -> [u8; 16];
+}
+
+impl BlockSource for ChainReader {
+    fn head(&self) -> (u64, Hash) {
+        ChainReader::head(self)
+    }
+    fn block_at(&self, height: u64) -> Option<Block> {
+        match ChainReader::block_at(self, height) {
+            Ok(block) => block,
+            Err(err) => {
+                tracing::warn!(height, %err, "the cache cannot read this block from the chain");
+                None
+            }
+        }
+    }
+    fn chain_id(&self) -> [u8; 16] {
+        ChainReader::chain_id(self)
+    }
+}
+
+enum Message {
+    Committed(Vec<Block>),
+    /// A block read from the chain on a cache miss.
+    Fill(Block),
+    /// Someone waits for the cache to catch up: do not idle.
+    Wake,
+    Stop,
+}
+
+/// The cache thread's progress, watched by [`CacheFeed::caught_up`].
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Every height below this was handled (stored, or failed and remembered).
+    next: u64,
+    /// The lowest height that could not be stored, and why.
+    first_missing: Option<(u64, String)>,
+    running: bool,
+}
+
+/// The sending side (held by the chain writer's hook) and the cache thread.
+pub struct CacheFeed {
+    shared: Arc<Shared>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    receiver: parking_lot::Mutex<Option<Receiver<Message>>>,
+}
+
+struct Shared {
+    cache: BlockCache,
+    tx: Sender<Message>,
+    queue_blocks: u64,
+    progress: watch::Sender<Progress>,
+}
+
+impl CacheFeed {
+    /// A feed into `cache`; [`CacheFeed::offer`] may be called at once, the thread starts
+    /// with [`CacheFeed::start`].
+    pub fn new(cache: BlockCache, queue_blocks: usize) -> CacheFeed {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        CacheFeed {
+            shared: Arc::new(Shared {
+                cache,
+                tx,
+                queue_blocks: queue_blocks as u64,
+                progress: watch::channel(Progress::default()).0,
+            }),
+            thread: parking_lot::Mutex::new(None),
+            receiver: parking_lot::Mutex::new(Some(rx)),
+        }
+    }
+
+    /// The function for the chain writer's commit hook.
+    pub fn hook(&self) -> impl Fn(&[Block]) + Send + 'static {
+        let shared = self.shared.clone();
+        move |blocks| shared.offer(blocks)
+    }
+
+    /// Hands committed blocks to the cache thread; never blocks (see the module text).
+    pub fn offer(&self, blocks: &[Block]) {
+        self.shared.offer(blocks)
+    }
+
+    /// Hands a block read from the chain (a cache miss) to the thread to store; best effort.
+    pub fn fill(&self, block: Block) {
+        let queued = &self.shared.cache.inner.counters.queued_blocks;
+        if queued.load(Relaxed) < self.shared.queue_blocks {
+            queued.fetch_add(1, Relaxed);
+            if self.shared.tx.send(Message::Fill(block)).is_err() {
+                queued.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Starts the cache thread on `source`: counts what the cache holds, loads the newest
+    /// `preload_blocks` into RAM, then stores every block from where the cache left off.
+    pub fn start(&self, source: impl BlockSource, preload_blocks: u64) -> std::io::Result<()> {
+        let Some(rx) = self.receiver.lock().take() else {
+            return Ok(()); // already started
+        };
+        let shared = self.shared.clone();
+        shared.progress.send_modify(|p| p.running = true);
+        let handle = std::thread::Builder::new()
+            .name("block-cache".into())
+            .spawn(move || {
+                let mut worker = Worker::new(shared.clone(), source);
+                worker.preload(preload_blocks);
+                worker.run(&rx);
+                shared.progress.send_modify(|p| p.running = false);
+            })?;
+        *self.thread.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Waits until the cache holds every block up to `height` (the snapshot engine calls this
+    /// with the height it paused the writer at, so that the cache snapshot matches the chain
+    /// snapshot). Fills in whatever the queue skipped from the chain first.
+    ///
+    /// `Err(Incomplete)` when the cache handled every block up to `height` but could not store
+    /// one of them (full or read-only disk): the cache is then behind until a retry succeeds.
+    /// `Err(Stopped)` when the thread is not running.
+    pub async fn caught_up(&self, height: u64) -> Result<(), CacheError> {
+        let mut progress = self.shared.progress.subscribe();
+        let _ = self.shared.tx.send(Message::Wake);
+        let seen = progress
+            .wait_for(|p| !p.running || p.next > height)
+            .await
+            .map_err(|_| CacheError::Stopped)?
+            .clone();
+        if !seen.running {
+            return Err(CacheError::Stopped);
+        }
+        match seen.first_missing {
+            Some((first_missing, reason)) if first_missing <= height => {
+                Err(CacheError::Incomplete {
+                    height,
+                    first_missing,
+                    reason,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores what is queued, writes the state file and stops the thread.
+    pub fn stop(&self) {
+        let _ = self.shared.tx.send(Message::Stop);
+        if let Some(handle) = self.thread.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Shared {
+    fn offer(&self, blocks: &[Block]) {
+        let counters = &self.cache.inner.counters;
+        let n = blocks.len() as u64;
+        if counters.queued_blocks.load(Relaxed) + n > self.queue_blocks {
+            counters.skipped_writes.fetch_add(n, Relaxed);
+            return;
+        }
+        counters.queued_blocks.fetch_add(n, Relaxed);
+        if self.tx.send(Message::Committed(blocks.to_vec())).is_err() {
+            counters.queued_blocks.fetch_sub(n, Relaxed);
+            counters.skipped_writes.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+struct Worker<S> {
+    shared: Arc<Shared>,
+    source: S,
+    next: u64,
+    first_missing: Option<(u64, String)>,
+    last_retry: Instant,
+    /// Failures since the last warning (one warning per burst).
+    failing: Option<u64>,
+    state_saved: Option<(u64, Instant)>,
+}
+
+impl<S: BlockSource> Worker<S> {
+    fn new(shared: Arc<Shared>, source: S) -> Self {
+        let next = read_state(&shared.cache, &source.chain_id()).map_or(0, |through| through + 1);
+        let mut worker = Worker {
+            shared,
+            source,
+            next,
+            first_missing: None,
+            last_retry: Instant::now(),
+            failing: None,
+            state_saved: None,
+        };
+        worker.publish(false);
+        worker
+    }
+
+    fn cache(&self) -> &BlockCache {
+        &self.shared.cache
+    }
+
+    /// Loads the newest `count` blocks into RAM, walking back from the head through each
+    /// block's `prev_hash`: from the disk tier when it has them, else from the chain.
+    fn preload(&mut self, count: u64) {
+        let (head, mut hash) = self.source.head();
+        let mut loaded = 0;
+        let mut height = head;
+        while loaded < count {
+            let block = match self.cache().load_from_disk(&hash) {
+                Some(block) => block,
+                None => match self.source.block_at(height) {
+                    Some(block) if block.hash == hash => {
+                        let block = Arc::new(block);
+                        self.cache().insert_hot(block.clone());
+                        block
+                    }
+                    _ => break,
+                },
+            };
+            loaded += 1;
+            if height == 0 {
+                break;
+            }
+            height -= 1;
+            hash = block.prev_hash;
+        }
+        if loaded > 0 {
+            tracing::info!(
+                blocks = loaded,
+                head,
+                "pre-loaded the newest blocks into the cache"
+            );
+        }
+    }
+
+    fn run(&mut self, rx: &Receiver<Message>) {
+        loop {
+            let behind = self.next <= self.source.head().0;
+            let message = if behind {
+                match rx.try_recv() {
+                    Ok(message) => Some(message),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(message) => Some(message),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            match message {
+                Some(Message::Committed(blocks)) => {
+                    self.dequeued(blocks.len());
+                    for block in &blocks {
+                        if block.height >= self.next {
+                            self.catch_up_to(block.height);
+                            self.store(block);
+                            self.next = block.height + 1;
+                        } else {
+                            self.store(block);
+                        }
+                    }
+                }
+                Some(Message::Fill(block)) => {
+                    self.dequeued(1);
+                    self.store(&block);
+                }
+                Some(Message::Wake) => {}
+                Some(Message::Stop) => {
+                    self.drain_and_stop(rx);
+                    return;
+                }
+                None if behind => {
+                    let head = self.source.head().0;
+                    self.catch_up_to((self.next + CATCH_UP_CHUNK).min(head + 1));
+                }
+                None => {}
+            }
+            if self.first_missing.is_some() && self.last_retry.elapsed() >= RETRY_EVERY {
+                self.retry();
+            }
+            self.publish(false);
+        }
+    }
+
+    fn dequeued(&self, n: usize) {
+        let queued = &self.cache().inner.counters.queued_blocks;
+        let _ = queued.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n as u64)));
+    }
+
+    /// Stores blocks `next..until` read from the chain and advances the cursor to `until`.
+    fn catch_up_to(&mut self, until: u64) {
+        while self.next < until {
+            match self.source.block_at(self.next) {
+                Some(block) => self.store(&block),
+                None => self.missing(self.next, "unreadable in the chain".into()),
+            }
+            self.next += 1;
+        }
+    }
+
+    fn store(&mut self, block: &Block) {
+        match self.shared.cache.put(block) {
+            Ok(_) => {
+                if let Some(failures) = self.failing.take() {
+                    tracing::info!(
+                        failures,
+                        cache_dir = %self.cache().dir().display(),
+                        "cache writes work again"
+                    );
+                }
+            }
+            Err(err) => {
+                match &mut self.failing {
+                    Some(failures) => *failures += 1,
+                    None => {
+                        tracing::warn!(
+                            %err,
+                            height = block.height,
+                            cache_dir = %self.cache().dir().display(),
+                            "cannot write to the block cache; blocks are served from the chain and writes are retried (further failures are only counted until writes work again)"
+                        );
+                        self.failing = Some(1);
+                    }
+                }
+                self.missing(block.height, err.to_string());
+            }
+        }
+    }
+
+    fn missing(&mut self, height: u64, reason: String) {
+        if self.first_missing.as_ref().is_none_or(|(h, _)| height < *h) {
+            self.first_missing = Some((height, reason));
+            self.last_retry = Instant::now();
+        }
+    }
+
+    /// Stores again from the first missing height up to the cursor; stops at the first
+    /// failure, which stays the first missing height.
+    fn retry(&mut self) {
+        self.last_retry = Instant::now();
+        let Some((from, _)) = self.first_missing.take() else {
+            return;
+        };
+        for height in from..self.next {
+            let Some(block) = self.source.block_at(height) else {
+                self.missing(height, "unreadable in the chain".into());
+                return;
+            };
+            if self.cache().on_disk(&block.hash) {
+                continue;
+            }
+            self.store(&block);
+            if self.first_missing.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn drain_and_stop(&mut self, rx: &Receiver<Message>) {
+        while let Ok(message) = rx.try_recv() {
+            match message {
+                Message::Committed(blocks) => {
+                    self.dequeued(blocks.len());
+                    for block in &blocks {
+                        self.store(block);
+                        if block.height == self.next {
+                            self.next += 1;
+                        }
+                    }
+                }
+                Message::Fill(block) => {
+                    self.dequeued(1);
+                    self.store(&block);
+                }
+                Message::Wake | Message::Stop => {}
+            }
+        }
+        self.publish(true);
+    }
+
+    /// Tells waiters and stats how far the cache is, and saves the state file when it moved.
+    fn publish(&mut self, force_save: bool) {
+        let complete_until = match &self.first_missing {
+            Some((h, _)) => *h,
+            None => self.next,
+        };
+        self.cache()
+            .inner
+            .counters
+            .complete_until
+            .store(complete_until, Relaxed);
+        let (next, first_missing) = (self.next, self.first_missing.clone());
+        self.shared.progress.send_modify(|p| {
+            p.next = next;
+            p.first_missing = first_missing;
+        });
+        let due = match self.state_saved {
+            Some((saved, at)) => {
+                saved != complete_until && (force_save || at.elapsed() >= STATE_EVERY)
+            }
+            None => true,
+        };
+        if complete_until > 0 && due {
+            write_state(self.cache(), &self.source.chain_id(), complete_until - 1);
+            self.state_saved = Some((complete_until, Instant::now()));
+        }
+    }
+}
+
+/// `complete_through` from the state file, if it is there, readable and of this chain.
+fn read_state(cache: &BlockCache, chain_id: &[u8; 16]) -> Option<u64> {
+    let text = std::fs::read_to_string(cache.dir().join(STATE_FILE)).ok()?;
+    let mut id = None;
+    let mut through = None;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("chain_id", value)) => id = Some(value.to_owned()),
+            Some(("complete_through", value)) => through = value.parse().ok(),
+            _ => {}
+        }
+    }
+    (id? == hex::encode(chain_id)).then_some(through?)
+}
+
+fn write_state(cache: &BlockCache, chain_id: &[u8; 16], complete_through: u64) {
+    let text = format!(
+        "# opdbus-blockchaind cache progress; safe to delete\nchain_id={}\ncomplete_through={complete_through}\n",
+        hex::encode(chain_id)
+    );
+    let path = cache.dir().join(STATE_FILE);
+    let tmp = cache.dir().join(".state.tmp");
+    // Unsynced on purpose (see the module text); failures show up as write failures already.
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}

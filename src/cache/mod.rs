@@ -1,0 +1,472 @@
+//! The block cache: the chain's secondary copy, for fast reads and for repair.
+//!
+//! Two tiers, looked up in order:
+//! - **hot**: decoded blocks in RAM (`quick_cache`, bounded in bytes by
+//!   `OPDBUS_CACHE_HOT_BYTES`), shared by every reader thread;
+//! - **disk**: one zstd frame per block under the cache directory, compressed with dictionaries
+//!   trained from recent blocks (see `disk.rs` and `dictionary.rs` for the layout).
+//!
+//! Promises:
+//! - Never a wrong block: a disk load is decompressed, decoded and re-hashed, and compared with
+//!   the hash asked for; a file that does not check out is deleted and counted
+//!   (`corrupt_dropped`), and the lookup is a miss.
+//! - Never in the way of the chain: blocks arrive from the chain writer through a bounded queue
+//!   drained by the cache's own thread (`feed.rs`); a full queue skips (counted, and filled in
+//!   later from the chain), a failing disk is a warning and a counter, never an error of
+//!   `add_footprint`.
+//! - Never the only copy: the directory may be deleted while the daemon is stopped (or while it
+//!   runs: shards are recreated on the next write) and is rebuilt from the chain.
+
+mod dictionary;
+mod disk;
+mod feed;
+pub mod repair;
+#[cfg(test)]
+mod tests;
+
+pub use feed::{BlockSource, CacheFeed};
+
+use crate::chain::block::{Block, Hash};
+use disk::{DiskTier, Loaded};
+use parking_lot::Mutex;
+use quick_cache::sync::Cache;
+use quick_cache::{Lifecycle, Weighter};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Default RAM for the hot tier (`OPDBUS_CACHE_HOT_BYTES`).
+pub const DEFAULT_HOT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default number of newest blocks loaded into RAM at start (`OPDBUS_CACHE_PRELOAD_BLOCKS`).
+pub const DEFAULT_PRELOAD_BLOCKS: u64 = 1024;
+/// Default bound of the queue from the chain writer, in blocks (`OPDBUS_CACHE_QUEUE_BLOCKS`).
+pub const DEFAULT_QUEUE_BLOCKS: usize = 65_536;
+/// zstd level of the disk tier: with a dictionary, higher levels gain little on small blocks.
+pub const ZSTD_LEVEL: i32 = 3;
+/// RAM a hot block costs beyond its canonical encoding: the `Block` struct, its `Arc`, the
+/// key and the cache's slot, rounded up.
+pub const HOT_OVERHEAD_BYTES: u64 = 192;
+/// A new dictionary recompresses the disk tier only while it holds at most this many blocks.
+const RECOMPRESS_UP_TO: u64 = 4096;
+
+/// How to open a cache.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    pub dir: PathBuf,
+    /// Bound of the hot tier, in bytes of [`hot_weight`].
+    pub hot_bytes: u64,
+    /// Newest blocks loaded into the hot tier at start.
+    pub preload_blocks: u64,
+    /// Blocks that may wait between the chain writer and the cache thread; past this, blocks
+    /// are skipped (and filled in from the chain later).
+    pub queue_blocks: usize,
+}
+
+impl CacheOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> CacheOptions {
+        CacheOptions {
+            dir: dir.into(),
+            hot_bytes: DEFAULT_HOT_BYTES,
+            preload_blocks: DEFAULT_PRELOAD_BLOCKS,
+            queue_blocks: DEFAULT_QUEUE_BLOCKS,
+        }
+    }
+}
+
+/// Errors of the cache layer. Reads and writes never fail outward (a failing read is a miss,
+/// a failing write a counter); these are for opening and for waiting on the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cache processed every block up to `height` but could not store them all.
+    #[error("the cache lacks block {first_missing} (wanted every block up to {height}): {reason}")]
+    Incomplete {
+        height: u64,
+        first_missing: u64,
+        reason: String,
+    },
+    /// The cache thread has stopped (shutdown) or was never started.
+    #[error("the cache thread is not running")]
+    Stopped,
+}
+
+/// A snapshot of the cache's counters. Counters start at zero when the daemon starts; sizes
+/// describe what the directory holds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CacheStats {
+    /// Blocks stored on disk.
+    pub total_entries: u64,
+    /// Blocks in the RAM tier.
+    pub hot_entries: u64,
+    /// RAM used by the hot tier and its bound, in bytes of [`hot_weight`].
+    pub hot_bytes: u64,
+    pub hot_capacity_bytes: u64,
+    /// Bytes of the entry files plus the dictionaries (apparent size; filesystem allocation
+    /// and btrfs's own compression not counted).
+    pub disk_usage_bytes: u64,
+    /// Canonical encoding bytes of the blocks on disk, and the bytes their files hold.
+    pub canonical_bytes: u64,
+    pub compressed_bytes: u64,
+    /// `canonical_bytes / compressed_bytes`; 0 when nothing is stored.
+    pub compression_ratio: f64,
+    /// Lookups answered from RAM, from disk, and not at all.
+    pub hot_hits: u64,
+    pub disk_hits: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// `hits / (hits + misses)`, and `hot_hits / (hits + misses)`; 0 before any lookup.
+    pub hit_rate: f64,
+    pub hot_hit_rate: f64,
+    /// Blocks pushed out of the RAM tier to make room.
+    pub evictions: u64,
+    /// Block writes to the disk tier that failed (full disk, permissions, I/O errors).
+    pub write_failures: u64,
+    /// Blocks the chain writer did not hand over because the queue was full (filled in from
+    /// the chain later).
+    pub skipped_writes: u64,
+    /// Disk entries that did not check out (decompression, decoding or hash) and were deleted.
+    pub corrupt_dropped: u64,
+    /// Blocks waiting in the queue from the chain writer.
+    pub queued_blocks: u64,
+    /// Every block up to this height is in the disk tier (-1: not even genesis yet).
+    pub complete_through: i64,
+    /// Dictionaries on disk, their total size, and the id new blocks use (0: none yet).
+    pub dictionaries: u64,
+    pub dictionary_bytes: u64,
+    pub dictionary_id: u32,
+}
+
+/// RAM a block is charged in the hot tier: its canonical size plus [`HOT_OVERHEAD_BYTES`].
+pub fn hot_weight(block: &Block) -> u64 {
+    block.encoded_len() as u64 + HOT_OVERHEAD_BYTES
+}
+
+#[derive(Clone)]
+struct BlockWeight;
+
+impl Weighter<Hash, Arc<Block>> for BlockWeight {
+    fn weight(&self, _hash: &Hash, block: &Arc<Block>) -> u64 {
+        hot_weight(block)
+    }
+}
+
+#[derive(Clone, Default)]
+struct CountEvictions(Arc<AtomicU64>);
+
+impl Lifecycle<Hash, Arc<Block>> for CountEvictions {
+    type RequestState = ();
+    fn begin_request(&self) {}
+    fn on_evict(&self, _state: &mut (), _hash: Hash, _block: Arc<Block>) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
+type HotTier =
+    Cache<Hash, Arc<Block>, BlockWeight, quick_cache::DefaultHashBuilder, CountEvictions>;
+
+#[derive(Default)]
+struct Counters {
+    hot_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    misses: AtomicU64,
+    write_failures: AtomicU64,
+    skipped_writes: AtomicU64,
+    queued_blocks: AtomicU64,
+    /// `complete_through + 1`, so that 0 can mean "nothing yet".
+    complete_until: AtomicU64,
+}
+
+/// The two tiers and their counters; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct BlockCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    hot: HotTier,
+    evictions: CountEvictions,
+    disk: DiskTier,
+    /// The writing side; only the cache thread (and tests, repair) write, so it is uncontended.
+    encoder: Mutex<dictionary::Encoder>,
+    counters: Counters,
+}
+
+/// What [`BlockCache::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Written,
+    /// A file for this block was there already.
+    Present,
+}
+
+impl BlockCache {
+    /// Opens (or creates) the cache in `options.dir` and counts what its disk tier holds.
+    /// A directory that cannot be created or read is a warning, not an error: the cache then
+    /// starts empty and its writes fail (counted) until the directory works.
+    pub fn open(options: &CacheOptions) -> Result<BlockCache, CacheError> {
+        let (disk, current) = DiskTier::open(&options.dir);
+        let evictions = CountEvictions::default();
+        let estimated_items = (options.hot_bytes / 1024).clamp(16, 1 << 24) as usize;
+        let hot = Cache::with(
+            estimated_items,
+            options.hot_bytes,
+            BlockWeight,
+            quick_cache::DefaultHashBuilder::default(),
+            evictions.clone(),
+        );
+        Ok(BlockCache {
+            inner: Arc::new(Inner {
+                dir: options.dir.clone(),
+                hot,
+                evictions,
+                disk,
+                encoder: Mutex::new(dictionary::Encoder::new(ZSTD_LEVEL, current)),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The block with `hash` from RAM, else from disk (re-hashed, then kept in RAM); counted
+    /// as a hot hit, a disk hit or a miss.
+    pub fn get(&self, hash: &Hash) -> Option<Arc<Block>> {
+        let counters = &self.inner.counters;
+        if let Some(block) = self.get_hot(hash) {
+            return Some(block);
+        }
+        match self.load_from_disk(hash) {
+            Some(block) => {
+                counters.disk_hits.fetch_add(1, Relaxed);
+                Some(block)
+            }
+            None => {
+                counters.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The block with `hash` if RAM holds it (counted as a hot hit); `None` is not counted, so
+    /// that [`BlockCache::get`] can follow. Never touches the disk.
+    pub fn get_hot(&self, hash: &Hash) -> Option<Arc<Block>> {
+        let block = self.inner.hot.get(hash)?;
+        self.inner.counters.hot_hits.fetch_add(1, Relaxed);
+        Some(block)
+    }
+
+    /// The block from the disk tier, re-hashed, and kept in RAM; not counted as a lookup.
+    fn load_from_disk(&self, hash: &Hash) -> Option<Arc<Block>> {
+        match self.inner.disk.load(hash) {
+            Loaded::Block(block) => {
+                let block = Arc::new(block);
+                self.inner.hot.insert(*hash, block.clone());
+                Some(block)
+            }
+            Loaded::Absent => None,
+            Loaded::Dropped(reason) => {
+                tracing::warn!(%reason, "dropped a cache file that does not check out");
+                None
+            }
+        }
+    }
+
+    /// The verified disk copy of `hash`, not counted and not kept in RAM (repair).
+    pub fn load_verified(&self, hash: &Hash) -> Option<Block> {
+        match self.inner.disk.load(hash) {
+            Loaded::Block(block) => Some(block),
+            Loaded::Absent => None,
+            Loaded::Dropped(reason) => {
+                tracing::warn!(%reason, "dropped a cache file that does not check out");
+                None
+            }
+        }
+    }
+
+    /// Keeps `block` in RAM (nothing is written); a block already there stays as it is.
+    pub fn insert_hot(&self, block: Arc<Block>) {
+        if self.inner.hot.peek(&block.hash).is_none() {
+            self.inner.hot.insert(block.hash, block);
+        }
+    }
+
+    /// Whether RAM holds `hash` (no counting, no promotion).
+    pub fn is_hot(&self, hash: &Hash) -> bool {
+        self.inner.hot.peek(hash).is_some()
+    }
+
+    /// Whether the disk tier has a file for `hash`.
+    pub fn on_disk(&self, hash: &Hash) -> bool {
+        self.inner.disk.contains(hash)
+    }
+
+    /// Writes `block` to the disk tier (unless there already) and keeps it in RAM. Blocks the
+    /// calling thread for a file write; the daemon calls it only from the cache thread.
+    /// A failure is returned (and counted) for the caller to log.
+    pub fn put(&self, block: &Block) -> std::io::Result<Put> {
+        let result = self.write(block);
+        match &result {
+            Ok(_) => {
+                if !self.is_hot(&block.hash) {
+                    self.insert_hot(Arc::new(block.clone()));
+                }
+            }
+            Err(_) => {
+                self.inner.counters.write_failures.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+
+    fn write(&self, block: &Block) -> std::io::Result<Put> {
+        if self.inner.disk.contains(&block.hash) {
+            return Ok(Put::Present);
+        }
+        let encoding = block.encode();
+        let mut encoder = self.inner.encoder.lock();
+        self.inner.disk.store(block, &encoding, &encoder, false)?;
+        if let dictionary::Training::Trained(id) =
+            encoder.observe(&encoding, &self.inner.disk.dictionaries)
+        {
+            drop(encoder);
+            if self.inner.disk.counters.entries.load(Relaxed) <= RECOMPRESS_UP_TO {
+                self.recompress_entries(id);
+            }
+        }
+        Ok(Put::Written)
+    }
+
+    /// While the cache is young (a few thousand blocks), each new dictionary is better than
+    /// the last: the blocks already written are compressed again with it, so a young cache
+    /// reaches its ratio too. Best effort.
+    fn recompress_entries(&self, id: u32) {
+        let Ok(hashes) = self.inner.disk.hashes() else {
+            return;
+        };
+        let encoder = self.inner.encoder.lock();
+        let mut rewritten = 0;
+        for hash in hashes {
+            if let Loaded::Block(block) = self.inner.disk.load(&hash) {
+                if self
+                    .inner
+                    .disk
+                    .store(&block, &block.encode(), &encoder, true)
+                    .is_ok()
+                {
+                    rewritten += 1;
+                }
+            }
+        }
+        tracing::debug!(
+            rewritten,
+            dictionary_id = format_args!("{id:08x}"),
+            "recompressed the first cache entries"
+        );
+    }
+
+    /// The counters and sizes now.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        let d = &self.inner.disk.counters;
+        let (dictionaries, dictionary_bytes) = self.inner.disk.dictionaries.count_and_bytes();
+        let hot_hits = c.hot_hits.load(Relaxed);
+        let disk_hits = c.disk_hits.load(Relaxed);
+        let misses = c.misses.load(Relaxed);
+        let hits = hot_hits + disk_hits;
+        let lookups = hits + misses;
+        let canonical_bytes = d.canonical_bytes.load(Relaxed);
+        let compressed_bytes = d.stored_bytes.load(Relaxed);
+        let rate = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+        CacheStats {
+            total_entries: d.entries.load(Relaxed),
+            hot_entries: self.inner.hot.len() as u64,
+            hot_bytes: self.inner.hot.weight(),
+            hot_capacity_bytes: self.inner.hot.capacity(),
+            disk_usage_bytes: compressed_bytes + dictionary_bytes,
+            canonical_bytes,
+            compressed_bytes,
+            compression_ratio: rate(canonical_bytes, compressed_bytes),
+            hot_hits,
+            disk_hits,
+            hits,
+            misses,
+            hit_rate: rate(hits, lookups),
+            hot_hit_rate: rate(hot_hits, lookups),
+            evictions: self.inner.evictions.0.load(Relaxed),
+            write_failures: c.write_failures.load(Relaxed),
+            skipped_writes: c.skipped_writes.load(Relaxed),
+            corrupt_dropped: d.corrupt_dropped.load(Relaxed),
+            queued_blocks: c.queued_blocks.load(Relaxed),
+            complete_through: c.complete_until.load(Relaxed) as i64 - 1,
+            dictionaries,
+            dictionary_bytes,
+            dictionary_id: self.inner.encoder.lock().current_id(),
+        }
+    }
+
+    /// Zeroes the lookup counters (hits, misses), e.g. after a warm-up.
+    pub fn reset_lookup_counters(&self) {
+        let c = &self.inner.counters;
+        c.hot_hits.store(0, Relaxed);
+        c.disk_hits.store(0, Relaxed);
+        c.misses.store(0, Relaxed);
+    }
+}
+
+impl CacheStats {
+    /// Every field as (name, value) for D-Bus and the CLI, in a fixed order.
+    pub fn fields(&self) -> Vec<(&'static str, StatValue)> {
+        use StatValue::{Float, Int, UInt};
+        vec![
+            ("total_entries", UInt(self.total_entries)),
+            ("hot_entries", UInt(self.hot_entries)),
+            ("hot_bytes", UInt(self.hot_bytes)),
+            ("hot_capacity_bytes", UInt(self.hot_capacity_bytes)),
+            ("disk_usage_bytes", UInt(self.disk_usage_bytes)),
+            ("canonical_bytes", UInt(self.canonical_bytes)),
+            ("compressed_bytes", UInt(self.compressed_bytes)),
+            ("compression_ratio", Float(self.compression_ratio)),
+            ("hits", UInt(self.hits)),
+            ("hot_hits", UInt(self.hot_hits)),
+            ("disk_hits", UInt(self.disk_hits)),
+            ("misses", UInt(self.misses)),
+            ("hit_rate", Float(self.hit_rate)),
+            ("hot_hit_rate", Float(self.hot_hit_rate)),
+            ("evictions", UInt(self.evictions)),
+            ("write_failures", UInt(self.write_failures)),
+            ("skipped_writes", UInt(self.skipped_writes)),
+            ("corrupt_dropped", UInt(self.corrupt_dropped)),
+            ("queued_blocks", UInt(self.queued_blocks)),
+            ("complete_through", Int(self.complete_through)),
+            ("dictionaries", UInt(self.dictionaries)),
+            ("dictionary_bytes", UInt(self.dictionary_bytes)),
+            ("dictionary_id", UInt(u64::from(self.dictionary_id))),
+        ]
+    }
+}
+
+/// A value of [`CacheStats::fields`]: D-Bus `t`, `x` or `d`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatValue {
+    UInt(u64),
+    Int(i64),
+    Float(f64),
+}
+
+impl std::fmt::Display for StatValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatValue::UInt(v) => write!(f, "{v}"),
+            StatValue::Int(v) => write!(f, "{v}"),
+            StatValue::Float(v) => write!(f, "{v:.4}"),
+        }
+    }
+}

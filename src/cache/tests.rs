@@ -1,0 +1,418 @@
+use super::*;
+use crate::corpus;
+
+fn open(dir: &Path, hot_bytes: u64) -> BlockCache {
+    let mut options = CacheOptions::new(dir);
+    options.hot_bytes = hot_bytes;
+    BlockCache::open(&options).expect("open cache")
+}
+
+#[test]
+fn compression_ratio_reaches_3x_on_the_corpus() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let blocks = corpus::blocks(11, 2000);
+    for block in &blocks {
+        cache.put(block).expect("put");
+    }
+    let stats = cache.stats();
+    eprintln!("{stats:#?}");
+    assert_eq!(stats.total_entries, 2000);
+    assert!(stats.compression_ratio >= 3.0, "{stats:#?}");
+}
+
+fn entry_path(dir: &Path, hash: &Hash) -> PathBuf {
+    let hex = hex::encode(hash);
+    dir.join("blocks")
+        .join(&hex[..2])
+        .join(format!("{hex}.zst"))
+}
+
+#[test]
+fn scripted_hit_miss_accounting_is_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(3, 4);
+    let (a, b, c, unknown) = (&blocks[0], &blocks[1], &blocks[2], &blocks[3]);
+    {
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        for block in [a, b, c] {
+            assert_eq!(cache.put(block).expect("put"), Put::Written);
+        }
+        assert_eq!(cache.put(a).expect("put again"), Put::Present);
+        assert_eq!(cache.get(&a.hash).as_deref(), Some(a)); // hot hit (put keeps it in RAM)
+        assert!(cache.get(&unknown.hash).is_none()); // miss
+        let stats = cache.stats();
+        assert_eq!((stats.hot_hits, stats.disk_hits, stats.misses), (1, 0, 1));
+        assert_eq!(stats.total_entries, 3);
+    }
+    // A new process: RAM is empty, the disk tier is not.
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    assert_eq!(cache.stats().total_entries, 3);
+    assert_eq!(cache.stats().hot_entries, 0);
+    let bytes = std::fs::read(entry_path(dir.path(), &c.hash)).expect("entry");
+    let mut damaged = bytes.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    std::fs::write(entry_path(dir.path(), &c.hash), &damaged).expect("damage");
+
+    assert_eq!(cache.get(&a.hash).as_deref(), Some(a)); // disk hit, promoted
+    assert_eq!(cache.get(&a.hash).as_deref(), Some(a)); // hot hit
+    assert_eq!(cache.get(&b.hash).as_deref(), Some(b)); // disk hit
+    assert!(cache.get(&unknown.hash).is_none()); // miss
+    assert!(cache.get(&c.hash).is_none()); // damaged: dropped, a miss
+    assert!(cache.get(&c.hash).is_none()); // gone: a miss
+    let stats = cache.stats();
+    assert_eq!(stats.hot_hits, 1);
+    assert_eq!(stats.disk_hits, 2);
+    assert_eq!(stats.hits, 3);
+    assert_eq!(stats.misses, 3);
+    assert_eq!(stats.hit_rate, 0.5);
+    assert_eq!(stats.corrupt_dropped, 1);
+    assert_eq!(stats.total_entries, 2);
+    assert_eq!(stats.hot_entries, 2);
+    assert!(!entry_path(dir.path(), &c.hash).exists());
+}
+
+#[test]
+fn a_cache_file_holding_another_block_is_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(4, 3);
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    cache.put(&blocks[0]).expect("put");
+    // A well-formed file, but of another block, under the second block's name; and a file
+    // that is not a zstd frame at all under the third's.
+    for (i, content) in [(1, None), (2, Some(&b"{\"not\":\"zstd\"}"[..]))] {
+        let target = entry_path(dir.path(), &blocks[i].hash);
+        std::fs::create_dir_all(target.parent().expect("shard")).expect("shard dir");
+        match content {
+            None => std::fs::copy(entry_path(dir.path(), &blocks[0].hash), &target).map(drop),
+            Some(bytes) => std::fs::write(&target, bytes),
+        }
+        .expect("plant a bad file");
+    }
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    assert_eq!(cache.stats().total_entries, 3);
+    assert!(cache.get(&blocks[1].hash).is_none());
+    assert!(cache.get(&blocks[2].hash).is_none());
+    let stats = cache.stats();
+    assert_eq!(stats.corrupt_dropped, 2);
+    assert_eq!(stats.misses, 2);
+    assert_eq!(stats.total_entries, 1);
+    assert_eq!(cache.get(&blocks[0].hash).as_deref(), Some(&blocks[0]));
+}
+
+#[test]
+fn a_rate_with_nothing_to_measure_is_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = open(dir.path(), DEFAULT_HOT_BYTES).stats();
+    assert_eq!(stats.compression_ratio, 0.0);
+    assert_eq!(stats.hit_rate, 0.0);
+    assert_eq!(stats.hot_hit_rate, 0.0);
+    assert_eq!(stats.total_entries, 0);
+}
+
+#[test]
+fn files_of_an_older_dictionary_stay_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(5, 300);
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    for block in &blocks[..100] {
+        cache.put(block).expect("put");
+    }
+    let first_id = cache.stats().dictionary_id;
+    assert_ne!(first_id, 0, "a dictionary is trained after 64 blocks");
+    let old_file = std::fs::read(entry_path(dir.path(), &blocks[0].hash)).expect("entry");
+    for block in &blocks[100..] {
+        cache.put(block).expect("put");
+    }
+    assert_ne!(
+        cache.stats().dictionary_id,
+        first_id,
+        "retrained while young"
+    );
+    assert!(cache.stats().dictionaries >= 2);
+    // Put the file compressed with the first dictionary back, and read it in a new process.
+    std::fs::write(entry_path(dir.path(), &blocks[0].hash), &old_file).expect("restore");
+    let frame_dict = zstd::zstd_safe::get_dict_id_from_frame(&old_file).map(u32::from);
+    assert_eq!(frame_dict, Some(first_id));
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    assert_eq!(cache.get(&blocks[0].hash).as_deref(), Some(&blocks[0]));
+    assert_eq!(cache.stats().corrupt_dropped, 0);
+}
+
+/// Ranks 0..n drawn with probability ∝ 1/(rank+1)^s.
+struct Zipf {
+    cdf: Vec<f64>,
+    state: u64,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64, seed: u64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n);
+        let mut total = 0.0;
+        for rank in 0..n {
+            total += 1.0 / ((rank + 1) as f64).powf(s);
+            cdf.push(total);
+        }
+        for p in &mut cdf {
+            *p /= total;
+        }
+        Zipf { cdf, state: seed }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        // SplitMix64, as in the corpus.
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn sample(&mut self) -> usize {
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// A skewed read mix (Zipf, s = 1.2, popularity unrelated to write order) over 5,000 blocks
+/// with RAM for 10% of them: the hot tier answers at least 85% of the lookups. (The best any
+/// policy can do here is the top 10% ranks' share, about 89%.)
+#[test]
+fn zipf_read_mix_hits_the_hot_tier_85_percent() {
+    const N: usize = 5000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(6, N);
+    let total_weight: u64 = blocks.iter().map(hot_weight).sum();
+    {
+        let writer = open(dir.path(), DEFAULT_HOT_BYTES);
+        for block in &blocks {
+            writer.put(block).expect("put");
+        }
+    }
+    let cache = open(dir.path(), total_weight / 10);
+    let mut zipf = Zipf::new(N, 1.2, 42);
+    let mut order: Vec<usize> = (0..N).collect();
+    for i in (1..N).rev() {
+        let j = (zipf.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let ideal: f64 = zipf.cdf[N / 10 - 1];
+    let mut read = |count: usize| {
+        for _ in 0..count {
+            let block = &blocks[order[zipf.sample()]];
+            let got = cache.get(&block.hash).expect("every block is on disk");
+            assert_eq!(got.hash, block.hash);
+        }
+    };
+    read(20_000); // warm-up
+    cache.reset_lookup_counters();
+    read(100_000);
+    let stats = cache.stats();
+    eprintln!("ideal {ideal:.3}: {stats:#?}");
+    assert_eq!(stats.hits + stats.misses, 100_000);
+    assert_eq!(stats.misses, 0);
+    assert!(stats.hot_bytes <= total_weight / 10);
+    assert!(stats.evictions > 0);
+    assert!(
+        stats.hot_hit_rate >= 0.85,
+        "hot hit rate {:.3} (ideal {ideal:.3})",
+        stats.hot_hit_rate
+    );
+}
+
+/// A chain stand-in for the feed: blocks by height, genesis first.
+#[derive(Clone)]
+struct FakeChain(Arc<parking_lot::Mutex<Vec<Block>>>);
+
+impl FakeChain {
+    fn new(blocks: &[Block]) -> FakeChain {
+        let genesis = Block::new(
+            0,
+            1,
+            crate::chain::block::ZERO_HASH,
+            crate::chain::block::Caller::default(),
+            "opdbus-blockchain".into(),
+            "genesis".into(),
+            "{}".into(),
+        );
+        let mut all = vec![genesis];
+        all.extend_from_slice(blocks);
+        FakeChain(Arc::new(parking_lot::Mutex::new(all)))
+    }
+}
+
+impl BlockSource for FakeChain {
+    fn head(&self) -> (u64, Hash) {
+        let blocks = self.0.lock();
+        let last = blocks.last().expect("genesis at least");
+        (last.height, last.hash)
+    }
+    fn block_at(&self, height: u64) -> Option<Block> {
+        self.0.lock().get(height as usize).cloned()
+    }
+    fn chain_id(&self) -> [u8; 16] {
+        [7; 16]
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_skips_without_blocking_and_the_gap_is_filled_from_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let blocks = corpus::blocks(8, 200);
+    let chain = FakeChain::new(&blocks);
+    let feed = CacheFeed::new(cache.clone(), 32);
+    // The thread is not running yet: the queue fills and the rest is skipped, without waiting.
+    for batch in blocks.chunks(10) {
+        feed.offer(batch);
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.queued_blocks, 30);
+    assert_eq!(stats.skipped_writes, 170);
+    feed.start(chain.clone(), 0).expect("start");
+    feed.caught_up(200).await.expect("caught up");
+    let stats = cache.stats();
+    assert_eq!(
+        stats.total_entries, 201,
+        "genesis and every block: {stats:#?}"
+    );
+    assert_eq!(stats.complete_through, 200);
+    assert_eq!(stats.queued_blocks, 0);
+    for block in &blocks {
+        assert!(cache.on_disk(&block.hash));
+    }
+    feed.stop();
+    assert!(matches!(
+        feed.caught_up(200).await,
+        Err(CacheError::Stopped)
+    ));
+    let state = std::fs::read_to_string(dir.path().join("state")).expect("state file");
+    assert!(state.contains("complete_through=200"), "{state}");
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_state_file_and_preloads_the_newest_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(9, 50);
+    let chain = FakeChain::new(&blocks);
+    {
+        let feed = CacheFeed::new(open(dir.path(), DEFAULT_HOT_BYTES), 1024);
+        feed.start(chain.clone(), 0).expect("start");
+        feed.caught_up(50).await.expect("caught up");
+        feed.stop();
+    }
+    let more = corpus::blocks(9, 60);
+    chain.0.lock().extend_from_slice(&more[50..]);
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let feed = CacheFeed::new(cache.clone(), 1024);
+    feed.start(chain.clone(), 20).expect("start");
+    feed.caught_up(60).await.expect("caught up");
+    let stats = cache.stats();
+    assert_eq!(stats.total_entries, 61);
+    // The 20 newest blocks (41..=60), walked back from the head: 51..=60 from the chain (the
+    // cache lacked them), 41..=50 from the disk tier; nothing older.
+    for block in &more[40..60] {
+        assert!(
+            cache.is_hot(&block.hash),
+            "height {} not pre-loaded",
+            block.height
+        );
+    }
+    for block in &more[..40] {
+        assert!(
+            !cache.is_hot(&block.hash),
+            "height {} pre-loaded",
+            block.height
+        );
+    }
+    feed.stop();
+}
+
+#[tokio::test]
+async fn caught_up_names_the_first_block_the_cache_could_not_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    let cache = open(&cache_dir, DEFAULT_HOT_BYTES);
+    let blocks = corpus::blocks(10, 5);
+    let chain = FakeChain::new(&blocks);
+    let feed = CacheFeed::new(cache.clone(), 1024);
+    feed.start(chain.clone(), 0).expect("start");
+    feed.caught_up(5).await.expect("caught up");
+    // A file where the shard directory of the next block should be: its write fails.
+    let next = corpus::blocks(10, 6).pop().expect("block 6");
+    let shard = cache_dir.join("blocks").join(&hex::encode(next.hash)[..2]);
+    if shard.exists() {
+        std::fs::remove_dir_all(&shard).expect("clear shard");
+    }
+    std::fs::write(&shard, b"in the way").expect("block the shard");
+    chain.0.lock().push(next.clone());
+    feed.offer(std::slice::from_ref(&next));
+    match feed.caught_up(6).await {
+        Err(CacheError::Incomplete {
+            height: 6,
+            first_missing: 6,
+            reason,
+        }) => assert!(!reason.is_empty()),
+        other => panic!("expected Incomplete at 6, got {other:?}"),
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.write_failures, 1);
+    assert_eq!(stats.complete_through, 5);
+    // Still fine for the heights it has.
+    feed.caught_up(5)
+        .await
+        .expect("heights up to 5 are complete");
+    feed.stop();
+}
+
+#[tokio::test]
+async fn get_block_reads_through_to_the_chain_and_fills_the_cache() {
+    use crate::service::{ChainOptions, OptimizedBlockchain};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ChainOptions::new(dir.path().join("chain"));
+    options.numa = None;
+    let mut cache_options = CacheOptions::new(dir.path().join("cache"));
+    cache_options.preload_blocks = 0;
+    let chain = OptimizedBlockchain::with_cache(options.clone(), cache_options.clone())
+        .await
+        .expect("open");
+    let mut hashes = Vec::new();
+    for footprint in corpus::footprints(12, 20) {
+        hashes.push(chain.add_footprint(footprint).await.expect("add"));
+    }
+    chain.cache_caught_up(20).await.expect("caught up");
+    chain.shutdown().await;
+    // The cache is gone; a restart without pre-load starts cold and refills on reads.
+    std::fs::remove_dir_all(dir.path().join("cache")).expect("delete cache");
+    let chain = OptimizedBlockchain::with_cache(options, cache_options)
+        .await
+        .expect("reopen");
+    let unknown = "00".repeat(32);
+    assert_eq!(
+        chain.get_cached_block(&unknown).await.expect("lookup"),
+        None
+    );
+    assert_eq!(
+        chain.get_cached_block("not a hash").await.expect("lookup"),
+        None
+    );
+    let block = chain
+        .get_block(&hashes[4])
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(block.hash_hex(), hashes[4]);
+    let cached = chain
+        .get_cached_block(&hashes[4])
+        .await
+        .expect("lookup")
+        .expect("filled by get_block");
+    assert_eq!(cached, block);
+    chain.cache_caught_up(20).await.expect("rebuilt");
+    let stats = chain.cache_stats().await.expect("stats");
+    assert_eq!(stats.total_entries, 21);
+    assert!(stats.hits >= 1);
+    assert!(stats.misses >= 1);
+    chain.shutdown().await;
+}

@@ -1,0 +1,231 @@
+//! The daemon's snapshot timeline: take a unified snapshot when `OPDBUS_SNAPSHOT_INTERVAL`
+//! says one is due, then prune by the retention policy.
+//!
+//! Pruning never deletes the newest snapshot, nor one that `.backup-parents.json` names as
+//! the newest a backup target holds (the parent of that target's next incremental send): both
+//! are pinned in [`select_keep`]. A failed snapshot or deletion is logged and retried at the
+//! next slot; it never stops the daemon.
+
+use super::backup::read_backup_parents;
+use super::layout::{remove_snapshot_dir, SnapshotLayout, INCOMPLETE_PREFIX};
+use super::retention::{select_keep, KeepPlan, RetentionPolicy, SnapshotEntry};
+use super::schedule::SnapshotInterval;
+use crate::service::OptimizedBlockchain;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What [`prune`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub plan: KeepPlan,
+    /// Names whose deletion failed, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Applies `policy` to the snapshots of `layout`: deletes (chain and cache side) every snapshot
+/// the plan does not keep, oldest first, and any half-made `.incomplete-*` left by a crash.
+/// Nothing is deleted while a backup holds the snapshots lock (it is retried next time).
+pub fn prune(layout: &SnapshotLayout, policy: RetentionPolicy) -> std::io::Result<Pruned> {
+    prune_with(layout, policy, false)
+}
+
+/// What pruning would keep and delete now (`opdbus-chain prune --dry-run`): the retention plan
+/// with the newest snapshot and the backup parents pinned.
+pub fn retention_plan(
+    layout: &SnapshotLayout,
+    policy: RetentionPolicy,
+) -> std::io::Result<KeepPlan> {
+    let entries: Vec<SnapshotEntry> = layout
+        .list()?
+        .iter()
+        .filter_map(|name| SnapshotEntry::from_name(name))
+        .collect();
+    let pinned: HashSet<String> = read_backup_parents(layout)
+        .map(|parents| parents.into_values().collect())
+        .unwrap_or_else(|err| {
+            // Without the record we cannot tell which snapshots are parents: keep them all.
+            tracing::warn!(%err, "cannot read the backup parents; pruning nothing");
+            entries.iter().map(|e| e.name.clone()).collect()
+        });
+    Ok(select_keep(&entries, policy, &pinned))
+}
+
+/// As [`prune`]; with `wait`, waits for a running backup instead of skipping.
+pub fn prune_with(
+    layout: &SnapshotLayout,
+    policy: RetentionPolicy,
+    wait: bool,
+) -> std::io::Result<Pruned> {
+    let Some(_lock) = layout.lock(wait)? else {
+        tracing::info!("a backup is running; pruning waits for the next snapshot");
+        return Ok(Pruned::default());
+    };
+    let plan = retention_plan(layout, policy)?;
+    let mut pruned = Pruned {
+        plan,
+        failed: Vec::new(),
+    };
+    for name in &pruned.plan.delete {
+        let mut sides = vec![layout.chain_snapshots().join(name)];
+        if layout.cache_snapshots() != layout.chain_snapshots() {
+            sides.push(layout.cache_snapshots().join(name));
+        }
+        // The chain side last: while it exists the snapshot still counts, and is retried.
+        for dir in sides.iter().rev() {
+            if let Err(err) = remove_snapshot_dir(dir) {
+                pruned.failed.push((name.clone(), err.to_string()));
+                break;
+            }
+        }
+    }
+    remove_stale_incomplete(layout);
+    Ok(pruned)
+}
+
+/// `.incomplete-*` entries are half-made snapshots; a snapshot in progress is never older than
+/// a minute, so anything older is what a crash left.
+fn remove_stale_incomplete(layout: &SnapshotLayout) {
+    for dir in [layout.chain_snapshots(), layout.cache_snapshots()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(60));
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(INCOMPLETE_PREFIX));
+            if ours && stale {
+                let path = entry.path();
+                match remove_snapshot_dir(&path) {
+                    Ok(()) => tracing::info!(dir = %path.display(), "removed a half-made snapshot"),
+                    Err(err) => {
+                        tracing::warn!(%err, dir = %path.display(), "cannot remove a half-made snapshot")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs forever (until the task is aborted): snapshot when due, then prune.
+pub async fn run(
+    blockchain: OptimizedBlockchain,
+    interval: SnapshotInterval,
+    policy: RetentionPolicy,
+) {
+    if interval == SnapshotInterval::Off {
+        return;
+    }
+    let layout = SnapshotLayout::new(
+        blockchain.chain().chain_dir().to_owned(),
+        blockchain.cache_dir().to_owned(),
+    );
+    tracing::info!(%interval, hourly = policy.hourly, daily = policy.daily, weekly = policy.weekly, "snapshot timeline");
+    loop {
+        let last = layout
+            .list()
+            .ok()
+            .and_then(|names| names.last().and_then(|n| SnapshotEntry::from_name(n)))
+            .map(|e| e.time_utc_secs);
+        let now = now_secs();
+        let Some(due) = interval.next_due(last, now) else {
+            return;
+        };
+        if due > now {
+            // Sleep in steps of at most a minute so that a clock change is noticed.
+            let wait = (due - now).min(60) as u64;
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            continue;
+        }
+        match blockchain.create_unified_snapshot().await {
+            Ok(paths) => tracing::info!(?paths, "scheduled snapshot taken"),
+            Err(err) => {
+                tracing::warn!(%err, "scheduled snapshot failed; retrying in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+        }
+        let pruning = {
+            // Not while a snapshot (e.g. an on-demand one) is being made.
+            let _one_at_a_time = super::unified::SNAPSHOT_LOCK.lock().await;
+            let layout = layout.clone();
+            tokio::task::spawn_blocking(move || prune(&layout, policy)).await
+        };
+        match pruning {
+            Ok(Ok(pruned)) => {
+                for (name, reason) in &pruned.failed {
+                    tracing::warn!(%name, %reason, "cannot delete an expired snapshot");
+                }
+                if !pruned.plan.delete.is_empty() {
+                    tracing::info!(deleted = ?pruned.plan.delete, kept = pruned.plan.keep.len(), "snapshots pruned");
+                }
+            }
+            Ok(Err(err)) => tracing::warn!(%err, "cannot list snapshots to prune"),
+            Err(err) => tracing::warn!(%err, "pruning failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::backup::record_backup_parent;
+    use crate::snapshot::layout::{CACHE_LEAF, CHAIN_LEAF};
+    use crate::snapshot::naming::snapshot_name;
+    use crate::snapshot::utc::{days_from_civil, SECS_PER_DAY};
+
+    /// A synthetic month of snapshot directories (every 6 hours through November 2026), pruned
+    /// with 5/5/5: exactly the expected names survive on both sides, a pinned backup parent
+    /// survives, half-made ones go.
+    #[test]
+    fn pruning_a_month_of_snapshots_keeps_exactly_the_expected_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = SnapshotLayout::new(dir.path().join("blockchain"), dir.path().join("@cache"));
+        let start = days_from_civil(2026, 11, 1) * SECS_PER_DAY;
+        let names: Vec<String> = (0..30 * 4u64)
+            .map(|i| snapshot_name(start + i as i64 * 6 * 3600, i))
+            .collect();
+        for name in &names {
+            std::fs::create_dir_all(layout.chain_snapshot(name)).expect("mkdir");
+            std::fs::create_dir_all(layout.cache_snapshot(name)).expect("mkdir");
+        }
+        let parent = names[10].clone();
+        record_backup_parent(&layout, "/backup", &parent).expect("record");
+        let half = layout
+            .chain_snapshots()
+            .join(format!("{INCOMPLETE_PREFIX}{}", names[119]));
+        std::fs::create_dir_all(half.join(CHAIN_LEAF)).expect("mkdir");
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::open(&half)
+            .and_then(|f| f.set_modified(old))
+            .expect("age it");
+
+        let pruned = prune(&layout, RetentionPolicy::default()).expect("prune");
+        assert!(pruned.failed.is_empty(), "{:?}", pruned.failed);
+        // Every 6 hours: newest 30th 18:00 (i = 119); hourly 5 = the last five snapshots
+        // (i = 115..=119, one per hour that holds one); daily = 18:00 of 30th..26th
+        // (i = 119, 115, 111, 107, 103); weekly = Mon 30th (W49), Sun 29th 18:00 (i = 115,
+        // W48), Sun 22nd (i = 87), 15th (i = 59), 8th (i = 31); pinned i = 10.
+        let mut expected: Vec<String> = [10, 31, 59, 87, 103, 107, 111, 115, 116, 117, 118, 119]
+            .iter()
+            .map(|&i| names[i].clone())
+            .collect();
+        expected.sort();
+        assert_eq!(layout.list().expect("list"), expected);
+        let cache_side =
+            crate::snapshot::layout::list_snapshot_names(&layout.cache_snapshots(), CACHE_LEAF)
+                .expect("list");
+        assert_eq!(cache_side, expected);
+        assert!(!half.exists(), "a stale half-made snapshot is removed");
+    }
+}

@@ -1,0 +1,563 @@
+//! The unified snapshot: chain and cache captured at the same block height, under one name.
+//!
+//! Promises:
+//! - Both snapshots hold exactly the chain up to the height in their manifests: the writer is
+//!   paused at a block boundary (footprints queue meanwhile, none is lost or reordered), the
+//!   cache is let catch up to that height, both are captured, and the writer resumes.
+//! - The pause covers only what must not see a new block: two btrfs snapshot calls (or, on
+//!   the fallback, reading the open segment's length and copying the cache). Manifests,
+//!   read-only flags, hard links and the copy of the open segment happen after the writer has
+//!   resumed: appends never change bytes before the barrier, and sealed segments never change.
+//! - A snapshot becomes visible under its name only when complete: it is built under
+//!   `.snapshots/.incomplete-<name>` and renamed; a failure removes what was made.
+//!
+//! Methods, per directory: a btrfs subvolume gets a writable btrfs snapshot, then its manifest,
+//! then the read-only flag (`btrfs-snapshot`). A plain directory (not on btrfs, or a directory
+//! made before it was) gets a hard-link copy: sealed segments hard-linked (copied when across
+//! filesystems), the open segment copied and cut at the barrier, files made read-only by mode
+//! (`hardlink-copy`); a plain cache directory is copied while the writer is paused.
+
+use super::layout::{DirKind, SnapshotLayout, CACHE_LEAF, CHAIN_LEAF, INCOMPLETE_PREFIX};
+use super::manifest::{read_manifest, write_manifest, Manifest, ManifestError, SnapshotMethod};
+use super::naming::snapshot_name;
+use crate::btrfs::{self, BtrfsError};
+use crate::chain::block::Hash;
+use crate::chain::error::ChainError;
+use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
+use crate::service::OptimizedBlockchain;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Why a snapshot could not be taken. Nothing half-made is left under a snapshot name.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot pause the chain writer: {0}")]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Btrfs(#[from] BtrfsError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Io { path, source }
+}
+
+/// A unified snapshot that was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnifiedSnapshot {
+    pub name: String,
+    pub chain: PathBuf,
+    pub cache: PathBuf,
+    pub height: u64,
+    pub head_hash: Hash,
+    pub chain_method: SnapshotMethod,
+    pub cache_method: SnapshotMethod,
+    /// How long the writer was paused.
+    pub pause: Duration,
+}
+
+/// Serialises unified snapshots (and the daemon's pruning) within the process.
+/// Owned guards, so that a snapshot whose caller went away keeps it until its blocking part ends.
+pub(crate) static SNAPSHOT_LOCK: LazyLock<Arc<tokio::sync::Mutex<()>>> =
+    LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
+
+/// Waits until the cache holds every block up to `height` (the writer is paused there, so
+/// nothing newer can arrive), so that the cache snapshot describes the same height as the
+/// chain's. A cache that could not store some block (full or read-only filesystem) does not
+/// stop the snapshot: the cache is never the only copy of a block and is refilled from the
+/// chain, so the snapshot goes ahead with a warning naming the missing block.
+async fn wait_for_cache(blockchain: &OptimizedBlockchain, height: u64) {
+    if let Err(err) = blockchain.cache_caught_up(height).await {
+        tracing::warn!(height, %err, "the cache snapshot will lack blocks the chain snapshot has");
+    }
+}
+
+/// Takes a unified snapshot of `blockchain`'s chain and cache; see the module documentation.
+pub async fn create_unified_snapshot(
+    blockchain: &OptimizedBlockchain,
+) -> Result<UnifiedSnapshot, SnapshotError> {
+    let layout = SnapshotLayout::new(
+        blockchain.chain().chain_dir().to_owned(),
+        blockchain.cache_dir().to_owned(),
+    );
+    // One snapshot at a time: two in the same second at the same height would share a
+    // staging name.
+    let one_at_a_time = SNAPSHOT_LOCK.clone().lock_owned().await;
+    let ((height, head_hash), guard) = blockchain.chain().pause_writer().await?;
+    let paused_at = Instant::now();
+    wait_for_cache(blockchain, height).await;
+    let task = tokio::task::spawn_blocking(move || -> Result<UnifiedSnapshot, SnapshotError> {
+        let created = SystemTime::now();
+        let secs = created
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let name = snapshot_name(secs, height);
+        let _one_at_a_time = one_at_a_time;
+        let captured = capture(&layout, &name, height);
+        drop(guard);
+        let pause = paused_at.elapsed();
+        let captured = captured?;
+        let snapshot = match captured {
+            Captured::Existing(snapshot) => snapshot,
+            Captured::New(parts) => finish(&layout, &name, parts, height, &head_hash, created)
+                .inspect_err(|_| discard(&layout, &name))?,
+        };
+        Ok(UnifiedSnapshot { pause, ..snapshot })
+    });
+    let snapshot = task.await.map_err(|e| SnapshotError::Io {
+        path: blockchain.chain().chain_dir().to_owned(),
+        source: io::Error::other(e),
+    })??;
+    tracing::info!(
+        name = %snapshot.name,
+        height = snapshot.height,
+        chain = %snapshot.chain.display(),
+        cache = %snapshot.cache.display(),
+        chain_method = ?snapshot.chain_method,
+        cache_method = ?snapshot.cache_method,
+        pause_us = snapshot.pause.as_micros() as u64,
+        "unified snapshot taken"
+    );
+    Ok(snapshot)
+}
+
+/// What was captured while the writer was paused.
+enum Captured {
+    /// A complete snapshot of this very height was already taken this second.
+    Existing(UnifiedSnapshot),
+    New(Parts),
+}
+
+struct Parts {
+    chain: ChainCapture,
+    cache_method: SnapshotMethod,
+}
+
+enum ChainCapture {
+    /// Already a (writable) btrfs snapshot at the staging path.
+    Btrfs,
+    /// Plain directory: the segments at the barrier, the last one to be copied up to `len`.
+    Barrier {
+        sealed: Vec<PathBuf>,
+        open: PathBuf,
+        open_first: u64,
+        len: u64,
+    },
+}
+
+fn staging(layout: &SnapshotLayout, name: &str) -> (PathBuf, PathBuf) {
+    let staged = format!("{INCOMPLETE_PREFIX}{name}");
+    (
+        layout.chain_snapshots().join(&staged),
+        layout.cache_snapshots().join(&staged),
+    )
+}
+
+/// Removes the staging directories of `name` (after a failure).
+fn discard(layout: &SnapshotLayout, name: &str) {
+    let (chain, cache) = staging(layout, name);
+    for dir in [chain, cache] {
+        if let Err(err) = super::layout::remove_snapshot_dir(&dir) {
+            tracing::warn!(%err, dir = %dir.display(), "cannot remove a half-made snapshot; it is not counted as a snapshot");
+        }
+    }
+}
+
+/// Runs while the writer is paused: the minimum that must see no new block.
+fn capture(layout: &SnapshotLayout, name: &str, height: u64) -> Result<Captured, SnapshotError> {
+    let final_chain = layout.chain_snapshot(name);
+    if final_chain.symlink_metadata().is_ok() {
+        return existing(layout, name, height).map(Captured::Existing);
+    }
+    let (chain_stage, cache_stage) = staging(layout, name);
+    for dir in [&chain_stage, &cache_stage] {
+        // A stale one is what a crash in the middle left behind.
+        super::layout::remove_snapshot_dir(dir)?;
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let capture_chain = || -> Result<ChainCapture, SnapshotError> {
+        match super::layout::dir_kind(&layout.chain_dir) {
+            DirKind::Subvolume => {
+                btrfs::snapshot(&layout.chain_dir, &chain_stage.join(CHAIN_LEAF), false)?;
+                Ok(ChainCapture::Btrfs)
+            }
+            DirKind::Plain => barrier(&layout.chain_dir, height),
+        }
+    };
+    let capture_cache = || -> Result<SnapshotMethod, SnapshotError> {
+        let cache_dest = cache_stage.join(CACHE_LEAF);
+        match super::layout::dir_kind(&layout.cache_dir) {
+            DirKind::Subvolume => {
+                btrfs::snapshot(&layout.cache_dir, &cache_dest, false)?;
+                Ok(SnapshotMethod::BtrfsSnapshot)
+            }
+            DirKind::Plain => {
+                fs::create_dir(&cache_dest).map_err(io_err(&cache_dest))?;
+                if layout.cache_dir.is_dir() {
+                    copy_tree(&layout.cache_dir, &cache_dest)?;
+                }
+                Ok(SnapshotMethod::HardlinkCopy)
+            }
+        }
+    };
+    // Both at once: the pause is then about one snapshot's cost, not two.
+    let (chain, cache_method) = std::thread::scope(|scope| {
+        let cache = scope.spawn(capture_cache);
+        let chain = capture_chain();
+        let cache = cache.join().unwrap_or_else(|_| {
+            Err(SnapshotError::Inconsistent(
+                "the cache snapshot thread panicked".into(),
+            ))
+        });
+        (chain, cache)
+    });
+    let result = chain.and_then(|chain| {
+        Ok(Parts {
+            chain,
+            cache_method: cache_method?,
+        })
+    });
+    match result {
+        Ok(parts) => Ok(Captured::New(parts)),
+        Err(err) => {
+            discard(layout, name);
+            Err(err)
+        }
+    }
+}
+
+/// A snapshot with this name exists: fine if it is complete and of this height (two requests
+/// in the same second with no block in between describe the same state).
+fn existing(
+    layout: &SnapshotLayout,
+    name: &str,
+    height: u64,
+) -> Result<UnifiedSnapshot, SnapshotError> {
+    let chain = layout.chain_snapshot(name);
+    let cache = layout.cache_snapshot(name);
+    let chain_manifest = read_manifest(&chain)?;
+    let cache_manifest = read_manifest(&cache)?;
+    if chain_manifest.height != height || cache_manifest.height != height {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{} exists but does not hold height {height}",
+            chain.display()
+        )));
+    }
+    Ok(UnifiedSnapshot {
+        name: name.to_owned(),
+        chain,
+        cache,
+        height,
+        head_hash: chain_manifest.head_hash_bytes().unwrap_or_default(),
+        chain_method: chain_manifest.method,
+        cache_method: cache_manifest.method,
+        pause: Duration::ZERO,
+    })
+}
+
+/// The segments of a plain chain directory at the barrier (writer paused).
+fn barrier(chain_dir: &Path, height: u64) -> Result<ChainCapture, SnapshotError> {
+    let mut segments = segment::list(chain_dir).map_err(io_err(chain_dir))?;
+    let Some((open_first, open)) = segments.pop() else {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{} holds no segment",
+            chain_dir.display()
+        )));
+    };
+    let len = fs::metadata(&open).map_err(io_err(&open))?.len();
+    if open_first > height + 1 {
+        return Err(SnapshotError::Inconsistent(format!(
+            "the open segment {} starts past the head {height}",
+            open.display()
+        )));
+    }
+    Ok(ChainCapture::Barrier {
+        sealed: segments.into_iter().map(|(_, p)| p).collect(),
+        open,
+        open_first,
+        len,
+    })
+}
+
+/// Runs after the writer resumed: complete the copies, write manifests, make read-only,
+/// and publish under the snapshot name.
+fn finish(
+    layout: &SnapshotLayout,
+    name: &str,
+    parts: Parts,
+    height: u64,
+    head_hash: &Hash,
+    created: SystemTime,
+) -> Result<UnifiedSnapshot, SnapshotError> {
+    let (chain_stage, cache_stage) = staging(layout, name);
+    let chain_snap = chain_stage.join(CHAIN_LEAF);
+    let cache_snap = cache_stage.join(CACHE_LEAF);
+    let chain_method = match parts.chain {
+        ChainCapture::Btrfs => SnapshotMethod::BtrfsSnapshot,
+        ChainCapture::Barrier {
+            sealed,
+            open,
+            open_first,
+            len,
+        } => {
+            fs::create_dir(&chain_snap).map_err(io_err(&chain_snap))?;
+            for path in &sealed {
+                link_or_copy(path, &chain_snap)?;
+            }
+            copy_open_segment(&open, open_first, len, height, head_hash, &chain_snap)?;
+            SnapshotMethod::HardlinkCopy
+        }
+    };
+    let chain_id = read_chain_id(&chain_snap)?;
+    for (dir, method) in [
+        (&chain_snap, chain_method),
+        (&cache_snap, parts.cache_method),
+    ] {
+        let manifest = Manifest::new(height, head_hash, created, method, &chain_id);
+        write_manifest(dir, &manifest)?;
+        match method {
+            SnapshotMethod::BtrfsSnapshot => btrfs::set_readonly(dir, true)?,
+            SnapshotMethod::HardlinkCopy => set_mode_readonly(dir)?,
+        }
+    }
+    // The cache side first: once the chain side carries the name, the snapshot counts.
+    let chain_final = layout.chain_snapshots().join(name);
+    let cache_final = layout.cache_snapshots().join(name);
+    if cache_stage != chain_stage {
+        fs::rename(&cache_stage, &cache_final).map_err(io_err(&cache_final))?;
+    }
+    fs::rename(&chain_stage, &chain_final).map_err(io_err(&chain_final))?;
+    sync_dir(&layout.chain_snapshots());
+    if cache_stage != chain_stage {
+        sync_dir(&layout.cache_snapshots());
+    }
+    Ok(UnifiedSnapshot {
+        name: name.to_owned(),
+        chain: layout.chain_snapshot(name),
+        cache: layout.cache_snapshot(name),
+        height,
+        head_hash: *head_hash,
+        chain_method,
+        cache_method: parts.cache_method,
+        pause: Duration::ZERO,
+    })
+}
+
+/// Copies the open segment up to the barrier length, then cuts it right after `height` and
+/// checks that the last record is the head the writer reported.
+fn copy_open_segment(
+    open: &Path,
+    first: u64,
+    len: u64,
+    height: u64,
+    head_hash: &Hash,
+    dest_dir: &Path,
+) -> Result<(), SnapshotError> {
+    let mut bytes = Vec::with_capacity(len as usize);
+    File::open(open)
+        .map_err(io_err(open))?
+        .take(len)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(open))?;
+    let inconsistent = |why: String| {
+        SnapshotError::Inconsistent(format!("{} at the barrier: {why}", open.display()))
+    };
+    if bytes.len() < HEADER_LEN {
+        return Err(inconsistent("shorter than its header".into()));
+    }
+    // Walk the records of heights first..=height.
+    let mut at = HEADER_LEN;
+    let mut last = None;
+    for h in first..=height {
+        let Some(len_field) = bytes.get(at..at + 4) else {
+            return Err(inconsistent(format!("ends before height {h}")));
+        };
+        let body = u32::from_le_bytes(len_field.try_into().expect("4 bytes")) as usize;
+        let end = at + segment::record_len(body);
+        if end > bytes.len() {
+            return Err(inconsistent(format!("ends inside height {h}")));
+        }
+        last = Some(at..end);
+        at = end;
+    }
+    match last {
+        Some(range) => match segment::parse_complete(&bytes[range]) {
+            Parsed::Record { block, .. } if block.height == height && &block.hash == head_hash => {}
+            _ => {
+                return Err(inconsistent(format!(
+                    "its record at {height} is not the head"
+                )))
+            }
+        },
+        // The head is the last block of the previous (sealed) segment.
+        None if first == height + 1 => {}
+        None => return Err(inconsistent("no record".into())),
+    }
+    bytes.truncate(at);
+    let name = open
+        .file_name()
+        .ok_or_else(|| inconsistent("no file name".into()))?;
+    let dest = dest_dir.join(name);
+    let mut file = File::create(&dest).map_err(io_err(&dest))?;
+    io::Write::write_all(&mut file, &bytes).map_err(io_err(&dest))?;
+    file.sync_all().map_err(io_err(&dest))?;
+    Ok(())
+}
+
+/// Hard-links `path` into `dir` (sealed segments never change); copies across filesystems.
+fn link_or_copy(path: &Path, dir: &Path) -> Result<(), SnapshotError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| SnapshotError::Inconsistent(format!("{} has no name", path.display())))?;
+    let dest = dir.join(name);
+    match fs::hard_link(path, &dest) {
+        Ok(()) => Ok(()),
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            fs::copy(path, &dest).map(|_| ()).map_err(io_err(&dest))
+        }
+        Err(err) => Err(io_err(&dest)(err)),
+    }
+}
+
+/// Copies a directory tree of regular files (the cache, when it is not a subvolume).
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    for entry in fs::read_dir(from).map_err(io_err(from))? {
+        let entry = entry.map_err(io_err(from))?;
+        let path = entry.path();
+        let dest = to.join(entry.file_name());
+        let kind = entry.file_type().map_err(io_err(&path))?;
+        if kind.is_dir() {
+            fs::create_dir(&dest).map_err(io_err(&dest))?;
+            copy_tree(&path, &dest)?;
+        } else if kind.is_file() {
+            fs::copy(&path, &dest).map_err(io_err(&dest))?;
+        }
+    }
+    Ok(())
+}
+
+/// The chain id from the first segment's header.
+fn read_chain_id(chain_dir: &Path) -> Result<ChainId, SnapshotError> {
+    let segments = segment::list(chain_dir).map_err(io_err(chain_dir))?;
+    let Some((first, path)) = segments.first() else {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{} holds no segment",
+            chain_dir.display()
+        )));
+    };
+    let mut header = vec![0u8; HEADER_LEN];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(io_err(path))?;
+    segment::check_header(&header, *first)
+        .map_err(|why| SnapshotError::Inconsistent(format!("{}: {why}", path.display())))
+}
+
+/// Read-only by mode: files 0444 (copies only; a hard link shares the live file's mode, which
+/// is left alone), directories 0555.
+fn set_mode_readonly(dir: &Path) -> Result<(), SnapshotError> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let meta = entry.metadata().map_err(io_err(&path))?;
+        if meta.is_dir() {
+            set_mode_readonly(&path)?;
+        } else if meta.is_file() && meta.nlink() == 1 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io_err(&path))?;
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err(dir))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(%err, dir = %dir.display(), "cannot sync the snapshot directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::Caller;
+    use crate::chain::store::{self, StoreOptions};
+    use crate::chain::verify::verify_dir;
+    use crate::footprint::PluginFootprint;
+
+    /// A chain of `blocks` footprints in `dir`; returns the head and the open segment.
+    fn chain_with(dir: &Path, blocks: usize) -> ((u64, Hash), u64, PathBuf) {
+        let (mut writer, reader, _) = store::open(dir, StoreOptions::default()).expect("open");
+        let items: Vec<_> = (0..blocks)
+            .map(|i| {
+                (
+                    PluginFootprint::new("p", "o", serde_json::json!({ "i": i })),
+                    Caller::default(),
+                )
+            })
+            .collect();
+        writer.append(&items).expect("append");
+        let (first, open) = segment::list(dir).expect("list").pop().expect("a segment");
+        (reader.head(), first, open)
+    }
+
+    #[test]
+    fn the_open_segment_is_cut_right_after_the_head() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        let ((height, hash), first, open) = chain_with(&chain, 5);
+        let len_at_barrier = fs::metadata(&open).expect("meta").len();
+        // Bytes past the barrier (a record written after the pause, or never acknowledged).
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&open)
+            .expect("open");
+        io::Write::write_all(&mut file, &[0xAB; 100]).expect("junk");
+        let dest = dir.path().join("snap");
+        fs::create_dir(&dest).expect("mkdir");
+        copy_open_segment(&open, first, len_at_barrier + 100, height, &hash, &dest).expect("copy");
+        let report = verify_dir(&dest, None, &mut |_| {}).expect("verify");
+        assert!(report.ok(), "{}", report.summary());
+        assert_eq!(report.head, Some((height, hash)));
+        assert_eq!(report.torn_tail_bytes, 0);
+        assert_eq!(
+            fs::metadata(dest.join(open.file_name().expect("name")))
+                .expect("copy")
+                .len(),
+            len_at_barrier
+        );
+    }
+
+    #[test]
+    fn a_barrier_that_does_not_end_at_the_head_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        let ((height, hash), first, open) = chain_with(&chain, 3);
+        let len = fs::metadata(&open).expect("meta").len();
+        let dest = dir.path().join("snap");
+        fs::create_dir(&dest).expect("mkdir");
+        let wrong_hash = [0u8; 32];
+        let err = copy_open_segment(&open, first, len, height, &wrong_hash, &dest)
+            .expect_err("not the head");
+        assert!(err.to_string().contains("not the head"), "{err}");
+        let err = copy_open_segment(&open, first, len, height + 1, &hash, &dest)
+            .expect_err("past the end");
+        assert!(err.to_string().contains("ends before height"), "{err}");
+        assert!(
+            fs::read_dir(&dest).expect("dest").next().is_none(),
+            "nothing copied"
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! The block cache through the real daemon on a real private bus: dual write, CacheStats over
+//! busctl and `opdbus-chain stats`, a read-only and a full cache filesystem, rebuild after
+//! deletion, and repair of a damaged chain block from the cache.
+
+mod common;
+
+use common::*;
+use opdbus_blockchain::corpus;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// CacheStats over busctl, as a JSON object of plain values.
+fn cache_stats(bus: &Bus) -> serde_json::Value {
+    let out = bus.busctl(&[
+        "--json=short",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "CacheStats",
+    ]);
+    assert!(
+        out.status.success(),
+        "busctl CacheStats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
+    let fields = reply["data"][0].as_object().expect("a{sv}");
+    fields
+        .iter()
+        .map(|(name, variant)| (name.clone(), variant["data"].clone()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn stat(bus: &Bus, name: &str) -> u64 {
+    cache_stats(bus)[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} is not a number"))
+}
+
+/// Waits until the cache holds every block up to `height` (no time limit is asserted; the
+/// generous bound only keeps a broken build from hanging).
+fn wait_for_cache(bus: &Bus, height: u64) {
+    wait_until(Duration::from_secs(120), "the cache to catch up", || {
+        cache_stats(bus)["complete_through"].as_i64() >= Some(height as i64)
+    });
+}
+
+async fn add_corpus(bus: &Bus, seed: u64, n: usize) -> Vec<(u64, String)> {
+    let connection = bus.connect().await;
+    let mut added = Vec::new();
+    for footprint in corpus::footprints(seed, n) {
+        let reply = add_footprint(
+            &connection,
+            &footprint.plugin_id,
+            &footprint.operation,
+            footprint.data_json(),
+        )
+        .await
+        .expect("AddFootprint is acknowledged");
+        added.push(reply);
+    }
+    added
+}
+
+fn mount(args: &[&str]) {
+    let out = Command::new("mount").args(args).output().expect("mount");
+    assert!(
+        out.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A tmpfs mounted on a directory, unmounted on drop (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        mount(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+            path_str(at),
+        ]);
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn remount(&self, options: &str) {
+        mount(&["-o", &format!("remount,{options}"), path_str(&self.0)]);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+const WRITE_WARNING: &str = "cannot write to the block cache";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busctl_cache_stats_show_entries_hits_and_a_3x_ratio() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _daemon = Daemon::start(&bus, &dir.path().join("chain"), &dir.path().join("cache"));
+    let added = add_corpus(&bus, 21, 400).await;
+    let head = added.last().expect("added").0;
+    assert_eq!(head, 400);
+    wait_for_cache(&bus, head);
+
+    let before = cache_stats(&bus);
+    let connection = bus.connect().await;
+    for (height, hash) in &added {
+        let block = get_block(&connection, hash).await.expect("GetBlock");
+        assert_eq!(block["height"], *height);
+    }
+    let after = cache_stats(&bus);
+    eprintln!("CacheStats after 400 corpus footprints and 400 reads: {after}");
+    for field in [
+        "total_entries",
+        "hot_entries",
+        "disk_usage_bytes",
+        "hits",
+        "misses",
+        "hit_rate",
+        "compression_ratio",
+        "write_failures",
+        "evictions",
+        "skipped_writes",
+        "corrupt_dropped",
+    ] {
+        assert!(
+            after.get(field).is_some(),
+            "CacheStats lacks {field}: {after}"
+        );
+    }
+    // Every block is in the cache: 400 lookups, 400 hits, no new miss.
+    assert_eq!(
+        after["hits"].as_u64(),
+        before["hits"].as_u64().map(|h| h + 400)
+    );
+    assert_eq!(after["misses"], before["misses"]);
+    assert_eq!(after["total_entries"], 401, "{after}");
+    assert!(after["hot_entries"].as_u64() >= Some(400), "{after}");
+    assert_eq!(after["write_failures"], 0);
+    assert!(after["disk_usage_bytes"].as_u64() > Some(0));
+    let ratio = after["compression_ratio"].as_f64().expect("ratio");
+    assert!(ratio >= 3.0, "compression ratio {ratio}: {after}");
+    assert!(after["hit_rate"].as_f64() > Some(0.0));
+
+    let (code, out, err) = cli(&["stats", "--bus", &bus.address]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("total_entries"), "{out}");
+    assert!(out.contains("compression_ratio"), "{out}");
+    let (code, out, err) = cli(&["stats", "--json", "--bus", &bus.address]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("stats --json");
+    assert_eq!(json["total_entries"], 401);
+    let (code, _, err) = cli(&["stats", "--bus", "nowhere"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a bus"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_cache_dir_still_acks_footprints_and_counts_failures() {
+    if !is_root() {
+        eprintln!("SKIP read_only_cache_dir…: needs root to mount a tmpfs");
+        return;
+    }
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    let fs = Tmpfs::mount(&cache_dir, "16m");
+    let daemon = Daemon::start(&bus, &dir.path().join("chain"), &cache_dir);
+    add_corpus(&bus, 22, 10).await;
+    wait_for_cache(&bus, 10);
+
+    fs.remount("ro");
+    let added = add_corpus(&bus, 23, 30).await;
+    assert_eq!(added.last().expect("added").0, 40);
+    wait_until(
+        Duration::from_secs(60),
+        "the failures to be counted",
+        || stat(&bus, "write_failures") >= 30,
+    );
+    assert_eq!(stat(&bus, "total_entries"), 11);
+    assert_eq!(cache_stats(&bus)["complete_through"], 10);
+    // Blocks the cache could not store are served from the chain.
+    let connection = bus.connect().await;
+    for (height, hash) in &added {
+        assert_eq!(
+            get_block(&connection, hash).await.expect("GetBlock")["height"],
+            *height
+        );
+    }
+    let log = daemon.log_text();
+    assert_eq!(
+        count(&log, WRITE_WARNING),
+        1,
+        "one warning per burst:\n{log}"
+    );
+    assert!(log.contains("Read-only file system"), "{log}");
+
+    // Writable again: the retry stores everything it missed.
+    fs.remount("rw");
+    wait_for_cache(&bus, 40);
+    assert_eq!(stat(&bus, "total_entries"), 41);
+    assert!(daemon.log_text().contains("cache writes work again"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cache_filesystem_still_acks_footprints_and_recovers_when_space_returns() {
+    if !is_root() {
+        eprintln!("SKIP full_cache_filesystem…: needs root to mount a tmpfs");
+        return;
+    }
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    let _fs = Tmpfs::mount(&cache_dir, "1m");
+    let daemon = Daemon::start(&bus, &dir.path().join("chain"), &cache_dir);
+    wait_for_cache(&bus, 0);
+    // Fill the filesystem to the last byte.
+    let filler = cache_dir.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0xa5u8; 4096];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+                    break;
+                }
+            }
+        }
+    }
+    let added = add_corpus(&bus, 24, 40).await;
+    assert_eq!(added.len(), 40, "every footprint is acknowledged");
+    wait_until(
+        Duration::from_secs(60),
+        "the failures to be counted",
+        || stat(&bus, "write_failures") >= 40,
+    );
+    let log = daemon.log_text();
+    assert_eq!(
+        count(&log, WRITE_WARNING),
+        1,
+        "one warning per burst:\n{log}"
+    );
+    assert!(log.contains("No space left on device"), "{log}");
+    assert_eq!(cache_stats(&bus)["complete_through"], 0);
+
+    std::fs::remove_file(&filler).expect("free the space");
+    wait_for_cache(&bus, 40);
+    assert_eq!(stat(&bus, "total_entries"), 41);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_survives_restarts_and_is_rebuilt_when_deleted() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    let mut daemon = Daemon::start(&bus, &dir.path().join("chain"), &cache_dir);
+    let added = add_corpus(&bus, 25, 30).await;
+    wait_for_cache(&bus, 30);
+    assert_eq!(daemon.stop().code(), Some(0));
+
+    // Warm start: the entries are there and the newest blocks are in RAM at once.
+    daemon.restart(&bus);
+    let stats = cache_stats(&bus);
+    assert_eq!(stats["total_entries"], 31, "{stats}");
+    wait_until(Duration::from_secs(60), "the pre-load", || {
+        stat(&bus, "hot_entries") >= 31
+    });
+    let connection = bus.connect().await;
+    let before = stat(&bus, "hot_hits");
+    for (_, hash) in &added {
+        get_block(&connection, hash).await.expect("GetBlock");
+    }
+    assert_eq!(stat(&bus, "hot_hits"), before + 30);
+    assert_eq!(stat(&bus, "misses"), 0);
+
+    assert_eq!(daemon.stop().code(), Some(0));
+    std::fs::remove_dir_all(&cache_dir).expect("delete the cache");
+    daemon.restart(&bus);
+    wait_for_cache(&bus, 30);
+    assert_eq!(stat(&bus, "total_entries"), 31);
+    assert!(cache_dir.join("blocks").is_dir());
+    for (height, hash) in &added {
+        assert_eq!(
+            get_block(&connection, hash).await.expect("GetBlock")["height"],
+            *height
+        );
+    }
+}
+
+/// Offset in the segment file of the first occurrence of `needle`.
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("marker in the segment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_from_the_cache_restores_damaged_chain_blocks() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain_dir = dir.path().join("chain");
+    let cache_dir = dir.path().join("cache");
+    let mut daemon = Daemon::start(&bus, &chain_dir, &cache_dir);
+    let connection = bus.connect().await;
+    let mut hashes = vec![String::new()];
+    for i in 1..=20 {
+        let data = format!(r#"{{"marker":"block-{i:02}-payload","interface":"eth0"}}"#);
+        let (_, hash) = add_footprint(&connection, "network", "modify", &data)
+            .await
+            .expect("AddFootprint");
+        hashes.push(hash);
+    }
+    wait_for_cache(&bus, 20);
+
+    let segment = std::fs::read_dir(&chain_dir)
+        .expect("chain dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "chain"))
+        .expect("a segment");
+    let damage = |marker: &str| {
+        let mut bytes = std::fs::read(&segment).expect("segment");
+        let at = find(&bytes, marker.as_bytes());
+        bytes[at + 7] ^= 0x01; // a digit of the marker: still valid JSON, another hash
+        std::fs::write(&segment, &bytes).expect("damage the segment");
+    };
+    // Damaged under the running daemon: GetBlock still answers, from the cache.
+    damage("block-07-payload");
+    let block = get_block(&connection, &hashes[7])
+        .await
+        .expect("served from the cache");
+    assert_eq!(block["data"]["marker"], "block-07-payload");
+    let (code, _, err) = cli(&[
+        "verify",
+        "--repair",
+        "--chain-dir",
+        path_str(&chain_dir),
+        "--cache-dir",
+        path_str(&cache_dir),
+    ]);
+    assert_eq!(code, 2, "the chain is in use: {err}");
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(daemon.stop().code(), Some(0));
+    drop(daemon);
+
+    damage("block-20-payload"); // the newest block: nothing links to it
+    let (code, out, _) = cli(&["verify", "--chain-dir", path_str(&chain_dir)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("height 7"), "{out}");
+
+    let (code, out, err) = cli(&[
+        "verify",
+        "--repair",
+        "--chain-dir",
+        path_str(&chain_dir),
+        "--cache-dir",
+        path_str(&cache_dir),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("repaired block at height 7"), "{out}");
+    assert!(out.contains(&hashes[7]), "{out}");
+    assert!(out.contains("repaired block at height 20"), "{out}");
+    assert!(out.contains("chain is intact: 21 blocks checked"), "{out}");
+
+    let (code, out, _) = cli(&["verify", "--chain-dir", path_str(&chain_dir)]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = cli(&["get", "7", "--chain-dir", path_str(&chain_dir)]);
+    assert_eq!(code, 0);
+    assert!(out.contains("block-07-payload"), "{out}");
+}
+
+#[test]
+fn repair_without_a_cache_copy_says_so_and_fails() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain_dir = dir.path().join("chain");
+    let mut daemon = Daemon::start(&bus, &chain_dir, &dir.path().join("cache"));
+    for i in 1..=5 {
+        let (ok, _, err) = bus.call(
+            "AddFootprint",
+            "sss",
+            &[
+                "network",
+                "modify",
+                &format!(r#"{{"marker":"only-{i}-here"}}"#),
+            ],
+        );
+        assert!(ok, "{err}");
+    }
+    assert_eq!(daemon.stop().code(), Some(0));
+    let segment = std::fs::read_dir(&chain_dir)
+        .expect("chain dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "chain"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let at = find(&bytes, b"only-3-here");
+    bytes[at] = b'X';
+    std::fs::write(&segment, &bytes).expect("damage");
+    let empty_cache = dir.path().join("other-cache");
+    let (code, out, err) = cli(&[
+        "verify",
+        "--repair",
+        "--chain-dir",
+        path_str(&chain_dir),
+        "--cache-dir",
+        path_str(&empty_cache),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("height 3 could not be repaired"), "{err}");
+    assert!(out.contains("NOT intact"), "{out}");
+}
