@@ -3,10 +3,10 @@
 //! queue, release the name, exit 0).
 //!
 //! systemd protocol (`Type=notify`): `READY=1` once the name is owned and the chain's tail was
-//! checked on open; `STATUS=` with the chain height, refreshed on every tick; `WATCHDOG=1` on
-//! every tick (half of `WatchdogSec=`) only while the chain writer is healthy (thread alive,
-//! store not latched), so a latched store gets the daemon restarted and recovered from disk;
-//! `STOPPING=1` when a stop signal arrives.
+//! checked on open; `STATUS=` with the chain height and cache hit rate, refreshed on every tick
+//! (5 s, or half of a shorter `WatchdogSec=`); `WATCHDOG=1` on every tick only while the chain
+//! writer is healthy (thread alive, store not latched), so a latched store gets the daemon
+//! restarted and recovered from disk; `STOPPING=1` when a stop signal arrives.
 
 use crate::chain::error::ChainError;
 use crate::config::{BusChoice, Config};
@@ -205,7 +205,7 @@ async fn watch_health(chain: OptimizedBlockchain) {
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     let period = if watchdog {
-        Duration::from_micros(watchdog_usec / 2)
+        Duration::from_micros(watchdog_usec / 2).min(STATUS_PERIOD)
     } else {
         STATUS_PERIOD
     };
@@ -278,7 +278,8 @@ impl HealthWatch {
 /// How long the stop waits for the bus connection to be let go (below the unit's
 /// `TimeoutStopSec=30s`).
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
-/// How often `STATUS=` is refreshed when systemd does not ask for watchdog pings.
+/// How often `STATUS=` is refreshed (and the watchdog pinged, when systemd asks for it less
+/// often).
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
 /// A floor for the tick, whatever `WATCHDOG_USEC` says.
 const MIN_TICK: Duration = Duration::from_millis(100);

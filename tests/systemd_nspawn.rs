@@ -57,6 +57,11 @@ fn real_systemd_start_returns_after_ready_and_serves_the_system_bus() {
     assert_eq!(height, 1);
     let block = ct.busctl_call("GetBlock", &["s", &hash]);
     assert!(block.contains("eth0"), "{block}");
+    // STATUS= follows the chain (refreshed every 5 s) and shows the cache hit rate.
+    wait_until(Duration::from_secs(30), "STATUS= with height 1", || {
+        ct.unit_property("StatusText")
+            .contains("chain height 1, cache hit rate")
+    });
     // The host reaches the container's system bus through its socket, like any client.
     let from_host = Command::new("busctl")
         .arg(format!(
