@@ -21,8 +21,8 @@ const UNIT: &str = "opdbus-blockchaind.service";
 const CT_BIN: &str = "/opt/opdbus/bin";
 const CT_SRC: &str = "/opt/opdbus/src";
 /// Packages of the cached rootfs; changing them needs a new marker name.
-const ROOTFS_PACKAGES: &str = "systemd,systemd-sysv,dbus,libhwloc15,procps";
-const ROOTFS_MARKER: &str = ".opdbus-test-rootfs-v1";
+const ROOTFS_PACKAGES: &str = "systemd,systemd-sysv,dbus,libhwloc15,procps,btrfs-progs";
+const ROOTFS_MARKER: &str = ".opdbus-test-rootfs-v2";
 
 // ---------------------------------------------------------------------------------------------
 // The tests
@@ -397,6 +397,38 @@ fn real_systemd_watchdog_pings_keep_a_healthy_daemon_running() {
 }
 
 #[test]
+fn real_systemd_btrfs_snapshots_work_under_the_hardened_unit() {
+    if missing_prerequisite().is_none() && !tool_exists("mkfs.btrfs") {
+        eprintln!("SKIPPED btrfs: mkfs.btrfs is not installed (apt-get install btrfs-progs)");
+        return;
+    }
+    let Some(fs) = LoopBtrfs::new() else {
+        return;
+    };
+    let Some(ct) = Container::boot_with_service_and("btrfs", Some(fs.path())) else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    for i in 0..3 {
+        ct.add_footprint("network", "create", &format!(r#"{{"i":{i}}}"#));
+    }
+    // Chain and cache are subvolumes, so the snapshot is a pair of read-only btrfs snapshots:
+    // the unit's system call filter, capabilities and read-only file system allow it.
+    let reply = ct.busctl_call("Snapshot", &[]);
+    let paths: Vec<&str> = reply.split('"').skip(1).step_by(2).collect();
+    assert_eq!(paths.len(), 2, "{reply}");
+    for path in &paths {
+        let show = ct.ok(&["btrfs", "subvolume", "show", path]);
+        assert!(
+            show.lines()
+                .any(|l| l.trim().starts_with("Flags:") && l.contains("readonly")),
+            "{path} is not a read-only snapshot:\n{show}"
+        );
+    }
+    ct.ok(&["opdbus-chain", "verify", "--chain-dir", paths[0]]);
+}
+
+#[test]
 fn real_systemd_first_call_activates_the_unit() {
     let Some(ct) = Container::boot_with_service("activate") else {
         return;
@@ -490,6 +522,12 @@ struct Container {
 impl Container {
     /// Boots a container and runs `scripts/install.sh` in it; `None` when the test is skipped.
     fn boot_with_service(tag: &str) -> Option<Container> {
+        Container::boot_with_service_and(tag, None)
+    }
+
+    /// As [`Container::boot_with_service`], with `state_dir` (a host directory) mounted as the
+    /// service's state directory, /var/lib/op-dbus.
+    fn boot_with_service_and(tag: &str, state_dir: Option<&Path>) -> Option<Container> {
         if let Some(reason) = missing_prerequisite() {
             assert!(
                 std::env::var_os("OPDBUS_REQUIRE_NSPAWN").is_none(),
@@ -504,13 +542,13 @@ impl Container {
             );
             return None;
         }
-        let container = Container::boot(tag, &cached_rootfs());
+        let container = Container::boot(tag, &cached_rootfs(), state_dir);
         let install = format!("{CT_SRC}/scripts/install.sh");
         container.ok(&[&install, "install", "--bin-dir", CT_BIN]);
         Some(container)
     }
 
-    fn boot(tag: &str, rootfs: &Path) -> Container {
+    fn boot(tag: &str, rootfs: &Path, state_dir: Option<&Path>) -> Container {
         let name = format!("opdbus-{tag}-{}", std::process::id());
         let dir = tempfile::tempdir().expect("tempdir");
         let console = dir.path().join("console.log");
@@ -533,6 +571,7 @@ impl Container {
             .arg(format!("--machine={name}"))
             .arg(format!("--bind-ro={}:{CT_BIN}", build.display()))
             .arg(format!("--bind-ro={}:{CT_SRC}", env!("CARGO_MANIFEST_DIR")))
+            .args(state_dir.map(|dir| format!("--bind={}:/var/lib/op-dbus", dir.display())))
             .env("CGROUP_PROCS", procs)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&console).expect("console log"))
@@ -815,11 +854,7 @@ fn missing_prerequisite() -> Option<String> {
         return Some("not running as root".into());
     }
     for tool in ["systemd-nspawn", "debootstrap", "nsenter", "pgrep"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !found {
+        if !tool_exists(tool) {
             return Some(format!(
                 "{tool} is not installed (apt-get install systemd-container debootstrap)"
             ));
@@ -829,6 +864,62 @@ fn missing_prerequisite() -> Option<String> {
         return Some("no cgroup hierarchy found under /sys/fs/cgroup".into());
     }
     None
+}
+
+fn tool_exists(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// A btrfs file system in a sparse image, loop-mounted on the host; unmounted on drop.
+struct LoopBtrfs {
+    mount_point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopBtrfs {
+    /// `None` (said on stderr) when not root: the test is skipped then anyway.
+    fn new() -> Option<LoopBtrfs> {
+        if !is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("state.img");
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point).expect("mount point");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(512 << 20))
+            .expect("sparse image");
+        let mkfs = Command::new("mkfs.btrfs")
+            .arg("-q")
+            .arg(&image)
+            .status()
+            .expect("mkfs.btrfs");
+        assert!(mkfs.success(), "mkfs.btrfs failed");
+        let mount = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount_point)
+            .status()
+            .expect("mount");
+        assert!(mount.success(), "cannot loop-mount the btrfs image");
+        Some(LoopBtrfs {
+            mount_point,
+            _dir: dir,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount_point
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+    }
 }
 
 /// The container's own parent cgroups: in the named systemd and unified hierarchies of a hybrid
