@@ -373,16 +373,8 @@ fn real_systemd_watchdog_pings_keep_a_healthy_daemon_running() {
     let Some(ct) = Container::boot_with_service("watchdog") else {
         return;
     };
-    // A short watchdog, as an operator would set it in a drop-in: a daemon that did not ping
-    // would be killed (SIGABRT) and restarted within 2 s.
-    ct.ok(&[
-        "sh",
-        "-c",
-        "mkdir -p /etc/systemd/system/opdbus-blockchaind.service.d && \
-         printf '[Service]\\nWatchdogSec=2s\\n' \
-           > /etc/systemd/system/opdbus-blockchaind.service.d/watchdog.conf && \
-         systemctl daemon-reload",
-    ]);
+    // A daemon that did not ping would be killed (SIGABRT) and restarted within 2 s.
+    ct.set_short_watchdog();
     ct.ok(&["systemctl", "start", UNIT]);
     assert_eq!(ct.unit_property("WatchdogUSec"), "2s");
     let pid = ct.unit_property("MainPID");
@@ -426,6 +418,83 @@ fn real_systemd_btrfs_snapshots_work_under_the_hardened_unit() {
         );
     }
     ct.ok(&["opdbus-chain", "verify", "--chain-dir", paths[0]]);
+}
+
+#[test]
+fn real_systemd_a_failed_fdatasync_stops_the_watchdog_pings_and_systemd_restarts_the_daemon() {
+    if missing_prerequisite().is_none() && !tool_exists("mkfs.btrfs") {
+        eprintln!("SKIPPED latch: mkfs.btrfs is not installed (apt-get install btrfs-progs)");
+        return;
+    }
+    // The state directory is a btrfs whose disk stops taking writes when we say so.
+    let Some(fs) = LoopBtrfs::on_tmpfs(300) else {
+        return;
+    };
+    let Some(ct) = Container::boot_with_service_and("latch", Some(fs.path())) else {
+        return;
+    };
+    ct.set_short_watchdog();
+    ct.ok(&["systemctl", "start", UNIT]);
+    let (_, acked) = ct.add_footprint("network", "create", r#"{"before":"the disk failed"}"#);
+
+    fs.fill_backing();
+    // The block is written, but its fdatasync fails: the caller is told, the store latches.
+    let refused = ct.run(&[
+        "busctl",
+        "--auto-start=no",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "AddFootprint",
+        "sss",
+        "network",
+        "create",
+        r#"{"after":"the disk failed"}"#,
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a write was acked on a failed disk"
+    );
+    assert!(
+        stderr(&refused).contains("fdatasync"),
+        "{}",
+        stderr(&refused)
+    );
+    // The daemon stops pinging, systemd's watchdog kills it and restarts the unit.
+    let records = ct.wait_for_journal(&[], |records| {
+        records
+            .iter()
+            .any(|r| field(r, "MESSAGE").contains("Failed with result 'watchdog'"))
+    });
+    let position = |text: &str| {
+        records
+            .iter()
+            .position(|r| field(r, "MESSAGE").contains(text))
+            .unwrap_or_else(|| panic!("no '{text}' in the journal"))
+    };
+    assert!(
+        position("the chain writer is unhealthy") < position("Watchdog timeout"),
+        "the watchdog fired before the daemon found its writer unhealthy"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "systemd to restart the unit",
+        || ct.unit_property("NRestarts") != "0",
+    );
+    // (The file system itself went read-only, so the restarted daemon cannot open the chain
+    // until an operator looks: that is the file system's verdict, not ours.)
+    let _ = ct.run(&["systemctl", "stop", UNIT]);
+    drop(ct);
+
+    // Once the disk takes writes again, the acknowledged block is there and the chain intact.
+    fs.unfill_and_remount();
+    let chain_dir = fs.path().join("blockchain");
+    let chain_dir = chain_dir.to_str().expect("utf-8 path");
+    let (code, out, err) = common::cli(&["verify", "--chain-dir", chain_dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::cli(&["get", &acked, "--chain-dir", chain_dir]);
+    assert_eq!(code, 0, "the acked block is gone: {out}{err}");
 }
 
 #[test]
@@ -678,6 +747,18 @@ impl Container {
             .to_owned()
     }
 
+    /// `WatchdogSec=2s`, as an operator would set it: in a drop-in.
+    fn set_short_watchdog(&self) {
+        self.ok(&[
+            "sh",
+            "-c",
+            "mkdir -p /etc/systemd/system/opdbus-blockchaind.service.d && \
+             printf '[Service]\\nWatchdogSec=2s\\n' \
+               > /etc/systemd/system/opdbus-blockchaind.service.d/watchdog.conf && \
+             systemctl daemon-reload",
+        ]);
+    }
+
     /// `OPDBUS_LOG` as an operator sets it: in /etc/default/opdbus-blockchain.
     fn enable_debug_logging(&self) {
         self.ok(&[
@@ -876,49 +957,113 @@ fn tool_exists(tool: &str) -> bool {
 /// A btrfs file system in a sparse image, loop-mounted on the host; unmounted on drop.
 struct LoopBtrfs {
     mount_point: PathBuf,
+    image: PathBuf,
+    /// The small tmpfs holding the image, when there is one.
+    tmpfs: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl LoopBtrfs {
-    /// `None` (said on stderr) when not root: the test is skipped then anyway.
+    /// `None` when not root: the test is skipped then anyway.
     fn new() -> Option<LoopBtrfs> {
+        LoopBtrfs::create(None)
+    }
+
+    /// The image lives on a tmpfs of `megabytes`: once that is full, the loop device fails
+    /// writes with EIO, as a dying disk would, while reads still work.
+    fn on_tmpfs(megabytes: u64) -> Option<LoopBtrfs> {
+        LoopBtrfs::create(Some(megabytes))
+    }
+
+    fn create(tmpfs_megabytes: Option<u64>) -> Option<LoopBtrfs> {
         if !is_root() {
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let image = dir.path().join("state.img");
         let mount_point = dir.path().join("mnt");
         std::fs::create_dir(&mount_point).expect("mount point");
+        let tmpfs = tmpfs_megabytes.map(|megabytes| {
+            let tmpfs = dir.path().join("backing");
+            std::fs::create_dir(&tmpfs).expect("tmpfs mount point");
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={megabytes}M"), "tmpfs"])
+                .arg(&tmpfs)
+                .status()
+                .expect("mount");
+            assert!(mounted.success(), "cannot mount a tmpfs");
+            tmpfs
+        });
+        let image = tmpfs.as_deref().unwrap_or(dir.path()).join("state.img");
         std::fs::File::create(&image)
-            .and_then(|f| f.set_len(512 << 20))
+            .and_then(|f| f.set_len(1 << 30))
             .expect("sparse image");
         let mkfs = Command::new("mkfs.btrfs")
             .arg("-q")
             .arg(&image)
+            .stderr(Stdio::null())
             .status()
             .expect("mkfs.btrfs");
         assert!(mkfs.success(), "mkfs.btrfs failed");
-        let mount = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mount_point)
-            .status()
-            .expect("mount");
-        assert!(mount.success(), "cannot loop-mount the btrfs image");
-        Some(LoopBtrfs {
+        let fs = LoopBtrfs {
             mount_point,
+            image,
+            tmpfs,
             _dir: dir,
-        })
+        };
+        fs.mount();
+        Some(fs)
+    }
+
+    /// Loop-mounts the image. Tried again for a while: parallel tests race for free loop
+    /// devices, and after a container is gone the kernel lets go of its mounts lazily.
+    fn mount(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mount = Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&self.image)
+                .arg(&self.mount_point)
+                .output()
+                .expect("mount");
+            if mount.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cannot loop-mount the btrfs image: {}",
+                stderr(&mount)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn path(&self) -> &Path {
         &self.mount_point
+    }
+
+    /// Fills the tmpfs under the image, so that writes to the file system fail from now on.
+    fn fill_backing(&self) {
+        let tmpfs = self.tmpfs.as_ref().expect("an image on a tmpfs");
+        let mut fill = std::fs::File::create(tmpfs.join("fill")).expect("fill file");
+        let zeros = vec![0u8; 1 << 20];
+        while std::io::Write::write_all(&mut fill, &zeros).is_ok() {}
+    }
+
+    /// Frees the tmpfs again and mounts the file system afresh (after its users are gone).
+    fn unfill_and_remount(&self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+        let tmpfs = self.tmpfs.as_ref().expect("an image on a tmpfs");
+        std::fs::remove_file(tmpfs.join("fill")).expect("remove the fill file");
+        self.mount();
     }
 }
 
 impl Drop for LoopBtrfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mount_point).status();
+        if let Some(tmpfs) = &self.tmpfs {
+            let _ = Command::new("umount").arg(tmpfs).status();
+        }
     }
 }
 
