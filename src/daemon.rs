@@ -3,10 +3,10 @@
 //! queue, release the name, exit 0).
 //!
 //! systemd protocol (`Type=notify`): `READY=1` once the name is owned and the chain's tail was
-//! checked on open; `STATUS=` with the chain height, refreshed on every tick; `WATCHDOG=1` on
-//! every tick (half of `WatchdogSec=`) only while the chain writer is healthy (thread alive,
-//! store not latched), so a latched store gets the daemon restarted and recovered from disk;
-//! `STOPPING=1` when a stop signal arrives.
+//! checked on open; `STATUS=` with the chain height and cache hit rate, refreshed on every tick
+//! (5 s, or half of a shorter `WatchdogSec=`); `WATCHDOG=1` on every tick only while the chain
+//! writer is healthy (thread alive, store not latched), so a latched store gets the daemon
+//! restarted and recovered from disk; `STOPPING=1` when a stop signal arrives.
 
 use crate::chain::error::ChainError;
 use crate::config::{BusChoice, Config};
@@ -153,7 +153,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // The writer still runs, so every call handed over gets its block committed and its
     // reply sent; the connection closes once the last call's task has let it go.
     in_flight.idle().await;
-    connection.graceful_shutdown().await;
+    // Bounded, so that a client that keeps calling our unique name (or a task that keeps a
+    // clone of the connection) cannot hold the stop until systemd's SIGKILL.
+    if tokio::time::timeout(CLOSE_GRACE, connection.graceful_shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the bus connection was still in use {} s after the stop; closing it anyway",
+            CLOSE_GRACE.as_secs()
+        );
+    }
     chain.shutdown().await;
     let (height, head) = chain.head();
     tracing::info!(height, head = %head, "stopped at height {height}");
@@ -183,7 +193,12 @@ async fn flush_incoming(connection: &zbus::Connection) {
 /// What `systemctl status` shows next to the unit.
 fn status_line(chain: &OptimizedBlockchain) -> String {
     let (height, _) = chain.head();
-    format!("serving, chain height {height}")
+    let cache = chain.cache().stats();
+    format!(
+        "serving, chain height {height}, cache hit rate {:.1}% of {} reads",
+        cache.hit_rate * 100.0,
+        cache.hits + cache.misses
+    )
 }
 
 /// Refreshes `STATUS=` and pings the watchdog while the writer is healthy; runs until aborted.
@@ -191,44 +206,81 @@ async fn watch_health(chain: OptimizedBlockchain) {
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     let period = if watchdog {
-        Duration::from_micros(watchdog_usec / 2)
+        Duration::from_micros(watchdog_usec / 2).min(STATUS_PERIOD)
     } else {
         STATUS_PERIOD
     };
     let mut ticks = tokio::time::interval(period.max(MIN_TICK));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_status = String::new();
-    let mut unhealthy = false;
+    let mut watch = HealthWatch::new(watchdog);
     loop {
         ticks.tick().await;
-        let status = match chain.writer_health() {
+        let tick = watch.tick(chain.writer_health(), || status_line(&chain));
+        if tick.ping {
+            notify(&[NotifyState::Watchdog]);
+        }
+        if let Some(status) = &tick.status {
+            notify(&[NotifyState::Status(status)]);
+        }
+    }
+}
+
+/// What one health tick tells systemd.
+#[derive(Debug, PartialEq, Eq)]
+struct Tick {
+    /// Send `WATCHDOG=1`.
+    ping: bool,
+    /// Send this `STATUS=` (only when it changed).
+    status: Option<String>,
+}
+
+/// The watchdog decision, apart from timers and sockets: ping only while the writer is healthy.
+struct HealthWatch {
+    watchdog: bool,
+    last_status: String,
+    unhealthy: bool,
+}
+
+impl HealthWatch {
+    fn new(watchdog: bool) -> Self {
+        HealthWatch {
+            watchdog,
+            last_status: String::new(),
+            unhealthy: false,
+        }
+    }
+
+    fn tick(&mut self, health: Result<(), String>, serving: impl FnOnce() -> String) -> Tick {
+        let (ping, status) = match health {
             Ok(()) => {
-                if watchdog {
-                    notify(&[NotifyState::Watchdog]);
-                }
-                unhealthy = false;
-                status_line(&chain)
+                self.unhealthy = false;
+                (self.watchdog, serving())
             }
             Err(reason) => {
-                if !unhealthy {
+                if !self.unhealthy {
                     tracing::error!(
                         %reason,
                         "the chain writer is unhealthy; no more watchdog pings, so systemd \
                          restarts the daemon"
                     );
-                    unhealthy = true;
+                    self.unhealthy = true;
                 }
-                format!("degraded: {reason}")
+                (false, format!("degraded: {reason}"))
             }
         };
-        if status != last_status {
-            notify(&[NotifyState::Status(&status)]);
-            last_status = status;
-        }
+        let status = (status != self.last_status).then(|| {
+            self.last_status = status.clone();
+            status
+        });
+        Tick { ping, status }
     }
 }
 
-/// How often `STATUS=` is refreshed when systemd does not ask for watchdog pings.
+/// How long the stop waits for the bus connection to be let go (below the unit's
+/// `TimeoutStopSec=30s`).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How often `STATUS=` is refreshed (and the watchdog pinged, when systemd asks for it less
+/// often).
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
 /// A floor for the tick, whatever `WATCHDOG_USEC` says.
 const MIN_TICK: Duration = Duration::from_millis(100);
@@ -320,4 +372,53 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     device.parse() == Ok(metadata.dev()) && inode.parse() == Ok(metadata.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_pinged_only_while_the_writer_is_healthy() {
+        let mut watch = HealthWatch::new(true);
+        let serving = || "serving, chain height 3".to_owned();
+        assert_eq!(
+            watch.tick(Ok(()), serving),
+            Tick {
+                ping: true,
+                status: Some("serving, chain height 3".into())
+            }
+        );
+        // Same status: not sent again; the ping is.
+        assert_eq!(
+            watch.tick(Ok(()), serving),
+            Tick {
+                ping: true,
+                status: None
+            }
+        );
+        let latched = || Err("the store is latched: fdatasync failed".to_owned());
+        assert_eq!(
+            watch.tick(latched(), serving),
+            Tick {
+                ping: false,
+                status: Some("degraded: the store is latched: fdatasync failed".into())
+            }
+        );
+        assert_eq!(
+            watch.tick(latched(), serving),
+            Tick {
+                ping: false,
+                status: None
+            }
+        );
+    }
+
+    #[test]
+    fn without_a_watchdog_only_the_status_is_sent() {
+        let mut watch = HealthWatch::new(false);
+        let tick = watch.tick(Ok(()), || "serving, chain height 0".to_owned());
+        assert!(!tick.ping);
+        assert_eq!(tick.status.as_deref(), Some("serving, chain height 0"));
+    }
 }

@@ -199,13 +199,17 @@ impl BlockchainObject {
             .chain
             .append(footprint, caller)
             .await
-            .inspect_err(|err| {
-                tracing::warn!(
+            .inspect_err(|err| match err {
+                // The caller's mistake, answered with InvalidArgument: not the operator's concern.
+                ChainError::InvalidFootprint(_) => {
+                    tracing::debug!(PLUGIN = %plugin, OPERATION = %operation, %err, "footprint refused")
+                }
+                _ => tracing::warn!(
                     PLUGIN = %plugin,
                     OPERATION = %operation,
                     %err,
                     "footprint not committed"
-                );
+                ),
             })?;
         tracing::debug!(
             BLOCK_HEIGHT = block.height,

@@ -21,8 +21,8 @@ const UNIT: &str = "opdbus-blockchaind.service";
 const CT_BIN: &str = "/opt/opdbus/bin";
 const CT_SRC: &str = "/opt/opdbus/src";
 /// Packages of the cached rootfs; changing them needs a new marker name.
-const ROOTFS_PACKAGES: &str = "systemd,systemd-sysv,dbus,libhwloc15,procps";
-const ROOTFS_MARKER: &str = ".opdbus-test-rootfs-v1";
+const ROOTFS_PACKAGES: &str = "systemd,systemd-sysv,dbus,libhwloc15,procps,btrfs-progs";
+const ROOTFS_MARKER: &str = ".opdbus-test-rootfs-v2";
 
 // ---------------------------------------------------------------------------------------------
 // The tests
@@ -35,9 +35,20 @@ fn real_systemd_start_returns_after_ready_and_serves_the_system_bus() {
     ct.enable_debug_logging();
     ct.ok(&["systemctl", "start", UNIT]);
     // `systemctl start` of a Type=notify unit returns once READY=1 arrived: by then the unit is
-    // active and the name is owned, so the very first call must work (no retry here).
+    // active and the name is owned, so the very first call must work (no retry here, and no
+    // bus activation that would wait for the start job and hide a READY sent too early).
     assert_eq!(ct.unit_property("ActiveState"), "active");
-    let genesis = ct.busctl_call("GetBlockByHeight", &["t", "0"]);
+    let genesis = ct.ok(&[
+        "busctl",
+        "--auto-start=no",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "GetBlockByHeight",
+        "t",
+        "0",
+    ]);
     assert!(genesis.contains("\\\"height\\\":0"), "{genesis}");
     let status = ct.unit_property("StatusText");
     assert!(status.contains("chain height 0"), "STATUS= is '{status}'");
@@ -46,6 +57,11 @@ fn real_systemd_start_returns_after_ready_and_serves_the_system_bus() {
     assert_eq!(height, 1);
     let block = ct.busctl_call("GetBlock", &["s", &hash]);
     assert!(block.contains("eth0"), "{block}");
+    // STATUS= follows the chain (refreshed every 5 s) and shows the cache hit rate.
+    wait_until(Duration::from_secs(30), "STATUS= with height 1", || {
+        ct.unit_property("StatusText")
+            .contains("chain height 1, cache hit rate")
+    });
     // The host reaches the container's system bus through its socket, like any client.
     let from_host = Command::new("busctl")
         .arg(format!(
@@ -119,6 +135,19 @@ fn real_systemd_unprivileged_writes_are_denied_reads_allowed() {
         stderr(&write)
     );
     assert_eq!(ct.busctl_call("GetBlockByHeight", &["t", "2"]).len(), 0);
+    // The daemon's refusal is a warning with the footprint's fields.
+    let warnings = ct.wait_for_journal(&["PRIORITY=4"], |records| {
+        records
+            .iter()
+            .any(|r| field(r, "MESSAGE").starts_with("footprint refused"))
+    });
+    let refused = warnings
+        .iter()
+        .find(|r| field(r, "MESSAGE").starts_with("footprint refused"))
+        .expect("found above");
+    assert_eq!(field(refused, "PLUGIN"), "network");
+    assert_eq!(field(refused, "OPERATION"), "delete");
+    assert_eq!(field(refused, "CALLER_UID"), "65534");
 }
 
 #[test]
@@ -167,6 +196,10 @@ fn real_systemd_journal_has_structured_block_fields_and_start_up_facts() {
     assert_eq!(field(find("configuration"), "BUS"), "system");
     assert_eq!(field(find("chain opened"), "HEIGHT"), "0");
     assert_eq!(field(find("NUMA topology"), "OPTIMAL_NODE"), "0");
+    // The unit's system call filter and capability set leave the writer's binding possible.
+    let binding = find("chain writer thread binding");
+    assert_eq!(field(binding, "APPLIED"), "true", "{binding}");
+    assert_eq!(field(binding, "MEMORY_APPLIED"), "true", "{binding}");
 }
 
 #[test]
@@ -340,16 +373,8 @@ fn real_systemd_watchdog_pings_keep_a_healthy_daemon_running() {
     let Some(ct) = Container::boot_with_service("watchdog") else {
         return;
     };
-    // A short watchdog, as an operator would set it in a drop-in: a daemon that did not ping
-    // would be killed (SIGABRT) and restarted within 2 s.
-    ct.ok(&[
-        "sh",
-        "-c",
-        "mkdir -p /etc/systemd/system/opdbus-blockchaind.service.d && \
-         printf '[Service]\\nWatchdogSec=2s\\n' \
-           > /etc/systemd/system/opdbus-blockchaind.service.d/watchdog.conf && \
-         systemctl daemon-reload",
-    ]);
+    // A daemon that did not ping would be killed (SIGABRT) and restarted within 2 s.
+    ct.set_short_watchdog();
     ct.ok(&["systemctl", "start", UNIT]);
     assert_eq!(ct.unit_property("WatchdogUSec"), "2s");
     let pid = ct.unit_property("MainPID");
@@ -361,6 +386,115 @@ fn real_systemd_watchdog_pings_keep_a_healthy_daemon_running() {
     assert_eq!(ct.unit_property("ActiveState"), "active");
     assert_eq!(ct.unit_property("NRestarts"), "0");
     assert_eq!(ct.unit_property("MainPID"), pid, "the daemon was restarted");
+}
+
+#[test]
+fn real_systemd_btrfs_snapshots_work_under_the_hardened_unit() {
+    if missing_prerequisite().is_none() && !tool_exists("mkfs.btrfs") {
+        eprintln!("SKIPPED btrfs: mkfs.btrfs is not installed (apt-get install btrfs-progs)");
+        return;
+    }
+    let Some(fs) = LoopBtrfs::new() else {
+        return;
+    };
+    let Some(ct) = Container::boot_with_service_and("btrfs", Some(fs.path())) else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    for i in 0..3 {
+        ct.add_footprint("network", "create", &format!(r#"{{"i":{i}}}"#));
+    }
+    // Chain and cache are subvolumes, so the snapshot is a pair of read-only btrfs snapshots:
+    // the unit's system call filter, capabilities and read-only file system allow it.
+    let reply = ct.busctl_call("Snapshot", &[]);
+    let paths: Vec<&str> = reply.split('"').skip(1).step_by(2).collect();
+    assert_eq!(paths.len(), 2, "{reply}");
+    for path in &paths {
+        let show = ct.ok(&["btrfs", "subvolume", "show", path]);
+        assert!(
+            show.lines()
+                .any(|l| l.trim().starts_with("Flags:") && l.contains("readonly")),
+            "{path} is not a read-only snapshot:\n{show}"
+        );
+    }
+    ct.ok(&["opdbus-chain", "verify", "--chain-dir", paths[0]]);
+}
+
+#[test]
+fn real_systemd_a_failed_fdatasync_stops_the_watchdog_pings_and_systemd_restarts_the_daemon() {
+    if missing_prerequisite().is_none() && !tool_exists("mkfs.btrfs") {
+        eprintln!("SKIPPED latch: mkfs.btrfs is not installed (apt-get install btrfs-progs)");
+        return;
+    }
+    // The state directory is a btrfs whose disk stops taking writes when we say so.
+    let Some(fs) = LoopBtrfs::on_tmpfs(300) else {
+        return;
+    };
+    let Some(ct) = Container::boot_with_service_and("latch", Some(fs.path())) else {
+        return;
+    };
+    ct.set_short_watchdog();
+    ct.ok(&["systemctl", "start", UNIT]);
+    let (_, acked) = ct.add_footprint("network", "create", r#"{"before":"the disk failed"}"#);
+
+    fs.fill_backing();
+    // The block is written, but its fdatasync fails: the caller is told, the store latches.
+    let refused = ct.run(&[
+        "busctl",
+        "--auto-start=no",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "AddFootprint",
+        "sss",
+        "network",
+        "create",
+        r#"{"after":"the disk failed"}"#,
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a write was acked on a failed disk"
+    );
+    assert!(
+        stderr(&refused).contains("fdatasync"),
+        "{}",
+        stderr(&refused)
+    );
+    // The daemon stops pinging, systemd's watchdog kills it and restarts the unit.
+    let records = ct.wait_for_journal(&[], |records| {
+        records
+            .iter()
+            .any(|r| field(r, "MESSAGE").contains("Failed with result 'watchdog'"))
+    });
+    let position = |text: &str| {
+        records
+            .iter()
+            .position(|r| field(r, "MESSAGE").contains(text))
+            .unwrap_or_else(|| panic!("no '{text}' in the journal"))
+    };
+    assert!(
+        position("the chain writer is unhealthy") < position("Watchdog timeout"),
+        "the watchdog fired before the daemon found its writer unhealthy"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "systemd to restart the unit",
+        || ct.unit_property("NRestarts") != "0",
+    );
+    // (The file system itself went read-only, so the restarted daemon cannot open the chain
+    // until an operator looks: that is the file system's verdict, not ours.)
+    let _ = ct.run(&["systemctl", "stop", UNIT]);
+    drop(ct);
+
+    // Once the disk takes writes again, the acknowledged block is there and the chain intact.
+    fs.unfill_and_remount();
+    let chain_dir = fs.path().join("blockchain");
+    let chain_dir = chain_dir.to_str().expect("utf-8 path");
+    let (code, out, err) = common::cli(&["verify", "--chain-dir", chain_dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::cli(&["get", &acked, "--chain-dir", chain_dir]);
+    assert_eq!(code, 0, "the acked block is gone: {out}{err}");
 }
 
 #[test]
@@ -457,21 +591,33 @@ struct Container {
 impl Container {
     /// Boots a container and runs `scripts/install.sh` in it; `None` when the test is skipped.
     fn boot_with_service(tag: &str) -> Option<Container> {
+        Container::boot_with_service_and(tag, None)
+    }
+
+    /// As [`Container::boot_with_service`], with `state_dir` (a host directory) mounted as the
+    /// service's state directory, /var/lib/op-dbus.
+    fn boot_with_service_and(tag: &str, state_dir: Option<&Path>) -> Option<Container> {
         if let Some(reason) = missing_prerequisite() {
             assert!(
                 std::env::var_os("OPDBUS_REQUIRE_NSPAWN").is_none(),
                 "OPDBUS_REQUIRE_NSPAWN is set and {reason}"
             );
-            eprintln!("SKIPPED: {reason}; this test needs root and a real systemd");
+            // Straight to stderr: the test harness captures eprintln! of passing tests.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {tag}: {reason}; the systemd_nspawn tests need root, systemd-nspawn \
+                 and debootstrap"
+            );
             return None;
         }
-        let container = Container::boot(tag, &cached_rootfs());
+        let container = Container::boot(tag, &cached_rootfs(), state_dir);
         let install = format!("{CT_SRC}/scripts/install.sh");
         container.ok(&[&install, "install", "--bin-dir", CT_BIN]);
         Some(container)
     }
 
-    fn boot(tag: &str, rootfs: &Path) -> Container {
+    fn boot(tag: &str, rootfs: &Path, state_dir: Option<&Path>) -> Container {
         let name = format!("opdbus-{tag}-{}", std::process::id());
         let dir = tempfile::tempdir().expect("tempdir");
         let console = dir.path().join("console.log");
@@ -494,6 +640,7 @@ impl Container {
             .arg(format!("--machine={name}"))
             .arg(format!("--bind-ro={}:{CT_BIN}", build.display()))
             .arg(format!("--bind-ro={}:{CT_SRC}", env!("CARGO_MANIFEST_DIR")))
+            .args(state_dir.map(|dir| format!("--bind={}:/var/lib/op-dbus", dir.display())))
             .env("CGROUP_PROCS", procs)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&console).expect("console log"))
@@ -520,9 +667,12 @@ impl Container {
         });
         let state = container.run(&["systemctl", "is-system-running", "--wait"]);
         let state = stdout(&state).trim().to_owned();
-        if state != "running" {
-            let failed = container.run(&["systemctl", "--failed", "--no-pager"]);
-            panic!("container state '{state}':\n{}", stdout(&failed));
+        // "degraded" (some unrelated unit failed) still runs ours; anything else does not.
+        let failed = || stdout(&container.run(&["systemctl", "--failed", "--no-pager"]));
+        match state.as_str() {
+            "running" => {}
+            "degraded" => eprintln!("container {} is degraded:\n{}", container.name, failed()),
+            _ => panic!("container state '{state}':\n{}", failed()),
         }
         container
     }
@@ -595,6 +745,18 @@ impl Container {
         self.ok(&["systemctl", "show", "--value", "-p", name, UNIT])
             .trim()
             .to_owned()
+    }
+
+    /// `WatchdogSec=2s`, as an operator would set it: in a drop-in.
+    fn set_short_watchdog(&self) {
+        self.ok(&[
+            "sh",
+            "-c",
+            "mkdir -p /etc/systemd/system/opdbus-blockchaind.service.d && \
+             printf '[Service]\\nWatchdogSec=2s\\n' \
+               > /etc/systemd/system/opdbus-blockchaind.service.d/watchdog.conf && \
+             systemctl daemon-reload",
+        ]);
     }
 
     /// `OPDBUS_LOG` as an operator sets it: in /etc/default/opdbus-blockchain.
@@ -773,11 +935,7 @@ fn missing_prerequisite() -> Option<String> {
         return Some("not running as root".into());
     }
     for tool in ["systemd-nspawn", "debootstrap", "nsenter", "pgrep"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !found {
+        if !tool_exists(tool) {
             return Some(format!(
                 "{tool} is not installed (apt-get install systemd-container debootstrap)"
             ));
@@ -787,6 +945,126 @@ fn missing_prerequisite() -> Option<String> {
         return Some("no cgroup hierarchy found under /sys/fs/cgroup".into());
     }
     None
+}
+
+fn tool_exists(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// A btrfs file system in a sparse image, loop-mounted on the host; unmounted on drop.
+struct LoopBtrfs {
+    mount_point: PathBuf,
+    image: PathBuf,
+    /// The small tmpfs holding the image, when there is one.
+    tmpfs: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopBtrfs {
+    /// `None` when not root: the test is skipped then anyway.
+    fn new() -> Option<LoopBtrfs> {
+        LoopBtrfs::create(None)
+    }
+
+    /// The image lives on a tmpfs of `megabytes`: once that is full, the loop device fails
+    /// writes with EIO, as a dying disk would, while reads still work.
+    fn on_tmpfs(megabytes: u64) -> Option<LoopBtrfs> {
+        LoopBtrfs::create(Some(megabytes))
+    }
+
+    fn create(tmpfs_megabytes: Option<u64>) -> Option<LoopBtrfs> {
+        if !is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point).expect("mount point");
+        let tmpfs = tmpfs_megabytes.map(|megabytes| {
+            let tmpfs = dir.path().join("backing");
+            std::fs::create_dir(&tmpfs).expect("tmpfs mount point");
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={megabytes}M"), "tmpfs"])
+                .arg(&tmpfs)
+                .status()
+                .expect("mount");
+            assert!(mounted.success(), "cannot mount a tmpfs");
+            tmpfs
+        });
+        let image = tmpfs.as_deref().unwrap_or(dir.path()).join("state.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(1 << 30))
+            .expect("sparse image");
+        let mkfs = Command::new("mkfs.btrfs")
+            .arg("-q")
+            .arg(&image)
+            .stderr(Stdio::null())
+            .status()
+            .expect("mkfs.btrfs");
+        assert!(mkfs.success(), "mkfs.btrfs failed");
+        let fs = LoopBtrfs {
+            mount_point,
+            image,
+            tmpfs,
+            _dir: dir,
+        };
+        fs.mount();
+        Some(fs)
+    }
+
+    /// Loop-mounts the image. Tried again for a while: parallel tests race for free loop
+    /// devices, and after a container is gone the kernel lets go of its mounts lazily.
+    fn mount(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mount = Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&self.image)
+                .arg(&self.mount_point)
+                .output()
+                .expect("mount");
+            if mount.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cannot loop-mount the btrfs image: {}",
+                stderr(&mount)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// Fills the tmpfs under the image, so that writes to the file system fail from now on.
+    fn fill_backing(&self) {
+        let tmpfs = self.tmpfs.as_ref().expect("an image on a tmpfs");
+        let mut fill = std::fs::File::create(tmpfs.join("fill")).expect("fill file");
+        let zeros = vec![0u8; 1 << 20];
+        while std::io::Write::write_all(&mut fill, &zeros).is_ok() {}
+    }
+
+    /// Frees the tmpfs again and mounts the file system afresh (after its users are gone).
+    fn unfill_and_remount(&self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+        let tmpfs = self.tmpfs.as_ref().expect("an image on a tmpfs");
+        std::fs::remove_file(tmpfs.join("fill")).expect("remove the fill file");
+        self.mount();
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+        if let Some(tmpfs) = &self.tmpfs {
+            let _ = Command::new("umount").arg(tmpfs).status();
+        }
+    }
 }
 
 /// The container's own parent cgroups: in the named systemd and unified hierarchies of a hybrid
