@@ -35,8 +35,11 @@ pub const RETRAIN_EVERY: u64 = 50_000;
 /// The dictionaries a cache directory holds, by id; shared by readers and the writer.
 pub struct Dictionaries {
     dir: PathBuf,
+    /// Every dictionary this process has seen, also those retired from disk meanwhile (a
+    /// reader may still hold a file compressed with one).
     decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
-    bytes: std::sync::atomic::AtomicU64,
+    /// The dictionary files on disk and their sizes.
+    files: RwLock<HashMap<u32, u64>>,
 }
 
 impl Dictionaries {
@@ -53,7 +56,7 @@ impl Dictionaries {
         };
         let mut decoders = HashMap::new();
         let mut newest: Option<(std::time::SystemTime, u32, Vec<u8>)> = None;
-        let mut total = 0u64;
+        let mut files = HashMap::new();
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
@@ -65,7 +68,7 @@ impl Dictionaries {
                 tracing::warn!(path = %entry.path().display(), "ignoring a dictionary file whose content does not match its name");
                 continue;
             }
-            total += bytes.len() as u64;
+            files.insert(id, bytes.len() as u64);
             decoders.insert(id, Arc::new(DecoderDictionary::copy(&bytes)));
             let modified = entry
                 .metadata()?
@@ -79,7 +82,7 @@ impl Dictionaries {
             Dictionaries {
                 dir: dir.to_path_buf(),
                 decoders: RwLock::new(decoders),
-                bytes: total.into(),
+                files: RwLock::new(files),
             },
             newest.map(|(_, id, bytes)| (id, bytes)),
         ))
@@ -90,7 +93,7 @@ impl Dictionaries {
         Dictionaries {
             dir: dir.to_path_buf(),
             decoders: RwLock::new(HashMap::new()),
-            bytes: 0.into(),
+            files: RwLock::new(HashMap::new()),
         }
     }
 
@@ -112,17 +115,26 @@ impl Dictionaries {
         self.decoders
             .write()
             .insert(id, Arc::new(DecoderDictionary::copy(bytes)));
-        self.bytes
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.files.write().insert(id, bytes.len() as u64);
         Ok(())
     }
 
-    /// Number of dictionaries and their total size in bytes.
+    /// Deletes every dictionary file but `keep`'s. Only for when no entry on disk uses them
+    /// any more (every entry was just recompressed with `keep`); this process still reads
+    /// them, a later one would drop a stray entry that needs one as unreadable (a miss).
+    pub fn retire_all_but(&self, keep: u32) {
+        let mut files = self.files.write();
+        files.retain(|&id, _| {
+            id == keep
+                || std::fs::remove_file(self.dir.join(file_name(id)))
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+        });
+    }
+
+    /// Number of dictionary files and their total size in bytes.
     pub fn count_and_bytes(&self) -> (u64, u64) {
-        (
-            self.decoders.read().len() as u64,
-            self.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        let files = self.files.read();
+        (files.len() as u64, files.values().sum())
     }
 }
 
@@ -144,16 +156,20 @@ pub struct Encoder {
     current: Option<(u32, EncoderDictionary<'static>)>,
     samples: std::collections::VecDeque<Vec<u8>>,
     written_since_training: u64,
-    /// Blocks to see before the next training attempt (grows when training fails).
+    /// In its first few thousand blocks: training whenever the samples double.
+    young: bool,
+    /// Samples needed for the next training while young.
     next_training_at: usize,
+    retrain_every: u64,
 }
 
 /// What [`Encoder::observe`] did.
 pub enum Training {
     /// Nothing new.
     None,
-    /// A new dictionary with this id is in use from now on.
-    Trained(u32),
+    /// A new dictionary with this id is in use from now on; `young` while the cache is still
+    /// in its first few thousand blocks (each dictionary much better than the one before).
+    Trained { id: u32, young: bool },
 }
 
 impl Encoder {
@@ -165,11 +181,9 @@ impl Encoder {
             samples: std::collections::VecDeque::new(),
             written_since_training: 0,
             // A cache that has a dictionary already is past its young phase.
-            next_training_at: if has_dictionary {
-                SAMPLES_KEPT + 1
-            } else {
-                FIRST_TRAINING_SAMPLES
-            },
+            young: !has_dictionary,
+            next_training_at: FIRST_TRAINING_SAMPLES,
+            retrain_every: RETRAIN_EVERY,
         }
     }
 
@@ -198,24 +212,39 @@ impl Encoder {
         self.written_since_training += 1;
         // A young cache retrains as its samples double (64, 128, … SAMPLES_KEPT): each
         // dictionary is better than the last; after that, every RETRAIN_EVERY blocks.
-        let due = if self.next_training_at <= SAMPLES_KEPT {
+        let young = self.young;
+        let due = if young {
             self.samples.len() >= self.next_training_at
         } else {
-            self.written_since_training >= RETRAIN_EVERY
+            self.written_since_training >= self.retrain_every
         };
         if !due {
             return Training::None;
         }
         match self.train(dictionaries) {
-            Ok(id) => Training::Trained(id),
+            Ok(id) => Training::Trained { id, young },
             Err(err) => {
                 // Too few or too uniform samples: try again with more.
                 tracing::debug!(%err, samples = self.samples.len(), "cannot train a cache dictionary yet");
-                self.next_training_at = self.samples.len() * 2;
-                self.written_since_training = 0;
+                self.advance_schedule();
                 Training::None
             }
         }
+    }
+
+    /// After a training (or a failed attempt): while young, the next one when the samples have
+    /// doubled; past SAMPLES_KEPT, every `retrain_every` blocks.
+    fn advance_schedule(&mut self) {
+        self.written_since_training = 0;
+        if self.young {
+            self.next_training_at = self.samples.len() * 2;
+            self.young = self.next_training_at <= SAMPLES_KEPT;
+        }
+    }
+
+    /// Blocks between two trainings once the cache is past its young phase.
+    pub fn set_retrain_every(&mut self, blocks: u64) {
+        self.retrain_every = blocks;
     }
 
     fn train(&mut self, dictionaries: &Dictionaries) -> std::io::Result<u32> {
@@ -230,13 +259,13 @@ impl Encoder {
         if dictionaries.decoder(id).is_none() {
             dictionaries.add(id, &bytes)?;
         }
+        let sample_count = samples.len();
         self.current = Some((id, EncoderDictionary::copy(&bytes, self.level)));
-        self.written_since_training = 0;
-        self.next_training_at = samples.len() * 2;
+        self.advance_schedule();
         tracing::info!(
             dictionary_id = format_args!("{id:08x}"),
             bytes = bytes.len(),
-            samples = samples.len(),
+            samples = sample_count,
             "trained a new cache dictionary"
         );
         Ok(id)

@@ -333,7 +333,7 @@ impl BlockCache {
         let encoding = block.encode();
         let mut encoder = self.inner.encoder.lock();
         self.inner.disk.store(block, &encoding, &encoder, false)?;
-        if let dictionary::Training::Trained(id) =
+        if let dictionary::Training::Trained { id, young: true } =
             encoder.observe(&encoding, &self.inner.disk.dictionaries)
         {
             drop(encoder);
@@ -353,8 +353,8 @@ impl BlockCache {
         };
         let encoder = self.inner.encoder.lock();
         let mut rewritten = 0;
-        for hash in hashes {
-            if let Loaded::Block(block) = self.inner.disk.load(&hash) {
+        for hash in &hashes {
+            if let Loaded::Block(block) = self.inner.disk.load(hash) {
                 if self
                     .inner
                     .disk
@@ -365,10 +365,15 @@ impl BlockCache {
                 }
             }
         }
+        if rewritten == hashes.len() {
+            // Nothing on disk needs the earlier dictionaries any more.
+            self.inner.disk.dictionaries.retire_all_but(id);
+        }
         tracing::debug!(
             rewritten,
+            entries = hashes.len(),
             dictionary_id = format_args!("{id:08x}"),
-            "recompressed the first cache entries"
+            "recompressed the cache entries with a new dictionary"
         );
     }
 
@@ -410,6 +415,12 @@ impl BlockCache {
             dictionary_bytes,
             dictionary_id: self.inner.encoder.lock().current_id(),
         }
+    }
+
+    /// Blocks between two dictionary trainings once the cache is past its young phase
+    /// (default [`dictionary::RETRAIN_EVERY`]).
+    pub fn set_retrain_every(&self, blocks: u64) {
+        self.inner.encoder.lock().set_retrain_every(blocks);
     }
 
     /// Zeroes the lookup counters (hits, misses), e.g. after a warm-up.

@@ -112,32 +112,71 @@ fn a_rate_with_nothing_to_measure_is_zero() {
 }
 
 #[test]
-fn files_of_an_older_dictionary_stay_readable() {
+fn young_caches_recompress_and_keep_one_dictionary() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blocks = corpus::blocks(5, 300);
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
-    for block in &blocks[..100] {
+    for block in &blocks {
         cache.put(block).expect("put");
     }
-    let first_id = cache.stats().dictionary_id;
-    assert_ne!(first_id, 0, "a dictionary is trained after 64 blocks");
-    let old_file = std::fs::read(entry_path(dir.path(), &blocks[0].hash)).expect("entry");
-    for block in &blocks[100..] {
-        cache.put(block).expect("put");
-    }
-    assert_ne!(
-        cache.stats().dictionary_id,
-        first_id,
-        "retrained while young"
+    let stats = cache.stats();
+    // Trained at 64, 128 and 256 blocks; each time every entry was recompressed.
+    assert_eq!(stats.dictionaries, 1, "{stats:#?}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("dict"))
+            .expect("dict")
+            .count(),
+        1
     );
-    assert!(cache.stats().dictionaries >= 2);
-    // Put the file compressed with the first dictionary back, and read it in a new process.
-    std::fs::write(entry_path(dir.path(), &blocks[0].hash), &old_file).expect("restore");
-    let frame_dict = zstd::zstd_safe::get_dict_id_from_frame(&old_file).map(u32::from);
-    assert_eq!(frame_dict, Some(first_id));
+    for block in &blocks {
+        let frame = std::fs::read(entry_path(dir.path(), &block.hash)).expect("entry");
+        let id = zstd::zstd_safe::get_dict_id_from_frame(&frame).map(u32::from);
+        assert_eq!(id, Some(stats.dictionary_id));
+    }
+}
+
+#[test]
+fn files_of_an_older_dictionary_stay_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(5, 200);
+    {
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        for block in &blocks[..100] {
+            cache.put(block).expect("put");
+        }
+    }
+    let first_id = open(dir.path(), DEFAULT_HOT_BYTES).stats().dictionary_id;
+    assert_ne!(first_id, 0, "a dictionary is trained after 64 blocks");
+    {
+        // Past its young phase (it has a dictionary): a retrain leaves older files alone.
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        cache.set_retrain_every(60);
+        for block in &blocks[100..] {
+            cache.put(block).expect("put");
+        }
+        assert_ne!(cache.stats().dictionary_id, first_id, "retrained");
+    }
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
-    assert_eq!(cache.get(&blocks[0].hash).as_deref(), Some(&blocks[0]));
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("dict"))
+        .expect("dict")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        cache.stats().dictionaries,
+        2,
+        "{files:?} {:#?}",
+        cache.stats()
+    );
+    let old = std::fs::read(entry_path(dir.path(), &blocks[0].hash)).expect("entry");
+    let new = std::fs::read(entry_path(dir.path(), &blocks[199].hash)).expect("entry");
+    let id = |frame: &[u8]| zstd::zstd_safe::get_dict_id_from_frame(frame).map(u32::from);
+    assert_eq!(id(&old), Some(first_id));
+    assert_ne!(id(&new), Some(first_id));
+    for block in &blocks {
+        assert_eq!(cache.get(&block.hash).as_deref(), Some(block));
+    }
     assert_eq!(cache.stats().corrupt_dropped, 0);
+    assert_eq!(cache.stats().disk_hits, 200);
 }
 
 /// Ranks 0..n drawn with probability ∝ 1/(rank+1)^s.
@@ -415,4 +454,33 @@ async fn get_block_reads_through_to_the_chain_and_fills_the_cache() {
     assert!(stats.hits >= 1);
     assert!(stats.misses >= 1);
     chain.shutdown().await;
+}
+
+/// The figures of docs/cache.md: `cargo test --lib cache::tests::measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement for the docs, not a check"]
+fn measure_compression_on_the_corpus() {
+    for n in [100usize, 400, 2000, 10_000] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        let blocks = corpus::blocks(1, n);
+        let mut plain = 0usize;
+        for block in &blocks {
+            cache.put(block).expect("put");
+            plain += zstd::bulk::compress(&block.encode(), ZSTD_LEVEL)
+                .expect("zstd")
+                .len();
+        }
+        let s = cache.stats();
+        eprintln!(
+            "{n:>6} blocks: avg block {:>4} B, per-block zstd without dictionary {:.2}x, with dictionary {:.2}x (avg file {} B), counting the {} dictionaries ({} B) too {:.2}x",
+            s.canonical_bytes / n as u64,
+            s.canonical_bytes as f64 / plain as f64,
+            s.compression_ratio,
+            s.compressed_bytes / n as u64,
+            s.dictionaries,
+            s.dictionary_bytes,
+            s.canonical_bytes as f64 / s.disk_usage_bytes as f64,
+        );
+    }
 }
