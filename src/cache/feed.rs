@@ -30,6 +30,9 @@ use tokio::sync::watch;
 
 /// How often a failed write is retried while the queue is idle.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// Bound of the queue in bytes of block encodings, besides `queue_blocks`: with the largest
+/// footprints (64 KiB) the block bound alone would let gigabytes wait.
+pub const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 /// Blocks filled in from the chain between two looks at the queue.
 const CATCH_UP_CHUNK: u64 = 1024;
 const STATE_FILE: &str = "state";
@@ -125,14 +128,12 @@ impl CacheFeed {
         self.shared.offer(blocks)
     }
 
-    /// Hands a block read from the chain (a cache miss) to the thread to store; best effort.
+    /// Hands a block read from the chain (a cache miss) to the thread to store; best effort
+    /// (dropped, uncounted, when the queue is full).
     pub fn fill(&self, block: Block) {
-        let queued = &self.shared.cache.inner.counters.queued_blocks;
-        if queued.load(Relaxed) < self.shared.queue_blocks {
-            queued.fetch_add(1, Relaxed);
-            if self.shared.tx.send(Message::Fill(block)).is_err() {
-                queued.fetch_sub(1, Relaxed);
-            }
+        let bytes = block.encoded_len() as u64;
+        if self.shared.reserve(1, bytes) && self.shared.tx.send(Message::Fill(block)).is_err() {
+            self.shared.release(1, bytes);
         }
     }
 
@@ -197,17 +198,55 @@ impl CacheFeed {
 
 impl Shared {
     fn offer(&self, blocks: &[Block]) {
-        let counters = &self.cache.inner.counters;
         let n = blocks.len() as u64;
-        if counters.queued_blocks.load(Relaxed) + n > self.queue_blocks {
+        let bytes = queue_bytes(blocks);
+        if !self.reserve(n, bytes) {
+            let counters = &self.cache.inner.counters;
             counters.skipped_writes.fetch_add(n, Relaxed);
             return;
         }
-        counters.queued_blocks.fetch_add(n, Relaxed);
         if self.tx.send(Message::Committed(blocks.to_vec())).is_err() {
-            counters.queued_blocks.fetch_sub(n, Relaxed);
+            self.release(n, bytes);
+            let counters = &self.cache.inner.counters;
             counters.skipped_writes.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Counts `blocks` (of `bytes`) as queued if they fit under both bounds. Only the writer
+    /// thread and readers filling misses reserve, so the check-then-add race can overshoot by
+    /// one batch at most, which the bounds allow for.
+    fn reserve(&self, blocks: u64, bytes: u64) -> bool {
+        let counters = &self.cache.inner.counters;
+        if counters.queued_blocks.load(Relaxed) + blocks > self.queue_blocks
+            || counters.queued_bytes.load(Relaxed) + bytes > QUEUE_BYTES
+        {
+            return false;
+        }
+        counters.queued_blocks.fetch_add(blocks, Relaxed);
+        counters.queued_bytes.fetch_add(bytes, Relaxed);
+        true
+    }
+
+    fn release(&self, blocks: u64, bytes: u64) {
+        let counters = &self.cache.inner.counters;
+        let sub = |counter: &std::sync::atomic::AtomicU64, by: u64| {
+            let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(by)));
+        };
+        sub(&counters.queued_blocks, blocks);
+        sub(&counters.queued_bytes, bytes);
+    }
+}
+
+/// What queued blocks weigh against [`QUEUE_BYTES`].
+fn queue_bytes(blocks: &[Block]) -> u64 {
+    blocks.iter().map(|b| b.encoded_len() as u64).sum()
+}
+
+impl Drop for CacheFeed {
+    /// Lets the thread end when the last handle goes without `stop` (it drains what is queued
+    /// and exits; nobody waits for it).
+    fn drop(&mut self) {
+        let _ = self.shared.tx.send(Message::Stop);
     }
 }
 
@@ -294,7 +333,7 @@ impl<S: BlockSource> Worker<S> {
             };
             match message {
                 Some(Message::Committed(blocks)) => {
-                    self.dequeued(blocks.len());
+                    self.dequeued(&blocks);
                     for block in &blocks {
                         if block.height >= self.next {
                             self.catch_up_to(block.height);
@@ -306,7 +345,7 @@ impl<S: BlockSource> Worker<S> {
                     }
                 }
                 Some(Message::Fill(block)) => {
-                    self.dequeued(1);
+                    self.dequeued(std::slice::from_ref(&block));
                     self.store(&block);
                 }
                 Some(Message::Wake) => {}
@@ -327,9 +366,9 @@ impl<S: BlockSource> Worker<S> {
         }
     }
 
-    fn dequeued(&self, n: usize) {
-        let queued = &self.cache().inner.counters.queued_blocks;
-        let _ = queued.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n as u64)));
+    fn dequeued(&self, blocks: &[Block]) {
+        self.shared
+            .release(blocks.len() as u64, queue_bytes(blocks));
     }
 
     /// Stores blocks `next..until` read from the chain and advances the cursor to `until`.
@@ -405,7 +444,7 @@ impl<S: BlockSource> Worker<S> {
         while let Ok(message) = rx.try_recv() {
             match message {
                 Message::Committed(blocks) => {
-                    self.dequeued(blocks.len());
+                    self.dequeued(&blocks);
                     for block in &blocks {
                         self.store(block);
                         if block.height == self.next {
@@ -414,7 +453,7 @@ impl<S: BlockSource> Worker<S> {
                     }
                 }
                 Message::Fill(block) => {
-                    self.dequeued(1);
+                    self.dequeued(std::slice::from_ref(&block));
                     self.store(&block);
                 }
                 Message::Wake | Message::Stop => {}

@@ -177,6 +177,7 @@ struct Counters {
     write_failures: AtomicU64,
     skipped_writes: AtomicU64,
     queued_blocks: AtomicU64,
+    queued_bytes: AtomicU64,
     /// `complete_through + 1`, so that 0 can mean "nothing yet".
     complete_until: AtomicU64,
 }
