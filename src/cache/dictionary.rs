@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use zstd::dict::{DecoderDictionary, EncoderDictionary};
+use zstd::dict::DecoderDictionary;
 
 /// A dictionary's id and bytes.
 pub type Trained = (u32, Vec<u8>);
@@ -153,7 +153,10 @@ fn parse_file_name(name: &str) -> Option<u32> {
 /// Owned by the one thread that writes the cache.
 pub struct Encoder {
     level: i32,
-    current: Option<(u32, EncoderDictionary<'static>)>,
+    /// Id of the dictionary loaded in `compressor` (0: none).
+    current_id: u32,
+    /// One compression context for every block: the dictionary's tables are built once.
+    compressor: zstd::bulk::Compressor<'static>,
     samples: std::collections::VecDeque<Vec<u8>>,
     written_since_training: u64,
     /// In its first few thousand blocks: training whenever the samples double.
@@ -173,33 +176,33 @@ pub enum Training {
 }
 
 impl Encoder {
-    pub fn new(level: i32, current: Option<Trained>) -> Encoder {
+    pub fn new(level: i32, current: Option<Trained>) -> std::io::Result<Encoder> {
         let has_dictionary = current.is_some();
-        Encoder {
+        let (current_id, compressor) = match current {
+            Some((id, bytes)) => (id, zstd::bulk::Compressor::with_dictionary(level, &bytes)?),
+            None => (0, zstd::bulk::Compressor::new(level)?),
+        };
+        Ok(Encoder {
             level,
-            current: current.map(|(id, bytes)| (id, EncoderDictionary::copy(&bytes, level))),
+            current_id,
+            compressor,
             samples: std::collections::VecDeque::new(),
             written_since_training: 0,
             // A cache that has a dictionary already is past its young phase.
             young: !has_dictionary,
             next_training_at: FIRST_TRAINING_SAMPLES,
             retrain_every: RETRAIN_EVERY,
-        }
+        })
     }
 
     /// Compresses one block encoding as a single zstd frame (dictionary id in its header).
-    pub fn compress(&self, encoding: &[u8]) -> std::io::Result<Vec<u8>> {
-        match &self.current {
-            Some((_, dictionary)) => {
-                zstd::bulk::Compressor::with_prepared_dictionary(dictionary)?.compress(encoding)
-            }
-            None => zstd::bulk::compress(encoding, self.level),
-        }
+    pub fn compress(&mut self, encoding: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.compressor.compress(encoding)
     }
 
     /// The id of the dictionary new blocks are compressed with (0: none).
     pub fn current_id(&self) -> u32 {
-        self.current.as_ref().map_or(0, |(id, _)| *id)
+        self.current_id
     }
 
     /// Remembers a written block as a training sample and trains a dictionary when it is time:
@@ -260,7 +263,8 @@ impl Encoder {
             dictionaries.add(id, &bytes)?;
         }
         let sample_count = samples.len();
-        self.current = Some((id, EncoderDictionary::copy(&bytes, self.level)));
+        self.compressor.set_dictionary(self.level, &bytes)?;
+        self.current_id = id;
         self.advance_schedule();
         tracing::info!(
             dictionary_id = format_args!("{id:08x}"),

@@ -159,7 +159,7 @@ impl DiskTier {
         &self,
         block: &Block,
         encoding: &[u8],
-        encoder: &Encoder,
+        encoder: &mut Encoder,
         replace: bool,
     ) -> std::io::Result<bool> {
         let path = self.path(&block.hash);

@@ -178,6 +178,8 @@ struct Counters {
     skipped_writes: AtomicU64,
     queued_blocks: AtomicU64,
     queued_bytes: AtomicU64,
+    /// The dictionary new blocks use, mirrored here so stats never wait for a write.
+    dictionary_id: std::sync::atomic::AtomicU32,
     /// `complete_through + 1`, so that 0 can mean "nothing yet".
     complete_until: AtomicU64,
 }
@@ -212,6 +214,11 @@ impl BlockCache {
     /// starts empty and its writes fail (counted) until the directory works.
     pub fn open(options: &CacheOptions) -> Result<BlockCache, CacheError> {
         let (disk, current) = DiskTier::open(&options.dir);
+        let encoder =
+            dictionary::Encoder::new(ZSTD_LEVEL, current).map_err(|source| CacheError::Io {
+                context: "creating a zstd compression context".into(),
+                source,
+            })?;
         let evictions = CountEvictions::default();
         let estimated_items = (options.hot_bytes / 1024).clamp(16, 1 << 24) as usize;
         let hot = Cache::with(
@@ -227,8 +234,11 @@ impl BlockCache {
                 hot,
                 evictions,
                 disk,
-                encoder: Mutex::new(dictionary::Encoder::new(ZSTD_LEVEL, current)),
-                counters: Counters::default(),
+                counters: Counters {
+                    dictionary_id: encoder.current_id().into(),
+                    ..Counters::default()
+                },
+                encoder: Mutex::new(encoder),
             }),
         })
     }
@@ -333,10 +343,15 @@ impl BlockCache {
         }
         let encoding = block.encode();
         let mut encoder = self.inner.encoder.lock();
-        self.inner.disk.store(block, &encoding, &encoder, false)?;
-        if let dictionary::Training::Trained { id, young: true } =
-            encoder.observe(&encoding, &self.inner.disk.dictionaries)
-        {
+        self.inner
+            .disk
+            .store(block, &encoding, &mut encoder, false)?;
+        let training = encoder.observe(&encoding, &self.inner.disk.dictionaries);
+        self.inner
+            .counters
+            .dictionary_id
+            .store(encoder.current_id(), Relaxed);
+        if let dictionary::Training::Trained { id, young: true } = training {
             drop(encoder);
             if self.inner.disk.counters.entries.load(Relaxed) <= RECOMPRESS_UP_TO {
                 self.recompress_entries(id);
@@ -352,14 +367,14 @@ impl BlockCache {
         let Ok(hashes) = self.inner.disk.hashes() else {
             return;
         };
-        let encoder = self.inner.encoder.lock();
+        let mut encoder = self.inner.encoder.lock();
         let mut rewritten = 0;
         for hash in &hashes {
             if let Loaded::Block(block) = self.inner.disk.load(hash) {
                 if self
                     .inner
                     .disk
-                    .store(&block, &block.encode(), &encoder, true)
+                    .store(&block, &block.encode(), &mut encoder, true)
                     .is_ok()
                 {
                     rewritten += 1;
@@ -414,7 +429,7 @@ impl BlockCache {
             complete_through: c.complete_until.load(Relaxed) as i64 - 1,
             dictionaries,
             dictionary_bytes,
-            dictionary_id: self.inner.encoder.lock().current_id(),
+            dictionary_id: c.dictionary_id.load(Relaxed),
         }
     }
 
