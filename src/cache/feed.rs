@@ -263,7 +263,16 @@ struct Worker<S> {
 
 impl<S: BlockSource> Worker<S> {
     fn new(shared: Arc<Shared>, source: S) -> Self {
-        let next = read_state(&shared.cache, &source.chain_id()).map_or(0, |through| through + 1);
+        // Trust the state file only if the chain still has that block and the cache holds
+        // it (a chain restored from an older backup, or a cache of another chain, fail this);
+        // otherwise check everything from genesis, which costs a read per block.
+        let next = read_state(&shared.cache, &source.chain_id())
+            .filter(|&through| {
+                source
+                    .block_at(through)
+                    .is_some_and(|block| shared.cache.on_disk(&block.hash))
+            })
+            .map_or(0, |through| through + 1);
         let mut worker = Worker {
             shared,
             source,

@@ -319,17 +319,16 @@ impl BlockCache {
         self.inner.disk.contains(hash)
     }
 
-    /// Writes `block` to the disk tier (unless there already) and keeps it in RAM. Blocks the
+    /// Writes `block` to the disk tier (unless there already) and then keeps it in RAM. Blocks the
     /// calling thread for a file write; the daemon calls it only from the cache thread.
     /// A failure is returned (and counted) for the caller to log.
     pub fn put(&self, block: &Block) -> std::io::Result<Put> {
         let result = self.write(block);
         match &result {
-            Ok(_) => {
-                if !self.is_hot(&block.hash) {
-                    self.insert_hot(Arc::new(block.clone()));
-                }
-            }
+            // A block just written is likely read soon (BlockAdded listeners); one that was
+            // there already (a catch-up pass over stored blocks) is not, and stays on disk.
+            Ok(Put::Written) => self.insert_hot(Arc::new(block.clone())),
+            Ok(Put::Present) => {}
             Err(_) => {
                 self.inner.counters.write_failures.fetch_add(1, Relaxed);
             }

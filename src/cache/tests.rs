@@ -484,3 +484,54 @@ fn measure_compression_on_the_corpus() {
         );
     }
 }
+
+/// What the cache costs the writer, in-process:
+/// `cargo test --release --lib cache::tests::measure_streaming -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for the docs, not a check"]
+async fn measure_streaming_with_and_without_the_cache() {
+    use crate::service::{ChainOptions, OptimizedBlockchain, StreamingBlockchain};
+    const N: usize = 100_000;
+    let corpus = corpus::footprints(13, N);
+    for with_cache in [false, true, false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = ChainOptions::new(dir.path().join("chain"));
+        options.numa = None;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for footprint in &corpus {
+            tx.send(footprint.clone()).expect("send");
+        }
+        drop(tx);
+        let started = std::time::Instant::now();
+        if with_cache {
+            let chain = OptimizedBlockchain::with_cache(
+                options,
+                CacheOptions::new(dir.path().join("cache")),
+            )
+            .await
+            .expect("open");
+            chain.start_footprint_receiver(rx).await;
+            let durable = started.elapsed();
+            chain.cache_caught_up(N as u64).await.expect("caught up");
+            let cached = started.elapsed();
+            let stats = chain.cache_stats().await.expect("stats");
+            eprintln!(
+                "with cache:    {:>8.0} durable footprints/s; cache complete after {:.2} s ({:.0} blocks/s), skipped {} (filled in from the chain), ratio {:.2}",
+                N as f64 / durable.as_secs_f64(),
+                cached.as_secs_f64(),
+                N as f64 / cached.as_secs_f64(),
+                stats.skipped_writes,
+                stats.compression_ratio
+            );
+            chain.shutdown().await;
+        } else {
+            let chain = StreamingBlockchain::open(options).await.expect("open");
+            chain.start_footprint_receiver(rx).await;
+            eprintln!(
+                "without cache: {:>8.0} durable footprints/s",
+                N as f64 / started.elapsed().as_secs_f64()
+            );
+            chain.shutdown().await;
+        }
+    }
+}
