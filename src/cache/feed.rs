@@ -381,8 +381,15 @@ impl<S: BlockSource> Worker<S> {
     }
 
     /// Stores blocks `next..until` read from the chain and advances the cursor to `until`.
+    /// While writes fail, it does not try (the periodic retry probes from the first missing
+    /// height): a read-only cache must not cost a failed write per block of the chain.
     fn catch_up_to(&mut self, until: u64) {
         while self.next < until {
+            if self.failing.is_some() {
+                self.missing(self.next, "not tried while cache writes fail".into());
+                self.next = until;
+                return;
+            }
             match self.source.block_at(self.next) {
                 Some(block) => self.store(&block),
                 None => self.missing(self.next, "unreadable in the chain".into()),

@@ -535,3 +535,27 @@ async fn measure_streaming_with_and_without_the_cache() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_unwritable_cache_costs_one_failed_write_not_one_per_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    std::fs::create_dir_all(&cache_dir).expect("cache dir");
+    // A file where the blocks directory belongs: every entry write fails.
+    std::fs::write(cache_dir.join("blocks"), b"in the way").expect("block it");
+    let cache = open(&cache_dir, DEFAULT_HOT_BYTES);
+    let chain = FakeChain::new(&corpus::blocks(14, 500));
+    let feed = CacheFeed::new(cache.clone(), 1024);
+    feed.start(chain, 0).expect("start");
+    match feed.caught_up(500).await {
+        Err(CacheError::Incomplete {
+            first_missing: 0, ..
+        }) => {}
+        other => panic!("expected Incomplete from genesis, got {other:?}"),
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.write_failures, 1, "{stats:#?}");
+    assert_eq!(stats.complete_through, -1);
+    assert_eq!(stats.total_entries, 0);
+    feed.stop();
+}
