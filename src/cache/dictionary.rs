@@ -25,8 +25,8 @@ pub type Trained = (u32, Vec<u8>);
 /// Largest dictionary trained, in bytes (zstd's own recommendation is ~100x smaller than the
 /// samples; 16 KiB suits blocks of a few hundred bytes).
 pub const MAX_DICTIONARY_BYTES: usize = 16 * 1024;
-/// Blocks needed before the first dictionary is trained.
-pub const FIRST_TRAINING_SAMPLES: usize = 64;
+/// Blocks needed before the first dictionary is trained (then again each time they double).
+pub const FIRST_TRAINING_SAMPLES: usize = 8;
 /// Recent block encodings kept as training samples.
 pub const SAMPLES_KEPT: usize = 2048;
 /// Blocks written with one dictionary before a new one is trained from the recent samples.

@@ -120,7 +120,7 @@ fn young_caches_recompress_and_keep_one_dictionary() {
         cache.put(block).expect("put");
     }
     let stats = cache.stats();
-    // Trained at 64, 128 and 256 blocks; each time every entry was recompressed.
+    // Trained at 8, 16, … 256 blocks; each time every entry was recompressed.
     assert_eq!(stats.dictionaries, 1, "{stats:#?}");
     assert_eq!(
         std::fs::read_dir(dir.path().join("dict"))
@@ -146,7 +146,7 @@ fn files_of_an_older_dictionary_stay_readable() {
         }
     }
     let first_id = open(dir.path(), DEFAULT_HOT_BYTES).stats().dictionary_id;
-    assert_ne!(first_id, 0, "a dictionary is trained after 64 blocks");
+    assert_ne!(first_id, 0, "a dictionary is trained after 8 blocks");
     {
         // Past its young phase (it has a dictionary): a retrain leaves older files alone.
         let cache = open(dir.path(), DEFAULT_HOT_BYTES);
@@ -460,7 +460,7 @@ async fn get_block_reads_through_to_the_chain_and_fills_the_cache() {
 #[test]
 #[ignore = "a measurement for the docs, not a check"]
 fn measure_compression_on_the_corpus() {
-    for n in [100usize, 400, 2000, 10_000] {
+    for n in [5usize, 10, 20, 40, 100, 400, 2000, 10_000] {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = open(dir.path(), DEFAULT_HOT_BYTES);
         let blocks = corpus::blocks(1, n);
