@@ -76,6 +76,15 @@ enum Message {
     Stop,
 }
 
+/// Whether the cache's entries were counted when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// [`BlockCache::open`]: counted.
+    Yes,
+    /// [`BlockCache::open_uncounted`]: the cache thread counts them first.
+    NotYet,
+}
+
 /// The cache thread's progress, watched by [`CacheFeed::caught_up`].
 #[derive(Debug, Clone, Default)]
 struct Progress {
@@ -137,9 +146,15 @@ impl CacheFeed {
         }
     }
 
-    /// Starts the cache thread on `source`: counts what the cache holds, loads the newest
-    /// `preload_blocks` into RAM, then stores every block from where the cache left off.
-    pub fn start(&self, source: impl BlockSource, preload_blocks: u64) -> std::io::Result<()> {
+    /// Starts the cache thread on `source`: counts what the cache holds (when it was opened
+    /// with [`BlockCache::open_uncounted`]), loads the newest `preload_blocks` into RAM, then
+    /// stores every block from where the cache left off.
+    pub fn start(
+        &self,
+        source: impl BlockSource,
+        preload_blocks: u64,
+        counted: Counted,
+    ) -> std::io::Result<()> {
         let Some(rx) = self.receiver.lock().take() else {
             return Ok(()); // already started
         };
@@ -148,6 +163,9 @@ impl CacheFeed {
         let handle = std::thread::Builder::new()
             .name("block-cache".into())
             .spawn(move || {
+                if counted == Counted::NotYet {
+                    shared.cache.inner.disk.count_entries();
+                }
                 let mut worker = Worker::new(shared.clone(), source);
                 worker.preload(preload_blocks);
                 worker.run(&rx);

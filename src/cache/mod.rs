@@ -24,7 +24,7 @@ pub mod repair;
 #[cfg(test)]
 mod tests;
 
-pub use feed::{BlockSource, CacheFeed};
+pub use feed::{BlockSource, CacheFeed, Counted};
 
 use crate::chain::block::{Block, Hash};
 use disk::{DiskTier, Loaded};
@@ -213,6 +213,15 @@ impl BlockCache {
     /// A directory that cannot be created or read is a warning, not an error: the cache then
     /// starts empty and its writes fail (counted) until the directory works.
     pub fn open(options: &CacheOptions) -> Result<BlockCache, CacheError> {
+        let cache = Self::open_uncounted(options)?;
+        cache.inner.disk.count_entries();
+        Ok(cache)
+    }
+
+    /// As [`BlockCache::open`], but leaves counting the disk tier's entries (one small read
+    /// per file) to the cache thread, so that a large cache does not delay start-up; until
+    /// then `total_entries` and the byte counts grow as they are counted.
+    pub fn open_uncounted(options: &CacheOptions) -> Result<BlockCache, CacheError> {
         let (disk, current) = DiskTier::open(&options.dir);
         let encoder =
             dictionary::Encoder::new(ZSTD_LEVEL, current).map_err(|source| CacheError::Io {

@@ -309,7 +309,7 @@ async fn a_full_queue_skips_without_blocking_and_the_gap_is_filled_from_the_chai
     let stats = cache.stats();
     assert_eq!(stats.queued_blocks, 30);
     assert_eq!(stats.skipped_writes, 170);
-    feed.start(chain.clone(), 0).expect("start");
+    feed.start(chain.clone(), 0, Counted::Yes).expect("start");
     feed.caught_up(200).await.expect("caught up");
     let stats = cache.stats();
     assert_eq!(
@@ -337,15 +337,18 @@ async fn a_restart_resumes_from_the_state_file_and_preloads_the_newest_blocks() 
     let chain = FakeChain::new(&blocks);
     {
         let feed = CacheFeed::new(open(dir.path(), DEFAULT_HOT_BYTES), 1024);
-        feed.start(chain.clone(), 0).expect("start");
+        feed.start(chain.clone(), 0, Counted::Yes).expect("start");
         feed.caught_up(50).await.expect("caught up");
         feed.stop();
     }
     let more = corpus::blocks(9, 60);
     chain.0.lock().extend_from_slice(&more[50..]);
-    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    // As the daemon opens it: the cache thread counts the 51 entries before anything else.
+    let cache = BlockCache::open_uncounted(&CacheOptions::new(dir.path())).expect("open");
+    assert_eq!(cache.stats().total_entries, 0);
     let feed = CacheFeed::new(cache.clone(), 1024);
-    feed.start(chain.clone(), 20).expect("start");
+    feed.start(chain.clone(), 20, Counted::NotYet)
+        .expect("start");
     feed.caught_up(60).await.expect("caught up");
     let stats = cache.stats();
     assert_eq!(stats.total_entries, 61);
@@ -376,7 +379,7 @@ async fn caught_up_names_the_first_block_the_cache_could_not_store() {
     let blocks = corpus::blocks(10, 5);
     let chain = FakeChain::new(&blocks);
     let feed = CacheFeed::new(cache.clone(), 1024);
-    feed.start(chain.clone(), 0).expect("start");
+    feed.start(chain.clone(), 0, Counted::Yes).expect("start");
     feed.caught_up(5).await.expect("caught up");
     // A file where the shard directory of the next block should be: its write fails.
     let next = corpus::blocks(10, 6).pop().expect("block 6");
@@ -546,7 +549,7 @@ async fn an_unwritable_cache_costs_one_failed_write_not_one_per_block() {
     let cache = open(&cache_dir, DEFAULT_HOT_BYTES);
     let chain = FakeChain::new(&corpus::blocks(14, 500));
     let feed = CacheFeed::new(cache.clone(), 1024);
-    feed.start(chain, 0).expect("start");
+    feed.start(chain, 0, Counted::Yes).expect("start");
     match feed.caught_up(500).await {
         Err(CacheError::Incomplete {
             first_missing: 0, ..
