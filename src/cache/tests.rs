@@ -562,3 +562,34 @@ async fn an_unwritable_cache_costs_one_failed_write_not_one_per_block() {
     assert_eq!(stats.total_entries, 0);
     feed.stop();
 }
+
+/// Blocks per second the disk tier stores, alone (no chain):
+/// `cargo test --release --lib cache::tests::measure_put -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement for the docs, not a check"]
+fn measure_put_rate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let blocks = corpus::blocks(15, 30_000);
+    for block in &blocks[..5000] {
+        cache.put(block).expect("put"); // past the young phase's recompressions
+    }
+    let started = std::time::Instant::now();
+    for block in &blocks[5000..] {
+        cache.put(block).expect("put");
+    }
+    let put = 25_000.0 / started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let mut encoder = dictionary::Encoder::new(ZSTD_LEVEL, None).expect("encoder");
+    for block in &blocks[5000..] {
+        encoder.compress(&block.encode()).expect("compress");
+    }
+    let compress = 25_000.0 / started.elapsed().as_secs_f64();
+    let cache = open(dir.path(), 1 << 20);
+    let started = std::time::Instant::now();
+    for block in &blocks[5000..] {
+        cache.get(&block.hash).expect("stored");
+    }
+    let load = 25_000.0 / started.elapsed().as_secs_f64();
+    eprintln!("put {put:.0} blocks/s; compression alone {compress:.0} blocks/s; disk loads {load:.0} blocks/s");
+}
