@@ -4,7 +4,7 @@
 //! Both are cheap to clone and safe to share between tasks. Every write goes through the one
 //! group-commit writer thread; `add_footprint` resolves only when its block is durable.
 
-use crate::cache::{BlockCache, CacheError, CacheFeed, CacheOptions, CacheStats};
+use crate::cache::{BlockCache, CacheError, CacheFeed, CacheOptions, CacheStats, Counted};
 use crate::chain::block::{parse_hash, Block, Caller};
 use crate::chain::error::{ChainError, Result};
 use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
@@ -285,7 +285,7 @@ impl OptimizedBlockchain {
     pub async fn with_cache(options: ChainOptions, cache_options: CacheOptions) -> Result<Self> {
         let opened = {
             let cache_options = cache_options.clone();
-            tokio::task::spawn_blocking(move || BlockCache::open(&cache_options))
+            tokio::task::spawn_blocking(move || BlockCache::open_uncounted(&cache_options))
                 .await
                 .map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?
         };
@@ -317,8 +317,12 @@ impl OptimizedBlockchain {
         let chain =
             StreamingBlockchain::open_with(options, on_writer_start, Some(Box::new(feed.hook())))
                 .await?;
-        feed.start(chain.inner.reader.clone(), cache_options.preload_blocks)
-            .map_err(|e| ChainError::io("starting the cache thread", e))?;
+        feed.start(
+            chain.inner.reader.clone(),
+            cache_options.preload_blocks,
+            Counted::NotYet,
+        )
+        .map_err(|e| ChainError::io("starting the cache thread", e))?;
         let vectors = Arc::new(VectorIndex::open(
             chain.chain_dir(),
             chain.reader().chain_id(),

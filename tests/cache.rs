@@ -284,11 +284,13 @@ async fn the_cache_survives_restarts_and_is_rebuilt_when_deleted() {
 
     // Warm start: the entries are there and the newest blocks are in RAM at once.
     daemon.restart(&bus);
-    let stats = cache_stats(&bus);
-    assert_eq!(stats["total_entries"], 31, "{stats}");
+    wait_until(Duration::from_secs(60), "the entries to be counted", || {
+        stat(&bus, "total_entries") == 31
+    });
     wait_until(Duration::from_secs(60), "the pre-load", || {
         stat(&bus, "hot_entries") >= 31
     });
+    assert_eq!(cache_stats(&bus)["complete_through"], 30);
     let connection = bus.connect().await;
     let before = stat(&bus, "hot_hits");
     for (_, hash) in &added {
@@ -435,4 +437,51 @@ fn repair_without_a_cache_copy_says_so_and_fails() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("height 3 could not be repaired"), "{err}");
     assert!(out.contains("NOT intact"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_cache_catches_up_with_every_acked_block() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(&bus, &dir.path().join("chain"), &dir.path().join("cache"));
+    let mut tasks = Vec::new();
+    for task in 0..8u64 {
+        let connection = bus.connect().await;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for footprint in corpus::footprints(100 + task, 40) {
+                acked.push(
+                    add_footprint(
+                        &connection,
+                        &footprint.plugin_id,
+                        &footprint.operation,
+                        footprint.data_json(),
+                    )
+                    .await
+                    .expect("AddFootprint"),
+                );
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.expect("task"));
+    }
+    // Killed while the cache thread may still be writing what the last commits handed it.
+    daemon.kill9();
+    daemon.restart(&bus);
+    let head = acked.iter().map(|(h, _)| *h).max().expect("acked");
+    assert_eq!(head, 320);
+    wait_for_cache(&bus, head);
+    let stats = cache_stats(&bus);
+    assert_eq!(stats["total_entries"], head + 1, "{stats}");
+    let connection = bus.connect().await;
+    for (height, hash) in &acked {
+        assert_eq!(
+            get_block(&connection, hash).await.expect("GetBlock")["height"],
+            *height
+        );
+    }
+    assert_eq!(cache_stats(&bus)["misses"], 0);
 }

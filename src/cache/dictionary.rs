@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use zstd::dict::{DecoderDictionary, EncoderDictionary};
+use zstd::dict::DecoderDictionary;
 
 /// A dictionary's id and bytes.
 pub type Trained = (u32, Vec<u8>);
@@ -25,8 +25,8 @@ pub type Trained = (u32, Vec<u8>);
 /// Largest dictionary trained, in bytes (zstd's own recommendation is ~100x smaller than the
 /// samples; 16 KiB suits blocks of a few hundred bytes).
 pub const MAX_DICTIONARY_BYTES: usize = 16 * 1024;
-/// Blocks needed before the first dictionary is trained.
-pub const FIRST_TRAINING_SAMPLES: usize = 64;
+/// Blocks needed before the first dictionary is trained (then again each time they double).
+pub const FIRST_TRAINING_SAMPLES: usize = 8;
 /// Recent block encodings kept as training samples.
 pub const SAMPLES_KEPT: usize = 2048;
 /// Blocks written with one dictionary before a new one is trained from the recent samples.
@@ -35,8 +35,11 @@ pub const RETRAIN_EVERY: u64 = 50_000;
 /// The dictionaries a cache directory holds, by id; shared by readers and the writer.
 pub struct Dictionaries {
     dir: PathBuf,
+    /// Every dictionary this process has seen, also those retired from disk meanwhile (a
+    /// reader may still hold a file compressed with one).
     decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
-    bytes: std::sync::atomic::AtomicU64,
+    /// The dictionary files on disk and their sizes.
+    files: RwLock<HashMap<u32, u64>>,
 }
 
 impl Dictionaries {
@@ -53,7 +56,7 @@ impl Dictionaries {
         };
         let mut decoders = HashMap::new();
         let mut newest: Option<(std::time::SystemTime, u32, Vec<u8>)> = None;
-        let mut total = 0u64;
+        let mut files = HashMap::new();
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
@@ -65,7 +68,7 @@ impl Dictionaries {
                 tracing::warn!(path = %entry.path().display(), "ignoring a dictionary file whose content does not match its name");
                 continue;
             }
-            total += bytes.len() as u64;
+            files.insert(id, bytes.len() as u64);
             decoders.insert(id, Arc::new(DecoderDictionary::copy(&bytes)));
             let modified = entry
                 .metadata()?
@@ -79,7 +82,7 @@ impl Dictionaries {
             Dictionaries {
                 dir: dir.to_path_buf(),
                 decoders: RwLock::new(decoders),
-                bytes: total.into(),
+                files: RwLock::new(files),
             },
             newest.map(|(_, id, bytes)| (id, bytes)),
         ))
@@ -90,7 +93,7 @@ impl Dictionaries {
         Dictionaries {
             dir: dir.to_path_buf(),
             decoders: RwLock::new(HashMap::new()),
-            bytes: 0.into(),
+            files: RwLock::new(HashMap::new()),
         }
     }
 
@@ -112,17 +115,26 @@ impl Dictionaries {
         self.decoders
             .write()
             .insert(id, Arc::new(DecoderDictionary::copy(bytes)));
-        self.bytes
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.files.write().insert(id, bytes.len() as u64);
         Ok(())
     }
 
-    /// Number of dictionaries and their total size in bytes.
+    /// Deletes every dictionary file but `keep`'s. Only for when no entry on disk uses them
+    /// any more (every entry was just recompressed with `keep`); this process still reads
+    /// them, a later one would drop a stray entry that needs one as unreadable (a miss).
+    pub fn retire_all_but(&self, keep: u32) {
+        let mut files = self.files.write();
+        files.retain(|&id, _| {
+            id == keep
+                || std::fs::remove_file(self.dir.join(file_name(id)))
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+        });
+    }
+
+    /// Number of dictionary files and their total size in bytes.
     pub fn count_and_bytes(&self) -> (u64, u64) {
-        (
-            self.decoders.read().len() as u64,
-            self.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        let files = self.files.read();
+        (files.len() as u64, files.values().sum())
     }
 }
 
@@ -141,51 +153,56 @@ fn parse_file_name(name: &str) -> Option<u32> {
 /// Owned by the one thread that writes the cache.
 pub struct Encoder {
     level: i32,
-    current: Option<(u32, EncoderDictionary<'static>)>,
+    /// Id of the dictionary loaded in `compressor` (0: none).
+    current_id: u32,
+    /// One compression context for every block: the dictionary's tables are built once.
+    compressor: zstd::bulk::Compressor<'static>,
     samples: std::collections::VecDeque<Vec<u8>>,
     written_since_training: u64,
-    /// Blocks to see before the next training attempt (grows when training fails).
+    /// In its first few thousand blocks: training whenever the samples double.
+    young: bool,
+    /// Samples needed for the next training while young.
     next_training_at: usize,
+    retrain_every: u64,
 }
 
 /// What [`Encoder::observe`] did.
 pub enum Training {
     /// Nothing new.
     None,
-    /// A new dictionary with this id is in use from now on.
-    Trained(u32),
+    /// A new dictionary with this id is in use from now on; `young` while the cache is still
+    /// in its first few thousand blocks (each dictionary much better than the one before).
+    Trained { id: u32, young: bool },
 }
 
 impl Encoder {
-    pub fn new(level: i32, current: Option<Trained>) -> Encoder {
+    pub fn new(level: i32, current: Option<Trained>) -> std::io::Result<Encoder> {
         let has_dictionary = current.is_some();
-        Encoder {
+        let (current_id, compressor) = match current {
+            Some((id, bytes)) => (id, zstd::bulk::Compressor::with_dictionary(level, &bytes)?),
+            None => (0, zstd::bulk::Compressor::new(level)?),
+        };
+        Ok(Encoder {
             level,
-            current: current.map(|(id, bytes)| (id, EncoderDictionary::copy(&bytes, level))),
+            current_id,
+            compressor,
             samples: std::collections::VecDeque::new(),
             written_since_training: 0,
             // A cache that has a dictionary already is past its young phase.
-            next_training_at: if has_dictionary {
-                SAMPLES_KEPT + 1
-            } else {
-                FIRST_TRAINING_SAMPLES
-            },
-        }
+            young: !has_dictionary,
+            next_training_at: FIRST_TRAINING_SAMPLES,
+            retrain_every: RETRAIN_EVERY,
+        })
     }
 
     /// Compresses one block encoding as a single zstd frame (dictionary id in its header).
-    pub fn compress(&self, encoding: &[u8]) -> std::io::Result<Vec<u8>> {
-        match &self.current {
-            Some((_, dictionary)) => {
-                zstd::bulk::Compressor::with_prepared_dictionary(dictionary)?.compress(encoding)
-            }
-            None => zstd::bulk::compress(encoding, self.level),
-        }
+    pub fn compress(&mut self, encoding: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.compressor.compress(encoding)
     }
 
     /// The id of the dictionary new blocks are compressed with (0: none).
     pub fn current_id(&self) -> u32 {
-        self.current.as_ref().map_or(0, |(id, _)| *id)
+        self.current_id
     }
 
     /// Remembers a written block as a training sample and trains a dictionary when it is time:
@@ -198,24 +215,39 @@ impl Encoder {
         self.written_since_training += 1;
         // A young cache retrains as its samples double (64, 128, … SAMPLES_KEPT): each
         // dictionary is better than the last; after that, every RETRAIN_EVERY blocks.
-        let due = if self.next_training_at <= SAMPLES_KEPT {
+        let young = self.young;
+        let due = if young {
             self.samples.len() >= self.next_training_at
         } else {
-            self.written_since_training >= RETRAIN_EVERY
+            self.written_since_training >= self.retrain_every
         };
         if !due {
             return Training::None;
         }
         match self.train(dictionaries) {
-            Ok(id) => Training::Trained(id),
+            Ok(id) => Training::Trained { id, young },
             Err(err) => {
                 // Too few or too uniform samples: try again with more.
                 tracing::debug!(%err, samples = self.samples.len(), "cannot train a cache dictionary yet");
-                self.next_training_at = self.samples.len() * 2;
-                self.written_since_training = 0;
+                self.advance_schedule();
                 Training::None
             }
         }
+    }
+
+    /// After a training (or a failed attempt): while young, the next one when the samples have
+    /// doubled; past SAMPLES_KEPT, every `retrain_every` blocks.
+    fn advance_schedule(&mut self) {
+        self.written_since_training = 0;
+        if self.young {
+            self.next_training_at = self.samples.len() * 2;
+            self.young = self.next_training_at <= SAMPLES_KEPT;
+        }
+    }
+
+    /// Blocks between two trainings once the cache is past its young phase.
+    pub fn set_retrain_every(&mut self, blocks: u64) {
+        self.retrain_every = blocks;
     }
 
     fn train(&mut self, dictionaries: &Dictionaries) -> std::io::Result<u32> {
@@ -230,13 +262,14 @@ impl Encoder {
         if dictionaries.decoder(id).is_none() {
             dictionaries.add(id, &bytes)?;
         }
-        self.current = Some((id, EncoderDictionary::copy(&bytes, self.level)));
-        self.written_since_training = 0;
-        self.next_training_at = samples.len() * 2;
+        let sample_count = samples.len();
+        self.compressor.set_dictionary(self.level, &bytes)?;
+        self.current_id = id;
+        self.advance_schedule();
         tracing::info!(
             dictionary_id = format_args!("{id:08x}"),
             bytes = bytes.len(),
-            samples = samples.len(),
+            samples = sample_count,
             "trained a new cache dictionary"
         );
         Ok(id)

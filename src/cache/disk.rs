@@ -48,9 +48,10 @@ pub struct DiskTier {
 }
 
 impl DiskTier {
-    /// Opens (creating) the disk tier in `dir` and counts what it holds. Returns the tier and
-    /// the dictionary new blocks should use. Problems (a read-only or unreadable directory) are
-    /// logged: the tier then starts with what it could read, and writes will tell.
+    /// Opens (creating) the disk tier in `dir`; returns it with the dictionary new blocks
+    /// should use. Problems (a read-only or unreadable directory) are logged: the tier then
+    /// starts with what it could read, and writes will tell. Entries are counted by
+    /// [`DiskTier::count_entries`].
     pub fn open(dir: &Path) -> (DiskTier, Option<Trained>) {
         let blocks_dir = dir.join("blocks");
         if let Err(err) = std::fs::create_dir_all(&blocks_dir) {
@@ -66,11 +67,6 @@ impl DiskTier {
             dictionaries,
             counters: DiskCounters::default(),
         };
-        if let Err(err) = tier.count_entries() {
-            if err.kind() != ErrorKind::NotFound {
-                tracing::warn!(%err, path = %tier.blocks_dir.display(), "cannot count all cache entries; the stats will be low");
-            }
-        }
         (tier, current)
     }
 
@@ -159,7 +155,7 @@ impl DiskTier {
         &self,
         block: &Block,
         encoding: &[u8],
-        encoder: &Encoder,
+        encoder: &mut Encoder,
         replace: bool,
     ) -> std::io::Result<bool> {
         let path = self.path(&block.hash);
@@ -200,8 +196,17 @@ impl DiskTier {
         Ok(true)
     }
 
-    /// Counts the entries already on disk (at open), and removes temporary files a crash left.
-    fn count_entries(&self) -> std::io::Result<()> {
+    /// Counts the entries already on disk (once, at start: one small read per file), and
+    /// removes temporary files a crash left.
+    pub fn count_entries(&self) {
+        if let Err(err) = self.try_count_entries() {
+            if err.kind() != ErrorKind::NotFound {
+                tracing::warn!(%err, path = %self.blocks_dir.display(), "cannot count all cache entries; the stats will be low");
+            }
+        }
+    }
+
+    fn try_count_entries(&self) -> std::io::Result<()> {
         for shard in std::fs::read_dir(&self.blocks_dir)? {
             let shard = shard?;
             if !shard.file_type()?.is_dir() {

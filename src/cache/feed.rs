@@ -30,6 +30,9 @@ use tokio::sync::watch;
 
 /// How often a failed write is retried while the queue is idle.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// Bound of the queue in bytes of block encodings, besides `queue_blocks`: with the largest
+/// footprints (64 KiB) the block bound alone would let gigabytes wait.
+pub const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 /// Blocks filled in from the chain between two looks at the queue.
 const CATCH_UP_CHUNK: u64 = 1024;
 const STATE_FILE: &str = "state";
@@ -71,6 +74,15 @@ enum Message {
     /// Someone waits for the cache to catch up: do not idle.
     Wake,
     Stop,
+}
+
+/// Whether the cache's entries were counted when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// [`BlockCache::open`]: counted.
+    Yes,
+    /// [`BlockCache::open_uncounted`]: the cache thread counts them first.
+    NotYet,
 }
 
 /// The cache thread's progress, watched by [`CacheFeed::caught_up`].
@@ -125,20 +137,24 @@ impl CacheFeed {
         self.shared.offer(blocks)
     }
 
-    /// Hands a block read from the chain (a cache miss) to the thread to store; best effort.
+    /// Hands a block read from the chain (a cache miss) to the thread to store; best effort
+    /// (dropped, uncounted, when the queue is full).
     pub fn fill(&self, block: Block) {
-        let queued = &self.shared.cache.inner.counters.queued_blocks;
-        if queued.load(Relaxed) < self.shared.queue_blocks {
-            queued.fetch_add(1, Relaxed);
-            if self.shared.tx.send(Message::Fill(block)).is_err() {
-                queued.fetch_sub(1, Relaxed);
-            }
+        let bytes = block.encoded_len() as u64;
+        if self.shared.reserve(1, bytes) && self.shared.tx.send(Message::Fill(block)).is_err() {
+            self.shared.release(1, bytes);
         }
     }
 
-    /// Starts the cache thread on `source`: counts what the cache holds, loads the newest
-    /// `preload_blocks` into RAM, then stores every block from where the cache left off.
-    pub fn start(&self, source: impl BlockSource, preload_blocks: u64) -> std::io::Result<()> {
+    /// Starts the cache thread on `source`: counts what the cache holds (when it was opened
+    /// with [`BlockCache::open_uncounted`]), loads the newest `preload_blocks` into RAM, then
+    /// stores every block from where the cache left off.
+    pub fn start(
+        &self,
+        source: impl BlockSource,
+        preload_blocks: u64,
+        counted: Counted,
+    ) -> std::io::Result<()> {
         let Some(rx) = self.receiver.lock().take() else {
             return Ok(()); // already started
         };
@@ -147,6 +163,9 @@ impl CacheFeed {
         let handle = std::thread::Builder::new()
             .name("block-cache".into())
             .spawn(move || {
+                if counted == Counted::NotYet {
+                    shared.cache.inner.disk.count_entries();
+                }
                 let mut worker = Worker::new(shared.clone(), source);
                 worker.preload(preload_blocks);
                 worker.run(&rx);
@@ -197,17 +216,55 @@ impl CacheFeed {
 
 impl Shared {
     fn offer(&self, blocks: &[Block]) {
-        let counters = &self.cache.inner.counters;
         let n = blocks.len() as u64;
-        if counters.queued_blocks.load(Relaxed) + n > self.queue_blocks {
+        let bytes = queue_bytes(blocks);
+        if !self.reserve(n, bytes) {
+            let counters = &self.cache.inner.counters;
             counters.skipped_writes.fetch_add(n, Relaxed);
             return;
         }
-        counters.queued_blocks.fetch_add(n, Relaxed);
         if self.tx.send(Message::Committed(blocks.to_vec())).is_err() {
-            counters.queued_blocks.fetch_sub(n, Relaxed);
+            self.release(n, bytes);
+            let counters = &self.cache.inner.counters;
             counters.skipped_writes.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Counts `blocks` (of `bytes`) as queued if they fit under both bounds. Only the writer
+    /// thread and readers filling misses reserve, so the check-then-add race can overshoot by
+    /// one batch at most, which the bounds allow for.
+    fn reserve(&self, blocks: u64, bytes: u64) -> bool {
+        let counters = &self.cache.inner.counters;
+        if counters.queued_blocks.load(Relaxed) + blocks > self.queue_blocks
+            || counters.queued_bytes.load(Relaxed) + bytes > QUEUE_BYTES
+        {
+            return false;
+        }
+        counters.queued_blocks.fetch_add(blocks, Relaxed);
+        counters.queued_bytes.fetch_add(bytes, Relaxed);
+        true
+    }
+
+    fn release(&self, blocks: u64, bytes: u64) {
+        let counters = &self.cache.inner.counters;
+        let sub = |counter: &std::sync::atomic::AtomicU64, by: u64| {
+            let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(by)));
+        };
+        sub(&counters.queued_blocks, blocks);
+        sub(&counters.queued_bytes, bytes);
+    }
+}
+
+/// What queued blocks weigh against [`QUEUE_BYTES`].
+fn queue_bytes(blocks: &[Block]) -> u64 {
+    blocks.iter().map(|b| b.encoded_len() as u64).sum()
+}
+
+impl Drop for CacheFeed {
+    /// Lets the thread end when the last handle goes without `stop` (it drains what is queued
+    /// and exits; nobody waits for it).
+    fn drop(&mut self) {
+        let _ = self.shared.tx.send(Message::Stop);
     }
 }
 
@@ -224,7 +281,16 @@ struct Worker<S> {
 
 impl<S: BlockSource> Worker<S> {
     fn new(shared: Arc<Shared>, source: S) -> Self {
-        let next = read_state(&shared.cache, &source.chain_id()).map_or(0, |through| through + 1);
+        // Trust the state file only if the chain still has that block and the cache holds
+        // it (a chain restored from an older backup, or a cache of another chain, fail this);
+        // otherwise check everything from genesis, which costs a read per block.
+        let next = read_state(&shared.cache, &source.chain_id())
+            .filter(|&through| {
+                source
+                    .block_at(through)
+                    .is_some_and(|block| shared.cache.on_disk(&block.hash))
+            })
+            .map_or(0, |through| through + 1);
         let mut worker = Worker {
             shared,
             source,
@@ -294,7 +360,7 @@ impl<S: BlockSource> Worker<S> {
             };
             match message {
                 Some(Message::Committed(blocks)) => {
-                    self.dequeued(blocks.len());
+                    self.dequeued(&blocks);
                     for block in &blocks {
                         if block.height >= self.next {
                             self.catch_up_to(block.height);
@@ -306,7 +372,7 @@ impl<S: BlockSource> Worker<S> {
                     }
                 }
                 Some(Message::Fill(block)) => {
-                    self.dequeued(1);
+                    self.dequeued(std::slice::from_ref(&block));
                     self.store(&block);
                 }
                 Some(Message::Wake) => {}
@@ -327,14 +393,21 @@ impl<S: BlockSource> Worker<S> {
         }
     }
 
-    fn dequeued(&self, n: usize) {
-        let queued = &self.cache().inner.counters.queued_blocks;
-        let _ = queued.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n as u64)));
+    fn dequeued(&self, blocks: &[Block]) {
+        self.shared
+            .release(blocks.len() as u64, queue_bytes(blocks));
     }
 
     /// Stores blocks `next..until` read from the chain and advances the cursor to `until`.
+    /// While writes fail, it does not try (the periodic retry probes from the first missing
+    /// height): a read-only cache must not cost a failed write per block of the chain.
     fn catch_up_to(&mut self, until: u64) {
         while self.next < until {
+            if self.failing.is_some() {
+                self.missing(self.next, "not tried while cache writes fail".into());
+                self.next = until;
+                return;
+            }
             match self.source.block_at(self.next) {
                 Some(block) => self.store(&block),
                 None => self.missing(self.next, "unreadable in the chain".into()),
@@ -405,7 +478,7 @@ impl<S: BlockSource> Worker<S> {
         while let Ok(message) = rx.try_recv() {
             match message {
                 Message::Committed(blocks) => {
-                    self.dequeued(blocks.len());
+                    self.dequeued(&blocks);
                     for block in &blocks {
                         self.store(block);
                         if block.height == self.next {
@@ -414,7 +487,7 @@ impl<S: BlockSource> Worker<S> {
                     }
                 }
                 Message::Fill(block) => {
-                    self.dequeued(1);
+                    self.dequeued(std::slice::from_ref(&block));
                     self.store(&block);
                 }
                 Message::Wake | Message::Stop => {}

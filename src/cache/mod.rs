@@ -24,7 +24,7 @@ pub mod repair;
 #[cfg(test)]
 mod tests;
 
-pub use feed::{BlockSource, CacheFeed};
+pub use feed::{BlockSource, CacheFeed, Counted};
 
 use crate::chain::block::{Block, Hash};
 use disk::{DiskTier, Loaded};
@@ -177,6 +177,9 @@ struct Counters {
     write_failures: AtomicU64,
     skipped_writes: AtomicU64,
     queued_blocks: AtomicU64,
+    queued_bytes: AtomicU64,
+    /// The dictionary new blocks use, mirrored here so stats never wait for a write.
+    dictionary_id: std::sync::atomic::AtomicU32,
     /// `complete_through + 1`, so that 0 can mean "nothing yet".
     complete_until: AtomicU64,
 }
@@ -210,7 +213,21 @@ impl BlockCache {
     /// A directory that cannot be created or read is a warning, not an error: the cache then
     /// starts empty and its writes fail (counted) until the directory works.
     pub fn open(options: &CacheOptions) -> Result<BlockCache, CacheError> {
+        let cache = Self::open_uncounted(options)?;
+        cache.inner.disk.count_entries();
+        Ok(cache)
+    }
+
+    /// As [`BlockCache::open`], but leaves counting the disk tier's entries (one small read
+    /// per file) to the cache thread, so that a large cache does not delay start-up; until
+    /// then `total_entries` and the byte counts grow as they are counted.
+    pub fn open_uncounted(options: &CacheOptions) -> Result<BlockCache, CacheError> {
         let (disk, current) = DiskTier::open(&options.dir);
+        let encoder =
+            dictionary::Encoder::new(ZSTD_LEVEL, current).map_err(|source| CacheError::Io {
+                context: "creating a zstd compression context".into(),
+                source,
+            })?;
         let evictions = CountEvictions::default();
         let estimated_items = (options.hot_bytes / 1024).clamp(16, 1 << 24) as usize;
         let hot = Cache::with(
@@ -226,8 +243,11 @@ impl BlockCache {
                 hot,
                 evictions,
                 disk,
-                encoder: Mutex::new(dictionary::Encoder::new(ZSTD_LEVEL, current)),
-                counters: Counters::default(),
+                counters: Counters {
+                    dictionary_id: encoder.current_id().into(),
+                    ..Counters::default()
+                },
+                encoder: Mutex::new(encoder),
             }),
         })
     }
@@ -308,17 +328,16 @@ impl BlockCache {
         self.inner.disk.contains(hash)
     }
 
-    /// Writes `block` to the disk tier (unless there already) and keeps it in RAM. Blocks the
+    /// Writes `block` to the disk tier (unless there already) and then keeps it in RAM. Blocks the
     /// calling thread for a file write; the daemon calls it only from the cache thread.
     /// A failure is returned (and counted) for the caller to log.
     pub fn put(&self, block: &Block) -> std::io::Result<Put> {
         let result = self.write(block);
         match &result {
-            Ok(_) => {
-                if !self.is_hot(&block.hash) {
-                    self.insert_hot(Arc::new(block.clone()));
-                }
-            }
+            // A block just written is likely read soon (BlockAdded listeners); one that was
+            // there already (a catch-up pass over stored blocks) is not, and stays on disk.
+            Ok(Put::Written) => self.insert_hot(Arc::new(block.clone())),
+            Ok(Put::Present) => {}
             Err(_) => {
                 self.inner.counters.write_failures.fetch_add(1, Relaxed);
             }
@@ -332,10 +351,15 @@ impl BlockCache {
         }
         let encoding = block.encode();
         let mut encoder = self.inner.encoder.lock();
-        self.inner.disk.store(block, &encoding, &encoder, false)?;
-        if let dictionary::Training::Trained(id) =
-            encoder.observe(&encoding, &self.inner.disk.dictionaries)
-        {
+        self.inner
+            .disk
+            .store(block, &encoding, &mut encoder, false)?;
+        let training = encoder.observe(&encoding, &self.inner.disk.dictionaries);
+        self.inner
+            .counters
+            .dictionary_id
+            .store(encoder.current_id(), Relaxed);
+        if let dictionary::Training::Trained { id, young: true } = training {
             drop(encoder);
             if self.inner.disk.counters.entries.load(Relaxed) <= RECOMPRESS_UP_TO {
                 self.recompress_entries(id);
@@ -351,24 +375,29 @@ impl BlockCache {
         let Ok(hashes) = self.inner.disk.hashes() else {
             return;
         };
-        let encoder = self.inner.encoder.lock();
+        let mut encoder = self.inner.encoder.lock();
         let mut rewritten = 0;
-        for hash in hashes {
-            if let Loaded::Block(block) = self.inner.disk.load(&hash) {
+        for hash in &hashes {
+            if let Loaded::Block(block) = self.inner.disk.load(hash) {
                 if self
                     .inner
                     .disk
-                    .store(&block, &block.encode(), &encoder, true)
+                    .store(&block, &block.encode(), &mut encoder, true)
                     .is_ok()
                 {
                     rewritten += 1;
                 }
             }
         }
+        if rewritten == hashes.len() {
+            // Nothing on disk needs the earlier dictionaries any more.
+            self.inner.disk.dictionaries.retire_all_but(id);
+        }
         tracing::debug!(
             rewritten,
+            entries = hashes.len(),
             dictionary_id = format_args!("{id:08x}"),
-            "recompressed the first cache entries"
+            "recompressed the cache entries with a new dictionary"
         );
     }
 
@@ -408,8 +437,14 @@ impl BlockCache {
             complete_through: c.complete_until.load(Relaxed) as i64 - 1,
             dictionaries,
             dictionary_bytes,
-            dictionary_id: self.inner.encoder.lock().current_id(),
+            dictionary_id: c.dictionary_id.load(Relaxed),
         }
+    }
+
+    /// Blocks between two dictionary trainings once the cache is past its young phase
+    /// (default [`dictionary::RETRAIN_EVERY`]).
+    pub fn set_retrain_every(&self, blocks: u64) {
+        self.inner.encoder.lock().set_retrain_every(blocks);
     }
 
     /// Zeroes the lookup counters (hits, misses), e.g. after a warm-up.

@@ -112,32 +112,71 @@ fn a_rate_with_nothing_to_measure_is_zero() {
 }
 
 #[test]
-fn files_of_an_older_dictionary_stay_readable() {
+fn young_caches_recompress_and_keep_one_dictionary() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blocks = corpus::blocks(5, 300);
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
-    for block in &blocks[..100] {
+    for block in &blocks {
         cache.put(block).expect("put");
     }
-    let first_id = cache.stats().dictionary_id;
-    assert_ne!(first_id, 0, "a dictionary is trained after 64 blocks");
-    let old_file = std::fs::read(entry_path(dir.path(), &blocks[0].hash)).expect("entry");
-    for block in &blocks[100..] {
-        cache.put(block).expect("put");
-    }
-    assert_ne!(
-        cache.stats().dictionary_id,
-        first_id,
-        "retrained while young"
+    let stats = cache.stats();
+    // Trained at 8, 16, … 256 blocks; each time every entry was recompressed.
+    assert_eq!(stats.dictionaries, 1, "{stats:#?}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("dict"))
+            .expect("dict")
+            .count(),
+        1
     );
-    assert!(cache.stats().dictionaries >= 2);
-    // Put the file compressed with the first dictionary back, and read it in a new process.
-    std::fs::write(entry_path(dir.path(), &blocks[0].hash), &old_file).expect("restore");
-    let frame_dict = zstd::zstd_safe::get_dict_id_from_frame(&old_file).map(u32::from);
-    assert_eq!(frame_dict, Some(first_id));
+    for block in &blocks {
+        let frame = std::fs::read(entry_path(dir.path(), &block.hash)).expect("entry");
+        let id = zstd::zstd_safe::get_dict_id_from_frame(&frame).map(u32::from);
+        assert_eq!(id, Some(stats.dictionary_id));
+    }
+}
+
+#[test]
+fn files_of_an_older_dictionary_stay_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(5, 200);
+    {
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        for block in &blocks[..100] {
+            cache.put(block).expect("put");
+        }
+    }
+    let first_id = open(dir.path(), DEFAULT_HOT_BYTES).stats().dictionary_id;
+    assert_ne!(first_id, 0, "a dictionary is trained after 8 blocks");
+    {
+        // Past its young phase (it has a dictionary): a retrain leaves older files alone.
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        cache.set_retrain_every(60);
+        for block in &blocks[100..] {
+            cache.put(block).expect("put");
+        }
+        assert_ne!(cache.stats().dictionary_id, first_id, "retrained");
+    }
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
-    assert_eq!(cache.get(&blocks[0].hash).as_deref(), Some(&blocks[0]));
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("dict"))
+        .expect("dict")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        cache.stats().dictionaries,
+        2,
+        "{files:?} {:#?}",
+        cache.stats()
+    );
+    let old = std::fs::read(entry_path(dir.path(), &blocks[0].hash)).expect("entry");
+    let new = std::fs::read(entry_path(dir.path(), &blocks[199].hash)).expect("entry");
+    let id = |frame: &[u8]| zstd::zstd_safe::get_dict_id_from_frame(frame).map(u32::from);
+    assert_eq!(id(&old), Some(first_id));
+    assert_ne!(id(&new), Some(first_id));
+    for block in &blocks {
+        assert_eq!(cache.get(&block.hash).as_deref(), Some(block));
+    }
     assert_eq!(cache.stats().corrupt_dropped, 0);
+    assert_eq!(cache.stats().disk_hits, 200);
 }
 
 /// Ranks 0..n drawn with probability ∝ 1/(rank+1)^s.
@@ -270,7 +309,7 @@ async fn a_full_queue_skips_without_blocking_and_the_gap_is_filled_from_the_chai
     let stats = cache.stats();
     assert_eq!(stats.queued_blocks, 30);
     assert_eq!(stats.skipped_writes, 170);
-    feed.start(chain.clone(), 0).expect("start");
+    feed.start(chain.clone(), 0, Counted::Yes).expect("start");
     feed.caught_up(200).await.expect("caught up");
     let stats = cache.stats();
     assert_eq!(
@@ -298,15 +337,18 @@ async fn a_restart_resumes_from_the_state_file_and_preloads_the_newest_blocks() 
     let chain = FakeChain::new(&blocks);
     {
         let feed = CacheFeed::new(open(dir.path(), DEFAULT_HOT_BYTES), 1024);
-        feed.start(chain.clone(), 0).expect("start");
+        feed.start(chain.clone(), 0, Counted::Yes).expect("start");
         feed.caught_up(50).await.expect("caught up");
         feed.stop();
     }
     let more = corpus::blocks(9, 60);
     chain.0.lock().extend_from_slice(&more[50..]);
-    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    // As the daemon opens it: the cache thread counts the 51 entries before anything else.
+    let cache = BlockCache::open_uncounted(&CacheOptions::new(dir.path())).expect("open");
+    assert_eq!(cache.stats().total_entries, 0);
     let feed = CacheFeed::new(cache.clone(), 1024);
-    feed.start(chain.clone(), 20).expect("start");
+    feed.start(chain.clone(), 20, Counted::NotYet)
+        .expect("start");
     feed.caught_up(60).await.expect("caught up");
     let stats = cache.stats();
     assert_eq!(stats.total_entries, 61);
@@ -337,7 +379,7 @@ async fn caught_up_names_the_first_block_the_cache_could_not_store() {
     let blocks = corpus::blocks(10, 5);
     let chain = FakeChain::new(&blocks);
     let feed = CacheFeed::new(cache.clone(), 1024);
-    feed.start(chain.clone(), 0).expect("start");
+    feed.start(chain.clone(), 0, Counted::Yes).expect("start");
     feed.caught_up(5).await.expect("caught up");
     // A file where the shard directory of the next block should be: its write fails.
     let next = corpus::blocks(10, 6).pop().expect("block 6");
@@ -415,4 +457,139 @@ async fn get_block_reads_through_to_the_chain_and_fills_the_cache() {
     assert!(stats.hits >= 1);
     assert!(stats.misses >= 1);
     chain.shutdown().await;
+}
+
+/// The figures of docs/cache.md: `cargo test --lib cache::tests::measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement for the docs, not a check"]
+fn measure_compression_on_the_corpus() {
+    for n in [5usize, 10, 20, 40, 100, 400, 2000, 10_000] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        let blocks = corpus::blocks(1, n);
+        let mut plain = 0usize;
+        for block in &blocks {
+            cache.put(block).expect("put");
+            plain += zstd::bulk::compress(&block.encode(), ZSTD_LEVEL)
+                .expect("zstd")
+                .len();
+        }
+        let s = cache.stats();
+        eprintln!(
+            "{n:>6} blocks: avg block {:>4} B, per-block zstd without dictionary {:.2}x, with dictionary {:.2}x (avg file {} B), counting the {} dictionaries ({} B) too {:.2}x",
+            s.canonical_bytes / n as u64,
+            s.canonical_bytes as f64 / plain as f64,
+            s.compression_ratio,
+            s.compressed_bytes / n as u64,
+            s.dictionaries,
+            s.dictionary_bytes,
+            s.canonical_bytes as f64 / s.disk_usage_bytes as f64,
+        );
+    }
+}
+
+/// What the cache costs the writer, in-process:
+/// `cargo test --release --lib cache::tests::measure_streaming -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for the docs, not a check"]
+async fn measure_streaming_with_and_without_the_cache() {
+    use crate::service::{ChainOptions, OptimizedBlockchain, StreamingBlockchain};
+    const N: usize = 100_000;
+    let corpus = corpus::footprints(13, N);
+    for with_cache in [false, true, false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = ChainOptions::new(dir.path().join("chain"));
+        options.numa = None;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for footprint in &corpus {
+            tx.send(footprint.clone()).expect("send");
+        }
+        drop(tx);
+        let started = std::time::Instant::now();
+        if with_cache {
+            let chain = OptimizedBlockchain::with_cache(
+                options,
+                CacheOptions::new(dir.path().join("cache")),
+            )
+            .await
+            .expect("open");
+            chain.start_footprint_receiver(rx).await;
+            let durable = started.elapsed();
+            chain.cache_caught_up(N as u64).await.expect("caught up");
+            let cached = started.elapsed();
+            let stats = chain.cache_stats().await.expect("stats");
+            eprintln!(
+                "with cache:    {:>8.0} durable footprints/s; cache complete after {:.2} s ({:.0} blocks/s), skipped {} (filled in from the chain), ratio {:.2}",
+                N as f64 / durable.as_secs_f64(),
+                cached.as_secs_f64(),
+                N as f64 / cached.as_secs_f64(),
+                stats.skipped_writes,
+                stats.compression_ratio
+            );
+            chain.shutdown().await;
+        } else {
+            let chain = StreamingBlockchain::open(options).await.expect("open");
+            chain.start_footprint_receiver(rx).await;
+            eprintln!(
+                "without cache: {:>8.0} durable footprints/s",
+                N as f64 / started.elapsed().as_secs_f64()
+            );
+            chain.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_cache_costs_one_failed_write_not_one_per_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("cache");
+    std::fs::create_dir_all(&cache_dir).expect("cache dir");
+    // A file where the blocks directory belongs: every entry write fails.
+    std::fs::write(cache_dir.join("blocks"), b"in the way").expect("block it");
+    let cache = open(&cache_dir, DEFAULT_HOT_BYTES);
+    let chain = FakeChain::new(&corpus::blocks(14, 500));
+    let feed = CacheFeed::new(cache.clone(), 1024);
+    feed.start(chain, 0, Counted::Yes).expect("start");
+    match feed.caught_up(500).await {
+        Err(CacheError::Incomplete {
+            first_missing: 0, ..
+        }) => {}
+        other => panic!("expected Incomplete from genesis, got {other:?}"),
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.write_failures, 1, "{stats:#?}");
+    assert_eq!(stats.complete_through, -1);
+    assert_eq!(stats.total_entries, 0);
+    feed.stop();
+}
+
+/// Blocks per second the disk tier stores, alone (no chain):
+/// `cargo test --release --lib cache::tests::measure_put -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement for the docs, not a check"]
+fn measure_put_rate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let blocks = corpus::blocks(15, 30_000);
+    for block in &blocks[..5000] {
+        cache.put(block).expect("put"); // past the young phase's recompressions
+    }
+    let started = std::time::Instant::now();
+    for block in &blocks[5000..] {
+        cache.put(block).expect("put");
+    }
+    let put = 25_000.0 / started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let mut encoder = dictionary::Encoder::new(ZSTD_LEVEL, None).expect("encoder");
+    for block in &blocks[5000..] {
+        encoder.compress(&block.encode()).expect("compress");
+    }
+    let compress = 25_000.0 / started.elapsed().as_secs_f64();
+    let cache = open(dir.path(), 1 << 20);
+    let started = std::time::Instant::now();
+    for block in &blocks[5000..] {
+        cache.get(&block.hash).expect("stored");
+    }
+    let load = 25_000.0 / started.elapsed().as_secs_f64();
+    eprintln!("put {put:.0} blocks/s; compression alone {compress:.0} blocks/s; disk loads {load:.0} blocks/s");
 }
