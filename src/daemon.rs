@@ -24,6 +24,8 @@ pub enum DaemonError {
     OwnName { bus: String, source: zbus::Error },
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),
+    #[error("stopping so that systemd restarts the daemon and it recovers from disk: {0}")]
+    StorageLatched(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -90,7 +92,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         NotifyState::Status(&format!("serving, chain height {height}")),
     ]);
 
-    wait_for_stop_signal().await?;
+    let latched = tokio::select! {
+        stopped = wait_for_stop_signal() => {
+            stopped?;
+            None
+        }
+        reason = chain.chain().storage_latched() => Some(reason),
+    };
+    if let Some(reason) = &latched {
+        tracing::error!(%reason, "the chain store failed to flush and refuses all writes");
+    }
 
     tracing::info!("stopping: no new calls, draining the write queue");
     notify(&[NotifyState::Stopping]);
@@ -105,7 +116,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     connection.graceful_shutdown().await;
     let (height, _) = chain.head();
     tracing::info!(height, "stopped");
-    Ok(())
+    match latched {
+        Some(reason) => Err(DaemonError::StorageLatched(reason)),
+        None => Ok(()),
+    }
 }
 
 async fn wait_for_stop_signal() -> Result<(), DaemonError> {

@@ -197,6 +197,12 @@ impl StreamingBlockchain {
     pub fn chain_dir(&self) -> &Path {
         self.inner.reader.dir()
     }
+
+    /// Resolves with the reason once the store has latched after a failed flush (every later
+    /// write fails until a restart); never resolves otherwise.
+    pub async fn storage_latched(&self) -> String {
+        self.inner.commit.latched().await
+    }
 }
 
 async fn detect_numa(options: NumaOptions) -> Option<Arc<NumaTopology>> {

@@ -118,13 +118,14 @@ pub fn verify_dir(
             body = cut_after_height(body, state.next_height, limit);
         }
         let checked_before = report.blocks_checked;
-        let result = scan::scan_records(body, i == last, state, |block, _, _| {
-            report.blocks_checked += 1;
-            report.head = Some((block.height, block.hash));
-            if report.blocks_checked % 65_536 == 0 {
-                progress(report.blocks_checked);
-            }
-        });
+        let result =
+            scan::scan_records(body, HEADER_LEN as u64, i == last, state, |block, _, _| {
+                report.blocks_checked += 1;
+                report.head = Some((block.height, block.hash));
+                if report.blocks_checked % 65_536 == 0 {
+                    progress(report.blocks_checked);
+                }
+            });
         match result {
             Ok(ScanEnd::Clean) => {}
             Ok(ScanEnd::Torn(at)) => report.torn_tail_bytes = (body.len() - at) as u64,

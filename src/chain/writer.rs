@@ -56,6 +56,8 @@ pub struct GroupCommit {
     tx: mpsc::Sender<Command>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
+    /// Set (once) to the reason when the store latched after a failed flush.
+    latched: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl GroupCommit {
@@ -69,16 +71,25 @@ impl GroupCommit {
         let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
         let counters = Arc::new(CommitCounters::default());
         let thread_counters = counters.clone();
+        let (latched_tx, latched) = tokio::sync::watch::channel(None);
         let thread = std::thread::Builder::new()
             .name("chain-writer".into())
             .spawn(move || {
                 on_start();
-                run(&mut writer, &mut rx, &thread_counters, on_commit.as_deref());
+                let on_latch = move |reason: &str| {
+                    latched_tx.send_replace(Some(reason.to_owned()));
+                };
+                let hooks = Hooks {
+                    on_commit: on_commit.as_deref(),
+                    on_latch: &on_latch,
+                };
+                run(&mut writer, &mut rx, &thread_counters, &hooks);
             })?;
         Ok(GroupCommit {
             tx,
             thread: parking_lot::Mutex::new(Some(thread)),
             counters,
+            latched,
         })
     }
 
@@ -147,6 +158,21 @@ impl GroupCommit {
     pub fn counters(&self) -> &CommitCounters {
         &self.counters
     }
+
+    /// Resolves with the reason once the store has latched after a failed flush: from then on
+    /// every write fails until a restart, so a daemon should exit and let systemd restart it.
+    pub async fn latched(&self) -> String {
+        let mut latched = self.latched.clone();
+        let reason = match latched.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // The writer thread is gone without latching: never resolves.
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Keeps the writer paused while alive.
@@ -154,11 +180,16 @@ pub struct PauseGuard {
     _resume: std::sync::mpsc::Sender<()>,
 }
 
+struct Hooks<'a> {
+    on_commit: Option<&'a CommitFn>,
+    on_latch: &'a dyn Fn(&str),
+}
+
 fn run(
     writer: &mut ChainWriter,
     rx: &mut mpsc::Receiver<Command>,
     counters: &CommitCounters,
-    on_commit: Option<&CommitFn>,
+    hooks: &Hooks<'_>,
 ) {
     let mut held: Option<Command> = None;
     let mut entries = Vec::new();
@@ -192,7 +223,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                commit_batch(writer, &mut entries, &mut replies, counters, on_commit);
+                commit_batch(writer, &mut entries, &mut replies, counters, hooks);
             }
             Command::Pause { paused, resume } => {
                 let head = writer.reader().head();
@@ -216,7 +247,7 @@ fn commit_batch(
     entries: &mut Vec<(PluginFootprint, Caller)>,
     replies: &mut Vec<Option<Reply>>,
     counters: &CommitCounters,
-    on_commit: Option<&CommitFn>,
+    hooks: &Hooks<'_>,
 ) {
     match writer.append(entries) {
         Ok(blocks) => {
@@ -230,7 +261,7 @@ fn commit_batch(
                     let _ = reply.send(Ok(block.clone()));
                 }
             }
-            if let Some(hook) = on_commit {
+            if let Some(hook) = hooks.on_commit {
                 hook(&blocks);
             }
         }
@@ -239,6 +270,9 @@ fn commit_batch(
                 .failed
                 .fetch_add(entries.len() as u64, Ordering::Relaxed);
             tracing::warn!(%err, footprints = entries.len(), "a batch failed to commit");
+            if let Some(reason) = writer.latched() {
+                (hooks.on_latch)(reason);
+            }
             let mut unanswered = 0;
             for reply in replies.drain(..) {
                 match reply {
