@@ -170,7 +170,7 @@ pub fn parse_record(bytes: &[u8], zeros_from: usize, file_offset: u64) -> Parsed
         return Parsed::Torn;
     }
     if zeros_from < total
-        && (file_offset + zeros_from as u64) % SECTOR == 0
+        && (file_offset + zeros_from as u64).is_multiple_of(SECTOR)
         && torn_in_trailer(&bytes[..total], zeros_from)
     {
         return Parsed::Torn;

@@ -32,6 +32,10 @@ enum Command {
     Verify {
         #[command(flatten)]
         dir: ChainDir,
+        /// Also require the chain to hold this block (HASH@HEIGHT, e.g. a head exported
+        /// earlier or from a snapshot manifest): detects removal of the newest blocks.
+        #[arg(long, value_name = "HASH@HEIGHT")]
+        expect_head: Option<String>,
     },
     /// Print one block as JSON, by hash (64 hex digits) or by height.
     Get {
@@ -71,7 +75,7 @@ struct ChainDir {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Verify { dir } => offline::verify(dir.chain_dir),
+        Command::Verify { dir, expect_head } => offline::verify(dir.chain_dir, expect_head),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
     };
