@@ -1,0 +1,134 @@
+//! Full disk: the real daemon on a 4 MiB ext4 loop filesystem starts, refuses footprints with
+//! StorageFailure ("no space left") once the disk is full, leaves nothing partial, and takes
+//! footprints again as soon as space is freed, without a restart. Needs root (mount).
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct SmallFs {
+    mount: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// A fresh ext4 filesystem of `mib` MiB on a loop device, mounted.
+    fn new(mib: u64) -> SmallFs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("fs.img");
+        let file = std::fs::File::create(&image).expect("image");
+        file.set_len(mib * 1024 * 1024).expect("size the image");
+        let status = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image)
+            .status()
+            .expect("mkfs.ext4");
+        assert!(status.success(), "mkfs.ext4");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).expect("mkdir");
+        let status = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -o loop");
+        SmallFs { mount, _dir: dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
+/// Fills the filesystem with a file; returns its path.
+fn fill(mount: &Path) -> PathBuf {
+    let filler = mount.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    filler
+}
+
+fn height(bus: &Bus) -> u64 {
+    let out = bus.busctl(&["get-property", BUS_NAME, OBJECT_PATH, BUS_NAME, "Height"]);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("t ")
+        .parse()
+        .expect("Height")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_daemon_on_a_full_4_mib_disk_refuses_cleanly_and_resumes_without_restart() {
+    if !is_root() {
+        eprintln!("SKIP root_daemon_on_a_full_4_mib_disk_refuses_cleanly_and_resumes_without_restart: needs root to mount a loop filesystem");
+        return;
+    }
+    let fs = SmallFs::new(4);
+    let bus = Bus::start();
+    let mut daemon = Daemon::start(&bus, &fs.mount.join("chain"), &fs.mount.join("cache"));
+    let pid = daemon.pid();
+    let connection = bus.connect().await;
+    let pad = "d".repeat(3000);
+    let (first, _) = add_footprint(
+        &connection,
+        "disk",
+        "write",
+        &format!(r#"{{"pad":"{pad}"}}"#),
+    )
+    .await
+    .expect("the daemon works on a 4 MiB filesystem");
+    let filler = fill(&fs.mount);
+
+    // Space reserved ahead is used up first; then the disk is full.
+    let mut last_ok = first;
+    let mut refusal = None;
+    for i in 0..2000 {
+        let data = format!(r#"{{"i":{i},"pad":"{pad}"}}"#);
+        match add_footprint(&connection, "disk", "write", &data).await {
+            Ok((height, _)) => last_ok = height,
+            Err(err) => {
+                refusal = Some(err);
+                break;
+            }
+        }
+    }
+    let err = refusal.expect("a full disk must refuse footprints");
+    assert_eq!(
+        error_name(&err),
+        "org.opdbus.Blockchain.Error.StorageFailure",
+        "{err}"
+    );
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(err.to_string().contains("nothing was written"), "{err}");
+    // Nothing partial: the head is the last acknowledged block and the segment ends with it.
+    assert_eq!(
+        height(&bus),
+        last_ok,
+        "nothing of a refused footprint is visible"
+    );
+    let chain = fs.mount.join("chain");
+    let (code, out, _) = cli(&["verify", "--chain-dir", chain.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("unacknowledged"),
+        "a refusal leaves no partial record: {out}"
+    );
+
+    std::fs::remove_file(&filler).expect("free space");
+    let (height_after, _) = add_footprint(&connection, "disk", "write", r#"{"space":"back"}"#)
+        .await
+        .expect("writing resumes once space is freed, without a restart");
+    assert_eq!(height_after, last_ok + 1);
+    assert_eq!(daemon.pid(), pid, "same daemon process");
+    let (ok, verify, _) = bus.call("Verify", "", &[]);
+    assert!(ok && verify.starts_with("bts true"), "{verify}");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
