@@ -24,18 +24,18 @@ pub struct Bus {
 
 impl Bus {
     pub fn start() -> Bus {
+        Self::start_with_policy(&repo_path("dbus/org.opdbus.Blockchain.conf"))
+    }
+
+    /// The same bus with another policy file in place of ours.
+    pub fn start_with_policy(policy: &Path) -> Bus {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("bus");
         let template = std::fs::read_to_string(repo_path("dbus/test-system-bus.conf.in"))
             .expect("bus config template");
         let config = template
             .replace("@SOCKET@", socket.to_str().expect("utf-8 path"))
-            .replace(
-                "@POLICY@",
-                repo_path("dbus/org.opdbus.Blockchain.conf")
-                    .to_str()
-                    .expect("utf-8 path"),
-            );
+            .replace("@POLICY@", policy.to_str().expect("utf-8 path"));
         let config_path = dir.path().join("bus.conf");
         std::fs::write(&config_path, config).expect("write bus config");
         let process = Command::new("dbus-daemon")
@@ -101,7 +101,9 @@ impl Bus {
         };
         command
             .arg(format!("--bus={}", self.address))
-            .args(["--print-reply", "--dest", BUS_NAME, OBJECT_PATH])
+            .arg("--print-reply")
+            .arg(format!("--dest={BUS_NAME}"))
+            .arg(OBJECT_PATH)
             .arg(format!("{BUS_NAME}.{member}"))
             .args(args)
             .output()
