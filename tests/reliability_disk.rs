@@ -132,3 +132,74 @@ async fn root_daemon_on_a_full_4_mib_disk_refuses_cleanly_and_resumes_without_re
     assert!(ok && verify.starts_with("bts true"), "{verify}");
     assert_eq!(daemon.stop().code(), Some(0));
 }
+
+/// Space is reserved ahead with fallocate(KEEP_SIZE): blocks are allocated past the end of the
+/// newest record, but the file's size stays at that end, so readers, verify and recovery never
+/// see a preallocated tail. A zero-filled tail (what a filesystem that extends the size before
+/// the data may leave after a crash) is cut by recovery and reported by verify as never
+/// acknowledged.
+#[test]
+fn root_space_is_reserved_ahead_without_a_visible_tail_and_a_zero_tail_is_cut() {
+    use opdbus_blockchain::chain::block::Caller;
+    use opdbus_blockchain::chain::segment;
+    use opdbus_blockchain::chain::store::{self, StoreOptions, RESERVE_CHUNK};
+    use opdbus_blockchain::chain::verify::verify_dir;
+    use opdbus_blockchain::PluginFootprint;
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("SKIP root_space_is_reserved_ahead_without_a_visible_tail_and_a_zero_tail_is_cut: needs root to mount a loop filesystem");
+        return;
+    }
+    let fs = SmallFs::new(4);
+    let chain = fs.mount.join("chain");
+    let (mut writer, reader, _) = store::open(&chain, StoreOptions::default()).expect("open");
+    let items: Vec<_> = (0..10)
+        .map(|i| {
+            (
+                PluginFootprint::new("p", "o", serde_json::json!({"i": i})),
+                Caller::this_process(),
+            )
+        })
+        .collect();
+    writer.append(&items).expect("append");
+    let path = segment::list(&chain)
+        .expect("list")
+        .pop()
+        .expect("segment")
+        .1;
+    let meta = std::fs::metadata(&path).expect("stat");
+    assert!(
+        meta.blocks() * 512 >= RESERVE_CHUNK,
+        "{} bytes allocated for a {}-byte segment: nothing reserved ahead",
+        meta.blocks() * 512,
+        meta.len()
+    );
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(
+        report.ok() && report.torn_tail_bytes == 0,
+        "{}",
+        report.summary()
+    );
+    let head = reader.head();
+    drop((writer, reader));
+
+    // A zero-filled tail of 64 KiB after the last record.
+    let len = std::fs::metadata(&path).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(len + 65_536))
+        .expect("extend with zeros");
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!(report.torn_tail_bytes, 65_536, "{}", report.summary());
+    assert_eq!(
+        store::open_read_only(&chain).expect("readers").head(),
+        head,
+        "readers ignore the zero tail"
+    );
+    let (_, reader, recovery) = store::open(&chain, StoreOptions::default()).expect("reopen");
+    assert_eq!(recovery.torn_bytes_cut, 65_536);
+    assert_eq!(reader.head(), head);
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), len);
+}
