@@ -290,3 +290,70 @@ fn cli_verify_expect_head_detects_removed_newest_blocks() {
     assert_eq!(code, 2, "a malformed witness is a usage error: {err}");
     assert!(err.contains("not a block hash"), "{err}");
 }
+
+/// A power cut that lost the newest record's last sector, inside its trailer: our verify, the
+/// store and the independent verifier (tools/verify-chain.py) all call it a torn tail; the
+/// same zeros off a sector boundary are damage for all of them.
+#[test]
+fn a_lost_last_sector_inside_a_trailer_is_torn_for_us_and_the_independent_verifier() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = dir.path().join("chain");
+    let (mut writer, _, _) = store::open(&chain, StoreOptions::default()).expect("open");
+    // Grow the segment until the newest record's trailer straddles a sector boundary.
+    let boundary = loop {
+        writer
+            .append(&[(
+                PluginFootprint::new("p", "o", serde_json::json!({"pad": "q".repeat(37)})),
+                Caller::this_process(),
+            )])
+            .expect("append");
+        let path = segment::list(&chain)
+            .expect("list")
+            .pop()
+            .expect("segment")
+            .1;
+        let end = std::fs::metadata(&path).expect("stat").len();
+        let sector = segment::SECTOR;
+        let b = end / sector * sector;
+        if b > end - 30 && b < end {
+            break b;
+        }
+    };
+    drop(writer);
+    let path = segment::list(&chain)
+        .expect("list")
+        .pop()
+        .expect("segment")
+        .1;
+    let original = std::fs::read(&path).expect("read");
+    let python = |dir: &Path| {
+        let out = std::process::Command::new("python3")
+            .arg(common::repo_path("tools/verify-chain.py"))
+            .arg(dir)
+            .output()
+            .expect("python3");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for (zero_from, torn) in [(boundary, true), (boundary + 1, false)] {
+        let mut bytes = original.clone();
+        bytes[zero_from as usize..].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+        let (code, out) = python(&chain);
+        if torn {
+            assert!(
+                report.ok() && report.torn_tail_bytes > 0,
+                "{}",
+                report.summary()
+            );
+            assert_eq!(code, 0, "{out}");
+            assert!(out.contains("torn-tail"), "{out}");
+        } else {
+            assert!(!report.ok(), "{}", report.summary());
+            assert_ne!(code, 0, "{out}");
+        }
+    }
+}
