@@ -203,3 +203,133 @@ fn root_space_is_reserved_ahead_without_a_visible_tail_and_a_zero_tail_is_cut() 
     assert_eq!(reader.head(), head);
     assert_eq!(std::fs::metadata(&path).expect("stat").len(), len);
 }
+
+/// A real failed fdatasync: ext4 on a loop device whose backing file lives on a tmpfs that is
+/// then filled, so the loop device cannot write back and the kernel fails the flush (ENOSPC,
+/// then EIO). The store latches, the caller gets StorageFailure, and the daemon exits non-zero
+/// by itself so that systemd (Restart=on-failure) restarts it; the restarted daemon recovers
+/// every acknowledged block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_a_failed_fdatasync_latches_and_the_daemon_exits_non_zero() {
+    if !is_root() {
+        eprintln!("SKIP root_a_failed_fdatasync_latches_and_the_daemon_exits_non_zero: needs root to mount");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backing = dir.path().join("backing");
+    std::fs::create_dir(&backing).expect("mkdir");
+    let run = |args: &[&str]| {
+        let status = Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .expect(args[0]);
+        assert!(status.success(), "{args:?}");
+    };
+    let backing_str = backing.to_str().expect("utf-8");
+    run(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=12m",
+        "tmpfs",
+        backing_str,
+    ]);
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for path in &self.0 {
+                let _ = Command::new("umount").arg(path).status();
+            }
+        }
+    }
+    let mut unmount = Unmount(vec![backing.clone()]);
+    let image = backing.join("fs.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("sparse image");
+    run(&[
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-E",
+        "lazy_itable_init=1,nodiscard",
+        image.to_str().expect("utf-8"),
+    ]);
+    let mount = dir.path().join("mnt");
+    std::fs::create_dir(&mount).expect("mkdir");
+    run(&[
+        "mount",
+        "-o",
+        "loop",
+        image.to_str().expect("utf-8"),
+        mount.to_str().expect("utf-8"),
+    ]);
+    unmount.0.insert(0, mount.clone());
+
+    let bus = Bus::start();
+    let chain = mount.join("chain");
+    let mut daemon = Daemon::start(&bus, &chain, &mount.join("cache"));
+    let connection = bus.connect().await;
+    let (acked, acked_hash) = add_footprint(&connection, "eio", "write", r#"{"before":true}"#)
+        .await
+        .expect("works before the fault");
+    // The backing store fills up: the loop device can no longer write back.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", backing.join("filler").display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let pad = "e".repeat(60_000);
+    let mut failure = None;
+    for i in 0..200 {
+        match add_footprint(
+            &connection,
+            "eio",
+            "write",
+            &format!(r#"{{"i":{i},"pad":"{pad}"}}"#),
+        )
+        .await
+        {
+            Ok(_) => continue,
+            Err(err) => {
+                failure = Some(err);
+                break;
+            }
+        }
+    }
+    let err = failure.expect("the flush must fail once the backing store is full");
+    assert_eq!(
+        error_name(&err),
+        "org.opdbus.Blockchain.Error.StorageFailure",
+        "{err}"
+    );
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    let status = daemon.wait_exit();
+    // (Its log lives on the failing filesystem, so only the status is checked.)
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the daemon must exit 1, got {status}"
+    );
+    // Space for the backing store again; ext4 went read-only after the I/O error, so mount it
+    // afresh (as after a reboot); a restart (what systemd does) recovers from disk.
+    std::fs::remove_file(backing.join("filler")).expect("free the backing store");
+    run(&["umount", mount.to_str().expect("utf-8")]);
+    run(&[
+        "mount",
+        "-o",
+        "loop",
+        image.to_str().expect("utf-8"),
+        mount.to_str().expect("utf-8"),
+    ]);
+    let daemon = Daemon::start(&bus, &chain, &mount.join("cache"));
+    let connection = bus.connect().await;
+    let block = get_block(&connection, &acked_hash)
+        .await
+        .expect("acked block kept");
+    assert_eq!(block["height"], acked);
+    let (ok, verify, _) = bus.call("Verify", "", &[]);
+    assert!(ok && verify.starts_with("bts true"), "{verify}");
+    drop(daemon);
+}

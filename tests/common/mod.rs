@@ -237,6 +237,12 @@ impl Daemon {
         process.wait().expect("wait for the daemon")
     }
 
+    /// Waits until the daemon exits by itself; returns its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut process = self.process.take().expect("running");
+        process.wait().expect("wait for the daemon")
+    }
+
     /// Starts it again on the same directories.
     pub fn restart(&mut self, bus: &Bus) {
         self.kill9();
