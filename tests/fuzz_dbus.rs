@@ -227,7 +227,8 @@ async fn ten_thousand_random_and_malformed_calls_get_typed_answers_and_the_chain
 async fn oversized_data_is_invalid_argument_before_the_write_path() {
     let bus = Bus::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let _daemon = Daemon::start(&bus, &dir.path().join("chain"), &dir.path().join("cache"));
+    let daemon = Daemon::start(&bus, &dir.path().join("chain"), &dir.path().join("cache"));
+    let pid = daemon.pid();
     let connection = bus.connect().await;
     for size in [65_537usize, 1 << 20, 16 << 20] {
         let data = format!(r#"{{"blob":"{}"}}"#, "x".repeat(size));
@@ -249,8 +250,20 @@ async fn oversized_data_is_invalid_argument_before_the_write_path() {
         error_name(&err),
         "org.opdbus.Blockchain.Error.InvalidArgument"
     );
+    // Past the bus's own limit (dbus-daemon's max_message_size, 32 MiB by default on the
+    // system bus): the bus drops the message (and the sender); the daemon never sees it.
+    let reckless = bus.connect().await;
+    let huge = format!(r#"{{"blob":"{}"}}"#, "x".repeat(40 << 20));
+    let err = add_footprint(&reckless, "network", "create", &huge)
+        .await
+        .expect_err("over the bus limit");
+    eprintln!("40 MiB message: {err}");
     let out = bus.busctl(&["get-property", BUS_NAME, OBJECT_PATH, BUS_NAME, "Height"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t 0");
+    assert_eq!(daemon.pid(), pid, "the daemon is still the same process");
+    add_footprint(&connection, "network", "create", "{}")
+        .await
+        .expect("still serving");
 }
 
 /// A raw bus client that authenticates, sends `calls` method calls and never reads a byte of
