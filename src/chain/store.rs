@@ -817,6 +817,14 @@ impl ChainWriter {
         let dir = self.shared.dir.clone();
         let path = dir.join(segment::file_name(first_height));
         let header = segment::encode_header(first_height, &self.shared.chain_id);
+        // Give back the space reserved past the sealed segment's end (best effort: it is only
+        // space, and the size does not change).
+        if self.reserved_to > self.active_len {
+            if let Err(err) = self.active.set_len(self.active_len) {
+                tracing::debug!(%err, "cannot release the space reserved in a sealed segment");
+            }
+            self.reserved_to = self.active_len;
+        }
         let io = self.io.clone();
         let create = || -> std::io::Result<Box<dyn SegmentFile>> {
             let file = io.create(&path)?;
