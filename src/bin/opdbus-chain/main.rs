@@ -72,6 +72,10 @@ enum Command {
         /// Concurrent writers, each on its own bus connection.
         #[arg(long, default_value_t = 16)]
         writers: usize,
+        /// Segment size for the daemon (OPDBUS_SEGMENT_BYTES): small, so that kills also
+        /// land in segment rotation.
+        #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+        segment_bytes: u64,
         /// Kill at a random moment up to this many milliseconds into each cycle.
         #[arg(long, default_value_t = 1500, value_name = "MS")]
         max_kill_ms: u64,
@@ -108,12 +112,14 @@ fn main() -> ExitCode {
             max_kill_ms,
             dir,
             daemon,
+            segment_bytes,
         } => torture::torture(torture::TortureArgs {
             cycles,
             writers,
             dir,
             daemon,
             max_kill_ms,
+            segment_bytes,
         }),
     };
     match result {

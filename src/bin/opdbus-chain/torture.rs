@@ -9,8 +9,8 @@
 
 use crate::Outcome;
 use opdbus_blockchain::chain::block::Hash;
-use opdbus_blockchain::chain::store;
 use opdbus_blockchain::chain::verify::verify_dir;
+use opdbus_blockchain::chain::{segment, store};
 use opdbus_blockchain::dbus::{BUS_NAME, OBJECT_PATH};
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ pub struct TortureArgs {
     pub dir: Option<PathBuf>,
     pub daemon: Option<PathBuf>,
     pub max_kill_ms: u64,
+    /// Passed to the daemon as OPDBUS_SEGMENT_BYTES, so that kills also hit segment rotation.
+    pub segment_bytes: u64,
 }
 
 pub fn torture(args: TortureArgs) -> Outcome {
@@ -108,9 +110,10 @@ async fn run(args: TortureArgs) -> Outcome {
     let log = work.path.join("daemon.log");
     let (_bus, address) = start_bus(&work.path)?;
     println!(
-        "torture: {} cycles, {} writers, chain {}, daemon log {}",
+        "torture: {} cycles, {} writers, segments of {} bytes, chain {}, daemon log {}",
         args.cycles,
         args.writers,
+        args.segment_bytes,
         chain_dir.display(),
         log.display()
     );
@@ -119,7 +122,14 @@ async fn run(args: TortureArgs) -> Outcome {
     let mut failures = 0u64;
     let started = Instant::now();
     for cycle in 1..=args.cycles {
-        let mut daemon = start_daemon(&daemon_bin, &address, &chain_dir, &cache_dir, &log)?;
+        let mut daemon = start_daemon(
+            &daemon_bin,
+            &address,
+            &chain_dir,
+            &cache_dir,
+            &log,
+            args.segment_bytes,
+        )?;
         let recovered_in = wait_for_name(&address, &mut daemon).await?;
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -189,7 +199,14 @@ async fn run(args: TortureArgs) -> Outcome {
     }
 
     // A last start: the daemon recovers, serves the chain, and every ack ever made is there.
-    let mut daemon = start_daemon(&daemon_bin, &address, &chain_dir, &cache_dir, &log)?;
+    let mut daemon = start_daemon(
+        &daemon_bin,
+        &address,
+        &chain_dir,
+        &cache_dir,
+        &log,
+        args.segment_bytes,
+    )?;
     wait_for_name(&address, &mut daemon).await?;
     let connection = connect(&address).await?;
     let after = add_footprint(&connection, r#"{"final":true}"#).await;
@@ -203,12 +220,13 @@ async fn run(args: TortureArgs) -> Outcome {
         failures += 1;
     }
     println!(
-        "torture: {} cycles in {:.1} s, {} acknowledged footprints checked, {} lost, head {}, {}; write after the last restart {}; {} failures",
+        "torture: {} cycles in {:.1} s, {} acknowledged footprints checked, {} lost, head {} in {} segments, {}; write after the last restart {}; {} failures",
         args.cycles,
         started.elapsed().as_secs_f64(),
         all_acked.len(),
         lost.len(),
         head.map_or("-".into(), |h| h.to_string()),
+        segment::list(&chain_dir).map_or(0, |s| s.len()),
         report.summary(),
         match &after {
             Ok((height, _)) if continued => format!("ok at height {height}"),
@@ -311,6 +329,7 @@ fn start_daemon(
     chain_dir: &Path,
     cache_dir: &Path,
     log: &Path,
+    segment_bytes: u64,
 ) -> Result<Process, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -326,6 +345,7 @@ fn start_daemon(
         .arg(cache_dir)
         .env_remove("NOTIFY_SOCKET")
         .env("OPDBUS_LOG", "warn")
+        .env("OPDBUS_SEGMENT_BYTES", segment_bytes.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
