@@ -333,3 +333,54 @@ async fn root_a_failed_fdatasync_latches_and_the_daemon_exits_non_zero() {
     assert!(ok && verify.starts_with("bts true"), "{verify}");
     drop(daemon);
 }
+
+/// A failed index write after the commit never fails a footprint: with segment space reserved
+/// ahead and the disk then completely full, appends still succeed (the index cannot grow and is
+/// rebuilt at the next open).
+#[test]
+fn root_a_full_disk_for_the_index_never_fails_a_committed_footprint() {
+    use opdbus_blockchain::chain::block::Caller;
+    use opdbus_blockchain::chain::store::{self, StoreOptions};
+    use opdbus_blockchain::chain::verify::verify_dir;
+    use opdbus_blockchain::PluginFootprint;
+    if !is_root() {
+        eprintln!("SKIP root_a_full_disk_for_the_index_never_fails_a_committed_footprint: needs root to mount a loop filesystem");
+        return;
+    }
+    let fs = SmallFs::new(4);
+    let chain = fs.mount.join("chain");
+    let footprint = |i: usize| {
+        [(
+            PluginFootprint::new("p", "o", serde_json::json!({"i": i})),
+            Caller::this_process(),
+        )]
+    };
+    let (mut writer, reader, _) = store::open(&chain, StoreOptions::default()).expect("open");
+    writer.append(&footprint(0)).expect("reserves space ahead");
+    let filler = fill(&fs.mount);
+    assert!(
+        std::fs::write(fs.mount.join("probe"), vec![1u8; 8192]).is_err(),
+        "the disk must be full"
+    );
+    // 300 index entries of 56 bytes need new index blocks; the chain has its reserved space.
+    for i in 1..=300 {
+        writer
+            .append(&footprint(i))
+            .unwrap_or_else(|e| panic!("footprint {i} failed on a full disk: {e}"));
+    }
+    assert_eq!(reader.head().0, 301);
+    drop((writer, reader));
+    std::fs::remove_file(&filler).expect("free space");
+    let (_, reader, recovery) = store::open(&chain, StoreOptions::default()).expect("reopen");
+    assert_eq!(reader.head().0, 301);
+    assert!(
+        recovery.blocks_scanned > 0,
+        "the index was behind and the segments were scanned"
+    );
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(
+        report.ok() && report.blocks_checked == 302,
+        "{}",
+        report.summary()
+    );
+}
