@@ -16,6 +16,7 @@ packages=(
   gcc
   make
   ca-certificates
+  e2fsprogs       # mkfs.ext4: the small filesystems of the full-disk tests
 )
 
 missing=()
