@@ -45,8 +45,9 @@ impl Bus {
             .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon must be installed (apt-get install dbus)");
+        // The socket file appears at bind(), a moment before the bus listens.
         wait_until(Duration::from_secs(10), "the bus socket", || {
-            socket.exists()
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
         // Let unprivileged test callers connect.
         let _ = std::fs::set_permissions(

@@ -43,6 +43,15 @@ struct Workdir {
     remove: bool,
 }
 
+impl Workdir {
+    fn keep_for_inspection(&mut self) {
+        if self.remove {
+            println!("torture: keeping {} for inspection", self.path.display());
+            self.remove = false;
+        }
+    }
+}
+
 impl Drop for Workdir {
     fn drop(&mut self) {
         if self.remove {
@@ -89,7 +98,7 @@ async fn run(args: TortureArgs) -> Outcome {
             daemon_bin.display()
         ));
     }
-    let work = match args.dir {
+    let mut work = match args.dir {
         Some(path) => Workdir {
             path,
             remove: false,
@@ -130,7 +139,19 @@ async fn run(args: TortureArgs) -> Outcome {
             &log,
             args.segment_bytes,
         )?;
-        let recovered_in = wait_for_name(&address, &mut daemon).await?;
+        let recovered_in = match wait_for_name(&address, &mut daemon).await {
+            Ok(took) => took,
+            // Not starting after a crash is a broken guarantee, not a harness problem.
+            Err(reason) => {
+                println!(
+                    "cycle {cycle}/{}: FAILED: {reason}\n{}",
+                    args.cycles,
+                    log_tail(&log)
+                );
+                work.keep_for_inspection();
+                return Ok(ExitCode::FAILURE);
+            }
+        };
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(AtomicU64::new(0));
@@ -207,7 +228,14 @@ async fn run(args: TortureArgs) -> Outcome {
         &log,
         args.segment_bytes,
     )?;
-    wait_for_name(&address, &mut daemon).await?;
+    if let Err(reason) = wait_for_name(&address, &mut daemon).await {
+        println!(
+            "torture: FAILED at the last start: {reason}\n{}",
+            log_tail(&log)
+        );
+        work.keep_for_inspection();
+        return Ok(ExitCode::FAILURE);
+    }
     let connection = connect(&address).await?;
     let after = add_footprint(&connection, r#"{"final":true}"#).await;
     daemon.kill9();
@@ -238,8 +266,16 @@ async fn run(args: TortureArgs) -> Outcome {
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {
+        work.keep_for_inspection();
         ExitCode::FAILURE
     })
+}
+
+/// The last lines of the daemon's log, for a failure report.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 fn describe_problems(lost: &[String], summary: &str, verified: bool) -> String {
@@ -314,7 +350,8 @@ fn start_bus(dir: &Path) -> Result<(Process, String), String> {
         .map_err(|e| format!("cannot start dbus-daemon: {e}"))?;
     let mut process = Process(Some(child));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
+    // The socket file appears at bind(), a moment before the bus listens: wait for a connect.
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         if process.exited().is_some() || Instant::now() > deadline {
             return Err("dbus-daemon did not open its socket".into());
         }
