@@ -143,7 +143,11 @@ fn check_byte_edit(seg: usize, edit: ByteEdit) -> Result<(), TestCaseError> {
         // appending it: bytes after the last record are an unacknowledged write, not tampering
         // with any block.
         let report = verify_with_head(copy.path());
-        prop_assert!(report.ok() && report.torn_tail_bytes > 0, "{}", report.summary());
+        prop_assert!(
+            report.ok() && report.torn_tail_bytes > 0,
+            "{}",
+            report.summary()
+        );
         return Ok(());
     }
     let plain = verify_dir(copy.path(), None, &mut |_| {}).expect("verify runs");
