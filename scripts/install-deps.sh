@@ -20,6 +20,7 @@ packages=(
   ca-certificates
   systemd-container # systemd-nspawn: tests/systemd_nspawn.rs boots a real systemd
   debootstrap       # the minimal Debian those containers run
+  e2fsprogs       # mkfs.ext4: the small filesystems of the full-disk tests
 )
 
 missing=()

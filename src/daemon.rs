@@ -32,6 +32,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("cannot prepare the chain or cache directory: {0}")]
     Prepare(crate::btrfs::BtrfsError),
+    #[error("stopping so that systemd restarts the daemon and it recovers from disk: {0}")]
+    StorageLatched(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -131,8 +133,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.retention,
     ));
 
-    wait_for_stop_signal().await?;
+    let latched = tokio::select! {
+        stopped = wait_for_stop_signal() => {
+            stopped?;
+            None
+        }
+        reason = chain.chain().storage_latched() => Some(reason),
+    };
     timeline.abort();
+    if let Some(reason) = &latched {
+        tracing::error!(%reason, "the chain store failed to flush and refuses all writes");
+    }
 
     tracing::info!(
         in_flight = in_flight.count(),
@@ -167,7 +178,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     chain.shutdown().await;
     let (height, head) = chain.head();
     tracing::info!(height, head = %head, "stopped at height {height}");
-    Ok(())
+    match latched {
+        Some(reason) => Err(DaemonError::StorageLatched(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Returns once every message that reached our connection before this call has been dispatched:

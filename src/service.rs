@@ -215,6 +215,12 @@ impl StreamingBlockchain {
     pub fn writer_health(&self) -> std::result::Result<(), String> {
         self.inner.commit.health()
     }
+
+    /// Resolves with the reason once the store has latched after a failed flush (every later
+    /// write fails until a restart); never resolves otherwise.
+    pub async fn storage_latched(&self) -> String {
+        self.inner.commit.latched().await
+    }
 }
 
 /// The topology, or why there is none.

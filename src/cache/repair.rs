@@ -131,7 +131,7 @@ fn repair_one(
     let next_prev_hash = |len: usize| -> Option<Hash> {
         let start = next_start(len);
         if start < bytes.len() {
-            return match segment::parse_record(&bytes[start..], bytes.len() - start) {
+            return match segment::parse_record(&bytes[start..], bytes.len() - start, start as u64) {
                 Parsed::Record { block, .. } => Some(block.prev_hash),
                 _ => None,
             };
@@ -139,7 +139,11 @@ fn repair_one(
         // The next block opens the next segment.
         let (_, next_path) = segments.get(index + 1)?;
         let next = std::fs::read(next_path).ok()?;
-        match segment::parse_record(next.get(HEADER_LEN..)?, next.len() - HEADER_LEN) {
+        match segment::parse_record(
+            next.get(HEADER_LEN..)?,
+            next.len() - HEADER_LEN,
+            HEADER_LEN as u64,
+        ) {
             Parsed::Record { block, .. } => Some(block.prev_hash),
             _ => None,
         }

@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod error;
+pub mod io;
 pub mod scan;
 pub mod segment;
 pub mod store;

@@ -27,12 +27,13 @@ pub enum ScanEnd {
     Torn(usize),
 }
 
-/// Checks the records in `bytes` (a segment's contents from a record boundary to its end) in
-/// order, calling `on_block(block, offset, len)` for each valid one. A torn tail is accepted
+/// Checks the records in `bytes` (a segment's contents from a record boundary, at file offset
+/// `file_offset`, to its end) in order, calling `on_block(block, offset, len)` for each valid one. A torn tail is accepted
 /// only when `may_be_torn` (the newest segment); everything else that fails is `Corrupted` at
 /// the height it concerns.
 pub fn scan_records(
     bytes: &[u8],
+    file_offset: u64,
     may_be_torn: bool,
     state: &mut ScanState,
     mut on_block: impl FnMut(&Block, usize, usize),
@@ -41,7 +42,11 @@ pub fn scan_records(
     let mut at = 0usize;
     while at < bytes.len() {
         let height = state.next_height;
-        match segment::parse_record(&bytes[at..], zeros_from.saturating_sub(at)) {
+        match segment::parse_record(
+            &bytes[at..],
+            zeros_from.saturating_sub(at),
+            file_offset + at as u64,
+        ) {
             Parsed::Record { block, len } => {
                 check_link(&block, height, &state.prev_hash, &state.chain_id)?;
                 on_block(&block, at, len);

@@ -18,6 +18,10 @@
 //! A crash can leave the newest records of the newest segment incomplete or zero-filled; they
 //! were never acknowledged (acks follow fdatasync) and recovery cuts them. Anything else that
 //! does not check out is corruption and is reported with the height it concerns.
+//!
+//! Zero fill from a power cut starts at a sector boundary (the file's size reached the disk,
+//! some of its newest sectors did not): when such a run starts inside a record's trailer, the
+//! record is torn if everything before the run matches the record's own hash and marker.
 
 use super::block::{Block, Hash};
 use std::path::{Path, PathBuf};
@@ -31,6 +35,9 @@ pub const END_MARKER: &[u8; 4] = b"BLK\n";
 /// A block encoding larger than this is not a record but damage (it bounds what a reader
 /// allocates for a length it has not yet checked against the file size).
 pub const MAX_BODY_LEN: usize = 64 * 1024 * 1024;
+/// The unit in which a power cut loses the newest data: a zero run that a crash left starts at
+/// a multiple of this many bytes in the file.
+pub const SECTOR: u64 = 512;
 
 pub type ChainId = [u8; 16];
 
@@ -132,13 +139,16 @@ pub fn trailing_zeros_start(bytes: &[u8]) -> usize {
         .map_or(0, |last| last + 1)
 }
 
-/// Parses the record at the start of `bytes`, which runs to the end of the file; from
-/// `zeros_from` on, `bytes` holds only zeros (see [`trailing_zeros_start`]).
+/// Parses the record at the start of `bytes`, which runs to the end of the file and starts at
+/// file offset `file_offset`; from `zeros_from` on, `bytes` holds only zeros (see
+/// [`trailing_zeros_start`]).
 ///
 /// A record is torn when the file ends inside it, or when everything from inside it to the end
 /// of the file is zero and that zero run covers at least its whole trailer (36 bytes, four of
-/// them a non-zero marker: no single damaged byte can fake it).
-pub fn parse_record(bytes: &[u8], zeros_from: usize) -> Parsed {
+/// them a non-zero marker: no single damaged byte can fake it), or when the zero run starts in
+/// the trailer at a sector boundary and the bytes before it are the record's own (its body
+/// hashes to the stored hash bytes that are left).
+pub fn parse_record(bytes: &[u8], zeros_from: usize, file_offset: u64) -> Parsed {
     if bytes.len() < RECORD_HEAD_LEN {
         return Parsed::Torn;
     }
@@ -159,7 +169,25 @@ pub fn parse_record(bytes: &[u8], zeros_from: usize) -> Parsed {
     if zeros_from <= total - RECORD_TAIL_LEN {
         return Parsed::Torn;
     }
+    if zeros_from < total
+        && (file_offset + zeros_from as u64).is_multiple_of(SECTOR)
+        && torn_in_trailer(&bytes[..total], zeros_from)
+    {
+        return Parsed::Torn;
+    }
     parse_complete(&bytes[..total])
+}
+
+/// Whether `record`, zero from `zeros_from` (inside its trailer) on, is its own block with the
+/// end of the trailer lost.
+fn torn_in_trailer(record: &[u8], zeros_from: usize) -> bool {
+    let body_end = record.len() - RECORD_TAIL_LEN;
+    let Ok(block) = Block::decode(&record[RECORD_HEAD_LEN..body_end]) else {
+        return false;
+    };
+    let mut trailer = block.hash.to_vec();
+    trailer.extend_from_slice(END_MARKER);
+    record[body_end..zeros_from] == trailer[..zeros_from - body_end]
 }
 
 /// Parses exactly one complete record (a record the index points at, or one the scan found
@@ -218,7 +246,7 @@ mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Parsed {
-        parse_record(bytes, trailing_zeros_start(bytes))
+        parse_record(bytes, trailing_zeros_start(bytes), HEADER_LEN as u64)
     }
 
     #[test]
@@ -251,6 +279,35 @@ mod tests {
             assert!(
                 matches!(parse(&zero_filled), Parsed::Torn),
                 "zero-filled from {from}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sector_tear_inside_the_trailer_is_torn_only_at_a_sector_boundary() {
+        let (_, bytes) = record();
+        let body_end = bytes.len() - RECORD_TAIL_LEN;
+        for from in body_end + 1..bytes.len() {
+            let mut torn = bytes.clone();
+            torn[from..].fill(0);
+            let zeros = trailing_zeros_start(&torn);
+            // Place the record so that the zero run starts at a sector boundary.
+            let aligned = SECTOR * 8 - from as u64;
+            assert!(
+                matches!(parse_record(&torn, zeros, aligned), Parsed::Torn),
+                "tear at {from}"
+            );
+            // Not on a boundary: a torn write cannot end there, so it is damage.
+            assert!(
+                matches!(parse_record(&torn, zeros, aligned + 1), Parsed::Damaged(_)),
+                "zeros at {from} off a sector boundary"
+            );
+            // A changed body with a torn trailer is damage wherever it lies.
+            let mut changed = torn.clone();
+            changed[RECORD_HEAD_LEN + 3] ^= 0x20;
+            assert!(
+                matches!(parse_record(&changed, zeros, aligned), Parsed::Damaged(_)),
+                "changed body, tear at {from}"
             );
         }
     }

@@ -4,11 +4,17 @@
 //! Promises:
 //! - `ChainWriter::append` returns `Ok` only after every block of the batch is on stable storage
 //!   (`fdatasync` of the segment; a new segment is also recorded in its directory with `fsync`).
+//! - Space for a batch is reserved (`fallocate` with `KEEP_SIZE`, [`RESERVE_CHUNK`] at a time)
+//!   before anything is written, so a full disk is a refusal before the write and the sync,
+//!   never a half-written batch. Writing resumes by itself once space is freed.
 //! - A failed write is rolled back to the last durable length and nothing of the batch becomes
 //!   visible. A failed `fdatasync` latches the store: every later append fails until a restart
 //!   recovers from disk, because after such a failure the kernel no longer tells which bytes are
 //!   durable.
 //! - Readers (`ChainReader`, any thread) see a block only once it is durable.
+//!
+//! All writes to segment files go through the I/O seam of `io.rs`, so tests can cut power at
+//! any point and check what survives.
 //!
 //! The index file (`index`) maps height → (segment, offset, length) and hash → height. It is a
 //! start-up accelerator, written without sync after each commit: on open it is checked
@@ -17,6 +23,7 @@
 
 use super::block::{Block, Caller, Hash, ZERO_HASH};
 use super::error::{ChainError, Result};
+use super::io::{RealIo, SegmentFile, SharedIo};
 use super::scan::{self, ScanEnd, ScanState, GENESIS_OPERATION, GENESIS_PLUGIN};
 use super::segment::{self, ChainId, Parsed, HEADER_LEN};
 use crate::footprint::PluginFootprint;
@@ -33,6 +40,9 @@ const INDEX_FILE: &str = "index";
 const LOCK_FILE: &str = "lock";
 const INDEX_MAGIC: &[u8; 8] = b"OPDBIDX\0";
 const INDEX_ENTRY_LEN: usize = 56;
+/// Segment space is reserved ahead in chunks of this size: small enough for a 4 MiB
+/// filesystem, large enough that reserving costs nothing next to the syncs.
+pub const RESERVE_CHUNK: u64 = 256 * 1024;
 
 /// Tunables of the store.
 #[derive(Debug, Clone)]
@@ -128,8 +138,13 @@ pub struct ChainReader {
 pub struct ChainWriter {
     shared: Arc<Shared>,
     options: StoreOptions,
-    active: File,
+    io: SharedIo,
+    active: Box<dyn SegmentFile>,
     active_len: u64,
+    /// Space is reserved in the active segment up to this offset.
+    reserved_to: u64,
+    /// False once the filesystem said it cannot reserve space.
+    reserve_supported: bool,
     index_file: Option<File>,
     latched: Option<String>,
     _lock: nix::fcntl::Flock<File>,
@@ -138,6 +153,15 @@ pub struct ChainWriter {
 /// Opens the chain in `dir` for writing, creating it (with its genesis block) when the
 /// directory holds no segment. Takes an exclusive lock on the directory.
 pub fn open(dir: &Path, options: StoreOptions) -> Result<(ChainWriter, ChainReader, Recovery)> {
+    open_with_io(dir, options, RealIo::shared())
+}
+
+/// [`open`] with segment writes going through `io` (a fault-injecting backend in tests).
+pub fn open_with_io(
+    dir: &Path,
+    options: StoreOptions,
+    io: SharedIo,
+) -> Result<(ChainWriter, ChainReader, Recovery)> {
     std::fs::create_dir_all(dir)
         .map_err(|e| ChainError::io(format!("creating chain directory {}", dir.display()), e))?;
     let lock = take_lock(dir)?;
@@ -152,13 +176,11 @@ pub fn open(dir: &Path, options: StoreOptions) -> Result<(ChainWriter, ChainRead
     let loaded = load(dir, true, &mut recovery)?;
     let shared = loaded.shared;
     let (active_first, active_path) = loaded.last_segment;
-    let active = OpenOptions::new()
-        .write(true)
+    let active = io
         .open(&active_path)
         .map_err(|e| ChainError::io(format!("opening {}", active_path.display()), e))?;
     if let Some(valid_len) = loaded.torn_from {
-        let file_len = active
-            .metadata()
+        let file_len = std::fs::metadata(&active_path)
             .map_err(|e| ChainError::io("reading segment size", e))?
             .len();
         tracing::warn!(
@@ -168,7 +190,7 @@ pub fn open(dir: &Path, options: StoreOptions) -> Result<(ChainWriter, ChainRead
         );
         active
             .set_len(valid_len)
-            .and_then(|()| active.sync_all())
+            .and_then(|()| active.sync_data())
             .map_err(|e| ChainError::io("cutting the torn tail", e))?;
         recovery.torn_bytes_cut = file_len - valid_len;
     }
@@ -177,8 +199,11 @@ pub fn open(dir: &Path, options: StoreOptions) -> Result<(ChainWriter, ChainRead
     let writer = ChainWriter {
         shared: shared.clone(),
         options,
+        io,
         active,
         active_len,
+        reserved_to: active_len,
+        reserve_supported: true,
         index_file,
         latched: None,
         _lock: lock,
@@ -408,7 +433,7 @@ fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
             next_height: expected,
             prev_hash: index.head_hash,
         };
-        let end = scan::scan_records(&bytes, is_last, &mut state, |block, at, len| {
+        let end = scan::scan_records(&bytes, offset, is_last, &mut state, |block, at, len| {
             let location = Location {
                 segment: seg_i as u32,
                 len: len as u32,
@@ -687,6 +712,7 @@ impl ChainWriter {
             prev_hash = block.hash;
             blocks.push(block);
         }
+        self.reserve(self.active_len + buf.len() as u64)?;
         if let Err(err) = self.active.write_all_at(&buf, self.active_len) {
             self.roll_back();
             return Err(ChainError::io("appending to the segment", err));
@@ -706,7 +732,55 @@ impl ChainWriter {
         self.latched.as_deref()
     }
 
+    /// Makes sure the active segment has space up to `end`, reserving a chunk ahead; on a full
+    /// disk, nothing has been written yet and the batch is refused.
+    fn reserve(&mut self, end: u64) -> Result<()> {
+        if end <= self.reserved_to || !self.reserve_supported {
+            return Ok(());
+        }
+        let start = self.active_len;
+        let ahead = end + RESERVE_CHUNK - end % RESERVE_CHUNK;
+        let reserved = match self.active.reserve(start, ahead - start) {
+            Ok(()) => Ok(ahead),
+            // The chunk does not fit; the batch alone may.
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => {
+                self.active.reserve(start, end - start).map(|()| end)
+            }
+            Err(err) => Err(err),
+        };
+        match reserved {
+            Ok(reserved) => {
+                self.reserved_to = reserved;
+                Ok(())
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::warn!("the filesystem cannot reserve space ahead; a full disk will show as a failed write instead");
+                self.reserve_supported = false;
+                Ok(())
+            }
+            Err(err) => Err(ChainError::io(
+                format!(
+                    "reserving {} bytes for the batch in {}",
+                    end - start,
+                    self.active_segment_name()
+                ),
+                err,
+            )),
+        }
+    }
+
+    fn active_segment_name(&self) -> String {
+        let first = self
+            .shared
+            .segments
+            .read()
+            .last()
+            .map_or(0, |s| s.first_height);
+        segment::file_name(first)
+    }
+
     fn roll_back(&mut self) {
+        self.reserved_to = self.active_len;
         if let Err(err) = self.active.set_len(self.active_len) {
             let reason = format!("could not roll back a failed write: {err}");
             tracing::error!(%reason, "latching the store: no more writes until restart");
@@ -745,16 +819,20 @@ impl ChainWriter {
         let dir = self.shared.dir.clone();
         let path = dir.join(segment::file_name(first_height));
         let header = segment::encode_header(first_height, &self.shared.chain_id);
-        let create = || -> std::io::Result<File> {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o640)
-                .open(&path)?;
+        // Give back the space reserved past the sealed segment's end (best effort: it is only
+        // space, and the size does not change).
+        if self.reserved_to > self.active_len {
+            if let Err(err) = self.active.set_len(self.active_len) {
+                tracing::debug!(%err, "cannot release the space reserved in a sealed segment");
+            }
+            self.reserved_to = self.active_len;
+        }
+        let io = self.io.clone();
+        let create = || -> std::io::Result<Box<dyn SegmentFile>> {
+            let file = io.create(&path)?;
             file.write_all_at(&header, 0)?;
             file.sync_data()?;
-            sync_dir(&dir)?;
+            io.sync_dir(&dir)?;
             Ok(file)
         };
         let file = match create() {
@@ -775,6 +853,7 @@ impl ChainWriter {
         }));
         self.active = file;
         self.active_len = HEADER_LEN as u64;
+        self.reserved_to = self.active_len;
         Ok(())
     }
 

@@ -118,13 +118,14 @@ pub fn verify_dir(
             body = cut_after_height(body, state.next_height, limit);
         }
         let checked_before = report.blocks_checked;
-        let result = scan::scan_records(body, i == last, state, |block, _, _| {
-            report.blocks_checked += 1;
-            report.head = Some((block.height, block.hash));
-            if report.blocks_checked % 65_536 == 0 {
-                progress(report.blocks_checked);
-            }
-        });
+        let result =
+            scan::scan_records(body, HEADER_LEN as u64, i == last, state, |block, _, _| {
+                report.blocks_checked += 1;
+                report.head = Some((block.height, block.hash));
+                if report.blocks_checked % 65_536 == 0 {
+                    progress(report.blocks_checked);
+                }
+            });
         match result {
             Ok(ScanEnd::Clean) => {}
             Ok(ScanEnd::Torn(at)) => report.torn_tail_bytes = (body.len() - at) as u64,
@@ -158,5 +159,66 @@ fn cut_after_height(body: &[u8], first_height: u64, limit: u64) -> &[u8] {
         &body[..at.min(body.len())]
     } else {
         body
+    }
+}
+
+/// Parses `HASH@HEIGHT` (a head exported earlier, or the one a snapshot manifest names).
+pub fn parse_expected_head(text: &str) -> Result<(Hash, u64), String> {
+    let (hash, height) = text
+        .split_once('@')
+        .ok_or_else(|| format!("'{text}' is not HASH@HEIGHT"))?;
+    let hash = super::block::parse_hash(hash)
+        .ok_or_else(|| format!("'{hash}' is not a block hash (64 hex digits)"))?;
+    let height = height
+        .parse()
+        .map_err(|_| format!("'{height}' is not a height"))?;
+    Ok((hash, height))
+}
+
+/// Checks a verified chain against a head it is known to have reached (`hash` at `height`):
+/// removing the newest blocks leaves a chain that verifies on its own, so only such an outside
+/// witness can tell. A shorter chain fails at its first missing height; another block at
+/// `height` fails there.
+pub fn check_expected_head(dir: &Path, report: &mut VerifyReport, hash: &Hash, height: u64) {
+    if report
+        .first_bad
+        .as_ref()
+        .is_some_and(|(bad, _)| *bad <= height)
+    {
+        return;
+    }
+    let reached = report.head.map(|(h, _)| h);
+    if reached.is_none_or(|head| head < height) {
+        let first_missing = reached.map_or(0, |head| head + 1);
+        report.first_bad = Some((
+            first_missing,
+            format!(
+                "the chain ends at height {} but it is known to have reached height {height} ({}): its newest blocks were removed",
+                reached.map_or("-1".into(), |h| h.to_string()),
+                hex::encode(hash)
+            ),
+        ));
+        return;
+    }
+    // The hash at `height`: from the report when it is the head, else from a check that stops
+    // there (the chain may be damaged after it, which the report already says).
+    let found = match report.head {
+        Some((head, head_hash)) if head == height => Ok(Some(head_hash)),
+        _ => verify_dir(dir, Some(height), &mut |_| {})
+            .map(|r| r.head.filter(|(h, _)| *h == height).map(|(_, hash)| hash)),
+    };
+    match found {
+        Ok(Some(found)) if &found == hash => {}
+        Ok(found) => {
+            report.first_bad = Some((
+                height,
+                format!(
+                    "block at height {height} is {} but the expected head is {}",
+                    found.map_or("missing".into(), hex::encode),
+                    hex::encode(hash)
+                ),
+            ));
+        }
+        Err(err) => report.first_bad = Some((height, err.to_string())),
     }
 }

@@ -45,8 +45,6 @@ pub struct CommitCounters {
     pub blocks: AtomicU64,
     /// Footprints that failed to commit.
     pub failed: AtomicU64,
-    /// Why the store refuses all writes until a restart (a failed `fdatasync`), once it does.
-    latched: parking_lot::Mutex<Option<String>>,
 }
 
 /// Called on the writer thread with each committed batch, after the callers were answered.
@@ -58,6 +56,8 @@ pub struct GroupCommit {
     tx: mpsc::Sender<Command>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
+    /// Set (once) to the reason when the store latched after a failed flush.
+    latched: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl GroupCommit {
@@ -71,16 +71,25 @@ impl GroupCommit {
         let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
         let counters = Arc::new(CommitCounters::default());
         let thread_counters = counters.clone();
+        let (latched_tx, latched) = tokio::sync::watch::channel(None);
         let thread = std::thread::Builder::new()
             .name("chain-writer".into())
             .spawn(move || {
                 on_start();
-                run(&mut writer, &mut rx, &thread_counters, on_commit.as_deref());
+                let on_latch = move |reason: &str| {
+                    latched_tx.send_replace(Some(reason.to_owned()));
+                };
+                let hooks = Hooks {
+                    on_commit: on_commit.as_deref(),
+                    on_latch: &on_latch,
+                };
+                run(&mut writer, &mut rx, &thread_counters, &hooks);
             })?;
         Ok(GroupCommit {
             tx,
             thread: parking_lot::Mutex::new(Some(thread)),
             counters,
+            latched,
         })
     }
 
@@ -153,13 +162,28 @@ impl GroupCommit {
     /// `Ok` while the writer thread runs and the store takes writes; otherwise why not. Cheap
     /// (no round trip to the thread): the daemon asks it for every watchdog ping.
     pub fn health(&self) -> std::result::Result<(), String> {
-        if let Some(reason) = self.counters.latched.lock().clone() {
+        if let Some(reason) = self.latched.borrow().clone() {
             return Err(format!("the store is latched: {reason}"));
         }
         match &*self.thread.lock() {
             Some(thread) if !thread.is_finished() => Ok(()),
             Some(_) => Err("the chain writer thread has ended".into()),
             None => Err("the chain writer has been shut down".into()),
+        }
+    }
+
+    /// Resolves with the reason once the store has latched after a failed flush: from then on
+    /// every write fails until a restart, so a daemon should exit and let systemd restart it.
+    pub async fn latched(&self) -> String {
+        let mut latched = self.latched.clone();
+        let reason = match latched.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            // The writer thread is gone without latching: never resolves.
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 }
@@ -169,11 +193,16 @@ pub struct PauseGuard {
     _resume: std::sync::mpsc::Sender<()>,
 }
 
+struct Hooks<'a> {
+    on_commit: Option<&'a CommitFn>,
+    on_latch: &'a dyn Fn(&str),
+}
+
 fn run(
     writer: &mut ChainWriter,
     rx: &mut mpsc::Receiver<Command>,
     counters: &CommitCounters,
-    on_commit: Option<&CommitFn>,
+    hooks: &Hooks<'_>,
 ) {
     let mut held: Option<Command> = None;
     let mut entries = Vec::new();
@@ -207,7 +236,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                commit_batch(writer, &mut entries, &mut replies, counters, on_commit);
+                commit_batch(writer, &mut entries, &mut replies, counters, hooks);
             }
             Command::Pause { paused, resume } => {
                 let head = writer.reader().head();
@@ -231,7 +260,7 @@ fn commit_batch(
     entries: &mut Vec<(PluginFootprint, Caller)>,
     replies: &mut Vec<Option<Reply>>,
     counters: &CommitCounters,
-    on_commit: Option<&CommitFn>,
+    hooks: &Hooks<'_>,
 ) {
     match writer.append(entries) {
         Ok(blocks) => {
@@ -245,7 +274,7 @@ fn commit_batch(
                     let _ = reply.send(Ok(block.clone()));
                 }
             }
-            if let Some(hook) = on_commit {
+            if let Some(hook) = hooks.on_commit {
                 hook(&blocks);
             }
         }
@@ -253,10 +282,10 @@ fn commit_batch(
             counters
                 .failed
                 .fetch_add(entries.len() as u64, Ordering::Relaxed);
-            if let Some(reason) = writer.latched() {
-                *counters.latched.lock() = Some(reason.to_owned());
-            }
             tracing::warn!(%err, footprints = entries.len(), "a batch failed to commit");
+            if let Some(reason) = writer.latched() {
+                (hooks.on_latch)(reason);
+            }
             let mut unanswered = 0;
             for reply in replies.drain(..) {
                 match reply {

@@ -24,18 +24,18 @@ pub struct Bus {
 
 impl Bus {
     pub fn start() -> Bus {
+        Self::start_with_policy(&repo_path("dbus/org.opdbus.Blockchain.conf"))
+    }
+
+    /// The same bus with another policy file in place of ours.
+    pub fn start_with_policy(policy: &Path) -> Bus {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("bus");
         let template = std::fs::read_to_string(repo_path("dbus/test-system-bus.conf.in"))
             .expect("bus config template");
         let config = template
             .replace("@SOCKET@", socket.to_str().expect("utf-8 path"))
-            .replace(
-                "@POLICY@",
-                repo_path("dbus/org.opdbus.Blockchain.conf")
-                    .to_str()
-                    .expect("utf-8 path"),
-            );
+            .replace("@POLICY@", policy.to_str().expect("utf-8 path"));
         let config_path = dir.path().join("bus.conf");
         std::fs::write(&config_path, config).expect("write bus config");
         let process = Command::new("dbus-daemon")
@@ -45,8 +45,9 @@ impl Bus {
             .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon must be installed (apt-get install dbus)");
+        // The socket file appears at bind(), a moment before the bus listens.
         wait_until(Duration::from_secs(10), "the bus socket", || {
-            socket.exists()
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
         // Let unprivileged test callers connect.
         let _ = std::fs::set_permissions(
@@ -101,7 +102,9 @@ impl Bus {
         };
         command
             .arg(format!("--bus={}", self.address))
-            .args(["--print-reply", "--dest", BUS_NAME, OBJECT_PATH])
+            .arg("--print-reply")
+            .arg(format!("--dest={BUS_NAME}"))
+            .arg(OBJECT_PATH)
             .arg(format!("{BUS_NAME}.{member}"))
             .args(args)
             .output()
@@ -232,6 +235,12 @@ impl Daemon {
             nix::sys::signal::Signal::SIGTERM,
         )
         .expect("signal the daemon");
+        process.wait().expect("wait for the daemon")
+    }
+
+    /// Waits until the daemon exits by itself; returns its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut process = self.process.take().expect("running");
         process.wait().expect("wait for the daemon")
     }
 

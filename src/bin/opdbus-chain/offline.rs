@@ -3,13 +3,17 @@
 use crate::Outcome;
 use opdbus_blockchain::chain::block::{parse_hash, Block};
 use opdbus_blockchain::chain::store;
-use opdbus_blockchain::chain::verify::verify_dir;
+use opdbus_blockchain::chain::verify::{self, verify_dir};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-pub fn verify(dir: PathBuf) -> Outcome {
+pub fn verify(dir: PathBuf, expect_head: Option<String>) -> Outcome {
+    let expected = expect_head
+        .as_deref()
+        .map(verify::parse_expected_head)
+        .transpose()?;
     let started = Instant::now();
     let mut last_print = started;
     let mut progress = |checked: u64| {
@@ -22,7 +26,10 @@ pub fn verify(dir: PathBuf) -> Outcome {
             );
         }
     };
-    let report = verify_dir(&dir, None, &mut progress).map_err(|e| e.to_string())?;
+    let mut report = verify_dir(&dir, None, &mut progress).map_err(|e| e.to_string())?;
+    if let Some((hash, height)) = expected {
+        verify::check_expected_head(&dir, &mut report, &hash, height);
+    }
     println!("{}", report.summary());
     Ok(if report.ok() {
         ExitCode::SUCCESS
