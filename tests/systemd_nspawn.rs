@@ -421,7 +421,7 @@ fn real_systemd_btrfs_snapshots_work_under_the_hardened_unit() {
 }
 
 #[test]
-fn real_systemd_a_failed_fdatasync_stops_the_watchdog_pings_and_systemd_restarts_the_daemon() {
+fn real_systemd_a_failed_fdatasync_stops_the_daemon_and_systemd_restarts_it() {
     if missing_prerequisite().is_none() && !tool_exists("mkfs.btrfs") {
         eprintln!("SKIPPED latch: mkfs.btrfs is not installed (apt-get install btrfs-progs)");
         return;
@@ -461,21 +461,18 @@ fn real_systemd_a_failed_fdatasync_stops_the_watchdog_pings_and_systemd_restarts
         "{}",
         stderr(&refused)
     );
-    // The daemon stops pinging, systemd's watchdog kills it and restarts the unit.
+    // The daemon answers what it can, exits with a failure and systemd restarts the unit. (Should
+    // the exit hang, the watchdog pings have stopped too: see the watchdog test above.)
     let records = ct.wait_for_journal(&[], |records| {
         records
             .iter()
-            .any(|r| field(r, "MESSAGE").contains("Failed with result 'watchdog'"))
+            .any(|r| field(r, "MESSAGE").contains("Failed with result 'exit-code'"))
     });
-    let position = |text: &str| {
+    assert!(
         records
             .iter()
-            .position(|r| field(r, "MESSAGE").contains(text))
-            .unwrap_or_else(|| panic!("no '{text}' in the journal"))
-    };
-    assert!(
-        position("the chain writer is unhealthy") < position("Watchdog timeout"),
-        "the watchdog fired before the daemon found its writer unhealthy"
+            .any(|r| field(r, "MESSAGE").contains("stopping so that systemd restarts the daemon")),
+        "the daemon did not say why it stopped"
     );
     wait_until(
         Duration::from_secs(60),
