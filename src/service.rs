@@ -323,6 +323,12 @@ impl OptimizedBlockchain {
         let chain =
             StreamingBlockchain::open_with(options, on_writer_start, Some(Box::new(feed.hook())))
                 .await?;
+        if let Ok(numa) = &numa {
+            let numa = Arc::clone(numa);
+            feed.on_thread_start(move || {
+                numa.place_cache_thread();
+            });
+        }
         feed.start(
             chain.inner.reader.clone(),
             cache_options.preload_blocks,

@@ -75,10 +75,9 @@ fn bound_info(bus: &Bus) -> serde_json::Map<String, Value> {
     let mut info = numa_info(bus);
     wait_until(Duration::from_secs(10), "the writer binding", || {
         info = numa_info(bus);
-        !info["binding_reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("has not bound itself yet")
+        let pending = |key: &str, text: &str| info[key].as_str().unwrap_or_default().contains(text);
+        !pending("binding_reason", "has not bound itself yet")
+            && !pending("cache_placement_reason", "has not started yet")
     });
     info
 }
@@ -139,6 +138,10 @@ fn two_node_synthetic_topology_picks_the_node_with_most_free_memory() {
         "{info:?}"
     );
 
+    // Round-robin over two nodes interleaves the cache thread's pages; not on a fake topology.
+    assert_eq!(info["cache_node"], -1, "{info:?}");
+    assert_eq!(info["cache_placement_applied"], false, "{info:?}");
+
     // The footprint path is unaffected.
     let (ok, _, err) = bus.call("AddFootprint", "sss", &["network", "create", "{}"]);
     assert!(ok, "{err}");
@@ -188,6 +191,10 @@ fn four_node_topology_reports_every_node() {
     assert_eq!(info["memory_policy"], "interleaved");
     assert_eq!(cpus(&info["writer_cpus"]), vec![2]);
     assert_eq!(info["memory_policy_applied"], false, "synthetic: {info:?}");
+    assert_eq!(
+        info["cache_node"], 2,
+        "local_node: the optimal node: {info:?}"
+    );
 }
 
 #[test]
@@ -232,6 +239,10 @@ fn on_this_machine_the_writer_thread_runs_where_numa_info_says() {
     } else {
         eprintln!("binding not applied here: {}", info["binding_reason"]);
     }
+    // The cache thread's memory goes to the optimal node (local_node, the default); the
+    // policy was read back on that thread.
+    assert_eq!(info["cache_node"], info["optimal_node"], "{info:?}");
+    assert_eq!(info["cache_placement_applied"], true, "{info:?}");
 }
 
 #[test]

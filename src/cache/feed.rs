@@ -100,6 +100,8 @@ pub struct CacheFeed {
     shared: Arc<Shared>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     receiver: parking_lot::Mutex<Option<Receiver<Message>>>,
+    /// Run first on the cache thread (NUMA placement of the hot tier's memory).
+    on_thread_start: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 struct Shared {
@@ -123,7 +125,13 @@ impl CacheFeed {
             }),
             thread: parking_lot::Mutex::new(None),
             receiver: parking_lot::Mutex::new(Some(rx)),
+            on_thread_start: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Code to run first on the cache thread when [`CacheFeed::start`] starts it.
+    pub fn on_thread_start(&self, f: impl FnOnce() + Send + 'static) {
+        *self.on_thread_start.lock() = Some(Box::new(f));
     }
 
     /// The function for the chain writer's commit hook.
@@ -160,9 +168,13 @@ impl CacheFeed {
         };
         let shared = self.shared.clone();
         shared.progress.send_modify(|p| p.running = true);
+        let on_start = self.on_thread_start.lock().take();
         let handle = std::thread::Builder::new()
             .name("block-cache".into())
             .spawn(move || {
+                if let Some(on_start) = on_start {
+                    on_start();
+                }
                 if counted == Counted::NotYet {
                     shared.cache.inner.disk.count_entries();
                 }

@@ -162,6 +162,17 @@ impl NumaTopology {
                 thread,
             ),
         };
+        self.apply_membind(expected_set, expected_policy, flags)
+    }
+
+    /// Sets the calling thread's memory binding and judges it by reading it back.
+    fn apply_membind(
+        &self,
+        expected_set: Option<&NodeSet>,
+        expected_policy: MemoryBindingPolicy,
+        flags: MemoryBindingFlags,
+    ) -> (bool, String) {
+        let thread = MemoryBindingFlags::THREAD;
         let call = match expected_set {
             None => self
                 .topology
@@ -211,6 +222,74 @@ impl NumaTopology {
                 ),
             ),
         }
+    }
+}
+
+/// What [`NumaTopology::place_cache_thread`] achieved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CacheBinding {
+    /// The node the cache's memory goes to; `None` when interleaved over all nodes or when
+    /// placement is disabled.
+    pub node: Option<u32>,
+    pub applied: bool,
+    pub reason: String,
+}
+
+impl NumaTopology {
+    /// Places the memory the *calling* thread (the cache thread, which decodes and keeps the
+    /// blocks of the hot tier) allocates from now on, by `OPDBUS_CACHE_PLACEMENT`:
+    /// `local_node` and `most_memory` prefer one node, `round_robin` interleaves pages over all
+    /// nodes (the cache has one thread, so its "shards" are pages), `disabled` leaves it alone.
+    /// Judged by reading the policy back, as for the writer.
+    pub fn place_cache_thread(&self) -> CacheBinding {
+        let placement = self.opts.placement;
+        let interleave = placement == super::CachePlacement::RoundRobin && self.nodes.len() > 1;
+        let node = if interleave {
+            None
+        } else {
+            self.cache_node_for(0)
+        };
+        let binding = if placement == super::CachePlacement::Disabled {
+            CacheBinding {
+                node: None,
+                applied: false,
+                reason: "not applied: OPDBUS_CACHE_PLACEMENT=disabled".into(),
+            }
+        } else if !self.topology.is_this_system() {
+            CacheBinding {
+                node,
+                applied: false,
+                reason: NOT_THIS_SYSTEM.to_owned(),
+            }
+        } else {
+            let thread = MemoryBindingFlags::THREAD;
+            let (applied, reason) = if interleave {
+                self.apply_membind(
+                    Some(&self.all_nodeset),
+                    MemoryBindingPolicy::Interleave,
+                    thread,
+                )
+            } else {
+                let mut set = NodeSet::new();
+                set.set(node.unwrap_or(self.optimal) as usize);
+                // Non-strict bind: the kernel's MPOL_PREFERRED, so a full node spills over.
+                self.apply_membind(Some(&set), MemoryBindingPolicy::Bind, thread)
+            };
+            CacheBinding {
+                node,
+                applied,
+                reason,
+            }
+        };
+        tracing::info!(
+            placement = %placement,
+            node = ?binding.node,
+            applied = binding.applied,
+            "cache memory placement: {}",
+            binding.reason
+        );
+        *self.cache_binding.lock() = Some(binding.clone());
+        binding
     }
 }
 

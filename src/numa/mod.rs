@@ -21,7 +21,7 @@ mod sysfs;
 #[cfg(test)]
 mod tests;
 
-pub use binding::BindingOutcome;
+pub use binding::{BindingOutcome, CacheBinding};
 pub use options::{
     CachePlacement, MemoryPolicy, NumaOptions, DEFAULT_SYSFS_BLOCK_ROOT, DEFAULT_SYSFS_NODE_ROOT,
     ENV_MEMORY_POLICY, ENV_PLACEMENT, ENV_SYSFS_BLOCK_ROOT, ENV_SYSFS_NODE_ROOT,
@@ -84,6 +84,7 @@ pub struct NumaInfo {
     binding_reason: String,
     memory_policy_applied: bool,
     memory_policy_reason: String,
+    cache_binding: Option<CacheBinding>,
 }
 
 impl NumaInfo {
@@ -146,6 +147,10 @@ impl NumaInfo {
     pub fn memory_policy_reason(&self) -> &str {
         &self.memory_policy_reason
     }
+    /// Where the cache thread's memory was placed; `None` before the cache thread started.
+    pub fn cache_binding(&self) -> Option<&CacheBinding> {
+        self.cache_binding.as_ref()
+    }
 }
 
 /// The machine's NUMA layout as hwloc reads it, plus the choices made from it.
@@ -163,6 +168,7 @@ pub struct NumaTopology {
     optimal_nodeset: NodeSet,
     all_nodeset: NodeSet,
     binding: Mutex<Option<BindingOutcome>>,
+    cache_binding: Mutex<Option<CacheBinding>>,
 }
 
 impl std::fmt::Debug for NumaTopology {
@@ -312,6 +318,7 @@ impl NumaTopology {
             optimal_nodeset,
             all_nodeset,
             binding: Mutex::new(None),
+            cache_binding: Mutex::new(None),
         }
     }
 
@@ -351,6 +358,7 @@ impl NumaTopology {
             binding_reason,
             memory_policy_applied: mem_applied,
             memory_policy_reason: mem_reason,
+            cache_binding: self.cache_binding.lock().clone(),
         }
     }
 

@@ -52,6 +52,22 @@ pub fn to_dict(info: &NumaInfo) -> Dict {
         "memory_policy_reason",
         info.memory_policy_reason(),
     );
+    match info.cache_binding() {
+        Some(cache) => {
+            // -1: interleaved over all nodes, or placement disabled.
+            put(&mut dict, "cache_node", cache.node.map_or(-1, i64::from));
+            put(&mut dict, "cache_placement_applied", cache.applied);
+            put(&mut dict, "cache_placement_reason", cache.reason.as_str());
+        }
+        None => {
+            put(&mut dict, "cache_placement_applied", false);
+            put(
+                &mut dict,
+                "cache_placement_reason",
+                "not applied: the cache thread has not started yet",
+            );
+        }
+    }
     let nodes: Vec<Dict> = info
         .nodes()
         .values()
