@@ -12,26 +12,7 @@ use std::time::Duration;
 
 /// CacheStats over busctl, as a JSON object of plain values.
 fn cache_stats(bus: &Bus) -> serde_json::Value {
-    let out = bus.busctl(&[
-        "--json=short",
-        "call",
-        BUS_NAME,
-        OBJECT_PATH,
-        BUS_NAME,
-        "CacheStats",
-    ]);
-    assert!(
-        out.status.success(),
-        "busctl CacheStats: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
-    let fields = reply["data"][0].as_object().expect("a{sv}");
-    fields
-        .iter()
-        .map(|(name, variant)| (name.clone(), variant["data"].clone()))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+    bus.call_dict("CacheStats").into()
 }
 
 fn stat(bus: &Bus, name: &str) -> u64 {

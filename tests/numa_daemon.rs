@@ -20,44 +20,8 @@ fn fake_sysfs(root: &Path, nodes: &[(u32, u64, u64)]) {
     }
 }
 
-/// busctl's JSON for an `a{sv}` as plain JSON (nested `aa{sv}` too).
-fn dict(data: &Value) -> serde_json::Map<String, Value> {
-    data.as_object()
-        .expect("a{sv}")
-        .iter()
-        .map(|(k, v)| {
-            let value = match v["type"].as_str() {
-                Some("aa{sv}") => Value::Array(
-                    v["data"]
-                        .as_array()
-                        .expect("array")
-                        .iter()
-                        .map(|d| Value::Object(dict(d)))
-                        .collect(),
-                ),
-                _ => v["data"].clone(),
-            };
-            (k.clone(), value)
-        })
-        .collect()
-}
-
 fn numa_info(bus: &Bus) -> serde_json::Map<String, Value> {
-    let out = bus.busctl(&[
-        "--json=short",
-        "call",
-        BUS_NAME,
-        OBJECT_PATH,
-        BUS_NAME,
-        "NumaInfo",
-    ]);
-    assert!(
-        out.status.success(),
-        "NumaInfo failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reply: Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
-    dict(&reply["data"][0])
+    bus.call_dict("NumaInfo")
 }
 
 fn cpus(value: &Value) -> Vec<u64> {

@@ -85,6 +85,26 @@ impl Bus {
         )
     }
 
+    /// Calls a method of ours that returns `a{sv}` (through `busctl --json=short`) and gives the
+    /// dictionary as plain JSON values; nested `aa{sv}` become arrays of objects.
+    pub fn call_dict(&self, member: &str) -> serde_json::Map<String, serde_json::Value> {
+        let out = self.busctl(&[
+            "--json=short",
+            "call",
+            BUS_NAME,
+            OBJECT_PATH,
+            BUS_NAME,
+            member,
+        ]);
+        assert!(
+            out.status.success(),
+            "busctl {member}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
+        plain_dict(&reply["data"][0])
+    }
+
     /// `dbus-send --print-reply` on our object (prints D-Bus error names, unlike busctl).
     pub fn dbus_send(&self, as_uid: Option<u32>, member: &str, args: &[&str]) -> Output {
         let mut command = match as_uid {
@@ -336,4 +356,26 @@ pub fn error_name(err: &zbus::Error) -> String {
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// busctl's JSON of an `a{sv}` (each value `{"type":…,"data":…}`) as plain JSON.
+fn plain_dict(data: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    data.as_object()
+        .expect("a{sv}")
+        .iter()
+        .map(|(key, variant)| {
+            let value = match variant["type"].as_str() {
+                Some("aa{sv}") => serde_json::Value::Array(
+                    variant["data"]
+                        .as_array()
+                        .expect("an array")
+                        .iter()
+                        .map(|item| serde_json::Value::Object(plain_dict(item)))
+                        .collect(),
+                ),
+                _ => variant["data"].clone(),
+            };
+            (key.clone(), value)
+        })
+        .collect()
 }

@@ -352,18 +352,11 @@ fn main() -> ExitCode {
             to,
             to_command,
         } => match (to, to_command) {
-            (Some(dir), _) => backup::backup(
-                dirs.chain_dir.clone(),
-                dirs.cache_dir(),
-                BackupTarget::Directory(dir),
-            ),
-            (None, Some(line)) => backup::backup(
-                dirs.chain_dir.clone(),
-                dirs.cache_dir(),
-                BackupTarget::Command(line),
-            ),
+            (Some(dir), _) => Ok(BackupTarget::Directory(dir)),
+            (None, Some(line)) => Ok(BackupTarget::Command(line)),
             (None, None) => Err("give --to DIR or --to-command CMD".into()),
-        },
+        }
+        .and_then(|target| backup::backup(dirs.chain_dir.clone(), dirs.cache_dir(), target)),
         Command::VerifyBackup { dir } => backup::verify_backup(&dir),
         Command::Restore { from, dirs } => {
             backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir())
