@@ -43,6 +43,15 @@ step "GetBlock $HASH"
 busctl --address="$ADDRESS" --json=pretty call org.opdbus.Blockchain /org/opdbus/Blockchain \
   org.opdbus.Blockchain GetBlock s "$HASH"
 
+step "FindSimilar: the blocks most like a new footprint (cosine of block vectors)"
+call AddFootprint sss network create '{"interface":"br1","type":"bridge","mtu":9000}' >/dev/null
+"$BIN/opdbus-chain" similar --bus "$ADDRESS" -k 3 \
+  '{"plugin":"network","operation":"create","data":{"interface":"br2","type":"bridge"}}'
+
+step "CacheStats and NumaInfo"
+"$BIN/opdbus-chain" stats --bus "$ADDRESS" | grep -E "total_entries|hits|compression_ratio|write_failures"
+"$BIN/opdbus-chain" numa --bus "$ADDRESS"
+
 step "refused input gets a typed error, nothing is added"
 dbus-send --bus="$ADDRESS" --print-reply --dest=org.opdbus.Blockchain /org/opdbus/Blockchain \
   org.opdbus.Blockchain.AddFootprint string:network string:create string:'{broken' 2>&1 || true
