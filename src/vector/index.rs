@@ -274,31 +274,32 @@ impl VectorIndex {
             let keys = KeyFilter::new(filter);
             let q = quantize(query);
             let keep = (k * 8).max(64);
-            // Min-heap of the best `keep` (score, height) so far.
-            let mut best: BinaryHeap<std::cmp::Reverse<(i32, u64)>> = BinaryHeap::new();
-            for (height, (vector, meta)) in state
-                .vectors
-                .chunks_exact(DIM)
-                .zip(&state.meta)
-                .enumerate()
-                .skip(1)
-            {
-                if !keys.passes(meta) {
-                    continue;
-                }
-                let score: i32 = vector
-                    .iter()
-                    .zip(&q)
-                    .map(|(a, b)| i32::from(*a) * i32::from(*b))
-                    .sum();
-                if best.len() < keep {
-                    best.push(std::cmp::Reverse((score, height as u64)));
-                } else if best.peek().is_some_and(|worst| worst.0 .0 < score) {
-                    best.pop();
-                    best.push(std::cmp::Reverse((score, height as u64)));
-                }
-            }
-            best.into_iter().map(|r| r.0 .1).collect::<Vec<u64>>()
+            let blocks = state.meta.len();
+            // Large chains are scanned in parallel slices, each keeping its own best.
+            let threads = if blocks >= PARALLEL_SCAN_BLOCKS {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+            } else {
+                1
+            };
+            let slice = blocks.div_ceil(threads).max(1);
+            let mut best: Vec<(i32, u64)> = std::thread::scope(|scope| {
+                let scans: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let range = (t * slice).max(1)..((t + 1) * slice).min(blocks);
+                        let (state, keys, q) = (&state, &keys, &q);
+                        scope.spawn(move || scan(&state.vectors, &state.meta, range, q, keys, keep))
+                    })
+                    .collect();
+                scans
+                    .into_iter()
+                    .flat_map(|scan| scan.join().expect("a scan thread panicked"))
+                    .collect()
+            });
+            best.sort_unstable_by(|a, b| b.cmp(a));
+            best.truncate(keep);
+            best.into_iter()
+                .map(|(_, height)| height)
+                .collect::<Vec<u64>>()
         };
         let mut matches = Vec::with_capacity(candidates.len());
         for height in candidates {
@@ -348,6 +349,40 @@ pub fn check_file(
         }
     }
     Ok((meta.len() as u64, bad))
+}
+
+/// Chains from this many blocks on are scanned by several threads.
+const PARALLEL_SCAN_BLOCKS: usize = 65_536;
+
+/// The best `keep` (int8 score, height) among heights in `range` that pass `keys`.
+fn scan(
+    vectors: &[i8],
+    meta: &[Meta],
+    range: std::ops::Range<usize>,
+    q: &[i8],
+    keys: &KeyFilter,
+    keep: usize,
+) -> Vec<(i32, u64)> {
+    // Min-heap of the best so far.
+    let mut best: BinaryHeap<std::cmp::Reverse<(i32, u64)>> = BinaryHeap::new();
+    for height in range {
+        if !keys.passes(&meta[height]) {
+            continue;
+        }
+        let vector = &vectors[height * DIM..(height + 1) * DIM];
+        let score: i32 = vector
+            .iter()
+            .zip(q)
+            .map(|(a, b)| i32::from(*a) * i32::from(*b))
+            .sum();
+        if best.len() < keep {
+            best.push(std::cmp::Reverse((score, height as u64)));
+        } else if best.peek().is_some_and(|worst| worst.0 .0 < score) {
+            best.pop();
+            best.push(std::cmp::Reverse((score, height as u64)));
+        }
+    }
+    best.into_iter().map(|r| r.0).collect()
 }
 
 fn encode_record(vector: &[i8], meta: &Meta, out: &mut Vec<u8>) {
