@@ -273,7 +273,7 @@ impl VectorIndex {
             let state = self.state.read();
             let keys = KeyFilter::new(filter);
             let q = quantize(query);
-            let keep = (k * 8).max(64);
+            let keep = (k * 4).max(32);
             let blocks = state.meta.len();
             // Large chains are scanned in parallel slices, each keeping its own best.
             let threads = if blocks >= PARALLEL_SCAN_BLOCKS {
