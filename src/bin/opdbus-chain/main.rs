@@ -1,5 +1,6 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
+mod bench;
 mod offline;
 
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,11 @@ enum Command {
         #[command(flatten)]
         dir: ChainDir,
     },
+    /// Measure write and read speed beside their floors and peers, in one run.
+    ///
+    /// Starts a private dbus-daemon and the opdbus-blockchaind next to this executable on a
+    /// temporary directory ($TMPDIR, else /var/tmp), and prints a table; nothing is left behind.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Command::Verify { dir } => offline::verify(dir.chain_dir),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
