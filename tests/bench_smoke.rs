@@ -57,21 +57,15 @@ fn bench_quick_writes_json_with_every_required_figure() {
         }
     }
     assert!(
-        object
-            .values()
-            .all(|v| !v.is_object() && !v.is_array()),
+        object.values().all(|v| !v.is_object() && !v.is_array()),
         "the object is not flat: {text}"
     );
 }
 
 #[test]
 fn bench_refuses_an_unwritable_json_path_with_a_reason() {
-    let (code, _stdout, stderr) = common::cli(&[
-        "bench",
-        "--quick",
-        "--json",
-        "/nonexistent-dir/bench.json",
-    ]);
+    let (code, _stdout, stderr) =
+        common::cli(&["bench", "--quick", "--json", "/nonexistent-dir/bench.json"]);
     assert_eq!(code, 2, "stderr: {stderr}");
     assert!(stderr.contains("cannot write"), "stderr: {stderr}");
 }

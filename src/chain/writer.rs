@@ -4,6 +4,13 @@
 //! one batch with one `fdatasync`, and only then answers each caller. Footprints that arrive
 //! while a sync runs form the next batch, so throughput grows with concurrency while every
 //! caller still waits for its own durable acknowledgement.
+//!
+//! Callers that await their ack come back right after it, a few at a time. Committing the first
+//! one alone would make the rest wait a whole extra `fdatasync`, and batches would alternate
+//! small and large. So when the last batch held more awaiting callers than have arrived yet, the
+//! thread gathers a little longer (at most half the last commit's duration, and never more than
+//! [`MAX_GATHER`]) until as many are there. A lone sequential caller never waits: its last batch
+//! held one.
 
 use super::block::{Block, Caller, Hash};
 use super::error::{ChainError, Result};
@@ -11,12 +18,18 @@ use super::store::ChainWriter;
 use crate::footprint::PluginFootprint;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most footprints committed by one `fdatasync`.
 const MAX_BATCH: usize = 4096;
 /// Queue bound: senders wait (asynchronously) when the writer is this far behind.
 const QUEUE_LEN: usize = 16 * 1024;
+/// Longest wait for the awaiting callers of the last batch to come back.
+const MAX_GATHER: Duration = Duration::from_millis(1);
+/// Polling step while gathering (the thread's timer slack is lowered to match).
+const GATHER_STEP: Duration = Duration::from_micros(15);
 
 type Reply = oneshot::Sender<Result<Block>>;
 
@@ -73,6 +86,9 @@ impl GroupCommit {
             .name("chain-writer".into())
             .spawn(move || {
                 on_start();
+                // Gathering sleeps in steps of a few microseconds; the default 50 µs slack
+                // would stretch each one. Failing to lower it only costs some latency.
+                let _ = nix::sys::prctl::set_timerslack(1_000);
                 run(&mut writer, &mut rx, &thread_counters, on_commit.as_deref());
             })?;
         Ok(GroupCommit {
@@ -163,6 +179,7 @@ fn run(
     let mut held: Option<Command> = None;
     let mut entries = Vec::new();
     let mut replies = Vec::new();
+    let mut gather = Gather::default();
     loop {
         let Some(command) = held.take().or_else(|| rx.blocking_recv()) else {
             break;
@@ -175,24 +192,11 @@ fn run(
             } => {
                 entries.push((footprint, caller));
                 replies.push(reply);
-                while entries.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Command::Write {
-                            footprint,
-                            caller,
-                            reply,
-                        }) => {
-                            entries.push((footprint, caller));
-                            replies.push(reply);
-                        }
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                held = gather.collect(rx, &mut entries, &mut replies);
+                let awaited = replies.iter().filter(|r| r.is_some()).count();
+                let started = Instant::now();
                 commit_batch(writer, &mut entries, &mut replies, counters, on_commit);
+                gather.committed(awaited, started.elapsed());
             }
             Command::Pause { paused, resume } => {
                 let head = writer.reader().head();
@@ -209,6 +213,57 @@ fn run(
     }
     rx.close();
     tracing::debug!("chain writer stopped");
+}
+
+/// How the next batch is gathered, learnt from the last one.
+#[derive(Default)]
+struct Gather {
+    /// Awaiting callers in the last batch: as many are expected back.
+    expected: usize,
+    /// How long the last commit (write and `fdatasync`) took.
+    last_commit: Duration,
+}
+
+impl Gather {
+    fn committed(&mut self, awaited: usize, took: Duration) {
+        self.expected = awaited;
+        self.last_commit = took;
+    }
+
+    /// Adds queued writes to the batch: everything already queued, then, while fewer awaiting
+    /// callers are there than the last batch had, whatever arrives within the gather window.
+    /// Returns a non-write command that ended the batch, to be handled after it.
+    fn collect(
+        &self,
+        rx: &mut mpsc::Receiver<Command>,
+        entries: &mut Vec<(PluginFootprint, Caller)>,
+        replies: &mut Vec<Option<Reply>>,
+    ) -> Option<Command> {
+        let window = (self.last_commit / 2).min(MAX_GATHER);
+        let deadline = Instant::now() + window;
+        let mut awaited = replies.iter().filter(|r| r.is_some()).count();
+        while entries.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Command::Write {
+                    footprint,
+                    caller,
+                    reply,
+                }) => {
+                    awaited += usize::from(reply.is_some());
+                    entries.push((footprint, caller));
+                    replies.push(reply);
+                }
+                Ok(other) => return Some(other),
+                Err(TryRecvError::Empty)
+                    if awaited > 0 && awaited < self.expected && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(GATHER_STEP);
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
 }
 
 fn commit_batch(

@@ -118,7 +118,13 @@ pub async fn dbus_clients(
                 match call {
                     Call::Empty => {
                         connection
-                            .call_method(Some(FLOOR_NAME), FLOOR_PATH, Some(FLOOR_NAME), "Empty", &())
+                            .call_method(
+                                Some(FLOOR_NAME),
+                                FLOOR_PATH,
+                                Some(FLOOR_NAME),
+                                "Empty",
+                                &(),
+                            )
                             .await
                             .map_err(|e| format!("the empty call failed: {e}"))?;
                     }

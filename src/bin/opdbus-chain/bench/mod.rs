@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// filesystem (needs root and mkfs.btrfs).
     #[arg(long)]
     btrfs: bool,
+    /// Only run AddFootprint with 16 clients for SECONDS (to profile the daemon meanwhile,
+    /// e.g. with `perf record -g -p PID`); prints the daemon's pid and the rate.
+    #[arg(long, value_name = "SECONDS")]
+    soak: Option<u64>,
     /// (internal) Serve the empty-call floor on this bus address.
     #[arg(long, hide = true, value_name = "ADDRESS")]
     serve_floor: Option<String>,
@@ -62,8 +66,8 @@ pub fn run(args: BenchArgs) -> Outcome {
         }
     } else {
         Plan {
-            rounds: 3,
-            slice: Duration::from_secs(2),
+            rounds: 6,
+            slice: Duration::from_secs(1),
             hot_reads: 20_000,
             cold_reads: 200,
             stream_count: 500_000,
@@ -81,6 +85,9 @@ pub fn run(args: BenchArgs) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    if let Some(seconds) = args.soak {
+        return runtime.block_on(soak(Duration::from_secs(seconds), args.btrfs));
+    }
     let figures = runtime.block_on(measure_all(&plan, args.btrfs))?;
     print_table(&figures);
     if let (Some(path), Some(mut file)) = (&args.json, json_file) {
@@ -89,6 +96,21 @@ pub fn run(args: BenchArgs) -> Outcome {
         std::io::Write::write_all(&mut file, (text + "\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// AddFootprint with 16 clients for `duration`, nothing else.
+async fn soak(duration: Duration, btrfs: bool) -> Outcome {
+    let stage = Stage::start(btrfs).await?;
+    let connections = measure::connect(&stage.address, 16).await?;
+    println!("daemon pid {}", stage.daemon_pid());
+    let (sample, _) = measure::dbus_clients(&connections, Call::AddFootprint, duration).await?;
+    println!(
+        "AddFootprint, 16 clients: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs",
+        sample.rate(),
+        sample.p50_us(),
+        sample.p99_us()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -139,18 +161,22 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<Figures, String> {
             dbus_hashes.extend(hashes);
         }
         let (dir, slice) = (work.clone(), plan.slice);
-        s.fsync.merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
+        s.fsync
+            .merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
         for (i, tasks) in TASKS.into_iter().enumerate() {
             s.inproc[i].merge(measure::inprocess_add(&inproc, tasks, plan.slice).await?);
         }
         let (dir, slice) = (work.clone(), plan.slice);
-        s.fsync.merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
+        s.fsync
+            .merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
         for (i, writers) in TASKS.into_iter().enumerate() {
             let (path, slice) = (sqlite.clone(), plan.slice);
-            s.sqlite[i].merge(blocking(move || peers::sqlite_writers(&path, writers, slice)).await?);
+            s.sqlite[i]
+                .merge(blocking(move || peers::sqlite_writers(&path, writers, slice)).await?);
         }
         let (dir, slice) = (files_dir.clone(), plan.slice);
-        s.files.merge(blocking(move || peers::file_per_block_writers(&dir, 16, slice)).await?);
+        s.files
+            .merge(blocking(move || peers::file_per_block_writers(&dir, 16, slice)).await?);
 
         // Hot GetBlock against the empty call, both sequential on one connection.
         let hot = vec![dbus_hashes[dbus_hashes.len() / 2].clone(); plan.hot_reads / plan.rounds];
@@ -304,7 +330,10 @@ impl Figures {
         for (i, n) in TASKS.into_iter().enumerate() {
             f.put(&format!("inprocess_add_rate_{n}"), s.inproc[i].rate());
             f.put(&format!("inprocess_add_p50_us_{n}"), s.inproc[i].p50_us());
-            f.put(&format!("inprocess_group_size_{n}"), s.inproc[i].group_size());
+            f.put(
+                &format!("inprocess_group_size_{n}"),
+                s.inproc[i].group_size(),
+            );
             f.put(&format!("sqlite_rate_{n}"), s.sqlite[i].rate());
             f.put(&format!("sqlite_p50_us_{n}"), s.sqlite[i].p50_us());
         }
@@ -328,8 +357,14 @@ impl Figures {
         let inproc16_vs_fsync = ratio(s.inproc[1].rate(), 16.0 * fsync_rate);
         let hot_vs_empty = ratio(s.hot_dbus.p50_us(), s.empty_seq.p50_us());
         f.put("ratio_add_footprint_rate_16_to_empty_call", add16_vs_empty);
-        f.put("ratio_add_footprint_p50_to_empty_plus_fdatasync", p50_vs_floor);
-        f.put("ratio_inprocess_add_rate_16_to_16_fdatasync", inproc16_vs_fsync);
+        f.put(
+            "ratio_add_footprint_p50_to_empty_plus_fdatasync",
+            p50_vs_floor,
+        );
+        f.put(
+            "ratio_inprocess_add_rate_16_to_16_fdatasync",
+            inproc16_vs_fsync,
+        );
         f.put("ratio_get_block_hot_dbus_to_empty_call", hot_vs_empty);
         f.put(
             "ratio_add_footprint_rate_16_to_sqlite",
@@ -361,23 +396,47 @@ impl Figures {
         f.json.insert("machine".into(), json!(machine));
         f.json.insert("date".into(), json!(date));
         f.json.insert("filesystem".into(), json!(x.filesystem));
-        f.json.insert("load_average_before".into(), json!(x.load_before));
+        f.json
+            .insert("load_average_before".into(), json!(x.load_before));
         f.json.insert("rounds".into(), json!(plan.rounds));
         f.json
             .insert("seconds_per_slice".into(), json!(plan.slice.as_secs_f64()));
 
         // The table.
-        let empty = |i: usize| (format!("empty call, {} conn", CLIENTS[i]), s.empty[i].rate());
-        for i in 0..3 {
-            f.row(&format!("empty call, {} connections", CLIENTS[i]), s.empty[i].rate(), "/s", None, "floor");
+        let empty = |i: usize| {
+            (
+                format!("empty call, {} conn", CLIENTS[i]),
+                s.empty[i].rate(),
+            )
+        };
+        for (i, n) in CLIENTS.into_iter().enumerate() {
+            f.row(
+                &format!("empty call, {n} connections"),
+                s.empty[i].rate(),
+                "/s",
+                None,
+                "floor",
+            );
         }
-        f.row("empty call p50, 1 connection", empty_p50, "µs", None, "floor");
-        f.row("fdatasync of a 200 B append", fsync_rate, "/s", None, "floor");
+        f.row(
+            "empty call p50, 1 connection",
+            empty_p50,
+            "µs",
+            None,
+            "floor",
+        );
+        f.row(
+            "fdatasync of a 200 B append",
+            fsync_rate,
+            "/s",
+            None,
+            "floor",
+        );
         f.row("fdatasync p50", fsync_p50, "µs", None, "floor");
-        for i in 0..3 {
+        for (i, n) in CLIENTS.into_iter().enumerate() {
             let target = if i == 2 { "≥ 0.45, ≥ 20000/s" } else { "" };
             f.row(
-                &format!("AddFootprint, {} clients", CLIENTS[i]),
+                &format!("AddFootprint, {n} clients"),
                 s.add[i].rate(),
                 "/s",
                 Some(empty(i)),
@@ -391,7 +450,13 @@ impl Figures {
             Some(("empty call + fdatasync".into(), empty_p50 + fsync_p50)),
             "≤ 1.5",
         );
-        f.row("AddFootprint p99, 1 client", s.add[0].p99_us(), "µs", None, "");
+        f.row(
+            "AddFootprint p99, 1 client",
+            s.add[0].p99_us(),
+            "µs",
+            None,
+            "",
+        );
         f.row(
             "AddFootprint p50, 16 clients",
             s.add[2].p50_us(),

@@ -147,8 +147,8 @@ pub fn file_per_block_writers(
                     let path = dir.join(format!("{:012}-{}.json", block.height, block.hash_hex()));
                     let json: serde_json::Value = serde_json::from_str(&block.to_json())
                         .map_err(|e| format!("block JSON: {e}"))?;
-                    let text = serde_json::to_vec_pretty(&json)
-                        .map_err(|e| format!("block JSON: {e}"))?;
+                    let text =
+                        serde_json::to_vec_pretty(&json).map_err(|e| format!("block JSON: {e}"))?;
                     std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)

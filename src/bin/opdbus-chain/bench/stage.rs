@@ -96,7 +96,10 @@ impl Stage {
             .replace("@POLICY@", &path_text(&policy)?)
             .replace(
                 "</busconfig>",
-                &format!("  <include>{}</include>\n</busconfig>", path_text(&floor_policy)?),
+                &format!(
+                    "  <include>{}</include>\n</busconfig>",
+                    path_text(&floor_policy)?
+                ),
             );
         for (path, text) in [
             (&policy, POLICY),
@@ -112,7 +115,9 @@ impl Stage {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start dbus-daemon (is the dbus package installed?): {e}"))?;
+            .map_err(|e| {
+                format!("cannot start dbus-daemon (is the dbus package installed?): {e}")
+            })?;
         stage.bus = Some(Reaped(bus));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
@@ -123,8 +128,8 @@ impl Stage {
         }
         stage.address = format!("unix:path={}", socket.display());
 
-        let me = std::env::current_exe()
-            .map_err(|e| format!("cannot find this executable: {e}"))?;
+        let me =
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
         let daemon_exe = me.with_file_name("opdbus-blockchaind");
         if !daemon_exe.exists() {
             return Err(format!(
@@ -201,10 +206,14 @@ impl Stage {
         Ok(())
     }
 
-    /// The filesystem type under the work directory (`stat -f`).
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().map_or(0, |d| d.0.id())
+    }
+
+    /// The filesystem type under the work directory (`findmnt`).
     pub fn filesystem(&self) -> String {
-        Command::new("stat")
-            .args(["-f", "-c", "%T"])
+        Command::new("findmnt")
+            .args(["-n", "-o", "FSTYPE", "-T"])
             .arg(&self.work)
             .output()
             .ok()
