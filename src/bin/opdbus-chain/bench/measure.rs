@@ -69,6 +69,61 @@ impl Sample {
     }
 }
 
+/// CPU time used by the bus, the server (daemon or floor server) and this process (the
+/// clients), read from `/proc/PID/stat` (all threads; 10 ms resolution, fine over seconds).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu {
+    pub bus: Duration,
+    pub server: Duration,
+    pub clients: Duration,
+}
+
+impl Cpu {
+    pub fn now(bus_pid: u32, server_pid: u32) -> Cpu {
+        Cpu {
+            bus: cpu_of(&bus_pid.to_string()),
+            server: cpu_of(&server_pid.to_string()),
+            clients: cpu_of("self"),
+        }
+    }
+
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            bus: self.bus.saturating_sub(before.bus),
+            server: self.server.saturating_sub(before.server),
+            clients: self.clients.saturating_sub(before.clients),
+        }
+    }
+
+    pub fn add(&mut self, other: Cpu) {
+        self.bus += other.bus;
+        self.server += other.server;
+        self.clients += other.clients;
+    }
+
+    /// Microseconds of CPU per operation: (bus, server, clients).
+    pub fn per_op_us(&self, ops: u64) -> (f64, f64, f64) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
+        (per(self.bus), per(self.server), per(self.clients))
+    }
+}
+
+fn cpu_of(pid: &str) -> Duration {
+    // utime and stime are fields 14 and 15, counted in USER_HZ (100 on Linux) ticks.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 /// The footprint every writer writes: a small op-dbus change record.
 pub fn footprint_data(n: u64) -> String {
     format!(r#"{{"interface":"br0","type":"bridge","mtu":1500,"stp":false,"seq":{n}}}"#)

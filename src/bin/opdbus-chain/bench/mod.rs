@@ -125,6 +125,8 @@ struct Samples {
     files: Sample,
     hot_dbus: Sample,
     empty_seq: Sample,
+    empty_cpu: [measure::Cpu; 3],
+    add_cpu: [measure::Cpu; 3],
 }
 
 const CLIENTS: [usize; 3] = [1, 4, 16];
@@ -150,13 +152,19 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<Figures, String> {
     let files_dir = work.join("file-per-block");
 
     let mut s = Samples::default();
+    let (bus_pid, floor_pid, daemon_pid) =
+        (stage.bus_pid(), stage.floor_pid(), stage.daemon_pid());
     let mut dbus_hashes = Vec::new();
     for round in 0..plan.rounds {
         eprintln!("bench: round {} of {}", round + 1, plan.rounds);
         for (i, set) in connections.iter().enumerate() {
+            let before = measure::Cpu::now(bus_pid, floor_pid);
             s.empty[i].merge(measure::dbus_clients(set, Call::Empty, plan.slice).await?.0);
+            s.empty_cpu[i].add(measure::Cpu::now(bus_pid, floor_pid).since(before));
+            let before = measure::Cpu::now(bus_pid, daemon_pid);
             let (sample, hashes) =
                 measure::dbus_clients(set, Call::AddFootprint, plan.slice).await?;
+            s.add_cpu[i].add(measure::Cpu::now(bus_pid, daemon_pid).since(before));
             s.add[i].merge(sample);
             dbus_hashes.extend(hashes);
         }
@@ -293,6 +301,8 @@ struct Row {
     unit: &'static str,
     against: Option<(String, f64)>,
     target: &'static str,
+    /// Shown in the "compared with" column when there is no comparison.
+    note: String,
 }
 
 struct Figures {
@@ -351,6 +361,15 @@ impl Figures {
         // No block cache in this build yet: reads go to the segment files (page cache).
         f.json.insert("cache_hit_rate_skewed".into(), Value::Null);
 
+        for (name, cpu, sample) in [
+            ("empty_call", &s.empty_cpu[2], &s.empty[2]),
+            ("add_footprint", &s.add_cpu[2], &s.add[2]),
+        ] {
+            let (bus, server, clients) = cpu.per_op_us(sample.ops);
+            f.put(&format!("{name}_cpu_us_per_op_16_bus"), bus);
+            f.put(&format!("{name}_cpu_us_per_op_16_server"), server);
+            f.put(&format!("{name}_cpu_us_per_op_16_clients"), clients);
+        }
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         let add16_vs_empty = ratio(s.add[2].rate(), s.empty[2].rate());
         let p50_vs_floor = ratio(s.add[0].p50_us(), empty_p50 + fsync_p50);
@@ -442,6 +461,20 @@ impl Figures {
                 Some(empty(i)),
                 target,
             );
+        }
+        for (label, cpu, sample) in [
+            ("CPU µs per empty call, 16", &s.empty_cpu[2], &s.empty[2]),
+            ("CPU µs per AddFootprint, 16", &s.add_cpu[2], &s.add[2]),
+        ] {
+            let (bus, server, clients) = cpu.per_op_us(sample.ops);
+            f.rows.push(Row {
+                label: format!("{label}: bus/server/clients"),
+                value: bus + server + clients,
+                unit: "µs",
+                against: None,
+                target: "",
+                note: format!("{bus:.1} / {server:.1} / {clients:.1}"),
+            });
         }
         f.row(
             "AddFootprint p50, 1 client",
@@ -585,6 +618,7 @@ impl Figures {
             unit,
             against,
             target,
+            note: String::new(),
         });
     }
 }
@@ -617,7 +651,7 @@ fn print_table(figures: &Figures) {
                 (label.as_str(), format!("{:.2}", row.value / reference))
             }
             Some((label, _)) => (label.as_str(), "-".into()),
-            None => ("", String::new()),
+            None => (row.note.as_str(), String::new()),
         };
         println!(
             "{:<40} {:>12} {:<3}  {:<24} {:>8}  {}",

@@ -210,6 +210,14 @@ impl Stage {
         self.daemon.as_ref().map_or(0, |d| d.0.id())
     }
 
+    pub fn floor_pid(&self) -> u32 {
+        self.floor.as_ref().map_or(0, |d| d.0.id())
+    }
+
+    pub fn bus_pid(&self) -> u32 {
+        self.bus.as_ref().map_or(0, |d| d.0.id())
+    }
+
     /// The filesystem type under the work directory (`findmnt`).
     pub fn filesystem(&self) -> String {
         Command::new("findmnt")
