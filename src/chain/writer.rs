@@ -11,16 +11,20 @@
 //! thread gathers a little longer (at most half the last commit's duration, and never more than
 //! [`MAX_GATHER`]) until as many are there. A lone sequential caller never waits: its last batch
 //! held one.
+//!
+//! The queue is a crossbeam channel (the writer waits on it with a precise timeout while it
+//! gathers) bounded by an async semaphore: a sender waits without blocking its task's thread
+//! while [`QUEUE_LEN`] writes are queued.
 
 use super::block::{Block, Caller, Hash};
 use super::error::{ChainError, Result};
 use super::store::ChainWriter;
 use crate::footprint::PluginFootprint;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Most footprints committed by one `fdatasync`.
 const MAX_BATCH: usize = 4096;
@@ -28,8 +32,6 @@ const MAX_BATCH: usize = 4096;
 const QUEUE_LEN: usize = 16 * 1024;
 /// Longest wait for the awaiting callers of the last batch to come back.
 const MAX_GATHER: Duration = Duration::from_millis(1);
-/// Polling step while gathering (the thread's timer slack is lowered to match).
-const GATHER_STEP: Duration = Duration::from_micros(15);
 
 type Reply = oneshot::Sender<Result<Block>>;
 
@@ -38,6 +40,8 @@ enum Command {
         footprint: PluginFootprint,
         caller: Caller,
         reply: Option<Reply>,
+        /// A place in the bounded queue, given back when the writer takes the footprint.
+        room: OwnedSemaphorePermit,
     },
     /// Stop at a block boundary: report the head, then wait until `resume` fires or drops.
     Pause {
@@ -66,7 +70,8 @@ type CommitFn = dyn Fn(&[Block]) + Send;
 
 /// Handle to the writer thread.
 pub struct GroupCommit {
-    tx: mpsc::Sender<Command>,
+    tx: Sender<Command>,
+    room: Arc<Semaphore>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
 }
@@ -79,20 +84,25 @@ impl GroupCommit {
         on_start: impl FnOnce() + Send + 'static,
         on_commit: Option<CommitHook>,
     ) -> std::io::Result<GroupCommit> {
-        let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let room = Arc::new(Semaphore::new(QUEUE_LEN));
+        let thread_room = room.clone();
         let counters = Arc::new(CommitCounters::default());
         let thread_counters = counters.clone();
         let thread = std::thread::Builder::new()
             .name("chain-writer".into())
             .spawn(move || {
                 on_start();
-                // Gathering sleeps in steps of a few microseconds; the default 50 µs slack
-                // would stretch each one. Failing to lower it only costs some latency.
+                // Gathering waits for a few tens of microseconds; the default 50 µs timer
+                // slack would stretch each wait. Failing to lower it only costs some latency.
                 let _ = nix::sys::prctl::set_timerslack(1_000);
-                run(&mut writer, &mut rx, &thread_counters, on_commit.as_deref());
+                run(&mut writer, &rx, &thread_counters, on_commit.as_deref());
+                // Wake and refuse senders still waiting for room.
+                thread_room.close();
             })?;
         Ok(GroupCommit {
             tx,
+            room,
             thread: parking_lot::Mutex::new(Some(thread)),
             counters,
         })
@@ -101,27 +111,35 @@ impl GroupCommit {
     /// Queues a footprint and waits until its block is durable.
     pub async fn commit(&self, footprint: PluginFootprint, caller: Caller) -> Result<Block> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Write {
-                footprint,
-                caller,
-                reply: Some(reply),
-            })
-            .await
-            .map_err(|_| ChainError::Closed)?;
+        self.queue(footprint, caller, Some(reply)).await?;
         answer.await.map_err(|_| ChainError::Closed)?
     }
 
     /// Queues a footprint without waiting for it (the streaming receiver's path); waits only
     /// while the queue is full.
     pub async fn enqueue(&self, footprint: PluginFootprint, caller: Caller) -> Result<()> {
+        self.queue(footprint, caller, None).await
+    }
+
+    async fn queue(
+        &self,
+        footprint: PluginFootprint,
+        caller: Caller,
+        reply: Option<Reply>,
+    ) -> Result<()> {
+        let room = self
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ChainError::Closed)?;
         self.tx
             .send(Command::Write {
                 footprint,
                 caller,
-                reply: None,
+                reply,
+                room,
             })
-            .await
             .map_err(|_| ChainError::Closed)
     }
 
@@ -130,7 +148,6 @@ impl GroupCommit {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Command::Flush(done))
-            .await
             .map_err(|_| ChainError::Closed)?;
         wait.await.map_err(|_| ChainError::Closed)
     }
@@ -145,7 +162,6 @@ impl GroupCommit {
                 paused,
                 resume: resume_rx,
             })
-            .await
             .map_err(|_| ChainError::Closed)?;
         let head = at.await.map_err(|_| ChainError::Closed)?;
         Ok((head, PauseGuard { _resume: resume }))
@@ -153,7 +169,7 @@ impl GroupCommit {
 
     /// Commits everything queued so far, then stops the thread and waits for it.
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
+        let _ = self.tx.send(Command::Shutdown);
         let thread = self.thread.lock().take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -172,7 +188,7 @@ pub struct PauseGuard {
 
 fn run(
     writer: &mut ChainWriter,
-    rx: &mut mpsc::Receiver<Command>,
+    rx: &Receiver<Command>,
     counters: &CommitCounters,
     on_commit: Option<&CommitFn>,
 ) {
@@ -181,7 +197,7 @@ fn run(
     let mut replies = Vec::new();
     let mut gather = Gather::default();
     loop {
-        let Some(command) = held.take().or_else(|| rx.blocking_recv()) else {
+        let Some(command) = held.take().or_else(|| rx.recv().ok()) else {
             break;
         };
         match command {
@@ -189,7 +205,9 @@ fn run(
                 footprint,
                 caller,
                 reply,
+                room,
             } => {
+                drop(room);
                 entries.push((footprint, caller));
                 replies.push(reply);
                 held = gather.collect(rx, &mut entries, &mut replies);
@@ -211,7 +229,6 @@ fn run(
             Command::Shutdown => break,
         }
     }
-    rx.close();
     tracing::debug!("chain writer stopped");
 }
 
@@ -235,7 +252,7 @@ impl Gather {
     /// Returns a non-write command that ended the batch, to be handled after it.
     fn collect(
         &self,
-        rx: &mut mpsc::Receiver<Command>,
+        rx: &Receiver<Command>,
         entries: &mut Vec<(PluginFootprint, Caller)>,
         replies: &mut Vec<Option<Reply>>,
     ) -> Option<Command> {
@@ -243,22 +260,24 @@ impl Gather {
         let deadline = Instant::now() + window;
         let mut awaited = replies.iter().filter(|r| r.is_some()).count();
         while entries.len() < MAX_BATCH {
-            match rx.try_recv() {
+            let wanted = awaited > 0 && awaited < self.expected;
+            let next = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if wanted => rx.recv_timeout(left),
+                _ => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+            };
+            match next {
                 Ok(Command::Write {
                     footprint,
                     caller,
                     reply,
+                    room,
                 }) => {
+                    drop(room);
                     awaited += usize::from(reply.is_some());
                     entries.push((footprint, caller));
                     replies.push(reply);
                 }
                 Ok(other) => return Some(other),
-                Err(TryRecvError::Empty)
-                    if awaited > 0 && awaited < self.expected && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(GATHER_STEP);
-                }
                 Err(_) => break,
             }
         }

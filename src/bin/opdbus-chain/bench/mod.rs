@@ -152,8 +152,7 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<Figures, String> {
     let files_dir = work.join("file-per-block");
 
     let mut s = Samples::default();
-    let (bus_pid, floor_pid, daemon_pid) =
-        (stage.bus_pid(), stage.floor_pid(), stage.daemon_pid());
+    let (bus_pid, floor_pid, daemon_pid) = (stage.bus_pid(), stage.floor_pid(), stage.daemon_pid());
     let mut dbus_hashes = Vec::new();
     for round in 0..plan.rounds {
         eprintln!("bench: round {} of {}", round + 1, plan.rounds);
