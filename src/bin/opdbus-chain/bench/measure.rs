@@ -255,9 +255,13 @@ pub async fn dbus_get_block(
 }
 
 /// The floor of every durable write: append ~200 bytes and `fdatasync`, back to back, on the
-/// filesystem under `dir`.
+/// filesystem under `dir`. The file has a directory of its own, as each chain's segments do:
+/// on ext4 a file's `fdatasync` also writes its inode's table block, and waits while that block
+/// is being written for a neighbour (the peers' thousands of files).
 pub fn fdatasync_floor(dir: &Path, duration: Duration) -> Result<Sample, String> {
-    let path = dir.join("fdatasync-floor");
+    let dir = dir.join("fdatasync-floor");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("appends");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(false)
