@@ -109,9 +109,12 @@ async fn soak(duration: Duration, btrfs: bool) -> Outcome {
     let stage = Stage::start(btrfs).await?;
     let connections = measure::connect(&stage.address, 16).await?;
     println!("daemon pid {}", stage.daemon_pid());
+    let before = measure::Cpu::now(stage.bus_pid(), stage.daemon_pid());
     let (sample, _) = measure::dbus_clients(&connections, Call::AddFootprint, duration).await?;
+    let cpu = measure::Cpu::now(stage.bus_pid(), stage.daemon_pid()).since(before);
+    let (bus, server, clients) = cpu.per_op_us(sample.ops);
     println!(
-        "AddFootprint, 16 clients: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs",
+        "AddFootprint, 16 clients: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs; CPU µs per call: bus {bus:.1}, daemon {server:.1}, clients {clients:.1}",
         sample.rate(),
         sample.p50_us(),
         sample.p99_us()
