@@ -245,6 +245,8 @@ pub fn serve_floor(address: &str) -> crate::Outcome {
     impl Floor {
         async fn empty(&self) {}
     }
+    // Go when the bench goes, even if it is killed before it can stop us.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
