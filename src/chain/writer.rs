@@ -4,19 +4,34 @@
 //! one batch with one `fdatasync`, and only then answers each caller. Footprints that arrive
 //! while a sync runs form the next batch, so throughput grows with concurrency while every
 //! caller still waits for its own durable acknowledgement.
+//!
+//! Callers that await their ack come back right after it, a few at a time. Committing the first
+//! one alone would make the rest wait a whole extra `fdatasync`, and batches would alternate
+//! small and large. So when the last batch held more awaiting callers than have arrived yet, the
+//! thread gathers a little longer (at most half the last commit's duration, and never more than
+//! [`MAX_GATHER`]) until as many are there. A lone sequential caller never waits: its last batch
+//! held one.
+//!
+//! The queue is a crossbeam channel (the writer waits on it with a precise timeout while it
+//! gathers) bounded by an async semaphore: a sender waits without blocking its task's thread
+//! while [`QUEUE_LEN`] writes are queued.
 
 use super::block::{Block, Caller, Hash};
 use super::error::{ChainError, Result};
 use super::store::ChainWriter;
 use crate::footprint::PluginFootprint;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Most footprints committed by one `fdatasync`.
 const MAX_BATCH: usize = 4096;
 /// Queue bound: senders wait (asynchronously) when the writer is this far behind.
 const QUEUE_LEN: usize = 16 * 1024;
+/// Longest wait for the awaiting callers of the last batch to come back.
+const MAX_GATHER: Duration = Duration::from_millis(1);
 
 type Reply = oneshot::Sender<Result<Block>>;
 
@@ -25,6 +40,8 @@ enum Command {
         footprint: PluginFootprint,
         caller: Caller,
         reply: Option<Reply>,
+        /// A place in the bounded queue, given back when the writer takes the footprint.
+        room: OwnedSemaphorePermit,
     },
     /// Stop at a block boundary: report the head, then wait until `resume` fires or drops.
     Pause {
@@ -53,7 +70,8 @@ type CommitFn = dyn Fn(&[Block]) + Send;
 
 /// Handle to the writer thread.
 pub struct GroupCommit {
-    tx: mpsc::Sender<Command>,
+    tx: Sender<Command>,
+    room: Arc<Semaphore>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
     /// Set (once) to the reason when the store latched after a failed flush.
@@ -68,7 +86,9 @@ impl GroupCommit {
         on_start: impl FnOnce() + Send + 'static,
         on_commit: Option<CommitHook>,
     ) -> std::io::Result<GroupCommit> {
-        let (tx, mut rx) = mpsc::channel(QUEUE_LEN);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let room = Arc::new(Semaphore::new(QUEUE_LEN));
+        let thread_room = room.clone();
         let counters = Arc::new(CommitCounters::default());
         let thread_counters = counters.clone();
         let (latched_tx, latched) = tokio::sync::watch::channel(None);
@@ -76,6 +96,9 @@ impl GroupCommit {
             .name("chain-writer".into())
             .spawn(move || {
                 on_start();
+                // Gathering waits for a few tens of microseconds; the default 50 µs timer
+                // slack would stretch each wait. Failing to lower it only costs some latency.
+                let _ = nix::sys::prctl::set_timerslack(1_000);
                 let on_latch = move |reason: &str| {
                     latched_tx.send_replace(Some(reason.to_owned()));
                 };
@@ -83,10 +106,13 @@ impl GroupCommit {
                     on_commit: on_commit.as_deref(),
                     on_latch: &on_latch,
                 };
-                run(&mut writer, &mut rx, &thread_counters, &hooks);
+                run(&mut writer, &rx, &thread_counters, &hooks);
+                // Wake and refuse senders still waiting for room.
+                thread_room.close();
             })?;
         Ok(GroupCommit {
             tx,
+            room,
             thread: parking_lot::Mutex::new(Some(thread)),
             counters,
             latched,
@@ -96,27 +122,35 @@ impl GroupCommit {
     /// Queues a footprint and waits until its block is durable.
     pub async fn commit(&self, footprint: PluginFootprint, caller: Caller) -> Result<Block> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Write {
-                footprint,
-                caller,
-                reply: Some(reply),
-            })
-            .await
-            .map_err(|_| ChainError::Closed)?;
+        self.queue(footprint, caller, Some(reply)).await?;
         answer.await.map_err(|_| ChainError::Closed)?
     }
 
     /// Queues a footprint without waiting for it (the streaming receiver's path); waits only
     /// while the queue is full.
     pub async fn enqueue(&self, footprint: PluginFootprint, caller: Caller) -> Result<()> {
+        self.queue(footprint, caller, None).await
+    }
+
+    async fn queue(
+        &self,
+        footprint: PluginFootprint,
+        caller: Caller,
+        reply: Option<Reply>,
+    ) -> Result<()> {
+        let room = self
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ChainError::Closed)?;
         self.tx
             .send(Command::Write {
                 footprint,
                 caller,
-                reply: None,
+                reply,
+                room,
             })
-            .await
             .map_err(|_| ChainError::Closed)
     }
 
@@ -125,7 +159,6 @@ impl GroupCommit {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Command::Flush(done))
-            .await
             .map_err(|_| ChainError::Closed)?;
         wait.await.map_err(|_| ChainError::Closed)
     }
@@ -140,7 +173,6 @@ impl GroupCommit {
                 paused,
                 resume: resume_rx,
             })
-            .await
             .map_err(|_| ChainError::Closed)?;
         let head = at.await.map_err(|_| ChainError::Closed)?;
         Ok((head, PauseGuard { _resume: resume }))
@@ -148,7 +180,7 @@ impl GroupCommit {
 
     /// Commits everything queued so far, then stops the thread and waits for it.
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
+        let _ = self.tx.send(Command::Shutdown);
         let thread = self.thread.lock().take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -200,15 +232,16 @@ struct Hooks<'a> {
 
 fn run(
     writer: &mut ChainWriter,
-    rx: &mut mpsc::Receiver<Command>,
+    rx: &Receiver<Command>,
     counters: &CommitCounters,
     hooks: &Hooks<'_>,
 ) {
     let mut held: Option<Command> = None;
     let mut entries = Vec::new();
     let mut replies = Vec::new();
+    let mut gather = Gather::default();
     loop {
-        let Some(command) = held.take().or_else(|| rx.blocking_recv()) else {
+        let Some(command) = held.take().or_else(|| rx.recv().ok()) else {
             break;
         };
         match command {
@@ -216,27 +249,16 @@ fn run(
                 footprint,
                 caller,
                 reply,
+                room,
             } => {
+                drop(room);
                 entries.push((footprint, caller));
                 replies.push(reply);
-                while entries.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Command::Write {
-                            footprint,
-                            caller,
-                            reply,
-                        }) => {
-                            entries.push((footprint, caller));
-                            replies.push(reply);
-                        }
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                held = gather.collect(rx, &mut entries, &mut replies);
+                let awaited = replies.iter().filter(|r| r.is_some()).count();
+                let started = Instant::now();
                 commit_batch(writer, &mut entries, &mut replies, counters, hooks);
+                gather.committed(awaited, started.elapsed());
             }
             Command::Pause { paused, resume } => {
                 let head = writer.reader().head();
@@ -251,8 +273,60 @@ fn run(
             Command::Shutdown => break,
         }
     }
-    rx.close();
     tracing::debug!("chain writer stopped");
+}
+
+/// How the next batch is gathered, learnt from the last one.
+#[derive(Default)]
+struct Gather {
+    /// Awaiting callers in the last batch: as many are expected back.
+    expected: usize,
+    /// How long the last commit (write and `fdatasync`) took.
+    last_commit: Duration,
+}
+
+impl Gather {
+    fn committed(&mut self, awaited: usize, took: Duration) {
+        self.expected = awaited;
+        self.last_commit = took;
+    }
+
+    /// Adds queued writes to the batch: everything already queued, then, while fewer awaiting
+    /// callers are there than the last batch had, whatever arrives within the gather window.
+    /// Returns a non-write command that ended the batch, to be handled after it.
+    fn collect(
+        &self,
+        rx: &Receiver<Command>,
+        entries: &mut Vec<(PluginFootprint, Caller)>,
+        replies: &mut Vec<Option<Reply>>,
+    ) -> Option<Command> {
+        let window = (self.last_commit / 2).min(MAX_GATHER);
+        let deadline = Instant::now() + window;
+        let mut awaited = replies.iter().filter(|r| r.is_some()).count();
+        while entries.len() < MAX_BATCH {
+            let wanted = awaited > 0 && awaited < self.expected;
+            let next = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if wanted => rx.recv_timeout(left),
+                _ => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+            };
+            match next {
+                Ok(Command::Write {
+                    footprint,
+                    caller,
+                    reply,
+                    room,
+                }) => {
+                    drop(room);
+                    awaited += usize::from(reply.is_some());
+                    entries.push((footprint, caller));
+                    replies.push(reply);
+                }
+                Ok(other) => return Some(other),
+                Err(_) => break,
+            }
+        }
+        None
+    }
 }
 
 fn commit_batch(

@@ -1,6 +1,7 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod backup;
+mod bench;
 mod bench_vectors;
 mod offline;
 mod online;
@@ -252,6 +253,11 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         daemon: Option<PathBuf>,
     },
+    /// Measure write and read speed beside their floors and peers, in one run.
+    ///
+    /// Starts a private dbus-daemon and the opdbus-blockchaind next to this executable on a
+    /// temporary directory ($TMPDIR, else /var/tmp), and prints a table; nothing is left behind.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -392,6 +398,7 @@ fn main() -> ExitCode {
             max_kill_ms,
             segment_bytes,
         }),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,293 @@
+//! `opdbus-chain bench`: our speed beside its floors and peers, all from one run.
+//!
+//! Floors (an empty D-Bus call on the same bus with the same client count, a bare `fdatasync`
+//! on the same filesystem) and our figures are measured in rounds, interleaved A B A B, so
+//! machine noise hits both; every figure is also printed as a ratio to its floor or peer.
+//! Nothing here is a test: figures are reported, never asserted.
+
+mod measure;
+mod peers;
+mod report;
+mod stage;
+
+use crate::Outcome;
+use clap::Args;
+use measure::{Call, Sample};
+use opdbus_blockchain::StreamingBlockchain;
+use report::{print_table, Extra, Figures};
+use serde_json::Value;
+use stage::Stage;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The seed's published figures, shown beside ours.
+const SEED_WRITE_RATE: f64 = 500.0;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A short run (seconds, not minutes) with the same figures, for smoke tests.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the figures as one flat JSON object to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Run on a fresh loop-mounted btrfs image instead of the temporary directory's
+    /// filesystem (needs root and mkfs.btrfs).
+    #[arg(long)]
+    btrfs: bool,
+    /// Only run AddFootprint with 16 clients for SECONDS (to profile the daemon meanwhile,
+    /// e.g. with `perf record -g -p PID`); prints the daemon's pid and the rate.
+    #[arg(long, value_name = "SECONDS")]
+    soak: Option<u64>,
+    /// (internal) Serve the empty-call floor on this bus address.
+    #[arg(long, hide = true, value_name = "ADDRESS")]
+    serve_floor: Option<String>,
+}
+
+/// How long and how often.
+struct Plan {
+    rounds: usize,
+    slice: Duration,
+    hot_reads: usize,
+    cold_reads: usize,
+    stream_count: u64,
+}
+
+pub fn run(args: BenchArgs) -> Outcome {
+    if let Some(address) = &args.serve_floor {
+        return stage::serve_floor(address);
+    }
+    let plan = if args.quick {
+        Plan {
+            rounds: 2,
+            slice: Duration::from_millis(300),
+            hot_reads: 2_000,
+            cold_reads: 20,
+            stream_count: 50_000,
+        }
+    } else {
+        Plan {
+            // The shared disk's fdatasync latency changes phase every few seconds (0.2 to
+            // 4 ms): short slices, many rounds, so floor and figure see the same phases.
+            rounds: 12,
+            slice: Duration::from_millis(500),
+            hot_reads: 20_000,
+            cold_reads: 200,
+            stream_count: 500_000,
+        }
+    };
+    // Fail before minutes of measuring, not after.
+    let json_file = match &args.json {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    if let Some(seconds) = args.soak {
+        return runtime.block_on(soak(Duration::from_secs(seconds), args.btrfs));
+    }
+    let (figures, stage) = runtime.block_on(measure_all(&plan, args.btrfs))?;
+    print_table(&figures);
+    if let (Some(path), Some(mut file)) = (&args.json, json_file) {
+        let text = serde_json::to_string_pretty(&Value::Object(figures.json))
+            .map_err(|e| format!("cannot encode the figures: {e}"))?;
+        std::io::Write::write_all(&mut file, (text + "\n").as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    // Removing the peers' files can take a while (one discard per file on some mounts).
+    eprintln!("bench: cleaning up");
+    drop(stage);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// AddFootprint with 16 clients for `duration`, nothing else.
+async fn soak(duration: Duration, btrfs: bool) -> Outcome {
+    let stage = Stage::start(btrfs).await?;
+    let connections = measure::connect(&stage.address, 16).await?;
+    println!("daemon pid {}", stage.daemon_pid());
+    let before = measure::Cpu::now(stage.bus_pid(), stage.daemon_pid());
+    let (sample, _) = measure::dbus_clients(&connections, Call::AddFootprint, duration).await?;
+    let cpu = measure::Cpu::now(stage.bus_pid(), stage.daemon_pid()).since(before);
+    let (bus, server, clients) = cpu.per_op_us(sample.ops);
+    println!(
+        "AddFootprint, 16 clients: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs; CPU µs per call: bus {bus:.1}, daemon {server:.1}, clients {clients:.1}",
+        sample.rate(),
+        sample.p50_us(),
+        sample.p99_us()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything measured in one run.
+#[derive(Default)]
+struct Samples {
+    empty: [Sample; 3],
+    add: [Sample; 3],
+    fsync: Sample,
+    inproc: [Sample; 2],
+    sqlite: [Sample; 2],
+    files: Sample,
+    hot_dbus: Sample,
+    empty_seq: Sample,
+    empty_cpu: [measure::Cpu; 3],
+    add_cpu: [measure::Cpu; 3],
+}
+
+const CLIENTS: [usize; 3] = [1, 4, 16];
+const TASKS: [usize; 2] = [1, 16];
+
+async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), String> {
+    let load_before = load_average();
+    let stage = Stage::start(btrfs).await?;
+    let work = stage.work.clone();
+    let mut connections = Vec::new();
+    for n in CLIENTS {
+        connections.push(measure::connect(&stage.address, n).await?);
+    }
+    // Warm-up (first calls pay for the caller lookup and connection setup).
+    for set in &connections {
+        measure::dbus_clients(set, Call::Empty, Duration::from_millis(50)).await?;
+        measure::dbus_clients(set, Call::AddFootprint, Duration::from_millis(50)).await?;
+    }
+    let inproc = StreamingBlockchain::new(work.join("inprocess-chain"))
+        .await
+        .map_err(|e| format!("cannot open the in-process chain: {e}"))?;
+    let sqlite = peers::sqlite_create(&work.join("sqlite"))?;
+    let files_dir = work.join("file-per-block");
+
+    let mut s = Samples::default();
+    let (bus_pid, floor_pid, daemon_pid) = (stage.bus_pid(), stage.floor_pid(), stage.daemon_pid());
+    let mut dbus_hashes = Vec::new();
+    for round in 0..plan.rounds {
+        eprintln!("bench: round {} of {}", round + 1, plan.rounds);
+        for (i, set) in connections.iter().enumerate() {
+            let before = measure::Cpu::now(bus_pid, floor_pid);
+            s.empty[i].merge(measure::dbus_clients(set, Call::Empty, plan.slice).await?.0);
+            s.empty_cpu[i].add(measure::Cpu::now(bus_pid, floor_pid).since(before));
+            let before = measure::Cpu::now(bus_pid, daemon_pid);
+            let (sample, hashes) =
+                measure::dbus_clients(set, Call::AddFootprint, plan.slice).await?;
+            s.add_cpu[i].add(measure::Cpu::now(bus_pid, daemon_pid).since(before));
+            s.add[i].merge(sample);
+            dbus_hashes.extend(hashes);
+        }
+        let (dir, slice) = (work.clone(), plan.slice);
+        s.fsync
+            .merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
+        for (i, tasks) in TASKS.into_iter().enumerate() {
+            s.inproc[i].merge(measure::inprocess_add(&inproc, tasks, plan.slice).await?);
+        }
+        let (dir, slice) = (work.clone(), plan.slice);
+        s.fsync
+            .merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
+        for (i, writers) in TASKS.into_iter().enumerate() {
+            let (path, slice) = (sqlite.clone(), plan.slice);
+            s.sqlite[i]
+                .merge(blocking(move || peers::sqlite_writers(&path, writers, slice)).await?);
+        }
+        let (dir, slice) = (files_dir.clone(), plan.slice);
+        s.files
+            .merge(blocking(move || peers::file_per_block_writers(&dir, 16, slice)).await?);
+
+        // Hot GetBlock against the empty call, both sequential on one connection.
+        let hot = vec![dbus_hashes[dbus_hashes.len() / 2].clone(); plan.hot_reads / plan.rounds];
+        s.empty_seq.merge(
+            measure::dbus_clients(&connections[0], Call::Empty, plan.slice / 2)
+                .await?
+                .0,
+        );
+        s.hot_dbus
+            .merge(measure::dbus_get_block(&connections[0][0], &hot, || {}).await?);
+    }
+
+    eprintln!("bench: streaming, reads");
+    let stream_chain = StreamingBlockchain::new(work.join("stream-chain"))
+        .await
+        .map_err(|e| format!("cannot open the streaming chain: {e}"))?;
+    let stream = measure::inprocess_stream(&stream_chain, plan.stream_count).await?;
+    stream_chain.shutdown().await;
+
+    let inproc_hashes = hashes_of(&inproc, plan.cold_reads.max(1000)).await?;
+    let hot_hash = vec![inproc_hashes[0].clone(); plan.hot_reads];
+    let hot_inproc = measure::inprocess_get_block(&inproc, &hot_hash, || {}).await?;
+    let cold_pick = spread(&dbus_hashes, plan.cold_reads);
+    let daemon_dir = stage.daemon_chain_dir.clone();
+    let cold_dbus = measure::dbus_get_block(&connections[0][0], &cold_pick, || {
+        measure::evict_page_cache(&daemon_dir)
+    })
+    .await?;
+    let inproc_dir = inproc.chain_dir().to_path_buf();
+    let cold_pick = spread(&inproc_hashes, plan.cold_reads);
+    let cold_inproc = measure::inprocess_get_block(&inproc, &cold_pick, || {
+        measure::evict_page_cache(&inproc_dir)
+    })
+    .await?;
+    measure::evict_page_cache(&inproc_dir);
+    let skewed_pick = measure::skewed_picks(&inproc_hashes, plan.hot_reads, 0x0bd5);
+    let skewed = measure::inprocess_get_block(&inproc, &skewed_pick, || {}).await?;
+    inproc.shutdown().await;
+
+    let filesystem = stage.filesystem();
+    let figures = Figures::new(
+        plan,
+        s,
+        Extra {
+            stream,
+            hot_inproc,
+            cold_dbus,
+            cold_inproc,
+            skewed,
+            filesystem,
+            load_before,
+            btrfs,
+        },
+    );
+    Ok((figures, stage))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("a measurement thread failed: {e}"))?
+}
+
+/// Hashes of up to `count` blocks spread over the whole chain.
+async fn hashes_of(chain: &StreamingBlockchain, count: usize) -> Result<Vec<String>, String> {
+    let (head, _) = chain.head();
+    let step = (head / count as u64).max(1);
+    let mut hashes = Vec::new();
+    let mut height = 1;
+    while height <= head && hashes.len() < count {
+        let block = chain
+            .get_block_by_height(height)
+            .await
+            .map_err(|e| format!("reading block {height}: {e}"))?
+            .ok_or_else(|| format!("block {height} is missing"))?;
+        hashes.push(block.hash_hex());
+        height += step;
+    }
+    if hashes.is_empty() {
+        return Err("the in-process chain holds no blocks".into());
+    }
+    Ok(hashes)
+}
+
+/// `count` items spread evenly over `all`.
+fn spread(all: &[String], count: usize) -> Vec<String> {
+    let step = (all.len() / count.max(1)).max(1);
+    all.iter().step_by(step).take(count).cloned().collect()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

@@ -1,0 +1,422 @@
+//! The bench's report: every figure as a table row (with what it is compared with, the ratio
+//! and the target) and as a key of the flat JSON object.
+
+use super::measure::Sample;
+use super::{Plan, Samples, CLIENTS, SEED_WRITE_RATE, TASKS};
+use serde_json::{json, Map, Value};
+
+/// What is measured once per run, outside the rounds.
+pub(super) struct Extra {
+    pub stream: Sample,
+    pub hot_inproc: Sample,
+    pub cold_dbus: Sample,
+    pub cold_inproc: Sample,
+    pub skewed: Sample,
+    pub filesystem: String,
+    pub load_before: String,
+    pub btrfs: bool,
+}
+
+/// One line of the table: a figure, and what it is compared with.
+struct Row {
+    label: String,
+    value: f64,
+    unit: &'static str,
+    against: Option<(String, f64)>,
+    target: &'static str,
+    /// Shown in the "compared with" column when there is no comparison.
+    note: String,
+}
+
+pub(super) struct Figures {
+    rows: Vec<Row>,
+    pub json: Map<String, Value>,
+    header: String,
+}
+
+impl Figures {
+    pub(super) fn new(plan: &Plan, s: Samples, x: Extra) -> Figures {
+        let mut f = Figures {
+            rows: Vec::new(),
+            json: Map::new(),
+            header: String::new(),
+        };
+        let fsync_rate = s.fsync.rate();
+        let fsync_p50 = s.fsync.p50_us();
+        let empty_p50 = s.empty[0].p50_us();
+
+        f.put("empty_call_rate_1", s.empty[0].rate());
+        f.put("empty_call_rate_4", s.empty[1].rate());
+        f.put("empty_call_rate_16", s.empty[2].rate());
+        f.put("empty_call_p50_us", empty_p50);
+        f.put("empty_call_p99_us", s.empty[0].p99_us());
+        f.put("fdatasync_rate", fsync_rate);
+        f.put("fdatasync_p50_us", fsync_p50);
+        f.put("fdatasync_p99_us", s.fsync.p99_us());
+        for (i, n) in CLIENTS.into_iter().enumerate() {
+            f.put(&format!("add_footprint_rate_{n}"), s.add[i].rate());
+            f.put(&format!("add_footprint_p50_us_{n}"), s.add[i].p50_us());
+            f.put(&format!("add_footprint_p99_us_{n}"), s.add[i].p99_us());
+        }
+        f.put("add_footprint_p50_us", s.add[0].p50_us());
+        f.put("add_footprint_p99_us", s.add[0].p99_us());
+        for (i, n) in TASKS.into_iter().enumerate() {
+            f.put(&format!("inprocess_add_rate_{n}"), s.inproc[i].rate());
+            f.put(&format!("inprocess_add_p50_us_{n}"), s.inproc[i].p50_us());
+            f.put(
+                &format!("inprocess_group_size_{n}"),
+                s.inproc[i].group_size(),
+            );
+            f.put(&format!("sqlite_rate_{n}"), s.sqlite[i].rate());
+            f.put(&format!("sqlite_p50_us_{n}"), s.sqlite[i].p50_us());
+        }
+        f.put("inprocess_stream_rate", x.stream.rate());
+        f.put("inprocess_stream_group_size", x.stream.group_size());
+        f.put("file_per_block_rate_16", s.files.rate());
+        f.put("file_per_block_p50_us_16", s.files.p50_us());
+        f.put("get_block_hot_p50_us_dbus", s.hot_dbus.p50_us());
+        f.put("get_block_hot_empty_call_p50_us", s.empty_seq.p50_us());
+        f.put("get_block_hot_p50_us_inprocess", x.hot_inproc.p50_us());
+        f.put("get_block_cold_p50_us_dbus", x.cold_dbus.p50_us());
+        f.put("get_block_cold_p50_us_inprocess", x.cold_inproc.p50_us());
+        f.put("get_block_skewed_p50_us_inprocess", x.skewed.p50_us());
+        f.put("get_block_skewed_rate_inprocess", x.skewed.rate());
+        // No block cache in this build yet: reads go to the segment files (page cache).
+        f.json.insert("cache_hit_rate_skewed".into(), Value::Null);
+
+        for (name, cpu, sample) in [
+            ("empty_call", &s.empty_cpu[2], &s.empty[2]),
+            ("add_footprint", &s.add_cpu[2], &s.add[2]),
+        ] {
+            let (bus, server, clients) = cpu.per_op_us(sample.ops);
+            f.put(&format!("{name}_cpu_us_per_op_16_bus"), bus);
+            f.put(&format!("{name}_cpu_us_per_op_16_server"), server);
+            f.put(&format!("{name}_cpu_us_per_op_16_clients"), clients);
+        }
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let add16_vs_empty = ratio(s.add[2].rate(), s.empty[2].rate());
+        let p50_vs_floor = ratio(s.add[0].p50_us(), empty_p50 + fsync_p50);
+        let inproc16_vs_fsync = ratio(s.inproc[1].rate(), 16.0 * fsync_rate);
+        let hot_vs_empty = ratio(s.hot_dbus.p50_us(), s.empty_seq.p50_us());
+        f.put("ratio_add_footprint_rate_16_to_empty_call", add16_vs_empty);
+        f.put(
+            "ratio_add_footprint_p50_to_empty_plus_fdatasync",
+            p50_vs_floor,
+        );
+        f.put(
+            "ratio_inprocess_add_rate_16_to_16_fdatasync",
+            inproc16_vs_fsync,
+        );
+        f.put("ratio_get_block_hot_dbus_to_empty_call", hot_vs_empty);
+        f.put(
+            "ratio_add_footprint_rate_16_to_sqlite",
+            ratio(s.add[2].rate(), s.sqlite[1].rate()),
+        );
+        f.put(
+            "ratio_add_footprint_rate_16_to_file_per_block",
+            ratio(s.add[2].rate(), s.files.rate()),
+        );
+        f.put(
+            "ratio_add_footprint_rate_16_to_seed",
+            ratio(s.add[2].rate(), SEED_WRITE_RATE),
+        );
+
+        let machine = machine(&x.filesystem);
+        let date = opdbus_blockchain::snapshot::utc::UtcDateTime::from_unix(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        )
+        .rfc3339();
+        f.header = format!(
+            "opdbus-chain bench — {date}\nmachine: {machine}\nload average before: {}; {} rounds of {:.1} s per figure{}",
+            x.load_before,
+            plan.rounds,
+            plan.slice.as_secs_f64(),
+            if x.btrfs { "; on a btrfs loop image" } else { "" }
+        );
+        f.json.insert("machine".into(), json!(machine));
+        f.json.insert("date".into(), json!(date));
+        f.json.insert("filesystem".into(), json!(x.filesystem));
+        f.json
+            .insert("load_average_before".into(), json!(x.load_before));
+        f.json.insert("rounds".into(), json!(plan.rounds));
+        f.json
+            .insert("seconds_per_slice".into(), json!(plan.slice.as_secs_f64()));
+
+        // The table.
+        let empty = |i: usize| {
+            (
+                format!("empty call, {} conn", CLIENTS[i]),
+                s.empty[i].rate(),
+            )
+        };
+        for (i, n) in CLIENTS.into_iter().enumerate() {
+            f.row(
+                &format!("empty call, {n} connection{}", plural(n)),
+                s.empty[i].rate(),
+                "/s",
+                None,
+                "floor",
+            );
+        }
+        f.row(
+            "empty call p50, 1 connection",
+            empty_p50,
+            "µs",
+            None,
+            "floor",
+        );
+        f.row(
+            "fdatasync of a 200 B append",
+            fsync_rate,
+            "/s",
+            None,
+            "floor",
+        );
+        f.row("fdatasync p50", fsync_p50, "µs", None, "floor");
+        for (i, n) in CLIENTS.into_iter().enumerate() {
+            let target = if i == 2 { "≥ 0.45, ≥ 20000/s" } else { "" };
+            f.row(
+                &format!("AddFootprint, {n} client{}", plural(n)),
+                s.add[i].rate(),
+                "/s",
+                Some(empty(i)),
+                target,
+            );
+        }
+        for (label, cpu, sample) in [
+            ("CPU µs per empty call, 16", &s.empty_cpu[2], &s.empty[2]),
+            ("CPU µs per AddFootprint, 16", &s.add_cpu[2], &s.add[2]),
+        ] {
+            let (bus, server, clients) = cpu.per_op_us(sample.ops);
+            f.rows.push(Row {
+                label: format!("{label}: bus/server/clients"),
+                value: bus + server + clients,
+                unit: "µs",
+                against: None,
+                target: "",
+                note: format!("{bus:.1} / {server:.1} / {clients:.1}"),
+            });
+        }
+        f.row(
+            "AddFootprint p50, 1 client",
+            s.add[0].p50_us(),
+            "µs",
+            Some(("empty call + fdatasync".into(), empty_p50 + fsync_p50)),
+            "≤ 1.5",
+        );
+        f.row(
+            "AddFootprint p99, 1 client",
+            s.add[0].p99_us(),
+            "µs",
+            None,
+            "",
+        );
+        f.row(
+            "AddFootprint p50, 16 clients",
+            s.add[2].p50_us(),
+            "µs",
+            None,
+            "",
+        );
+        f.row(
+            "AddFootprint p99, 16 clients",
+            s.add[2].p99_us(),
+            "µs",
+            None,
+            "",
+        );
+        f.row(
+            "in-process add_footprint, 1 task",
+            s.inproc[0].rate(),
+            "/s",
+            Some(("fdatasync".into(), fsync_rate)),
+            "",
+        );
+        f.row(
+            "in-process add_footprint, 16 tasks",
+            s.inproc[1].rate(),
+            "/s",
+            Some(("16 × fdatasync".into(), 16.0 * fsync_rate)),
+            "≥ 0.7",
+        );
+        f.row(
+            "  footprints per fdatasync, 16 tasks",
+            s.inproc[1].group_size(),
+            "",
+            None,
+            "",
+        );
+        f.row(
+            "in-process streaming (durable)",
+            x.stream.rate(),
+            "/s",
+            None,
+            "≥ 200000/s",
+        );
+        f.row(
+            "GetBlock hot p50, D-Bus",
+            s.hot_dbus.p50_us(),
+            "µs",
+            Some(("empty call".into(), s.empty_seq.p50_us())),
+            "≤ 1.2",
+        );
+        f.row(
+            "GetBlock cold p50, D-Bus",
+            x.cold_dbus.p50_us(),
+            "µs",
+            None,
+            "",
+        );
+        f.row(
+            "get_block hot p50, in-process",
+            x.hot_inproc.p50_us(),
+            "µs",
+            None,
+            "≤ 5 µs",
+        );
+        f.row(
+            "get_block cold p50, in-process",
+            x.cold_inproc.p50_us(),
+            "µs",
+            None,
+            "",
+        );
+        f.row(
+            "get_block skewed mix p50, in-process",
+            x.skewed.p50_us(),
+            "µs",
+            None,
+            "",
+        );
+        f.row(
+            "SQLite peer, 1 writer",
+            s.sqlite[0].rate(),
+            "/s",
+            Some(("fdatasync".into(), fsync_rate)),
+            "",
+        );
+        f.row(
+            "SQLite peer, 16 writers",
+            s.sqlite[1].rate(),
+            "/s",
+            None,
+            "",
+        );
+        f.row(
+            "file per block peer, 16 writers",
+            s.files.rate(),
+            "/s",
+            None,
+            "",
+        );
+        for (peer, rate) in [
+            ("SQLite, 16 writers", s.sqlite[1].rate()),
+            ("file per block, 16", s.files.rate()),
+            ("the seed's 500/s", SEED_WRITE_RATE),
+        ] {
+            f.row(
+                "AddFootprint, 16 clients",
+                s.add[2].rate(),
+                "/s",
+                Some((peer.into(), rate)),
+                if rate == SEED_WRITE_RATE {
+                    "≥ 40"
+                } else {
+                    ""
+                },
+            );
+        }
+        f.row(
+            "in-process add_footprint, 16 tasks",
+            s.inproc[1].rate(),
+            "/s",
+            Some(("file per block, 16".into(), s.files.rate())),
+            "",
+        );
+        f
+    }
+
+    fn put(&mut self, key: &str, value: f64) {
+        // Two decimals are plenty for rates and microseconds alike.
+        let rounded = (value * 100.0).round() / 100.0;
+        self.json.insert(key.into(), json!(rounded));
+    }
+
+    fn row(
+        &mut self,
+        label: &str,
+        value: f64,
+        unit: &'static str,
+        against: Option<(String, f64)>,
+        target: &'static str,
+    ) {
+        self.rows.push(Row {
+            label: label.into(),
+            value,
+            unit,
+            against,
+            target,
+            note: String::new(),
+        });
+    }
+}
+
+fn machine(filesystem: &str) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {cpus} CPUs, Linux {}, {filesystem}",
+        kernel.trim()
+    )
+}
+
+pub(super) fn print_table(figures: &Figures) {
+    println!("{}\n", figures.header);
+    println!(
+        "{:<40} {:>12} {:<3}  {:<24} {:>8}  target",
+        "figure", "value", "", "compared with", "ratio"
+    );
+    for row in &figures.rows {
+        let (against, ratio) = match &row.against {
+            Some((label, reference)) if *reference > 0.0 => {
+                (label.as_str(), format!("{:.2}", row.value / reference))
+            }
+            Some((label, _)) => (label.as_str(), "-".into()),
+            None => (row.note.as_str(), String::new()),
+        };
+        println!(
+            "{:<40} {:>12} {:<3}  {:<24} {:>8}  {}",
+            row.label,
+            format_value(row.value),
+            row.unit,
+            against,
+            ratio,
+            row.target
+        );
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}

@@ -1,0 +1,318 @@
+//! The bench's stage: a private bus as strict as the system bus (our policy included), the
+//! daemon found next to this executable, the floor server (this executable again, serving an
+//! empty method on the same bus) and, with `--btrfs`, a loop-mounted btrfs image. Everything is
+//! stopped and removed on drop, also when a measurement fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Well-known name and interface of the floor server.
+pub const FLOOR_NAME: &str = "org.opdbus.BenchFloor";
+pub const FLOOR_PATH: &str = "/org/opdbus/BenchFloor";
+
+const BUS_TEMPLATE: &str = include_str!("../../../../dbus/test-system-bus.conf.in");
+const POLICY: &str = include_str!("../../../../dbus/org.opdbus.Blockchain.conf");
+/// The floor server gets the same kind of rule as the daemon: root owns it and may call it.
+const FLOOR_POLICY: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy user="root">
+    <allow own="org.opdbus.BenchFloor"/>
+    <allow send_destination="org.opdbus.BenchFloor"/>
+  </policy>
+</busconfig>
+"#;
+
+/// A child process killed (and reaped) on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The running stage. Field order is drop order: processes first, then the filesystem.
+pub struct Stage {
+    daemon: Option<Reaped>,
+    floor: Option<Reaped>,
+    bus: Option<Reaped>,
+    pub address: String,
+    /// Where every store of the run lives (on the filesystem being measured).
+    pub work: PathBuf,
+    pub daemon_chain_dir: PathBuf,
+    pub daemon_log: PathBuf,
+    btrfs: Option<LoopBtrfs>,
+    _temp: tempfile::TempDir,
+}
+
+impl Stage {
+    /// Starts the bus, the floor server and the daemon; returns once both own their names.
+    pub async fn start(btrfs: bool) -> Result<Stage, String> {
+        let temp = tempfile::Builder::new()
+            .prefix("opdbus-bench.")
+            .tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into()))
+            .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+        let mut stage = Stage {
+            daemon: None,
+            floor: None,
+            bus: None,
+            address: String::new(),
+            work: temp.path().join("work"),
+            daemon_chain_dir: PathBuf::new(),
+            daemon_log: temp.path().join("daemon.log"),
+            btrfs: None,
+            _temp: temp,
+        };
+        let root = stage._temp.path().to_path_buf();
+        if btrfs {
+            let fs = LoopBtrfs::new(&root)?;
+            stage.work = fs.mount_point.join("work");
+            stage.btrfs = Some(fs);
+        }
+        std::fs::create_dir_all(&stage.work)
+            .map_err(|e| format!("cannot create {}: {e}", stage.work.display()))?;
+        stage.daemon_chain_dir = stage.work.join("daemon-chain");
+
+        let socket = root.join("bus");
+        let policy = root.join("policy.conf");
+        let floor_policy = root.join("floor-policy.conf");
+        let config = root.join("bus.conf");
+        let text = BUS_TEMPLATE
+            .replace("@SOCKET@", &path_text(&socket)?)
+            .replace("@POLICY@", &path_text(&policy)?)
+            .replace(
+                "</busconfig>",
+                &format!(
+                    "  <include>{}</include>\n</busconfig>",
+                    path_text(&floor_policy)?
+                ),
+            );
+        for (path, text) in [
+            (&policy, POLICY),
+            (&floor_policy, FLOOR_POLICY),
+            (&config, text.as_str()),
+        ] {
+            std::fs::write(path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        let bus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start dbus-daemon (is the dbus package installed?): {e}")
+            })?;
+        stage.bus = Some(Reaped(bus));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err("dbus-daemon did not open its socket within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stage.address = format!("unix:path={}", socket.display());
+
+        let me =
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        let daemon_exe = me.with_file_name("opdbus-blockchaind");
+        if !daemon_exe.exists() {
+            return Err(format!(
+                "{} not found: the bench runs the daemon built next to it (cargo build --release --bins)",
+                daemon_exe.display()
+            ));
+        }
+        let floor = Command::new(&me)
+            .args(["bench", "--serve-floor", &stage.address])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the floor server: {e}"))?;
+        stage.floor = Some(Reaped(floor));
+
+        let log = std::fs::File::create(&stage.daemon_log)
+            .map_err(|e| format!("cannot create {}: {e}", stage.daemon_log.display()))?;
+        let daemon = Command::new(&daemon_exe)
+            .arg("--bus")
+            .arg(&stage.address)
+            .arg("--chain-dir")
+            .arg(&stage.daemon_chain_dir)
+            .arg("--cache-dir")
+            .arg(stage.work.join("daemon-cache"))
+            .env_remove("NOTIFY_SOCKET")
+            .env("OPDBUS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", daemon_exe.display()))?;
+        stage.daemon = Some(Reaped(daemon));
+
+        let connection = zbus::connection::Builder::address(stage.address.as_str())
+            .map_err(|e| format!("bad bus address: {e}"))?
+            .build()
+            .await
+            .map_err(|e| format!("cannot connect to the private bus: {e}"))?;
+        let dbus = zbus::fdo::DBusProxy::new(&connection)
+            .await
+            .map_err(|e| format!("cannot talk to the private bus: {e}"))?;
+        for name in [opdbus_blockchain::dbus::BUS_NAME, FLOOR_NAME] {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let bus_name = zbus::names::BusName::try_from(name)
+                    .map_err(|e| format!("bad bus name {name}: {e}"))?;
+                if dbus.name_has_owner(bus_name).await.unwrap_or(false) {
+                    break;
+                }
+                stage.check_children()?;
+                if Instant::now() > deadline {
+                    return Err(format!("{name} was not owned within 30 s"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(stage)
+    }
+
+    fn check_children(&mut self) -> Result<(), String> {
+        if let Some(Reaped(daemon)) = self.daemon.as_mut() {
+            if let Ok(Some(status)) = daemon.try_wait() {
+                let log = std::fs::read_to_string(&self.daemon_log).unwrap_or_default();
+                return Err(format!(
+                    "the daemon exited ({status}) before owning its name: {}",
+                    log.lines().last().unwrap_or("no log")
+                ));
+            }
+        }
+        if let Some(Reaped(floor)) = self.floor.as_mut() {
+            if let Ok(Some(status)) = floor.try_wait() {
+                return Err(format!("the floor server exited ({status})"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().map_or(0, |d| d.0.id())
+    }
+
+    pub fn floor_pid(&self) -> u32 {
+        self.floor.as_ref().map_or(0, |d| d.0.id())
+    }
+
+    pub fn bus_pid(&self) -> u32 {
+        self.bus.as_ref().map_or(0, |d| d.0.id())
+    }
+
+    /// The filesystem type under the work directory (`findmnt`).
+    pub fn filesystem(&self) -> String {
+        Command::new("findmnt")
+            .args(["-n", "-o", "FSTYPE", "-T"])
+            .arg(&self.work)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    }
+}
+
+fn path_text(path: &Path) -> Result<String, String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// The floor: an empty method on its own connection, in its own process with the daemon's kind
+/// of runtime, so an empty call costs what an AddFootprint costs minus our work.
+pub fn serve_floor(address: &str) -> crate::Outcome {
+    struct Floor;
+    #[zbus::interface(name = "org.opdbus.BenchFloor")]
+    impl Floor {
+        async fn empty(&self) {}
+    }
+    // Go when the bench goes, even if it is killed before it can stop us.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let _connection = zbus::connection::Builder::address(address)
+            .and_then(|b| b.serve_at(FLOOR_PATH, Floor))
+            .and_then(|b| b.name(FLOOR_NAME))
+            .map_err(|e| format!("bad floor server setup: {e}"))?
+            .build()
+            .await
+            .map_err(|e| format!("the floor server cannot serve: {e}"))?;
+        std::future::pending::<()>().await;
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+/// A btrfs filesystem in a sparse image, loop-mounted; unmounted on drop.
+struct LoopBtrfs {
+    mount_point: PathBuf,
+}
+
+impl LoopBtrfs {
+    fn new(root: &Path) -> Result<LoopBtrfs, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("--btrfs needs root (it loop-mounts a btrfs image)".into());
+        }
+        let image = root.join("btrfs.img");
+        let mount_point = root.join("btrfs");
+        std::fs::create_dir(&mount_point)
+            .and_then(|()| std::fs::File::create(&image))
+            .and_then(|f| f.set_len(4 << 30))
+            .map_err(|e| format!("cannot make the btrfs image: {e}"))?;
+        run("mkfs.btrfs", &["-q".as_ref(), image.as_os_str()])?;
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mount_point.as_os_str(),
+            ],
+        )?;
+        Ok(LoopBtrfs { mount_point })
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        if let Err(err) = run("umount", &[self.mount_point.as_os_str()]) {
+            eprintln!("opdbus-chain bench: {err}");
+        }
+    }
+}
+
+fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

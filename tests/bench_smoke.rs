@@ -1,0 +1,71 @@
+//! `opdbus-chain bench --quick --json FILE` runs end to end (private bus, the daemon, the
+//! in-process chain, the peers) and writes one flat JSON object with every required figure.
+//! No figure is judged here: the bench reports speed, tests never time anything.
+
+mod common;
+
+const REQUIRED: [&str; 19] = [
+    "empty_call_rate_1",
+    "empty_call_rate_16",
+    "empty_call_p50_us",
+    "fdatasync_p50_us",
+    "add_footprint_rate_1",
+    "add_footprint_rate_16",
+    "add_footprint_p50_us",
+    "add_footprint_p99_us",
+    "inprocess_add_rate_16",
+    "inprocess_group_size_16",
+    "inprocess_stream_rate",
+    "fdatasync_rate",
+    "get_block_hot_p50_us_dbus",
+    "get_block_hot_p50_us_inprocess",
+    "get_block_cold_p50_us_dbus",
+    "sqlite_rate_16",
+    "file_per_block_rate_16",
+    "machine",
+    "date",
+];
+
+#[test]
+fn bench_quick_writes_json_with_every_required_figure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let json_arg = json_path.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = common::cli(&["bench", "--quick", "--json", json_arg]);
+    assert_eq!(code, 0, "bench failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("AddFootprint, 16 clients"),
+        "the table is missing:\n{stdout}"
+    );
+
+    let text = std::fs::read_to_string(&json_path).expect("the JSON file was written");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let object = value.as_object().expect("one JSON object");
+    for key in REQUIRED {
+        let figure = object
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is missing from {text}"));
+        match key {
+            "machine" | "date" => assert!(
+                figure.as_str().is_some_and(|s| !s.is_empty()),
+                "{key} is not a text: {figure}"
+            ),
+            _ => assert!(
+                figure.as_f64().is_some_and(|v| v.is_finite() && v > 0.0),
+                "{key} is not a positive number: {figure}"
+            ),
+        }
+    }
+    assert!(
+        object.values().all(|v| !v.is_object() && !v.is_array()),
+        "the object is not flat: {text}"
+    );
+}
+
+#[test]
+fn bench_refuses_an_unwritable_json_path_with_a_reason() {
+    let (code, _stdout, stderr) =
+        common::cli(&["bench", "--quick", "--json", "/nonexistent-dir/bench.json"]);
+    assert_eq!(code, 2, "stderr: {stderr}");
+    assert!(stderr.contains("cannot write"), "stderr: {stderr}");
+}
