@@ -466,3 +466,35 @@ async fn after_kill_9_the_cache_catches_up_with_every_acked_block() {
     }
     assert_eq!(cache_stats(&bus)["misses"], 0);
 }
+
+#[test]
+fn the_cache_thread_runs_at_idle_priority_and_the_writer_does_not() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&bus, &dir.path().join("chain"), &dir.path().join("cache"));
+    // Field 41 of /proc/PID/task/TID/stat is the scheduling policy: 5 = SCHED_IDLE, 0 = normal.
+    let policy_of = |name: &str| -> u32 {
+        let tasks = format!("/proc/{}/task", daemon.pid());
+        let task = std::fs::read_dir(&tasks)
+            .expect("the daemon's tasks")
+            .filter_map(|entry| entry.ok())
+            .find(|entry| {
+                std::fs::read_to_string(entry.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == name)
+            })
+            .unwrap_or_else(|| panic!("a thread named {name}"));
+        let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
+        // Fields after the parenthesised name, which may hold spaces.
+        let after = &stat[stat.rfind(')').expect("comm end") + 2..];
+        after
+            .split(' ')
+            .nth(41 - 3)
+            .expect("policy field")
+            .parse()
+            .expect("a number")
+    };
+    wait_until(Duration::from_secs(10), "the cache thread", || {
+        policy_of("block-cache") == 5
+    });
+    assert_eq!(policy_of("chain-writer"), 0);
+}

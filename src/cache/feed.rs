@@ -175,6 +175,7 @@ impl CacheFeed {
                 if let Some(on_start) = on_start {
                     on_start();
                 }
+                run_when_idle();
                 if counted == Counted::NotYet {
                     shared.cache.inner.disk.count_entries();
                 }
@@ -562,5 +563,24 @@ fn write_state(cache: &BlockCache, chain_id: &[u8; 16], complete_through: u64) {
     // Unsynced on purpose (see the module text); failures show up as write failures already.
     if std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, &path);
+    }
+}
+
+/// Puts the calling thread (the cache thread) under `SCHED_IDLE`: it gets only the CPU that
+/// nothing else wants, so the cache never slows the writes it follows (under sustained load it
+/// lags, its queue overflows into `skipped_writes`, and it fills in from the chain once idle).
+fn run_when_idle() {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadSchedulePolicy,
+    };
+    use thread_priority::ThreadPriority;
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(err) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+    {
+        tracing::warn!(
+            ?err,
+            "cannot give the cache thread idle priority; it competes with writes"
+        );
     }
 }
