@@ -437,3 +437,49 @@ pub fn skewed_picks(hashes: &[String], count: usize, seed: u64) -> Vec<String> {
     }
     picks
 }
+
+/// The block cache's hot-tier hit rate on `picks` (a skewed mix over `hashes`) with plain LRU
+/// and a hot tier of a tenth of the bytes of the blocks in `hashes`, on the chain in
+/// `chain_dir` (not in use) with a fresh cache in `cache_dir`.
+pub async fn skewed_cache_hit_rate(
+    chain_dir: &Path,
+    cache_dir: &Path,
+    hashes: &[String],
+    picks: &[String],
+) -> Result<f64, String> {
+    use opdbus_blockchain::cache::{hot_weight, CacheOptions};
+    use opdbus_blockchain::service::{ChainOptions, OptimizedBlockchain};
+    let mut options = ChainOptions::new(chain_dir);
+    options.numa = None;
+    options.predict = false;
+    let mut cache = CacheOptions::new(cache_dir);
+    cache.preload_blocks = 0;
+    let chain = OptimizedBlockchain::with_cache(options.clone(), cache.clone())
+        .await
+        .map_err(|e| format!("cannot open the chain with a cache: {e}"))?;
+    let mut weight = 0;
+    for hash in hashes {
+        if let Ok(Some(block)) = chain.chain().get_block(hash).await {
+            weight += hot_weight(&block);
+        }
+    }
+    chain.shutdown().await;
+    cache.hot_bytes = (weight / 10).max(64 * 1024);
+    let chain = OptimizedBlockchain::with_cache(options, cache)
+        .await
+        .map_err(|e| format!("cannot open the chain with a cache: {e}"))?;
+    chain.cache().reset_lookup_counters();
+    for hash in picks {
+        chain
+            .get_block(hash)
+            .await
+            .map_err(|e| format!("get_block {hash} failed: {e}"))?;
+    }
+    let rate = chain
+        .cache_stats()
+        .await
+        .map_err(|e| format!("cache stats: {e}"))?
+        .hot_hit_rate;
+    chain.shutdown().await;
+    Ok(rate)
+}

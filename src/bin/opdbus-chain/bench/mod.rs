@@ -232,6 +232,14 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
     let skewed_pick = measure::skewed_picks(&inproc_hashes, plan.hot_reads, 0x0bd5);
     let skewed = measure::inprocess_get_block(&inproc, &skewed_pick, || {}).await?;
     inproc.shutdown().await;
+    drop(inproc);
+    let skewed_hit_rate = measure::skewed_cache_hit_rate(
+        &inproc_dir,
+        &work.join("inprocess-cache"),
+        &inproc_hashes,
+        &skewed_pick,
+    )
+    .await?;
 
     let filesystem = stage.filesystem();
     let figures = Figures::new(
@@ -243,6 +251,7 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
             cold_dbus,
             cold_inproc,
             skewed,
+            skewed_hit_rate,
             filesystem,
             load_before,
             btrfs,
