@@ -54,6 +54,10 @@ enum Command {
         /// earlier or from a snapshot manifest): detects removal of the newest blocks.
         #[arg(long, value_name = "HASH@HEIGHT", conflicts_with = "repair")]
         expect_head: Option<String>,
+        /// Also recompute every block's similarity vector and compare it with the stored one
+        /// (DIR/vectors; derived data, rebuilt by the daemon when it does not match).
+        #[arg(long, conflicts_with = "repair")]
+        vectors: bool,
     },
     /// Print one block as JSON, by hash (64 hex digits) or by height.
     Get {
@@ -317,8 +321,11 @@ fn main() -> ExitCode {
             ..
         } => repair::verify_and_repair(&dir.chain_dir, &cache_dir),
         Command::Verify {
-            dir, expect_head, ..
-        } => offline::verify(dir.chain_dir, expect_head),
+            dir,
+            expect_head,
+            vectors,
+            ..
+        } => offline::verify(dir.chain_dir, expect_head, vectors),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
         Command::Numa { bus, json } => online::numa(&bus.bus, json),

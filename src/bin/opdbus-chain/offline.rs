@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-pub fn verify(dir: PathBuf, expect_head: Option<String>) -> Outcome {
+pub fn verify(dir: PathBuf, expect_head: Option<String>, vectors: bool) -> Outcome {
     let expected = expect_head
         .as_deref()
         .map(verify::parse_expected_head)
@@ -31,11 +31,34 @@ pub fn verify(dir: PathBuf, expect_head: Option<String>) -> Outcome {
         verify::check_expected_head(&dir, &mut report, &hash, height);
     }
     println!("{}", report.summary());
-    Ok(if report.ok() {
+    let vectors_ok = !vectors || report.ok() && check_vectors(&dir)?;
+    Ok(if report.ok() && vectors_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Recomputes the stored block vectors; prints what it found; true when all match.
+fn check_vectors(dir: &std::path::Path) -> Result<bool, String> {
+    let reader = store::open_read_only(dir).map_err(|e| e.to_string())?;
+    let (records, bad) = opdbus_blockchain::vector::index::check_file(dir, &reader)?;
+    match bad.first() {
+        None => {
+            println!("block vectors: {records} records match their blocks");
+            Ok(true)
+        }
+        Some(first) => {
+            println!(
+                "block vectors: {} of {records} records do not match their blocks, the first at \
+                 height {first}; they are derived data: delete {}/vectors while the daemon is stopped \
+                 and it rebuilds them from the chain",
+                bad.len(),
+                dir.display()
+            );
+            Ok(false)
+        }
+    }
 }
 
 pub fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
