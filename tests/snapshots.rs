@@ -4,11 +4,9 @@
 //! `SKIP: …` and pass. The fallback tests run anywhere.
 
 mod common;
-#[path = "common/loop_btrfs.rs"]
-mod loop_btrfs;
 
 use common::*;
-use loop_btrfs::LoopBtrfs;
+use opdbus_blockchain::btrfs::loop_image::LoopBtrfs;
 use opdbus_blockchain::btrfs;
 use opdbus_blockchain::chain::verify::verify_dir;
 use opdbus_blockchain::snapshot::backup::verify_backup;

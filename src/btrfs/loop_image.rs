@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub(crate) struct LoopBtrfs {
+pub struct LoopBtrfs {
     mount_point: PathBuf,
     mounted: bool,
     // Dropped after `Drop::drop` has unmounted: holds the image and the mount point.
@@ -14,7 +14,7 @@ pub(crate) struct LoopBtrfs {
 impl LoopBtrfs {
     /// A fresh filesystem of `megabytes`, or `None` (after saying so on stderr) when this
     /// process cannot make one: not root, no mkfs.btrfs, or no loop device.
-    pub(crate) fn new(megabytes: u64) -> Option<LoopBtrfs> {
+    pub fn new(megabytes: u64) -> Option<LoopBtrfs> {
         if !nix::unistd::geteuid().is_root() || !program_exists("mkfs.btrfs") {
             eprintln!("SKIP: needs root and btrfs (mkfs.btrfs)");
             return None;
@@ -53,7 +53,7 @@ impl LoopBtrfs {
         Some(fs)
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.mount_point
     }
 }

@@ -16,8 +16,9 @@
 //!   failure on either side of the pipe deletes whatever the receiver had created.
 
 mod command_line;
-#[cfg(test)]
-mod loop_image;
+/// Test support (also for the integration tests): a loop-mounted btrfs image.
+#[doc(hidden)]
+pub mod loop_image;
 mod subvolume;
 #[cfg(test)]
 mod tests;
