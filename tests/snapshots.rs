@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use opdbus_blockchain::btrfs::loop_image::LoopBtrfs;
 use opdbus_blockchain::btrfs;
+use opdbus_blockchain::btrfs::loop_image::LoopBtrfs;
 use opdbus_blockchain::chain::verify::verify_dir;
 use opdbus_blockchain::snapshot::backup::verify_backup;
 use opdbus_blockchain::snapshot::{read_manifest, SnapshotMethod};
