@@ -162,8 +162,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .remove::<BlockchainObject, _>(OBJECT_PATH)
         .await;
     // The writer still runs, so every call handed over gets its block committed and its
-    // reply sent; the connection closes once the last call's task has let it go.
-    in_flight.idle().await;
+    // reply sent; the connection closes once the last call's task has let it go. A call the
+    // object server has dispatched may not have started (and so not been counted) yet: wait
+    // until none is in flight across another round trip through the bus and a short grace.
+    loop {
+        in_flight.idle().await;
+        flush_incoming(&connection).await;
+        tokio::time::sleep(SETTLE).await;
+        if in_flight.count() == 0 {
+            break;
+        }
+    }
     // Bounded, so that a client that keeps calling our unique name (or a task that keeps a
     // clone of the connection) cannot hold the stop until systemd's SIGKILL.
     if tokio::time::timeout(CLOSE_GRACE, connection.graceful_shutdown())
@@ -290,6 +299,9 @@ impl HealthWatch {
     }
 }
 
+/// How long the stop waits, after the last call in flight, for a call that was dispatched but
+/// had not started.
+const SETTLE: Duration = Duration::from_millis(50);
 /// How long the stop waits for the bus connection to be let go (below the unit's
 /// `TimeoutStopSec=30s`).
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
