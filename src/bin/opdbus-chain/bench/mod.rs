@@ -13,6 +13,7 @@ mod stage;
 use crate::Outcome;
 use clap::Args;
 use measure::{Call, Sample};
+use opdbus_blockchain::service::{ChainOptions, OptimizedBlockchain};
 use opdbus_blockchain::StreamingBlockchain;
 use report::{print_table, Extra, Figures};
 use serde_json::Value;
@@ -131,6 +132,10 @@ struct Samples {
     add: [Sample; 3],
     fsync: Sample,
     inproc: [Sample; 2],
+    /// In-process adds with 16 tasks through OptimizedBlockchain (cache on), with the chain
+    /// writer bound to the optimal NUMA node, and without NUMA.
+    numa_on: Sample,
+    numa_off: Sample,
     sqlite: [Sample; 2],
     files: Sample,
     hot_dbus: Sample,
@@ -158,6 +163,19 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
     let inproc = StreamingBlockchain::new(work.join("inprocess-chain"))
         .await
         .map_err(|e| format!("cannot open the in-process chain: {e}"))?;
+    let numa_chain = |numa: bool| {
+        let mut options = ChainOptions::new(work.join(format!("numa-{numa}-chain")));
+        if !numa {
+            options.numa = None;
+        }
+        OptimizedBlockchain::with_options(options, work.join(format!("numa-{numa}-cache")))
+    };
+    let numa_on = numa_chain(true)
+        .await
+        .map_err(|e| format!("cannot open the NUMA-bound chain: {e}"))?;
+    let numa_off = numa_chain(false)
+        .await
+        .map_err(|e| format!("cannot open the chain without NUMA: {e}"))?;
     let sqlite = peers::sqlite_create(&work.join("sqlite"))?;
     let files_dir = work.join("file-per-block");
 
@@ -183,6 +201,10 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
         for (i, tasks) in TASKS.into_iter().enumerate() {
             s.inproc[i].merge(measure::inprocess_add(&inproc, tasks, plan.slice).await?);
         }
+        s.numa_on
+            .merge(measure::inprocess_add(numa_on.chain(), 16, plan.slice / 2).await?);
+        s.numa_off
+            .merge(measure::inprocess_add(numa_off.chain(), 16, plan.slice / 2).await?);
         let (dir, slice) = (work.clone(), plan.slice);
         s.fsync
             .merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
@@ -206,6 +228,8 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
             .merge(measure::dbus_get_block(&connections[0][0], &hot, || {}).await?);
     }
 
+    numa_on.shutdown().await;
+    numa_off.shutdown().await;
     eprintln!("bench: streaming, reads");
     let stream_chain = StreamingBlockchain::new(work.join("stream-chain"))
         .await

@@ -72,6 +72,8 @@ impl Figures {
             f.put(&format!("sqlite_rate_{n}"), s.sqlite[i].rate());
             f.put(&format!("sqlite_p50_us_{n}"), s.sqlite[i].p50_us());
         }
+        f.put("inprocess_add_rate_16_numa_on", s.numa_on.rate());
+        f.put("inprocess_add_rate_16_numa_off", s.numa_off.rate());
         f.put("inprocess_stream_rate", x.stream.rate());
         f.put("inprocess_stream_group_size", x.stream.group_size());
         f.put("file_per_block_rate_16", s.files.rate());
@@ -247,6 +249,13 @@ impl Figures {
             s.inproc[1].group_size(),
             "",
             None,
+            "",
+        );
+        f.row(
+            "in-process 16 tasks, cache on, NUMA bound",
+            s.numa_on.rate(),
+            "/s",
+            Some(("NUMA off".into(), s.numa_off.rate())),
             "",
         );
         f.row(
