@@ -5,7 +5,7 @@
 //! group-commit writer thread; `add_footprint` resolves only when its block is durable.
 
 use crate::cache::{BlockCache, CacheError, CacheFeed, CacheOptions, CacheStats, Counted};
-use crate::chain::block::{parse_hash, Block, Caller};
+use crate::chain::block::{parse_hash, Block, Caller, Hash};
 use crate::chain::error::{ChainError, Result};
 use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
 use crate::chain::verify::{self, VerifyReport};
@@ -184,7 +184,7 @@ impl StreamingBlockchain {
     }
 
     /// Pauses the writer at a block boundary (for snapshots); see [`GroupCommit::pause`].
-    pub async fn pause_writer(&self) -> Result<((u64, crate::chain::block::Hash), PauseGuard)> {
+    pub async fn pause_writer(&self) -> Result<((u64, Hash), PauseGuard)> {
         self.inner.commit.pause().await
     }
 
@@ -229,20 +229,8 @@ type NumaState = std::result::Result<Arc<NumaTopology>, Arc<str>>;
 async fn detect_numa(options: NumaOptions) -> NumaState {
     let detected = tokio::task::spawn_blocking(move || NumaTopology::detect(&options)).await;
     match detected {
-        Ok(Ok(topology)) => {
-            let info = topology.info();
-            tracing::info!(
-                nodes = info.node_count(),
-                numa_enabled = info.numa_enabled(),
-                reason = %info.reason(),
-                optimal_node = info.optimal_node(),
-                optimal_node_reason = %info.optimal_node_reason(),
-                placement = %info.placement(),
-                memory_policy = %info.memory_policy(),
-                "NUMA topology"
-            );
-            Ok(Arc::new(topology))
-        }
+        // The topology logs its choices itself (NumaTopology::detect).
+        Ok(Ok(topology)) => Ok(Arc::new(topology)),
         Ok(Err(err)) => {
             tracing::warn!(%err, "no NUMA topology could be read; running without NUMA placement");
             Err(format!("no topology could be read: {err}").into())
@@ -272,8 +260,7 @@ pub struct OptimizedBlockchain {
 impl OptimizedBlockchain {
     /// Opens (or creates) the chain in `chain_dir` with its cache in `cache_dir`.
     pub async fn new(chain_dir: impl AsRef<Path>, cache_dir: impl AsRef<Path>) -> Result<Self> {
-        let mut options = ChainOptions::new(chain_dir.as_ref());
-        options.max_data_bytes = DEFAULT_MAX_DATA_BYTES;
+        let options = ChainOptions::new(chain_dir.as_ref());
         Self::with_options(options, cache_dir.as_ref().to_path_buf()).await
     }
 
@@ -306,17 +293,9 @@ impl OptimizedBlockchain {
         let on_writer_start = {
             let numa = numa.clone();
             move || {
+                // The binding logs its outcome itself.
                 if let Ok(numa) = numa {
-                    let outcome = numa.bind_writer_thread();
-                    tracing::info!(
-                        cpus = ?outcome.cpus_requested,
-                        applied = outcome.cpu_applied,
-                        reason = %outcome.cpu_reason,
-                        memory_policy = %outcome.memory_policy,
-                        memory_applied = outcome.memory_applied,
-                        memory_reason = %outcome.memory_reason,
-                        "chain writer thread binding"
-                    );
+                    numa.bind_writer_thread();
                 }
             }
         };
@@ -387,16 +366,21 @@ impl OptimizedBlockchain {
     }
 
     /// Cache, then chain (filling the cache); not seen by the predictor.
-    async fn lookup(&self, hash: &str) -> Result<Option<Block>> {
-        if let Some(block) = self.get_cached_block(hash).await? {
+    async fn lookup(&self, hash: &Hash) -> Result<Option<Block>> {
+        if let Some(block) = self.cached(hash).await? {
             return Ok(Some(block));
         }
-        let block = self.chain.get_block(hash).await?;
+        let block = self.chain.reader().block_by_hash(hash)?;
         if let Some(block) = &block {
-            self.cache.insert_hot(Arc::new(block.clone()));
-            self.feed.fill(block.clone());
+            self.fill_cache(block);
         }
         Ok(block)
+    }
+
+    /// Puts a block read from the chain into the cache: RAM now, disk by the cache thread.
+    fn fill_cache(&self, block: &Block) {
+        self.cache.insert_hot(Arc::new(block.clone()));
+        self.feed.fill(block.clone());
     }
 
     /// The block at `height`.
@@ -407,7 +391,10 @@ impl OptimizedBlockchain {
     /// [`OptimizedBlockchain::get_block`] on behalf of `reader` (e.g. a bus connection's
     /// unique name): what it reads next is predicted from what it has read, and pre-loaded.
     pub async fn get_block_as(&self, reader: &str, hash: &str) -> Result<Option<Block>> {
-        let block = self.lookup(hash).await?;
+        let Some(hash) = parse_hash(hash) else {
+            return Ok(None);
+        };
+        let block = self.lookup(&hash).await?;
         if let Some(block) = &block {
             self.after_read(reader, block);
         }
@@ -418,11 +405,11 @@ impl OptimizedBlockchain {
     /// cache when the height's hash is known (read or pre-loaded before), else from the chain.
     pub async fn get_block_by_height_as(&self, reader: &str, height: u64) -> Result<Option<Block>> {
         let block = match self.predictor.hash_at(height) {
-            Some(hash) => self.lookup(&hex::encode(hash)).await?,
+            Some(hash) => self.lookup(&hash).await?,
             None => {
                 let block = self.chain.get_block_by_height(height).await?;
                 if let Some(block) = &block {
-                    self.cache.insert_hot(Arc::new(block.clone()));
+                    self.fill_cache(block);
                 }
                 block
             }
@@ -532,9 +519,14 @@ impl OptimizedBlockchain {
     /// The block with this hash (64 hex digits) if the cache holds it: from RAM, else from the
     /// disk tier (re-hashed, then kept in RAM). Counted as a hit or a miss.
     pub async fn get_cached_block(&self, hash: &str) -> Result<Option<Block>> {
-        let Some(hash) = parse_hash(hash) else {
-            return Ok(None);
-        };
+        match parse_hash(hash) {
+            Some(hash) => self.cached(&hash).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn cached(&self, hash: &Hash) -> Result<Option<Block>> {
+        let hash = *hash;
         if let Some(block) = self.cache.get_hot(&hash) {
             return Ok(Some(block.as_ref().clone()));
         }

@@ -29,6 +29,8 @@ pub const FILE_NAME: &str = "vectors";
 const MAGIC: &[u8; 8] = b"OPDBVEC\0";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 4 + 16;
+/// Encoded records written at a time while catching up.
+const WRITE_CHUNK: usize = 1 << 20;
 /// Bytes per record: vector, timestamp, uid, plugin key, operation key, hash prefix.
 pub const RECORD_LEN: usize = DIM + 8 + 4 + 8 + 8 + 8;
 
@@ -122,6 +124,17 @@ struct State {
 impl State {
     fn len(&self) -> u64 {
         self.meta.len() as u64
+    }
+
+    /// Appends encoded records to the file (buffered, not synced); on failure the index goes on
+    /// in memory only.
+    fn append_to_file(&mut self, bytes: &[u8], path: &Path) {
+        if let Some(file) = self.file.as_mut() {
+            if let Err(err) = file.write_all(bytes).and_then(|_| file.flush()) {
+                tracing::warn!(path = %path.display(), %err, "cannot write the vector file; vectors are kept in memory only");
+                self.file = None;
+            }
+        }
     }
 
     fn truncate(&mut self, records: u64) {
@@ -246,13 +259,13 @@ impl VectorIndex {
             encode_record(&vector, &meta, &mut bytes);
             state.vectors.extend_from_slice(&vector);
             state.meta.push(meta);
-        }
-        if let Some(file) = state.file.as_mut() {
-            if let Err(err) = file.write_all(&bytes).and_then(|_| file.flush()) {
-                tracing::warn!(path = %self.path.display(), %err, "cannot write the vector file; vectors are kept in memory only");
-                state.file = None;
+            // A rebuild of a long chain writes as it goes rather than holding it all.
+            if bytes.len() >= WRITE_CHUNK {
+                state.append_to_file(&bytes, &self.path);
+                bytes.clear();
             }
         }
+        state.append_to_file(&bytes, &self.path);
         Ok(())
     }
 

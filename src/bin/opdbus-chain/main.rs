@@ -7,7 +7,6 @@ mod offline;
 mod online;
 mod prune;
 mod repair;
-mod snapshot;
 mod torture;
 
 use clap::{Args, Parser, Subcommand};
@@ -359,7 +358,7 @@ fn main() -> ExitCode {
             read_blocks,
             json,
         } => bench_vectors::run(&blocks, queries, read_blocks, json),
-        Command::Snapshot { bus } => snapshot::snapshot(&bus.bus),
+        Command::Snapshot { bus } => online::snapshot(&bus.bus),
         Command::Backup {
             dirs,
             to,

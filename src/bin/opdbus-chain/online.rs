@@ -7,8 +7,12 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use zbus::zvariant::{OwnedValue, Value};
 
-/// Calls `method` (no arguments) on the daemon and returns its `a{sv}` reply.
-fn call_dict(bus: &BusChoice, method: &str) -> Result<HashMap<String, OwnedValue>, String> {
+/// Calls `method` with `body` on the daemon and returns its reply, or a one-line reason.
+fn call<B, R>(bus: &BusChoice, method: &str, body: &B) -> Result<R, String>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+    R: for<'d> serde::Deserialize<'d> + zbus::zvariant::Type,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -19,14 +23,19 @@ fn call_dict(bus: &BusChoice, method: &str) -> Result<HashMap<String, OwnedValue
             .await
             .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
         let reply = connection
-            .call_method(Some(BUS_NAME), OBJECT_PATH, Some(BUS_NAME), method, &())
+            .call_method(Some(BUS_NAME), OBJECT_PATH, Some(BUS_NAME), method, body)
             .await
             .map_err(|e| describe_call_error(method, e))?;
         reply
             .body()
-            .deserialize::<HashMap<String, OwnedValue>>()
+            .deserialize::<R>()
             .map_err(|e| format!("{method}: unexpected reply: {e}"))
     })
+}
+
+/// Calls `method` (no arguments) on the daemon and returns its `a{sv}` reply.
+fn call_dict(bus: &BusChoice, method: &str) -> Result<HashMap<String, OwnedValue>, String> {
+    call(bus, method, &())
 }
 
 fn describe_call_error(method: &str, err: zbus::Error) -> String {
@@ -176,30 +185,11 @@ pub fn similar(bus: &BusChoice, args: SimilarArgs) -> Outcome {
     if let Some(until) = args.until_ns {
         filter.insert("until_ns", Value::from(until));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start: {e}"))?;
-    let matches: Vec<(u64, String, f64)> = runtime.block_on(async {
-        let connection = bus
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
-        let reply = connection
-            .call_method(
-                Some(BUS_NAME),
-                OBJECT_PATH,
-                Some(BUS_NAME),
-                "FindSimilarFiltered",
-                &(args.query.as_str(), args.k, filter),
-            )
-            .await
-            .map_err(|e| describe_call_error("FindSimilarFiltered", e))?;
-        reply
-            .body()
-            .deserialize()
-            .map_err(|e| format!("FindSimilarFiltered: unexpected reply: {e}"))
-    })?;
+    let matches: Vec<(u64, String, f64)> = call(
+        bus,
+        "FindSimilarFiltered",
+        &(args.query.as_str(), args.k, filter),
+    )?;
     for (height, hash, score) in &matches {
         if args.json {
             println!(
@@ -232,6 +222,16 @@ pub fn stats(bus: &BusChoice, json: bool) -> Outcome {
             _ => value.to_string(),
         };
         println!("{name:<20} {text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `opdbus-chain snapshot`: asks for a unified snapshot and prints the two paths (chain,
+/// cache), one per line.
+pub fn snapshot(bus: &BusChoice) -> Outcome {
+    let paths: Vec<String> = call(bus, "Snapshot", &())?;
+    for path in paths {
+        println!("{path}");
     }
     Ok(ExitCode::SUCCESS)
 }
