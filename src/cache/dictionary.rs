@@ -63,9 +63,21 @@ impl Dictionaries {
             let Some(id) = name.to_str().and_then(parse_file_name) else {
                 continue;
             };
-            let bytes = std::fs::read(entry.path())?;
+            let bytes = match std::fs::read(entry.path()) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    tracing::warn!(path = %entry.path().display(), %err, "ignoring an unreadable dictionary file");
+                    continue;
+                }
+            };
             if zstd::zstd_safe::get_dict_id_from_dict(&bytes).map(u32::from) != Some(id) {
                 tracing::warn!(path = %entry.path().display(), "ignoring a dictionary file whose content does not match its name");
+                continue;
+            }
+            // zstd refuses damaged tables by returning nothing, which `DecoderDictionary::copy`
+            // would turn into a panic: ask first.
+            if zstd::zstd_safe::DDict::try_create(&bytes).is_none() {
+                tracing::warn!(path = %entry.path().display(), "ignoring a damaged dictionary file");
                 continue;
             }
             files.insert(id, bytes.len() as u64);
@@ -273,5 +285,24 @@ impl Encoder {
             "trained a new cache dictionary"
         );
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_dictionary_file_is_skipped_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id: u32 = 0x1234_5678;
+        // The dictionary magic and the id its name promises, then tables that are not tables.
+        let mut bytes = vec![0x37, 0xA4, 0x30, 0xEC];
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.extend(std::iter::repeat_n(0xFF, 600));
+        std::fs::write(dir.path().join(file_name(id)), &bytes).expect("write");
+        let (dictionaries, newest) = Dictionaries::load(dir.path()).expect("load");
+        assert!(newest.is_none(), "a damaged dictionary is not used");
+        assert!(dictionaries.decoder(id).is_none());
     }
 }
