@@ -82,6 +82,9 @@ pub async fn run(dir: &Path, blocks: u64, reads: u64) -> Result<ReadBench> {
 /// Sessions of block hashes to read, in order.
 fn read_mix(blocks: &[(Hash, String)], reads: u64) -> Vec<Vec<Hash>> {
     let head = blocks.len() as u64 - 1;
+    if head == 0 {
+        return Vec::new(); // nothing but genesis to read
+    }
     let mut rng = SplitMix64(0x7ead);
     let recent = |rng: &mut SplitMix64, span: u64| {
         // Skewed to the newest: the square of a uniform fraction, measured back from the head.

@@ -82,7 +82,13 @@ pub fn run(
         recall_sum += hits as f64 / sorted.len().min(10) as f64;
     }
     latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let pick = |q: f64| {
+        let last = latencies.len().saturating_sub(1);
+        latencies
+            .get((last as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(VectorBench {
         blocks,
         queries,
@@ -90,7 +96,7 @@ pub fn run(
         index_bytes: index.len() * RECORD_LEN as u64,
         query_p50_us: pick(0.5),
         query_p99_us: pick(0.99),
-        recall_at_10: recall_sum / queries as f64,
+        recall_at_10: recall_sum / queries.max(1) as f64,
     })
 }
 

@@ -135,13 +135,18 @@ enum Command {
     /// realistic read mix with plain LRU and with read prediction. Runs in-process on temp dirs.
     BenchVectors {
         /// Chain sizes to measure search on, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "100000,1000000",
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
         blocks: Vec<u64>,
         /// Queries per size.
-        #[arg(long, default_value_t = 100)]
-        queries: usize,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        queries: u64,
         /// Blocks (and about as many reads) for the read-prediction run.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
         read_blocks: u64,
         /// Also write the figures as JSON.
         #[arg(long, value_name = "FILE")]
@@ -357,7 +362,7 @@ fn main() -> ExitCode {
             queries,
             read_blocks,
             json,
-        } => bench_vectors::run(&blocks, queries, read_blocks, json),
+        } => bench_vectors::run(&blocks, queries as usize, read_blocks, json),
         Command::Snapshot { bus } => online::snapshot(&bus.bus),
         Command::Backup {
             dirs,

@@ -39,7 +39,7 @@ pub struct BenchArgs {
     btrfs: bool,
     /// Only run AddFootprint with 16 clients for SECONDS (to profile the daemon meanwhile,
     /// e.g. with `perf record -g -p PID`); prints the daemon's pid and the rate.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     soak: Option<u64>,
     /// (internal) Serve the empty-call floor on this bus address.
     #[arg(long, hide = true, value_name = "ADDRESS")]
