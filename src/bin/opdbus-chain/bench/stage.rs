@@ -120,7 +120,8 @@ impl Stage {
             })?;
         stage.bus = Some(Reaped(bus));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        // The socket file appears at bind(), a moment before the bus listens: wait for a connect.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if Instant::now() > deadline {
                 return Err("dbus-daemon did not open its socket within 10 s".into());
             }
