@@ -135,13 +135,13 @@ impl CacheFeed {
     }
 
     /// The function for the chain writer's commit hook.
-    pub fn hook(&self) -> impl Fn(&[Block]) + Send + 'static {
+    pub fn hook(&self) -> impl Fn(Vec<Block>) + Send + 'static {
         let shared = self.shared.clone();
         move |blocks| shared.offer(blocks)
     }
 
     /// Hands committed blocks to the cache thread; never blocks (see the module text).
-    pub fn offer(&self, blocks: &[Block]) {
+    pub fn offer(&self, blocks: Vec<Block>) {
         self.shared.offer(blocks)
     }
 
@@ -228,15 +228,15 @@ impl CacheFeed {
 }
 
 impl Shared {
-    fn offer(&self, blocks: &[Block]) {
+    fn offer(&self, blocks: Vec<Block>) {
         let n = blocks.len() as u64;
-        let bytes = queue_bytes(blocks);
+        let bytes = queue_bytes(&blocks);
         if !self.reserve(n, bytes) {
             let counters = &self.cache.inner.counters;
             counters.skipped_writes.fetch_add(n, Relaxed);
             return;
         }
-        if self.tx.send(Message::Committed(blocks.to_vec())).is_err() {
+        if self.tx.send(Message::Committed(blocks)).is_err() {
             self.release(n, bytes);
             let counters = &self.cache.inner.counters;
             counters.skipped_writes.fetch_add(n, Relaxed);

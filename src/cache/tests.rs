@@ -304,7 +304,7 @@ async fn a_full_queue_skips_without_blocking_and_the_gap_is_filled_from_the_chai
     let feed = CacheFeed::new(cache.clone(), 32);
     // The thread is not running yet: the queue fills and the rest is skipped, without waiting.
     for batch in blocks.chunks(10) {
-        feed.offer(batch);
+        feed.offer(batch.to_vec());
     }
     let stats = cache.stats();
     assert_eq!(stats.queued_blocks, 30);
@@ -389,7 +389,7 @@ async fn caught_up_names_the_first_block_the_cache_could_not_store() {
     }
     std::fs::write(&shard, b"in the way").expect("block the shard");
     chain.0.lock().push(next.clone());
-    feed.offer(std::slice::from_ref(&next));
+    feed.offer(vec![next.clone()]);
     match feed.caught_up(6).await {
         Err(CacheError::Incomplete {
             height: 6,

@@ -66,7 +66,7 @@ pub struct CommitCounters {
 
 /// Called on the writer thread with each committed batch, after the callers were answered.
 pub type CommitHook = Box<CommitFn>;
-type CommitFn = dyn Fn(&[Block]) + Send;
+type CommitFn = dyn Fn(Vec<Block>) + Send;
 
 /// Handle to the writer thread.
 pub struct GroupCommit {
@@ -349,7 +349,7 @@ fn commit_batch(
                 }
             }
             if let Some(hook) = hooks.on_commit {
-                hook(&blocks);
+                hook(blocks);
             }
         }
         Err(err) => {
