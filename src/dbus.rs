@@ -101,6 +101,17 @@ impl BlockchainObject {
             None => false,
         }
     }
+
+    /// `AccessDenied` ("uid N may not {action}; …") unless the caller may write.
+    fn require_writer(&self, caller: &Caller, action: &str) -> Result<(), Error> {
+        if self.may_write(caller) {
+            return Ok(());
+        }
+        Err(Error::AccessDenied(format!(
+            "uid {} may not {action}; ask the administrator to add it to OPDBUS_WRITER_UIDS",
+            caller.uid.map_or("unknown".into(), |u| u.to_string())
+        )))
+    }
 }
 
 async fn ask_bus(connection: &Connection, sender: &UniqueName<'_>) -> Result<Caller, Error> {
@@ -181,17 +192,14 @@ impl BlockchainObject {
         let footprint = PluginFootprint::from_json_text(plugin, operation, data_json)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let caller = self.caller(&header, connection).await?;
-        if !self.may_write(&caller) {
-            let uid = caller.uid.map_or("unknown".into(), |u| u.to_string());
+        if let Err(refused) = self.require_writer(&caller, "add footprints") {
             tracing::warn!(
                 PLUGIN = %footprint.plugin_id,
                 OPERATION = %footprint.operation,
-                CALLER_UID = %uid,
+                CALLER_UID = %caller.uid.map_or("unknown".into(), |u| u.to_string()),
                 "footprint refused: the caller may not write"
             );
-            return Err(Error::AccessDenied(format!(
-                "uid {uid} may not add footprints; ask the administrator to add it to OPDBUS_WRITER_UIDS"
-            )));
+            return Err(refused);
         }
         let plugin = footprint.plugin_id.clone();
         let operation = footprint.operation.clone();
@@ -340,12 +348,7 @@ impl BlockchainObject {
         #[zbus(connection)] connection: &Connection,
     ) -> Result<Vec<String>, Error> {
         let caller = self.caller(&header, connection).await?;
-        if !self.may_write(&caller) {
-            return Err(Error::AccessDenied(format!(
-                "uid {} may not take snapshots; ask the administrator to add it to OPDBUS_WRITER_UIDS",
-                caller.uid.map_or("unknown".into(), |u| u.to_string())
-            )));
-        }
+        self.require_writer(&caller, "take snapshots")?;
         let paths = self
             .chain
             .create_unified_snapshot()
