@@ -211,11 +211,12 @@ impl Config {
             "OPDBUS_BLOCKCHAIN_DIR" => self.chain_dir = absolute_dir(value).map_err(invalid)?,
             "OPDBUS_CACHE_DIR" => self.cache_dir = absolute_dir(value).map_err(invalid)?,
             "OPDBUS_MAX_DATA_BYTES" => {
-                self.max_data_bytes =
-                    parse_in_range(value, 1024, 64 * 1024 * 1024).map_err(invalid)? as usize
+                self.max_data_bytes = parse_in_range(value, 1024, 64 * 1024 * 1024, "bytes")
+                    .map_err(invalid)? as usize
             }
             "OPDBUS_SEGMENT_BYTES" => {
-                self.segment_bytes = parse_in_range(value, 64 * 1024, 1 << 40).map_err(invalid)?
+                self.segment_bytes =
+                    parse_in_range(value, 64 * 1024, 1 << 40, "bytes").map_err(invalid)?
             }
             "OPDBUS_WRITER_UIDS" => {
                 self.writer_uids = value
@@ -252,15 +253,17 @@ impl Config {
                 self.numa_block_root = Some(absolute_dir(value).map_err(invalid)?)
             }
             "OPDBUS_CACHE_HOT_BYTES" => {
-                self.cache_hot_bytes = parse_in_range(value, 64 * 1024, 1 << 40).map_err(invalid)?
+                self.cache_hot_bytes =
+                    parse_in_range(value, 64 * 1024, 1 << 40, "bytes").map_err(invalid)?
             }
             "OPDBUS_CACHE_PRELOAD_BLOCKS" => {
-                self.cache_preload_blocks = parse_count(value, 0, 100_000_000).map_err(invalid)?
+                self.cache_preload_blocks =
+                    parse_in_range(value, 0, 100_000_000, "blocks").map_err(invalid)?
             }
             "OPDBUS_CACHE_PREDICT" => self.cache_predict = on_off(value).map_err(invalid)?,
             "OPDBUS_CACHE_QUEUE_BLOCKS" => {
                 self.cache_queue_blocks =
-                    parse_count(value, 16, 16 * 1024 * 1024).map_err(invalid)? as usize
+                    parse_in_range(value, 16, 16 * 1024 * 1024, "blocks").map_err(invalid)? as usize
             }
             SNAPSHOT_INTERVAL_ENV => {
                 self.snapshot_interval = value.parse().map_err(|_| {
@@ -272,13 +275,16 @@ impl Config {
                 })?
             }
             "OPDBUS_RETAIN_HOURLY" => {
-                self.retention.hourly = parse_retention(value).map_err(invalid)?
+                self.retention.hourly =
+                    parse_in_range(value, 0, 10_000, "snapshots").map_err(invalid)? as u32
             }
             "OPDBUS_RETAIN_DAILY" => {
-                self.retention.daily = parse_retention(value).map_err(invalid)?
+                self.retention.daily =
+                    parse_in_range(value, 0, 10_000, "snapshots").map_err(invalid)? as u32
             }
             "OPDBUS_RETAIN_WEEKLY" => {
-                self.retention.weekly = parse_retention(value).map_err(invalid)?
+                self.retention.weekly =
+                    parse_in_range(value, 0, 10_000, "snapshots").map_err(invalid)? as u32
             }
             _ => {
                 return Err(invalid(format!(
@@ -323,17 +329,6 @@ impl Config {
     }
 }
 
-fn parse_count(value: &str, min: u64, max: u64) -> Result<u64, String> {
-    let parsed: u64 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("expected a whole number of blocks from {min} to {max}"))?;
-    if !(min..=max).contains(&parsed) {
-        return Err(format!("must be from {min} to {max}"));
-    }
-    Ok(parsed)
-}
-
 fn on_off(value: &str) -> Result<bool, String> {
     match value.trim() {
         "on" => Ok(true),
@@ -352,20 +347,12 @@ fn absolute_dir(value: &str) -> Result<PathBuf, String> {
 }
 
 /// A retention count: how many hours, days or weeks keep a snapshot.
-fn parse_retention(value: &str) -> Result<u32, String> {
-    value
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|n| *n <= 10_000)
-        .ok_or_else(|| "expected a whole number from 0 to 10000".into())
-}
-
-fn parse_in_range(value: &str, min: u64, max: u64) -> Result<u64, String> {
+/// A whole number of `unit` (bytes, blocks, snapshots) from `min` to `max`.
+fn parse_in_range(value: &str, min: u64, max: u64, unit: &str) -> Result<u64, String> {
     let parsed: u64 = value
         .trim()
         .parse()
-        .map_err(|_| format!("expected a whole number of bytes from {min} to {max}"))?;
+        .map_err(|_| format!("expected a whole number of {unit} from {min} to {max}"))?;
     if !(min..=max).contains(&parsed) {
         return Err(format!("must be from {min} to {max}"));
     }
