@@ -182,7 +182,7 @@ fn files_of_an_older_dictionary_stay_readable() {
 /// Ranks 0..n drawn with probability ∝ 1/(rank+1)^s.
 struct Zipf {
     cdf: Vec<f64>,
-    state: u64,
+    rng: crate::corpus::SplitMix64,
 }
 
 impl Zipf {
@@ -196,20 +196,14 @@ impl Zipf {
         for p in &mut cdf {
             *p /= total;
         }
-        Zipf { cdf, state: seed }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        // SplitMix64, as in the corpus.
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Zipf {
+            cdf,
+            rng: crate::corpus::SplitMix64(seed),
+        }
     }
 
     fn sample(&mut self) -> usize {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
         self.cdf.partition_point(|&p| p < u).min(self.cdf.len() - 1)
     }
 }
@@ -233,7 +227,7 @@ fn zipf_read_mix_hits_the_hot_tier_85_percent() {
     let mut zipf = Zipf::new(N, 1.2, 42);
     let mut order: Vec<usize> = (0..N).collect();
     for i in (1..N).rev() {
-        let j = (zipf.next_u64() % (i as u64 + 1)) as usize;
+        let j = (zipf.rng.next() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
     let ideal: f64 = zipf.cdf[N / 10 - 1];
