@@ -314,11 +314,13 @@ impl OptimizedBlockchain {
             Counted::NotYet,
         )
         .map_err(|e| ChainError::io("starting the cache thread", e))?;
-        let vectors = Arc::new(VectorIndex::open(
-            chain.chain_dir(),
-            chain.reader().chain_id(),
-            Arc::new(HashingEmbedder),
-        ));
+        // Reading the vector file is blocking I/O (a quarter GB at a million blocks).
+        let (dir, chain_id) = (chain.chain_dir().to_path_buf(), chain.reader().chain_id());
+        let vectors = tokio::task::spawn_blocking(move || {
+            Arc::new(VectorIndex::open(&dir, chain_id, Arc::new(HashingEmbedder)))
+        })
+        .await
+        .map_err(|e| ChainError::io("loading the block vectors", std::io::Error::other(e)))?;
         // Build missing vectors in the background; a query meanwhile waits for them.
         let (index, reader) = (Arc::clone(&vectors), chain.reader().clone());
         tokio::task::spawn_blocking(move || {

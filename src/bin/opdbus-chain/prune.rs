@@ -15,6 +15,7 @@ pub fn prune(
     dry_run: bool,
 ) -> Outcome {
     let layout = SnapshotLayout::new(chain_dir, cache_dir);
+    let mut failed = Vec::new();
     let plan = if dry_run {
         retention_plan(&layout, policy)
     } else {
@@ -22,6 +23,7 @@ pub fn prune(
             for (name, reason) in &pruned.failed {
                 eprintln!("opdbus-chain: cannot delete {name}: {reason}");
             }
+            failed = pruned.failed.into_iter().map(|(name, _)| name).collect();
             pruned.plan
         })
     }
@@ -31,7 +33,8 @@ pub fn prune(
         println!("keep    {}  ({})", kept.name, reasons.join(", "));
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
-    for name in &plan.delete {
+    // Those that could not be deleted were reported above.
+    for name in plan.delete.iter().filter(|name| !failed.contains(name)) {
         println!("{verb}  {name}");
     }
     Ok(ExitCode::SUCCESS)
