@@ -336,8 +336,11 @@ impl BlockCache {
         match &result {
             // A block just written is likely read soon (BlockAdded listeners); one that was
             // there already (a catch-up pass over stored blocks) is not, and stays on disk.
-            Ok(Put::Written) => self.insert_hot(Arc::new(block.clone())),
-            Ok(Put::Present) => {}
+            // (A block filled in after a miss is in RAM already: no copy then.)
+            Ok(Put::Written) if !self.is_hot(&block.hash) => {
+                self.insert_hot(Arc::new(block.clone()))
+            }
+            Ok(Put::Written | Put::Present) => {}
             Err(_) => {
                 self.inner.counters.write_failures.fetch_add(1, Relaxed);
             }
