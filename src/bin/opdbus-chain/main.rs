@@ -17,9 +17,12 @@ use std::process::ExitCode;
 
 /// Inspect and check the op-dbus audit chain.
 ///
-/// Offline commands (verify, get, tail) read the chain directory directly and never write to
-/// it, so they work on a live chain, a read-only snapshot or a received backup. Online commands
-/// talk to a running opdbus-blockchaind over D-Bus and take --bus.
+/// Offline commands (verify, get, tail, verify-backup) read the chain directory directly and
+/// never write to it, so they work on a live chain, a read-only snapshot or a received backup;
+/// only `verify --repair` writes, with the daemon stopped. Online commands (numa, similar,
+/// stats, snapshot) talk to a running opdbus-blockchaind over D-Bus and take --bus. backup,
+/// restore and prune manage snapshots and backups; bench, bench-vectors and torture measure and
+/// test on scratch directories.
 ///
 /// Exit status: 0 success; 1 the chain is not intact or the block was not found; 2 the command
 /// could not run (bad arguments, unreadable directory).
