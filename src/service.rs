@@ -229,8 +229,20 @@ type NumaState = std::result::Result<Arc<NumaTopology>, Arc<str>>;
 async fn detect_numa(options: NumaOptions) -> NumaState {
     let detected = tokio::task::spawn_blocking(move || NumaTopology::detect(&options)).await;
     match detected {
-        // The topology logs its choices itself (NumaTopology::detect).
-        Ok(Ok(topology)) => Ok(Arc::new(topology)),
+        Ok(Ok(topology)) => {
+            let info = topology.info();
+            tracing::info!(
+                nodes = info.node_count(),
+                numa_enabled = info.numa_enabled(),
+                reason = %info.reason(),
+                optimal_node = info.optimal_node(),
+                optimal_node_reason = %info.optimal_node_reason(),
+                placement = %info.placement(),
+                memory_policy = %info.memory_policy(),
+                "NUMA topology"
+            );
+            Ok(Arc::new(topology))
+        }
         Ok(Err(err)) => {
             tracing::warn!(%err, "no NUMA topology could be read; running without NUMA placement");
             Err(format!("no topology could be read: {err}").into())
@@ -293,9 +305,17 @@ impl OptimizedBlockchain {
         let on_writer_start = {
             let numa = numa.clone();
             move || {
-                // The binding logs its outcome itself.
                 if let Ok(numa) = numa {
-                    numa.bind_writer_thread();
+                    let outcome = numa.bind_writer_thread();
+                    tracing::info!(
+                        cpus = ?outcome.cpus_requested,
+                        applied = outcome.cpu_applied,
+                        reason = %outcome.cpu_reason,
+                        memory_policy = %outcome.memory_policy,
+                        memory_applied = outcome.memory_applied,
+                        memory_reason = %outcome.memory_reason,
+                        "chain writer thread binding"
+                    );
                 }
             }
         };
