@@ -237,7 +237,7 @@ async fn full_cache_filesystem_still_acks_footprints_and_recovers_when_space_ret
     wait_until(
         Duration::from_secs(60),
         "the failures to be counted",
-        || stat(&bus, "write_failures") >= 40,
+        || stat(&bus, "write_failures") >= 1 && stat(&bus, "queued_blocks") == 0,
     );
     let log = daemon.log_text();
     assert_eq!(
@@ -246,7 +246,11 @@ async fn full_cache_filesystem_still_acks_footprints_and_recovers_when_space_ret
         "one warning per burst:\n{log}"
     );
     assert!(log.contains("No space left on device"), "{log}");
-    assert_eq!(cache_stats(&bus)["complete_through"], 0);
+    // The first few may fit in the room the pack's last allocated block had left.
+    let through = cache_stats(&bus)["complete_through"]
+        .as_i64()
+        .expect("a number");
+    assert!(through < 40, "complete_through {through}");
 
     std::fs::remove_file(&filler).expect("free the space");
     wait_for_cache(&bus, 40);
@@ -285,7 +289,7 @@ async fn the_cache_survives_restarts_and_is_rebuilt_when_deleted() {
     daemon.restart(&bus);
     wait_for_cache(&bus, 30);
     assert_eq!(stat(&bus, "total_entries"), 31);
-    assert!(cache_dir.join("blocks").is_dir());
+    assert!(cache_dir.join("packs").is_dir());
     for (height, hash) in &added {
         assert_eq!(
             get_block(&connection, hash).await.expect("GetBlock")["height"],

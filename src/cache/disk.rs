@@ -1,26 +1,56 @@
-//! The disk tier: one zstd frame per block under `blocks/<first two hex digits>/<hash>.zst`.
+//! The disk tier: zstd frames of blocks appended to pack files, found through an index in RAM.
 //!
 //! ```text
 //! <cache dir>/
-//!   state                         the writer's progress (see `feed.rs`); rebuilt when missing
-//!   dict/<id, 8 hex>.zdict        zstd dictionaries, see `dictionary.rs`
-//!   blocks/<hh>/<hash, 64 hex>.zst   a block: one zstd frame of its canonical encoding
+//!   state                        the writer's progress (see `feed.rs`); rebuilt when missing
+//!   dict/<id, 8 hex>.zdict       zstd dictionaries, see `dictionary.rs`
+//!   packs/<number, 8 digits>.pack  blocks, appended
 //! ```
-//! The frame holds the block's canonical encoding (`chain::block`), the same bytes the chain
-//! hashes; its header carries the content size and the dictionary id. A file is written under a
-//! temporary name and renamed, so a reader never sees half a file. Nothing here is synced: the
-//! cache never holds the only copy of a block, and every load re-hashes what it read and
-//! compares it with the file's name, so a file lost or damaged in a crash is a miss, never a
-//! wrong answer. A file that does not check out is deleted and counted.
+//! A pack starts with the 8 bytes `OPDBPAK1` and then holds records back to back:
+//!
+//! ```text
+//! u32 LE   frame length
+//! u64 LE   the block hash's first 8 bytes (its "prefix", the index key)
+//! frame    one zstd frame of the block's canonical encoding (`chain::block`), the bytes the
+//!          chain hashes; its header carries the content size and the dictionary id
+//! ```
+//! A block costs one `pwrite` of about 150 bytes instead of a file of its own (whose creation
+//! dominated the cache's CPU). The index maps each prefix to its newest record; it is built at
+//! start by reading the record heads of every pack, newest record winning.
+//!
+//! Nothing here is synced: the cache never holds the only copy of a block, and every load
+//! re-hashes what it read and compares it with the hash asked for, so a record lost or damaged
+//! in a crash is a miss, never a wrong answer. A record that does not check out is dropped from
+//! the index and counted; its bytes stay in the pack until the pack is rewritten. A pack's torn
+//! or damaged tail ends its scan: the records past it are misses and are stored again. Each
+//! process appends to packs of its own (a new one after a restart), so it never writes after
+//! bytes it has not written itself.
+//!
+//! Two blocks whose hashes share the first 8 bytes (2^32 work to make on purpose, never by
+//! chance) share an index slot: the newer one stored is found, the other is a miss, which the
+//! chain answers.
 
 use super::dictionary::{Dictionaries, Encoder, Trained};
 use crate::chain::block::{Block, Hash};
-use std::io::ErrorKind;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, ErrorKind, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// A block encoding larger than this is damage, not a block (the chain's own bound).
 const MAX_ENCODING: u64 = crate::chain::segment::MAX_BODY_LEN as u64;
+/// The first bytes of every pack.
+const PACK_MAGIC: &[u8; 8] = b"OPDBPAK1";
+/// A record's head: frame length and hash prefix.
+const RECORD_HEAD: usize = 12;
+/// A pack is closed for appends once it holds this much (a record may cross it).
+const PACK_LIMIT: u64 = 64 * 1024 * 1024;
+/// The largest zstd frame header (what the scan reads of each frame).
+const FRAME_HEADER_MAX: usize = 18;
 
 /// Sizes of what the disk tier holds, kept as entries come and go.
 #[derive(Debug, Default)]
@@ -28,8 +58,10 @@ pub struct DiskCounters {
     pub entries: AtomicU64,
     /// Sum of the canonical encodings' sizes of the entries.
     pub canonical_bytes: AtomicU64,
-    /// Sum of the entry files' sizes (the compressed frames).
+    /// Sum of the entries' compressed frames' sizes.
     pub stored_bytes: AtomicU64,
+    /// Sum of the pack files' sizes (record heads and records no longer indexed included).
+    pub pack_bytes: AtomicU64,
     pub corrupt_dropped: AtomicU64,
 }
 
@@ -37,25 +69,70 @@ pub struct DiskCounters {
 pub enum Loaded {
     Block(Block),
     Absent,
-    /// The file did not check out and was deleted; the reason is for the log.
+    /// The record did not check out and was dropped; the reason is for the log.
     Dropped(String),
 }
 
+/// Where a block's record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    pack: u32,
+    /// Offset of the record (its head) in the pack.
+    offset: u32,
+    frame_len: u32,
+    canonical_len: u32,
+}
+
+/// The pack this process appends to.
+struct OpenPack {
+    number: u32,
+    end: u64,
+    /// Closed while the cache is idle ([`DiskTier::close_pack`]) and reopened on the next
+    /// write, so that an idle daemon holds no cache file open for writing.
+    file: Option<File>,
+}
+
+#[derive(Default)]
+struct Appender {
+    pack: Option<OpenPack>,
+    /// The number the next new pack tries first.
+    next_number: u32,
+}
+
 pub struct DiskTier {
-    blocks_dir: PathBuf,
+    packs_dir: PathBuf,
     pub dictionaries: Dictionaries,
     pub counters: DiskCounters,
+    index: RwLock<HashMap<u64, Entry>>,
+    /// Read handles of the packs, opened on first use.
+    readers: RwLock<HashMap<u32, Arc<File>>>,
+    appender: Mutex<Appender>,
+}
+
+fn prefix(hash: &Hash) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+fn pack_name(number: u32) -> String {
+    format!("{number:08}.pack")
+}
+
+fn pack_number(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".pack")?;
+    (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 impl DiskTier {
     /// Opens (creating) the disk tier in `dir`; returns it with the dictionary new blocks
     /// should use. Problems (a read-only or unreadable directory) are logged: the tier then
-    /// starts with what it could read, and writes will tell. Entries are counted by
-    /// [`DiskTier::count_entries`].
+    /// starts with what it could read, and writes will tell. The index is built by
+    /// [`DiskTier::scan`]; until then every lookup is a miss.
     pub fn open(dir: &Path) -> (DiskTier, Option<Trained>) {
-        let blocks_dir = dir.join("blocks");
-        if let Err(err) = std::fs::create_dir_all(&blocks_dir) {
-            tracing::warn!(%err, path = %blocks_dir.display(), "cannot create the cache directory; blocks are served from the chain until it can be written");
+        let packs_dir = dir.join("packs");
+        if let Err(err) = std::fs::create_dir_all(&packs_dir) {
+            tracing::warn!(%err, path = %packs_dir.display(), "cannot create the cache directory; blocks are served from the chain until it can be written");
         }
         let dict_dir = dir.join("dict");
         let (dictionaries, current) = Dictionaries::load(&dict_dir).unwrap_or_else(|err| {
@@ -63,40 +140,70 @@ impl DiskTier {
             (Dictionaries::empty(&dict_dir), None)
         });
         let tier = DiskTier {
-            blocks_dir,
+            packs_dir,
             dictionaries,
             counters: DiskCounters::default(),
+            index: RwLock::default(),
+            readers: RwLock::default(),
+            appender: Mutex::default(),
         };
         (tier, current)
     }
 
-    fn path(&self, hash: &Hash) -> PathBuf {
-        let hex = hex::encode(hash);
-        self.blocks_dir.join(&hex[..2]).join(format!("{hex}.zst"))
-    }
-
-    /// Whether a file for `hash` exists (not whether it checks out).
+    /// Whether the index has a record for `hash` (not whether it checks out).
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.path(hash).exists()
+        self.index.read().contains_key(&prefix(hash))
     }
 
     /// Reads, decompresses and re-hashes the block stored under `hash`.
     pub fn load(&self, hash: &Hash) -> Loaded {
-        let path = self.path(hash);
-        let frame = match std::fs::read(&path) {
-            Ok(frame) => frame,
-            Err(err) if err.kind() == ErrorKind::NotFound => return Loaded::Absent,
-            Err(err) => {
-                return Loaded::Dropped(self.drop_file(&path, format!("unreadable: {err}")))
-            }
+        let key = prefix(hash);
+        let Some(entry) = self.index.read().get(&key).copied() else {
+            return Loaded::Absent;
         };
-        match self.decode(&frame, hash) {
-            Ok(block) => Loaded::Block(block),
-            Err(reason) => Loaded::Dropped(self.drop_file(&path, reason)),
+        match self.read_entry(key, entry) {
+            Ok(Some(block)) if &block.hash == hash => Loaded::Block(block),
+            // Another block whose hash starts the same (see the module text).
+            Ok(Some(_)) => Loaded::Absent,
+            // Its pack was rewritten and deleted meanwhile.
+            Ok(None) => Loaded::Absent,
+            Err(reason) => Loaded::Dropped(self.drop_entry(key, entry, reason)),
         }
     }
 
-    fn decode(&self, frame: &[u8], hash: &Hash) -> Result<Block, String> {
+    /// The block of `entry`, decoded and re-hashed, whose hash starts with `key`;
+    /// `Ok(None)` if its pack is gone, `Err` if the record does not check out.
+    fn read_entry(&self, key: u64, entry: Entry) -> Result<Option<Block>, String> {
+        let Some(file) = self.reader(entry.pack) else {
+            return Ok(None);
+        };
+        let mut record = vec![0u8; RECORD_HEAD + entry.frame_len as usize];
+        file.read_exact_at(&mut record, u64::from(entry.offset))
+            .map_err(|err| format!("unreadable: {err}"))?;
+        let (len, stored_key) = record_head(&record);
+        if len != entry.frame_len || stored_key != key {
+            return Err("its record head changed since it was indexed".into());
+        }
+        let block = self.decode(&record[RECORD_HEAD..])?;
+        if prefix(&block.hash) != key {
+            return Err(format!(
+                "holds a block whose hash is {}",
+                hex::encode(block.hash)
+            ));
+        }
+        Ok(Some(block))
+    }
+
+    /// The read handle of pack `number`; `None` if the pack is gone.
+    fn reader(&self, number: u32) -> Option<Arc<File>> {
+        if let Some(file) = self.readers.read().get(&number) {
+            return Some(file.clone());
+        }
+        let file = Arc::new(File::open(self.packs_dir.join(pack_name(number))).ok()?);
+        Some(self.readers.write().entry(number).or_insert(file).clone())
+    }
+
+    fn decode(&self, frame: &[u8]) -> Result<Block, String> {
         let size = match zstd::zstd_safe::get_frame_content_size(frame) {
             Ok(Some(size)) if size <= MAX_ENCODING => size as usize,
             Ok(Some(size)) => return Err(format!("claims {size} bytes of content")),
@@ -113,44 +220,57 @@ impl DiskTier {
             None => zstd::bulk::decompress(frame, size),
         }
         .map_err(|e| format!("does not decompress: {e}"))?;
-        let block = Block::decode(&encoding).map_err(|e| format!("not a block: {e}"))?;
-        if &block.hash != hash {
-            return Err(format!(
-                "holds a block whose hash is {}",
-                hex::encode(block.hash)
-            ));
-        }
-        Ok(block)
+        Block::decode(&encoding).map_err(|e| format!("not a block: {e}"))
     }
 
-    /// Deletes a bad file and uncounts it; returns the reason for the caller's log line.
-    fn drop_file(&self, path: &Path, reason: String) -> String {
-        let sizes = entry_sizes(path);
-        match std::fs::remove_file(path) {
-            Ok(()) => {
-                if let Some((canonical, stored)) = sizes {
-                    self.uncount(canonical, stored);
-                }
-            }
-            Err(err) => {
-                tracing::warn!(path = %path.display(), %err, "cannot delete a bad cache file")
+    /// Forgets a bad record (its bytes stay in the pack) and counts it; returns the reason for
+    /// the caller's log line.
+    fn drop_entry(&self, key: u64, entry: Entry, reason: String) -> String {
+        {
+            let mut index = self.index.write();
+            if index.get(&key) == Some(&entry) {
+                index.remove(&key);
+                self.uncount(entry);
             }
         }
         self.counters.corrupt_dropped.fetch_add(1, Relaxed);
-        format!("{}: {reason}", path.display())
+        format!(
+            "{} at offset {}: {reason}",
+            self.packs_dir.join(pack_name(entry.pack)).display(),
+            entry.offset
+        )
     }
 
-    fn uncount(&self, canonical: u64, stored: u64) {
-        let sub = |counter: &AtomicU64, by: u64| {
-            let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(by)));
+    fn count(&self, entry: Entry) {
+        self.counters.entries.fetch_add(1, Relaxed);
+        self.counters
+            .canonical_bytes
+            .fetch_add(entry.canonical_len.into(), Relaxed);
+        self.counters
+            .stored_bytes
+            .fetch_add(entry.frame_len.into(), Relaxed);
+    }
+
+    fn uncount(&self, entry: Entry) {
+        let sub = |counter: &AtomicU64, by: u32| {
+            let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(by.into())));
         };
         sub(&self.counters.entries, 1);
-        sub(&self.counters.canonical_bytes, canonical);
-        sub(&self.counters.stored_bytes, stored);
+        sub(&self.counters.canonical_bytes, entry.canonical_len);
+        sub(&self.counters.stored_bytes, entry.frame_len);
     }
 
-    /// Writes `block` unless a file for it exists; returns whether it wrote. `replace` writes
-    /// even then (used to recompress a file with a newer dictionary).
+    /// Puts `entry` under `key`, replacing (and uncounting) what was there.
+    fn index_entry(&self, key: u64, entry: Entry) {
+        let old = self.index.write().insert(key, entry);
+        if let Some(old) = old {
+            self.uncount(old);
+        }
+        self.count(entry);
+    }
+
+    /// Appends `block` unless the index has it; returns whether it wrote. `replace` writes
+    /// even then (used to recompress with a newer dictionary).
     pub fn store(
         &self,
         block: &Block,
@@ -158,121 +278,299 @@ impl DiskTier {
         encoder: &mut Encoder,
         replace: bool,
     ) -> std::io::Result<bool> {
-        let path = self.path(&block.hash);
-        let old = if path.exists() {
-            if !replace {
-                return Ok(false);
-            }
-            entry_sizes(&path)
-        } else {
-            None
-        };
+        if !replace && self.contains(&block.hash) {
+            return Ok(false);
+        }
         let frame = encoder.compress(encoding)?;
-        let shard = path.parent().expect("entry paths have a shard directory");
-        let tmp = shard.join(format!(".{}.tmp", hex::encode(block.hash)));
-        let written = std::fs::write(&tmp, &frame).or_else(|err| {
-            if err.kind() == ErrorKind::NotFound {
-                // The shard (or the whole cache directory) is new or was deleted: rebuild it.
-                std::fs::create_dir_all(shard)?;
-                std::fs::write(&tmp, &frame)
-            } else {
-                Err(err)
-            }
-        });
-        if let Err(err) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err);
-        }
-        if let Some((canonical, stored)) = old {
-            self.uncount(canonical, stored);
-        }
-        self.counters.entries.fetch_add(1, Relaxed);
-        self.counters
-            .canonical_bytes
-            .fetch_add(encoding.len() as u64, Relaxed);
-        self.counters
-            .stored_bytes
-            .fetch_add(frame.len() as u64, Relaxed);
+        let key = prefix(&block.hash);
+        let frame_len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
+        let mut record = Vec::with_capacity(RECORD_HEAD + frame.len());
+        record.extend_from_slice(&frame_len.to_le_bytes());
+        record.extend_from_slice(&key.to_le_bytes());
+        record.extend_from_slice(&frame);
+        let (pack, offset) = self.append(&record)?;
+        self.index_entry(
+            key,
+            Entry {
+                pack,
+                offset,
+                frame_len,
+                canonical_len: encoding.len() as u32,
+            },
+        );
         Ok(true)
     }
 
-    /// Counts the entries already on disk (once, at start: one small read per file), and
-    /// removes temporary files a crash left.
-    pub fn count_entries(&self) {
-        if let Err(err) = self.try_count_entries() {
+    /// Writes `record` at the end of this process's pack (a new one when there is none or it
+    /// is full); returns the pack's number and the record's offset.
+    fn append(&self, record: &[u8]) -> std::io::Result<(u32, u32)> {
+        let mut appender = self.appender.lock();
+        let full = appender.pack.as_ref().is_some_and(|p| {
+            p.end > PACK_MAGIC.len() as u64 && p.end + record.len() as u64 > PACK_LIMIT
+        });
+        if full {
+            appender.pack = None;
+        }
+        if let Some(pack) = &mut appender.pack {
+            if pack.file.is_none() {
+                match OpenOptions::new()
+                    .write(true)
+                    .open(self.packs_dir.join(pack_name(pack.number)))
+                {
+                    Ok(file) => pack.file = Some(file),
+                    // Deleted under us (the cache directory was removed): start afresh.
+                    Err(err) if err.kind() == ErrorKind::NotFound => appender.pack = None,
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        if appender.pack.is_none() {
+            let pack = self.new_pack(&mut appender.next_number)?;
+            appender.pack = Some(pack);
+        }
+        let pack = appender.pack.as_mut().expect("a pack is open");
+        let file = pack.file.as_ref().expect("the pack's file is open");
+        let offset = u32::try_from(pack.end).map_err(std::io::Error::other)?;
+        if let Err(err) = file.write_all_at(record, pack.end) {
+            // Cut what part of the record was written (best effort: a scan stops at a partial
+            // record anyway) and leave this pack: the next write starts a new one, so it fails
+            // too until the cause (a full or read-only filesystem) is gone, instead of filling
+            // what room is left in the pack's last allocated block.
+            let _ = file.set_len(pack.end);
+            appender.pack = None;
+            return Err(err);
+        }
+        pack.end += record.len() as u64;
+        self.counters
+            .pack_bytes
+            .fetch_add(record.len() as u64, Relaxed);
+        Ok((pack.number, offset))
+    }
+
+    /// Creates the next free pack number's file (and the directory, if it went away).
+    fn new_pack(&self, next_number: &mut u32) -> std::io::Result<OpenPack> {
+        loop {
+            let number = *next_number;
+            *next_number = number.checked_add(1).ok_or_else(|| {
+                std::io::Error::other("the cache has used up its pack numbers; delete it")
+            })?;
+            let path = self.packs_dir.join(pack_name(number));
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .or_else(|err| {
+                    if err.kind() == ErrorKind::NotFound {
+                        std::fs::create_dir_all(&self.packs_dir)?;
+                        OpenOptions::new().write(true).create_new(true).open(&path)
+                    } else {
+                        Err(err)
+                    }
+                });
+            let file = match created {
+                Ok(file) => file,
+                Err(err) if err.kind() == ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err),
+            };
+            if let Err(err) = file.write_all_at(PACK_MAGIC, 0) {
+                let _ = std::fs::remove_file(&path);
+                return Err(err);
+            }
+            self.counters
+                .pack_bytes
+                .fetch_add(PACK_MAGIC.len() as u64, Relaxed);
+            return Ok(OpenPack {
+                number,
+                end: PACK_MAGIC.len() as u64,
+                file: Some(file),
+            });
+        }
+    }
+
+    /// Closes the pack being appended to (the next write reopens it).
+    pub fn close_pack(&self) {
+        if let Some(pack) = &mut self.appender.lock().pack {
+            pack.file = None;
+        }
+    }
+
+    /// Builds the index from the packs on disk (once, at start, before the first write: one
+    /// sequential read of every pack) and removes what an older layout left.
+    pub fn scan(&self) {
+        if let Err(err) = self.try_scan() {
             if err.kind() != ErrorKind::NotFound {
-                tracing::warn!(%err, path = %self.blocks_dir.display(), "cannot count all cache entries; the stats will be low");
+                tracing::warn!(%err, path = %self.packs_dir.display(), "cannot read all cache packs; the blocks in them are read from the chain");
+            }
+        }
+        // Before packs, each block was a file under `blocks/`: the chain fills the packs.
+        let old = self.packs_dir.with_file_name("blocks");
+        if old.is_dir() {
+            match std::fs::remove_dir_all(&old) {
+                Ok(()) => {
+                    tracing::info!(path = %old.display(), "removed the cache's old one-file-per-block layout; the packs are filled from the chain")
+                }
+                Err(err) => {
+                    tracing::warn!(%err, path = %old.display(), "cannot remove the cache's old one-file-per-block layout")
+                }
             }
         }
     }
 
-    fn try_count_entries(&self) -> std::io::Result<()> {
-        for shard in std::fs::read_dir(&self.blocks_dir)? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
-            }
-            for entry in std::fs::read_dir(shard.path())? {
-                let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with('.') && name.ends_with(".tmp") {
-                    let _ = std::fs::remove_file(entry.path());
-                    continue;
-                }
-                if !name.ends_with(".zst") {
-                    continue;
-                }
-                if let Some((canonical, stored)) = entry_sizes(&entry.path()) {
-                    self.counters.entries.fetch_add(1, Relaxed);
-                    self.counters.canonical_bytes.fetch_add(canonical, Relaxed);
-                    self.counters.stored_bytes.fetch_add(stored, Relaxed);
+    fn try_scan(&self) -> std::io::Result<()> {
+        let mut numbers: Vec<u32> = std::fs::read_dir(&self.packs_dir)?
+            .filter_map(|entry| pack_number(entry.ok()?.file_name().to_str()?))
+            .collect();
+        numbers.sort_unstable();
+        if let Some(last) = numbers.last() {
+            let mut appender = self.appender.lock();
+            appender.next_number = appender.next_number.max(last.saturating_add(1));
+        }
+        for number in numbers {
+            let path = self.packs_dir.join(pack_name(number));
+            match self.scan_pack(number, &path) {
+                Ok(None) => {}
+                Ok(Some(stopped)) => tracing::info!(
+                    path = %path.display(),
+                    offset = stopped,
+                    "a cache pack ends in a torn or damaged record; the blocks past it are stored again"
+                ),
+                Err(err) => {
+                    tracing::warn!(%err, path = %path.display(), "cannot read a cache pack; its blocks are read from the chain")
                 }
             }
         }
         Ok(())
     }
 
-    /// Every entry's hash (for repair and tests); unreadable names are skipped.
-    pub fn hashes(&self) -> std::io::Result<Vec<Hash>> {
-        let mut hashes = Vec::new();
-        for shard in std::fs::read_dir(&self.blocks_dir)? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
+    /// Indexes the records of one pack; returns the offset where a bad record ended the scan.
+    fn scan_pack(&self, number: u32, path: &Path) -> std::io::Result<Option<u64>> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        self.counters.pack_bytes.fetch_add(size, Relaxed);
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let mut magic = [0u8; 8];
+        if reader.read_exact(&mut magic).is_err() || &magic != PACK_MAGIC {
+            return Ok(Some(0));
+        }
+        let mut at = PACK_MAGIC.len() as u64;
+        let mut head = [0u8; RECORD_HEAD + FRAME_HEADER_MAX];
+        while at < size {
+            let left = size - at;
+            let want = head.len().min(left as usize);
+            if want < RECORD_HEAD || reader.read_exact(&mut head[..want]).is_err() {
+                return Ok(Some(at));
             }
-            for entry in std::fs::read_dir(shard.path())? {
-                let name = entry?.file_name();
-                if let Some(hash) = name
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".zst"))
-                    .and_then(crate::chain::block::parse_hash)
-                {
-                    hashes.push(hash);
+            let (frame_len, key) = record_head(&head);
+            let record_len = RECORD_HEAD as u64 + u64::from(frame_len);
+            if frame_len == 0 || record_len > left || at > u64::from(u32::MAX) {
+                return Ok(Some(at));
+            }
+            let frame_start = &head[RECORD_HEAD..want.min(RECORD_HEAD + frame_len as usize)];
+            let canonical_len = match zstd::zstd_safe::get_frame_content_size(frame_start) {
+                Ok(Some(size)) if size <= MAX_ENCODING => size as u32,
+                // Indexed all the same: the load that finds it bad drops and counts it.
+                _ => 0,
+            };
+            self.index_entry(
+                key,
+                Entry {
+                    pack: number,
+                    offset: at as u32,
+                    frame_len,
+                    canonical_len,
+                },
+            );
+            reader.seek_relative(record_len as i64 - want as i64)?;
+            at += record_len;
+        }
+        Ok(None)
+    }
+
+    /// The indexed entries, for a pass over every block.
+    fn entries(&self) -> Vec<(u64, Entry)> {
+        self.index.read().iter().map(|(k, e)| (*k, *e)).collect()
+    }
+
+    /// Calls `visit` with every block that checks out, until it returns `true`; returns that
+    /// block (used by repair when the chain cannot say which hash it needs).
+    pub fn find(&self, mut visit: impl FnMut(&Block) -> bool) -> Option<Block> {
+        self.entries().into_iter().find_map(|(key, entry)| {
+            self.read_entry(key, entry)
+                .ok()
+                .flatten()
+                .filter(|block| visit(block))
+        })
+    }
+
+    /// Writes every block again, compressed by `encoder`, into a new pack and deletes the
+    /// older packs once all were written. Returns (rewritten, entries).
+    pub fn rewrite_all(&self, encoder: &mut Encoder) -> (usize, usize) {
+        let entries = self.entries();
+        let first_new = {
+            let mut appender = self.appender.lock();
+            appender.pack = None;
+            appender.next_number
+        };
+        let mut rewritten = 0;
+        for (key, entry) in &entries {
+            let Ok(Some(block)) = self.read_entry(*key, *entry) else {
+                continue;
+            };
+            if self.store(&block, &block.encode(), encoder, true).is_ok() {
+                rewritten += 1;
+            }
+        }
+        if rewritten == entries.len() {
+            self.remove_packs_before(first_new);
+        }
+        (rewritten, entries.len())
+    }
+
+    /// Deletes the packs numbered below `number` (nothing indexed points into them).
+    fn remove_packs_before(&self, number: u32) {
+        let Ok(dir) = std::fs::read_dir(&self.packs_dir) else {
+            return;
+        };
+        for old in dir.filter_map(|e| pack_number(e.ok()?.file_name().to_str()?)) {
+            if old < number {
+                self.readers.write().remove(&old);
+                let path = self.packs_dir.join(pack_name(old));
+                let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                if std::fs::remove_file(&path).is_ok() {
+                    let _ = self
+                        .counters
+                        .pack_bytes
+                        .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(size)));
                 }
             }
         }
-        Ok(hashes)
+    }
+
+    /// Where the record of `hash` is: (pack file, offset of the frame, frame length).
+    #[cfg(test)]
+    pub fn locate(&self, hash: &Hash) -> Option<(PathBuf, u64, usize)> {
+        let entry = *self.index.read().get(&prefix(hash))?;
+        Some((
+            self.packs_dir.join(pack_name(entry.pack)),
+            u64::from(entry.offset) + RECORD_HEAD as u64,
+            entry.frame_len as usize,
+        ))
+    }
+
+    /// Appends a record of `frame` under `hash`'s prefix, whatever the frame holds.
+    #[cfg(test)]
+    pub fn plant(&self, hash: &Hash, frame: &[u8]) {
+        let mut record = (frame.len() as u32).to_le_bytes().to_vec();
+        record.extend_from_slice(&hash[..8]);
+        record.extend_from_slice(frame);
+        self.append(&record).expect("plant a record");
     }
 }
 
-/// (content size from the frame header, file size) of an entry file, `None` if unreadable.
-fn entry_sizes(path: &Path) -> Option<(u64, u64)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let stored = file.metadata().ok()?.len();
-    let mut head = [0u8; 18]; // the largest zstd frame header
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(_) => return None,
-        }
-    }
-    let canonical = match zstd::zstd_safe::get_frame_content_size(&head[..filled]) {
-        Ok(Some(size)) => size,
-        _ => 0,
-    };
-    Some((canonical, stored))
+/// (frame length, hash prefix) of a record starting at `bytes`.
+fn record_head(bytes: &[u8]) -> (u32, u64) {
+    (
+        u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")),
+        u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes")),
+    )
 }

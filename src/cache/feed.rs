@@ -16,7 +16,7 @@
 //!
 //! `state` in the cache directory records `complete_through` (every block up to it is on disk)
 //! and the chain id; it lets a restart skip what the cache already has. It is rewritten after
-//! each batch, unsynced: after a crash it may be stale, and a file it vouches for may be gone —
+//! each batch, unsynced: after a crash it may be stale, and a record it vouches for may be gone —
 //! a miss, refilled from the chain on the next read.
 
 use super::{BlockCache, CacheError};
@@ -177,7 +177,7 @@ impl CacheFeed {
                 }
                 run_when_idle();
                 if counted == Counted::NotYet {
-                    shared.cache.inner.disk.count_entries();
+                    shared.cache.inner.disk.scan();
                 }
                 let mut worker = Worker::new(shared.clone(), source);
                 worker.preload(preload_blocks);
@@ -365,7 +365,11 @@ impl<S: BlockSource> Worker<S> {
                     Err(TryRecvError::Disconnected) => return,
                 }
             } else {
-                match rx.recv_timeout(RETRY_EVERY) {
+                let next = rx.try_recv().or_else(|_| {
+                    self.cache().idle();
+                    rx.recv_timeout(RETRY_EVERY)
+                });
+                match next {
                     Ok(message) => Some(message),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return,

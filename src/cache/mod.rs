@@ -3,19 +3,20 @@
 //! Two tiers, looked up in order:
 //! - **hot**: decoded blocks in RAM (`quick_cache`, bounded in bytes by
 //!   `OPDBUS_CACHE_HOT_BYTES`), shared by every reader thread;
-//! - **disk**: one zstd frame per block under the cache directory, compressed with dictionaries
-//!   trained from recent blocks (see `disk.rs` and `dictionary.rs` for the layout).
+//! - **disk**: one zstd frame per block, appended to pack files under the cache directory and
+//!   found through an index in RAM, compressed with dictionaries trained from recent blocks
+//!   (see `disk.rs` and `dictionary.rs` for the layout).
 //!
 //! Promises:
 //! - Never a wrong block: a disk load is decompressed, decoded and re-hashed, and compared with
-//!   the hash asked for; a file that does not check out is deleted and counted
+//!   the hash asked for; a record that does not check out is dropped and counted
 //!   (`corrupt_dropped`), and the lookup is a miss.
 //! - Never in the way of the chain: blocks arrive from the chain writer through a bounded queue
 //!   drained by the cache's own thread (`feed.rs`); a full queue skips (counted, and filled in
 //!   later from the chain), a failing disk is a warning and a counter, never an error of
 //!   `add_footprint`.
 //! - Never the only copy: the directory may be deleted while the daemon is stopped (or while it
-//!   runs: shards are recreated on the next write) and is rebuilt from the chain.
+//!   runs: the next write starts a new pack) and is rebuilt from the chain.
 
 mod dictionary;
 mod disk;
@@ -106,10 +107,11 @@ pub struct CacheStats {
     /// RAM used by the hot tier and its bound, in bytes of [`hot_weight`].
     pub hot_bytes: u64,
     pub hot_capacity_bytes: u64,
-    /// Bytes of the entry files plus the dictionaries (apparent size; filesystem allocation
+    /// Bytes of the pack files plus the dictionaries (apparent size; filesystem allocation
     /// and btrfs's own compression not counted).
     pub disk_usage_bytes: u64,
-    /// Canonical encoding bytes of the blocks on disk, and the bytes their files hold.
+    /// Canonical encoding bytes of the blocks on disk, and the bytes of their compressed
+    /// frames.
     pub canonical_bytes: u64,
     pub compressed_bytes: u64,
     /// `canonical_bytes / compressed_bytes`; 0 when nothing is stored.
@@ -204,23 +206,23 @@ struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Put {
     Written,
-    /// A file for this block was there already.
+    /// The disk tier had this block already.
     Present,
 }
 
 impl BlockCache {
-    /// Opens (or creates) the cache in `options.dir` and counts what its disk tier holds.
+    /// Opens (or creates) the cache in `options.dir` and indexes what its disk tier holds.
     /// A directory that cannot be created or read is a warning, not an error: the cache then
     /// starts empty and its writes fail (counted) until the directory works.
     pub fn open(options: &CacheOptions) -> Result<BlockCache, CacheError> {
         let cache = Self::open_uncounted(options)?;
-        cache.inner.disk.count_entries();
+        cache.inner.disk.scan();
         Ok(cache)
     }
 
-    /// As [`BlockCache::open`], but leaves counting the disk tier's entries (one small read
-    /// per file) to the cache thread, so that a large cache does not delay start-up; until
-    /// then `total_entries` and the byte counts grow as they are counted.
+    /// As [`BlockCache::open`], but leaves indexing the disk tier (one sequential read of its
+    /// packs) to the cache thread, so that a large cache does not delay start-up; until then
+    /// the disk tier answers misses, and `total_entries` and the byte counts grow as it goes.
     pub fn open_uncounted(options: &CacheOptions) -> Result<BlockCache, CacheError> {
         let (disk, current) = DiskTier::open(&options.dir);
         let encoder =
@@ -323,9 +325,16 @@ impl BlockCache {
         self.inner.hot.peek(hash).is_some()
     }
 
-    /// Whether the disk tier has a file for `hash`.
+    /// Whether the disk tier has a record for `hash`.
     pub fn on_disk(&self, hash: &Hash) -> bool {
         self.inner.disk.contains(hash)
+    }
+
+    /// Closes the file the disk tier appends to until the next write, so that an idle cache
+    /// holds no file open for writing (its filesystem can be remounted read-only). The cache
+    /// thread calls it whenever its queue is empty.
+    pub fn idle(&self) {
+        self.inner.disk.close_pack();
     }
 
     /// Writes `block` to the disk tier (unless there already) and then keeps it in RAM. Blocks the
@@ -375,30 +384,15 @@ impl BlockCache {
     /// the last: the blocks already written are compressed again with it, so a young cache
     /// reaches its ratio too. Best effort.
     fn recompress_entries(&self, id: u32) {
-        let Ok(hashes) = self.inner.disk.hashes() else {
-            return;
-        };
         let mut encoder = self.inner.encoder.lock();
-        let mut rewritten = 0;
-        for hash in &hashes {
-            if let Loaded::Block(block) = self.inner.disk.load(hash) {
-                if self
-                    .inner
-                    .disk
-                    .store(&block, &block.encode(), &mut encoder, true)
-                    .is_ok()
-                {
-                    rewritten += 1;
-                }
-            }
-        }
-        if rewritten == hashes.len() {
+        let (rewritten, entries) = self.inner.disk.rewrite_all(&mut encoder);
+        if rewritten == entries {
             // Nothing on disk needs the earlier dictionaries any more.
             self.inner.disk.dictionaries.retire_all_but(id);
         }
         tracing::debug!(
             rewritten,
-            entries = hashes.len(),
+            entries,
             dictionary_id = format_args!("{id:08x}"),
             "recompressed the cache entries with a new dictionary"
         );
@@ -422,7 +416,7 @@ impl BlockCache {
             hot_entries: self.inner.hot.len() as u64,
             hot_bytes: self.inner.hot.weight(),
             hot_capacity_bytes: self.inner.hot.capacity(),
-            disk_usage_bytes: compressed_bytes + dictionary_bytes,
+            disk_usage_bytes: d.pack_bytes.load(Relaxed) + dictionary_bytes,
             canonical_bytes,
             compressed_bytes,
             compression_ratio: rate(canonical_bytes, compressed_bytes),

@@ -161,8 +161,11 @@ fn repair_one(
     if candidates.is_empty() {
         // The length field itself is damaged: look through the cache for the block of this
         // height that links to the block before.
-        let hashes = cache.inner.disk.hashes().map_err(|e| e.to_string())?;
-        candidates.extend(hashes);
+        let found = cache
+            .inner
+            .disk
+            .find(|block| block.height == height && &block.prev_hash == prev);
+        candidates.extend(found.map(|block| block.hash));
     }
     let mut why_not = String::from("the cache has no copy of it");
     for hash in candidates {

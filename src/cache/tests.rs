@@ -21,11 +21,11 @@ fn compression_ratio_reaches_3x_on_the_corpus() {
     assert!(stats.compression_ratio >= 3.0, "{stats:#?}");
 }
 
-fn entry_path(dir: &Path, hash: &Hash) -> PathBuf {
-    let hex = hex::encode(hash);
-    dir.join("blocks")
-        .join(&hex[..2])
-        .join(format!("{hex}.zst"))
+/// The compressed frame of `hash`'s record in `cache`'s packs.
+fn frame_of(cache: &BlockCache, hash: &Hash) -> Vec<u8> {
+    let (pack, offset, len) = cache.inner.disk.locate(hash).expect("indexed");
+    let bytes = std::fs::read(pack).expect("pack");
+    bytes[offset as usize..offset as usize + len].to_vec()
 }
 
 #[test]
@@ -49,11 +49,10 @@ fn scripted_hit_miss_accounting_is_exact() {
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
     assert_eq!(cache.stats().total_entries, 3);
     assert_eq!(cache.stats().hot_entries, 0);
-    let bytes = std::fs::read(entry_path(dir.path(), &c.hash)).expect("entry");
-    let mut damaged = bytes.clone();
-    let middle = damaged.len() / 2;
-    damaged[middle] ^= 0x40;
-    std::fs::write(entry_path(dir.path(), &c.hash), &damaged).expect("damage");
+    let (pack, offset, len) = cache.inner.disk.locate(&c.hash).expect("indexed");
+    let mut damaged = std::fs::read(&pack).expect("pack");
+    damaged[offset as usize + len / 2] ^= 0x40;
+    std::fs::write(&pack, &damaged).expect("damage");
 
     assert_eq!(cache.get(&a.hash).as_deref(), Some(a)); // disk hit, promoted
     assert_eq!(cache.get(&a.hash).as_deref(), Some(a)); // hot hit
@@ -70,26 +69,29 @@ fn scripted_hit_miss_accounting_is_exact() {
     assert_eq!(stats.corrupt_dropped, 1);
     assert_eq!(stats.total_entries, 2);
     assert_eq!(stats.hot_entries, 2);
-    assert!(!entry_path(dir.path(), &c.hash).exists());
+    assert!(!cache.on_disk(&c.hash));
+    // Stored again (appended), it is found again, also by the next process.
+    assert_eq!(cache.put(c).expect("put"), Put::Written);
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    assert_eq!(cache.stats().total_entries, 3);
+    assert_eq!(cache.get(&c.hash).as_deref(), Some(c));
 }
 
 #[test]
-fn a_cache_file_holding_another_block_is_never_served() {
+fn a_record_holding_another_block_is_never_served() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blocks = corpus::blocks(4, 3);
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
     cache.put(&blocks[0]).expect("put");
-    // A well-formed file, but of another block, under the second block's name; and a file
-    // that is not a zstd frame at all under the third's.
-    for (i, content) in [(1, None), (2, Some(&b"{\"not\":\"zstd\"}"[..]))] {
-        let target = entry_path(dir.path(), &blocks[i].hash);
-        std::fs::create_dir_all(target.parent().expect("shard")).expect("shard dir");
-        match content {
-            None => std::fs::copy(entry_path(dir.path(), &blocks[0].hash), &target).map(drop),
-            Some(bytes) => std::fs::write(&target, bytes),
-        }
-        .expect("plant a bad file");
-    }
+    // A well-formed frame, but of another block, under the second block's hash; and bytes
+    // that are not a zstd frame at all under the third's.
+    let other = frame_of(&cache, &blocks[0].hash);
+    cache.inner.disk.plant(&blocks[1].hash, &other);
+    cache
+        .inner
+        .disk
+        .plant(&blocks[2].hash, b"{\"not\":\"zstd\"}");
+    drop(cache);
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
     assert_eq!(cache.stats().total_entries, 3);
     assert!(cache.get(&blocks[1].hash).is_none());
@@ -99,6 +101,63 @@ fn a_cache_file_holding_another_block_is_never_served() {
     assert_eq!(stats.misses, 2);
     assert_eq!(stats.total_entries, 1);
     assert_eq!(cache.get(&blocks[0].hash).as_deref(), Some(&blocks[0]));
+}
+
+/// The pack files in `dir`, oldest first.
+fn packs(dir: &Path) -> Vec<PathBuf> {
+    let mut packs: Vec<PathBuf> = std::fs::read_dir(dir.join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    packs.sort();
+    packs
+}
+
+#[test]
+fn a_torn_pack_tail_is_a_miss_and_each_run_appends_to_its_own_pack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(6, 10);
+    {
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        for block in &blocks {
+            cache.put(block).expect("put");
+        }
+    }
+    let [pack] = &packs(dir.path())[..] else {
+        panic!("one pack: {:?}", packs(dir.path()));
+    };
+    // A crash mid-append: the last record is cut short.
+    let mut bytes = std::fs::read(pack).expect("pack");
+    bytes.truncate(bytes.len() - 5);
+    std::fs::write(pack, &bytes).expect("tear");
+
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    assert_eq!(cache.stats().total_entries, 9);
+    for block in &blocks[..9] {
+        assert_eq!(cache.get(&block.hash).as_deref(), Some(block));
+    }
+    assert!(cache.get(&blocks[9].hash).is_none());
+    assert_eq!(cache.put(&blocks[9]).expect("put"), Put::Written);
+    assert_eq!(packs(dir.path()).len(), 2, "a pack of its own");
+    assert_eq!(
+        std::fs::read(pack).expect("pack"),
+        bytes,
+        "the old pack is not written to"
+    );
+    drop(cache);
+
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let stats = cache.stats();
+    assert_eq!(stats.total_entries, 10);
+    let pack_bytes: u64 = packs(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("stat").len())
+        .sum();
+    assert_eq!(stats.disk_usage_bytes, pack_bytes + stats.dictionary_bytes);
+    for block in &blocks {
+        assert_eq!(cache.get(&block.hash).as_deref(), Some(block));
+    }
+    assert_eq!(cache.stats().corrupt_dropped, 0);
 }
 
 #[test]
@@ -129,14 +188,14 @@ fn young_caches_recompress_and_keep_one_dictionary() {
         1
     );
     for block in &blocks {
-        let frame = std::fs::read(entry_path(dir.path(), &block.hash)).expect("entry");
+        let frame = frame_of(&cache, &block.hash);
         let id = zstd::zstd_safe::get_dict_id_from_frame(&frame).map(u32::from);
         assert_eq!(id, Some(stats.dictionary_id));
     }
 }
 
 #[test]
-fn files_of_an_older_dictionary_stay_readable() {
+fn records_of_an_older_dictionary_stay_readable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blocks = corpus::blocks(5, 200);
     {
@@ -167,8 +226,8 @@ fn files_of_an_older_dictionary_stay_readable() {
         "{files:?} {:#?}",
         cache.stats()
     );
-    let old = std::fs::read(entry_path(dir.path(), &blocks[0].hash)).expect("entry");
-    let new = std::fs::read(entry_path(dir.path(), &blocks[199].hash)).expect("entry");
+    let old = frame_of(&cache, &blocks[0].hash);
+    let new = frame_of(&cache, &blocks[199].hash);
     let id = |frame: &[u8]| zstd::zstd_safe::get_dict_id_from_frame(frame).map(u32::from);
     assert_eq!(id(&old), Some(first_id));
     assert_ne!(id(&new), Some(first_id));
@@ -375,13 +434,13 @@ async fn caught_up_names_the_first_block_the_cache_could_not_store() {
     let feed = CacheFeed::new(cache.clone(), 1024);
     feed.start(chain.clone(), 0, Counted::Yes).expect("start");
     feed.caught_up(5).await.expect("caught up");
-    // A file where the shard directory of the next block should be: its write fails.
+    // A file where the packs should be: the next write fails (the pack is closed while the
+    // thread is idle; closed here as well, so the thread cannot be mid-write).
+    cache.idle();
     let next = corpus::blocks(10, 6).pop().expect("block 6");
-    let shard = cache_dir.join("blocks").join(&hex::encode(next.hash)[..2]);
-    if shard.exists() {
-        std::fs::remove_dir_all(&shard).expect("clear shard");
-    }
-    std::fs::write(&shard, b"in the way").expect("block the shard");
+    let packs = cache_dir.join("packs");
+    std::fs::remove_dir_all(&packs).expect("remove the packs");
+    std::fs::write(&packs, b"in the way").expect("block the packs");
     chain.0.lock().push(next.clone());
     feed.offer(vec![next.clone()]);
     match feed.caught_up(6).await {
@@ -538,8 +597,8 @@ async fn an_unwritable_cache_costs_one_failed_write_not_one_per_block() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache_dir = dir.path().join("cache");
     std::fs::create_dir_all(&cache_dir).expect("cache dir");
-    // A file where the blocks directory belongs: every entry write fails.
-    std::fs::write(cache_dir.join("blocks"), b"in the way").expect("block it");
+    // A file where the packs directory belongs: every write fails.
+    std::fs::write(cache_dir.join("packs"), b"in the way").expect("block it");
     let cache = open(&cache_dir, DEFAULT_HOT_BYTES);
     let chain = FakeChain::new(&corpus::blocks(14, 500));
     let feed = CacheFeed::new(cache.clone(), 1024);
