@@ -445,8 +445,19 @@ impl OptimizedBlockchain {
     /// Learns from a read and pre-loads the predicted blocks in the background.
     fn after_read(&self, reader: &str, block: &Block) {
         self.predictor.remember(block.height, block.hash);
-        let predicted = self.predictor.record(reader, block.height);
-        if !self.predict || predicted.is_empty() {
+        let mut predicted = self.predictor.record(reader, block.height);
+        if !self.predict {
+            return;
+        }
+        // Most predictions are in RAM already (a reader going over the same blocks again):
+        // only the others are worth a trip to the blocking pool.
+        let hot = |height: u64| {
+            self.predictor
+                .hash_at(height)
+                .is_some_and(|h| self.cache.is_hot(&h))
+        };
+        predicted.retain(|&height| !hot(height));
+        if predicted.is_empty() {
             return;
         }
         let (chain, cache, predictor) = (
@@ -456,9 +467,6 @@ impl OptimizedBlockchain {
         );
         tokio::task::spawn_blocking(move || {
             for height in predicted {
-                if predictor.hash_at(height).is_some_and(|h| cache.is_hot(&h)) {
-                    continue;
-                }
                 if let Ok(Some(block)) = chain.block_at(height) {
                     predictor.remember(height, block.hash);
                     cache.insert_hot(Arc::new(block));

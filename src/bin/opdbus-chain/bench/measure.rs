@@ -136,6 +136,9 @@ pub enum Call {
     Empty,
     /// AddFootprint on the daemon (durable reply).
     AddFootprint,
+    /// zbus's own `org.freedesktop.DBus.Peer.Ping` on the daemon: what any call to the daemon
+    /// costs before our code runs.
+    Ping,
 }
 
 /// Connects `n` separate bus connections.
@@ -182,6 +185,18 @@ pub async fn dbus_clients(
                             )
                             .await
                             .map_err(|e| format!("the empty call failed: {e}"))?;
+                    }
+                    Call::Ping => {
+                        connection
+                            .call_method(
+                                Some(BUS_NAME),
+                                OBJECT_PATH,
+                                Some("org.freedesktop.DBus.Peer"),
+                                "Ping",
+                                &(),
+                            )
+                            .await
+                            .map_err(|e| format!("Ping to the daemon failed: {e}"))?;
                     }
                     Call::AddFootprint => {
                         let data = footprint_data(n);

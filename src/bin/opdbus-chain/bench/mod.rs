@@ -140,6 +140,7 @@ struct Samples {
     files: Sample,
     hot_dbus: Sample,
     empty_seq: Sample,
+    ping_seq: Sample,
     empty_cpu: [measure::Cpu; 3],
     add_cpu: [measure::Cpu; 3],
 }
@@ -217,10 +218,16 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
         s.files
             .merge(blocking(move || peers::file_per_block_writers(&dir, 16, slice)).await?);
 
-        // Hot GetBlock against the empty call, both sequential on one connection.
+        // Hot GetBlock against the empty call and a Ping to the daemon, all sequential on one
+        // connection.
         let hot = vec![dbus_hashes[dbus_hashes.len() / 2].clone(); plan.hot_reads / plan.rounds];
         s.empty_seq.merge(
             measure::dbus_clients(&connections[0], Call::Empty, plan.slice / 2)
+                .await?
+                .0,
+        );
+        s.ping_seq.merge(
+            measure::dbus_clients(&connections[0], Call::Ping, plan.slice / 2)
                 .await?
                 .0,
         );

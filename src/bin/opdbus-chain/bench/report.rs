@@ -80,6 +80,7 @@ impl Figures {
         f.put("file_per_block_p50_us_16", s.files.p50_us());
         f.put("get_block_hot_p50_us_dbus", s.hot_dbus.p50_us());
         f.put("get_block_hot_empty_call_p50_us", s.empty_seq.p50_us());
+        f.put("get_block_hot_ping_p50_us", s.ping_seq.p50_us());
         f.put("get_block_hot_p50_us_inprocess", x.hot_inproc.p50_us());
         f.put("get_block_cold_p50_us_dbus", x.cold_dbus.p50_us());
         f.put("get_block_cold_p50_us_inprocess", x.cold_inproc.p50_us());
@@ -271,6 +272,13 @@ impl Figures {
             "µs",
             Some(("empty call".into(), s.empty_seq.p50_us())),
             "≤ 1.2",
+        );
+        f.row(
+            "  Ping to the daemon p50, D-Bus",
+            s.ping_seq.p50_us(),
+            "µs",
+            Some(("empty call".into(), s.empty_seq.p50_us())),
+            "",
         );
         f.row(
             "GetBlock cold p50, D-Bus",
