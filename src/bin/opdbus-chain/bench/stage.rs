@@ -3,6 +3,7 @@
 //! empty method on the same bus) and, with `--btrfs`, a loop-mounted btrfs image. Everything is
 //! stopped and removed on drop, also when a measurement fails.
 
+use opdbus_blockchain::btrfs::loop_image::LoopBtrfs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,8 +80,9 @@ impl Stage {
         };
         let root = stage._temp.path().to_path_buf();
         if btrfs {
-            let fs = LoopBtrfs::new(&root)?;
-            stage.work = fs.mount_point.join("work");
+            let fs = LoopBtrfs::create_in(&root, 4096)
+                .map_err(|why| format!("--btrfs cannot make a btrfs image: {why}"))?;
+            stage.work = fs.path().join("work");
             stage.btrfs = Some(fs);
         }
         std::fs::create_dir_all(&stage.work)
@@ -263,57 +265,4 @@ pub fn serve_floor(address: &str) -> crate::Outcome {
         std::future::pending::<()>().await;
         Ok(std::process::ExitCode::SUCCESS)
     })
-}
-
-/// A btrfs filesystem in a sparse image, loop-mounted; unmounted on drop.
-struct LoopBtrfs {
-    mount_point: PathBuf,
-}
-
-impl LoopBtrfs {
-    fn new(root: &Path) -> Result<LoopBtrfs, String> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("--btrfs needs root (it loop-mounts a btrfs image)".into());
-        }
-        let image = root.join("btrfs.img");
-        let mount_point = root.join("btrfs");
-        std::fs::create_dir(&mount_point)
-            .and_then(|()| std::fs::File::create(&image))
-            .and_then(|f| f.set_len(4 << 30))
-            .map_err(|e| format!("cannot make the btrfs image: {e}"))?;
-        run("mkfs.btrfs", &["-q".as_ref(), image.as_os_str()])?;
-        run(
-            "mount",
-            &[
-                "-o".as_ref(),
-                "loop".as_ref(),
-                image.as_os_str(),
-                mount_point.as_os_str(),
-            ],
-        )?;
-        Ok(LoopBtrfs { mount_point })
-    }
-}
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        if let Err(err) = run("umount", &[self.mount_point.as_os_str()]) {
-            eprintln!("opdbus-chain bench: {err}");
-        }
-    }
-}
-
-fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
