@@ -31,7 +31,8 @@
 //! chain answers.
 
 use super::dictionary::{Dictionaries, Encoder, Trained};
-use crate::chain::block::{Block, Hash};
+use super::sub_saturating;
+use crate::chain::block::{hash_prefix, Block, Hash};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -109,10 +110,6 @@ pub struct DiskTier {
     appender: Mutex<Appender>,
 }
 
-fn prefix(hash: &Hash) -> u64 {
-    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
-}
-
 fn pack_name(number: u32) -> String {
     format!("{number:08}.pack")
 }
@@ -152,12 +149,12 @@ impl DiskTier {
 
     /// Whether the index has a record for `hash` (not whether it checks out).
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.index.read().contains_key(&prefix(hash))
+        self.index.read().contains_key(&hash_prefix(hash))
     }
 
     /// Reads, decompresses and re-hashes the block stored under `hash`.
     pub fn load(&self, hash: &Hash) -> Loaded {
-        let key = prefix(hash);
+        let key = hash_prefix(hash);
         let Some(entry) = self.index.read().get(&key).copied() else {
             return Loaded::Absent;
         };
@@ -185,7 +182,7 @@ impl DiskTier {
             return Err("its record head changed since it was indexed".into());
         }
         let block = self.decode(&record[RECORD_HEAD..])?;
-        if prefix(&block.hash) != key {
+        if hash_prefix(&block.hash) != key {
             return Err(format!(
                 "holds a block whose hash is {}",
                 hex::encode(block.hash)
@@ -252,12 +249,9 @@ impl DiskTier {
     }
 
     fn uncount(&self, entry: Entry) {
-        let sub = |counter: &AtomicU64, by: u32| {
-            let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(by.into())));
-        };
-        sub(&self.counters.entries, 1);
-        sub(&self.counters.canonical_bytes, entry.canonical_len);
-        sub(&self.counters.stored_bytes, entry.frame_len);
+        sub_saturating(&self.counters.entries, 1);
+        sub_saturating(&self.counters.canonical_bytes, entry.canonical_len.into());
+        sub_saturating(&self.counters.stored_bytes, entry.frame_len.into());
     }
 
     /// Puts `entry` under `key`, replacing (and uncounting) what was there.
@@ -282,13 +276,9 @@ impl DiskTier {
             return Ok(false);
         }
         let frame = encoder.compress(encoding)?;
-        let key = prefix(&block.hash);
+        let key = hash_prefix(&block.hash);
         let frame_len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
-        let mut record = Vec::with_capacity(RECORD_HEAD + frame.len());
-        record.extend_from_slice(&frame_len.to_le_bytes());
-        record.extend_from_slice(&key.to_le_bytes());
-        record.extend_from_slice(&frame);
-        let (pack, offset) = self.append(&record)?;
+        let (pack, offset) = self.append(&record(frame_len, key, &frame))?;
         self.index_entry(
             key,
             Entry {
@@ -355,18 +345,15 @@ impl DiskTier {
                 std::io::Error::other("the cache has used up its pack numbers; delete it")
             })?;
             let path = self.packs_dir.join(pack_name(number));
-            let created = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .or_else(|err| {
-                    if err.kind() == ErrorKind::NotFound {
-                        std::fs::create_dir_all(&self.packs_dir)?;
-                        OpenOptions::new().write(true).create_new(true).open(&path)
-                    } else {
-                        Err(err)
-                    }
-                });
+            let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+            let created = create().or_else(|err| {
+                if err.kind() == ErrorKind::NotFound {
+                    std::fs::create_dir_all(&self.packs_dir)?;
+                    create()
+                } else {
+                    Err(err)
+                }
+            });
             let file = match created {
                 Ok(file) => file,
                 Err(err) if err.kind() == ErrorKind::AlreadyExists => continue,
@@ -537,10 +524,7 @@ impl DiskTier {
                 let path = self.packs_dir.join(pack_name(old));
                 let size = std::fs::metadata(&path).map_or(0, |m| m.len());
                 if std::fs::remove_file(&path).is_ok() {
-                    let _ = self
-                        .counters
-                        .pack_bytes
-                        .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(size)));
+                    sub_saturating(&self.counters.pack_bytes, size);
                 }
             }
         }
@@ -549,7 +533,7 @@ impl DiskTier {
     /// Where the record of `hash` is: (pack file, offset of the frame, frame length).
     #[cfg(test)]
     pub fn locate(&self, hash: &Hash) -> Option<(PathBuf, u64, usize)> {
-        let entry = *self.index.read().get(&prefix(hash))?;
+        let entry = *self.index.read().get(&hash_prefix(hash))?;
         Some((
             self.packs_dir.join(pack_name(entry.pack)),
             u64::from(entry.offset) + RECORD_HEAD as u64,
@@ -560,11 +544,18 @@ impl DiskTier {
     /// Appends a record of `frame` under `hash`'s prefix, whatever the frame holds.
     #[cfg(test)]
     pub fn plant(&self, hash: &Hash, frame: &[u8]) {
-        let mut record = (frame.len() as u32).to_le_bytes().to_vec();
-        record.extend_from_slice(&hash[..8]);
-        record.extend_from_slice(frame);
-        self.append(&record).expect("plant a record");
+        self.append(&record(frame.len() as u32, hash_prefix(hash), frame))
+            .expect("plant a record");
     }
+}
+
+/// A record: its head (frame length, hash prefix), then the frame.
+fn record(frame_len: u32, key: u64, frame: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(RECORD_HEAD + frame.len());
+    record.extend_from_slice(&frame_len.to_le_bytes());
+    record.extend_from_slice(&key.to_le_bytes());
+    record.extend_from_slice(frame);
+    record
 }
 
 /// (frame length, hash prefix) of a record starting at `bytes`.

@@ -260,11 +260,8 @@ impl Shared {
 
     fn release(&self, blocks: u64, bytes: u64) {
         let counters = &self.cache.inner.counters;
-        let sub = |counter: &std::sync::atomic::AtomicU64, by: u64| {
-            let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(by)));
-        };
-        sub(&counters.queued_blocks, blocks);
-        sub(&counters.queued_bytes, bytes);
+        super::sub_saturating(&counters.queued_blocks, blocks);
+        super::sub_saturating(&counters.queued_bytes, bytes);
     }
 }
 

@@ -36,6 +36,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+/// Subtracts `by` from `counter`, stopping at 0 (a counter of what comes and goes).
+fn sub_saturating(counter: &AtomicU64, by: u64) {
+    let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(by)));
+}
+
 /// Default RAM for the hot tier (`OPDBUS_CACHE_HOT_BYTES`).
 pub const DEFAULT_HOT_BYTES: u64 = 64 * 1024 * 1024;
 /// Default number of newest blocks loaded into RAM at start (`OPDBUS_CACHE_PRELOAD_BLOCKS`).

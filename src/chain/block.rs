@@ -259,6 +259,12 @@ pub fn sha256(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()
 }
 
+/// The first 8 bytes of `hash` as a number: the key of the in-RAM hash indexes (the chain's
+/// and the cache's), which keep the full hash on disk only.
+pub fn hash_prefix(hash: &Hash) -> u64 {
+    u64::from_le_bytes(array(&hash[..8]))
+}
+
 /// Parses a 64-digit hex hash.
 pub fn parse_hash(text: &str) -> Option<Hash> {
     let mut hash = ZERO_HASH;

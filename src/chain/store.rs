@@ -21,7 +21,7 @@
 //! (structure, and its last entry against the segment) and rebuilt from the segments when it
 //! does not check out.
 
-use super::block::{Block, Caller, Hash, ZERO_HASH};
+use super::block::{hash_prefix, Block, Caller, Hash, ZERO_HASH};
 use super::error::{ChainError, Result};
 use super::io::{RealIo, SegmentFile, SharedIo};
 use super::scan::{self, ScanEnd, ScanState, GENESIS_OPERATION, GENESIS_PLUGIN};
@@ -104,7 +104,7 @@ impl Index {
     }
 
     fn insert_hash(&mut self, hash: &Hash, height: u64) {
-        match self.hashes_by_prefix.entry(prefix(hash)) {
+        match self.hashes_by_prefix.entry(hash_prefix(hash)) {
             Entry::Vacant(slot) => {
                 slot.insert(height);
             }
@@ -115,10 +115,6 @@ impl Index {
         }
         self.head_hash = *hash;
     }
-}
-
-fn prefix(hash: &Hash) -> u64 {
-    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
 struct Shared {
@@ -641,7 +637,7 @@ impl ChainReader {
         index
             .collisions
             .get(hash)
-            .or_else(|| index.hashes_by_prefix.get(&prefix(hash)))
+            .or_else(|| index.hashes_by_prefix.get(&hash_prefix(hash)))
             .copied()
     }
 
