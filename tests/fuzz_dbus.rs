@@ -12,21 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use zbus::zvariant::DynamicType;
 
-/// A small deterministic generator (xorshift), so a failing run can be replayed.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
     fn text(&mut self, max_len: u64) -> String {
         const PIECES: &[&str] = &[
             "a", "Z", "0", "-", "_", ".", " ", "\u{7}", "\u{1}", "\t", "\n", "é", "€", "𝄞", "{",

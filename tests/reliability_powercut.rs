@@ -12,6 +12,9 @@
 //! The same backend also fails chosen calls (ENOSPC on the reservation, EIO on fdatasync) to
 //! check the refusal and latch paths.
 
+mod common;
+
+use common::Rng;
 use opdbus_blockchain::chain::block::{Caller, Hash};
 use opdbus_blockchain::chain::error::ChainError;
 use opdbus_blockchain::chain::io::{RealIo, SegmentFile, SegmentIo, SharedIo};
@@ -207,22 +210,6 @@ impl SegmentFile for ModelFile {
         self.real.set_len(len)?;
         self.state(|s| s.written.resize(len as usize, 0));
         Ok(())
-    }
-}
-
-/// A small deterministic generator (xorshift), so a failing case can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 

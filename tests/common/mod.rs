@@ -379,3 +379,20 @@ fn plain_dict(data: &serde_json::Value) -> serde_json::Map<String, serde_json::V
         })
         .collect()
 }
+
+/// A small deterministic generator (xorshift), so a failing case can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
