@@ -1059,7 +1059,24 @@ impl Drop for LoopBtrfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mount_point).status();
         if let Some(tmpfs) = &self.tmpfs {
-            let _ = Command::new("umount").arg(tmpfs).status();
+            // The loop device under the image lets go of it a moment after the unmount
+            // (autoclear), and until then the tmpfs is busy: try for a while, then detach it
+            // lazily, so that no run leaves its tmpfs (and the memory it holds) mounted.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let unmount = || {
+                Command::new("umount")
+                    .arg(tmpfs)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            while !unmount() {
+                if Instant::now() >= deadline {
+                    let _ = Command::new("umount").arg("-l").arg(tmpfs).status();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
