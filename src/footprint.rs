@@ -55,8 +55,7 @@ impl PluginFootprint {
         data_json: impl Into<String>,
     ) -> Result<Self, FootprintError> {
         let data_json = data_json.into();
-        serde_json::from_str::<&RawValue>(&data_json)
-            .map_err(|err| FootprintError::DataNotJson(err.to_string()))?;
+        check_data_json(&data_json)?;
         Ok(PluginFootprint {
             plugin_id: plugin_id.into(),
             operation: operation.into(),
@@ -81,6 +80,21 @@ impl PluginFootprint {
         }
         Ok(())
     }
+}
+
+/// The rules of docs/format.md that a stored footprint's fields obey, apart from the configured
+/// size limit: what the writer refuses and `verify` reports, one function for both.
+pub fn check_stored(plugin: &str, operation: &str, data_json: &str) -> Result<(), FootprintError> {
+    check_name("plugin", plugin)?;
+    check_name("operation", operation)?;
+    check_data_json(data_json)
+}
+
+/// Checks that `text` is footprint data: JSON the project's readers can read back.
+pub fn check_data_json(text: &str) -> Result<(), FootprintError> {
+    serde_json::from_str::<&RawValue>(text)
+        .map(|_| ())
+        .map_err(|err| FootprintError::DataNotJson(err.to_string()))
 }
 
 fn check_name(field: &'static str, name: &str) -> Result<(), FootprintError> {
