@@ -53,6 +53,20 @@ fn head(chain: &Path) -> u64 {
     store::open_read_only(chain).expect("read").head().0
 }
 
+/// `tools/verify-chain.py` (the verifier written from docs/format.md alone): exit code and
+/// output.
+fn independent_verify(chain: &Path) -> (i32, String) {
+    let out = Command::new("python3")
+        .arg(common::repo_path("tools/verify-chain.py"))
+        .arg(chain)
+        .output()
+        .expect("python3 must be installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Runs the daemon on `chain` until it exits by itself (at most 30 s); returns its exit code
 /// and its log.
 fn daemon_start_up_fails(bus: &Bus, chain: &Path) -> (Option<i32>, String) {
@@ -126,6 +140,11 @@ fn a_zeroed_header_stops_the_daemon_naming_the_segment_and_verify_names_it_too()
     let (code, out, err) = cli(&["verify", "--chain-dir", text(&chain)]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("NOT intact") && out.contains(&name), "{out}");
+    let (code, out) = independent_verify(&chain);
+    assert!(
+        code == 1 && out.starts_with(&format!("bad {first} ")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -162,6 +181,12 @@ fn an_interrupted_creation_is_removed_by_the_daemon_and_reported_alike_by_verify
             out.contains("chain is intact")
                 && out.contains(&new_name)
                 && out.contains("interrupted"),
+            "{what}: {out}"
+        );
+
+        let (code, out) = independent_verify(&chain);
+        assert!(
+            code == 0 && out.contains(&format!("interrupted-creation {new_name}")),
             "{what}: {out}"
         );
 
@@ -225,6 +250,8 @@ fn a_decreasing_timestamp_fails_verify_at_its_height() {
         out.contains("first bad block at height 4") && out.contains("earlier"),
         "{out}"
     );
+    let (code, out) = independent_verify(&chain);
+    assert!(code == 1 && out.starts_with("bad 4 timestamp"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
