@@ -5,8 +5,13 @@
 //! - `ChainWriter::append` returns `Ok` only after every block of the batch is on stable storage
 //!   (`fdatasync` of the segment; a new segment is also recorded in its directory with `fsync`).
 //! - Space for a batch is reserved (`fallocate` with `KEEP_SIZE`, [`RESERVE_CHUNK`] at a time)
-//!   before anything is written, so a full disk is a refusal before the write and the sync,
-//!   never a half-written batch. Writing resumes by itself once space is freed.
+//!   before anything is written to a segment, so a full disk is a refusal before the write and
+//!   the sync, never a half-written batch. Writing resumes by itself once space is freed.
+//! - A segment grows past `segment_bytes` only by holding one record larger than that: the
+//!   size is checked per record, and a batch may continue in a new segment (see
+//!   [`ChainWriter::append`] for how such a batch stays all-or-nothing).
+//! - Opening never removes or cuts a complete, valid record: only a torn tail or an
+//!   interrupted creation of the newest segment (see `scan.rs`); anything else is `Corrupted`.
 //! - A failed write is rolled back to the last durable length and nothing of the batch becomes
 //!   visible. A failed `fdatasync` latches the store: every later append fails until a restart
 //!   recovers from disk, because after such a failure the kernel no longer tells which bytes are
