@@ -83,7 +83,8 @@ def main(directory):
     for index, (first, name) in enumerate(names):
         data = open(os.path.join(directory, name), "rb").read()
         last_segment = index == len(names) - 1
-        if last_segment and chain_id is not None and interrupted_creation(data, first, chain_id):
+        if (last_segment and chain_id is not None and first == expected
+                and interrupted_creation(data, first, chain_id)):
             return report(expected, head, torn=False, note=f" interrupted-creation {name}")
         if len(data) < 40 or data[:8] != b"OPDBSEG\0" or struct.unpack_from("<I", data, 8)[0] != 1:
             fail(expected, f"{name}: bad header")

@@ -159,6 +159,23 @@ fn an_interrupted_creation_is_removed_at_start_and_reported_by_verify() {
 }
 
 #[test]
+fn an_empty_segment_after_a_gap_is_not_an_interrupted_creation() {
+    let (_dir, chain, _) = chain_over_segments();
+    let head = head_of(&chain);
+    // Where segment head + 1 would have been removed, a zero-filled later one remains.
+    let path = chain.join(segment::file_name(head + 50));
+    std::fs::write(&path, [0u8; 100]).expect("write");
+    let err = store::open(&chain, small_segments())
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ChainError::Corrupted { .. }), "{err}");
+    assert!(path.exists());
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert_eq!(report.first_bad.as_ref().map(|b| b.0), Some(head + 1));
+    assert!(report.interrupted_segment.is_none());
+}
+
+#[test]
 fn a_damaged_header_of_an_empty_newest_segment_is_corruption() {
     let (_dir, chain, _) = chain_over_segments();
     let head = head_of(&chain);

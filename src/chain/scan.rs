@@ -368,8 +368,12 @@ pub fn scan_chain(
                 let expected = chain_id.map(|id| segment::encode_header(*first, &id));
                 let zeros = segment::trailing_zeros_start(&header);
                 let torn_header = expected.is_some_and(|e| header[..zeros] == e[..zeros]);
+                // Only the segment the writer would start next: one named past a gap may
+                // follow a removed segment, and removing it would hide that.
+                let next_one = scanned && state.as_ref().is_some_and(|s| s.next_height == *first);
                 if i == last && i > 0 && torn_header {
                     match first_record_after_header(&file, path)? {
+                        None if !next_one => {}
                         None => {
                             let len = file
                                 .metadata()
