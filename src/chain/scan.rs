@@ -311,7 +311,8 @@ pub struct ChainSegment {
 /// What a scan of a whole chain directory found.
 pub struct ChainScan {
     pub chain_id: ChainId,
-    /// The segments of the chain, in order (without an interrupted creation).
+    /// The segments of the chain, in order (without an interrupted creation), when the scan
+    /// was asked to keep them.
     pub segments: Vec<ChainSegment>,
     /// Where the scan stands after the last valid record.
     pub state: ScanState,
@@ -328,11 +329,14 @@ pub struct ChainScan {
 /// Checks the chain whose segments are `listed` (ordered by first height, as
 /// [`segment::list`] returns them): every header, then every record from genesis, or from
 /// `resume` on (the segments before it have their headers checked only). Stops after height
-/// `up_to`. `on_block(segment, block, offset, len)` is called for each valid block.
+/// `up_to`. `on_block(segment, block, offset, len)` is called for each valid block. The
+/// segments are returned open when `keep_files` (the store reads from them); otherwise each is
+/// closed once scanned, so a scan holds one file descriptor whatever the number of segments.
 pub fn scan_chain(
     listed: &[(u64, PathBuf)],
     resume: Option<Resume>,
     up_to: Option<u64>,
+    keep_files: bool,
     on_block: &mut dyn FnMut(usize, &Block, u64, u32),
 ) -> Result<ChainScan> {
     let Some((_, first_path)) = listed.first() else {
@@ -420,11 +424,18 @@ pub fn scan_chain(
             }
             Some(_) => {}
         }
-        segments.push(ChainSegment {
-            first_height: *first,
-            path: path.clone(),
-            file,
-        });
+        let own;
+        let file: &File = if keep_files {
+            segments.push(ChainSegment {
+                first_height: *first,
+                path: path.clone(),
+                file,
+            });
+            &segments.last().expect("just pushed").file
+        } else {
+            own = file;
+            &own
+        };
         let offset = match scan_from {
             Some((from, _)) if i < from => continue,
             Some((from, offset)) if i == from => offset,
@@ -452,7 +463,7 @@ pub fn scan_chain(
                 reason,
             });
         }
-        let mut file_at = &segments[i].file;
+        let mut file_at = file;
         file_at
             .seek(SeekFrom::Start(offset))
             .map_err(|e| ChainError::io(format!("reading {}", path.display()), e))?;

@@ -341,17 +341,23 @@ fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
         }
     };
     // Every record the index does not cover is hash-checked, linked and checked by the rules.
-    let scanned = scan::scan_chain(&listed, resume, None, &mut |seg_i, block, offset, len| {
-        index.push(
-            Location {
-                segment: seg_i as u32,
-                len,
-                offset,
-            },
-            block,
-        );
-        recovery.blocks_scanned += 1;
-    })?;
+    let scanned = scan::scan_chain(
+        &listed,
+        resume,
+        None,
+        true,
+        &mut |seg_i, block, offset, len| {
+            index.push(
+                Location {
+                    segment: seg_i as u32,
+                    len,
+                    offset,
+                },
+                block,
+            );
+            recovery.blocks_scanned += 1;
+        },
+    )?;
     if let Some((path, len)) = &scanned.interrupted {
         if writable {
             tracing::warn!(

@@ -83,7 +83,7 @@ pub fn verify_dir(
         return Ok(report);
     }
     let mut segment_now = 0;
-    let result = scan::scan_chain(&segments, None, up_to, &mut |seg_i, block, _, _| {
+    let result = scan::scan_chain(&segments, None, up_to, false, &mut |seg_i, block, _, _| {
         if seg_i != segment_now {
             segment_now = seg_i;
             progress(report.blocks_checked);
