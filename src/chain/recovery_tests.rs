@@ -482,3 +482,18 @@ fn scanning_a_huge_segment_holds_one_record_and_a_buffer() {
         }
     }
 }
+
+#[test]
+fn a_segment_replaced_by_a_symlink_is_not_read() {
+    let (dir, chain, newest) = chain_over_segments();
+    let elsewhere = dir.path().join("elsewhere.chain");
+    std::fs::rename(&newest, &elsewhere).expect("move");
+    std::os::unix::fs::symlink(&elsewhere, &newest).expect("symlink");
+    let _ = std::fs::remove_file(chain.join("index"));
+    let err = store::open(&chain, small_segments())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("opening"), "{err}");
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(!report.ok(), "{}", report.summary());
+}

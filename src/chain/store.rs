@@ -415,7 +415,7 @@ fn load_index(
 ) -> std::result::Result<(IndexEntries, Option<scan::Resume>), String> {
     let (first, first_path) = &listed[0];
     let mut header = [0u8; HEADER_LEN];
-    File::open(first_path)
+    segment::open_for_reading(first_path)
         .and_then(|f| f.read_exact_at(&mut header, 0))
         .map_err(|e| format!("reading {}: {e}", first_path.display()))?;
     let chain_id = segment::check_header(&header, *first)?;
@@ -462,7 +462,8 @@ fn load_index(
     };
     let height = entries.len() as u64 - 1;
     let path = &listed[location.segment as usize].1;
-    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let file =
+        segment::open_for_reading(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let block = read_record(&file, location, height).map_err(|e| e.to_string())?;
     if &block.hash != hash {
         return Err(format!("entry {height} does not match its record"));
@@ -851,7 +852,7 @@ impl ChainWriter {
             file.write_all_at(&header, 0)?;
             file.sync_data()?;
             io.sync_dir(&dir)?;
-            let reader = File::open(&path)?;
+            let reader = segment::open_for_reading(&path)?;
             Ok((file, reader))
         };
         match create() {
