@@ -100,6 +100,14 @@ impl<R: Read> RecordReader<R> {
     /// file holds. Returns how many were read.
     fn read_up_to(&mut self, n: usize) -> std::io::Result<usize> {
         let target = self.record.len() + n;
+        // The common case: the buffer already holds all of it.
+        let buffered = self.inner.buffer();
+        if buffered.len() >= n {
+            self.record.extend_from_slice(&buffered[..n]);
+            self.inner.consume(n);
+            self.offset += n as u64;
+            return Ok(n);
+        }
         while self.record.len() < target {
             let start = self.record.len();
             let step = (target - start).min(READ_BUF);
