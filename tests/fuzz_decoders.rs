@@ -85,7 +85,7 @@ proptest! {
 
     #[test]
     fn the_scanner_never_panics_on_random_segment_bodies(bytes in prop::collection::vec(any::<u8>(), 0..600), torn in any::<bool>()) {
-        let mut state = ScanState { chain_id: [0; 16], next_height: 1, prev_hash: ZERO_HASH };
+        let mut state = ScanState { chain_id: [0; 16], next_height: 1, prev_hash: ZERO_HASH, prev_timestamp_ns: 0 };
         let _ = scan_records(&bytes, HEADER_LEN as u64, torn, &mut state, |_, _, _| {});
     }
 

@@ -2,7 +2,8 @@
 """Independent verifier of an opdbus-blockchain chain directory, written from docs/format.md.
 
 Usage: verify-chain.py [--vectors] CHAIN_DIR
-Exit 0 and "intact <blocks> <head height> <head hash>" when every rule holds,
+Exit 0 and "intact <blocks> <head height> <head hash>" when every rule holds (then " torn-tail"
+or " interrupted-creation <segment>" when the newest segment ends so; see docs/format.md),
 exit 1 and "bad <height> <reason>" at the first height that breaks one.
 With --vectors it also recomputes every block's vector ("Block vectors" in docs/format.md) and
 compares it with CHAIN_DIR/vectors: "vectors <records> match" or "bad <height> vector ...".
@@ -48,6 +49,30 @@ def decode_block(enc):
 BLOCKS = []
 
 
+def torn_record(rest, at):
+    """Whether the record at file offset `at` (`rest` runs to the end of the file) is torn."""
+    nonzero_end = len(rest.rstrip(b"\0"))
+    if len(rest) < 8:
+        return True
+    n, check = struct.unpack_from("<II", rest, 0)
+    if check != n ^ 0xFFFFFFFF:
+        return nonzero_end < 8
+    total = 8 + n + 36
+    if len(rest) < total or nonzero_end <= total - 36:
+        return True
+    return (nonzero_end < total and (at + nonzero_end) % 512 == 0
+            and (hashlib.sha256(rest[8 : 8 + n]).digest() + b"BLK\n")[: nonzero_end - 8 - n]
+            == rest[8 + n : nonzero_end])
+
+
+def interrupted_creation(data, first, chain_id):
+    """A newest segment whose header is missing, torn or zero and holds no complete record."""
+    header = data[:40]
+    expected = b"OPDBSEG\0" + struct.pack("<I", 1) + bytes(4) + struct.pack("<Q", first) + chain_id
+    z = len(header.rstrip(b"\0"))
+    return header[:z] == expected[:z] and (len(data) <= 40 or torn_record(data[40:], 40))
+
+
 def main(directory):
     names = sorted(
         (int(m.group(1)), n) for n in os.listdir(directory) if (m := SEGMENT.match(n))
@@ -58,6 +83,9 @@ def main(directory):
     for index, (first, name) in enumerate(names):
         data = open(os.path.join(directory, name), "rb").read()
         last_segment = index == len(names) - 1
+        if (last_segment and chain_id is not None and first == expected
+                and interrupted_creation(data, first, chain_id)):
+            return report(expected, head, torn=False, note=f" interrupted-creation {name}")
         if len(data) < 40 or data[:8] != b"OPDBSEG\0" or struct.unpack_from("<I", data, 8)[0] != 1:
             fail(expected, f"{name}: bad header")
         if data[12:16] != bytes(4) or struct.unpack_from("<Q", data, 16)[0] != first:
@@ -113,6 +141,8 @@ def main(directory):
                     fail(0, "not a genesis block of this chain")
             elif block["prev"] != prev_hash:
                 fail(expected, "prev_hash does not link")
+            elif block["timestamp_ns"] < BLOCKS[-1]["timestamp_ns"]:
+                fail(expected, "timestamp earlier than the block before")
             prev_hash, head = block_hash, (expected, block_hash)
             block["hash"] = block_hash
             BLOCKS.append(block)
@@ -121,9 +151,9 @@ def main(directory):
     return report(expected, head, torn=False)
 
 
-def report(blocks, head, torn):
+def report(blocks, head, torn, note=""):
     height, block_hash = head
-    print(f"intact {blocks} {height} {block_hash.hex()}" + (" torn-tail" if torn else ""))
+    print(f"intact {blocks} {height} {block_hash.hex()}" + (" torn-tail" if torn else "") + note)
     return 0
 
 

@@ -8,3 +8,6 @@ pub mod segment;
 pub mod store;
 pub mod verify;
 pub mod writer;
+
+#[cfg(test)]
+mod recovery_tests;

@@ -5,8 +5,13 @@
 //! - `ChainWriter::append` returns `Ok` only after every block of the batch is on stable storage
 //!   (`fdatasync` of the segment; a new segment is also recorded in its directory with `fsync`).
 //! - Space for a batch is reserved (`fallocate` with `KEEP_SIZE`, [`RESERVE_CHUNK`] at a time)
-//!   before anything is written, so a full disk is a refusal before the write and the sync,
-//!   never a half-written batch. Writing resumes by itself once space is freed.
+//!   before anything is written to a segment, so a full disk is a refusal before the write and
+//!   the sync, never a half-written batch. Writing resumes by itself once space is freed.
+//! - A segment grows past `segment_bytes` only by holding one record larger than that: the
+//!   size is checked per record, and a batch may continue in a new segment (see
+//!   [`ChainWriter::append`] for how such a batch stays all-or-nothing).
+//! - Opening never removes or cuts a complete, valid record: only a torn tail or an
+//!   interrupted creation of the newest segment (see `scan.rs`); anything else is `Corrupted`.
 //! - A failed write is rolled back to the last durable length and nothing of the batch becomes
 //!   visible. A failed `fdatasync` latches the store: every later append fails until a restart
 //!   recovers from disk, because after such a failure the kernel no longer tells which bytes are
@@ -24,13 +29,12 @@
 use super::block::{hash_prefix, Block, Caller, Hash, ZERO_HASH};
 use super::error::{ChainError, Result};
 use super::io::{RealIo, SegmentFile, SharedIo};
-use super::scan::{self, ScanEnd, ScanState, GENESIS_OPERATION, GENESIS_PLUGIN};
+use super::scan::{self, GENESIS_OPERATION, GENESIS_PLUGIN};
 use super::segment::{self, ChainId, Parsed, HEADER_LEN};
 use crate::footprint::PluginFootprint;
 use parking_lot::RwLock;
 use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -301,8 +305,11 @@ struct Loaded {
     index_trusted: usize,
 }
 
+/// Reads the chain: the index where it checks out, then [`scan::scan_chain`] over every
+/// header and every record the index does not cover (the same rules as `verify`). A newest
+/// segment that is an interrupted creation is removed when `writable`, skipped otherwise.
 fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
-    let mut listed =
+    let listed =
         segment::list(dir).map_err(|e| ChainError::io(format!("listing {}", dir.display()), e))?;
     if listed.is_empty() {
         return Err(ChainError::io(
@@ -310,169 +317,108 @@ fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
-    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(listed.len());
-    let mut chain_id: Option<ChainId> = None;
-    let last = listed.len() - 1;
-    for (i, (first, path)) in listed.clone().into_iter().enumerate() {
-        let mut file = File::open(&path)
-            .map_err(|e| ChainError::io(format!("opening {}", path.display()), e))?;
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        (&mut file)
-            .take(HEADER_LEN as u64)
-            .read_to_end(&mut header)
-            .map_err(|e| ChainError::io(format!("reading {}", path.display()), e))?;
-        match segment::check_header(&header, first) {
-            Ok(id) => {
-                if let Some(expected) = chain_id {
-                    if id != expected {
-                        return Err(ChainError::Corrupted {
-                            height: first,
-                            reason: format!("{} belongs to another chain", path.display()),
-                        });
-                    }
-                }
-                chain_id = Some(id);
-            }
-            Err(reason) => {
-                let expected = chain_id.map(|id| segment::encode_header(first, &id));
-                let z = segment::trailing_zeros_start(&header);
-                let torn_creation = i == last
-                    && i > 0
-                    && expected
-                        .is_some_and(|e| header.len() <= HEADER_LEN && header[..z] == e[..z]);
-                if torn_creation {
-                    // A segment whose creation crashed before its header was durable.
-                    if writable {
-                        tracing::warn!(segment = %path.display(), "removing a segment whose creation did not complete");
-                        std::fs::remove_file(&path)
-                            .and_then(|()| sync_dir(dir))
-                            .map_err(|e| ChainError::io("removing an incomplete segment", e))?;
-                    }
-                    listed.pop();
-                    break;
-                }
-                return Err(ChainError::Corrupted {
-                    height: first,
-                    reason: format!("segment {}: {reason}", path.display()),
-                });
-            }
-        }
-        segments.push(Arc::new(Segment {
-            first_height: first,
-            file,
-        }));
-    }
-    let chain_id = chain_id.expect("at least one segment was read");
-    if segments[0].first_height != 0 {
-        return Err(ChainError::Corrupted {
-            height: 0,
-            reason: "the first segment does not start at height 0".into(),
-        });
-    }
-
     let mut index = Index::default();
     let mut index_trusted = 0;
-    match load_index(dir, &chain_id, &segments) {
-        Ok(entries) => {
+    let resume = match load_index(dir, &listed) {
+        Ok((entries, resume)) => {
             for (hash, location) in &entries {
                 index.locations.push(*location);
                 index.insert_hash(hash, index.locations.len() as u64 - 1);
             }
             index_trusted = entries.len();
+            if let Some(resume) = &resume {
+                // Time never runs backwards along the chain: the writer continues from here.
+                index.head_timestamp_ns = resume.state.prev_timestamp_ns;
+            }
+            resume
         }
         Err(reason) => {
             if dir.join(INDEX_FILE).exists() {
                 tracing::warn!(%reason, "the index does not check out; rebuilding it from the segments");
             }
             recovery.index_rebuilt = true;
+            None
         }
-    }
-
-    // Scan what the index does not cover: every record is hash-checked and linked.
-    let (mut seg_i, mut offset) = match index.locations.last() {
-        Some(loc) => (loc.segment as usize, loc.offset + loc.len as u64),
-        None => (0, HEADER_LEN as u64),
     };
-    if let Some(loc) = index.locations.last() {
-        // The head's timestamp is needed to keep time monotonic; read it from the record.
-        let block = read_record(
-            &segments[loc.segment as usize],
-            loc,
-            index.locations.len() as u64 - 1,
-        )?;
-        index.head_timestamp_ns = block.timestamp_ns;
-    }
-    let valid_len;
-    let mut torn_from = None;
-    loop {
-        let seg = &segments[seg_i];
-        let expected = index.locations.len() as u64;
-        if offset == HEADER_LEN as u64 && seg.first_height != expected {
-            return Err(ChainError::Corrupted {
-                height: expected.min(seg.first_height),
-                reason: format!(
-                    "segment {} starts at height {} but the chain before it ends at height {}",
-                    segment::file_name(seg.first_height),
-                    seg.first_height,
-                    expected as i64 - 1
-                ),
-            });
-        }
-        let mut bytes = Vec::new();
-        let mut file = &seg.file;
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
-            .and_then(|_| file.read_to_end(&mut bytes))
-            .map_err(|e| ChainError::io("reading a segment", e))?;
-        let is_last = seg_i == segments.len() - 1;
-        let mut state = ScanState {
-            chain_id,
-            next_height: expected,
-            prev_hash: index.head_hash,
-        };
-        let end = scan::scan_records(&bytes, offset, is_last, &mut state, |block, at, len| {
-            let location = Location {
-                segment: seg_i as u32,
-                len: len as u32,
-                offset: offset + at as u64,
-            };
-            index.push(location, block);
+    // Every record the index does not cover is hash-checked, linked and checked by the rules.
+    let scanned = scan::scan_chain(
+        &listed,
+        resume,
+        None,
+        true,
+        &mut |seg_i, block, offset, len| {
+            index.push(
+                Location {
+                    segment: seg_i as u32,
+                    len,
+                    offset,
+                },
+                block,
+            );
             recovery.blocks_scanned += 1;
-        })?;
-        let at = match end {
-            ScanEnd::Clean => bytes.len(),
-            ScanEnd::Torn(at) => {
-                torn_from = Some(offset + at as u64);
-                at
-            }
-        };
-        if is_last {
-            valid_len = offset + at as u64;
-            break;
+        },
+    )?;
+    if let Some((path, len)) = &scanned.interrupted {
+        if writable {
+            tracing::warn!(
+                segment = %path.display(),
+                bytes = len,
+                "removing the newest segment: its creation was interrupted before any record was written"
+            );
+            std::fs::remove_file(path)
+                .and_then(|()| sync_dir(dir))
+                .map_err(|e| {
+                    ChainError::io(
+                        format!("removing the incomplete segment {}", path.display()),
+                        e,
+                    )
+                })?;
         }
-        seg_i += 1;
-        offset = HEADER_LEN as u64;
     }
-    let last_segment = listed.pop().expect("at least one segment");
+    let newest = scanned
+        .segments
+        .last()
+        .expect("segment 0 belongs to the chain");
+    let last_segment = (newest.first_height, newest.path.clone());
+    let segments = scanned
+        .segments
+        .into_iter()
+        .map(|s| {
+            Arc::new(Segment {
+                first_height: s.first_height,
+                file: s.file,
+            })
+        })
+        .collect();
     Ok(Loaded {
         shared: Arc::new(Shared {
             dir: dir.to_path_buf(),
-            chain_id,
+            chain_id: scanned.chain_id,
             segments: RwLock::new(segments),
             index: RwLock::new(index),
         }),
         last_segment,
-        valid_len,
-        torn_from,
+        valid_len: scanned.valid_len,
+        torn_from: scanned.torn_to.map(|_| scanned.valid_len),
         index_trusted,
     })
 }
 
-/// Reads and checks the index file; `Err` says why it cannot be trusted.
+/// Hash and location of each block the index file holds, by height.
+type IndexEntries = Vec<(Hash, Location)>;
+
+/// Reads and checks the index file against the segments `listed`; returns its entries and
+/// where a scan continues after them. `Err` says why it cannot be trusted.
 fn load_index(
     dir: &Path,
-    chain_id: &ChainId,
-    segments: &[Arc<Segment>],
-) -> std::result::Result<Vec<(Hash, Location)>, String> {
+    listed: &[(u64, PathBuf)],
+) -> std::result::Result<(IndexEntries, Option<scan::Resume>), String> {
+    let (first, first_path) = &listed[0];
+    let mut header = [0u8; HEADER_LEN];
+    segment::open_for_reading(first_path)
+        .and_then(|f| f.read_exact_at(&mut header, 0))
+        .map_err(|e| format!("reading {}: {e}", first_path.display()))?;
+    let chain_id = segment::check_header(&header, *first)?;
     let bytes = std::fs::read(dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
     if bytes.len() < HEADER_LEN || &bytes[..8] != INDEX_MAGIC || bytes[24..40] != chain_id[..] {
         return Err("bad index header".into());
@@ -489,10 +435,10 @@ fn load_index(
         let first = u64::from_le_bytes(raw[32..40].try_into().expect("8 bytes"));
         let offset = u64::from_le_bytes(raw[40..48].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(raw[48..52].try_into().expect("4 bytes"));
-        if first != segments[seg_i].first_height {
+        if first != listed[seg_i].0 {
             seg_i += 1;
             next_offset = HEADER_LEN as u64;
-            if segments.get(seg_i).map(|s| s.first_height) != Some(first) || first != height {
+            if listed.get(seg_i).map(|s| s.0) != Some(first) || first != height {
                 return Err(format!("entry {height} names an unexpected segment"));
             }
         }
@@ -511,15 +457,28 @@ fn load_index(
             },
         ));
     }
-    if let Some((hash, location)) = entries.last() {
-        let height = entries.len() as u64 - 1;
-        let block = read_record(&segments[location.segment as usize], location, height)
-            .map_err(|e| e.to_string())?;
-        if &block.hash != hash {
-            return Err(format!("entry {height} does not match its record"));
-        }
+    let Some((hash, location)) = entries.last() else {
+        return Ok((entries, None));
+    };
+    let height = entries.len() as u64 - 1;
+    let path = &listed[location.segment as usize].1;
+    let file =
+        segment::open_for_reading(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let block = read_record(&file, location, height).map_err(|e| e.to_string())?;
+    if &block.hash != hash {
+        return Err(format!("entry {height} does not match its record"));
     }
-    Ok(entries)
+    let resume = scan::Resume {
+        segment: location.segment as usize,
+        offset: location.offset + location.len as u64,
+        state: scan::ScanState {
+            chain_id,
+            next_height: height + 1,
+            prev_hash: block.hash,
+            prev_timestamp_ns: block.timestamp_ns,
+        },
+    };
+    Ok((entries, Some(resume)))
 }
 
 /// Writes the index file anew past its first `trusted` entries; the index is an accelerator,
@@ -544,7 +503,7 @@ fn rewrite_index(shared: &Shared, trusted: usize) -> Option<File> {
         for height in trusted..index.locations.len() {
             let location = index.locations[height];
             let block = read_record(
-                &segments[location.segment as usize],
+                &segments[location.segment as usize].file,
                 &location,
                 height as u64,
             )
@@ -576,11 +535,9 @@ fn encode_index_entry(hash: &Hash, segment_first: u64, location: &Location, out:
     out.extend_from_slice(&[0; 4]);
 }
 
-fn read_record(segment: &Segment, location: &Location, height: u64) -> Result<Block> {
+fn read_record(file: &File, location: &Location, height: u64) -> Result<Block> {
     let mut buf = vec![0u8; location.len as usize];
-    segment
-        .file
-        .read_exact_at(&mut buf, location.offset)
+    file.read_exact_at(&mut buf, location.offset)
         .map_err(|e| ChainError::Corrupted {
             height,
             reason: format!("cannot read its record: {e}"),
@@ -628,7 +585,7 @@ impl ChainReader {
                 location,
             )
         };
-        read_record(&segment, &location, height).map(Some)
+        read_record(&segment.file, &location, height).map(Some)
     }
 
     /// The height of the block with `hash`, if the chain holds it.
@@ -656,6 +613,13 @@ impl ChainReader {
 impl ChainWriter {
     /// Appends one block per footprint, in order, and returns them once they are durable.
     /// On error nothing of the batch is visible and the chain is as before.
+    ///
+    /// The segment size is checked per record: when the next record would take the active
+    /// segment past `segment_bytes`, the batch continues in a new segment (a segment passes
+    /// the size only when it holds one record larger than it). Each segment's part is written
+    /// and synced in order, a new segment's header before its records, so a crash leaves a
+    /// prefix of the batch (never acknowledged) followed at most by a torn record or an
+    /// interrupted creation, which recovery accepts.
     pub fn append(&mut self, items: &[(PluginFootprint, Caller)]) -> Result<Vec<Block>> {
         if let Some(reason) = &self.latched {
             return Err(ChainError::Latched(reason.clone()));
@@ -671,25 +635,24 @@ impl ChainWriter {
                 index.head_timestamp_ns,
             )
         };
-        let estimate: u64 = items
+        let estimate: usize = items
             .iter()
             .map(|(f, c)| {
-                (f.data_json().len()
+                f.data_json().len()
                     + f.plugin_id.len()
                     + f.operation.len()
                     + c.bus_name.len()
                     + c.unit.len()
-                    + 200) as u64
+                    + 200
             })
             .sum();
-        if self.active_len > HEADER_LEN as u64
-            && self.active_len + estimate > self.options.segment_bytes
-        {
-            self.rotate(head_height + 1)?;
-        }
-        let mut buf = Vec::with_capacity(estimate as usize);
+        let mut buf = Vec::with_capacity(estimate);
         let mut blocks = Vec::with_capacity(items.len());
         let mut lengths = Vec::with_capacity(items.len());
+        // Index of the first block of each segment's part: the active segment's (possibly
+        // empty), then one per new segment.
+        let mut parts = vec![0usize];
+        let mut segment_len = self.active_len;
         for (i, (footprint, caller)) in items.iter().enumerate() {
             // Time never runs backwards along the chain, even when the clock does.
             timestamp = timestamp.max(now_ns());
@@ -704,23 +667,79 @@ impl ChainWriter {
             );
             let before = buf.len();
             segment::encode_record(&block, &mut buf);
-            lengths.push((buf.len() - before) as u32);
+            let len = (buf.len() - before) as u64;
+            if segment_len > HEADER_LEN as u64 && segment_len + len > self.options.segment_bytes {
+                parts.push(i);
+                segment_len = HEADER_LEN as u64;
+            }
+            segment_len += len;
+            lengths.push(len as u32);
             prev_hash = block.hash;
             blocks.push(block);
         }
-        self.reserve(self.active_len + buf.len() as u64)?;
-        if let Err(err) = self.active.write_all_at(&buf, self.active_len) {
-            self.roll_back();
-            return Err(ChainError::io("appending to the segment", err));
-        }
-        if let Err(err) = self.active.sync_data() {
-            let reason = format!("fdatasync of the segment failed: {err}");
-            tracing::error!(%reason, "latching the store: no more writes until restart");
-            self.latched = Some(reason.clone());
-            return Err(ChainError::Latched(reason));
-        }
-        self.publish(&blocks, &lengths);
+        let new_segments = self.write_parts(&buf, &blocks, &lengths, &parts)?;
+        self.publish(&blocks, &lengths, &parts, new_segments);
         Ok(blocks)
+    }
+
+    /// Writes and syncs each part of a batch in order, starting a segment for every part after
+    /// the first. On failure undoes what was written (or latches) and nothing is visible.
+    fn write_parts(
+        &mut self,
+        buf: &[u8],
+        blocks: &[Block],
+        lengths: &[u32],
+        parts: &[usize],
+    ) -> Result<Vec<NewSegment>> {
+        let mut new_segments: Vec<NewSegment> = Vec::new();
+        let mut active_synced = false;
+        let mut at = 0usize;
+        for (k, &first) in parts.iter().enumerate() {
+            let end = parts.get(k + 1).copied().unwrap_or(blocks.len());
+            let part_len: usize = lengths[first..end].iter().map(|&l| l as usize).sum();
+            let bytes = &buf[at..at + part_len];
+            at += part_len;
+            let written = if k == 0 {
+                let first_height = self.active_first_height();
+                let mut target = Target {
+                    file: &*self.active,
+                    first_height,
+                    len: self.active_len,
+                    reserved_to: &mut self.reserved_to,
+                    reserve_supported: &mut self.reserve_supported,
+                };
+                target.write_durably(bytes)
+            } else {
+                match self.start_segment(blocks[first].height) {
+                    Ok(segment) => {
+                        new_segments.push(segment);
+                        let segment = new_segments.last_mut().expect("just pushed");
+                        let mut target = Target {
+                            file: &*segment.file,
+                            first_height: segment.first_height,
+                            len: HEADER_LEN as u64,
+                            reserved_to: &mut segment.reserved_to,
+                            reserve_supported: &mut self.reserve_supported,
+                        };
+                        target.write_durably(bytes)
+                    }
+                    Err(err) => Err(err),
+                }
+            };
+            match written {
+                Ok(()) => active_synced |= k == 0 && part_len > 0,
+                Err(ChainError::Latched(reason)) => {
+                    tracing::error!(%reason, "latching the store: no more writes until restart");
+                    self.latched = Some(reason.clone());
+                    return Err(ChainError::Latched(reason));
+                }
+                Err(err) => {
+                    self.undo(new_segments, active_synced);
+                    return Err(err);
+                }
+            }
+        }
+        Ok(new_segments)
     }
 
     /// Why the store refuses writes, if it does.
@@ -728,79 +747,90 @@ impl ChainWriter {
         self.latched.as_deref()
     }
 
-    /// Makes sure the active segment has space up to `end`, reserving a chunk ahead; on a full
-    /// disk, nothing has been written yet and the batch is refused.
-    fn reserve(&mut self, end: u64) -> Result<()> {
-        if end <= self.reserved_to || !self.reserve_supported {
-            return Ok(());
-        }
-        let start = self.active_len;
-        let ahead = end + RESERVE_CHUNK - end % RESERVE_CHUNK;
-        let reserved = match self.active.reserve(start, ahead - start) {
-            Ok(()) => Ok(ahead),
-            // The chunk does not fit; the batch alone may.
-            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => {
-                self.active.reserve(start, end - start).map(|()| end)
-            }
-            Err(err) => Err(err),
-        };
-        match reserved {
-            Ok(reserved) => {
-                self.reserved_to = reserved;
-                Ok(())
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-                tracing::warn!("the filesystem cannot reserve space ahead; a full disk will show as a failed write instead");
-                self.reserve_supported = false;
-                Ok(())
-            }
-            Err(err) => Err(ChainError::io(
-                format!(
-                    "reserving {} bytes for the batch in {}",
-                    end - start,
-                    self.active_segment_name()
-                ),
-                err,
-            )),
-        }
-    }
-
-    fn active_segment_name(&self) -> String {
-        let first = self
-            .shared
+    fn active_first_height(&self) -> u64 {
+        self.shared
             .segments
             .read()
             .last()
-            .map_or(0, |s| s.first_height);
-        segment::file_name(first)
+            .map_or(0, |s| s.first_height)
     }
 
-    fn roll_back(&mut self) {
+    /// Takes back a batch that failed before it was durable: removes the segments it started
+    /// (newest first, each removal made durable so no later segment can outlive an earlier
+    /// one) and cuts the active segment back to its last committed length. Latches when that
+    /// fails, since the files then no longer say what the store holds.
+    fn undo(&mut self, new_segments: Vec<NewSegment>, active_synced: bool) {
         self.reserved_to = self.active_len;
-        if let Err(err) = self.active.set_len(self.active_len) {
+        let dir = self.shared.dir.clone();
+        let mut result = Ok(());
+        for segment in new_segments.into_iter().rev() {
+            drop(segment.file);
+            result = result
+                .and_then(|()| std::fs::remove_file(&segment.path))
+                .and_then(|()| self.io.sync_dir(&dir));
+        }
+        result = result.and_then(|()| self.active.set_len(self.active_len));
+        if active_synced {
+            result = result.and_then(|()| self.active.sync_data());
+        }
+        if let Err(err) = result {
             let reason = format!("could not roll back a failed write: {err}");
             tracing::error!(%reason, "latching the store: no more writes until restart");
             self.latched = Some(reason);
         }
     }
 
-    fn publish(&mut self, blocks: &[Block], lengths: &[u32]) {
-        let segment = self.shared.segments.read().len() as u32 - 1;
-        let segment_first = self.shared.segments.read()[segment as usize].first_height;
+    /// Makes a durable batch visible: its new segments, then its index entries.
+    fn publish(
+        &mut self,
+        blocks: &[Block],
+        lengths: &[u32],
+        parts: &[usize],
+        new_segments: Vec<NewSegment>,
+    ) {
+        let active_segment = self.shared.segments.read().len() as u32 - 1;
+        let mut firsts = vec![self.shared.segments.read()[active_segment as usize].first_height];
+        if let Some(newest) = new_segments.last() {
+            // Give back the space reserved past the sealed segment's end (best effort: it is
+            // only space, and the size does not change).
+            let sealed_len =
+                self.active_len + lengths[..parts[1]].iter().map(|&l| l as u64).sum::<u64>();
+            if self.reserved_to > sealed_len {
+                if let Err(err) = self.active.set_len(sealed_len) {
+                    tracing::debug!(%err, "cannot release the space reserved in a sealed segment");
+                }
+            }
+            self.reserved_to = newest.reserved_to;
+        }
+        for segment in new_segments {
+            firsts.push(segment.first_height);
+            self.shared.segments.write().push(Arc::new(Segment {
+                first_height: segment.first_height,
+                file: segment.reader,
+            }));
+            self.active = segment.file;
+        }
         let index_start = (HEADER_LEN + blocks[0].height as usize * INDEX_ENTRY_LEN) as u64;
         let mut entries = Vec::with_capacity(blocks.len() * INDEX_ENTRY_LEN);
         {
             let mut index = self.shared.index.write();
-            for (block, &len) in blocks.iter().zip(lengths) {
+            let mut part = 0;
+            let mut offset = self.active_len;
+            for (i, (block, &len)) in blocks.iter().zip(lengths).enumerate() {
+                if parts.get(part + 1) == Some(&i) {
+                    part += 1;
+                    offset = HEADER_LEN as u64;
+                }
                 let location = Location {
-                    segment,
+                    segment: active_segment + part as u32,
                     len,
-                    offset: self.active_len,
+                    offset,
                 };
-                self.active_len += len as u64;
+                offset += len as u64;
                 index.push(location, block);
-                encode_index_entry(&block.hash, segment_first, &location, &mut entries);
+                encode_index_entry(&block.hash, firsts[part], &location, &mut entries);
             }
+            self.active_len = offset;
         }
         if let Some(file) = &self.index_file {
             if let Err(err) = file.write_all_at(&entries, index_start) {
@@ -810,53 +840,123 @@ impl ChainWriter {
         }
     }
 
-    /// Seals the active segment and starts a new one whose first block is `first_height`.
-    fn rotate(&mut self, first_height: u64) -> Result<()> {
+    /// Creates the segment whose first block is `first_height`, its header durable and its
+    /// directory entry too, before any record is written to it.
+    fn start_segment(&mut self, first_height: u64) -> Result<NewSegment> {
         let dir = self.shared.dir.clone();
         let path = dir.join(segment::file_name(first_height));
         let header = segment::encode_header(first_height, &self.shared.chain_id);
-        // Give back the space reserved past the sealed segment's end (best effort: it is only
-        // space, and the size does not change).
-        if self.reserved_to > self.active_len {
-            if let Err(err) = self.active.set_len(self.active_len) {
-                tracing::debug!(%err, "cannot release the space reserved in a sealed segment");
-            }
-            self.reserved_to = self.active_len;
-        }
         let io = self.io.clone();
-        let create = || -> std::io::Result<Box<dyn SegmentFile>> {
+        let create = || -> std::io::Result<(Box<dyn SegmentFile>, File)> {
             let file = io.create(&path)?;
             file.write_all_at(&header, 0)?;
             file.sync_data()?;
             io.sync_dir(&dir)?;
-            Ok(file)
+            let reader = segment::open_for_reading(&path)?;
+            Ok((file, reader))
         };
-        let file = match create() {
-            Ok(file) => file,
+        match create() {
+            Ok((file, reader)) => Ok(NewSegment {
+                first_height,
+                path,
+                file,
+                reader,
+                reserved_to: HEADER_LEN as u64,
+            }),
             Err(err) => {
+                // Nothing of it is in use; a crash before this removal leaves an interrupted
+                // creation, which recovery removes.
                 let _ = std::fs::remove_file(&path);
-                return Err(ChainError::io(
+                Err(ChainError::io(
                     format!("starting segment {}", path.display()),
                     err,
-                ));
+                ))
             }
-        };
-        let reader = File::open(&path)
-            .map_err(|e| ChainError::io(format!("opening {}", path.display()), e))?;
-        self.shared.segments.write().push(Arc::new(Segment {
-            first_height,
-            file: reader,
-        }));
-        self.active = file;
-        self.active_len = HEADER_LEN as u64;
-        self.reserved_to = self.active_len;
-        Ok(())
+        }
     }
 
     /// A reader of this chain.
     pub fn reader(&self) -> ChainReader {
         ChainReader {
             shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A segment started by a batch: not visible until the whole batch is durable.
+struct NewSegment {
+    first_height: u64,
+    path: PathBuf,
+    file: Box<dyn SegmentFile>,
+    reader: File,
+    reserved_to: u64,
+}
+
+/// The segment a part of a batch goes to, with its space reservation.
+struct Target<'a> {
+    file: &'a dyn SegmentFile,
+    /// First height of the segment, naming it in errors.
+    first_height: u64,
+    /// Committed length: the part is written from here.
+    len: u64,
+    reserved_to: &'a mut u64,
+    reserve_supported: &'a mut bool,
+}
+
+impl Target<'_> {
+    /// Reserves space, writes `bytes` at the end and syncs. A failed write is undone (the
+    /// caller rolls the file back); a failed sync is `Latched`.
+    fn write_durably(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.reserve(self.len + bytes.len() as u64)?;
+        self.file
+            .write_all_at(bytes, self.len)
+            .map_err(|err| ChainError::io(format!("appending to {}", self.name()), err))?;
+        self.file.sync_data().map_err(|err| {
+            ChainError::Latched(format!("fdatasync of {} failed: {err}", self.name()))
+        })
+    }
+
+    fn name(&self) -> String {
+        segment::file_name(self.first_height)
+    }
+
+    /// Makes sure the segment has space up to `end`, reserving a chunk ahead; on a full disk,
+    /// nothing has been written yet and the batch is refused.
+    fn reserve(&mut self, end: u64) -> Result<()> {
+        if end <= *self.reserved_to || !*self.reserve_supported {
+            return Ok(());
+        }
+        let start = self.len;
+        let ahead = end + RESERVE_CHUNK - end % RESERVE_CHUNK;
+        let reserved = match self.file.reserve(start, ahead - start) {
+            Ok(()) => Ok(ahead),
+            // The chunk does not fit; the batch alone may.
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => {
+                self.file.reserve(start, end - start).map(|()| end)
+            }
+            Err(err) => Err(err),
+        };
+        match reserved {
+            Ok(reserved) => {
+                *self.reserved_to = reserved;
+                Ok(())
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::warn!("the filesystem cannot reserve space ahead; a full disk will show as a failed write instead");
+                *self.reserve_supported = false;
+                Ok(())
+            }
+            Err(err) => Err(ChainError::io(
+                format!(
+                    "reserving {} bytes for the batch in {}",
+                    end - start,
+                    self.name()
+                ),
+                err,
+            )),
         }
     }
 }

@@ -1,12 +1,13 @@
-//! Full verification of a chain directory: every record re-hashed, every link and height
-//! checked, from genesis to the head. It only reads (no lock, no index, no tail cut), so it
+//! Full verification of a chain directory: every record re-hashed, every link, height,
+//! timestamp and footprint field rule checked, from genesis to the head, by the same scan as
+//! start-up recovery. It only reads (no lock, no index, no tail cut), so it
 //! works on read-only snapshots, received backups and a directory a live daemon is writing.
 
 use super::block::Hash;
 use super::error::ChainError;
-use super::scan::{self, ScanEnd, ScanState};
-use super::segment::{self, HEADER_LEN};
-use std::path::Path;
+use super::scan;
+use super::segment;
+use std::path::{Path, PathBuf};
 
 /// The outcome of a verification.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +21,10 @@ pub struct VerifyReport {
     /// Bytes of an incomplete record at the very end (a crash before acknowledgement; the
     /// daemon cuts them at its next start). Not an error.
     pub torn_tail_bytes: u64,
+    /// The newest segment (path and size) holds no complete record after a missing, torn or
+    /// zero header: its creation was interrupted by a crash, and the daemon removes it at its
+    /// next start. Not an error, and not part of the chain.
+    pub interrupted_segment: Option<(PathBuf, u64)>,
 }
 
 impl VerifyReport {
@@ -46,6 +51,12 @@ impl VerifyReport {
                         self.torn_tail_bytes
                     ));
                 }
+                if let Some((path, len)) = &self.interrupted_segment {
+                    line.push_str(&format!(
+                        "; {} ({len} bytes) holds no record: its creation was interrupted and it will be removed at the next start",
+                        path.display()
+                    ));
+                }
                 line
             }
             (None, None) => "chain is empty".into(),
@@ -53,9 +64,11 @@ impl VerifyReport {
     }
 }
 
-/// Verifies the chain in `dir`. `up_to` stops after that height (the head a live daemon had
-/// acknowledged when the check began). `progress` is called with the number of blocks checked
-/// so far, after each segment and at least every 65,536 blocks.
+/// Verifies the chain in `dir` with the rules of start-up recovery ([`scan::scan_chain`]).
+/// `up_to` stops after that height (the head a live daemon had acknowledged when the check
+/// began). `progress` is called with the number of blocks checked so far, after each segment
+/// and at least every 65,536 blocks. Segments are streamed: memory stays bounded by one record
+/// and a read buffer, whatever their size.
 /// `Err` only when the directory itself cannot be read.
 pub fn verify_dir(
     dir: &Path,
@@ -69,97 +82,32 @@ pub fn verify_dir(
         report.first_bad = Some((0, format!("no segment files in {}", dir.display())));
         return Ok(report);
     }
-    let mut state: Option<ScanState> = None;
-    let last = segments.len() - 1;
-    for (i, (first, path)) in segments.iter().enumerate() {
-        let expected = state.as_ref().map_or(0, |s| s.next_height);
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                report.first_bad =
-                    Some((expected, format!("cannot read {}: {err}", path.display())));
-                return Ok(report);
-            }
-        };
-        let chain_id = match segment::check_header(&bytes, *first) {
-            Ok(id) => id,
-            Err(reason) => {
-                report.first_bad = Some((expected, format!("{}: {reason}", path.display())));
-                return Ok(report);
-            }
-        };
-        if *first != expected {
-            let reason = if *first > expected {
-                format!(
-                    "blocks {expected}..{} are missing (segment {} follows)",
-                    first - 1,
-                    path.display()
-                )
-            } else {
-                format!("segment {} repeats heights from {first}", path.display())
-            };
-            report.first_bad = Some((expected, reason));
-            return Ok(report);
-        }
-        let state = state.get_or_insert(ScanState {
-            chain_id,
-            next_height: 0,
-            prev_hash: [0; 32],
-        });
-        if state.chain_id != chain_id {
-            report.first_bad = Some((
-                expected,
-                format!("{} belongs to another chain", path.display()),
-            ));
-            return Ok(report);
-        }
-        let mut body = &bytes[HEADER_LEN..];
-        if let Some(limit) = up_to {
-            body = cut_after_height(body, state.next_height, limit);
-        }
-        let checked_before = report.blocks_checked;
-        let result =
-            scan::scan_records(body, HEADER_LEN as u64, i == last, state, |block, _, _| {
-                report.blocks_checked += 1;
-                report.head = Some((block.height, block.hash));
-                if report.blocks_checked % 65_536 == 0 {
-                    progress(report.blocks_checked);
-                }
-            });
-        match result {
-            Ok(ScanEnd::Clean) => {}
-            Ok(ScanEnd::Torn(at)) => report.torn_tail_bytes = (body.len() - at) as u64,
-            Err(ChainError::Corrupted { height, reason }) => {
-                report.first_bad = Some((height, reason));
-                return Ok(report);
-            }
-            Err(other) => return Err(other),
-        }
-        if report.blocks_checked != checked_before {
+    let mut segment_now = 0;
+    let result = scan::scan_chain(&segments, None, up_to, false, &mut |seg_i, block, _, _| {
+        if seg_i != segment_now {
+            segment_now = seg_i;
             progress(report.blocks_checked);
         }
-        if up_to.is_some_and(|limit| state.next_height > limit) {
-            break;
+        report.blocks_checked += 1;
+        report.head = Some((block.height, block.hash));
+        if report.blocks_checked % 65_536 == 0 {
+            progress(report.blocks_checked);
+        }
+    });
+    match result {
+        Ok(scanned) => {
+            report.torn_tail_bytes = scanned.torn_to.map_or(0, |end| end - scanned.valid_len);
+            report.interrupted_segment = scanned.interrupted;
+        }
+        Err(ChainError::Corrupted { height, reason }) => report.first_bad = Some((height, reason)),
+        // A segment that cannot be read: the chain cannot be shown intact from there on.
+        Err(other) => {
+            let next = report.head.map_or(0, |(height, _)| height + 1);
+            report.first_bad = Some((next, other.to_string()));
         }
     }
+    progress(report.blocks_checked);
     Ok(report)
-}
-
-/// The prefix of `body` (records starting at `first_height`) that ends after height `limit`,
-/// found by walking the length fields; anything unreadable is left in for the scan to judge.
-fn cut_after_height(body: &[u8], first_height: u64, limit: u64) -> &[u8] {
-    let mut at = 0usize;
-    let mut height = first_height;
-    while height <= limit && at + segment::RECORD_HEAD_LEN <= body.len() {
-        let len = u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes")) as usize;
-        at += segment::record_len(len);
-        height += 1;
-    }
-    if height > limit {
-        &body[..at.min(body.len())]
-    } else {
-        body
-    }
 }
 
 /// Parses `HASH@HEIGHT` (a head exported earlier, or the one a snapshot manifest names).
