@@ -759,6 +759,14 @@ mod tests {
             check_stored("network", "create", &text).expect("valid");
         }
         let each = started.elapsed() / runs;
-        eprintln!("{} bytes: {each:?} per check", text.len());
+        let started = std::time::Instant::now();
+        for _ in 0..runs {
+            serde_json::from_str::<serde_json::Value>(&text).expect("valid");
+        }
+        let value = started.elapsed() / runs;
+        eprintln!(
+            "{} bytes: {each:?} per check, {value:?} per serde_json::Value parse",
+            text.len()
+        );
     }
 }
