@@ -21,7 +21,10 @@ pub const DEFAULT_MAX_DATA_BYTES: usize = 64 * 1024;
 pub const MAX_DATA_DEPTH: usize = 64;
 /// A number with a fraction or an exponent must be zero or have its first significant digit
 /// at a power of ten within ±this: every reader then holds it as a finite, normal, non-zero
-/// double (no overflow to infinity, no underflow to zero).
+/// double (no overflow to infinity, no underflow to zero). It stays clear of the double
+/// range's ends (about ±308), where serde_json's default parser is not correctly rounded and
+/// disagrees with Python's (`1.7976931348623158e308`: an error for one, the largest double for
+/// the other).
 pub const MAX_DECIMAL_EXPONENT: i64 = 300;
 /// The characters of a name besides ASCII letters and digits.
 pub const NAME_PUNCTUATION: &str = "._-:@/+";
@@ -609,6 +612,10 @@ mod tests {
             ("0.1e302", 0),
             ("1e-301", 0),
             ("123e-304", 0),
+            // The ends of the double range, where serde_json's default parser and a correctly
+            // rounded one (Python's) disagree: an error or 0 for one, a double for the other.
+            ("1.7976931348623158e308", 0),
+            ("2.4703282292062328e-324", 0),
             ("18446744073709551616", 0),
             ("-9223372036854775809", 0),
             (r#"{"n":100000000000000000000000}"#, 5),
