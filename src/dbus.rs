@@ -189,20 +189,30 @@ impl BlockchainObject {
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(u64, SentWithReply), Error> {
         let in_flight = self.in_flight.enter();
-        let footprint = PluginFootprint::from_json_text(plugin, operation, data_json)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Cheapest first: who calls (asked of the bus once per connection) before anything
+        // of the arguments is looked at; size, names and JSON rules then in `append`'s
+        // validation, in that order, so a huge invalid payload is answered by its size.
         let caller = self.caller(&header, connection).await?;
+        // For logs: the names are not checked yet, so they are shown escaped and cut (a valid
+        // name is shown as it is).
+        let shown = |name: &str| -> String {
+            name.chars()
+                .take(crate::footprint::MAX_NAME_BYTES + 1)
+                .flat_map(char::escape_default)
+                .collect()
+        };
+        let (shown_plugin, shown_operation) = (shown(&plugin), shown(&operation));
         if let Err(refused) = self.require_writer(&caller, "add footprints") {
             tracing::warn!(
-                PLUGIN = %footprint.plugin_id,
-                OPERATION = %footprint.operation,
+                PLUGIN = %shown_plugin,
+                OPERATION = %shown_operation,
                 CALLER_UID = %caller.uid.map_or("unknown".into(), |u| u.to_string()),
                 "footprint refused: the caller may not write"
             );
             return Err(refused);
         }
-        let plugin = footprint.plugin_id.clone();
-        let operation = footprint.operation.clone();
+        let footprint = PluginFootprint::received(plugin, operation, data_json);
+        let (plugin, operation) = (shown_plugin, shown_operation);
         let block = self
             .chain
             .append(footprint, caller)

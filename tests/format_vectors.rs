@@ -225,3 +225,125 @@ async fn the_independent_verifier_recomputes_the_stored_block_vectors() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("bad 7 vector"), "{stdout}");
 }
+
+/// A one-segment chain with correct hashes: genesis, a plain footprint at height 1, and one
+/// at height 2 with these fields; the rules alone decide whether it is intact.
+fn hand_made_chain(dir: &Path, plugin: &str, operation: &str, data: &str, timestamp_ns: u64) {
+    let chain_id: ChainId = [7; 16];
+    let created = 1_700_000_000_000_000_000;
+    let caller = Caller {
+        uid: Some(0),
+        pid: Some(1),
+        ..Caller::default()
+    };
+    let block = |height, timestamp, prev, plugin: &str, operation: &str, data: String| {
+        let (plugin, operation) = (plugin.to_owned(), operation.to_owned());
+        Block::new(
+            height,
+            timestamp,
+            prev,
+            caller.clone(),
+            plugin,
+            operation,
+            data,
+        )
+    };
+    let genesis_data = genesis_data(&chain_id, created);
+    let genesis = block(
+        0,
+        created,
+        [0; 32],
+        "opdbus-blockchain",
+        "genesis",
+        genesis_data,
+    );
+    let first = block(
+        1,
+        created + 10,
+        genesis.hash,
+        "network",
+        "create",
+        "{}".into(),
+    );
+    let last = block(2, timestamp_ns, first.hash, plugin, operation, data.into());
+    let mut bytes = encode_header(0, &chain_id).to_vec();
+    for block in [&genesis, &first, &last] {
+        encode_record(block, &mut bytes);
+    }
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join(format!("segment-{:020}.chain", 0)), bytes).expect("write");
+}
+
+#[test]
+fn the_independent_verifier_checks_the_field_rules_and_timestamps() {
+    use opdbus_blockchain::footprint::check_stored;
+    let later = 1_700_000_000_000_000_010; // the same as block 1's: never decreasing is enough
+    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    let odd_but_valid =
+        r#" {"n":[1.5e300,-0,0e-999,18446744073709551615],"s":"\ud83d\ude00\u2028"} "#;
+    let cases = [
+        ("network", "create", odd_but_valid, later, ""),
+        ("getty@tty1.service", "key_add", "[]", later, ""),
+        ("network", "create", "{}", later - 1, "timestamp decreases"),
+        (
+            "net\u{200b}work",
+            "create",
+            "{}",
+            later,
+            "plugin holds U+200B",
+        ),
+        (
+            "network",
+            "cre\u{202e}ate",
+            "{}",
+            later,
+            "operation holds U+202E",
+        ),
+        ("net work", "create", "{}", later, "plugin holds U+0020"),
+        ("network", "create", &deep, later, "nests deeper than 64"),
+        (
+            "network",
+            "create",
+            r#"{"k":"\ud800"}"#,
+            later,
+            "lone surrogate",
+        ),
+        ("network", "create", "[1e999]", later, "number 1e999"),
+        ("network", "create", "1e-301", later, "number 1e-301"),
+        (
+            "network",
+            "create",
+            "18446744073709551616",
+            later,
+            "integer",
+        ),
+        (
+            "network",
+            "create",
+            r#"{"a":1,"a":2}"#,
+            later,
+            "repeated key",
+        ),
+        ("network", "create", "{not json", later, "not JSON"),
+        ("network", "create", "NaN", later, "not JSON"),
+    ];
+    for (plugin, operation, data, timestamp, expected) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        hand_made_chain(dir.path(), plugin, operation, data, timestamp);
+        let (code, out) = python_verify(dir.path());
+        // Our verifier's field rules are footprint::check_stored (the timestamp rule is the
+        // chain scanner's).
+        let ours = check_stored(plugin, operation, data);
+        if expected.is_empty() {
+            assert_eq!((code, ours), (0, Ok(())), "{data}: {out}");
+            assert!(out.starts_with("intact 3 2 "), "{out}");
+        } else {
+            assert_eq!(code, 1, "{data}: {out}");
+            assert!(
+                out.starts_with("bad 2 ") && out.contains(expected),
+                "{data}: '{out}' lacks '{expected}'"
+            );
+            assert_eq!(ours.is_ok(), expected == "timestamp decreases", "{data}");
+        }
+    }
+}

@@ -8,6 +8,7 @@ exit 1 and "bad <height> <reason>" at the first height that breaks one.
 With --vectors it also recomputes every block's vector ("Block vectors" in docs/format.md) and
 compares it with CHAIN_DIR/vectors: "vectors <records> match" or "bad <height> vector ...".
 It shares no code with the daemon on purpose: it checks that the format document is complete.
+Every rule of "Verification rules" and "Field rules" is checked, timestamps and JSON data too.
 """
 import hashlib
 import json
@@ -44,6 +45,92 @@ def decode_block(enc):
         return None
     return {"height": height, "prev": prev, "plugin": fields[2], "operation": fields[3], "data": fields[4],
             "timestamp_ns": ts, "uid": uid}
+
+
+NAME = re.compile(r"[A-Za-z0-9._:@/+-]{1,255}")
+MAX_DEPTH = 64
+MAX_MAGNITUDE = 300
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+FLOAT = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?(?:[eE]([-+]?)([0-9]+))?")
+
+
+class Refused(ValueError):
+    pass
+
+
+def name_problem(field, name):
+    """The first way `name` breaks the name rule, or None."""
+    if NAME.fullmatch(name):
+        return None
+    if not name:
+        return f"{field} is empty"
+    if len(name) > 255:
+        return f"{field} is longer than 255 bytes"
+    at = next(i for i, c in enumerate(name) if not NAME.fullmatch(c))
+    return f"{field} holds U+{ord(name[at]):04X} at character {at}"
+
+
+def exact_integer(text):
+    digits = text.lstrip("-")
+    if len(digits) > 20 or not -(2 ** 63) <= int(text) <= 2 ** 64 - 1:
+        raise Refused(f"integer {text[:40]} outside -2^63..2^64-1")
+    return int(text)
+
+
+def bounded_float(text):
+    m = FLOAT.fullmatch(text)
+    whole, frac, sign, exp = m.group(1), m.group(2) or "", m.group(3), m.group(4) or "0"
+    digits = whole + frac
+    first = next((i for i, d in enumerate(digits) if d != "0"), None)
+    if first is not None:
+        power = int(exp) if len(exp) < 12 else 10 ** 12
+        magnitude = len(whole) - 1 - first + (-power if sign == "-" else power)
+        if abs(magnitude) > MAX_MAGNITUDE:
+            raise Refused(f"number {text[:40]} outside 1e-300 <= |x| < 1e301")
+    return float(text)
+
+
+def no_constants(name):
+    raise Refused(f"{name}, which is not JSON")
+
+
+def unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise Refused("an object with a repeated key")
+    return dict(pairs)
+
+
+def no_surrogates(value):
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in v):
+            raise Refused("a lone surrogate escape")
+
+
+def data_problem(text):
+    """The first way `text` breaks the data rules, or None."""
+    depth = deepest = 0
+    for c in "".join(re.findall(r"[\[\]{}]", STRING.sub("", text))):
+        depth = depth + 1 if c in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH:
+        return f"data nests deeper than {MAX_DEPTH}"
+    try:
+        value = json.loads(text, parse_int=exact_integer, parse_float=bounded_float,
+                           parse_constant=no_constants, object_pairs_hook=unique_keys)
+        no_surrogates(value)
+    except Refused as err:
+        return f"data holds {err}"
+    except ValueError as err:
+        return f"data is not JSON ({err})"
+    return None
 
 
 BLOCKS = []
@@ -134,6 +221,14 @@ def main(directory):
                 fail(expected, "block does not decode")
             if block["height"] != expected:
                 fail(expected, f"record holds height {block['height']}")
+            if BLOCKS and block["timestamp_ns"] < BLOCKS[-1]["timestamp_ns"]:
+                fail(expected, "timestamp decreases")
+            if expected > 0:
+                problem = (name_problem("plugin", block["plugin"])
+                           or name_problem("operation", block["operation"])
+                           or data_problem(block["data"]))
+                if problem:
+                    fail(expected, problem)
             if expected == 0:
                 genesis = json.loads(block["data"])
                 if (block["prev"] != bytes(32) or block["plugin"] != "opdbus-blockchain"

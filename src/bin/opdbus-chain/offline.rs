@@ -4,6 +4,7 @@ use crate::Outcome;
 use opdbus_blockchain::chain::block::{parse_hash, Block};
 use opdbus_blockchain::chain::store;
 use opdbus_blockchain::chain::verify::{self, verify_dir};
+use opdbus_blockchain::footprint;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,16 +79,77 @@ pub fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
         return Ok(ExitCode::FAILURE);
     };
     let json = block.to_json();
-    if pretty {
-        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
-        );
-    } else {
+    if !pretty {
         println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Data the writer accepted always obeys the format's rules; a block from an older writer
+    // may not (nesting 10,000 deep, say): it is printed as stored rather than not at all.
+    match footprint::check_data_json(&block.data) {
+        Ok(()) => println!("{}", indent_json(&json)),
+        Err(err) => {
+            eprintln!(
+                "opdbus-chain: block {}'s data breaks the format's rules ({err}); printed as stored",
+                block.height
+            );
+            println!("{json}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// JSON laid out one member or item per line, indented by two spaces per level. Only the
+/// whitespace between tokens changes: numbers, strings and the order of keys stay as stored,
+/// so what is shown is what the hash covers (no float re-formatting, no re-sorting). Never
+/// fails, whatever `json` holds; nesting depth costs indentation, not stack.
+fn indent_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let mut chars = json.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', 2 * depth));
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push(c);
+                while let Some(c) = chars.next() {
+                    out.push(c);
+                    match c {
+                        '\\' => out.extend(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+                if let Some(close) =
+                    chars.next_if(|&next| matches!((c, next), ('{', '}') | ('[', ']')))
+                {
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub fn tail(dir: PathBuf, lines: u64, json: bool) -> Outcome {
@@ -120,18 +182,38 @@ pub fn tail(dir: PathBuf, lines: u64, json: bool) -> Outcome {
 }
 
 fn table_row(block: &Block) -> String {
-    let mut data: String = block.data.chars().take(60).collect();
-    if data.len() < block.data.len() {
+    let mut data = for_terminal(&block.data.chars().take(60).collect::<String>());
+    if block.data.chars().nth(60).is_some() {
         data.push('…');
     }
     format!(
         "{:>8}  {:<24}  {:<16}  {:<16}  {:<16}  {data}",
         block.height,
         utc(block.timestamp_ns),
-        block.plugin,
-        block.operation,
+        for_terminal(&block.plugin),
+        for_terminal(&block.operation),
         &block.hash_hex()[..16],
     )
+}
+
+/// `text` with control, invisible and reordering characters escaped (`\u{202e}`), so a line
+/// shows what it holds: data strings may hold them, and names in chains written before the
+/// names' safe set did.
+fn for_terminal(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(u32::from(c), 0xAD | 0x034F | 0x061C | 0x180E | 0x200B..=0x200F
+                | 0x2028..=0x202E | 0x2060..=0x2069 | 0xFEFF)
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if hidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for nanoseconds since the epoch.
@@ -156,4 +238,32 @@ fn utc(ns: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indent_json_changes_only_whitespace_between_tokens() {
+        let stored = r#"{"a" : [1.0e5, {}, [ ], "x,\"{[:"],"b":{"c":-0}}"#;
+        let shown = indent_json(stored);
+        assert_eq!(
+            shown,
+            "{\n  \"a\": [\n    1.0e5,\n    {},\n    [],\n    \"x,\\\"{[:\"\n  ],\n  \"b\": {\n    \"c\": -0\n  }\n}"
+        );
+        let strip = |t: &str| t.split_whitespace().collect::<String>();
+        assert_eq!(strip(&shown), strip(stored));
+        // Anything at all is laid out without failing.
+        for odd in ["[[[[", "}}]]", "\"unterminated", "", r#"{"k":"\"#] {
+            let _ = indent_json(odd);
+        }
+    }
+
+    #[test]
+    fn hidden_characters_are_escaped_for_the_terminal() {
+        assert_eq!(for_terminal("net\u{200b}work"), "net\\u{200b}work");
+        assert_eq!(for_terminal("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
+        assert_eq!(for_terminal("réseau 😀"), "réseau 😀");
+    }
 }
