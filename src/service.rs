@@ -514,26 +514,30 @@ impl OptimizedBlockchain {
         k: usize,
         filter: &Filter,
     ) -> Result<Option<Vec<Match>>> {
-        let vector = match query {
-            SimilarQuery::Block(hash) => match self.chain.reader().block_by_hash(hash)? {
-                Some(block) => self.vectors.embed_block(&block),
-                None => return Ok(None),
-            },
-            SimilarQuery::Footprint {
-                plugin,
-                operation,
-                data,
-            } => self.vectors.embed(plugin, operation, data),
-        };
-        let (index, reader, filter) = (
+        let (index, reader, filter, query) = (
             Arc::clone(&self.vectors),
             self.chain.reader().clone(),
             filter.clone(),
+            query.clone(),
         );
-        tokio::task::spawn_blocking(move || index.search(&reader, &vector, k, &filter))
-            .await
-            .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
-            .map(Some)
+        // Reading the block and embedding are work for the blocking pool, not the executor
+        // that answers every other call.
+        tokio::task::spawn_blocking(move || {
+            let vector = match &query {
+                SimilarQuery::Block(hash) => match reader.block_by_hash(hash)? {
+                    Some(block) => index.embed_block(&block),
+                    None => return Ok(None),
+                },
+                SimilarQuery::Footprint {
+                    plugin,
+                    operation,
+                    data,
+                } => index.embed(plugin, operation, data),
+            };
+            index.search(&reader, &vector, k, &filter).map(Some)
+        })
+        .await
+        .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
     }
 
     /// The block vectors (for checks and tools).
