@@ -163,7 +163,7 @@ fn root_an_unprivileged_flood_of_reads_keeps_memory_bounded_and_root_writes_prom
     };
     assert_eq!(
         line("big_query"),
-        "org.opdbus.Blockchain.Error.InvalidArgument: the query is 250046 bytes; the limit is 131072"
+        "org.opdbus.Blockchain.Error.InvalidArgument: the query is 248236 bytes; the limit is 131072"
     );
     assert_eq!(line("limit_query"), "ok");
     let verify: Vec<u32> = line("verify")
@@ -247,11 +247,14 @@ async fn flood(address: &str, planted: &str) {
         .await
         .expect("connect as uid 65534");
 
-    // 250 KB: refused by its size before it is parsed.
-    let big = format!(
-        r#"{{"plugin":"p","operation":"o","data":{{"k":"{}"}}}}"#,
-        "x".repeat(250_000)
-    );
+    // 250 KB shaped for cost: a 240 KB key over 4096 leaves, 2 GB of key paths when they
+    // were spelled out per leaf. Refused by its size before it is parsed.
+    let big = serde_json::json!({
+        "plugin": "p",
+        "operation": "o",
+        "data": { "k".repeat(240_000): vec![0u8; 4096] },
+    })
+    .to_string();
     println!(
         "big_query {}",
         outcome(&call(&connection, "FindSimilar", &(big, 5u32)).await)
