@@ -586,7 +586,7 @@ impl OptimizedBlockchain {
         tokio::task::spawn_blocking(move || {
             let vector = match &query {
                 SimilarQuery::Block(hash) => match reader.block_by_hash(hash)? {
-                    Some(block) => index.embed_block(&block),
+                    Some(block) => index.query_vector_of(&reader, &block)?,
                     None => return Ok(None),
                 },
                 SimilarQuery::Footprint {

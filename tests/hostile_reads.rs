@@ -352,3 +352,49 @@ async fn concurrent_verify_calls_share_one_run() {
     assert_eq!(chain.verify_runs(), 2);
     chain.shutdown().await;
 }
+
+/// With `OPDBUS_MAX_DATA_BYTES` raised, a search by the hash of a block over the re-scoring
+/// budget takes its query vector from the stored one instead of embedding megabytes per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_by_the_hash_of_a_huge_block_uses_its_stored_vector() {
+    use opdbus_blockchain::vector::{index::RESCORE_BUDGET_BYTES, Filter, SimilarQuery};
+    use opdbus_blockchain::OptimizedBlockchain;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ChainOptions::new(dir.path().join("chain"));
+    options.numa = None;
+    options.max_data_bytes = 2 * RESCORE_BUDGET_BYTES;
+    let chain = OptimizedBlockchain::with_options(options, dir.path().join("cache"))
+        .await
+        .expect("open");
+    let words: Vec<String> = (0..500_000).map(|i| format!("w{i}")).collect();
+    let huge = serde_json::json!({ "words": words });
+    assert!(huge.to_string().len() > RESCORE_BUDGET_BYTES);
+    let hash = chain
+        .add_footprint(PluginFootprint::new("bulk", "import", huge))
+        .await
+        .expect("add");
+    chain
+        .add_footprint(PluginFootprint::new(
+            "network",
+            "create",
+            serde_json::json!({}),
+        ))
+        .await
+        .expect("add");
+    let query: SimilarQuery = hash.parse().expect("hash");
+    let matches = chain
+        .find_similar(&query, 2, &Filter::default())
+        .await
+        .expect("search")
+        .expect("found");
+    assert_eq!(hex::encode(matches[0].hash), hash);
+    // Past the budget the block is scored from its stored vector too: against the stored
+    // vector as query that is 1 up to rounding, against a freshly embedded one it would not be.
+    assert!(
+        (matches[0].score - 1.0).abs() < 1e-6,
+        "{}",
+        matches[0].score
+    );
+    assert!(matches[1].score < 0.5, "{}", matches[1].score);
+    chain.shutdown().await;
+}

@@ -215,6 +215,36 @@ impl VectorIndex {
             .embed(&block.plugin, &block.operation, &block.data)
     }
 
+    /// The query vector of a block in the chain: embedded from its data, or for data over
+    /// [`RESCORE_BUDGET_BYTES`] (possible when `OPDBUS_MAX_DATA_BYTES` is raised) taken from its
+    /// stored int8 vector, so that a search by hash costs no more than the budget.
+    pub fn query_vector_of(&self, reader: &ChainReader, block: &Block) -> Result<Vec<f32>> {
+        if block.data.len() <= RESCORE_BUDGET_BYTES {
+            return Ok(self.embed_block(block));
+        }
+        self.catch_up(reader)?;
+        let state = self.state.read();
+        let at = block.height as usize * DIM;
+        let Some(stored) = state.vectors.get(at..at + DIM) else {
+            return Ok(self.embed_block(block));
+        };
+        let norm = stored
+            .iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        Ok(stored
+            .iter()
+            .map(|x| {
+                if norm == 0.0 {
+                    0.0
+                } else {
+                    (f64::from(*x) / norm) as f32
+                }
+            })
+            .collect())
+    }
+
     /// The vector of a footprint.
     pub fn embed(&self, plugin: &str, operation: &str, data_json: &str) -> Vec<f32> {
         self.embedder.embed(plugin, operation, data_json)
