@@ -398,3 +398,57 @@ async fn a_search_by_the_hash_of_a_huge_block_uses_its_stored_vector() {
     assert!(matches[1].score < 0.5, "{}", matches[1].score);
     chain.shutdown().await;
 }
+
+/// Candidates past the re-scoring budget are scored from their stored vectors and read only
+/// when among the best k: results stay complete, ordered and correctly hashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_over_large_blocks_past_the_budget_stay_complete_and_ordered() {
+    use opdbus_blockchain::vector::{index::RESCORE_BUDGET_BYTES, Filter, SimilarQuery};
+    use opdbus_blockchain::OptimizedBlockchain;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ChainOptions::new(dir.path().join("chain"));
+    options.numa = None;
+    let chain = OptimizedBlockchain::with_options(options, dir.path().join("cache"))
+        .await
+        .expect("open");
+    let blocks = 150;
+    let text = "config line ".repeat(3300);
+    let adds = (0..blocks).map(|i| {
+        let data = serde_json::json!({"host": format!("h{}", i % 7), "text": text});
+        chain.add_footprint(PluginFootprint::new("config", "write", data))
+    });
+    for added in futures_util::future::join_all(adds).await {
+        added.expect("add");
+    }
+    assert!(blocks * text.len() > RESCORE_BUDGET_BYTES);
+    let query: SimilarQuery = r#"{"plugin":"config","operation":"write","data":{"host":"h3"}}"#
+        .parse()
+        .expect("query");
+    let matches = chain
+        .find_similar(&query, blocks, &Filter::default())
+        .await
+        .expect("search")
+        .expect("results");
+    assert_eq!(matches.len(), blocks);
+    assert!(matches.windows(2).all(|w| w[0].score >= w[1].score));
+    for m in &matches {
+        let block = chain
+            .get_block_by_height(m.height)
+            .await
+            .expect("read")
+            .expect("block");
+        assert_eq!(block.hash, m.hash, "height {}", m.height);
+    }
+    // The blocks of host h3 share the query's value and come first.
+    let first = chain
+        .get_block_by_height(matches[0].height)
+        .await
+        .expect("read")
+        .expect("block");
+    assert!(
+        first.data.contains(r#""host":"h3""#),
+        "{}",
+        &first.data[..40]
+    );
+    chain.shutdown().await;
+}

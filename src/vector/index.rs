@@ -347,37 +347,57 @@ impl VectorIndex {
                 })
                 .collect::<Vec<(u64, Vec<i8>)>>()
         };
-        let mut matches = Vec::with_capacity(candidates.len());
-        // Exact scores re-embed the candidates' data, best candidates first, up to a budget of
-        // bytes per search; the rest are scored from their stored int8 vectors.
+        // The 64-bit keys could in theory collide; the block's own names decide.
+        let names_pass = |block: &Block| {
+            filter.plugin.as_ref().is_none_or(|p| *p == block.plugin)
+                && filter
+                    .operation
+                    .as_ref()
+                    .is_none_or(|o| *o == block.operation)
+        };
+        // Best candidates first, blocks are read and scored exactly (their data re-embedded)
+        // until RESCORE_BUDGET_BYTES of data have been read; the rest are scored from their
+        // stored int8 vectors, and only those among the best k are read, for their hashes.
+        let mut scored: Vec<(f64, u64, Option<Hash>)> = Vec::with_capacity(candidates.len());
         let mut budget = RESCORE_BUDGET_BYTES;
         for (height, stored) in candidates {
+            if budget == 0 {
+                scored.push((cosine_quantized(query, &stored), height, None));
+                continue;
+            }
             let Some(block) = reader.block_at(height)? else {
                 continue;
             };
-            // The 64-bit keys could in theory collide; the block's own names decide.
-            if filter.plugin.as_ref().is_some_and(|p| *p != block.plugin)
-                || filter
-                    .operation
-                    .as_ref()
-                    .is_some_and(|o| *o != block.operation)
-            {
+            if !names_pass(&block) {
                 continue;
             }
             let score = if block.data.len() <= budget {
-                budget -= block.data.len();
                 cosine(query, &self.embed_block(&block))
             } else {
                 cosine_quantized(query, &stored)
             };
+            budget = budget.saturating_sub(block.data.len());
+            scored.push((score, height, Some(block.hash)));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut matches = Vec::with_capacity(k);
+        for (score, height, hash) in scored {
+            if matches.len() == k {
+                break;
+            }
+            let hash = match hash {
+                Some(hash) => hash,
+                None => match reader.block_at(height)? {
+                    Some(block) if names_pass(&block) => block.hash,
+                    _ => continue,
+                },
+            };
             matches.push(Match {
                 height,
-                hash: block.hash,
+                hash,
                 score,
             });
         }
-        matches.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.height.cmp(&b.height)));
-        matches.truncate(k);
         Ok(matches)
     }
 }
@@ -406,9 +426,10 @@ pub fn check_file(
     Ok((meta.len() as u64, bad))
 }
 
-/// Bytes of block data one search re-embeds for exact scores (candidates are taken best
-/// first): typical blocks of a few hundred bytes are all scored exactly, while a search whose
-/// candidates are all 64 KiB blocks stops re-embedding after 64 of them.
+/// Bytes of block data one search reads and re-embeds for exact scores (candidates are taken
+/// best first): typical blocks of a few hundred bytes are all scored exactly, while a search
+/// whose candidates are all 64 KiB blocks stops after 64 of them and reads only the best k of
+/// the rest.
 pub const RESCORE_BUDGET_BYTES: usize = 4 << 20;
 
 /// Cosine of a unit vector with a stored int8 vector (within about 1% of the exact one).
