@@ -39,6 +39,9 @@ pub enum Error {
     StorageFailure(String),
     /// The caller may not do this.
     AccessDenied(String),
+    /// Too many expensive calls (Verify, FindSimilar*) in progress, from this caller or from
+    /// all; nothing was done. Retry once one has answered.
+    LimitsExceeded(String),
 }
 
 impl From<ChainError> for Error {
@@ -58,6 +61,8 @@ pub struct BlockchainObject {
     writer_uids: Vec<u32>,
     /// AddFootprint calls whose reply has not been sent yet.
     in_flight: InFlight,
+    /// Verify and FindSimilar* calls in progress, by caller.
+    expensive: ExpensiveCalls,
 }
 
 impl BlockchainObject {
@@ -67,6 +72,7 @@ impl BlockchainObject {
             callers: parking_lot::Mutex::new(HashMap::new()),
             writer_uids,
             in_flight: InFlight::default(),
+            expensive: ExpensiveCalls::default(),
         }
     }
 
@@ -91,6 +97,26 @@ impl BlockchainObject {
         }
         callers.insert(sender.to_string(), caller.clone());
         Ok(caller)
+    }
+
+    /// Counts an expensive call of the sender until the returned value is dropped, or refuses
+    /// it with `LimitsExceeded`. Root and the daemon's own uid are not counted.
+    async fn enter_expensive(
+        &self,
+        header: &Header<'_>,
+        connection: &Connection,
+    ) -> Result<Option<ExpensiveCall>, Error> {
+        let caller = self.caller(header, connection).await?;
+        if caller
+            .uid
+            .is_some_and(|uid| uid == 0 || uid == nix::unistd::getuid().as_raw())
+        {
+            return Ok(None);
+        }
+        self.expensive
+            .enter(caller.uid)
+            .map(Some)
+            .map_err(Error::LimitsExceeded)
     }
 
     fn may_write(&self, caller: &Caller) -> bool {
@@ -294,9 +320,15 @@ impl BlockchainObject {
         }
     }
 
-    /// Re-hashes and re-links every block up to the current head.
+    /// Re-hashes and re-links every block up to the current head. Calls made while a run is
+    /// going share it.
     #[zbus(out_args("ok", "blocks_checked", "message"))]
-    async fn verify(&self) -> Result<(bool, u64, String), Error> {
+    async fn verify(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(bool, u64, String), Error> {
+        let _counted = self.enter_expensive(&header, connection).await?;
         let report = self.chain.verify().await?;
         Ok((report.ok(), report.blocks_checked, report.summary()))
     }
@@ -315,7 +347,14 @@ impl BlockchainObject {
     /// The `k` blocks most similar to `query` (a block hash, or a footprint
     /// `{"plugin":…,"operation":…,"data":…}`), best first: height, hash, cosine score.
     #[zbus(out_args("matches"))]
-    async fn find_similar(&self, query: String, k: u32) -> Result<Vec<(u64, String, f64)>, Error> {
+    async fn find_similar(
+        &self,
+        query: String,
+        k: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<(u64, String, f64)>, Error> {
+        let _counted = self.enter_expensive(&header, connection).await?;
         self.similar(&query, k, HashMap::new()).await
     }
 
@@ -327,7 +366,10 @@ impl BlockchainObject {
         query: String,
         k: u32,
         filter: HashMap<String, zbus::zvariant::OwnedValue>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
     ) -> Result<Vec<(u64, String, f64)>, Error> {
+        let _counted = self.enter_expensive(&header, connection).await?;
         self.similar(&query, k, filter).await
     }
 
@@ -465,5 +507,109 @@ pub struct InFlightCall(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
 impl Drop for InFlightCall {
     fn drop(&mut self) {
         self.0.send_modify(|count| *count -= 1);
+    }
+}
+
+/// Expensive calls (Verify, FindSimilar, FindSimilarFiltered) one unprivileged uid may have in
+/// progress at once.
+pub const MAX_EXPENSIVE_PER_CALLER: usize = 2;
+/// Expensive calls all unprivileged callers together may have in progress at once.
+pub const MAX_EXPENSIVE_TOTAL: usize = 8;
+
+/// Expensive calls in progress: in all, and per uid (`None`: a caller the bus could not name).
+#[derive(Debug, Clone, Default)]
+struct ExpensiveCalls(std::sync::Arc<parking_lot::Mutex<ExpensiveCounts>>);
+
+#[derive(Debug, Default)]
+struct ExpensiveCounts {
+    total: usize,
+    per_uid: HashMap<Option<u32>, usize>,
+}
+
+impl ExpensiveCalls {
+    /// Counts one call of `uid` until the returned value is dropped, or says which limit it
+    /// would exceed.
+    fn enter(&self, uid: Option<u32>) -> Result<ExpensiveCall, String> {
+        let mut counts = self.0.lock();
+        let ExpensiveCounts { total, per_uid } = &mut *counts;
+        let mine = per_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= MAX_EXPENSIVE_PER_CALLER {
+            return Err(format!(
+                "uid {} has {mine} Verify/FindSimilar calls in progress; the limit is \
+                 {MAX_EXPENSIVE_PER_CALLER} per caller: retry once one has answered",
+                uid.map_or("unknown".into(), |u| u.to_string())
+            ));
+        }
+        if *total >= MAX_EXPENSIVE_TOTAL {
+            return Err(format!(
+                "{total} Verify/FindSimilar calls are in progress; the limit is \
+                 {MAX_EXPENSIVE_TOTAL} for all callers but root: retry later"
+            ));
+        }
+        *total += 1;
+        per_uid.insert(uid, mine + 1);
+        Ok(ExpensiveCall {
+            calls: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// One counted expensive call; see [`ExpensiveCalls::enter`].
+#[derive(Debug)]
+struct ExpensiveCall {
+    calls: ExpensiveCalls,
+    uid: Option<u32>,
+}
+
+impl Drop for ExpensiveCall {
+    fn drop(&mut self) {
+        let mut counts = self.calls.0.lock();
+        let ExpensiveCounts { total, per_uid } = &mut *counts;
+        *total -= 1;
+        // Entries go when they reach 0, so the map holds only callers with calls in progress.
+        if let Some(mine) = per_uid.get_mut(&self.uid) {
+            *mine -= 1;
+            if *mine == 0 {
+                per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expensive_calls_are_limited_per_caller_and_in_all() {
+        let calls = ExpensiveCalls::default();
+        let first = calls.enter(Some(1000)).expect("first");
+        let _second = calls.enter(Some(1000)).expect("second");
+        let refused = calls.enter(Some(1000)).expect_err("third of one uid");
+        assert!(
+            refused.starts_with(
+                "uid 1000 has 2 Verify/FindSimilar calls in progress; the limit is 2 per caller"
+            ),
+            "{refused}"
+        );
+        drop(first);
+        let _third = calls.enter(Some(1000)).expect("one has answered");
+        let mut others: Vec<_> = (0..6)
+            .map(|uid| calls.enter(Some(uid)).expect("other uids"))
+            .collect();
+        assert_eq!(calls.0.lock().total, MAX_EXPENSIVE_TOTAL);
+        let refused = calls.enter(None).expect_err("over the total");
+        assert!(
+            refused.starts_with("8 Verify/FindSimilar calls are in progress; the limit is 8"),
+            "{refused}"
+        );
+        others.clear();
+        let _unknown = calls.enter(None).expect("room again");
+        assert_eq!(
+            calls.0.lock().per_uid.len(),
+            2,
+            "uids without calls are forgotten"
+        );
     }
 }

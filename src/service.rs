@@ -62,7 +62,15 @@ struct Inner {
     commit: GroupCommit,
     max_data_bytes: usize,
     recovery: Recovery,
+    /// The verify run in progress, if any: a call arriving meanwhile waits for its outcome
+    /// instead of reading the chain once more.
+    verify_run: parking_lot::Mutex<Option<VerifyRun>>,
+    /// Verify runs started so far.
+    verify_runs: std::sync::atomic::AtomicU64,
 }
+
+/// Where the outcome of a verify run will appear.
+type VerifyRun = tokio::sync::watch::Receiver<Option<Arc<Result<VerifyReport>>>>;
 
 impl StreamingBlockchain {
     /// Opens (or creates) the chain in `chain_dir` with default options.
@@ -96,6 +104,8 @@ impl StreamingBlockchain {
                 commit,
                 max_data_bytes: options.max_data_bytes,
                 recovery,
+                verify_run: parking_lot::Mutex::new(None),
+                verify_runs: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -169,13 +179,64 @@ impl StreamingBlockchain {
         (height, hex::encode(hash))
     }
 
-    /// Re-hashes and re-links every block up to the current head.
+    /// Re-hashes and re-links every block up to the current head. Calls made while a run is
+    /// going share it (and its report, up to the head when it began), so any number of callers
+    /// cost one pass over the chain at a time; a call after a run has ended starts a new one.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        let dir = self.inner.reader.dir().to_path_buf();
-        let (head, _) = self.inner.reader.head();
-        tokio::task::spawn_blocking(move || verify::verify_dir(&dir, Some(head), &mut |_| {}))
+        let mut outcome = {
+            let mut run = self.inner.verify_run.lock();
+            match run.as_ref() {
+                Some(outcome) => outcome.clone(),
+                None => {
+                    let outcome = self.start_verify_run();
+                    *run = Some(outcome.clone());
+                    outcome
+                }
+            }
+        };
+        // `None` only if the run's task was dropped (the runtime shutting down).
+        let ended = match outcome.wait_for(Option::is_some).await {
+            Ok(ended) => ended.clone(),
+            Err(_) => None,
+        };
+        match ended.as_deref() {
+            Some(Ok(report)) => Ok(report.clone()),
+            Some(Err(err)) => Err(err.duplicate()),
+            None => Err(ChainError::io(
+                "verifying",
+                std::io::Error::other("the run was stopped before it ended"),
+            )),
+        }
+    }
+
+    /// Starts a verify run up to the current head on the blocking pool.
+    fn start_verify_run(&self) -> VerifyRun {
+        let (sender, outcome) = tokio::sync::watch::channel(None);
+        let inner = Arc::clone(&self.inner);
+        inner
+            .verify_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            let dir = inner.reader.dir().to_path_buf();
+            let (head, _) = inner.reader.head();
+            let report = tokio::task::spawn_blocking(move || {
+                verify::verify_dir(&dir, Some(head), &mut |_| {})
+            })
             .await
-            .map_err(|e| ChainError::io("verifying", std::io::Error::other(e)))?
+            .map_err(|e| ChainError::io("verifying", std::io::Error::other(e)))
+            .and_then(|report| report);
+            // Callers from now on start a new run, which sees the blocks added meanwhile.
+            *inner.verify_run.lock() = None;
+            let _ = sender.send(Some(Arc::new(report)));
+        });
+        outcome
+    }
+
+    /// Verify runs started so far (concurrent calls share one).
+    pub fn verify_runs(&self) -> u64 {
+        self.inner
+            .verify_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What opening the chain found (created, torn bytes cut, index rebuilt).
@@ -514,26 +575,30 @@ impl OptimizedBlockchain {
         k: usize,
         filter: &Filter,
     ) -> Result<Option<Vec<Match>>> {
-        let vector = match query {
-            SimilarQuery::Block(hash) => match self.chain.reader().block_by_hash(hash)? {
-                Some(block) => self.vectors.embed_block(&block),
-                None => return Ok(None),
-            },
-            SimilarQuery::Footprint {
-                plugin,
-                operation,
-                data,
-            } => self.vectors.embed(plugin, operation, data),
-        };
-        let (index, reader, filter) = (
+        let (index, reader, filter, query) = (
             Arc::clone(&self.vectors),
             self.chain.reader().clone(),
             filter.clone(),
+            query.clone(),
         );
-        tokio::task::spawn_blocking(move || index.search(&reader, &vector, k, &filter))
-            .await
-            .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
-            .map(Some)
+        // Reading the block and embedding are work for the blocking pool, not the executor
+        // that answers every other call.
+        tokio::task::spawn_blocking(move || {
+            let vector = match &query {
+                SimilarQuery::Block(hash) => match reader.block_by_hash(hash)? {
+                    Some(block) => index.query_vector_of(&reader, &block)?,
+                    None => return Ok(None),
+                },
+                SimilarQuery::Footprint {
+                    plugin,
+                    operation,
+                    data,
+                } => index.embed(plugin, operation, data),
+            };
+            index.search(&reader, &vector, k, &filter).map(Some)
+        })
+        .await
+        .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
     }
 
     /// The block vectors (for checks and tools).

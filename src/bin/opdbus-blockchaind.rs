@@ -46,6 +46,9 @@ Environment:
 
 Exit status: 0 after a clean stop, 1 when it cannot start (the reason is logged).";
 
+/// Threads of the runtime's blocking pool (docs/reliability.md, "Bounded cost of reads").
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut config = match Config::load(args.config.as_deref(), |key| std::env::var(key).ok()) {
@@ -65,8 +68,12 @@ fn main() -> ExitCode {
         config.cache_dir = dir;
     }
     opdbus_blockchain::daemon::init_logging(&config.log);
+    // Blocking work (chain and cache reads, Verify, searches) queues for these threads rather
+    // than adding one per call: tokio's default of 512 let a flood of calls the caller does not
+    // wait for create hundreds of threads, each holding its reads in memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .thread_name("opdbus-worker")
         .build()
     {

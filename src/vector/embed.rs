@@ -4,6 +4,12 @@
 //! every leaf of its data JSON the key path and the path with its value (plus the words of
 //! string values). Each feature adds ±weight to one of [`DIM`] buckets chosen by SHA-256 of the
 //! feature; the sum is L2-normalised. Another program can recompute it from the spec alone.
+//!
+//! Cost: linear in the size of the data, whatever its shape. Key paths are never built as
+//! strings: the walk carries the SHA-256 states of `key:<path>` and `value:<path>` and extends
+//! a copy for each child, so a long key shared by many leaves is hashed once, not once per leaf
+//! (a 45 KB block with a long key over thousands of leaves used to take 0.33 s and hundreds of
+//! MB; see docs/reliability.md, "Bounded cost of reads").
 
 use sha2::{Digest, Sha256};
 
@@ -38,29 +44,136 @@ impl Embedder for HashingEmbedder {
     }
 
     fn embed(&self, plugin: &str, operation: &str, data_json: &str) -> Vec<f32> {
-        let mut sums = vec![0f64; DIM];
-        for (feature, weight) in features(plugin, operation, data_json) {
-            let (bucket, sign) = bucket_of(&feature);
-            sums[bucket] += sign * weight;
-        }
-        let norm = sums.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let mut sums = Sums([0f64; DIM]);
+        sums.add_feature(&format!("plugin:{plugin}"), WEIGHT_PLUGIN);
+        sums.add_feature(&format!("operation:{operation}"), WEIGHT_OPERATION);
+        sums.add_feature(
+            &format!("plugin+operation:{plugin}/{operation}"),
+            WEIGHT_PLUGIN_OPERATION,
+        );
+        let mut leaves = 0;
+        walk(
+            &parse_data(data_json),
+            &PathHashes::root(),
+            &mut sums,
+            &mut leaves,
+        );
+        let norm = sums.0.iter().map(|x| x * x).sum::<f64>().sqrt();
         if norm == 0.0 {
             return vec![0.0; DIM];
         }
-        sums.iter().map(|x| (x / norm) as f32).collect()
+        sums.0.iter().map(|x| (x / norm) as f32).collect()
     }
 }
 
 /// The bucket and sign of a feature: SHA-256 of its UTF-8 bytes; bytes 0..4 as a
 /// little-endian u32 modulo [`DIM`] give the bucket, the low bit of byte 4 the sign (1 = minus).
 pub fn bucket_of(feature: &str) -> (usize, f64) {
-    let digest = Sha256::digest(feature.as_bytes());
+    bucket_of_digest(Sha256::new_with_prefix(feature.as_bytes()))
+}
+
+fn bucket_of_digest(hasher: Sha256) -> (usize, f64) {
+    let digest = hasher.finalize();
     let word = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
     let sign = if digest[4] & 1 == 1 { -1.0 } else { 1.0 };
     (word as usize % DIM, sign)
 }
 
-/// The weighted features of a footprint, in the order they are summed.
+/// The per-bucket sums of weighted features.
+struct Sums([f64; DIM]);
+
+impl Sums {
+    fn add_feature(&mut self, feature: &str, weight: f64) {
+        self.add(Sha256::new_with_prefix(feature.as_bytes()), weight);
+    }
+
+    /// Adds the feature whose bytes `hasher` has taken in.
+    fn add(&mut self, hasher: Sha256, weight: f64) {
+        let (bucket, sign) = bucket_of_digest(hasher);
+        self.0[bucket] += sign * weight;
+    }
+}
+
+/// Data that is not JSON (never stored by the daemon, but possible through the library's raw
+/// paths, or nested deeper than serde_json's recursion limit of 128) counts as one string leaf.
+fn parse_data(data_json: &str) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(data_json)
+        .unwrap_or_else(|_| serde_json::Value::String(data_json.to_owned()))
+}
+
+/// The SHA-256 states of `key:<path>` and `value:<path>` for the path walked so far.
+#[derive(Clone)]
+struct PathHashes {
+    key: Sha256,
+    value: Sha256,
+    empty: bool,
+}
+
+impl PathHashes {
+    fn root() -> Self {
+        PathHashes {
+            key: Sha256::new_with_prefix(b"key:"),
+            value: Sha256::new_with_prefix(b"value:"),
+            empty: true,
+        }
+    }
+
+    /// The path one segment further: costs the segment's bytes, not the path's.
+    fn child(&self, segment: &str) -> Self {
+        let mut child = self.clone();
+        for hasher in [&mut child.key, &mut child.value] {
+            if !self.empty {
+                hasher.update(b".");
+            }
+            hasher.update(segment.as_bytes());
+        }
+        child.empty = false;
+        child
+    }
+}
+
+/// Adds the features of `value`'s leaves, stopping at [`MAX_LEAVES`]. Recursion depth is
+/// bounded by serde_json's parser (128 levels).
+fn walk(value: &serde_json::Value, path: &PathHashes, sums: &mut Sums, leaves: &mut usize) {
+    use serde_json::Value;
+    if *leaves >= MAX_LEAVES {
+        return;
+    }
+    match value {
+        // serde_json's map is ordered by key, so objects are walked in byte order of keys.
+        Value::Object(map) if !map.is_empty() => {
+            for (key, item) in map {
+                walk(item, &path.child(key), sums, leaves);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let child = path.child("[]");
+            for item in items {
+                walk(item, &child, sums, leaves);
+            }
+        }
+        leaf => {
+            *leaves += 1;
+            sums.add(path.key.clone(), WEIGHT_KEY);
+            let mut value_hash = path.value.clone();
+            value_hash.update(b"=");
+            value_hash.update(leaf.to_string().as_bytes());
+            sums.add(value_hash, WEIGHT_VALUE);
+            if let Value::String(text) = leaf {
+                for token in text
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|t| !t.is_empty())
+                {
+                    sums.add_feature(&format!("token:{}", token.to_lowercase()), WEIGHT_TOKEN);
+                }
+            }
+        }
+    }
+}
+
+/// The weighted features of a footprint as strings, in the order they are summed: the spec's
+/// wording, kept to check the hashing walk against (its cost is path length × leaves).
+#[cfg(test)]
 pub fn features(plugin: &str, operation: &str, data_json: &str) -> Vec<(String, f64)> {
     let mut out = vec![
         (format!("plugin:{plugin}"), WEIGHT_PLUGIN),
@@ -70,16 +183,18 @@ pub fn features(plugin: &str, operation: &str, data_json: &str) -> Vec<(String, 
             WEIGHT_PLUGIN_OPERATION,
         ),
     ];
-    // Data that is not JSON (never stored by the daemon, but possible through the library's
-    // raw paths) counts as one string leaf.
-    let value = serde_json::from_str::<serde_json::Value>(data_json)
-        .unwrap_or_else(|_| serde_json::Value::String(data_json.to_owned()));
     let mut leaves = 0;
-    walk(&value, "", &mut out, &mut leaves);
+    spelled_out(&parse_data(data_json), "", &mut out, &mut leaves);
     out
 }
 
-fn walk(value: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>, leaves: &mut usize) {
+#[cfg(test)]
+fn spelled_out(
+    value: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<(String, f64)>,
+    leaves: &mut usize,
+) {
     use serde_json::Value;
     let child = |key: &str| {
         if path.is_empty() {
@@ -89,15 +204,14 @@ fn walk(value: &serde_json::Value, path: &str, out: &mut Vec<(String, f64)>, lea
         }
     };
     match value {
-        // serde_json's map is ordered by key, so objects are walked in byte order of keys.
         Value::Object(map) if !map.is_empty() => {
             for (key, item) in map {
-                walk(item, &child(key), out, leaves);
+                spelled_out(item, &child(key), out, leaves);
             }
         }
         Value::Array(items) if !items.is_empty() => {
             for item in items {
-                walk(item, &child("[]"), out, leaves);
+                spelled_out(item, &child("[]"), out, leaves);
             }
         }
         leaf => {
@@ -196,6 +310,58 @@ mod tests {
         let far = e.embed("systemd", "restart", r#"{"unit":"nginx.service"}"#);
         assert!(cosine(&base, &near) > 0.7, "{}", cosine(&base, &near));
         assert!(cosine(&base, &near) > cosine(&base, &far) + 0.3);
+    }
+
+    /// The vector summed from the spelled-out features, as the spec words it.
+    fn embed_spelled_out(plugin: &str, operation: &str, data: &str) -> Vec<f32> {
+        let mut sums = [0f64; DIM];
+        for (feature, weight) in features(plugin, operation, data) {
+            let (bucket, sign) = bucket_of(&feature);
+            sums[bucket] += sign * weight;
+        }
+        let norm = sums.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return vec![0.0; DIM];
+        }
+        sums.iter().map(|x| (x / norm) as f32).collect()
+    }
+
+    #[test]
+    fn the_hashing_walk_gives_the_spelled_out_features_vector() {
+        let many: Vec<u32> = (0..5000).collect();
+        let samples = [
+            r#"{"mtu":1500,"name":"eth0","addrs":["10.0.0.1/24"]}"#.to_owned(),
+            r#"{"nested":{"z":[],"a":{},"m":[1,[2,3]]},"ünï":"Grüße Welt ΣΑΣ"}"#.to_owned(),
+            r#""just a string""#.to_owned(),
+            r#"[{"k":-7},{"k":0.5e3},null,true]"#.to_owned(),
+            "{}".to_owned(),
+            "not json {".to_owned(),
+            serde_json::json!({ "k".repeat(300): many, "a": {"b": {"c": "x y"}} }).to_string(),
+        ];
+        for data in &samples {
+            assert_eq!(
+                HashingEmbedder.embed("network", "create", data),
+                embed_spelled_out("network", "create", data),
+                "{}",
+                &data[..data.len().min(80)]
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_key_over_many_leaves_costs_its_bytes_not_their_product() {
+        // 40 KB key × 4096 leaves: 330 MB of feature strings when paths were spelled out.
+        let items: Vec<u8> = vec![1; 8000];
+        let data = serde_json::json!({ "k".repeat(40_000): items }).to_string();
+        let started = std::time::Instant::now();
+        let vector = HashingEmbedder.embed("p", "o", &data);
+        assert_eq!(vector.len(), DIM);
+        // Debug build on a shared machine; the spelled-out walk took seconds here.
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

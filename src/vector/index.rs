@@ -215,6 +215,36 @@ impl VectorIndex {
             .embed(&block.plugin, &block.operation, &block.data)
     }
 
+    /// The query vector of a block in the chain: embedded from its data, or for data over
+    /// [`RESCORE_BUDGET_BYTES`] (possible when `OPDBUS_MAX_DATA_BYTES` is raised) taken from its
+    /// stored int8 vector, so that a search by hash costs no more than the budget.
+    pub fn query_vector_of(&self, reader: &ChainReader, block: &Block) -> Result<Vec<f32>> {
+        if block.data.len() <= RESCORE_BUDGET_BYTES {
+            return Ok(self.embed_block(block));
+        }
+        self.catch_up(reader)?;
+        let state = self.state.read();
+        let at = block.height as usize * DIM;
+        let Some(stored) = state.vectors.get(at..at + DIM) else {
+            return Ok(self.embed_block(block));
+        };
+        let norm = stored
+            .iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        Ok(stored
+            .iter()
+            .map(|x| {
+                if norm == 0.0 {
+                    0.0
+                } else {
+                    (f64::from(*x) / norm) as f32
+                }
+            })
+            .collect())
+    }
+
     /// The vector of a footprint.
     pub fn embed(&self, plugin: &str, operation: &str, data_json: &str) -> Vec<f32> {
         self.embedder.embed(plugin, operation, data_json)
@@ -311,31 +341,63 @@ impl VectorIndex {
             best.sort_unstable_by(|a, b| b.cmp(a));
             best.truncate(keep);
             best.into_iter()
-                .map(|(_, height)| height)
-                .collect::<Vec<u64>>()
+                .map(|(_, height)| {
+                    let at = height as usize * DIM;
+                    (height, state.vectors[at..at + DIM].to_vec())
+                })
+                .collect::<Vec<(u64, Vec<i8>)>>()
         };
-        let mut matches = Vec::with_capacity(candidates.len());
-        for height in candidates {
+        // The 64-bit keys could in theory collide; the block's own names decide.
+        let names_pass = |block: &Block| {
+            filter.plugin.as_ref().is_none_or(|p| *p == block.plugin)
+                && filter
+                    .operation
+                    .as_ref()
+                    .is_none_or(|o| *o == block.operation)
+        };
+        // Best candidates first, blocks are read and scored exactly (their data re-embedded)
+        // until RESCORE_BUDGET_BYTES of data have been read; the rest are scored from their
+        // stored int8 vectors, and only those among the best k are read, for their hashes.
+        let mut scored: Vec<(f64, u64, Option<Hash>)> = Vec::with_capacity(candidates.len());
+        let mut budget = RESCORE_BUDGET_BYTES;
+        for (height, stored) in candidates {
+            if budget == 0 {
+                scored.push((cosine_quantized(query, &stored), height, None));
+                continue;
+            }
             let Some(block) = reader.block_at(height)? else {
                 continue;
             };
-            // The 64-bit keys could in theory collide; the block's own names decide.
-            if filter.plugin.as_ref().is_some_and(|p| *p != block.plugin)
-                || filter
-                    .operation
-                    .as_ref()
-                    .is_some_and(|o| *o != block.operation)
-            {
+            if !names_pass(&block) {
                 continue;
             }
+            let score = if block.data.len() <= budget {
+                cosine(query, &self.embed_block(&block))
+            } else {
+                cosine_quantized(query, &stored)
+            };
+            budget = budget.saturating_sub(block.data.len());
+            scored.push((score, height, Some(block.hash)));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut matches = Vec::with_capacity(k);
+        for (score, height, hash) in scored {
+            if matches.len() == k {
+                break;
+            }
+            let hash = match hash {
+                Some(hash) => hash,
+                None => match reader.block_at(height)? {
+                    Some(block) if names_pass(&block) => block.hash,
+                    _ => continue,
+                },
+            };
             matches.push(Match {
                 height,
-                hash: block.hash,
-                score: cosine(query, &self.embed_block(&block)),
+                hash,
+                score,
             });
         }
-        matches.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.height.cmp(&b.height)));
-        matches.truncate(k);
         Ok(matches)
     }
 }
@@ -362,6 +424,30 @@ pub fn check_file(
         }
     }
     Ok((meta.len() as u64, bad))
+}
+
+/// Bytes of block data one search reads and re-embeds for exact scores (candidates are taken
+/// best first): typical blocks of a few hundred bytes are all scored exactly, while a search
+/// whose candidates are all 64 KiB blocks stops after 64 of them and reads only the best k of
+/// the rest.
+pub const RESCORE_BUDGET_BYTES: usize = 4 << 20;
+
+/// Cosine of a unit vector with a stored int8 vector (within about 1% of the exact one).
+fn cosine_quantized(query: &[f32], stored: &[i8]) -> f64 {
+    let norm = stored
+        .iter()
+        .map(|x| f64::from(*x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 {
+        return 0.0;
+    }
+    query
+        .iter()
+        .zip(stored)
+        .map(|(q, x)| f64::from(*q) * f64::from(*x))
+        .sum::<f64>()
+        / norm
 }
 
 /// Chains from this many blocks on are scanned by several threads.
@@ -467,4 +553,26 @@ fn open_for_append(
     file.write_all(&header(chain_id))?;
     file.seek(SeekFrom::Start(len))?;
     Ok(BufWriter::new(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_from_stored_vectors_are_close_to_exact_ones() {
+        let e = HashingEmbedder;
+        let query = e.embed("network", "create", r#"{"name":"eth0","mtu":1500}"#);
+        for data in [
+            r#"{"name":"eth1","mtu":1500}"#,
+            r#"{"unit":"nginx.service"}"#,
+            r#"{"name":"eth0","mtu":1500}"#,
+        ] {
+            let block = e.embed("network", "create", data);
+            let exact = cosine(&query, &block);
+            let stored = cosine_quantized(&query, &quantize(&block));
+            assert!((exact - stored).abs() < 0.01, "{data}: {exact} vs {stored}");
+        }
+        assert_eq!(cosine_quantized(&query, &[0; DIM]), 0.0);
+    }
 }

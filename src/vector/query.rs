@@ -17,10 +17,26 @@ pub enum SimilarQuery {
 const SHAPE: &str =
     r#"a block hash (64 hex digits) or a footprint {"plugin":"…","operation":"…","data":{…}}"#;
 
+/// Largest query text, in bytes (checked before it is parsed): room for a footprint with the
+/// largest data a block holds by default (64 KiB), twice over.
+pub const MAX_QUERY_BYTES: usize = 128 * 1024;
+/// Deepest nesting of the query's data (`{"a":1}` is 1 deep).
+pub const MAX_QUERY_DEPTH: usize = 32;
+/// Most leaves in the query's data: the embedding looks at no more (`embed::MAX_LEAVES`).
+pub const MAX_QUERY_LEAVES: usize = super::embed::MAX_LEAVES;
+/// Longest key path in the query's data, in bytes (keys joined with `.`, `[]` per array).
+pub const MAX_QUERY_PATH_BYTES: usize = 1024;
+
 impl std::str::FromStr for SimilarQuery {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_QUERY_BYTES {
+            return Err(format!(
+                "the query is {} bytes; the limit is {MAX_QUERY_BYTES}",
+                text.len()
+            ));
+        }
         let text = text.trim();
         if let Some(hash) = parse_hash(text) {
             return Ok(SimilarQuery::Block(hash));
@@ -47,6 +63,9 @@ impl std::str::FromStr for SimilarQuery {
         }) {
             return Err(format!("unknown query field \"{unknown}\"; give {SHAPE}"));
         }
+        if let Some(data) = value.get("data") {
+            check_shape(data)?;
+        }
         let data = value
             .get("data")
             .map_or_else(|| "{}".to_owned(), |d| d.to_string());
@@ -56,6 +75,51 @@ impl std::str::FromStr for SimilarQuery {
             data,
         })
     }
+}
+
+/// Refuses data deeper, with more leaves or longer key paths than the limits above. Walks
+/// without recursion; serde_json has already refused nesting beyond 128.
+fn check_shape(data: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let (mut leaves, mut deepest, mut longest) = (0usize, 0usize, 0usize);
+    // (value, depth of the containers around it, bytes of its key path)
+    let mut stack = vec![(data, 0usize, 0usize)];
+    while let Some((value, depth, path)) = stack.pop() {
+        let dot = usize::from(path > 0);
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(
+                    map.iter()
+                        .map(|(k, v)| (v, depth + 1, path + dot + k.len())),
+                );
+            }
+            Value::Array(items) if !items.is_empty() => {
+                deepest = deepest.max(depth + 1);
+                stack.extend(items.iter().map(|v| (v, depth + 1, path + dot + 2)));
+            }
+            _ => {
+                leaves += 1;
+                longest = longest.max(path);
+            }
+        }
+    }
+    if deepest > MAX_QUERY_DEPTH {
+        return Err(format!(
+            "the query's data is nested {deepest} deep; the limit is {MAX_QUERY_DEPTH}"
+        ));
+    }
+    if leaves > MAX_QUERY_LEAVES {
+        return Err(format!(
+            "the query has {leaves} leaves; the limit is {MAX_QUERY_LEAVES}"
+        ));
+    }
+    if longest > MAX_QUERY_PATH_BYTES {
+        return Err(format!(
+            "the query has a key path of {longest} bytes; the limit is {MAX_QUERY_PATH_BYTES}"
+        ));
+    }
+    Ok(())
 }
 
 /// Largest `k` a search accepts.
@@ -127,6 +191,58 @@ mod tests {
         ] {
             let err = bad.parse::<SimilarQuery>().expect_err(bad);
             assert!(err.contains("64 hex digits"), "{bad}: {err}");
+        }
+    }
+
+    fn query_with(data: serde_json::Value) -> String {
+        serde_json::json!({"plugin": "p", "operation": "o", "data": data}).to_string()
+    }
+
+    fn refusal(query: &str) -> String {
+        query.parse::<SimilarQuery>().expect_err("refused")
+    }
+
+    #[test]
+    fn queries_beyond_each_limit_are_refused_naming_it() {
+        // Bytes first, before any parsing: not even valid JSON is looked at.
+        let huge = format!("{{{}", " ".repeat(MAX_QUERY_BYTES));
+        assert_eq!(
+            refusal(&huge),
+            format!("the query is {} bytes; the limit is 131072", huge.len())
+        );
+        let leaves: Vec<u8> = vec![1; 5000];
+        assert_eq!(
+            refusal(&query_with(leaves.into())),
+            "the query has 5000 leaves; the limit is 4096"
+        );
+        let mut deep = serde_json::json!(1);
+        for _ in 0..40 {
+            deep = serde_json::json!([deep]);
+        }
+        assert_eq!(
+            refusal(&query_with(deep)),
+            "the query's data is nested 40 deep; the limit is 32"
+        );
+        let long_path = serde_json::json!({"a": {"k".repeat(1100): [true]}});
+        assert_eq!(
+            refusal(&query_with(long_path)),
+            "the query has a key path of 1105 bytes; the limit is 1024"
+        );
+    }
+
+    #[test]
+    fn queries_at_each_limit_are_accepted() {
+        let leaves: Vec<u8> = vec![1; MAX_QUERY_LEAVES];
+        let mut deep = serde_json::json!({});
+        for _ in 0..MAX_QUERY_DEPTH {
+            deep = serde_json::json!([deep, 1]);
+        }
+        // "a" + "." + 1019 × "k" + "." + "[]" = 1024 bytes.
+        let long_path = serde_json::json!({"a": {"k".repeat(1019): [true]}});
+        for data in [leaves.into(), deep, long_path] {
+            let query = query_with(data);
+            assert!(query.len() <= MAX_QUERY_BYTES);
+            query.parse::<SimilarQuery>().expect("at the limits");
         }
     }
 }
