@@ -29,9 +29,9 @@ use super::segment::{self, ChainId, Parsed, HEADER_LEN};
 use crate::footprint::PluginFootprint;
 use parking_lot::RwLock;
 use std::collections::hash_map::{Entry, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -225,11 +225,10 @@ pub fn open_read_only(dir: &Path) -> Result<ChainReader> {
 /// another writer has it). Offline tools that rewrite a segment (repair) hold it meanwhile.
 pub fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = crate::files::options(0o600)
         .create(true)
         .truncate(false)
         .write(true)
-        .mode(0o600)
         .open(&path)
         .map_err(|e| ChainError::io(format!("opening lock file {}", path.display()), e))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
@@ -270,12 +269,8 @@ fn create_genesis(dir: &Path) -> Result<()> {
     let path = dir.join(segment::file_name(0));
     let tmp = dir.join(format!(".{}.new", segment::file_name(0)));
     let write = || -> std::io::Result<()> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(&tmp)?;
+        let _ = std::fs::remove_file(&tmp); // a leftover of a crash, or a planted link
+        let file = crate::files::create_new(&tmp, 0o640)?;
         file.write_all_at(&bytes, 0)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -287,7 +282,7 @@ fn create_genesis(dir: &Path) -> Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::files::sync_dir(dir)
 }
 
 struct Loaded {
@@ -314,7 +309,7 @@ fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
     let mut chain_id: Option<ChainId> = None;
     let last = listed.len() - 1;
     for (i, (first, path)) in listed.clone().into_iter().enumerate() {
-        let mut file = File::open(&path)
+        let mut file = crate::files::open_read(&path)
             .map_err(|e| ChainError::io(format!("opening {}", path.display()), e))?;
         let mut header = Vec::with_capacity(HEADER_LEN);
         (&mut file)
@@ -473,7 +468,7 @@ fn load_index(
     chain_id: &ChainId,
     segments: &[Arc<Segment>],
 ) -> std::result::Result<Vec<(Hash, Location)>, String> {
-    let bytes = std::fs::read(dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
+    let bytes = crate::files::read(&dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
     if bytes.len() < HEADER_LEN || &bytes[..8] != INDEX_MAGIC || bytes[24..40] != chain_id[..] {
         return Err("bad index header".into());
     }
@@ -527,13 +522,13 @@ fn load_index(
 fn rewrite_index(shared: &Shared, trusted: usize) -> Option<File> {
     let path = shared.dir.join(INDEX_FILE);
     let result = (|| -> std::io::Result<File> {
-        let file = OpenOptions::new()
+        let file = crate::files::options(0o640)
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o640)
             .open(&path)?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
         let mut header = segment::encode_header(0, &shared.chain_id);
         header[..8].copy_from_slice(INDEX_MAGIC);
         file.write_all_at(&header, 0)?;
@@ -841,7 +836,7 @@ impl ChainWriter {
                 ));
             }
         };
-        let reader = File::open(&path)
+        let reader = crate::files::open_read(&path)
             .map_err(|e| ChainError::io(format!("opening {}", path.display()), e))?;
         self.shared.segments.write().push(Arc::new(Segment {
             first_height,

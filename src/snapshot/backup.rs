@@ -28,7 +28,7 @@ use crate::chain::error::ChainError;
 use crate::chain::verify::verify_dir;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -325,7 +325,7 @@ fn receive_into_directory(
 /// Per target id, the newest snapshot that target holds. A missing file is an empty record.
 pub fn read_backup_parents(layout: &SnapshotLayout) -> io::Result<BTreeMap<String, String>> {
     let path = layout.chain_snapshots().join(BACKUP_PARENTS_FILE);
-    match fs::read(&path) {
+    match crate::files::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -348,12 +348,11 @@ pub fn record_backup_parent(
     record.insert(target_id.to_owned(), name.to_owned());
     let mut json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
     json.push(b'\n');
-    let temp = dir.join(format!("{BACKUP_PARENTS_FILE}.tmp"));
-    let mut file = File::create(&temp)?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    fs::rename(&temp, dir.join(BACKUP_PARENTS_FILE))?;
-    File::open(&dir)?.sync_all()
+    crate::files::write_atomic(
+        &dir.join(BACKUP_PARENTS_FILE),
+        &json,
+        crate::files::FILE_MODE,
+    )
 }
 
 /// What [`restore`] put in place.
