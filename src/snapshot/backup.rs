@@ -63,6 +63,8 @@ pub enum BackupError {
     Chain(#[from] ChainError),
     #[error(transparent)]
     Copy(#[from] SnapshotError),
+    #[error("{0}")]
+    Marker(String),
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -361,12 +363,16 @@ pub struct RestoreReport {
     pub verified: VerifiedBackup,
     /// The chain was restored as a btrfs subvolume (else as a plain directory).
     pub chain_subvolume: bool,
+    /// The chain-id marker beside `chain_dir`, now naming the restored chain.
+    pub marker: PathBuf,
 }
 
 /// Puts the backup (or local snapshot) `from` (holding `chain/` and `cache/`) back as working
 /// directories `chain_dir` and `cache_dir`, which must not exist. The backup is verified first;
 /// the restored chain is verified again. On btrfs the result is a writable snapshot of a
 /// received copy (a received subvolume itself must stay read-only); elsewhere a plain copy.
+/// Last, the chain-id marker beside `chain_dir` is set to the restored chain's id, so the
+/// daemon serves it (and would refuse to start a new chain if it went missing again).
 pub fn restore(
     from: &Path,
     chain_dir: &Path,
@@ -393,12 +399,23 @@ pub fn restore(
                 ),
             });
         }
-        Ok(chain_subvolume)
+        let marker = crate::marker::ChainMarker::beside(chain_dir);
+        match marker.on_disk() {
+            Ok(crate::marker::OnDisk::Chain(id)) => marker.write(&id),
+            Ok(_) => Err(crate::marker::MarkerError::Invalid {
+                marker: marker.path.clone(),
+                reason: format!("cannot read the chain id of {}", chain_dir.display()),
+            }),
+            Err(err) => Err(err),
+        }
+        .map_err(|err| BackupError::Marker(err.to_string()))?;
+        Ok((chain_subvolume, marker.path))
     })();
     match result {
-        Ok(chain_subvolume) => Ok(RestoreReport {
+        Ok((chain_subvolume, marker)) => Ok(RestoreReport {
             verified,
             chain_subvolume,
+            marker,
         }),
         Err(err) => {
             for dir in made {
