@@ -529,6 +529,23 @@ fn real_systemd_restore_masks_the_unit_while_it_runs() {
     );
     assert_eq!(ct.unit_property("ActiveState"), "inactive");
     assert_eq!(ct.unit_property("LoadState"), "loaded", "unmasked again");
+    // The stop restore asked for was clean: no warning about flushing the bus queue (the
+    // system bus refuses a Peer.Ping to ourselves once the name is released).
+    let warnings = ct.run(&[
+        "journalctl",
+        "-b",
+        "-u",
+        UNIT,
+        "-p",
+        "warning",
+        "--no-pager",
+    ]);
+    eprintln!("warnings of the unit:\n{}", stdout(&warnings));
+    assert!(
+        !stdout(&warnings).contains("cannot ping") && !stdout(&warnings).contains("flush"),
+        "{}",
+        stdout(&warnings)
+    );
     assert_eq!(
         std::fs::read_to_string(ct.path("/var/lib/op-dbus/blockchain.chain-id")).expect("marker"),
         marker,
