@@ -216,7 +216,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // flight across a short grace, twice in a row.
     let _ = connection.release_name(BUS_NAME).await;
     flush_incoming(&connection).await;
-    drain(&in_flight, &connection).await;
+    // Bounded: on a laxer bus a client that keeps calling our unique name could keep calls in
+    // flight forever.
+    if tokio::time::timeout(CLOSE_GRACE, drain(&in_flight, &connection))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "calls to our unique name kept arriving {} s after the stop; refusing them now",
+            CLOSE_GRACE.as_secs()
+        );
+    }
     // Then the object goes, so calls to our unique name (possible on a laxer bus) are refused,
     // and what such a call started meanwhile is drained too.
     let _ = connection

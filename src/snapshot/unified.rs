@@ -25,7 +25,7 @@ use crate::chain::block::Hash;
 use crate::chain::error::ChainError;
 use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
 use crate::service::OptimizedBlockchain;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -485,7 +485,7 @@ fn set_mode_readonly(dir: &Path) -> Result<(), SnapshotError> {
 }
 
 fn sync_dir(dir: &Path) {
-    if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
+    if let Err(err) = crate::files::sync_dir(dir) {
         tracing::warn!(%err, dir = %dir.display(), "cannot sync the snapshot directory");
     }
 }
