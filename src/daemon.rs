@@ -296,26 +296,36 @@ fn reload(
     use crate::config::RELOADABLE_KEYS;
     let Some(file) = running.file.clone() else {
         tracing::info!(
-            "SIGHUP: nothing reloaded: the settings come from the environment and flags (no              --config FILE), which only a restart renews"
+            "SIGHUP: nothing reloaded: the settings come from the environment and flags (no \
+             --config FILE), which only a restart renews"
         );
         return;
     };
     let fresh = match Config::load(Some(&file), |key| std::env::var(key).ok()) {
         Ok(fresh) => fresh,
         Err(err) => {
-            tracing::warn!(%err, "SIGHUP: cannot reload {}: {err}; the running settings stay", file.display());
+            tracing::warn!(
+                "SIGHUP: cannot reload {}: {err}; the running settings stay",
+                file.display()
+            );
             return;
         }
     };
     let changed = running.changed_keys(&fresh);
-    let (applied, restart): (Vec<&str>, Vec<&str>) = changed
+    let (mut applied, restart): (Vec<&str>, Vec<&str>) = changed
         .iter()
         .partition(|key| RELOADABLE_KEYS.contains(key));
     if applied.contains(&"OPDBUS_LOG") {
-        if let Err(err) = set_log_filter(&fresh.log) {
-            tracing::warn!(%err, "SIGHUP: OPDBUS_LOG={} is not a usable log filter; keeping {}", fresh.log, running.log);
-        } else {
-            running.log = fresh.log.clone();
+        match set_log_filter(&fresh.log) {
+            Ok(()) => running.log = fresh.log.clone(),
+            Err(err) => {
+                applied.retain(|key| *key != "OPDBUS_LOG");
+                tracing::warn!(
+                    "SIGHUP: OPDBUS_LOG={} is not a usable log filter ({err}); keeping {}",
+                    fresh.log,
+                    running.log
+                );
+            }
         }
     }
     running.snapshot_interval = fresh.snapshot_interval;
