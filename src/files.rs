@@ -29,6 +29,11 @@ pub fn options(mode: u32) -> OpenOptions {
     options
 }
 
+/// Opens `path` with `options` (from [`options`]); a refused symlink is said to be one.
+pub fn open(options: &OpenOptions, path: &Path) -> io::Result<File> {
+    options.open(path).map_err(|e| explain(path, e))
+}
+
 /// Opens an existing file for reading; a symlink is refused.
 pub fn open_read(path: &Path) -> io::Result<File> {
     options(FILE_MODE)

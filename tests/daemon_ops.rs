@@ -340,6 +340,17 @@ fn planted_symlinks_for_index_vectors_and_a_segment_are_not_followed() {
     }
     let daemon = Daemon::start(&bus, &chain, &cache);
     add(&bus, "storage");
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!(
+            "{} is a symbolic link",
+            chain.join("index").display()
+        )) && log.contains(&format!(
+            "{} is a symbolic link",
+            chain.join("vectors").display()
+        )),
+        "the log says why the index and vectors are not written:\n{log}"
+    );
     drop(daemon);
     for name in ["index", "vectors"] {
         assert_eq!(

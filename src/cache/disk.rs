@@ -303,10 +303,10 @@ impl DiskTier {
         }
         if let Some(pack) = &mut appender.pack {
             if pack.file.is_none() {
-                match crate::files::options(crate::files::FILE_MODE)
-                    .write(true)
-                    .open(self.packs_dir.join(pack_name(pack.number)))
-                {
+                match crate::files::open(
+                    crate::files::options(crate::files::FILE_MODE).write(true),
+                    &self.packs_dir.join(pack_name(pack.number)),
+                ) {
                     Ok(file) => pack.file = Some(file),
                     // Deleted under us (the cache directory was removed): start afresh.
                     Err(err) if err.kind() == ErrorKind::NotFound => appender.pack = None,

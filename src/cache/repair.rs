@@ -226,10 +226,11 @@ fn proves_genuine(
 fn rewrite(path: &Path, at: usize, block: &Block) -> Result<(), String> {
     let mut record = Vec::with_capacity(segment::record_len(block.encoded_len()));
     segment::encode_record(block, &mut record);
-    let file = crate::files::options(crate::files::FILE_MODE)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("opening {} for writing: {e}", path.display()))?;
+    let file = crate::files::open(
+        crate::files::options(crate::files::FILE_MODE).write(true),
+        path,
+    )
+    .map_err(|e| format!("opening {} for writing: {e}", path.display()))?;
     file.write_all_at(&record, at as u64)
         .and_then(|()| file.sync_data())
         .map_err(|e| format!("rewriting {}: {e}", path.display()))

@@ -59,7 +59,7 @@ impl SegmentIo for RealIo {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let file = crate::files::options(0o640).write(true).open(path)?;
+        let file = crate::files::open(crate::files::options(0o640).write(true), path)?;
         Ok(Box::new(RealFile(file)))
     }
 

@@ -225,12 +225,14 @@ pub fn open_read_only(dir: &Path) -> Result<ChainReader> {
 /// another writer has it). Offline tools that rewrite a segment (repair) hold it meanwhile.
 pub fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = dir.join(LOCK_FILE);
-    let file = crate::files::options(0o600)
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ChainError::io(format!("opening lock file {}", path.display()), e))?;
+    let file = crate::files::open(
+        crate::files::options(0o600)
+            .create(true)
+            .truncate(false)
+            .write(true),
+        &path,
+    )
+    .map_err(|e| ChainError::io(format!("opening lock file {}", path.display()), e))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| ChainError::InUse(dir.to_path_buf()))
 }
@@ -522,12 +524,14 @@ fn load_index(
 fn rewrite_index(shared: &Shared, trusted: usize) -> Option<File> {
     let path = shared.dir.join(INDEX_FILE);
     let result = (|| -> std::io::Result<File> {
-        let file = crate::files::options(0o640)
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let file = crate::files::open(
+            crate::files::options(0o640)
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &path,
+        )?;
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
         let mut header = segment::encode_header(0, &shared.chain_id);
         header[..8].copy_from_slice(INDEX_MAGIC);

@@ -78,11 +78,13 @@ impl SnapshotLayout {
         use nix::fcntl::{Flock, FlockArg};
         let dir = self.chain_snapshots();
         crate::files::create_dir_all(&dir)?;
-        let file = crate::files::options(0o600)
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(".lock"))?;
+        let file = crate::files::open(
+            crate::files::options(0o600)
+                .create(true)
+                .truncate(false)
+                .write(true),
+            &dir.join(".lock"),
+        )?;
         let arg = if wait {
             FlockArg::LockExclusive
         } else {

@@ -455,12 +455,14 @@ fn open_for_append(
     chain_id: &ChainId,
     records: usize,
 ) -> std::io::Result<BufWriter<File>> {
-    let mut file = crate::files::options(crate::files::FILE_MODE)
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let mut file = crate::files::open(
+        crate::files::options(crate::files::FILE_MODE)
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+        path,
+    )?;
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
         crate::files::FILE_MODE,
     ))?;
