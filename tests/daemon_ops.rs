@@ -245,9 +245,20 @@ fn restore_sets_the_marker_to_the_restored_chain() {
     let new_id = std::fs::read_to_string(b.join("chain.chain-id")).expect("marker b");
     assert_ne!(old_id, new_id);
 
-    // b's snapshot restored where a was served.
+    // Another chain put in a's place by hand is refused: the marker records a's.
     std::fs::rename(a.join("chain"), a.join("chain.old")).expect("aside");
     std::fs::rename(a.join("cache"), a.join("cache.old")).expect("aside");
+    std::fs::rename(b.join("chain"), a.join("chain")).expect("b into a's place");
+    let (status, log) = start_refused(&bus, &a.join("chain"), &a.join("cache"));
+    assert!(!status.success());
+    assert!(
+        log.contains(&format!("holds chain {}", new_id.trim()))
+            && log.contains(&format!("records chain {}", old_id.trim())),
+        "{log}"
+    );
+    std::fs::rename(a.join("chain"), b.join("chain")).expect("b back");
+
+    // b's snapshot restored where a was served.
     let (code, out, err) = common::cli(&[
         "restore",
         "--from",
