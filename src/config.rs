@@ -98,6 +98,8 @@ pub struct Config {
     pub snapshot_interval: SnapshotInterval,
     /// `OPDBUS_RETAIN_HOURLY`, `_DAILY`, `_WEEKLY`: which scheduled snapshots are kept.
     pub retention: RetentionPolicy,
+    /// The config file these settings were read from (`--config`); SIGHUP reads it again.
+    pub file: Option<PathBuf>,
 }
 
 /// A configuration value that cannot be used.
@@ -173,6 +175,7 @@ impl Default for Config {
             cache_predict: true,
             snapshot_interval: SnapshotInterval::Off,
             retention: RetentionPolicy::default(),
+            file: None,
         }
     }
 }
@@ -196,6 +199,7 @@ impl Config {
         for (key, value) in &values {
             config.set(key, value)?;
         }
+        config.file = file.map(Path::to_owned);
         Ok(config)
     }
 
@@ -294,6 +298,119 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Keys a running daemon applies on SIGHUP; every other key needs a restart.
+pub const RELOADABLE_KEYS: &[&str] = &[
+    "OPDBUS_LOG",
+    SNAPSHOT_INTERVAL_ENV,
+    "OPDBUS_RETAIN_HOURLY",
+    "OPDBUS_RETAIN_DAILY",
+    "OPDBUS_RETAIN_WEEKLY",
+];
+
+impl Config {
+    /// The keys whose values differ between `self` and `other`, in [`KEYS`] order.
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+        fn text(value: &dyn std::fmt::Debug) -> String {
+            format!("{value:?}")
+        }
+        let pairs: [(&'static str, String, String); 20] = [
+            ("OPDBUS_BUS", text(&self.bus), text(&other.bus)),
+            (
+                "OPDBUS_BLOCKCHAIN_DIR",
+                text(&self.chain_dir),
+                text(&other.chain_dir),
+            ),
+            (
+                "OPDBUS_CACHE_DIR",
+                text(&self.cache_dir),
+                text(&other.cache_dir),
+            ),
+            (
+                "OPDBUS_MAX_DATA_BYTES",
+                text(&self.max_data_bytes),
+                text(&other.max_data_bytes),
+            ),
+            (
+                "OPDBUS_SEGMENT_BYTES",
+                text(&self.segment_bytes),
+                text(&other.segment_bytes),
+            ),
+            (
+                "OPDBUS_WRITER_UIDS",
+                text(&self.writer_uids),
+                text(&other.writer_uids),
+            ),
+            ("OPDBUS_LOG", text(&self.log), text(&other.log)),
+            (
+                numa::ENV_PLACEMENT,
+                text(&self.cache_placement),
+                text(&other.cache_placement),
+            ),
+            (
+                numa::ENV_MEMORY_POLICY,
+                text(&self.memory_policy),
+                text(&other.memory_policy),
+            ),
+            ("OPDBUS_NUMA", text(&self.numa), text(&other.numa)),
+            (
+                numa::ENV_SYSFS_NODE_ROOT,
+                text(&self.numa_sysfs_root),
+                text(&other.numa_sysfs_root),
+            ),
+            (
+                numa::ENV_SYSFS_BLOCK_ROOT,
+                text(&self.numa_block_root),
+                text(&other.numa_block_root),
+            ),
+            (
+                "OPDBUS_CACHE_HOT_BYTES",
+                text(&self.cache_hot_bytes),
+                text(&other.cache_hot_bytes),
+            ),
+            (
+                "OPDBUS_CACHE_PRELOAD_BLOCKS",
+                text(&self.cache_preload_blocks),
+                text(&other.cache_preload_blocks),
+            ),
+            (
+                "OPDBUS_CACHE_QUEUE_BLOCKS",
+                text(&self.cache_queue_blocks),
+                text(&other.cache_queue_blocks),
+            ),
+            (
+                "OPDBUS_CACHE_PREDICT",
+                text(&self.cache_predict),
+                text(&other.cache_predict),
+            ),
+            (
+                SNAPSHOT_INTERVAL_ENV,
+                text(&self.snapshot_interval),
+                text(&other.snapshot_interval),
+            ),
+            (
+                "OPDBUS_RETAIN_HOURLY",
+                text(&self.retention.hourly),
+                text(&other.retention.hourly),
+            ),
+            (
+                "OPDBUS_RETAIN_DAILY",
+                text(&self.retention.daily),
+                text(&other.retention.daily),
+            ),
+            (
+                "OPDBUS_RETAIN_WEEKLY",
+                text(&self.retention.weekly),
+                text(&other.retention.weekly),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(key, _, _)| key)
+            .collect()
     }
 }
 
@@ -415,6 +532,20 @@ mod tests {
         assert_eq!(config.chain_dir, PathBuf::from("/srv/chain"));
         assert_eq!(config.cache_dir, PathBuf::from("/env/cache"));
         assert_eq!(config.max_data_bytes, DEFAULT_MAX_DATA_BYTES);
+    }
+
+    #[test]
+    fn changed_keys_name_what_differs() {
+        let before = Config::default();
+        let mut after = before.clone();
+        after.log = "debug".into();
+        after.retention.hourly = 9;
+        after.writer_uids = vec![1000];
+        assert_eq!(
+            before.changed_keys(&after),
+            ["OPDBUS_WRITER_UIDS", "OPDBUS_LOG", "OPDBUS_RETAIN_HOURLY"]
+        );
+        assert!(before.changed_keys(&before).is_empty());
     }
 
     #[test]

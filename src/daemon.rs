@@ -1,6 +1,12 @@
 //! The daemon: opens the chain, owns `org.opdbus.Blockchain` on the bus, tells systemd when it
 //! is ready, and shuts down cleanly on SIGTERM/SIGINT (stop taking calls, drain and sync the
-//! queue, release the name, exit 0).
+//! queue, release the name, exit 0). SIGHUP re-reads the `--config` file and applies what can
+//! change while running (log filter, snapshot interval, retention); it never stops the daemon.
+//!
+//! Before the chain is opened: the chain-id marker beside the chain directory is checked (a
+//! missing chain where one was served is an error, never a fresh genesis; see
+//! [`crate::marker`]), and the chain and cache directories and their parents must be owned by
+//! the daemon's user or root and not writable by group or others ([`crate::files`]).
 //!
 //! systemd protocol (`Type=notify`): `READY=1` once the name is owned and the chain's tail was
 //! checked on open; `STATUS=` with the chain height and cache hit rate, refreshed on every tick
@@ -34,10 +40,17 @@ pub enum DaemonError {
     Prepare(crate::btrfs::BtrfsError),
     #[error("stopping so that systemd restarts the daemon and it recovers from disk: {0}")]
     StorageLatched(String),
+    #[error(transparent)]
+    Marker(#[from] crate::marker::MarkerError),
+    #[error(transparent)]
+    UnsafeDir(#[from] crate::files::DirError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // First of all, so that a SIGHUP never takes the default action (terminate) once we run.
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     tracing::info!(
         bus = %config.bus,
         chain_dir = %config.chain_dir.display(),
@@ -56,7 +69,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if config.numa { "on" } else { "off" },
         config.log
     );
+    let marker = crate::marker::ChainMarker::beside(&config.chain_dir);
+    for dir in parents(&config) {
+        if dir.exists() {
+            crate::files::check_dir(&dir)?;
+        }
+    }
+    let recorded = marker.check_before_open()?;
     prepare_dirs(&config).map_err(DaemonError::Prepare)?;
+    for dir in parents(&config) {
+        crate::files::check_dir(&dir)?;
+    }
+    crate::files::check_dir(&config.chain_dir)?;
+    crate::files::check_dir(&config.cache_dir)?;
     let mut options = ChainOptions::new(&config.chain_dir);
     options.max_data_bytes = config.max_data_bytes;
     options.store.segment_bytes = config.segment_bytes;
@@ -68,6 +93,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             dir: config.chain_dir.clone(),
             source,
         })?;
+    if let Err(err) = marker.record_after_open(recorded) {
+        chain.shutdown().await;
+        return Err(err.into());
+    }
+    let leftovers = crate::snapshot::timeline::remove_incomplete(
+        &crate::snapshot::layout::SnapshotLayout::new(&config.chain_dir, &config.cache_dir),
+        Duration::ZERO,
+    );
+    if !leftovers.is_empty() {
+        tracing::info!(
+            removed = ?leftovers,
+            "removed {} half-made snapshot(s) left by an interrupted Snapshot",
+            leftovers.len()
+        );
+    }
     let (height, head) = chain.head();
     let recovery = chain.chain().recovery();
     tracing::info!(
@@ -127,18 +167,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ]);
     let watchdog = tokio::spawn(watch_health(chain.clone()));
 
+    let (timeline_settings, timeline_changes) =
+        tokio::sync::watch::channel((config.snapshot_interval, config.retention));
     let timeline = tokio::spawn(crate::snapshot::timeline::run(
         chain.clone(),
-        config.snapshot_interval,
-        config.retention,
+        timeline_changes,
     ));
 
-    let latched = tokio::select! {
-        stopped = wait_for_stop_signal() => {
-            stopped?;
-            None
+    // What the config sources say without the command-line flags: SIGHUP compares against it.
+    let mut running = Config::load(config.file.as_deref(), |key| std::env::var(key).ok())
+        .unwrap_or_else(|_| config.clone());
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let storage_latched = chain.chain().storage_latched();
+    tokio::pin!(storage_latched);
+    let latched = loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                break None;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                break None;
+            }
+            _ = hangup.recv() => reload(&mut running, &timeline_settings),
+            reason = &mut storage_latched => break Some(reason),
         }
-        reason = chain.chain().storage_latched() => Some(reason),
     };
     timeline.abort();
     if let Some(reason) = &latched {
@@ -152,27 +207,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     watchdog.abort();
     // From here on calls to the name find no owner. Calls the bus routed to us before are
-    // ahead of this ping in our queue, so once it is answered every one of them has been
-    // handed to the object server (dropping the connection earlier would leave them
-    // unanswered). Then the object goes, so calls to our unique name are refused too.
+    // ahead of the bus's reply to `flush_incoming` on our socket, so once it is answered every
+    // one of them has reached our connection's queue for the object server. The object stays
+    // until they have been answered: on the system bus nobody may call us once we own no name
+    // (the policy allows sends to the name's owner only), so nothing new arrives meanwhile.
+    // The writer still runs, so every call gets its block committed and its reply sent. A call
+    // the object server has taken but not started is not counted yet: wait until none is in
+    // flight across a short grace, twice in a row.
     let _ = connection.release_name(BUS_NAME).await;
     flush_incoming(&connection).await;
+    // Bounded: on a laxer bus a client that keeps calling our unique name could keep calls in
+    // flight forever.
+    if tokio::time::timeout(CLOSE_GRACE, drain(&in_flight, &connection))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "calls to our unique name kept arriving {} s after the stop; refusing them now",
+            CLOSE_GRACE.as_secs()
+        );
+    }
+    // Then the object goes, so calls to our unique name (possible on a laxer bus) are refused,
+    // and what such a call started meanwhile is drained too.
     let _ = connection
         .object_server()
         .remove::<BlockchainObject, _>(OBJECT_PATH)
         .await;
-    // The writer still runs, so every call handed over gets its block committed and its
-    // reply sent; the connection closes once the last call's task has let it go. A call the
-    // object server has dispatched may not have started (and so not been counted) yet: wait
-    // until none is in flight across another round trip through the bus and a short grace.
-    loop {
-        in_flight.idle().await;
-        flush_incoming(&connection).await;
-        tokio::time::sleep(SETTLE).await;
-        if in_flight.count() == 0 {
-            break;
-        }
-    }
+    drain(&in_flight, &connection).await;
     // Bounded, so that a client that keeps calling our unique name (or a task that keeps a
     // clone of the connection) cannot hold the stop until systemd's SIGKILL.
     if tokio::time::timeout(CLOSE_GRACE, connection.graceful_shutdown())
@@ -193,24 +254,106 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-/// Returns once every message that reached our connection before this call has been dispatched:
-/// a `Peer.Ping` to ourselves through the bus queues behind them.
+/// Returns once every message the bus sent us before this call has reached our connection: a
+/// call to the bus driver itself (`org.freedesktop.DBus.GetId`, which every bus policy allows;
+/// a `Peer.Ping` to ourselves is refused by the system bus once we own no name). The bus
+/// writes its reply to our socket after everything it routed to us before, and our connection
+/// reads its socket in order.
 async fn flush_incoming(connection: &zbus::Connection) {
-    let Some(me) = connection.unique_name() else {
-        return;
-    };
     if let Err(err) = connection
         .call_method(
-            Some(me.as_ref()),
-            "/",
-            Some("org.freedesktop.DBus.Peer"),
-            "Ping",
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "GetId",
             &(),
         )
         .await
     {
-        tracing::warn!(%err, "cannot ping ourselves through the bus; stopping anyway");
+        tracing::warn!(%err, "cannot reach the bus to flush our queue; stopping after a pause");
+        tokio::time::sleep(SETTLE).await;
     }
+}
+
+/// Waits until no call is in flight, across a round trip through the bus and [`SETTLE`].
+async fn drain(in_flight: &crate::dbus::InFlight, connection: &zbus::Connection) {
+    loop {
+        in_flight.idle().await;
+        flush_incoming(connection).await;
+        tokio::time::sleep(SETTLE).await;
+        if in_flight.count() == 0 {
+            break;
+        }
+    }
+}
+
+/// SIGHUP: reads the config sources again and applies the keys that can change while running;
+/// logs one line saying what was reloaded and what needs a restart. Never stops the daemon.
+fn reload(
+    running: &mut Config,
+    timeline: &tokio::sync::watch::Sender<crate::snapshot::timeline::TimelineSettings>,
+) {
+    use crate::config::RELOADABLE_KEYS;
+    let Some(file) = running.file.clone() else {
+        tracing::info!(
+            "SIGHUP: nothing reloaded: the settings come from the environment and flags (no \
+             --config FILE), which only a restart renews"
+        );
+        return;
+    };
+    let fresh = match Config::load(Some(&file), |key| std::env::var(key).ok()) {
+        Ok(fresh) => fresh,
+        Err(err) => {
+            tracing::warn!(
+                "SIGHUP: cannot reload {}: {err}; the running settings stay",
+                file.display()
+            );
+            return;
+        }
+    };
+    let changed = running.changed_keys(&fresh);
+    let (mut applied, restart): (Vec<&str>, Vec<&str>) = changed
+        .iter()
+        .partition(|key| RELOADABLE_KEYS.contains(key));
+    if applied.contains(&"OPDBUS_LOG") {
+        match set_log_filter(&fresh.log) {
+            Ok(()) => running.log = fresh.log.clone(),
+            Err(err) => {
+                applied.retain(|key| *key != "OPDBUS_LOG");
+                tracing::warn!(
+                    "SIGHUP: OPDBUS_LOG={} is not a usable log filter ({err}); keeping {}",
+                    fresh.log,
+                    running.log
+                );
+            }
+        }
+    }
+    running.snapshot_interval = fresh.snapshot_interval;
+    running.retention = fresh.retention;
+    timeline.send_replace((running.snapshot_interval, running.retention));
+    let applied = if applied.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        format!("reloaded {}", applied.join(", "))
+    };
+    let restart = if restart.is_empty() {
+        String::new()
+    } else {
+        format!("; {} need a restart to take effect", restart.join(", "))
+    };
+    tracing::info!(config = %file.display(), "SIGHUP: {applied} from {}{restart}", file.display());
+}
+
+/// The directories that hold the chain-id marker and the `.snapshots` of chain and cache.
+fn parents(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = [&config.chain_dir, &config.cache_dir]
+        .iter()
+        .filter_map(|d| d.parent())
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_owned())
+        .collect();
+    dirs.dedup();
+    dirs
 }
 
 /// What `systemctl status` shows next to the unit.
@@ -328,17 +471,6 @@ fn prepare_dirs(config: &Config) -> Result<(), crate::btrfs::BtrfsError> {
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> Result<(), DaemonError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
-}
-
 /// Tells systemd (when it started us with `Type=notify`); a no-op otherwise.
 fn notify(states: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(false, states) {
@@ -352,6 +484,8 @@ pub fn init_logging(filter: &str) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set(handle);
     // Field names as we write them (BLOCK_HEIGHT, PLUGIN, …), without the default `F_` prefix,
     // so that `journalctl PLUGIN=network` finds them.
     let journald = stderr_is_journal()
@@ -378,6 +512,21 @@ pub fn init_logging(filter: &str) {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
+}
+
+/// The log filter's reload handle, set once by [`init_logging`].
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// Replaces the log filter (SIGHUP); an invalid filter leaves the old one.
+fn set_log_filter(filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    LOG_FILTER
+        .get()
+        .ok_or_else(|| "logging was not set up by init_logging".to_owned())?
+        .reload(filter)
+        .map_err(|e| e.to_string())
 }
 
 /// Whether stderr is the journal stream systemd gave us: `JOURNAL_STREAM` is `device:inode` of

@@ -495,6 +495,81 @@ fn real_systemd_a_failed_fdatasync_stops_the_daemon_and_systemd_restarts_it() {
 }
 
 #[test]
+fn real_systemd_restore_masks_the_unit_while_it_runs() {
+    let Some(ct) = Container::boot_with_service("restore") else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    ct.add_footprint("network", "create", "{}");
+    let reply = ct.busctl_call("Snapshot", &[]);
+    let chain_snapshot = reply.split('"').nth(1).expect("snapshot paths").to_owned();
+    let snapshot = Path::new(&chain_snapshot)
+        .parent()
+        .expect("snapshot dir")
+        .to_str()
+        .expect("utf-8")
+        .to_owned();
+    ct.add_footprint("network", "after-snapshot", "{}");
+    let marker = std::fs::read_to_string(ct.path("/var/lib/op-dbus/blockchain.chain-id"))
+        .expect("the daemon recorded its chain id");
+    // The directories go aside under the running daemon; restore must stop it and keep bus
+    // activation out while it puts the snapshot back.
+    ct.ok(&[
+        "sh",
+        "-c",
+        "mv /var/lib/op-dbus/blockchain /var/lib/op-dbus/blockchain.old && \
+         mv /var/lib/op-dbus/@cache /var/lib/op-dbus/@cache.old",
+    ]);
+    let out = ct.run(&["opdbus-chain", "restore", "--from", &snapshot]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("stopped and masked for the restore"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ct.unit_property("ActiveState"), "inactive");
+    assert_eq!(ct.unit_property("LoadState"), "loaded", "unmasked again");
+    // The stop restore asked for was clean: no warning about flushing the bus queue (the
+    // system bus refuses a Peer.Ping to ourselves once the name is released).
+    let warnings = ct.run(&[
+        "journalctl",
+        "-b",
+        "-u",
+        UNIT,
+        "-p",
+        "warning",
+        "--no-pager",
+    ]);
+    eprintln!("warnings of the unit:\n{}", stdout(&warnings));
+    assert!(
+        !stdout(&warnings).contains("cannot ping") && !stdout(&warnings).contains("flush"),
+        "{}",
+        stdout(&warnings)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ct.path("/var/lib/op-dbus/blockchain.chain-id")).expect("marker"),
+        marker,
+        "the marker names the restored chain"
+    );
+    // The next call activates the daemon on the restored chain: the snapshot's height + 1.
+    let (height, _) = ct.add_footprint("network", "after-restore", "{}");
+    assert_eq!(height, 2, "continues the restored chain, not a new one");
+
+    // Masked by the operator beforehand: restore leaves it masked.
+    ct.ok(&["systemctl", "mask", "--runtime", UNIT]);
+    ct.ok(&["systemctl", "stop", UNIT]);
+    ct.ok(&[
+        "sh",
+        "-c",
+        "mv /var/lib/op-dbus/blockchain /var/lib/op-dbus/blockchain.old2 && \
+         mv /var/lib/op-dbus/@cache /var/lib/op-dbus/@cache.old2",
+    ]);
+    let out = ct.run(&["opdbus-chain", "restore", "--from", &snapshot]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(ct.unit_property("LoadState"), "masked", "left masked");
+}
+
+#[test]
 fn real_systemd_first_call_activates_the_unit() {
     let Some(ct) = Container::boot_with_service("activate") else {
         return;

@@ -63,7 +63,7 @@ impl Dictionaries {
             let Some(id) = name.to_str().and_then(parse_file_name) else {
                 continue;
             };
-            let bytes = match std::fs::read(entry.path()) {
+            let bytes = match crate::files::read(&entry.path()) {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     tracing::warn!(path = %entry.path().display(), %err, "ignoring an unreadable dictionary file");
@@ -116,14 +116,15 @@ impl Dictionaries {
 
     /// Writes a new dictionary durably and makes it available to readers.
     fn add(&self, id: u32, bytes: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        crate::files::create_dir_all(&self.dir)?;
         let path = self.dir.join(file_name(id));
         let tmp = self.dir.join(format!(".{}.tmp", file_name(id)));
-        let mut file = std::fs::File::create(&tmp)?;
+        let _ = std::fs::remove_file(&tmp); // a leftover of a crash, or a planted link
+        let mut file = crate::files::create_new(&tmp, crate::files::FILE_MODE)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        crate::files::sync_dir(&self.dir)?;
         self.decoders
             .write()
             .insert(id, Arc::new(DecoderDictionary::copy(bytes)));

@@ -35,7 +35,7 @@ use super::sub_saturating;
 use crate::chain::block::{hash_prefix, Block, Hash};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -128,7 +128,7 @@ impl DiskTier {
     /// [`DiskTier::scan`]; until then every lookup is a miss.
     pub fn open(dir: &Path) -> (DiskTier, Option<Trained>) {
         let packs_dir = dir.join("packs");
-        if let Err(err) = std::fs::create_dir_all(&packs_dir) {
+        if let Err(err) = crate::files::create_dir_all(&packs_dir) {
             tracing::warn!(%err, path = %packs_dir.display(), "cannot create the cache directory; blocks are served from the chain until it can be written");
         }
         let dict_dir = dir.join("dict");
@@ -196,7 +196,7 @@ impl DiskTier {
         if let Some(file) = self.readers.read().get(&number) {
             return Some(file.clone());
         }
-        let file = Arc::new(File::open(self.packs_dir.join(pack_name(number))).ok()?);
+        let file = Arc::new(crate::files::open_read(&self.packs_dir.join(pack_name(number))).ok()?);
         Some(self.readers.write().entry(number).or_insert(file).clone())
     }
 
@@ -303,10 +303,10 @@ impl DiskTier {
         }
         if let Some(pack) = &mut appender.pack {
             if pack.file.is_none() {
-                match OpenOptions::new()
-                    .write(true)
-                    .open(self.packs_dir.join(pack_name(pack.number)))
-                {
+                match crate::files::open(
+                    crate::files::options(crate::files::FILE_MODE).write(true),
+                    &self.packs_dir.join(pack_name(pack.number)),
+                ) {
                     Ok(file) => pack.file = Some(file),
                     // Deleted under us (the cache directory was removed): start afresh.
                     Err(err) if err.kind() == ErrorKind::NotFound => appender.pack = None,
@@ -345,10 +345,10 @@ impl DiskTier {
                 std::io::Error::other("the cache has used up its pack numbers; delete it")
             })?;
             let path = self.packs_dir.join(pack_name(number));
-            let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+            let create = || crate::files::create_new(&path, crate::files::FILE_MODE);
             let created = create().or_else(|err| {
                 if err.kind() == ErrorKind::NotFound {
-                    std::fs::create_dir_all(&self.packs_dir)?;
+                    crate::files::create_dir_all(&self.packs_dir)?;
                     create()
                 } else {
                     Err(err)
@@ -431,7 +431,7 @@ impl DiskTier {
 
     /// Indexes the records of one pack; returns the offset where a bad record ended the scan.
     fn scan_pack(&self, number: u32, path: &Path) -> std::io::Result<Option<u64>> {
-        let file = File::open(path)?;
+        let file = crate::files::open_read(path)?;
         let size = file.metadata()?.len();
         self.counters.pack_bytes.fetch_add(size, Relaxed);
         let mut reader = BufReader::with_capacity(256 * 1024, file);

@@ -541,7 +541,8 @@ impl<S: BlockSource> Worker<S> {
 
 /// `complete_through` from the state file, if it is there, readable and of this chain.
 fn read_state(cache: &BlockCache, chain_id: &[u8; 16]) -> Option<u64> {
-    let text = std::fs::read_to_string(cache.dir().join(STATE_FILE)).ok()?;
+    let bytes = crate::files::read(&cache.dir().join(STATE_FILE)).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     let mut id = None;
     let mut through = None;
     for line in text.lines() {
@@ -562,7 +563,11 @@ fn write_state(cache: &BlockCache, chain_id: &[u8; 16], complete_through: u64) {
     let path = cache.dir().join(STATE_FILE);
     let tmp = cache.dir().join(".state.tmp");
     // Unsynced on purpose (see the module text); failures show up as write failures already.
-    if std::fs::write(&tmp, text).is_ok() {
+    // A leftover (or planted link) in place of the temporary file is removed, never followed.
+    let _ = std::fs::remove_file(&tmp);
+    let written = crate::files::create_new(&tmp, crate::files::FILE_MODE)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+    if written.is_ok() {
         let _ = std::fs::rename(&tmp, &path);
     }
 }

@@ -109,7 +109,7 @@ fn repair_one(
         .rposition(|(first, _)| *first <= height)
         .ok_or("no segment holds it")?;
     let (first, path) = &segments[index];
-    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let bytes = crate::files::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     // Records before `height` in this segment verified good: their length fields are right.
     let mut at = HEADER_LEN;
     for _ in *first..height {
@@ -138,7 +138,7 @@ fn repair_one(
         }
         // The next block opens the next segment.
         let (_, next_path) = segments.get(index + 1)?;
-        let next = std::fs::read(next_path).ok()?;
+        let next = crate::files::read(next_path).ok()?;
         match segment::parse_record(
             next.get(HEADER_LEN..)?,
             next.len() - HEADER_LEN,
@@ -226,10 +226,11 @@ fn proves_genuine(
 fn rewrite(path: &Path, at: usize, block: &Block) -> Result<(), String> {
     let mut record = Vec::with_capacity(segment::record_len(block.encoded_len()));
     segment::encode_record(block, &mut record);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("opening {} for writing: {e}", path.display()))?;
+    let file = crate::files::open(
+        crate::files::options(crate::files::FILE_MODE).write(true),
+        path,
+    )
+    .map_err(|e| format!("opening {} for writing: {e}", path.display()))?;
     file.write_all_at(&record, at as u64)
         .and_then(|()| file.sync_data())
         .map_err(|e| format!("rewriting {}: {e}", path.display()))

@@ -7,9 +7,9 @@
 //! kernel. Reads do not go through the seam: recovery and readers read the files as they are on
 //! disk, which is exactly what a crash test must put in front of them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -54,22 +54,17 @@ impl RealIo {
 
 impl SegmentIo for RealIo {
     fn create(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(path)?;
+        let file = crate::files::create_new(path, 0o640)?;
         Ok(Box::new(RealFile(file)))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let file = OpenOptions::new().write(true).open(path)?;
+        let file = crate::files::open(crate::files::options(0o640).write(true), path)?;
         Ok(Box::new(RealFile(file)))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        crate::files::sync_dir(dir)
     }
 }
 

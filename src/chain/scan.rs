@@ -365,7 +365,7 @@ pub fn scan_chain(
     let last = listed.len() - 1;
     for (i, (first, path)) in listed.iter().enumerate() {
         let name = file_name(path);
-        let file = segment::open_for_reading(path)
+        let file = crate::files::open_read(path)
             .map_err(|e| ChainError::io(format!("opening {}", path.display()), e))?;
         let header = read_header(&file, path)?;
         // Heights are known here when every record before this segment was scanned.

@@ -54,16 +54,6 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-/// Opens a segment file for reading, refusing a symbolic link in its place (a planted link
-/// must not make the daemon read, and then serve or judge, another file).
-pub fn open_for_reading(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
 /// The segment files of a chain directory, ordered by first height.
 pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();

@@ -34,8 +34,8 @@ use super::segment::{self, ChainId, Parsed, HEADER_LEN};
 use crate::footprint::PluginFootprint;
 use parking_lot::RwLock;
 use std::collections::hash_map::{Entry, HashMap};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -229,13 +229,14 @@ pub fn open_read_only(dir: &Path) -> Result<ChainReader> {
 /// another writer has it). Offline tools that rewrite a segment (repair) hold it meanwhile.
 pub fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| ChainError::io(format!("opening lock file {}", path.display()), e))?;
+    let file = crate::files::open(
+        crate::files::options(0o600)
+            .create(true)
+            .truncate(false)
+            .write(true),
+        &path,
+    )
+    .map_err(|e| ChainError::io(format!("opening lock file {}", path.display()), e))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| ChainError::InUse(dir.to_path_buf()))
 }
@@ -274,12 +275,8 @@ fn create_genesis(dir: &Path) -> Result<()> {
     let path = dir.join(segment::file_name(0));
     let tmp = dir.join(format!(".{}.new", segment::file_name(0)));
     let write = || -> std::io::Result<()> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(&tmp)?;
+        let _ = std::fs::remove_file(&tmp); // a leftover of a crash, or a planted link
+        let file = crate::files::create_new(&tmp, 0o640)?;
         file.write_all_at(&bytes, 0)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -291,7 +288,7 @@ fn create_genesis(dir: &Path) -> Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::files::sync_dir(dir)
 }
 
 struct Loaded {
@@ -415,11 +412,11 @@ fn load_index(
 ) -> std::result::Result<(IndexEntries, Option<scan::Resume>), String> {
     let (first, first_path) = &listed[0];
     let mut header = [0u8; HEADER_LEN];
-    segment::open_for_reading(first_path)
+    crate::files::open_read(first_path)
         .and_then(|f| f.read_exact_at(&mut header, 0))
         .map_err(|e| format!("reading {}: {e}", first_path.display()))?;
     let chain_id = segment::check_header(&header, *first)?;
-    let bytes = std::fs::read(dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
+    let bytes = crate::files::read(&dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
     if bytes.len() < HEADER_LEN || &bytes[..8] != INDEX_MAGIC || bytes[24..40] != chain_id[..] {
         return Err("bad index header".into());
     }
@@ -463,7 +460,7 @@ fn load_index(
     let height = entries.len() as u64 - 1;
     let path = &listed[location.segment as usize].1;
     let file =
-        segment::open_for_reading(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        crate::files::open_read(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let block = read_record(&file, location, height).map_err(|e| e.to_string())?;
     if &block.hash != hash {
         return Err(format!("entry {height} does not match its record"));
@@ -486,13 +483,15 @@ fn load_index(
 fn rewrite_index(shared: &Shared, trusted: usize) -> Option<File> {
     let path = shared.dir.join(INDEX_FILE);
     let result = (|| -> std::io::Result<File> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o640)
-            .open(&path)?;
+        let file = crate::files::open(
+            crate::files::options(0o640)
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &path,
+        )?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
         let mut header = segment::encode_header(0, &shared.chain_id);
         header[..8].copy_from_slice(INDEX_MAGIC);
         file.write_all_at(&header, 0)?;
@@ -852,7 +851,7 @@ impl ChainWriter {
             file.write_all_at(&header, 0)?;
             file.sync_data()?;
             io.sync_dir(&dir)?;
-            let reader = segment::open_for_reading(&path)?;
+            let reader = crate::files::open_read(&path)?;
             Ok((file, reader))
         };
         match create() {

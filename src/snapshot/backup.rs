@@ -28,7 +28,7 @@ use crate::chain::error::ChainError;
 use crate::chain::verify::verify_dir;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -63,6 +63,8 @@ pub enum BackupError {
     Chain(#[from] ChainError),
     #[error(transparent)]
     Copy(#[from] SnapshotError),
+    #[error("{0}")]
+    Marker(String),
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -325,7 +327,7 @@ fn receive_into_directory(
 /// Per target id, the newest snapshot that target holds. A missing file is an empty record.
 pub fn read_backup_parents(layout: &SnapshotLayout) -> io::Result<BTreeMap<String, String>> {
     let path = layout.chain_snapshots().join(BACKUP_PARENTS_FILE);
-    match fs::read(&path) {
+    match crate::files::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -348,12 +350,11 @@ pub fn record_backup_parent(
     record.insert(target_id.to_owned(), name.to_owned());
     let mut json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
     json.push(b'\n');
-    let temp = dir.join(format!("{BACKUP_PARENTS_FILE}.tmp"));
-    let mut file = File::create(&temp)?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    fs::rename(&temp, dir.join(BACKUP_PARENTS_FILE))?;
-    File::open(&dir)?.sync_all()
+    crate::files::write_atomic(
+        &dir.join(BACKUP_PARENTS_FILE),
+        &json,
+        crate::files::FILE_MODE,
+    )
 }
 
 /// What [`restore`] put in place.
@@ -362,12 +363,16 @@ pub struct RestoreReport {
     pub verified: VerifiedBackup,
     /// The chain was restored as a btrfs subvolume (else as a plain directory).
     pub chain_subvolume: bool,
+    /// The chain-id marker beside `chain_dir`, now naming the restored chain.
+    pub marker: PathBuf,
 }
 
 /// Puts the backup (or local snapshot) `from` (holding `chain/` and `cache/`) back as working
 /// directories `chain_dir` and `cache_dir`, which must not exist. The backup is verified first;
 /// the restored chain is verified again. On btrfs the result is a writable snapshot of a
 /// received copy (a received subvolume itself must stay read-only); elsewhere a plain copy.
+/// Last, the chain-id marker beside `chain_dir` is set to the restored chain's id, so the
+/// daemon serves it (and would refuse to start a new chain if it went missing again).
 pub fn restore(
     from: &Path,
     chain_dir: &Path,
@@ -394,12 +399,23 @@ pub fn restore(
                 ),
             });
         }
-        Ok(chain_subvolume)
+        let marker = crate::marker::ChainMarker::beside(chain_dir);
+        match marker.on_disk() {
+            Ok(crate::marker::OnDisk::Chain(id)) => marker.write(&id),
+            Ok(_) => Err(crate::marker::MarkerError::Invalid {
+                marker: marker.path.clone(),
+                reason: format!("cannot read the chain id of {}", chain_dir.display()),
+            }),
+            Err(err) => Err(err),
+        }
+        .map_err(|err| BackupError::Marker(err.to_string()))?;
+        Ok((chain_subvolume, marker.path))
     })();
     match result {
-        Ok(chain_subvolume) => Ok(RestoreReport {
+        Ok((chain_subvolume, marker)) => Ok(RestoreReport {
             verified,
             chain_subvolume,
+            marker,
         }),
         Err(err) => {
             for dir in made {

@@ -77,12 +77,14 @@ impl SnapshotLayout {
     pub fn lock(&self, wait: bool) -> io::Result<Option<SnapshotsLock>> {
         use nix::fcntl::{Flock, FlockArg};
         let dir = self.chain_snapshots();
-        std::fs::create_dir_all(&dir)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(".lock"))?;
+        crate::files::create_dir_all(&dir)?;
+        let file = crate::files::open(
+            crate::files::options(0o600)
+                .create(true)
+                .truncate(false)
+                .write(true),
+            &dir.join(".lock"),
+        )?;
         let arg = if wait {
             FlockArg::LockExclusive
         } else {
@@ -145,19 +147,30 @@ pub fn prepare_dir(dir: &Path) -> Result<DirKind, btrfs::BtrfsError> {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&parent).map_err(|source| btrfs::BtrfsError::Io {
+        crate::files::create_dir_all(&parent).map_err(|source| btrfs::BtrfsError::Io {
             path: parent.clone(),
             source,
         })?;
+        let explicit_mode = |kind| {
+            std::fs::set_permissions(
+                dir,
+                std::os::unix::fs::PermissionsExt::from_mode(crate::files::DIR_MODE),
+            )
+            .map(|()| kind)
+            .map_err(|source| btrfs::BtrfsError::Io {
+                path: dir.to_owned(),
+                source,
+            })
+        };
         if btrfs::is_btrfs(&parent) {
             btrfs::create_subvolume(dir)?;
-            return Ok(DirKind::Subvolume);
+            return explicit_mode(DirKind::Subvolume);
         }
         std::fs::create_dir(dir).map_err(|source| btrfs::BtrfsError::Io {
             path: dir.to_owned(),
             source,
         })?;
-        return Ok(DirKind::Plain);
+        return explicit_mode(DirKind::Plain);
     }
     Ok(dir_kind(dir))
 }

@@ -18,7 +18,7 @@
 use super::utc::UtcDateTime;
 use crate::chain::block::{parse_hash, Hash};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -146,21 +146,21 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), ManifestErr
         reason: e.to_string(),
     })?;
     json.push(b'\n');
-    let mut file = File::create(&temp).map_err(io_error(&temp))?;
+    let _ = fs::remove_file(&temp); // a leftover of a crash, or a planted link
+    let mut file =
+        crate::files::create_new(&temp, crate::files::FILE_MODE).map_err(io_error(&temp))?;
     file.write_all(&json).map_err(io_error(&temp))?;
     file.sync_all().map_err(io_error(&temp))?;
     drop(file);
     fs::rename(&temp, &path).map_err(io_error(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))?;
+    crate::files::sync_dir(dir).map_err(io_error(dir))?;
     Ok(())
 }
 
 /// Reads and checks `dir/MANIFEST.json`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, ManifestError> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = fs::read(&path).map_err(|source| ManifestError::Io {
+    let bytes = crate::files::read(&path).map_err(|source| ManifestError::Io {
         path: path.clone(),
         source,
     })?;

@@ -78,22 +78,33 @@ pub fn prune_with(
             }
         }
     }
-    remove_stale_incomplete(layout);
+    remove_incomplete(layout, STALE_INCOMPLETE);
     Ok(pruned)
 }
 
-/// `.incomplete-*` entries are half-made snapshots; a snapshot in progress is never older than
-/// a minute, so anything older is what a crash left.
-fn remove_stale_incomplete(layout: &SnapshotLayout) {
-    for dir in [layout.chain_snapshots(), layout.cache_snapshots()] {
+/// A snapshot in progress is never older than this; an `.incomplete-*` entry that is, is what
+/// a crash (kill -9 during Snapshot) left.
+const STALE_INCOMPLETE: Duration = Duration::from_secs(60);
+
+/// Removes `.incomplete-*` entries (half-made snapshots, btrfs subvolumes included) older than
+/// `older_than` from both snapshot directories; returns what was removed. At start-up, where
+/// no snapshot can be in progress (the daemon holds the chain's lock), `older_than` is zero.
+pub fn remove_incomplete(layout: &SnapshotLayout, older_than: Duration) -> Vec<std::path::PathBuf> {
+    let mut removed = Vec::new();
+    let mut dirs = vec![layout.chain_snapshots()];
+    if layout.cache_snapshots() != layout.chain_snapshots() {
+        dirs.push(layout.cache_snapshots());
+    }
+    for dir in dirs {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(60));
+            let stale = older_than.is_zero()
+                || entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > older_than);
             let ours = entry
                 .file_name()
                 .to_str()
@@ -101,7 +112,10 @@ fn remove_stale_incomplete(layout: &SnapshotLayout) {
             if ours && stale {
                 let path = entry.path();
                 match remove_snapshot_dir(&path) {
-                    Ok(()) => tracing::info!(dir = %path.display(), "removed a half-made snapshot"),
+                    Ok(()) => {
+                        tracing::info!(dir = %path.display(), "removed a half-made snapshot");
+                        removed.push(path);
+                    }
                     Err(err) => {
                         tracing::warn!(%err, dir = %path.display(), "cannot remove a half-made snapshot")
                     }
@@ -109,6 +123,7 @@ fn remove_stale_incomplete(layout: &SnapshotLayout) {
             }
         }
     }
+    removed
 }
 
 fn now_secs() -> i64 {
@@ -117,34 +132,55 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Runs forever (until the task is aborted): snapshot when due, then prune.
+/// The schedule the timeline follows; SIGHUP sends a new one (see `daemon`).
+pub type TimelineSettings = (SnapshotInterval, RetentionPolicy);
+
+/// Runs until the task is aborted or `settings`' sender is gone: snapshot when due, then prune.
+/// A new interval or retention sent on `settings` takes effect at once (a sleep is cut short).
 pub async fn run(
     blockchain: OptimizedBlockchain,
-    interval: SnapshotInterval,
-    policy: RetentionPolicy,
+    mut settings: tokio::sync::watch::Receiver<TimelineSettings>,
 ) {
-    if interval == SnapshotInterval::Off {
-        return;
-    }
     let layout = SnapshotLayout::new(
         blockchain.chain().chain_dir().to_owned(),
         blockchain.cache_dir().to_owned(),
     );
-    tracing::info!(%interval, hourly = policy.hourly, daily = policy.daily, weekly = policy.weekly, "snapshot timeline");
+    let mut announced = None;
     loop {
+        let (interval, policy) = *settings.borrow_and_update();
+        if announced != Some((interval, policy))
+            && (announced.is_some() || interval != SnapshotInterval::Off)
+        {
+            tracing::info!(%interval, hourly = policy.hourly, daily = policy.daily, weekly = policy.weekly, "snapshot timeline");
+        }
+        announced = Some((interval, policy));
         let last = layout
             .list()
             .ok()
             .and_then(|names| names.last().and_then(|n| SnapshotEntry::from_name(n)))
             .map(|e| e.time_utc_secs);
         let now = now_secs();
-        let Some(due) = interval.next_due(last, now) else {
-            return;
+        let due = match interval {
+            SnapshotInterval::Off => None,
+            _ => interval.next_due(last, now),
         };
-        if due > now {
+        let wait = match due {
+            None => None,
             // Sleep in steps of at most a minute so that a clock change is noticed.
-            let wait = (due - now).min(60) as u64;
-            tokio::time::sleep(Duration::from_secs(wait)).await;
+            Some(due) if due > now => Some((due - now).min(60) as u64),
+            Some(_) => Some(0),
+        };
+        if wait != Some(0) {
+            let sleep = async {
+                match wait {
+                    Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => {}
+                changed = settings.changed() => if changed.is_err() { return },
+            }
             continue;
         }
         match blockchain.create_unified_snapshot().await {

@@ -25,7 +25,7 @@ use crate::chain::block::Hash;
 use crate::chain::error::ChainError;
 use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
 use crate::service::OptimizedBlockchain;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -368,7 +368,7 @@ fn copy_open_segment(
     dest_dir: &Path,
 ) -> Result<(), SnapshotError> {
     let mut bytes = Vec::with_capacity(len as usize);
-    File::open(open)
+    crate::files::open_read(open)
         .map_err(io_err(open))?
         .take(len)
         .read_to_end(&mut bytes)
@@ -412,7 +412,8 @@ fn copy_open_segment(
         .file_name()
         .ok_or_else(|| inconsistent("no file name".into()))?;
     let dest = dest_dir.join(name);
-    let mut file = File::create(&dest).map_err(io_err(&dest))?;
+    let mut file =
+        crate::files::create_new(&dest, crate::files::FILE_MODE).map_err(io_err(&dest))?;
     io::Write::write_all(&mut file, &bytes).map_err(io_err(&dest))?;
     file.sync_all().map_err(io_err(&dest))?;
     Ok(())
@@ -460,7 +461,7 @@ fn read_chain_id(chain_dir: &Path) -> Result<ChainId, SnapshotError> {
         )));
     };
     let mut header = vec![0u8; HEADER_LEN];
-    File::open(path)
+    crate::files::open_read(path)
         .and_then(|mut f| f.read_exact(&mut header))
         .map_err(io_err(path))?;
     segment::check_header(&header, *first)
@@ -484,7 +485,7 @@ fn set_mode_readonly(dir: &Path) -> Result<(), SnapshotError> {
 }
 
 fn sync_dir(dir: &Path) {
-    if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
+    if let Err(err) = crate::files::sync_dir(dir) {
         tracing::warn!(%err, dir = %dir.display(), "cannot sync the snapshot directory");
     }
 }

@@ -19,7 +19,7 @@ use crate::chain::store::ChainReader;
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use std::collections::BinaryHeap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -517,7 +517,7 @@ fn header(chain_id: &ChainId) -> [u8; HEADER_LEN] {
 
 fn load(path: &Path, chain_id: &ChainId) -> std::result::Result<(Vec<i8>, Vec<Meta>), String> {
     let mut bytes = Vec::new();
-    File::open(path)
+    crate::files::open_read(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| e.to_string())?;
     if bytes.len() < HEADER_LEN || bytes[..HEADER_LEN] != header(chain_id) {
@@ -541,12 +541,17 @@ fn open_for_append(
     chain_id: &ChainId,
     records: usize,
 ) -> std::io::Result<BufWriter<File>> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let mut file = crate::files::open(
+        crate::files::options(crate::files::FILE_MODE)
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+        path,
+    )?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        crate::files::FILE_MODE,
+    ))?;
     let len = (HEADER_LEN + records * RECORD_LEN) as u64;
     file.set_len(len)?;
     file.seek(SeekFrom::Start(0))?;

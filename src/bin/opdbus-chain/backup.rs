@@ -61,10 +61,14 @@ pub fn verify_backup(dir: &Path) -> Outcome {
 }
 
 pub fn restore(from: &Path, chain_dir: &Path, cache_dir: &Path) -> Outcome {
+    // Held (stopped and masked) until the end of this function, so that no bus call activates
+    // the daemon on a half-restored directory.
+    let _unit = UnitHold::take(chain_dir)?;
     match backup::restore(from, chain_dir, cache_dir) {
         Ok(report) => {
             println!(
-                "restored {} to {} ({}) and {}: chain verified, head at height {} ({}); start the daemon on them",
+                "restored {} to {} ({}) and {}: chain verified, head at height {} ({}); {} \
+                 records its chain id; start the daemon on them",
                 from.display(),
                 chain_dir.display(),
                 if report.chain_subvolume {
@@ -74,7 +78,8 @@ pub fn restore(from: &Path, chain_dir: &Path, cache_dir: &Path) -> Outcome {
                 },
                 cache_dir.display(),
                 report.verified.height,
-                report.verified.head_hash
+                report.verified.head_hash,
+                report.marker.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -83,5 +88,109 @@ pub fn restore(from: &Path, chain_dir: &Path, cache_dir: &Path) -> Outcome {
             Ok(ExitCode::FAILURE)
         }
         Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The daemon's unit, as systemd knows it.
+const UNIT: &str = "opdbus-blockchaind.service";
+/// The settings file the shipped unit gives the daemon (`--config`).
+const UNIT_CONFIG: &str = "/etc/default/opdbus-blockchain";
+
+/// While a restore runs into the chain directory the unit serves, the unit is stopped and
+/// masked for this boot (`systemctl mask --runtime`), so that a bus call cannot activate the
+/// daemon meanwhile; dropping the hold unmasks it again (unless it was masked before). Without
+/// systemd, or when the unit is not loaded or serves another directory, nothing is held.
+struct UnitHold {
+    /// It was masked before we came (by the operator): leave it masked.
+    was_masked: bool,
+}
+
+impl UnitHold {
+    fn take(chain_dir: &Path) -> Result<Option<UnitHold>, String> {
+        let Some(load_state) = systemctl(&["show", "--property=LoadState", "--value", UNIT])
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        else {
+            return Ok(None);
+        };
+        let was_masked = match load_state.as_str() {
+            "loaded" => false,
+            "masked" => true,
+            _ => return Ok(None),
+        };
+        if !same_dir(chain_dir, &unit_chain_dir()) {
+            return Ok(None);
+        }
+        if !was_masked {
+            run_systemctl(&["mask", "--runtime", UNIT])?;
+        }
+        let hold = UnitHold { was_masked };
+        run_systemctl(&["stop", UNIT])?;
+        eprintln!(
+            "opdbus-chain: {UNIT} stopped and masked for the restore{}",
+            if was_masked {
+                " (it was masked already and stays so)"
+            } else {
+                "; it is unmasked again when the restore ends"
+            }
+        );
+        Ok(Some(hold))
+    }
+}
+
+impl Drop for UnitHold {
+    fn drop(&mut self) {
+        if !self.was_masked {
+            if let Err(err) = run_systemctl(&["unmask", "--runtime", UNIT]) {
+                eprintln!(
+                    "opdbus-chain: {err}; unmask it with `systemctl unmask --runtime {UNIT}`"
+                );
+            }
+        }
+    }
+}
+
+/// The chain directory the unit serves: `OPDBUS_BLOCKCHAIN_DIR` of its settings file, or the
+/// default.
+fn unit_chain_dir() -> PathBuf {
+    let file = Path::new(UNIT_CONFIG);
+    opdbus_blockchain::config::Config::load(file.exists().then_some(file), |_| None)
+        .unwrap_or_default()
+        .chain_dir
+}
+
+/// Whether two paths name the same directory, one of which may not exist yet (its parent is
+/// compared, resolved, with its name).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            let parent = match p.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
+        })
+    };
+    match (resolve(a), resolve(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+fn systemctl(args: &[&str]) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("systemctl").args(args).output()
+}
+
+fn run_systemctl(args: &[&str]) -> Result<(), String> {
+    let out = systemctl(args).map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }

@@ -1,0 +1,251 @@
+//! How the daemon opens files in its own directories (chain, cache, snapshots, the chain-id
+//! marker): never through a symbolic link, new files with an explicit mode rather than what
+//! the umask leaves, and directories only when no one but the daemon's user (or root) can
+//! change what is in them.
+//!
+//! Why: the daemon runs as root. A symlink planted as `index`, `vectors` or a segment would
+//! otherwise make it truncate or rewrite a file of the planter's choosing, and a directory
+//! another user can write to is where such a link gets planted. `O_NOFOLLOW` refuses a link in
+//! the last path component; [`check_dir`] refuses a directory others could plant one in.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of every file the daemon creates.
+pub const FILE_MODE: u32 = 0o640;
+/// Mode of every directory the daemon creates.
+pub const DIR_MODE: u32 = 0o750;
+
+/// Open options that refuse a symlink as the last component, with `mode` for a file they
+/// create (the caller adds read/write/create flags). The umask may still clear bits of
+/// `mode`; [`create_new`] and [`write_atomic`] set it exactly.
+pub fn options(mode: u32) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(mode);
+    options
+}
+
+/// Opens `path` with `options` (from [`options`]); a refused symlink is said to be one.
+pub fn open(options: &OpenOptions, path: &Path) -> io::Result<File> {
+    options.open(path).map_err(|e| explain(path, e))
+}
+
+/// Opens an existing file for reading; a symlink is refused.
+pub fn open_read(path: &Path) -> io::Result<File> {
+    options(FILE_MODE)
+        .read(true)
+        .open(path)
+        .map_err(|e| explain(path, e))
+}
+
+/// Reads a whole file; a symlink is refused.
+pub fn read(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_read(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Creates a new file (`O_EXCL`: never an existing file or link) for reading and writing,
+/// with exactly `mode`.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    let file = options(mode)
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| explain(path, e))?;
+    file.set_permissions(Permissions::from_mode(mode))?;
+    Ok(file)
+}
+
+/// Replaces `path` with `bytes`: written to `path` + `.tmp` (a new file with exactly `mode`;
+/// a leftover of an earlier crash, link or not, is removed first), synced, renamed over
+/// `path`, and the directory synced.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let mut file = create_new(&tmp, mode)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(parent_of(path))
+}
+
+/// Makes a directory's entries durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    options(DIR_MODE)
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_DIRECTORY)
+        .open(dir)?
+        .sync_all()
+}
+
+/// Creates `dir` (and missing parents) with exactly [`DIR_MODE`]; an existing one is left as
+/// it is.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `ELOOP` from `O_NOFOLLOW` reads "too many levels of symbolic links"; say what happened.
+fn explain(path: &Path, err: io::Error) -> io::Error {
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        io::Error::new(
+            err.kind(),
+            format!(
+                "{} is a symbolic link; the daemon does not follow links in its directories \
+                 (remove the link)",
+                path.display()
+            ),
+        )
+    } else {
+        err
+    }
+}
+
+/// A directory the daemon will not use.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("cannot inspect directory {}: {source}", .dir.display())]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotDir(PathBuf),
+    #[error(
+        "refusing directory {dir}: it is owned by uid {owner} with mode {mode:04o}, but the daemon \
+         (uid {me}) uses only directories owned by itself or root that group and others cannot \
+         write to (anyone who can write there can plant links that redirect the daemon's \
+         writes); fix it with `chown {me} {dir} && chmod go-w {dir}` after checking its \
+         contents, or configure another directory",
+        dir = .dir.display()
+    )]
+    Unsafe {
+        dir: PathBuf,
+        owner: u32,
+        mode: u32,
+        me: u32,
+    },
+}
+
+/// Checks that `dir` is a directory owned by the daemon's user (or root) and not writable by
+/// group or others. `dir` itself may be a symlink to such a directory (the configured path is
+/// the operator's choice); what it points to is checked.
+pub fn check_dir(dir: &Path) -> Result<(), DirError> {
+    let meta = std::fs::metadata(dir).map_err(|source| DirError::Io {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(DirError::NotDir(dir.to_owned()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if (meta.uid() != me && meta.uid() != 0) || mode & 0o022 != 0 {
+        return Err(DirError::Unsafe {
+            dir: dir.to_owned(),
+            owner: meta.uid(),
+            mode,
+            me,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_is_never_opened_and_its_target_is_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep me").expect("write");
+        let link = dir.path().join("index");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = open_read(&link).expect_err("a link is refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(create_new(&link, FILE_MODE).is_err());
+        let err = options(FILE_MODE)
+            .write(true)
+            .truncate(true)
+            .open(&link)
+            .expect_err("a link is refused");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep me");
+    }
+
+    #[test]
+    fn new_files_get_their_mode_whatever_the_umask() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let path = dir.path().join("state");
+        let written = write_atomic(&path, b"x", FILE_MODE);
+        let sub = dir.path().join("a/b");
+        let made = create_dir_all(&sub);
+        nix::sys::stat::umask(old);
+        written.expect("write");
+        made.expect("mkdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o777;
+        assert_eq!(mode(&path), 0o640);
+        assert_eq!(mode(&sub), 0o750);
+        assert_eq!(mode(&dir.path().join("a")), 0o750);
+        // A leftover link in place of the temporary file is removed, not followed.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").expect("write");
+        std::os::unix::fs::symlink(&target, dir.path().join("state.tmp")).expect("symlink");
+        write_atomic(&path, b"y", FILE_MODE).expect("write");
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+        assert_eq!(std::fs::read(&path).expect("read"), b"y");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_to_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check_dir(dir.path()).expect("a private temp dir is fine");
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o777)).expect("chmod");
+        let err = check_dir(dir.path()).expect_err("0777 is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("mode 0777") && text.contains("chmod go-w"),
+            "{text}"
+        );
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o750)).expect("chmod");
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(dir.path(), Some(nix::unistd::Uid::from_raw(65534)), None)
+                .expect("chown");
+            let err = check_dir(dir.path()).expect_err("another owner is refused");
+            assert!(err.to_string().contains("uid 65534"), "{err}");
+        }
+    }
+}
