@@ -12,7 +12,12 @@ use std::process::ExitCode;
 ///
 /// Settings come from defaults, then --config FILE, then OPDBUS_* environment variables, then
 /// these flags. Stop it with SIGTERM or SIGINT: it stops taking calls, commits what is queued
-/// and exits 0.
+/// and exits 0. SIGHUP (systemctl reload) re-reads --config FILE and applies OPDBUS_LOG,
+/// OPDBUS_SNAPSHOT_INTERVAL and OPDBUS_RETAIN_*; the log says which other changes need a
+/// restart.
+///
+/// The chain id it serves is recorded beside the chain directory (DIR.chain-id): a missing
+/// or different chain there is an error at start, never a new chain.
 #[derive(Parser)]
 #[command(version, after_help = ENVIRONMENT)]
 struct Args {
