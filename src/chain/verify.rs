@@ -195,3 +195,27 @@ pub fn check_expected_head(dir: &Path, report: &mut VerifyReport, hash: &Hash, h
         Err(err) => report.first_bad = Some((height, err.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_rule_breaks_are_a_warning_on_an_intact_chain() {
+        let mut report = VerifyReport {
+            blocks_checked: 10,
+            head: Some((9, [0; 32])),
+            ..VerifyReport::default()
+        };
+        assert!(!report.summary().contains("warning"));
+        report.writer_rule_breaks = 3;
+        report.first_writer_rule_break = Some((2, "operation contains U+0020 SPACE".into()));
+        assert!(report.ok());
+        let summary = report.summary();
+        assert!(
+            summary.starts_with("chain is intact: 10 blocks checked")
+                && summary.contains("; warning: 3 blocks break rules the writer enforces now (first at height 2: operation contains U+0020 SPACE): written before those rules, or by someone who rewrote the chain"),
+            "{summary}"
+        );
+    }
+}
