@@ -3,7 +3,8 @@
 //! Validation lives here so that every way in (D-Bus, library, the streaming receiver) refuses
 //! the same things with the same words, before anything reaches the writer, and so that
 //! `verify` checks stored blocks by the same rules ([`check_stored`], docs/format.md "Field
-//! rules"). What is accepted is what every reader of the project reads back unchanged:
+//! rules"). Chains written before those rules may hold blocks that break them: only the hard
+//! rules every writer enforced ([`check_recorded`]) make such a block corrupt. What is accepted is what every reader of the project reads back unchanged:
 //! serde_json (`Block::to_json`, `opdbus-chain get --pretty`) and Python's `json`
 //! (tools/verify-chain.py).
 
@@ -51,6 +52,13 @@ pub enum FootprintError {
          {NAME_PUNCTUATION}"
     )]
     UnsafeCharacter {
+        field: &'static str,
+        what: String,
+        at: usize,
+    },
+    /// A hard rule: no writer ever stored a control character in a name.
+    #[error("{field} contains {what} at byte {at}; no writer stores control characters in names")]
+    ControlCharacter {
         field: &'static str,
         what: String,
         at: usize,
@@ -135,8 +143,35 @@ impl PluginFootprint {
     }
 }
 
-/// The rules of docs/format.md that a stored footprint's fields obey, apart from the configured
-/// size limit: what the writer refuses and `verify` reports, one function for both.
+/// The hard field rules of docs/format.md: what every version of the writer enforced, so a
+/// stored block that breaks one was damaged or forged. Names are 1..=[`MAX_NAME_BYTES`] bytes
+/// without control characters; data is one JSON value by RFC 8259's grammar, checked as the
+/// first writer did (serde_json's `RawValue`: any depth, any number text, lone surrogate
+/// escapes and repeated keys allowed). Cost: one pass, no recursion, nothing built.
+pub fn check_recorded(
+    plugin: &str,
+    operation: &str,
+    data_json: &str,
+) -> Result<(), FootprintError> {
+    for (field, name) in [("plugin", plugin), ("operation", operation)] {
+        check_name_length(field, name)?;
+        if let Some((at, c)) = name.char_indices().find(|&(_, c)| c.is_control()) {
+            return Err(FootprintError::ControlCharacter {
+                field,
+                what: describe(c),
+                at,
+            });
+        }
+    }
+    serde_json::from_str::<&serde_json::value::RawValue>(data_json)
+        .map(|_| ())
+        .map_err(|err| FootprintError::DataNotJson(err.to_string()))
+}
+
+/// The writer rules of docs/format.md that a stored footprint's fields obey, apart from the
+/// configured size limit: what the writer refuses now. They imply the hard rules
+/// ([`check_recorded`]). `verify` counts blocks that break them as a warning, not corruption:
+/// older writers stored such blocks legitimately.
 pub fn check_stored(plugin: &str, operation: &str, data_json: &str) -> Result<(), FootprintError> {
     check_name("plugin", plugin)?;
     check_name("operation", operation)?;
@@ -397,15 +432,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// `getty@tty1.service`). Nothing invisible, reordering, spacing or look-alike can hide in
 /// a name shown in `tail` or the journal.
 fn check_name(field: &'static str, name: &str) -> Result<(), FootprintError> {
-    if name.is_empty() {
-        return Err(FootprintError::EmptyName { field });
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(FootprintError::NameTooLong {
-            field,
-            len: name.len(),
-        });
-    }
+    check_name_length(field, name)?;
     if let Some((at, c)) = name.char_indices().find(|&(_, c)| !is_name_char(c)) {
         return Err(FootprintError::UnsafeCharacter {
             field,
@@ -416,47 +443,83 @@ fn check_name(field: &'static str, name: &str) -> Result<(), FootprintError> {
     Ok(())
 }
 
+fn check_name_length(field: &'static str, name: &str) -> Result<(), FootprintError> {
+    if name.is_empty() {
+        return Err(FootprintError::EmptyName { field });
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(FootprintError::NameTooLong {
+            field,
+            len: name.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether `c` may appear in a plugin or operation name.
 pub fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || NAME_PUNCTUATION.contains(c)
+}
+
+/// The invisible and reordering characters by name: shown as nothing by a terminal or the
+/// journal, or changing how the text around them is shown. One table for [`is_hidden`] and
+/// for naming refused characters ([`describe`]).
+const HIDDEN: &[(u32, &str)] = &[
+    (0xAD, "SOFT HYPHEN"),
+    (0x034F, "COMBINING GRAPHEME JOINER"),
+    (0x061C, "ARABIC LETTER MARK"),
+    (0x180E, "MONGOLIAN VOWEL SEPARATOR"),
+    (0x200B, "ZERO WIDTH SPACE"),
+    (0x200C, "ZERO WIDTH NON-JOINER"),
+    (0x200D, "ZERO WIDTH JOINER"),
+    (0x200E, "LEFT-TO-RIGHT MARK"),
+    (0x200F, "RIGHT-TO-LEFT MARK"),
+    (0x2028, "LINE SEPARATOR"),
+    (0x2029, "PARAGRAPH SEPARATOR"),
+    (0x202A, "LEFT-TO-RIGHT EMBEDDING"),
+    (0x202B, "RIGHT-TO-LEFT EMBEDDING"),
+    (0x202C, "POP DIRECTIONAL FORMATTING"),
+    (0x202D, "LEFT-TO-RIGHT OVERRIDE"),
+    (0x202E, "RIGHT-TO-LEFT OVERRIDE"),
+    (0x2060, "WORD JOINER"),
+    (0x2061, "FUNCTION APPLICATION"),
+    (0x2062, "INVISIBLE TIMES"),
+    (0x2063, "INVISIBLE SEPARATOR"),
+    (0x2064, "INVISIBLE PLUS"),
+    (0x2066, "LEFT-TO-RIGHT ISOLATE"),
+    (0x2067, "RIGHT-TO-LEFT ISOLATE"),
+    (0x2068, "FIRST STRONG ISOLATE"),
+    (0x2069, "POP DIRECTIONAL ISOLATE"),
+    (0xFEFF, "ZERO WIDTH NO-BREAK SPACE"),
+];
+
+fn hidden_name(c: char) -> Option<&'static str> {
+    HIDDEN
+        .iter()
+        .find(|&&(code, _)| code == u32::from(c))
+        .map(|&(_, name)| name)
+}
+
+/// Whether `c` is a control, invisible or reordering character ([`HIDDEN`]). Names may not
+/// hold them; `opdbus-chain` escapes them when it prints data, and names of older chains.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control() || hidden_name(c).is_some()
 }
 
 /// "U+200B ZERO WIDTH SPACE", "U+0007 (a control character)", "U+00E9": a refused character
 /// named without printing it, since it may be invisible or reorder the message.
 fn describe(c: char) -> String {
     let name = match u32::from(c) {
-        0x09 => "CHARACTER TABULATION",
-        0x0A => "LINE FEED",
-        0x0D => "CARRIAGE RETURN",
-        0x20 => "SPACE",
-        0xA0 => "NO-BREAK SPACE",
-        0xAD => "SOFT HYPHEN",
-        0x034F => "COMBINING GRAPHEME JOINER",
-        0x061C => "ARABIC LETTER MARK",
-        0x180E => "MONGOLIAN VOWEL SEPARATOR",
-        0x200B => "ZERO WIDTH SPACE",
-        0x200C => "ZERO WIDTH NON-JOINER",
-        0x200D => "ZERO WIDTH JOINER",
-        0x200E => "LEFT-TO-RIGHT MARK",
-        0x200F => "RIGHT-TO-LEFT MARK",
-        0x2028 => "LINE SEPARATOR",
-        0x2029 => "PARAGRAPH SEPARATOR",
-        0x202A => "LEFT-TO-RIGHT EMBEDDING",
-        0x202B => "RIGHT-TO-LEFT EMBEDDING",
-        0x202C => "POP DIRECTIONAL FORMATTING",
-        0x202D => "LEFT-TO-RIGHT OVERRIDE",
-        0x202E => "RIGHT-TO-LEFT OVERRIDE",
-        0x2060 => "WORD JOINER",
-        0x2066 => "LEFT-TO-RIGHT ISOLATE",
-        0x2067 => "RIGHT-TO-LEFT ISOLATE",
-        0x2068 => "FIRST STRONG ISOLATE",
-        0x2069 => "POP DIRECTIONAL ISOLATE",
-        0x3000 => "IDEOGRAPHIC SPACE",
-        0xFEFF => "ZERO WIDTH NO-BREAK SPACE",
-        _ => "",
+        0x09 => Some("CHARACTER TABULATION"),
+        0x0A => Some("LINE FEED"),
+        0x0D => Some("CARRIAGE RETURN"),
+        0x20 => Some("SPACE"),
+        0xA0 => Some("NO-BREAK SPACE"),
+        0x3000 => Some("IDEOGRAPHIC SPACE"),
+        _ => hidden_name(c),
     };
     let mut out = format!("U+{:04X}", u32::from(c));
-    if !name.is_empty() {
+    if let Some(name) = name {
         out = format!("{out} {name}");
     }
     if c.is_control() {
@@ -717,6 +780,63 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn hard_rules_allow_what_older_writers_stored() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let older = [
+            ("systemd", "restart dev-disk-by\\x2duuid-1.device", "{}"),
+            ("net\u{200b}work", "create", "{}"),
+            ("network", "create", deep.as_str()),
+            ("network", "create", r#"{"k":"\ud800","a":1,"a":[1e999]}"#),
+        ];
+        for (plugin, operation, data) in older {
+            assert_eq!(
+                check_recorded(plugin, operation, data),
+                Ok(()),
+                "{operation}"
+            );
+            assert!(
+                check_stored(plugin, operation, data).is_err(),
+                "{operation}"
+            );
+        }
+        let long = "p".repeat(MAX_NAME_BYTES + 1);
+        let broken = [
+            ("network", "create", "{not json"),
+            ("network", "create", "NaN"),
+            ("network", "create", "[1,]"),
+            ("network", "create", "\"\u{1}\""),
+            ("", "create", "{}"),
+            (long.as_str(), "create", "{}"),
+            ("net\nwork", "create", "{}"),
+            ("network", "cre\u{85}ate", "{}"),
+        ];
+        for (plugin, operation, data) in broken {
+            assert!(check_recorded(plugin, operation, data).is_err(), "{data}");
+        }
+        assert_eq!(
+            check_recorded("network", "a\u{7f}", "{}"),
+            Err(FootprintError::ControlCharacter {
+                field: "operation",
+                what: "U+007F (a control character)".into(),
+                at: 1
+            })
+        );
+    }
+
+    #[test]
+    fn one_hidden_set_names_and_escapes() {
+        for c in [
+            '\u{200b}', '\u{202e}', '\u{2028}', '\u{feff}', '\u{2063}', '\n',
+        ] {
+            assert!(is_hidden(c), "{c:?}");
+        }
+        for c in ['a', ' ', 'é', '\u{3000}'] {
+            assert!(!is_hidden(c), "{c:?}");
+        }
+        assert_eq!(describe('\u{2063}'), "U+2063 INVISIBLE SEPARATOR");
     }
 
     #[test]

@@ -276,74 +276,127 @@ fn hand_made_chain(dir: &Path, plugin: &str, operation: &str, data: &str, timest
 
 #[test]
 fn the_independent_verifier_checks_the_field_rules_and_timestamps() {
-    use opdbus_blockchain::footprint::check_stored;
+    use opdbus_blockchain::chain::verify::verify_dir;
+    use opdbus_blockchain::footprint::{check_recorded, check_stored};
     let later = 1_700_000_000_000_000_010; // the same as block 1's: never decreasing is enough
     let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    let very_deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let odd_but_valid =
         r#" {"n":[1.5e300,-0,0e-999,18446744073709551615],"s":"\ud83d\ude00\u2028"} "#;
+    // (fields, what both verifiers say): "" intact; "warn: X" intact with a warning at height
+    // 2 naming X (a writer rule: older writers stored such blocks); "bad: X" corrupt at 2.
     let cases = [
         ("network", "create", odd_but_valid, later, ""),
         ("getty@tty1.service", "key_add", "[]", later, ""),
-        ("network", "create", "{}", later - 1, "timestamp decreases"),
-        (
-            "net\u{200b}work",
-            "create",
-            "{}",
-            later,
-            "plugin holds U+200B",
-        ),
+        ("network", "create", "{}", later - 1, "bad: timestamp"),
+        ("net\u{200b}work", "create", "{}", later, "warn: U+200B"),
+        ("network", "cre\u{202e}ate", "{}", later, "warn: U+202E"),
+        ("net work", "create", "{}", later, "warn: U+0020"),
         (
             "network",
-            "cre\u{202e}ate",
+            "restart dev-disk-by\\x2duuid-1.device",
             "{}",
             later,
-            "operation holds U+202E",
+            "warn: U+0020",
         ),
-        ("net work", "create", "{}", later, "plugin holds U+0020"),
-        ("network", "create", &deep, later, "nests deeper than 64"),
+        ("network", "create", &deep, later, "warn: than 64"),
+        ("network", "create", &very_deep, later, "warn: than 64"),
         (
             "network",
             "create",
             r#"{"k":"\ud800"}"#,
             later,
-            "lone surrogate",
+            "warn: surrogate",
         ),
-        ("network", "create", "[1e999]", later, "number 1e999"),
-        ("network", "create", "1e-301", later, "number 1e-301"),
+        ("network", "create", "[1e999]", later, "warn: 1e999"),
+        ("network", "create", "1e-301", later, "warn: 1e-301"),
         (
             "network",
             "create",
             "18446744073709551616",
             later,
-            "integer",
+            "warn: 18446744073709551616",
         ),
         (
             "network",
             "create",
             r#"{"a":1,"a":2}"#,
             later,
-            "repeated key",
+            "warn: twice in one object",
         ),
-        ("network", "create", "{not json", later, "not JSON"),
-        ("network", "create", "NaN", later, "not JSON"),
+        (
+            "network",
+            "create",
+            "{not json",
+            later,
+            "bad: not valid JSON",
+        ),
+        ("network", "create", "NaN", later, "bad: not valid JSON"),
+        ("network", "create", "[1,]", later, "bad: not valid JSON"),
+        (
+            "network",
+            "create",
+            "\"\u{1}\"",
+            later,
+            "bad: not valid JSON",
+        ),
+        ("net\nwork", "create", "{}", later, "bad: control character"),
+        (
+            "network",
+            "cre\u{85}ate",
+            "{}",
+            later,
+            "bad: control character",
+        ),
     ];
     for (plugin, operation, data, timestamp, expected) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
         hand_made_chain(dir.path(), plugin, operation, data, timestamp);
         let (code, out) = python_verify(dir.path());
-        // Our verifier's field rules are footprint::check_stored (the timestamp rule is the
-        // chain scanner's).
-        let ours = check_stored(plugin, operation, data);
-        if expected.is_empty() {
-            assert_eq!((code, ours), (0, Ok(())), "{data}: {out}");
-            assert!(out.starts_with("intact 3 2 "), "{out}");
-        } else {
-            assert_eq!(code, 1, "{data}: {out}");
+        let ours = verify_dir(dir.path(), None, &mut |_| {}).expect("readable");
+        let summary = ours.summary();
+        let shown = &data[..data.len().min(40)];
+        if let Some(bad) = expected.strip_prefix("bad: ") {
+            assert_eq!(code, 1, "{shown}: {out}");
             assert!(
-                out.starts_with("bad 2 ") && out.contains(expected),
-                "{data}: '{out}' lacks '{expected}'"
+                out.starts_with("bad 2 ") && out.contains(bad),
+                "{shown}: '{out}' lacks '{bad}'"
             );
-            assert_eq!(ours.is_ok(), expected == "timestamp decreases", "{data}");
+            let (height, reason) = ours.first_bad.clone().expect("ours must find it bad");
+            assert_eq!(height, 2, "{shown}: {summary}");
+            assert!(reason.contains(bad), "{shown}: '{reason}' lacks '{bad}'");
+            // The timestamp rule is the scanner's; the field rules are check_recorded.
+            let fields = check_recorded(plugin, operation, data);
+            assert_eq!(fields.is_ok(), bad == "timestamp", "{shown}");
+            continue;
+        }
+        assert_eq!(code, 0, "{shown}: {out}");
+        assert!(out.starts_with("intact 3 2 "), "{out}");
+        assert!(ours.ok(), "{shown}: {summary}");
+        assert_eq!(ours.blocks_checked, 3, "{summary}");
+        assert_eq!(check_recorded(plugin, operation, data), Ok(()), "{shown}");
+        match expected.strip_prefix("warn: ") {
+            None => {
+                assert!(!out.contains("warning"), "{out}");
+                assert!(!summary.contains("warning"), "{summary}");
+                assert_eq!(check_stored(plugin, operation, data), Ok(()));
+            }
+            Some(why) => {
+                assert!(
+                    out.trim_end().contains(" warning 1 2 ") && out.contains(why),
+                    "{shown}: '{out}' lacks the warning '{why}'"
+                );
+                assert_eq!(ours.writer_rule_breaks, 1, "{summary}");
+                let (height, reason) = ours.first_writer_rule_break.clone().expect("a warning");
+                assert_eq!(height, 2);
+                assert!(reason.contains(why), "{shown}: '{reason}' lacks '{why}'");
+                assert!(
+                    summary.contains("chain is intact")
+                        && summary.contains("warning: 1 block breaks rules the writer enforces now (first at height 2"),
+                    "{summary}"
+                );
+                assert!(check_stored(plugin, operation, data).is_err());
+            }
         }
     }
 }

@@ -5,6 +5,10 @@
 //! - an interrupted creation (0 bytes, 20 bytes of a header, all zeros) is removed at start
 //!   with a warning and reported, not as corruption, by verify;
 //! - a decreasing timestamp (hashes recomputed) fails verify at its height;
+//! - a block an older writer stored that breaks only today's writer rules (a space in an
+//!   operation name) is no corruption: the daemon starts on it, also after its index is
+//!   deleted, and verify (CLI, D-Bus, tools/verify-chain.py) says intact with a warning; data
+//!   that is not JSON (a hard rule) stops start-up naming the height and fails verify;
 //! - segments pass OPDBUS_SEGMENT_BYTES by at most one record, also under concurrent writes;
 //! - verify streams: a ~110 MB segment costs it a few MB of memory, not the segment's size.
 
@@ -252,6 +256,119 @@ fn a_decreasing_timestamp_fails_verify_at_its_height() {
     );
     let (code, out) = independent_verify(&chain);
     assert!(code == 1 && out.starts_with("bad 4 timestamp"), "{out}");
+}
+
+/// Rewrites the chain in `chain` (one segment) consistently, every hash recomputed, with
+/// block `height`'s fields replaced by `fields`: as an older writer (or a forger) wrote it.
+fn rewrite_block(chain: &Path, height: u64, fields: (&str, &str, &str)) {
+    let reader = store::open_read_only(chain).expect("read");
+    let blocks: Vec<Block> = (0..=reader.head().0)
+        .map(|h| reader.block_at(h).expect("read").expect("present"))
+        .collect();
+    drop(reader);
+    let path = newest_segment(chain);
+    let mut bytes = std::fs::read(&path).expect("read")[..HEADER_LEN].to_vec();
+    let mut prev = blocks[0].hash;
+    segment::encode_record(&blocks[0], &mut bytes);
+    for block in &blocks[1..] {
+        let (plugin, operation, data) = if block.height == height {
+            (fields.0.into(), fields.1.into(), fields.2.into())
+        } else {
+            (
+                block.plugin.clone(),
+                block.operation.clone(),
+                block.data.clone(),
+            )
+        };
+        let rewritten = Block::new(
+            block.height,
+            block.timestamp_ns,
+            prev,
+            block.caller.clone(),
+            plugin,
+            operation,
+            data,
+        );
+        segment::encode_record(&rewritten, &mut bytes);
+        prev = rewritten.hash;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+}
+
+#[test]
+fn a_block_breaking_only_writer_rules_is_served_and_verified_with_a_warning() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = dir.path().join("chain");
+    let cache = dir.path().join("cache");
+    make_chain(&chain, 6, 10, 64 * 1024 * 1024);
+    // What the previous writer stored for a systemd unit: a space and a backslash.
+    let operation = "restart dev-disk-by\\x2duuid-1.device";
+    rewrite_block(&chain, 3, ("systemd", operation, r#"{"unit":"x"}"#));
+    // As after a power cut: the index is rebuilt, so start-up scans every block.
+    let _ = std::fs::remove_file(chain.join("index"));
+
+    let mut daemon = Daemon::start(&bus, &chain, &cache);
+    let (ok, out, err) = bus.call("AddFootprint", "sss", &["network", "create", "{}"]);
+    assert!(ok, "{out}{err}");
+    let (ok, verify, err) = bus.call("Verify", "", &[]);
+    assert!(ok, "{err}");
+    assert!(
+        verify.starts_with("bts true 8 ")
+            && verify.contains("warning: 1 block breaks rules the writer enforces now (first at height 3: operation contains U+0020 SPACE"),
+        "{verify}"
+    );
+    daemon.stop();
+    // Once more without the index, with the new block after the old one.
+    let _ = std::fs::remove_file(chain.join("index"));
+    daemon.restart(&bus);
+    assert_eq!(head(&chain), 7);
+    drop(daemon);
+
+    let (code, out, err) = cli(&["verify", "--chain-dir", text(&chain)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("chain is intact: 8 blocks checked")
+            && out.contains(
+                "warning: 1 block breaks rules the writer enforces now (first at height 3"
+            ),
+        "{out}"
+    );
+    let (code, out) = independent_verify(&chain);
+    assert!(
+        code == 0
+            && out.starts_with("intact 8 7 ")
+            && out.contains(" warning 1 3 operation holds U+0020"),
+        "{out}"
+    );
+}
+
+#[test]
+fn data_that_is_not_json_stops_start_up_at_its_height_and_fails_verify() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = dir.path().join("chain");
+    make_chain(&chain, 6, 10, 64 * 1024 * 1024);
+    rewrite_block(&chain, 3, ("network", "create", "{not json"));
+    let _ = std::fs::remove_file(chain.join("index"));
+
+    let (code, log) = daemon_start_up_fails(&bus, &chain);
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {log}");
+    assert!(
+        log.contains("height 3") && log.contains("not valid JSON"),
+        "{log}"
+    );
+    let (code, out, err) = cli(&["verify", "--chain-dir", text(&chain)]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("first bad block at height 3") && out.contains("not valid JSON"),
+        "{out}"
+    );
+    let (code, out) = independent_verify(&chain);
+    assert!(
+        code == 1 && out.starts_with("bad 3 data is not valid JSON"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

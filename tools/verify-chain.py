@@ -4,7 +4,10 @@
 Usage: verify-chain.py [--vectors] CHAIN_DIR
 Exit 0 and "intact <blocks> <head height> <head hash>" when every rule holds (then " torn-tail"
 or " interrupted-creation <segment>" when the newest segment ends so; see docs/format.md),
-exit 1 and "bad <height> <reason>" at the first height that breaks one.
+exit 1 and "bad <height> <reason>" at the first height that breaks one of the hard rules.
+Blocks that keep the hard rules but break a writer rule ("Field rules" in docs/format.md: what
+the writer refuses now, older chains may hold such blocks) are not corruption: the intact line
+then ends with " warning <count> <first height> <reason>", still exit 0.
 With --vectors it also recomputes every block's vector ("Block vectors" in docs/format.md) and
 compares it with CHAIN_DIR/vectors: "vectors <records> match" or "bad <height> vector ...".
 It shares no code with the daemon on purpose: it checks that the format document is complete.
@@ -95,9 +98,11 @@ def no_constants(name):
 
 
 def unique_keys(pairs):
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise Refused("an object with a repeated key")
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise Refused(f"the key {json.dumps(k)[:40]} twice in one object")
+        seen.add(k)
     return dict(pairs)
 
 
@@ -129,11 +134,62 @@ def data_problem(text):
     except Refused as err:
         return f"data holds {err}"
     except ValueError as err:
-        return f"data is not JSON ({err})"
+        return f"data is not valid JSON ({err})"
+    return None
+
+
+JSON_SPACE = re.compile(r"[ \t\n\r]*")
+JSON_TOKEN = re.compile(
+    r'([\[\]{},:])|("(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")'
+    r"|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null)")
+
+
+def json_syntax_problem(text):
+    """Whether `text` is one JSON value by RFC 8259's grammar alone (a hard rule: any depth,
+    number text, escape and key allowed). Iterative, so any depth is checked in bounded stack."""
+    stack, state, at = [], "value", 0
+    while True:
+        at = JSON_SPACE.match(text, at).end()
+        if at == len(text):
+            return None if state == "after" and not stack else f"data is not valid JSON (ends early at {at})"
+        m = JSON_TOKEN.match(text, at)
+        if not m:
+            return f"data is not valid JSON (at character {at})"
+        punct, string, scalar = m.groups()
+        at = m.end()
+        if state in ("value", "first") and (string or scalar):
+            state = "after"
+        elif state in ("value", "first") and punct in ("[", "{"):
+            stack.append(punct)
+            state = "first" if punct == "[" else "firstkey"
+        elif state in ("key", "firstkey") and string:
+            state = "colon"
+        elif state == "colon" and punct == ":":
+            state = "value"
+        elif state == "after" and stack and punct == ",":
+            state = "value" if stack[-1] == "[" else "key"
+        elif (state in ("after", "first") and punct == "]" and stack and stack[-1] == "["
+              or state in ("after", "firstkey") and punct == "}" and stack and stack[-1] == "{"):
+            stack.pop()
+            state = "after"
+        else:
+            return f"data is not valid JSON (unexpected {m.group(0)[:20]!r} at character {m.start()})"
+
+
+def hard_name_problem(field, name):
+    """The hard name rule: 1..255 bytes, no control character."""
+    if not name:
+        return f"{field} is empty"
+    if len(name.encode()) > 255:
+        return f"{field} is longer than 255 bytes"
+    for i, c in enumerate(name):
+        if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F:
+            return f"{field} holds the control character U+{ord(c):04X} at character {i}"
     return None
 
 
 BLOCKS = []
+WARNINGS = []  # (height, reason) of blocks that break only writer rules
 
 
 def torn_record(rest, at):
@@ -224,11 +280,16 @@ def main(directory):
             if BLOCKS and block["timestamp_ns"] < BLOCKS[-1]["timestamp_ns"]:
                 fail(expected, "timestamp decreases")
             if expected > 0:
+                problem = (hard_name_problem("plugin", block["plugin"])
+                           or hard_name_problem("operation", block["operation"])
+                           or json_syntax_problem(block["data"]))
+                if problem:
+                    fail(expected, problem)
                 problem = (name_problem("plugin", block["plugin"])
                            or name_problem("operation", block["operation"])
                            or data_problem(block["data"]))
                 if problem:
-                    fail(expected, problem)
+                    WARNINGS.append((expected, problem))
             if expected == 0:
                 genesis = json.loads(block["data"])
                 if (block["prev"] != bytes(32) or block["plugin"] != "opdbus-blockchain"
@@ -246,6 +307,8 @@ def main(directory):
 
 def report(blocks, head, torn, note=""):
     height, block_hash = head
+    if WARNINGS:
+        note += f" warning {len(WARNINGS)} {WARNINGS[0][0]} {WARNINGS[0][1]}"
     print(f"intact {blocks} {height} {block_hash.hex()}" + (" torn-tail" if torn else "") + note)
     return 0
 

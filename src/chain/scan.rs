@@ -7,7 +7,9 @@
 //!
 //! Rules beyond the record format (see `docs/format.md`, "Verification rules" and "Recovery"):
 //! heights dense, `prev_hash` links, timestamps never decrease, every footprint's fields obey
-//! `footprint::check_stored`; only the newest segment may end torn; only a newest segment that
+//! the hard rules every writer enforced (`footprint::check_recorded`). The writer's stricter
+//! rules of today are not corruption here: older chains hold blocks written before them, and
+//! start-up must not refuse those; `verify` reports them as a warning. Only the newest segment may end torn; only a newest segment that
 //! holds no complete record after a missing, torn or zero header is an interrupted creation.
 
 use super::block::{Block, Hash, ZERO_HASH};
@@ -239,7 +241,7 @@ pub fn scan_records(
 }
 
 /// Checks every rule a block must obey at its place: its link (see [`check_link`]), a
-/// timestamp not earlier than the block before, and for footprints the stored field rules.
+/// timestamp not earlier than the block before, and for footprints the hard field rules.
 pub fn check_block(block: &Block, state: &ScanState) -> Result<()> {
     let height = state.next_height;
     check_link(block, height, &state.prev_hash, &state.chain_id)?;
@@ -257,10 +259,10 @@ pub fn check_block(block: &Block, state: &ScanState) -> Result<()> {
             ),
         });
     }
-    crate::footprint::check_stored(&block.plugin, &block.operation, &block.data).map_err(|err| {
+    crate::footprint::check_recorded(&block.plugin, &block.operation, &block.data).map_err(|err| {
         ChainError::Corrupted {
             height,
-            reason: format!("the footprint breaks the format's field rules: {err}"),
+            reason: format!("the footprint breaks a hard field rule: {err}"),
         }
     })
 }

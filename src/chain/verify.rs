@@ -1,7 +1,10 @@
 //! Full verification of a chain directory: every record re-hashed, every link, height,
-//! timestamp and footprint field rule checked, from genesis to the head, by the same scan as
+//! timestamp and hard footprint field rule checked, from genesis to the head, by the same scan as
 //! start-up recovery. It only reads (no lock, no index, no tail cut), so it
 //! works on read-only snapshots, received backups and a directory a live daemon is writing.
+//! On top of start-up's rules it checks the writer rules of today (`footprint::check_stored`):
+//! blocks that break them were written before those rules (or by someone who rewrote the
+//! chain), so they are counted as a warning, never as corruption.
 
 use super::block::Hash;
 use super::error::ChainError;
@@ -25,6 +28,10 @@ pub struct VerifyReport {
     /// zero header: its creation was interrupted by a crash, and the daemon removes it at its
     /// next start. Not an error, and not part of the chain.
     pub interrupted_segment: Option<(PathBuf, u64)>,
+    /// Blocks that keep the hard rules but break a writer rule of today. Not an error.
+    pub writer_rule_breaks: u64,
+    /// The first of them: height and the rule broken.
+    pub first_writer_rule_break: Option<(u64, String)>,
 }
 
 impl VerifyReport {
@@ -56,6 +63,14 @@ impl VerifyReport {
                         "; {} ({len} bytes) holds no record: its creation was interrupted and it will be removed at the next start",
                         path.display()
                     ));
+                }
+                if let Some((height, reason)) = &self.first_writer_rule_break {
+                let n = self.writer_rule_breaks;
+                line.push_str(&format!(
+                    "; warning: {n} block{} break{} rules the writer enforces now (first at height {height}: {reason}): written before those rules, or by someone who rewrote the chain",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "s" } else { "" },
+                ));
                 }
                 line
             }
@@ -90,6 +105,16 @@ pub fn verify_dir(
         }
         report.blocks_checked += 1;
         report.head = Some((block.height, block.hash));
+        if block.height > 0 {
+            let rules =
+                crate::footprint::check_stored(&block.plugin, &block.operation, &block.data);
+            if let Err(err) = rules {
+                report.writer_rule_breaks += 1;
+                report
+                    .first_writer_rule_break
+                    .get_or_insert_with(|| (block.height, err.to_string()));
+            }
+        }
         if report.blocks_checked % 65_536 == 0 {
             progress(report.blocks_checked);
         }
@@ -168,5 +193,29 @@ pub fn check_expected_head(dir: &Path, report: &mut VerifyReport, hash: &Hash, h
             ));
         }
         Err(err) => report.first_bad = Some((height, err.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_rule_breaks_are_a_warning_on_an_intact_chain() {
+        let mut report = VerifyReport {
+            blocks_checked: 10,
+            head: Some((9, [0; 32])),
+            ..VerifyReport::default()
+        };
+        assert!(!report.summary().contains("warning"));
+        report.writer_rule_breaks = 3;
+        report.first_writer_rule_break = Some((2, "operation contains U+0020 SPACE".into()));
+        assert!(report.ok());
+        let summary = report.summary();
+        assert!(
+            summary.starts_with("chain is intact: 10 blocks checked")
+                && summary.contains("; warning: 3 blocks break rules the writer enforces now (first at height 2: operation contains U+0020 SPACE): written before those rules, or by someone who rewrote the chain"),
+            "{summary}"
+        );
     }
 }

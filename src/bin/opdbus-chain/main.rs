@@ -41,6 +41,11 @@ enum Command {
     /// height and why. On long chains a progress line goes to stderr every second.
     /// An incomplete record at the very end (a crash before the write was acknowledged) is
     /// reported but is not an error: the daemon cuts it at its next start.
+    /// Exit 1 when a block breaks a hard rule of docs/format.md (hash, link, timestamp, names
+    /// without control characters, data that is JSON). Blocks that break only the stricter
+    /// rules the writer enforces now (safe name characters, depth, numbers, surrogates,
+    /// repeated keys) end the line with "warning: N blocks break rules the writer enforces
+    /// now": written by an older version, or by someone who rewrote the chain; exit 0.
     Verify {
         #[command(flatten)]
         dir: ChainDir,

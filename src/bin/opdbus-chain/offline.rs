@@ -200,14 +200,9 @@ fn table_row(block: &Block) -> String {
 /// shows what it holds: data strings may hold them, and names in chains written before the
 /// names' safe set did.
 fn for_terminal(text: &str) -> String {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(u32::from(c), 0xAD | 0x034F | 0x061C | 0x180E | 0x200B..=0x200F
-                | 0x2028..=0x202E | 0x2060..=0x2069 | 0xFEFF)
-    };
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if hidden(c) {
+        if footprint::is_hidden(c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
