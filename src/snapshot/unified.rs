@@ -221,7 +221,7 @@ fn capture(layout: &SnapshotLayout, name: &str, height: u64) -> Result<Captured,
     for dir in [&chain_stage, &cache_stage] {
         // A stale one is what a crash in the middle left behind.
         super::layout::remove_snapshot_dir(dir)?;
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::files::create_dir_all(dir).map_err(io_err(dir))?;
     }
     let capture_chain = || -> Result<ChainCapture, SnapshotError> {
         match super::layout::dir_kind(&layout.chain_dir) {
@@ -240,7 +240,7 @@ fn capture(layout: &SnapshotLayout, name: &str, height: u64) -> Result<Captured,
                 Ok(SnapshotMethod::BtrfsSnapshot)
             }
             DirKind::Plain => {
-                fs::create_dir(&cache_dest).map_err(io_err(&cache_dest))?;
+                crate::files::create_dir(&cache_dest).map_err(io_err(&cache_dest))?;
                 if layout.cache_dir.is_dir() {
                     copy_tree(&layout.cache_dir, &cache_dest)?;
                 }
@@ -348,7 +348,7 @@ fn finish(
             open_first,
             len,
         } => {
-            fs::create_dir(&chain_snap).map_err(io_err(&chain_snap))?;
+            crate::files::create_dir(&chain_snap).map_err(io_err(&chain_snap))?;
             for path in &sealed {
                 link_or_copy(path, &chain_snap)?;
             }
@@ -476,7 +476,7 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), SnapshotError> {
         let dest = to.join(entry.file_name());
         let kind = entry.file_type().map_err(io_err(&path))?;
         if kind.is_dir() {
-            fs::create_dir(&dest).map_err(io_err(&dest))?;
+            crate::files::create_dir(&dest).map_err(io_err(&dest))?;
             copy_tree(&path, &dest)?;
         } else if kind.is_file() {
             fs::copy(&path, &dest).map_err(io_err(&dest))?;
