@@ -100,6 +100,9 @@ pub struct Config {
     pub retention: RetentionPolicy,
     /// The config file these settings were read from (`--config`); SIGHUP reads it again.
     pub file: Option<PathBuf>,
+    /// What loading noticed but let pass (a missing file, keys that are not ours); the daemon
+    /// logs them at warn once logging is up, and on SIGHUP.
+    pub warnings: Vec<String>,
 }
 
 /// A configuration value that cannot be used.
@@ -176,6 +179,7 @@ impl Default for Config {
             snapshot_interval: SnapshotInterval::Off,
             retention: RetentionPolicy::default(),
             file: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -187,8 +191,24 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut values = BTreeMap::new();
+        let mut warnings = Vec::new();
         if let Some(path) = file {
-            values.extend(read_env_file(path)?);
+            match read_env_file(path) {
+                Ok((read, noticed)) => {
+                    values.extend(read);
+                    warnings.extend(noticed);
+                }
+                // A deleted conffile is what `EnvironmentFile=-` allowed: defaults, not a refusal.
+                Err(ConfigError::File { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    warnings.push(format!(
+                        "config file {} does not exist; using the defaults and the environment",
+                        path.display()
+                    ))
+                }
+                Err(err) => return Err(err),
+            }
         }
         for (key, _) in KEYS {
             if let Some(value) = env(key) {
@@ -200,6 +220,7 @@ impl Config {
             config.set(key, value)?;
         }
         config.file = file.map(Path::to_owned);
+        config.warnings = warnings;
         Ok(config)
     }
 
@@ -232,7 +253,7 @@ impl Config {
                         invalid("expected a comma-separated list of numeric uids".into())
                     })?
             }
-            "OPDBUS_LOG" => self.log = value.to_owned(),
+            "OPDBUS_LOG" => self.log = log_filter(value).map_err(invalid)?,
             numa::ENV_PLACEMENT => {
                 self.cache_placement = value.parse().map_err(|_| {
                     invalid(format!(
@@ -313,104 +334,41 @@ pub const RELOADABLE_KEYS: &[&str] = &[
 impl Config {
     /// The keys whose values differ between `self` and `other`, in [`KEYS`] order.
     pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
-        fn text(value: &dyn std::fmt::Debug) -> String {
-            format!("{value:?}")
-        }
-        let pairs: [(&'static str, String, String); 20] = [
-            ("OPDBUS_BUS", text(&self.bus), text(&other.bus)),
-            (
-                "OPDBUS_BLOCKCHAIN_DIR",
-                text(&self.chain_dir),
-                text(&other.chain_dir),
-            ),
-            (
-                "OPDBUS_CACHE_DIR",
-                text(&self.cache_dir),
-                text(&other.cache_dir),
-            ),
-            (
-                "OPDBUS_MAX_DATA_BYTES",
-                text(&self.max_data_bytes),
-                text(&other.max_data_bytes),
-            ),
-            (
-                "OPDBUS_SEGMENT_BYTES",
-                text(&self.segment_bytes),
-                text(&other.segment_bytes),
-            ),
-            (
-                "OPDBUS_WRITER_UIDS",
-                text(&self.writer_uids),
-                text(&other.writer_uids),
-            ),
-            ("OPDBUS_LOG", text(&self.log), text(&other.log)),
-            (
-                numa::ENV_PLACEMENT,
-                text(&self.cache_placement),
-                text(&other.cache_placement),
-            ),
-            (
-                numa::ENV_MEMORY_POLICY,
-                text(&self.memory_policy),
-                text(&other.memory_policy),
-            ),
-            ("OPDBUS_NUMA", text(&self.numa), text(&other.numa)),
-            (
-                numa::ENV_SYSFS_NODE_ROOT,
-                text(&self.numa_sysfs_root),
-                text(&other.numa_sysfs_root),
-            ),
-            (
-                numa::ENV_SYSFS_BLOCK_ROOT,
-                text(&self.numa_block_root),
-                text(&other.numa_block_root),
-            ),
-            (
-                "OPDBUS_CACHE_HOT_BYTES",
-                text(&self.cache_hot_bytes),
-                text(&other.cache_hot_bytes),
-            ),
-            (
-                "OPDBUS_CACHE_PRELOAD_BLOCKS",
-                text(&self.cache_preload_blocks),
-                text(&other.cache_preload_blocks),
-            ),
-            (
-                "OPDBUS_CACHE_QUEUE_BLOCKS",
-                text(&self.cache_queue_blocks),
-                text(&other.cache_queue_blocks),
-            ),
-            (
-                "OPDBUS_CACHE_PREDICT",
-                text(&self.cache_predict),
-                text(&other.cache_predict),
-            ),
-            (
-                SNAPSHOT_INTERVAL_ENV,
-                text(&self.snapshot_interval),
-                text(&other.snapshot_interval),
-            ),
-            (
-                "OPDBUS_RETAIN_HOURLY",
-                text(&self.retention.hourly),
-                text(&other.retention.hourly),
-            ),
-            (
-                "OPDBUS_RETAIN_DAILY",
-                text(&self.retention.daily),
-                text(&other.retention.daily),
-            ),
-            (
-                "OPDBUS_RETAIN_WEEKLY",
-                text(&self.retention.weekly),
-                text(&other.retention.weekly),
-            ),
-        ];
-        pairs
-            .into_iter()
-            .filter(|(_, a, b)| a != b)
-            .map(|(key, _, _)| key)
+        KEYS.iter()
+            .map(|(key, _)| *key)
+            .filter(|key| self.value_of(key) != other.value_of(key))
             .collect()
+    }
+
+    /// The setting behind `key` as text, for comparison; `None` for a key not in [`KEYS`].
+    /// No wildcard arm: a key added to `set` must be added here (the test walks [`KEYS`]).
+    fn value_of(&self, key: &str) -> Option<String> {
+        fn text(value: &dyn std::fmt::Debug) -> Option<String> {
+            Some(format!("{value:?}"))
+        }
+        match key {
+            "OPDBUS_BUS" => text(&self.bus),
+            "OPDBUS_BLOCKCHAIN_DIR" => text(&self.chain_dir),
+            "OPDBUS_CACHE_DIR" => text(&self.cache_dir),
+            "OPDBUS_MAX_DATA_BYTES" => text(&self.max_data_bytes),
+            "OPDBUS_SEGMENT_BYTES" => text(&self.segment_bytes),
+            "OPDBUS_WRITER_UIDS" => text(&self.writer_uids),
+            "OPDBUS_LOG" => text(&self.log),
+            numa::ENV_PLACEMENT => text(&self.cache_placement),
+            numa::ENV_MEMORY_POLICY => text(&self.memory_policy),
+            "OPDBUS_NUMA" => text(&self.numa),
+            numa::ENV_SYSFS_NODE_ROOT => text(&self.numa_sysfs_root),
+            numa::ENV_SYSFS_BLOCK_ROOT => text(&self.numa_block_root),
+            "OPDBUS_CACHE_HOT_BYTES" => text(&self.cache_hot_bytes),
+            "OPDBUS_CACHE_PRELOAD_BLOCKS" => text(&self.cache_preload_blocks),
+            "OPDBUS_CACHE_QUEUE_BLOCKS" => text(&self.cache_queue_blocks),
+            "OPDBUS_CACHE_PREDICT" => text(&self.cache_predict),
+            SNAPSHOT_INTERVAL_ENV => text(&self.snapshot_interval),
+            "OPDBUS_RETAIN_HOURLY" => text(&self.retention.hourly),
+            "OPDBUS_RETAIN_DAILY" => text(&self.retention.daily),
+            "OPDBUS_RETAIN_WEEKLY" => text(&self.retention.weekly),
+            _ => None,
+        }
     }
 }
 
@@ -476,18 +434,68 @@ fn parse_in_range(value: &str, min: u64, max: u64, unit: &str) -> Result<u64, St
     Ok(parsed)
 }
 
-/// Reads `KEY=VALUE` lines (the systemd environment-file format, without line continuations).
-pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// An `OPDBUS_LOG` filter, checked strictly: every comma-separated directive is a level or
+/// `TARGET=LEVEL`. `EnvFilter` takes `verbose` or `debug # note` as a target name and then logs
+/// nothing at all, not even a fatal error, so such a value is refused here, at start-up.
+fn log_filter(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let accepted = || {
+        format!(
+            "expected a level ({}) or comma-separated TARGET=LEVEL directives such as \
+             opdbus_blockchain=debug; a comment must be on its own line",
+            LEVELS.join(", ")
+        )
+    };
+    if value.is_empty() {
+        return Err(accepted());
+    }
+    for directive in value.split(',') {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None => (None, directive),
+        };
+        let level_ok = LEVELS.contains(&level.to_ascii_lowercase().as_str());
+        let target_ok = target.is_none_or(|t| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
+        });
+        if !level_ok || !target_ok {
+            return Err(format!(
+                "'{directive}' is not a log directive; {}",
+                accepted()
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map_err(|err| format!("{err}; {}", accepted()))?;
+    Ok(value.to_owned())
+}
+
+/// Reads `KEY=VALUE` lines (the systemd environment-file format, without line continuations),
+/// with what it let pass: keys not starting with `OPDBUS_` (`RUST_BACKTRACE=1` belongs to
+/// others) are ignored with a warning, `export KEY=…` is read as `KEY=…`, a UTF-8 BOM skipped.
+/// An unknown `OPDBUS_*` key is an error: it is a typo of one of ours.
+pub type EnvFile = (BTreeMap<String, String>, Vec<String>);
+
+/// See [`EnvFile`].
+pub fn read_env_file(path: &Path) -> Result<EnvFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
         path: path.to_path_buf(),
         source,
     })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut values = BTreeMap::new();
+    let mut warnings = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
+        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
         let Some((key, value)) = line.split_once('=') else {
             return Err(ConfigError::Syntax {
                 path: path.to_path_buf(),
@@ -496,6 +504,15 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigErro
             });
         };
         let key = key.trim();
+        if !key.starts_with("OPDBUS_") {
+            warnings.push(format!(
+                "config file {}, line {}: ignoring {key}, not a setting of opdbus-blockchaind \
+                 (its keys start with OPDBUS_)",
+                path.display(),
+                i + 1
+            ));
+            continue;
+        }
         if !KEYS.iter().any(|(known, _)| *known == key) {
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
@@ -511,7 +528,7 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigErro
             .unwrap_or(value);
         values.insert(key.to_owned(), value.to_owned());
     }
-    Ok(values)
+    Ok((values, warnings))
 }
 
 #[cfg(test)]
@@ -659,5 +676,116 @@ mod tests {
         let file = dir.path().join("defaults");
         std::fs::write(&file, uncommented).expect("write");
         Config::load(Some(&file), |_| None).expect("the documented defaults load");
+    }
+
+    #[test]
+    fn every_key_is_compared_for_reload() {
+        let config = Config::default();
+        for (key, default) in KEYS {
+            assert!(
+                config.value_of(key).is_some(),
+                "{key} is missing from Config::value_of, so SIGHUP would never report it"
+            );
+            let mut changed = config.clone();
+            let other = match *key {
+                "OPDBUS_BUS" => "session",
+                "OPDBUS_LOG" => "debug",
+                "OPDBUS_NUMA" | "OPDBUS_CACHE_PREDICT" => "off",
+                "OPDBUS_CACHE_PLACEMENT" => "round_robin",
+                "OPDBUS_CACHE_MEMORY_POLICY" => "bind",
+                "OPDBUS_SNAPSHOT_INTERVAL" => "hourly",
+                "OPDBUS_WRITER_UIDS" => "1000",
+                k if k.ends_with("_DIR") || k.ends_with("_ROOT") => "/elsewhere",
+                k if k.starts_with("OPDBUS_RETAIN_") => "9",
+                _ => "131072",
+            };
+            changed.set(key, other).expect(key);
+            assert_ne!(*default, other, "{key}: the test must change the value");
+            assert_eq!(config.changed_keys(&changed), [*key], "{key}={other}");
+        }
+    }
+
+    fn load_file(text: &[u8]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config");
+        std::fs::write(&file, text).expect("write");
+        Config::load(Some(&file), |_| None)
+    }
+
+    #[test]
+    fn a_missing_config_file_is_a_warning_and_the_defaults_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("deleted");
+        let config = Config::load(Some(&file), |_| None).expect("defaults");
+        assert_eq!(config.chain_dir, Config::default().chain_dir);
+        assert_eq!(config.file.as_deref(), Some(file.as_path()));
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(
+            config.warnings[0].contains("does not exist"),
+            "{:?}",
+            config.warnings
+        );
+        // Unreadable for another reason (a directory) stays an error.
+        let err = Config::load(Some(dir.path()), |_| None).expect_err("a directory");
+        assert!(matches!(err, ConfigError::File { .. }), "{err}");
+    }
+
+    #[test]
+    fn export_lines_a_bom_and_foreign_keys_are_read_like_systemd_would() {
+        let config = load_file(
+            "\u{feff}export OPDBUS_BLOCKCHAIN_DIR=/srv/chain\nRUST_BACKTRACE=1\n\
+             export RUST_LOG=debug\nOPDBUS_RETAIN_DAILY=3\n"
+                .as_bytes(),
+        )
+        .expect("valid");
+        assert_eq!(config.chain_dir, PathBuf::from("/srv/chain"));
+        assert_eq!(config.retention.daily, 3);
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(
+            config.warnings[0].contains("RUST_BACKTRACE"),
+            "{:?}",
+            config.warnings
+        );
+        assert!(
+            config.warnings[1].contains("line 3"),
+            "{:?}",
+            config.warnings
+        );
+        // A BOM before a key of ours, without `export`.
+        let config = load_file("\u{feff}OPDBUS_LOG=warn\n".as_bytes()).expect("valid");
+        assert_eq!(config.log, "warn");
+        // An unknown key of ours is still a typo, refused.
+        let err = load_file(b"export OPDBUS_LOGS=debug\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("unknown key OPDBUS_LOGS"), "{err}");
+    }
+
+    #[test]
+    fn log_filters_that_would_log_nothing_are_refused() {
+        for good in [
+            "info",
+            "DEBUG",
+            "opdbus_blockchain=debug,zbus=warn",
+            " warn ",
+        ] {
+            let config = load_file(format!("OPDBUS_LOG={good}\n").as_bytes()).expect(good);
+            assert_eq!(config.log, good.trim());
+        }
+        for bad in [
+            "verbose",
+            "debug # comment",
+            "",
+            "info,",
+            "=debug",
+            "zbus=loud",
+            "a b=info",
+        ] {
+            let err = load_file(format!("OPDBUS_LOG={bad}\n").as_bytes())
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(&format!("OPDBUS_LOG={}", bad.trim())), "{err}");
+            assert!(err.contains("expected a level"), "{err}");
+        }
     }
 }

@@ -69,6 +69,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if config.numa { "on" } else { "off" },
         config.log
     );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let marker = crate::marker::ChainMarker::beside(&config.chain_dir);
     for dir in parents(&config) {
         if dir.exists() {
@@ -311,13 +314,19 @@ fn reload(
             return;
         }
     };
+    for warning in &fresh.warnings {
+        tracing::warn!("SIGHUP: {warning}");
+    }
     let changed = running.changed_keys(&fresh);
     let (mut applied, restart): (Vec<&str>, Vec<&str>) = changed
         .iter()
         .partition(|key| RELOADABLE_KEYS.contains(key));
-    if applied.contains(&"OPDBUS_LOG") {
-        match set_log_filter(&fresh.log) {
-            Ok(()) => running.log = fresh.log.clone(),
+    // Config::load checked OPDBUS_LOG strictly, so this only fails on an internal error; the
+    // filter is built now and swapped in after the summary line, which the running filter (not
+    // the new one, which may be `error`) decides to show.
+    let new_filter = if applied.contains(&"OPDBUS_LOG") {
+        match tracing_subscriber::EnvFilter::try_new(&fresh.log) {
+            Ok(filter) => Some(filter),
             Err(err) => {
                 applied.retain(|key| *key != "OPDBUS_LOG");
                 tracing::warn!(
@@ -325,13 +334,16 @@ fn reload(
                     fresh.log,
                     running.log
                 );
+                None
             }
         }
-    }
+    } else {
+        None
+    };
     running.snapshot_interval = fresh.snapshot_interval;
     running.retention = fresh.retention;
     timeline.send_replace((running.snapshot_interval, running.retention));
-    let applied = if applied.is_empty() {
+    let summary = if applied.is_empty() {
         "nothing changed".to_owned()
     } else {
         format!("reloaded {}", applied.join(", "))
@@ -341,7 +353,16 @@ fn reload(
     } else {
         format!("; {} need a restart to take effect", restart.join(", "))
     };
-    tracing::info!(config = %file.display(), "SIGHUP: {applied} from {}{restart}", file.display());
+    tracing::info!(config = %file.display(), "SIGHUP: {summary} from {}{restart}", file.display());
+    if let Some(filter) = new_filter {
+        match set_log_filter(filter) {
+            Ok(()) => running.log = fresh.log.clone(),
+            Err(err) => tracing::warn!(
+                "SIGHUP: cannot swap the log filter ({err}); keeping OPDBUS_LOG={}",
+                running.log
+            ),
+        }
+    }
 }
 
 /// The directories that hold the chain-id marker and the `.snapshots` of chain and cache.
@@ -519,9 +540,8 @@ static LOG_FILTER: std::sync::OnceLock<
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
 > = std::sync::OnceLock::new();
 
-/// Replaces the log filter (SIGHUP); an invalid filter leaves the old one.
-fn set_log_filter(filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+/// Replaces the log filter (SIGHUP).
+fn set_log_filter(filter: tracing_subscriber::EnvFilter) -> Result<(), String> {
     LOG_FILTER
         .get()
         .ok_or_else(|| "logging was not set up by init_logging".to_owned())?

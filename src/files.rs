@@ -92,6 +92,13 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
         .sync_all()
 }
 
+/// Creates the new directory `dir` with exactly [`DIR_MODE`], whatever the umask; an existing
+/// one is an error (`AlreadyExists`), as with [`std::fs::create_dir`].
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir(dir)?;
+    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
+}
+
 /// Creates `dir` (and missing parents) with exactly [`DIR_MODE`]; an existing one is left as
 /// it is.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
@@ -101,8 +108,8 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir_all(parent)?;
     }
-    match std::fs::create_dir(dir) {
-        Ok(()) => std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)),
+    match create_dir(dir) {
+        Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(err) => Err(err),
     }
@@ -213,13 +220,27 @@ mod tests {
         let written = write_atomic(&path, b"x", FILE_MODE);
         let sub = dir.path().join("a/b");
         let made = create_dir_all(&sub);
+        let single = dir.path().join("c");
+        let single_made = create_dir(&single);
+        // And a umask that would leave a new directory open to others.
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let open = dir.path().join("d");
+        let open_made = create_dir(&open);
         nix::sys::stat::umask(old);
         written.expect("write");
         made.expect("mkdir");
+        single_made.expect("mkdir");
+        open_made.expect("mkdir");
+        assert_eq!(
+            create_dir(&single).expect_err("exists").kind(),
+            io::ErrorKind::AlreadyExists
+        );
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o777;
         assert_eq!(mode(&path), 0o640);
         assert_eq!(mode(&sub), 0o750);
         assert_eq!(mode(&dir.path().join("a")), 0o750);
+        assert_eq!(mode(&single), 0o750);
+        assert_eq!(mode(&open), 0o750);
         // A leftover link in place of the temporary file is removed, not followed.
         let target = dir.path().join("target");
         std::fs::write(&target, b"keep").expect("write");

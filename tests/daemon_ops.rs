@@ -160,6 +160,68 @@ fn sighup_reloads_the_log_filter_from_the_config_file_and_names_what_needs_a_res
     assert!(child.wait().expect("wait").success());
 }
 
+/// The config file read as `EnvironmentFile=-` was: a missing one is a warning, `export`, a
+/// BOM and keys of others pass; a log filter that would log nothing is refused (at start-up,
+/// and on SIGHUP with the running filter kept), and the SIGHUP line shows whatever the new
+/// filter is.
+#[test]
+fn the_config_file_is_forgiving_where_systemd_was_and_strict_about_the_log_filter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("opdbus-blockchain");
+    let config_arg = config.to_str().expect("utf-8").to_owned();
+    let bus = Bus::start();
+    let log = dir.path().join("daemon.log");
+    let (chain, cache) = (dir.path().join("chain"), dir.path().join("cache"));
+    let mut child = spawn(&bus, &chain, &cache, &["--config", &config_arg], &log);
+    common::wait_until(Duration::from_secs(30), "the daemon owns its name", || {
+        bus.busctl(&["status", BUS_NAME]).status.success()
+    });
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("does not exist; using the defaults"),
+        "{text}"
+    );
+    std::fs::write(
+        &config,
+        "\u{feff}export OPDBUS_LOG=verbose\nRUST_BACKTRACE=1\n",
+    )
+    .expect("config");
+    signal(child.id(), nix::sys::signal::Signal::SIGHUP);
+    let text = wait_for_log(&log, "SIGHUP: cannot reload");
+    assert!(text.contains("OPDBUS_LOG=verbose"), "{text}");
+    std::fs::write(&config, "export OPDBUS_LOG=error\nRUST_BACKTRACE=1\n").expect("config");
+    signal(child.id(), nix::sys::signal::Signal::SIGHUP);
+    let text = wait_for_log(&log, "SIGHUP: reloaded OPDBUS_LOG");
+    assert!(text.contains("ignoring RUST_BACKTRACE"), "{text}");
+    add(&bus, "quiet");
+    assert_eq!(height(&bus), "t 1");
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().expect("wait").success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    // The new filter (error) is in force: the info line of the stop is not logged.
+    assert!(
+        !text.contains("SIGTERM received"),
+        "error level after: {text}"
+    );
+
+    std::fs::write(&config, "OPDBUS_LOG=debug # the blocks too\n").expect("config");
+    let refused_log = dir.path().join("refused.log");
+    let mut child = spawn(
+        &bus,
+        &chain,
+        &cache,
+        &["--config", &config_arg],
+        &refused_log,
+    );
+    let status = child.wait().expect("wait");
+    let text = std::fs::read_to_string(&refused_log).expect("log");
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("OPDBUS_LOG=debug # the blocks too") && text.contains("expected a level"),
+        "{text}"
+    );
+}
+
 /// The strict bus refuses a Peer.Ping to ourselves once the name is released; the stop must
 /// neither warn about it nor lose what was dispatched.
 #[test]

@@ -509,7 +509,7 @@ async fn fallback_without_btrfs_hard_links_sealed_segments_and_cuts_the_open_one
     add_many(&bus, 2, 60, 1000).await;
     let writers = {
         let address = bus.address.clone();
-        tokio::spawn(async move { BusRef(address).add_many(2, 50).await })
+        tokio::spawn(async move { BusRef(address).add_many(2, 200).await })
     };
     let connection = bus.connect().await;
     let paths = snapshot(&connection).await.expect("Snapshot");

@@ -292,7 +292,7 @@ fn receive_into_directory(
 ) -> Result<VerifiedBackup, BackupError> {
     let incoming = target.join(format!("{INCOMING_PREFIX}{name}"));
     remove_snapshot_dir(&incoming)?;
-    fs::create_dir(&incoming).map_err(io_err(&incoming))?;
+    crate::files::create_dir(&incoming).map_err(io_err(&incoming))?;
     let result = (|| {
         let pairs = [
             (
@@ -432,7 +432,7 @@ fn restore_part(src: &Path, dest: &Path, made: &mut Vec<PathBuf>) -> Result<bool
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    crate::files::create_dir_all(&parent).map_err(io_err(&parent))?;
     let leaf = src
         .file_name()
         .map_or_else(|| "part".into(), |n| n.to_string_lossy().into_owned());
@@ -440,7 +440,7 @@ fn restore_part(src: &Path, dest: &Path, made: &mut Vec<PathBuf>) -> Result<bool
         // send | receive into a staging directory beside `dest`, then a writable snapshot.
         let staging = parent.join(format!(".restore-{}-{leaf}", std::process::id()));
         remove_snapshot_dir(&staging)?;
-        fs::create_dir(&staging).map_err(io_err(&staging))?;
+        crate::files::create_dir(&staging).map_err(io_err(&staging))?;
         let result = (|| {
             let received = btrfs::receive(
                 btrfs::send(src, None)?,

@@ -166,7 +166,7 @@ pub fn prepare_dir(dir: &Path) -> Result<DirKind, btrfs::BtrfsError> {
             btrfs::create_subvolume(dir)?;
             return explicit_mode(DirKind::Subvolume);
         }
-        std::fs::create_dir(dir).map_err(|source| btrfs::BtrfsError::Io {
+        crate::files::create_dir(dir).map_err(|source| btrfs::BtrfsError::Io {
             path: dir.to_owned(),
             source,
         })?;

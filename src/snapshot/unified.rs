@@ -24,6 +24,7 @@ use crate::btrfs::{self, BtrfsError};
 use crate::chain::block::Hash;
 use crate::chain::error::ChainError;
 use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
+use crate::chain::writer::PauseGuard;
 use crate::service::OptimizedBlockchain;
 use std::fs;
 use std::io::{self, Read};
@@ -97,30 +98,63 @@ pub async fn create_unified_snapshot(
     // One snapshot at a time: two in the same second at the same height would share a
     // staging name.
     let one_at_a_time = SNAPSHOT_LOCK.clone().lock_owned().await;
-    let ((height, head_hash), guard) = blockchain.chain().pause_writer().await?;
-    let paused_at = Instant::now();
-    wait_for_cache(blockchain, height).await;
-    let task = tokio::task::spawn_blocking(move || -> Result<UnifiedSnapshot, SnapshotError> {
-        let created = SystemTime::now();
-        let secs = created
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let name = snapshot_name(secs, height);
-        let _one_at_a_time = one_at_a_time;
-        let captured = capture(&layout, &name, height);
-        drop(guard);
-        let pause = paused_at.elapsed();
-        let captured = captured?;
-        let snapshot = match captured {
-            Captured::Existing(snapshot) => snapshot,
-            Captured::New(parts) => finish(&layout, &name, parts, height, &head_hash, created)
-                .inspect_err(|_| discard(&layout, &name))?,
-        };
-        Ok(UnifiedSnapshot { pause, ..snapshot })
-    });
-    let snapshot = task.await.map_err(|e| SnapshotError::Io {
-        path: blockchain.chain().chain_dir().to_owned(),
-        source: io::Error::other(e),
+    // Catch the cache up to the current head while writes still flow, so that the wait under
+    // the pause covers only the few blocks committed in between. Its error, if any, is
+    // reported by the wait under the pause.
+    let (before, _) = blockchain.head();
+    let _ = blockchain.cache_caught_up(before).await;
+    let chain_dir = blockchain.chain().chain_dir().to_owned();
+    // The capture runs on a thread of its own, not on the runtime's blocking pool: that pool is
+    // capped and shared with unprivileged calls (Verify, FindSimilar, reads), and the writer,
+    // paused below, would stay paused for as long as the pool was full.
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (start, started) = std::sync::mpsc::channel::<Option<(u64, Hash, PauseGuard, Instant)>>();
+    std::thread::Builder::new()
+        .name("opdbus-snapshot".into())
+        .spawn(move || {
+            let _one_at_a_time = one_at_a_time;
+            // `None`: the pause failed or the caller went away; nothing to capture.
+            let Ok(Some((height, head_hash, guard, paused_at))) = started.recv() else {
+                return;
+            };
+            let created = SystemTime::now();
+            let secs = created
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let name = snapshot_name(secs, height);
+            let captured = capture(&layout, &name, height);
+            drop(guard);
+            let pause = paused_at.elapsed();
+            let result = captured.and_then(|captured| match captured {
+                Captured::Existing(snapshot) => Ok(snapshot),
+                Captured::New(parts) => finish(&layout, &name, parts, height, &head_hash, created)
+                    .inspect_err(|_| discard(&layout, &name)),
+            });
+            let _ = sender.send(result.map(|snapshot| UnifiedSnapshot { pause, ..snapshot }));
+        })
+        .map_err(|source| SnapshotError::Io {
+            path: chain_dir.clone(),
+            source,
+        })?;
+    let paused = async {
+        let ((height, head_hash), guard) = blockchain.chain().pause_writer().await?;
+        let paused_at = Instant::now();
+        wait_for_cache(blockchain, height).await;
+        Ok::<_, SnapshotError>((height, head_hash, guard, paused_at))
+    }
+    .await;
+    match paused {
+        Ok(paused) => {
+            let _ = start.send(Some(paused));
+        }
+        Err(err) => {
+            let _ = start.send(None);
+            return Err(err);
+        }
+    }
+    let snapshot = receiver.await.map_err(|_| SnapshotError::Io {
+        path: chain_dir,
+        source: io::Error::other("the snapshot thread ended without a result"),
     })??;
     tracing::info!(
         name = %snapshot.name,
@@ -187,7 +221,7 @@ fn capture(layout: &SnapshotLayout, name: &str, height: u64) -> Result<Captured,
     for dir in [&chain_stage, &cache_stage] {
         // A stale one is what a crash in the middle left behind.
         super::layout::remove_snapshot_dir(dir)?;
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::files::create_dir_all(dir).map_err(io_err(dir))?;
     }
     let capture_chain = || -> Result<ChainCapture, SnapshotError> {
         match super::layout::dir_kind(&layout.chain_dir) {
@@ -206,7 +240,7 @@ fn capture(layout: &SnapshotLayout, name: &str, height: u64) -> Result<Captured,
                 Ok(SnapshotMethod::BtrfsSnapshot)
             }
             DirKind::Plain => {
-                fs::create_dir(&cache_dest).map_err(io_err(&cache_dest))?;
+                crate::files::create_dir(&cache_dest).map_err(io_err(&cache_dest))?;
                 if layout.cache_dir.is_dir() {
                     copy_tree(&layout.cache_dir, &cache_dest)?;
                 }
@@ -314,7 +348,7 @@ fn finish(
             open_first,
             len,
         } => {
-            fs::create_dir(&chain_snap).map_err(io_err(&chain_snap))?;
+            crate::files::create_dir(&chain_snap).map_err(io_err(&chain_snap))?;
             for path in &sealed {
                 link_or_copy(path, &chain_snap)?;
             }
@@ -442,7 +476,7 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), SnapshotError> {
         let dest = to.join(entry.file_name());
         let kind = entry.file_type().map_err(io_err(&path))?;
         if kind.is_dir() {
-            fs::create_dir(&dest).map_err(io_err(&dest))?;
+            crate::files::create_dir(&dest).map_err(io_err(&dest))?;
             copy_tree(&path, &dest)?;
         } else if kind.is_file() {
             fs::copy(&path, &dest).map_err(io_err(&dest))?;

@@ -63,7 +63,7 @@ pub fn verify_backup(dir: &Path) -> Outcome {
 pub fn restore(from: &Path, chain_dir: &Path, cache_dir: &Path) -> Outcome {
     // Held (stopped and masked) until the end of this function, so that no bus call activates
     // the daemon on a half-restored directory.
-    let _unit = UnitHold::take(chain_dir)?;
+    let _unit = UnitHold::take()?;
     match backup::restore(from, chain_dir, cache_dir) {
         Ok(report) => {
             println!(
@@ -93,20 +93,19 @@ pub fn restore(from: &Path, chain_dir: &Path, cache_dir: &Path) -> Outcome {
 
 /// The daemon's unit, as systemd knows it.
 const UNIT: &str = "opdbus-blockchaind.service";
-/// The settings file the shipped unit gives the daemon (`--config`).
-const UNIT_CONFIG: &str = "/etc/default/opdbus-blockchain";
-
 /// While a restore runs into the chain directory the unit serves, the unit is stopped and
 /// masked for this boot (`systemctl mask --runtime`), so that a bus call cannot activate the
-/// daemon meanwhile; dropping the hold unmasks it again (unless it was masked before). Without
-/// systemd, or when the unit is not loaded or serves another directory, nothing is held.
+/// daemon meanwhile; dropping the hold unmasks it again (unless it was masked before). Held
+/// whenever the unit is loaded, whichever directory it serves: its directory can come from the
+/// config file, `Environment=` drop-ins or an `ExecStart=` override, and guessing it wrong would
+/// let activation start the daemon mid-restore. Without systemd or the unit, nothing is held.
 struct UnitHold {
     /// It was masked before we came (by the operator): leave it masked.
     was_masked: bool,
 }
 
 impl UnitHold {
-    fn take(chain_dir: &Path) -> Result<Option<UnitHold>, String> {
+    fn take() -> Result<Option<UnitHold>, String> {
         let Some(load_state) = systemctl(&["show", "--property=LoadState", "--value", UNIT])
             .ok()
             .filter(|out| out.status.success())
@@ -119,10 +118,12 @@ impl UnitHold {
             "masked" => true,
             _ => return Ok(None),
         };
-        if !same_dir(chain_dir, &unit_chain_dir()) {
-            return Ok(None);
-        }
         if !was_masked {
+            // Ctrl-C ends the process without running Drop: say up front how to undo the mask.
+            eprintln!(
+                "opdbus-chain: masking {UNIT} for the restore; if this is interrupted, run: \
+                 systemctl unmask --runtime {UNIT}"
+            );
             run_systemctl(&["mask", "--runtime", UNIT])?;
         }
         let hold = UnitHold { was_masked };
@@ -148,33 +149,6 @@ impl Drop for UnitHold {
                 );
             }
         }
-    }
-}
-
-/// The chain directory the unit serves: `OPDBUS_BLOCKCHAIN_DIR` of its settings file, or the
-/// default.
-fn unit_chain_dir() -> PathBuf {
-    let file = Path::new(UNIT_CONFIG);
-    opdbus_blockchain::config::Config::load(file.exists().then_some(file), |_| None)
-        .unwrap_or_default()
-        .chain_dir
-}
-
-/// Whether two paths name the same directory, one of which may not exist yet (its parent is
-/// compared, resolved, with its name).
-fn same_dir(a: &Path, b: &Path) -> bool {
-    let resolve = |p: &Path| {
-        std::fs::canonicalize(p).ok().or_else(|| {
-            let parent = match p.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => Path::new("."),
-            };
-            Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
-        })
-    };
-    match (resolve(a), resolve(b)) {
-        (Some(a), Some(b)) => a == b,
-        _ => a == b,
     }
 }
 
