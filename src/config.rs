@@ -322,6 +322,43 @@ impl Config {
     }
 }
 
+/// One warning per `OPDBUS_*` name in `names` that is not in [`KEYS`] (a typo such as
+/// OPDBUS_SEGMNT_BYTES would otherwise be silently ignored), naming the closest known key.
+pub fn unknown_env_keys(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut warnings: Vec<String> = names
+        .into_iter()
+        .filter(|name| name.starts_with("OPDBUS_") && !KEYS.iter().any(|(key, _)| key == name))
+        .map(|name| {
+            let closest = KEYS
+                .iter()
+                .map(|(key, _)| *key)
+                .min_by_key(|key| edit_distance(key, &name))
+                .unwrap_or("OPDBUS_LOG");
+            format!("unknown environment variable {name} ignored; did you mean {closest}?")
+        })
+        .collect();
+    warnings.sort();
+    warnings
+}
+
+/// Levenshtein distance over bytes; the names are short ASCII.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// Keys a running daemon applies on SIGHUP; every other key needs a restart.
 pub const RELOADABLE_KEYS: &[&str] = &[
     "OPDBUS_LOG",
@@ -412,7 +449,9 @@ fn on_off(value: &str) -> Result<bool, String> {
     }
 }
 
-fn absolute_dir(value: &str) -> Result<PathBuf, String> {
+/// A directory setting, from the environment, the file or a flag alike: a relative path would
+/// resolve against whatever directory the daemon happened to start in.
+pub fn absolute_dir(value: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(value);
     if path.is_absolute() {
         Ok(path)
@@ -642,6 +681,20 @@ mod tests {
         let env = |key: &str| (key == "OPDBUS_RETAIN_DAILY").then(|| "-1".to_owned());
         let err = Config::load(None, env).expect_err("invalid").to_string();
         assert!(err.contains("OPDBUS_RETAIN_DAILY=-1"), "{err}");
+    }
+
+    #[test]
+    fn relative_directories_are_refused_and_unknown_env_keys_named() {
+        assert!(absolute_dir("relative/path").is_err());
+        assert_eq!(absolute_dir("/srv/chain"), Ok(PathBuf::from("/srv/chain")));
+        let warnings =
+            unknown_env_keys(["OPDBUS_SEGMNT_BYTES", "OPDBUS_LOG", "PATH"].map(String::from));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("OPDBUS_SEGMNT_BYTES"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("did you mean OPDBUS_SEGMENT_BYTES"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

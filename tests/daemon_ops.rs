@@ -477,3 +477,45 @@ fn a_chain_dir_others_can_write_to_is_refused_at_start() {
         "{log}"
     );
 }
+
+/// A relative --chain-dir / --cache-dir would resolve against whatever directory the daemon
+/// started in; the flags are refused like the same value in the environment is.
+#[test]
+fn a_relative_directory_flag_is_refused_with_a_reason() {
+    for flag in ["--chain-dir", "--cache-dir"] {
+        let output = Command::new(DAEMON)
+            .args([flag, "relative/path"])
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("run the daemon");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("expected an absolute path"),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
+/// A mistyped OPDBUS_* variable is not silently ignored: the log names it and the closest key.
+#[test]
+fn an_unknown_opdbus_variable_is_warned_about_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = Bus::start();
+    let mut daemon = Daemon::start_with_env(
+        &bus,
+        &dir.path().join("chain"),
+        &dir.path().join("cache"),
+        &[("OPDBUS_SEGMNT_BYTES", "1")],
+    );
+    add(&bus, "a");
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    let log = daemon.log_text();
+    assert!(
+        log.lines().any(|line| line.contains("WARN")
+            && line.contains("OPDBUS_SEGMNT_BYTES")
+            && line.contains("did you mean OPDBUS_SEGMENT_BYTES")),
+        "{log}"
+    );
+}

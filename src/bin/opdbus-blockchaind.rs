@@ -27,14 +27,19 @@ struct Args {
     bus: Option<BusChoice>,
     /// Directory of the chain's segment files. [env: OPDBUS_BLOCKCHAIN_DIR]
     /// [default: /var/lib/op-dbus/blockchain]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = dir_flag)]
     chain_dir: Option<PathBuf>,
     /// Directory of the block cache. [env: OPDBUS_CACHE_DIR] [default: /var/lib/op-dbus/@cache]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = dir_flag)]
     cache_dir: Option<PathBuf>,
     /// Read settings from FILE (KEY=VALUE lines, as /etc/default/opdbus-blockchain).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// The flags get the check the environment and file values get (clap exits 2 naming the flag).
+fn dir_flag(value: &str) -> Result<PathBuf, String> {
+    opdbus_blockchain::config::absolute_dir(value)
 }
 
 const ENVIRONMENT: &str = "\
@@ -72,6 +77,12 @@ fn main() -> ExitCode {
     if let Some(dir) = args.cache_dir {
         config.cache_dir = dir;
     }
+    // Logged with the config file's warnings once logging is up.
+    config
+        .warnings
+        .extend(opdbus_blockchain::config::unknown_env_keys(
+            std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+        ));
     opdbus_blockchain::daemon::init_logging(&config.log);
     // Blocking work (chain and cache reads, Verify, searches) queues for these threads rather
     // than adding one per call: tokio's default of 512 let a flood of calls the caller does not
