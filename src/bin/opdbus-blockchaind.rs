@@ -54,7 +54,8 @@ Environment:
   OPDBUS_SNAPSHOT_INTERVAL  every-N-minutes | hourly | daily | off       [off]
   OPDBUS_RETAIN_HOURLY/_DAILY/_WEEKLY  snapshots kept per period       [5/5/5]
 
-Exit status: 0 after a clean stop, 1 when it cannot start (the reason is logged).";
+Exit status: 0 after a clean stop, 1 when it cannot start (the reason is logged), 2 on a
+flag it refuses (a relative --chain-dir, say).";
 
 /// Threads of the runtime's blocking pool (docs/reliability.md, "Bounded cost of reads").
 const MAX_BLOCKING_THREADS: usize = 16;
