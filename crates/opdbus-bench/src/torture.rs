@@ -1,4 +1,4 @@
-//! `opdbus-chain torture`: the crash harness an operator can run for as long as they like.
+//! `opdbus-bench torture`: the crash harness an operator can run for as long as they like.
 //!
 //! Starts a private dbus-daemon and the real opdbus-blockchaind on a scratch chain, runs N
 //! concurrent writers (AddFootprint in a loop, each on its own connection), and in every cycle
