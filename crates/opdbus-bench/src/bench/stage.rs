@@ -136,7 +136,7 @@ impl Stage {
         let daemon_exe = me.with_file_name("opdbus-blockchaind");
         if !daemon_exe.exists() {
             return Err(format!(
-                "{} not found: the bench runs the daemon built next to it (cargo build --release --bins)",
+                "{} not found: the bench runs the daemon built next to it (cargo build --release --workspace)",
                 daemon_exe.display()
             ));
         }
