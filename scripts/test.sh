@@ -7,5 +7,5 @@ bash scripts/install-deps.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo --version
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; fi
-if cargo clippy --version >/dev/null 2>&1; then cargo clippy --all-targets --locked -- -D warnings; fi
-cargo test --locked --all-targets -- --test-threads=2
+if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets --locked -- -D warnings; fi
+cargo test --workspace --locked --all-targets -- --test-threads=2

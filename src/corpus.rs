@@ -54,10 +54,12 @@ pub fn blocks(seed: u64, n: usize) -> Vec<Block> {
 
 /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and identical on every platform, which is
 /// all a corpus needs; nothing here is security-relevant.
-pub(crate) struct SplitMix64(pub(crate) u64);
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub(crate) fn next(&mut self) -> u64 {
+    // Not an Iterator: it never ends, and `rng.next()` reads better than `rng.next().unwrap()`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -65,7 +67,7 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 

@@ -8,6 +8,7 @@ pub mod btrfs;
 pub mod cache;
 pub mod chain;
 pub mod config;
+#[cfg(any(test, feature = "testkit"))]
 pub mod corpus;
 pub mod daemon;
 pub mod dbus;

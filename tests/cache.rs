@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use opdbus_blockchain::corpus;
+use opdbus_testkit::corpus;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

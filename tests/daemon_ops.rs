@@ -369,7 +369,7 @@ fn a_half_made_snapshot_is_removed_at_start() {
 
 #[test]
 fn loop_a_half_made_btrfs_snapshot_is_deleted_at_start() {
-    let Some(fs) = opdbus_blockchain::btrfs::loop_image::LoopBtrfs::new(256) else {
+    let Some(fs) = opdbus_testkit::LoopBtrfs::new(256) else {
         eprintln!("SKIP loop_a_half_made_btrfs_snapshot_is_deleted_at_start: no loop btrfs");
         return;
     };

@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use opdbus_blockchain::btrfs;
-use opdbus_blockchain::btrfs::loop_image::LoopBtrfs;
 use opdbus_blockchain::chain::verify::verify_dir;
 use opdbus_blockchain::snapshot::backup::verify_backup;
 use opdbus_blockchain::snapshot::{read_manifest, SnapshotMethod};
+use opdbus_testkit::LoopBtrfs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! A btrfs filesystem in a sparse image file, loop-mounted in a temporary directory, unmounted
-//! and removed on drop even when its user fails: for tests and for `opdbus-chain bench --btrfs`.
+//! and removed on drop even when its user fails: for tests and for `opdbus-bench bench --btrfs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

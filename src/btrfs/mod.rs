@@ -18,6 +18,7 @@
 mod command_line;
 /// Test support (also for the integration tests): a loop-mounted btrfs image.
 #[doc(hidden)]
+#[cfg(any(test, feature = "testkit"))]
 pub mod loop_image;
 mod subvolume;
 #[cfg(test)]

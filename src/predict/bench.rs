@@ -1,5 +1,5 @@
 //! Predictive caching measured: the hot-tier hit rate of the real cache under a realistic read
-//! mix, with plain LRU and with prediction, on the same chain (`opdbus-chain bench-vectors`).
+//! mix, with plain LRU and with prediction, on the same chain (`opdbus-bench bench-vectors`).
 //!
 //! The read mix, from four concurrent readers with a short think time between reads:
 //! - 40% audit walks: from a recent block back along the chain, 10–30 blocks;

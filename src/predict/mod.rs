@@ -9,6 +9,7 @@
 //! The caller pre-loads the predicted blocks into the cache's hot tier. Memory is bounded:
 //! past [`MAX_SUCCESSORS`] learned pairs or [`MAX_READERS`] readers the oldest half is dropped.
 
+#[cfg(any(test, feature = "testkit"))]
 pub mod bench;
 
 use crate::chain::block::Hash;

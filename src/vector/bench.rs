@@ -1,5 +1,5 @@
 //! Similarity search measured: recall@10 against exact f32 search, query latency, index build
-//! time and memory, on a chain of N realistic footprints (`opdbus-chain bench-vectors`).
+//! time and memory, on a chain of N realistic footprints (`opdbus-bench bench-vectors`).
 
 use super::embed::{cosine, Embedder, HashingEmbedder};
 use super::index::{Filter, VectorIndex, RECORD_LEN};

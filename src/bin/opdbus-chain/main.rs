@@ -1,13 +1,10 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod backup;
-mod bench;
-mod bench_vectors;
 mod offline;
 mod online;
 mod prune;
 mod repair;
-mod torture;
 
 use clap::{Args, Parser, Subcommand};
 use opdbus_blockchain::config::BusChoice;
@@ -21,8 +18,7 @@ use std::process::ExitCode;
 /// never write to it, so they work on a live chain, a read-only snapshot or a received backup;
 /// only `verify --repair` writes, with the daemon stopped. Online commands (numa, similar,
 /// stats, snapshot) talk to a running opdbus-blockchaind over D-Bus and take --bus. backup,
-/// restore and prune manage snapshots and backups; bench, bench-vectors and torture measure and
-/// test on scratch directories.
+/// restore and prune manage snapshots and backups.
 ///
 /// Exit status: 0 success; 1 the chain is not intact or the block was not found; 2 the command
 /// could not run (bad arguments, unreadable directory).
@@ -138,28 +134,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure similarity search (recall@10 against exact search, query latency, index build
-    /// time and memory) on chains of realistic footprints, and the cache's hot hit rate on a
-    /// realistic read mix with plain LRU and with read prediction. Runs in-process on temp dirs.
-    BenchVectors {
-        /// Chain sizes to measure search on, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "100000,1000000",
-            value_parser = clap::value_parser!(u64).range(1..)
-        )]
-        blocks: Vec<u64>,
-        /// Queries per size.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-        queries: u64,
-        /// Blocks (and about as many reads) for the read-prediction run.
-        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
-        read_blocks: u64,
-        /// Also write the figures as JSON.
-        #[arg(long, value_name = "FILE")]
-        json: Option<PathBuf>,
-    },
     /// Ask the running daemon for a unified snapshot of chain and cache (online).
     ///
     /// Prints the chain snapshot's path, then the cache snapshot's. Both hold the same height
@@ -242,38 +216,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Crash harness: kill -9 the real daemon under concurrent writers, restart, check.
-    ///
-    /// Starts a private dbus-daemon and opdbus-blockchaind on a scratch chain; in each cycle
-    /// the writers call AddFootprint in a loop until the daemon is killed with SIGKILL at a
-    /// random moment; then every acknowledged footprint must be in the chain at its height
-    /// with the same hash and the chain must verify. Exit 0 when every cycle held.
-    Torture {
-        /// How many kill/restart cycles.
-        #[arg(long, default_value_t = 20)]
-        cycles: u64,
-        /// Concurrent writers, each on its own bus connection.
-        #[arg(long, default_value_t = 16)]
-        writers: usize,
-        /// Segment size for the daemon (OPDBUS_SEGMENT_BYTES): small, so that kills also
-        /// land in segment rotation.
-        #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-        segment_bytes: u64,
-        /// Kill at a random moment up to this many milliseconds into each cycle.
-        #[arg(long, default_value_t = 1500, value_name = "MS")]
-        max_kill_ms: u64,
-        /// Keep the chain, bus and daemon log in DIR (default: a temporary directory).
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-        /// The daemon binary (default: opdbus-blockchaind next to this program).
-        #[arg(long, value_name = "PATH")]
-        daemon: Option<PathBuf>,
-    },
-    /// Measure write and read speed beside their floors and peers, in one run.
-    ///
-    /// Starts a private dbus-daemon and the opdbus-blockchaind next to this executable on a
-    /// temporary directory ($TMPDIR, else /var/tmp), and prints a table; nothing is left behind.
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -365,12 +307,6 @@ fn main() -> ExitCode {
             },
         ),
         Command::Stats { bus, json } => online::stats(&bus.bus, json),
-        Command::BenchVectors {
-            blocks,
-            queries,
-            read_blocks,
-            json,
-        } => bench_vectors::run(&blocks, queries as usize, read_blocks, json),
         Command::Snapshot { bus } => online::snapshot(&bus.bus),
         Command::Backup {
             dirs,
@@ -402,22 +338,6 @@ fn main() -> ExitCode {
             },
             dry_run,
         ),
-        Command::Torture {
-            cycles,
-            writers,
-            max_kill_ms,
-            dir,
-            daemon,
-            segment_bytes,
-        } => torture::torture(torture::TortureArgs {
-            cycles,
-            writers,
-            dir,
-            daemon,
-            max_kill_ms,
-            segment_bytes,
-        }),
-        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

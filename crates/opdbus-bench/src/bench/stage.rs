@@ -3,7 +3,7 @@
 //! empty method on the same bus) and, with `--btrfs`, a loop-mounted btrfs image. Everything is
 //! stopped and removed on drop, also when a measurement fails.
 
-use opdbus_blockchain::btrfs::loop_image::LoopBtrfs;
+use opdbus_testkit::LoopBtrfs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,7 +136,7 @@ impl Stage {
         let daemon_exe = me.with_file_name("opdbus-blockchaind");
         if !daemon_exe.exists() {
             return Err(format!(
-                "{} not found: the bench runs the daemon built next to it (cargo build --release --bins)",
+                "{} not found: the bench runs the daemon built next to it (cargo build --release --workspace)",
                 daemon_exe.display()
             ));
         }

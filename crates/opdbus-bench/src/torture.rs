@@ -1,4 +1,4 @@
-//! `opdbus-chain torture`: the crash harness an operator can run for as long as they like.
+//! `opdbus-bench torture`: the crash harness an operator can run for as long as they like.
 //!
 //! Starts a private dbus-daemon and the real opdbus-blockchaind on a scratch chain, runs N
 //! concurrent writers (AddFootprint in a loop, each on its own connection), and in every cycle
@@ -12,6 +12,7 @@ use opdbus_blockchain::chain::block::Hash;
 use opdbus_blockchain::chain::verify::verify_dir;
 use opdbus_blockchain::chain::{segment, store};
 use opdbus_blockchain::dbus::{BUS_NAME, OBJECT_PATH};
+use opdbus_testkit::SplitMix64;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -440,9 +441,15 @@ async fn add_footprint(connection: &zbus::Connection, data: &str) -> zbus::Resul
         .deserialize()
 }
 
+/// The test kit's one generator, seeded once per process from the OS (the kill moments differ
+/// run to run; without OS randomness they are merely the same every run, the check still holds).
 fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // Without randomness the kill moments are merely all the same; the check still holds.
-    let _ = getrandom::getrandom(&mut bytes);
-    u64::from_le_bytes(bytes)
+    static RNG: Mutex<Option<SplitMix64>> = Mutex::new(None);
+    let mut rng = RNG.lock();
+    rng.get_or_insert_with(|| {
+        let mut bytes = [0u8; 8];
+        let _ = getrandom::getrandom(&mut bytes);
+        SplitMix64(u64::from_le_bytes(bytes))
+    })
+    .next()
 }

@@ -1,4 +1,4 @@
-//! `opdbus-chain bench`: our speed beside its floors and peers, all from one run.
+//! `opdbus-bench bench`: our speed beside its floors and peers, all from one run.
 //!
 //! Floors (an empty D-Bus call on the same bus with the same client count, a bare `fdatasync`
 //! on the same filesystem) and our figures are measured in rounds, interleaved A B A B, so

@@ -1,12 +1,26 @@
-//! No acknowledged loss under kill -9: the crash harness (`opdbus-chain torture`) against the
+//! No acknowledged loss under kill -9: the crash harness (`opdbus-bench torture`) against the
 //! real daemon on a real private bus, 16 concurrent writers, 20 kill/restart cycles, with
 //! small segments so that kills also land in segment rotation.
 
-mod common;
+use std::process::Command;
+
+/// Runs opdbus-bench; it finds opdbus-blockchaind beside itself (same target directory:
+/// `cargo test --workspace` builds both).
+fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_opdbus-bench"))
+        .args(args)
+        .output()
+        .expect("run opdbus-bench");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 #[test]
 fn acked_footprints_survive_20_kill_9_cycles_under_16_writers() {
-    let (code, out, err) = common::cli(&[
+    let (code, out, err) = bench(&[
         "torture",
         "--cycles",
         "20",

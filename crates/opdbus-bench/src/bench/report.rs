@@ -133,7 +133,7 @@ impl Figures {
         )
         .rfc3339();
         f.header = format!(
-            "opdbus-chain bench — {date}\nmachine: {machine}\nload average before: {}; {} rounds of {:.1} s per figure{}",
+            "opdbus-bench bench — {date}\nmachine: {machine}\nload average before: {}; {} rounds of {:.1} s per figure{}",
             x.load_before,
             plan.rounds,
             plan.slice.as_secs_f64(),

@@ -1,9 +1,9 @@
-//! `opdbus-chain bench-vectors`: similarity search and predictive caching, measured.
+//! `opdbus-bench bench-vectors`: similarity search and predictive caching, measured.
 
 use crate::Outcome;
-use opdbus_blockchain::corpus;
-use opdbus_blockchain::predict::bench as read_bench;
-use opdbus_blockchain::vector::bench as vector_bench;
+use opdbus_testkit::corpus;
+use opdbus_testkit::read_bench;
+use opdbus_testkit::vector_bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,8 +1,22 @@
-//! `opdbus-chain bench --quick --json FILE` runs end to end (private bus, the daemon, the
+//! `opdbus-bench bench --quick --json FILE` runs end to end (private bus, the daemon, the
 //! in-process chain, the peers) and writes one flat JSON object with every required figure.
 //! No figure is judged here: the bench reports speed, tests never time anything.
 
-mod common;
+use std::process::Command;
+
+/// Runs opdbus-bench; it finds opdbus-blockchaind beside itself (same target directory:
+/// `cargo test --workspace` builds both).
+fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_opdbus-bench"))
+        .args(args)
+        .output()
+        .expect("run opdbus-bench");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 const REQUIRED: [&str; 19] = [
     "empty_call_rate_1",
@@ -31,7 +45,7 @@ fn bench_quick_writes_json_with_every_required_figure() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("bench.json");
     let json_arg = json_path.to_str().expect("utf-8 path");
-    let (code, stdout, stderr) = common::cli(&["bench", "--quick", "--json", json_arg]);
+    let (code, stdout, stderr) = bench(&["bench", "--quick", "--json", json_arg]);
     assert_eq!(code, 0, "bench failed:\n{stdout}\n{stderr}");
     assert!(
         stdout.contains("AddFootprint, 16 clients"),
@@ -65,7 +79,7 @@ fn bench_quick_writes_json_with_every_required_figure() {
 #[test]
 fn bench_refuses_an_unwritable_json_path_with_a_reason() {
     let (code, _stdout, stderr) =
-        common::cli(&["bench", "--quick", "--json", "/nonexistent-dir/bench.json"]);
+        bench(&["bench", "--quick", "--json", "/nonexistent-dir/bench.json"]);
     assert_eq!(code, 2, "stderr: {stderr}");
     assert!(stderr.contains("cannot write"), "stderr: {stderr}");
 }
