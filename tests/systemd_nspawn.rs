@@ -512,8 +512,10 @@ fn real_systemd_restore_masks_the_unit_while_it_runs() {
     ct.add_footprint("network", "after-snapshot", "{}");
     let marker = std::fs::read_to_string(ct.path("/var/lib/op-dbus/blockchain.chain-id"))
         .expect("the daemon recorded its chain id");
-    // The directories go aside under the running daemon; restore must stop it and keep bus
-    // activation out while it puts the snapshot back.
+    // Stopped (not masked) and the directories moved aside, as docs/operations.md says; restore
+    // must keep bus activation out while it puts the snapshot back. (Moving them under the
+    // running daemon raced with its cache thread making `@cache` again.)
+    ct.ok(&["systemctl", "stop", UNIT]);
     ct.ok(&[
         "sh",
         "-c",
