@@ -267,18 +267,7 @@ async fn malformed_input_gets_typed_errors_and_adds_nothing() {
         ("network", "create", &big, "the limit is 65536"),
     ];
     for (plugin, operation, data, expected) in cases {
-        let err = add_footprint(&connection, plugin, operation, data)
-            .await
-            .expect_err("must be refused");
-        assert_eq!(
-            error_name(&err),
-            "org.opdbus.Blockchain.Error.InvalidArgument",
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains(expected),
-            "message '{err}' lacks '{expected}'"
-        );
+        assert_refused_as_invalid(&connection, plugin, operation, data, expected).await;
     }
     for (member, arg) in [("GetBlock", "zz"), ("GetBlock", &"0".repeat(64)[..])] {
         let err = connection

@@ -62,18 +62,7 @@ async fn data_readers_cannot_read_back_is_refused_and_adds_nothing() {
         ),
     ];
     for (plugin, operation, data, expected) in cases {
-        let err = add_footprint(&connection, plugin, operation, data)
-            .await
-            .expect_err("must be refused");
-        assert_eq!(
-            error_name(&err),
-            "org.opdbus.Blockchain.Error.InvalidArgument",
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains(expected),
-            "'{err}' lacks '{expected}'"
-        );
+        assert_refused_as_invalid(&connection, plugin, operation, data, expected).await;
     }
     assert_eq!(height(&bus), "t 0", "nothing was added");
 }

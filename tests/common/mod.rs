@@ -328,6 +328,29 @@ pub async fn add_footprint(
     reply.body().deserialize()
 }
 
+/// Asserts that AddFootprint refuses this footprint with InvalidArgument, its message naming
+/// `expected`.
+pub async fn assert_refused_as_invalid(
+    connection: &zbus::Connection,
+    plugin: &str,
+    operation: &str,
+    data: &str,
+    expected: &str,
+) {
+    let err = add_footprint(connection, plugin, operation, data)
+        .await
+        .expect_err("must be refused");
+    assert_eq!(
+        error_name(&err),
+        "org.opdbus.Blockchain.Error.InvalidArgument",
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(expected),
+        "message '{err}' lacks '{expected}'"
+    );
+}
+
 /// GetBlock through a zbus connection, parsed.
 pub async fn get_block(
     connection: &zbus::Connection,

@@ -2,21 +2,8 @@
 //! in-process chain, the peers) and writes one flat JSON object with every required figure.
 //! No figure is judged here: the bench reports speed, tests never time anything.
 
-use std::process::Command;
-
-/// Runs opdbus-bench; it finds opdbus-blockchaind beside itself (same target directory:
-/// `cargo test --workspace` builds both).
-fn bench(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_opdbus-bench"))
-        .args(args)
-        .output()
-        .expect("run opdbus-bench");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::bench;
 
 const REQUIRED: [&str; 19] = [
     "empty_call_rate_1",

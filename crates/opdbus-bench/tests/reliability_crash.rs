@@ -2,21 +2,8 @@
 //! real daemon on a real private bus, 16 concurrent writers, 20 kill/restart cycles, with
 //! small segments so that kills also land in segment rotation.
 
-use std::process::Command;
-
-/// Runs opdbus-bench; it finds opdbus-blockchaind beside itself (same target directory:
-/// `cargo test --workspace` builds both).
-fn bench(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_opdbus-bench"))
-        .args(args)
-        .output()
-        .expect("run opdbus-bench");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::bench;
 
 #[test]
 fn acked_footprints_survive_20_kill_9_cycles_under_16_writers() {
