@@ -6,13 +6,21 @@
 mod common;
 
 use common::*;
+use opdbus_testkit::SplitMix64;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
 use std::time::Duration;
 use zbus::zvariant::DynamicType;
 
-impl Rng {
+/// Hostile inputs drawn from the kit's seeded generator, so a failing case replays from its seed.
+trait Hostile {
+    fn text(&mut self, max_len: u64) -> String;
+    fn json_ish(&mut self) -> String;
+    fn name(&mut self) -> String;
+}
+
+impl Hostile for SplitMix64 {
     fn text(&mut self, max_len: u64) -> String {
         const PIECES: &[&str] = &[
             "a", "Z", "0", "-", "_", ".", " ", "\u{7}", "\u{1}", "\t", "\n", "é", "€", "𝄞", "{",
@@ -75,7 +83,7 @@ where
 /// One random call; returns the acked (height, hash) of an accepted AddFootprint.
 async fn one_random_call(
     connection: &zbus::Connection,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     known: &[String],
 ) -> Result<Option<(u64, String)>, String> {
     let reply = match rng.below(7) {
@@ -167,7 +175,7 @@ async fn ten_thousand_random_and_malformed_calls_get_typed_answers_and_the_chain
         let connection = bus.connect().await;
         let known = known.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x5eed_0000 + task * 7919 + 1);
+            let mut rng = SplitMix64(0x5eed_0000 + task * 7919 + 1);
             let mut acked = Vec::new();
             for i in 0..CALLS / TASKS {
                 let snapshot = known.lock().clone();

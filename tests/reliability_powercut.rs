@@ -12,9 +12,6 @@
 //! The same backend also fails chosen calls (ENOSPC on the reservation, EIO on fdatasync) to
 //! check the refusal and latch paths.
 
-mod common;
-
-use common::Rng;
 use opdbus_blockchain::chain::block::{Caller, Hash};
 use opdbus_blockchain::chain::error::ChainError;
 use opdbus_blockchain::chain::io::{RealIo, SegmentFile, SegmentIo, SharedIo};
@@ -22,6 +19,7 @@ use opdbus_blockchain::chain::store::{self, StoreOptions};
 use opdbus_blockchain::chain::verify::verify_dir;
 use opdbus_blockchain::chain::writer::GroupCommit;
 use opdbus_blockchain::PluginFootprint;
+use opdbus_testkit::SplitMix64;
 use parking_lot::Mutex;
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -91,7 +89,7 @@ impl ModelIo {
     }
 
     /// Replaces the files on disk by what the power cut left, chosen by `rng`.
-    fn apply_power_cut(&self, rng: &mut Rng) {
+    fn apply_power_cut(&self, rng: &mut SplitMix64) {
         for (path, state) in self.files.lock().iter() {
             if !state.entry_durable && rng.below(2) == 0 {
                 let _ = std::fs::remove_file(path);
@@ -217,7 +215,7 @@ fn install(model: &Arc<ModelIo>) -> SharedIo {
     Arc::new(Handle(model.clone()))
 }
 
-fn batch(rng: &mut Rng, tag: u64) -> Vec<(PluginFootprint, Caller)> {
+fn batch(rng: &mut SplitMix64, tag: u64) -> Vec<(PluginFootprint, Caller)> {
     let n = 1 + rng.below(12) as usize;
     (0..n)
         .map(|i| {
@@ -243,7 +241,7 @@ fn small_segments() -> StoreOptions {
 /// Runs writes until the power cut at operation `cut_at`, cuts, reopens and checks. Returns
 /// the number of acknowledged blocks that were checked.
 fn power_cut_case(cut_at: u64, seed: u64) -> Result<u64, TestCaseError> {
-    let mut rng = Rng(seed | 1);
+    let mut rng = SplitMix64(seed);
     let dir = scratch_dir();
     let chain = dir.path().join("chain");
     // Some history from an earlier run, so recovery also starts from an existing chain.
@@ -375,7 +373,7 @@ fn a_full_disk_at_reservation_refuses_cleanly_and_writing_resumes() {
     let io = install(&model);
     let (mut writer, reader, _) =
         store::open_with_io(&chain, StoreOptions::default(), io).expect("open");
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64(7);
     writer.append(&batch(&mut rng, 1)).expect("first batch");
     let head = reader.head();
     let segment = opdbus_blockchain::chain::segment::list(&chain)

@@ -16,10 +16,11 @@
 //!   failure on either side of the pipe deletes whatever the receiver had created.
 
 mod command_line;
-/// Test support (also for the integration tests): a loop-mounted btrfs image.
-#[doc(hidden)]
-#[cfg(any(test, feature = "testkit"))]
-pub mod loop_image;
+// The test kit's LoopBtrfs, for the unit tests (see `corpus` in lib.rs for why a path).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../crates/opdbus-testkit/src/loop_btrfs.rs"]
+mod loop_image;
 mod subvolume;
 #[cfg(test)]
 mod tests;

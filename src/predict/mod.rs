@@ -9,9 +9,6 @@
 //! The caller pre-loads the predicted blocks into the cache's hot tier. Memory is bounded:
 //! past [`MAX_SUCCESSORS`] learned pairs or [`MAX_READERS`] readers the oldest half is dropped.
 
-#[cfg(any(test, feature = "testkit"))]
-pub mod bench;
-
 use crate::chain::block::Hash;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};

@@ -1,8 +1,6 @@
 //! The vectorized audit trail: a deterministic feature vector per block (`embed`) and
 //! similarity search over the chain (`index`). See docs/format.md, "Block vectors".
 
-#[cfg(any(test, feature = "testkit"))]
-pub mod bench;
 pub mod embed;
 pub mod index;
 pub mod query;

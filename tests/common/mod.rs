@@ -1,9 +1,10 @@
-//! Test harness: a private dbus-daemon with a system-bus-like policy, and the real daemon
-//! binary. Everything is cleaned up on drop, also when a test fails.
+//! Test harness over opdbus-testkit's private bus and daemon process: the binaries of this
+//! package, panics instead of errors, and the busctl / dbus-send / zbus helpers tests call.
+//! Everything is cleaned up on drop, also when a test fails.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub const BUS_NAME: &str = "org.opdbus.Blockchain";
@@ -15,50 +16,26 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// A private bus as strict as Debian's system bus, including our policy file.
-pub struct Bus {
-    pub dir: tempfile::TempDir,
-    pub address: String,
-    process: Child,
+/// The kit's private bus (as strict as Debian's system bus), with panicking helpers for tests.
+pub struct Bus(opdbus_testkit::Bus);
+
+impl std::ops::Deref for Bus {
+    type Target = opdbus_testkit::Bus;
+    fn deref(&self) -> &opdbus_testkit::Bus {
+        &self.0
+    }
 }
 
 impl Bus {
+    /// With our policy file.
     pub fn start() -> Bus {
-        Self::start_with_policy(&repo_path("dbus/org.opdbus.Blockchain.conf"))
+        Bus(opdbus_testkit::Bus::start(&[opdbus_testkit::process::POLICY]).expect("private bus"))
     }
 
     /// The same bus with another policy file in place of ours.
     pub fn start_with_policy(policy: &Path) -> Bus {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("bus");
-        let template = std::fs::read_to_string(repo_path("dbus/test-system-bus.conf.in"))
-            .expect("bus config template");
-        let config = template
-            .replace("@SOCKET@", socket.to_str().expect("utf-8 path"))
-            .replace("@POLICY@", policy.to_str().expect("utf-8 path"));
-        let config_path = dir.path().join("bus.conf");
-        std::fs::write(&config_path, config).expect("write bus config");
-        let process = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config_path.display()))
-            .arg("--nofork")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon must be installed (apt-get install dbus)");
-        // The socket file appears at bind(), a moment before the bus listens.
-        wait_until(Duration::from_secs(10), "the bus socket", || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
-        // Let unprivileged test callers connect.
-        let _ = std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        );
-        Bus {
-            address: format!("unix:path={}", socket.display()),
-            dir,
-            process,
-        }
+        let policy = std::fs::read_to_string(policy).expect("policy file");
+        Bus(opdbus_testkit::Bus::start(&[&policy]).expect("private bus"))
     }
 
     /// `busctl --address=… <args>`.
@@ -132,24 +109,13 @@ impl Bus {
     }
 
     pub async fn connect(&self) -> zbus::Connection {
-        zbus::connection::Builder::address(self.address.as_str())
-            .expect("address")
-            .build()
-            .await
-            .expect("connect to the private bus")
+        self.0.connect().await.expect("connect to the private bus")
     }
 }
 
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-/// The daemon binary, running on a bus.
+/// The daemon binary, running on a bus (the kit's, with panicking helpers for tests).
 pub struct Daemon {
-    process: Option<Child>,
+    inner: opdbus_testkit::Daemon,
     pub chain_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub log: PathBuf,
@@ -167,124 +133,48 @@ impl Daemon {
         cache_dir: &Path,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let log = chain_dir.with_extension("log");
-        let process = Self::spawn(bus, chain_dir, cache_dir, env, &log);
-        let mut daemon = Daemon {
-            process: Some(process),
-            chain_dir: chain_dir.to_path_buf(),
-            cache_dir: cache_dir.to_path_buf(),
-            log,
-        };
-        daemon.wait_ready(bus);
-        daemon
-    }
-
-    fn spawn(
-        bus: &Bus,
-        chain_dir: &Path,
-        cache_dir: &Path,
-        env: &[(&str, &str)],
-        log: &Path,
-    ) -> Child {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("daemon log");
-        let mut command = Command::new(DAEMON);
-        command
-            .arg("--bus")
-            .arg(&bus.address)
-            .arg("--chain-dir")
-            .arg(chain_dir)
-            .arg("--cache-dir")
-            .arg(cache_dir)
-            .env_remove("NOTIFY_SOCKET")
-            .env("OPDBUS_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        command.spawn().expect("start the daemon")
-    }
-
-    fn wait_ready(&mut self, bus: &Bus) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = bus.busctl(&["status", BUS_NAME]);
-            if out.status.success() {
-                return;
-            }
-            if let Some(status) = self
-                .process
-                .as_mut()
-                .and_then(|p| p.try_wait().ok().flatten())
-            {
-                panic!(
-                    "daemon exited with {status} before owning its name:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not own its name in time:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let options = env.iter().fold(
+            opdbus_testkit::process::DaemonOptions::new(DAEMON, chain_dir, cache_dir),
+            |options, (key, value)| options.env(key, value),
+        );
+        let inner = opdbus_testkit::Daemon::start(bus, options).unwrap_or_else(|e| panic!("{e}"));
+        Daemon {
+            chain_dir: inner.options.chain_dir.clone(),
+            cache_dir: inner.options.cache_dir.clone(),
+            log: inner.options.log.clone(),
+            inner,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.process.as_ref().expect("running").id()
+        self.inner.pid().expect("running")
     }
 
     /// SIGKILL, as a crash.
     pub fn kill9(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
+        self.inner.kill9();
     }
 
     /// SIGTERM; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut process = self.process.take().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(process.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("signal the daemon");
-        process.wait().expect("wait for the daemon")
+        self.inner
+            .stop(None)
+            .expect("stop the daemon")
+            .expect("an exit status")
     }
 
     /// Waits until the daemon exits by itself; returns its exit status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut process = self.process.take().expect("running");
-        process.wait().expect("wait for the daemon")
+        self.inner.wait_exit().expect("wait for the daemon")
     }
 
     /// Starts it again on the same directories.
     pub fn restart(&mut self, bus: &Bus) {
-        self.kill9();
-        self.process = Some(Self::spawn(
-            bus,
-            &self.chain_dir,
-            &self.cache_dir,
-            &[],
-            &self.log,
-        ));
-        self.wait_ready(bus);
+        self.inner.restart(bus).unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
+        self.inner.log_text()
     }
 }
 
@@ -401,21 +291,4 @@ fn plain_dict(data: &serde_json::Value) -> serde_json::Map<String, serde_json::V
             (key.clone(), value)
         })
         .collect()
-}
-
-/// A small deterministic generator (xorshift), so a failing case can be replayed from its seed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number below `n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }

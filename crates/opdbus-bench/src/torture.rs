@@ -12,10 +12,11 @@ use opdbus_blockchain::chain::block::Hash;
 use opdbus_blockchain::chain::verify::verify_dir;
 use opdbus_blockchain::chain::{segment, store};
 use opdbus_blockchain::dbus::{BUS_NAME, OBJECT_PATH};
-use opdbus_testkit::SplitMix64;
+use opdbus_testkit::process::{DaemonOptions, OPEN_POLICY};
+use opdbus_testkit::{Bus, Daemon, SplitMix64};
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,28 +62,6 @@ impl Drop for Workdir {
     }
 }
 
-/// A child process killed with SIGKILL when dropped.
-struct Process(Option<Child>);
-
-impl Process {
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 async fn run(args: TortureArgs) -> Outcome {
     if args.cycles == 0 || args.writers == 0 {
         return Err("--cycles and --writers must be at least 1".into());
@@ -118,7 +97,13 @@ async fn run(args: TortureArgs) -> Outcome {
     let chain_dir = work.path.join("chain");
     let cache_dir = work.path.join("cache");
     let log = work.path.join("daemon.log");
-    let (_bus, address) = start_bus(&work.path)?;
+    // Any user may run the harness: the bus lets anyone own and call.
+    let bus = Bus::start_in(&work.path, &[OPEN_POLICY])?;
+    let mut options = DaemonOptions::new(daemon_bin, &chain_dir, &cache_dir)
+        .env("OPDBUS_LOG", "warn")
+        .env("OPDBUS_SEGMENT_BYTES", &args.segment_bytes.to_string());
+    options.log = log.clone();
+    options.ready_within = Duration::from_secs(60);
     println!(
         "torture: {} cycles, {} writers, segments of {} bytes, chain {}, daemon log {}",
         args.cycles,
@@ -132,33 +117,22 @@ async fn run(args: TortureArgs) -> Outcome {
     let mut failures = 0u64;
     let started = Instant::now();
     for cycle in 1..=args.cycles {
-        let mut daemon = start_daemon(
-            &daemon_bin,
-            &address,
-            &chain_dir,
-            &cache_dir,
-            &log,
-            args.segment_bytes,
-        )?;
-        let recovered_in = match wait_for_name(&address, &mut daemon).await {
-            Ok(took) => took,
-            // Not starting after a crash is a broken guarantee, not a harness problem.
+        // Not starting after a crash is a broken guarantee, not a harness problem.
+        let mut daemon = match start(&bus, &options) {
+            Ok(daemon) => daemon,
             Err(reason) => {
-                println!(
-                    "cycle {cycle}/{}: FAILED: {reason}\n{}",
-                    args.cycles,
-                    log_tail(&log)
-                );
+                println!("cycle {cycle}/{}: FAILED: {reason}", args.cycles);
                 work.keep_for_inspection();
                 return Ok(ExitCode::FAILURE);
             }
         };
+        let recovered_in = daemon.started_in;
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for writer in 0..args.writers {
-            let connection = connect(&address).await?;
+            let connection = bus.connect().await?;
             let (acked, stop, errors) = (acked.clone(), stop.clone(), errors.clone());
             tasks.push(tokio::spawn(async move {
                 for seq in 0u64.. {
@@ -221,23 +195,15 @@ async fn run(args: TortureArgs) -> Outcome {
     }
 
     // A last start: the daemon recovers, serves the chain, and every ack ever made is there.
-    let mut daemon = start_daemon(
-        &daemon_bin,
-        &address,
-        &chain_dir,
-        &cache_dir,
-        &log,
-        args.segment_bytes,
-    )?;
-    if let Err(reason) = wait_for_name(&address, &mut daemon).await {
-        println!(
-            "torture: FAILED at the last start: {reason}\n{}",
-            log_tail(&log)
-        );
-        work.keep_for_inspection();
-        return Ok(ExitCode::FAILURE);
-    }
-    let connection = connect(&address).await?;
+    let mut daemon = match start(&bus, &options) {
+        Ok(daemon) => daemon,
+        Err(reason) => {
+            println!("torture: FAILED at the last start: {reason}");
+            work.keep_for_inspection();
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let connection = bus.connect().await?;
     let after = add_footprint(&connection, r#"{"final":true}"#).await;
     daemon.kill9();
     let (lost, head) = check_acked(&chain_dir, &all_acked);
@@ -270,13 +236,6 @@ async fn run(args: TortureArgs) -> Outcome {
         work.keep_for_inspection();
         ExitCode::FAILURE
     })
-}
-
-/// The last lines of the daemon's log, for a failure report.
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 fn describe_problems(lost: &[String], summary: &str, verified: bool) -> String {
@@ -318,110 +277,9 @@ fn check_acked(chain_dir: &Path, acked: &[(u64, Hash)]) -> (Vec<String>, Option<
     (lost, Some(reader.head().0))
 }
 
-fn start_bus(dir: &Path) -> Result<(Process, String), String> {
-    let socket = dir.join("bus");
-    let config = dir.join("bus.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-            socket.display()
-        ),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-    let child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", config.display()))
-        .arg("--nofork")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start dbus-daemon: {e}"))?;
-    let mut process = Process(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // The socket file appears at bind(), a moment before the bus listens: wait for a connect.
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if process.exited().is_some() || Instant::now() > deadline {
-            return Err("dbus-daemon did not open its socket".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok((process, format!("unix:path={}", socket.display())))
-}
-
-fn start_daemon(
-    bin: &Path,
-    address: &str,
-    chain_dir: &Path,
-    cache_dir: &Path,
-    log: &Path,
-    segment_bytes: u64,
-) -> Result<Process, String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let child = Command::new(bin)
-        .arg("--bus")
-        .arg(address)
-        .arg("--chain-dir")
-        .arg(chain_dir)
-        .arg("--cache-dir")
-        .arg(cache_dir)
-        .env_remove("NOTIFY_SOCKET")
-        .env("OPDBUS_LOG", "warn")
-        .env("OPDBUS_SEGMENT_BYTES", segment_bytes.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    Ok(Process(Some(child)))
-}
-
-/// Waits until the daemon owns its name; returns how long that took.
-async fn wait_for_name(address: &str, daemon: &mut Process) -> Result<Duration, String> {
-    let started = Instant::now();
-    let connection = connect(address).await?;
-    let proxy = zbus::fdo::DBusProxy::new(&connection)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = zbus::names::BusName::try_from(BUS_NAME).map_err(|e| e.to_string())?;
-    loop {
-        if proxy.name_has_owner(name.clone()).await.unwrap_or(false) {
-            return Ok(started.elapsed());
-        }
-        if let Some(status) = daemon.exited() {
-            return Err(format!(
-                "the daemon exited with {status} while starting (see its log)"
-            ));
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err("the daemon did not own its name within 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn connect(address: &str) -> Result<zbus::Connection, String> {
-    zbus::connection::Builder::address(address)
-        .map_err(|e| e.to_string())?
-        .build()
-        .await
-        .map_err(|e| format!("cannot connect to the private bus: {e}"))
+/// Starts the daemon off the async workers (the kit waits for its name synchronously).
+fn start(bus: &Bus, options: &DaemonOptions) -> Result<Daemon, String> {
+    tokio::task::block_in_place(|| Daemon::start(bus, options.clone()))
 }
 
 /// AddFootprint; a call that gets no answer within a minute counts as not acknowledged.

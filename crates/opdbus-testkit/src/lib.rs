@@ -1,12 +1,20 @@
-//! Test and bench support for opdbus-blockchain, kept out of the product's API.
+//! Test and bench support for opdbus-blockchain, kept out of the product: the private bus and
+//! the daemon process (tests, `opdbus-bench bench` and `torture`), the corpus and the one
+//! seeded RNG, a loop-mounted btrfs, and the vector and read-prediction bench workloads.
 //!
-//! The pieces live in the library behind its `testkit` feature because the library's own unit
-//! tests use them too (a unit test cannot depend on a crate that depends on the library: the
-//! types would come from a second copy of it). Everything outside `src/` reaches them here.
+//! `corpus.rs` and `loop_btrfs.rs` are also compiled into the library's own unit tests (by
+//! `#[path]`, under `cfg(test)`): a unit test cannot depend on this crate, whose types would
+//! come from a second copy of the library. So they name the library's items as `crate::chain`
+//! and `crate::footprint`, which the two imports below make true here as well.
 
-pub use opdbus_blockchain::btrfs::loop_image::LoopBtrfs;
-pub use opdbus_blockchain::corpus;
-/// The one seeded random source of tests, bench and torture.
-pub use opdbus_blockchain::corpus::SplitMix64;
-pub use opdbus_blockchain::predict::bench as read_bench;
-pub use opdbus_blockchain::vector::bench as vector_bench;
+use opdbus_blockchain::{chain, footprint};
+
+pub mod corpus;
+mod loop_btrfs;
+pub mod process;
+pub mod read_bench;
+pub mod vector_bench;
+
+pub use corpus::SplitMix64;
+pub use loop_btrfs::LoopBtrfs;
+pub use process::{Bus, Daemon};

@@ -3,8 +3,9 @@
 //! empty method on the same bus) and, with `--btrfs`, a loop-mounted btrfs image. Everything is
 //! stopped and removed on drop, also when a measurement fails.
 
-use opdbus_testkit::LoopBtrfs;
-use std::path::{Path, PathBuf};
+use opdbus_testkit::process::{DaemonOptions, POLICY};
+use opdbus_testkit::{Bus, Daemon, LoopBtrfs};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,6 @@ use std::time::{Duration, Instant};
 pub const FLOOR_NAME: &str = "org.opdbus.BenchFloor";
 pub const FLOOR_PATH: &str = "/org/opdbus/BenchFloor";
 
-const BUS_TEMPLATE: &str = include_str!("../../../../dbus/test-system-bus.conf.in");
-const POLICY: &str = include_str!("../../../../dbus/org.opdbus.Blockchain.conf");
 /// The floor server gets the same kind of rule as the daemon: root owns it and may call it.
 const FLOOR_POLICY: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -48,9 +47,9 @@ impl Drop for Reaped {
 
 /// The running stage. Field order is drop order: processes first, then the filesystem.
 pub struct Stage {
-    daemon: Option<Reaped>,
+    daemon: Option<Daemon>,
     floor: Option<Reaped>,
-    bus: Option<Reaped>,
+    bus: Option<Bus>,
     pub address: String,
     /// Where every store of the run lives (on the filesystem being measured).
     pub work: PathBuf,
@@ -58,6 +57,15 @@ pub struct Stage {
     pub daemon_log: PathBuf,
     btrfs: Option<LoopBtrfs>,
     _temp: tempfile::TempDir,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        // A clean stop, as the floor server gets; the kit's drop would kill -9.
+        if let Some(daemon) = self.daemon.as_mut() {
+            let _ = daemon.stop(Some(Duration::from_secs(10)));
+        }
+    }
 }
 
 impl Stage {
@@ -89,47 +97,9 @@ impl Stage {
             .map_err(|e| format!("cannot create {}: {e}", stage.work.display()))?;
         stage.daemon_chain_dir = stage.work.join("daemon-chain");
 
-        let socket = root.join("bus");
-        let policy = root.join("policy.conf");
-        let floor_policy = root.join("floor-policy.conf");
-        let config = root.join("bus.conf");
-        let text = BUS_TEMPLATE
-            .replace("@SOCKET@", &path_text(&socket)?)
-            .replace("@POLICY@", &path_text(&policy)?)
-            .replace(
-                "</busconfig>",
-                &format!(
-                    "  <include>{}</include>\n</busconfig>",
-                    path_text(&floor_policy)?
-                ),
-            );
-        for (path, text) in [
-            (&policy, POLICY),
-            (&floor_policy, FLOOR_POLICY),
-            (&config, text.as_str()),
-        ] {
-            std::fs::write(path, text)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
-        let bus = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .arg("--nofork")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start dbus-daemon (is the dbus package installed?): {e}")
-            })?;
-        stage.bus = Some(Reaped(bus));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // The socket file appears at bind(), a moment before the bus listens: wait for a connect.
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if Instant::now() > deadline {
-                return Err("dbus-daemon did not open its socket within 10 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        stage.address = format!("unix:path={}", socket.display());
+        let bus = Bus::start_in(&root, &[POLICY, FLOOR_POLICY])?;
+        stage.address = bus.address.clone();
+        stage.bus = Some(bus);
 
         let me =
             std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
@@ -148,69 +118,32 @@ impl Stage {
             .map_err(|e| format!("cannot start the floor server: {e}"))?;
         stage.floor = Some(Reaped(floor));
 
-        let log = std::fs::File::create(&stage.daemon_log)
-            .map_err(|e| format!("cannot create {}: {e}", stage.daemon_log.display()))?;
-        let daemon = Command::new(&daemon_exe)
-            .arg("--bus")
-            .arg(&stage.address)
-            .arg("--chain-dir")
-            .arg(&stage.daemon_chain_dir)
-            .arg("--cache-dir")
-            .arg(stage.work.join("daemon-cache"))
-            .env_remove("NOTIFY_SOCKET")
-            .env("OPDBUS_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", daemon_exe.display()))?;
-        stage.daemon = Some(Reaped(daemon));
-
-        let connection = zbus::connection::Builder::address(stage.address.as_str())
-            .map_err(|e| format!("bad bus address: {e}"))?
-            .build()
-            .await
-            .map_err(|e| format!("cannot connect to the private bus: {e}"))?;
-        let dbus = zbus::fdo::DBusProxy::new(&connection)
-            .await
-            .map_err(|e| format!("cannot talk to the private bus: {e}"))?;
-        for name in [opdbus_blockchain::dbus::BUS_NAME, FLOOR_NAME] {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let bus_name = zbus::names::BusName::try_from(name)
-                    .map_err(|e| format!("bad bus name {name}: {e}"))?;
-                if dbus.name_has_owner(bus_name).await.unwrap_or(false) {
-                    break;
-                }
-                stage.check_children()?;
-                if Instant::now() > deadline {
-                    return Err(format!("{name} was not owned within 30 s"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut options = DaemonOptions::new(
+            daemon_exe,
+            &stage.daemon_chain_dir,
+            &stage.work.join("daemon-cache"),
+        )
+        .env("OPDBUS_LOG", "warn");
+        options.log = stage.daemon_log.clone();
+        let bus = stage.bus.as_ref().ok_or("no bus")?;
+        let daemon = Daemon::start(bus, options)?;
+        stage.daemon = Some(daemon);
+        // The floor server started first; by now it has had as long as the daemon took.
+        let mut floor = stage.floor.as_mut().map(|f| &mut f.0);
+        bus.wait_for_name(FLOOR_NAME, Duration::from_secs(30), || {
+            match floor
+                .as_deref_mut()
+                .and_then(|f| f.try_wait().ok().flatten())
+            {
+                Some(status) => Err(format!("the floor server exited ({status})")),
+                None => Ok(()),
             }
-        }
+        })?;
         Ok(stage)
     }
 
-    fn check_children(&mut self) -> Result<(), String> {
-        if let Some(Reaped(daemon)) = self.daemon.as_mut() {
-            if let Ok(Some(status)) = daemon.try_wait() {
-                let log = std::fs::read_to_string(&self.daemon_log).unwrap_or_default();
-                return Err(format!(
-                    "the daemon exited ({status}) before owning its name: {}",
-                    log.lines().last().unwrap_or("no log")
-                ));
-            }
-        }
-        if let Some(Reaped(floor)) = self.floor.as_mut() {
-            if let Ok(Some(status)) = floor.try_wait() {
-                return Err(format!("the floor server exited ({status})"));
-            }
-        }
-        Ok(())
-    }
-
     pub fn daemon_pid(&self) -> u32 {
-        self.daemon.as_ref().map_or(0, |d| d.0.id())
+        self.daemon.as_ref().and_then(Daemon::pid).unwrap_or(0)
     }
 
     pub fn floor_pid(&self) -> u32 {
@@ -218,7 +151,7 @@ impl Stage {
     }
 
     pub fn bus_pid(&self) -> u32 {
-        self.bus.as_ref().map_or(0, |d| d.0.id())
+        self.bus.as_ref().map_or(0, Bus::pid)
     }
 
     /// The filesystem type under the work directory (`findmnt`).
@@ -232,12 +165,6 @@ impl Stage {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "unknown".into())
     }
-}
-
-fn path_text(path: &Path) -> Result<String, String> {
-    path.to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// The floor: an empty method on its own connection, in its own process with the daemon's kind

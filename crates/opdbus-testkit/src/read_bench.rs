@@ -7,11 +7,11 @@
 //!   by other admins;
 //! - 30% point reads: 10 reads skewed to the newest fifth of the chain.
 
-use crate::cache::{hot_weight, CacheOptions};
-use crate::chain::block::Hash;
-use crate::chain::error::Result;
 use crate::corpus::{self, SplitMix64};
-use crate::service::{ChainOptions, OptimizedBlockchain};
+use opdbus_blockchain::cache::{hot_weight, CacheOptions};
+use opdbus_blockchain::chain::block::Hash;
+use opdbus_blockchain::chain::error::Result;
+use opdbus_blockchain::service::{ChainOptions, OptimizedBlockchain};
 use std::path::Path;
 use std::time::Duration;
 
@@ -136,7 +136,7 @@ async fn replay(chain: &OptimizedBlockchain, sessions: &[Vec<Hash>]) -> Result<(
                     chain.get_block_as(&reader, &hex::encode(hash)).await?;
                     tokio::time::sleep(Duration::from_micros(300)).await;
                 }
-                Ok::<_, crate::chain::error::ChainError>(())
+                Ok::<_, opdbus_blockchain::chain::error::ChainError>(())
             }
         });
         let tasks: Vec<_> = reads.map(tokio::spawn).collect();

@@ -1,11 +1,11 @@
 //! Similarity search measured: recall@10 against exact f32 search, query latency, index build
 //! time and memory, on a chain of N realistic footprints (`opdbus-bench bench-vectors`).
 
-use super::embed::{cosine, Embedder, HashingEmbedder};
-use super::index::{Filter, VectorIndex, RECORD_LEN};
-use crate::chain::block::Caller;
-use crate::chain::store::{self, StoreOptions};
-use crate::footprint::PluginFootprint;
+use opdbus_blockchain::chain::block::Caller;
+use opdbus_blockchain::chain::store::{self, StoreOptions};
+use opdbus_blockchain::footprint::PluginFootprint;
+use opdbus_blockchain::vector::embed::{cosine, Embedder, HashingEmbedder};
+use opdbus_blockchain::vector::index::{Filter, VectorIndex, RECORD_LEN};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +30,7 @@ pub fn run(
     blocks: u64,
     queries: usize,
     generate: &dyn Fn(u64, usize) -> Vec<PluginFootprint>,
-) -> crate::chain::error::Result<VectorBench> {
+) -> opdbus_blockchain::chain::error::Result<VectorBench> {
     let (mut writer, reader, _) = store::open(dir, StoreOptions::default())?;
     let caller = Caller::this_process();
     let mut added = 0u64;
