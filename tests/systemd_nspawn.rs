@@ -11,6 +11,7 @@
 mod common;
 
 use common::{is_root, wait_until, BUS_NAME, DAEMON, OBJECT_PATH};
+use opdbus_testkit::LoopBtrfs;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -394,7 +395,7 @@ fn real_systemd_btrfs_snapshots_work_under_the_hardened_unit() {
         eprintln!("SKIPPED btrfs: mkfs.btrfs is not installed (apt-get install btrfs-progs)");
         return;
     }
-    let Some(fs) = LoopBtrfs::new() else {
+    let Some(fs) = LoopBtrfs::new(1024) else {
         return;
     };
     let Some(ct) = Container::boot_with_service_and("btrfs", Some(fs.path())) else {
@@ -427,7 +428,7 @@ fn real_systemd_a_failed_fdatasync_stops_the_daemon_and_systemd_restarts_it() {
         return;
     }
     // The state directory is a btrfs whose disk stops taking writes when we say so.
-    let Some(fs) = LoopBtrfs::on_tmpfs(300) else {
+    let Some(mut fs) = LoopBtrfs::on_tmpfs(1024, 300) else {
         return;
     };
     let Some(ct) = Container::boot_with_service_and("latch", Some(fs.path())) else {
@@ -437,7 +438,7 @@ fn real_systemd_a_failed_fdatasync_stops_the_daemon_and_systemd_restarts_it() {
     ct.ok(&["systemctl", "start", UNIT]);
     let (_, acked) = ct.add_footprint("network", "create", r#"{"before":"the disk failed"}"#);
 
-    fs.fill_backing();
+    fs.fill_backing().expect("fill the tmpfs");
     // The block is written, but its fdatasync fails: the caller is told, the store latches.
     let refused = ct.run(&[
         "busctl",
@@ -485,7 +486,7 @@ fn real_systemd_a_failed_fdatasync_stops_the_daemon_and_systemd_restarts_it() {
     drop(ct);
 
     // Once the disk takes writes again, the acknowledged block is there and the chain intact.
-    fs.unfill_and_remount();
+    fs.unfill_and_remount().expect("remount");
     let chain_dir = fs.path().join("blockchain");
     let chain_dir = chain_dir.to_str().expect("utf-8 path");
     let (code, out, err) = common::cli(&["verify", "--chain-dir", chain_dir]);
@@ -1026,136 +1027,6 @@ fn tool_exists(tool: &str) -> bool {
         .args(["-c", &format!("command -v {tool}")])
         .output()
         .is_ok_and(|out| out.status.success())
-}
-
-/// A btrfs file system in a sparse image, loop-mounted on the host; unmounted on drop.
-struct LoopBtrfs {
-    mount_point: PathBuf,
-    image: PathBuf,
-    /// The small tmpfs holding the image, when there is one.
-    tmpfs: Option<PathBuf>,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopBtrfs {
-    /// `None` when not root: the test is skipped then anyway.
-    fn new() -> Option<LoopBtrfs> {
-        LoopBtrfs::create(None)
-    }
-
-    /// The image lives on a tmpfs of `megabytes`: once that is full, the loop device fails
-    /// writes with EIO, as a dying disk would, while reads still work.
-    fn on_tmpfs(megabytes: u64) -> Option<LoopBtrfs> {
-        LoopBtrfs::create(Some(megabytes))
-    }
-
-    fn create(tmpfs_megabytes: Option<u64>) -> Option<LoopBtrfs> {
-        if !is_root() {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mount_point = dir.path().join("mnt");
-        std::fs::create_dir(&mount_point).expect("mount point");
-        let tmpfs = tmpfs_megabytes.map(|megabytes| {
-            let tmpfs = dir.path().join("backing");
-            std::fs::create_dir(&tmpfs).expect("tmpfs mount point");
-            let mounted = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={megabytes}M"), "tmpfs"])
-                .arg(&tmpfs)
-                .status()
-                .expect("mount");
-            assert!(mounted.success(), "cannot mount a tmpfs");
-            tmpfs
-        });
-        let image = tmpfs.as_deref().unwrap_or(dir.path()).join("state.img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(1 << 30))
-            .expect("sparse image");
-        let mkfs = Command::new("mkfs.btrfs")
-            .arg("-q")
-            .arg(&image)
-            .stderr(Stdio::null())
-            .status()
-            .expect("mkfs.btrfs");
-        assert!(mkfs.success(), "mkfs.btrfs failed");
-        let fs = LoopBtrfs {
-            mount_point,
-            image,
-            tmpfs,
-            _dir: dir,
-        };
-        fs.mount();
-        Some(fs)
-    }
-
-    /// Loop-mounts the image. Tried again for a while: parallel tests race for free loop
-    /// devices, and after a container is gone the kernel lets go of its mounts lazily.
-    fn mount(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mount = Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&self.image)
-                .arg(&self.mount_point)
-                .output()
-                .expect("mount");
-            if mount.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cannot loop-mount the btrfs image: {}",
-                stderr(&mount)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.mount_point
-    }
-
-    /// Fills the tmpfs under the image, so that writes to the file system fail from now on.
-    fn fill_backing(&self) {
-        let tmpfs = self.tmpfs.as_ref().expect("an image on a tmpfs");
-        let mut fill = std::fs::File::create(tmpfs.join("fill")).expect("fill file");
-        let zeros = vec![0u8; 1 << 20];
-        while std::io::Write::write_all(&mut fill, &zeros).is_ok() {}
-    }
-
-    /// Frees the tmpfs again and mounts the file system afresh (after its users are gone).
-    fn unfill_and_remount(&self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
-        let tmpfs = self.tmpfs.as_ref().expect("an image on a tmpfs");
-        std::fs::remove_file(tmpfs.join("fill")).expect("remove the fill file");
-        self.mount();
-    }
-}
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
-        if let Some(tmpfs) = &self.tmpfs {
-            // The loop device under the image lets go of it a moment after the unmount
-            // (autoclear), and until then the tmpfs is busy: try for a while, then detach it
-            // lazily, so that no run leaves its tmpfs (and the memory it holds) mounted.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let unmount = || {
-                Command::new("umount")
-                    .arg(tmpfs)
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            };
-            while !unmount() {
-                if Instant::now() >= deadline {
-                    let _ = Command::new("umount").arg("-l").arg(tmpfs).status();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 /// The container's own parent cgroups: in the named systemd and unified hierarchies of a hybrid
