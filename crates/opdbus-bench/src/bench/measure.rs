@@ -431,14 +431,10 @@ pub fn evict_page_cache(dir: &Path) {
 pub fn skewed_picks(hashes: &[String], count: usize, seed: u64) -> Vec<String> {
     let weights: Vec<f64> = (0..hashes.len()).map(|i| 1.0 / (i + 1) as f64).collect();
     let total: f64 = weights.iter().sum();
-    let mut state = seed | 1;
+    let mut rng = opdbus_testkit::SplitMix64(seed);
     let mut picks = Vec::with_capacity(count);
     for _ in 0..count {
-        // xorshift64*: deterministic, good enough to draw a read mix.
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        let r = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
         let mut target = r * total;
         let mut chosen = hashes.len() - 1;
         for (i, w) in weights.iter().enumerate() {
