@@ -347,3 +347,38 @@ fn utf8(path: &Path) -> Result<String, String> {
         .map(str::to_owned)
         .ok_or_else(|| format!("{} is not UTF-8", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn may_own(bus: &Bus, name: &str) -> bool {
+        let connection = bus.connect().await.expect("connect");
+        connection.request_name(name).await.is_ok() && bus.has_owner(name)
+    }
+
+    /// The policy texts really take the place of the template's include: the strict bus lets
+    /// root own only our name, the open one anything.
+    #[tokio::test]
+    async fn the_strict_bus_follows_our_policy_and_the_open_one_allows_all() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: our policy lets only root own the name");
+            return;
+        }
+        let strict = Bus::start(&[POLICY]).expect("strict bus");
+        assert!(strict.has_owner("org.freedesktop.DBus"));
+        assert!(!strict.has_owner(BUS_NAME));
+        assert!(!may_own(&strict, "org.opdbus.KitProbe").await);
+        assert!(may_own(&strict, BUS_NAME).await);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = Bus::start_in(dir.path(), &[OPEN_POLICY]).expect("open bus");
+        assert!(may_own(&open, "org.opdbus.KitProbe").await);
+        let pid = open.pid();
+        drop(open);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the bus is killed and reaped with its handle"
+        );
+    }
+}
