@@ -178,10 +178,11 @@ impl BlockchainObject {
         k: u32,
         filter: HashMap<String, zbus::zvariant::OwnedValue>,
     ) -> Result<Vec<(u64, String, f64)>, Error> {
-        use crate::vector::query::{check_k, filter_from_dict};
+        use crate::vector::query::{check_filter, check_k};
         let parsed: crate::vector::SimilarQuery = query.parse().map_err(Error::InvalidArgument)?;
         let k = check_k(k).map_err(Error::InvalidArgument)?;
         let filter = filter_from_dict(&filter).map_err(Error::InvalidArgument)?;
+        check_filter(&filter).map_err(Error::InvalidArgument)?;
         match self.chain.find_similar(&parsed, k, &filter).await? {
             Some(matches) => Ok(matches
                 .into_iter()
@@ -335,12 +336,12 @@ impl BlockchainObject {
 
     /// The NUMA topology, the node chosen for the writer and whether its binding took effect.
     /// Always answers: without a readable topology it reports one node and the reason.
-    async fn numa_info(&self) -> crate::numa::report::Dict {
+    async fn numa_info(&self) -> NumaInfoDict {
         match self.chain.numa_info().await {
-            Some(info) => crate::numa::report::to_dict(&info),
-            None => crate::numa::report::unavailable_dict(
-                self.chain.numa_unavailable().unwrap_or("no topology"),
-            ),
+            Some(info) => NumaInfoDict::from(&info),
+            None => {
+                NumaInfoDict::unavailable(self.chain.numa_unavailable().unwrap_or("no topology"))
+            }
         }
     }
 
@@ -573,6 +574,141 @@ impl Drop for ExpensiveCall {
             if *mine == 0 {
                 per_uid.remove(&self.uid);
             }
+        }
+    }
+}
+
+const FILTER_KEYS: &str = "plugin (s), operation (s), uid (u), since_ns (t), until_ns (t)";
+
+/// A search filter from the `a{sv}` of `FindSimilarFiltered`. Read by hand rather than as a
+/// `DeserializeDict` parameter: zbus would refuse an unknown key or a wrong type with its own
+/// error before the method runs, where callers get `InvalidArgument` naming the keys.
+fn filter_from_dict(dict: &HashMap<String, OwnedValue>) -> Result<crate::vector::Filter, String> {
+    use zbus::zvariant::Value;
+    let mut filter = crate::vector::Filter::default();
+    for (key, value) in dict {
+        let value: &Value = value;
+        match (key.as_str(), value) {
+            ("plugin", Value::Str(s)) => filter.plugin = Some(s.to_string()),
+            ("operation", Value::Str(s)) => filter.operation = Some(s.to_string()),
+            ("uid", Value::U32(n)) => filter.uid = Some(*n),
+            ("since_ns", Value::U64(n)) => filter.since_ns = Some(*n),
+            ("until_ns", Value::U64(n)) => filter.until_ns = Some(*n),
+            ("plugin" | "operation" | "uid" | "since_ns" | "until_ns", _) => {
+                return Err(format!(
+                    "filter key {key} has the wrong type; accepted: {FILTER_KEYS}"
+                ))
+            }
+            _ => return Err(format!("unknown filter key {key}; accepted: {FILTER_KEYS}")),
+        }
+    }
+    Ok(filter)
+}
+
+/// `NumaInfo()`'s `a{sv}`; a `None` field is left out of the dictionary.
+#[derive(zbus::zvariant::SerializeDict, Type)]
+#[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
+pub struct NumaInfoDict {
+    node_count: u32,
+    optimal_node: u32,
+    optimal_node_reason: String,
+    numa_enabled: bool,
+    reason: String,
+    this_system: Option<bool>,
+    memory_reason: Option<String>,
+    placement: Option<String>,
+    memory_policy: Option<String>,
+    writer_cpus: Vec<u32>,
+    writer_cpus_observed: Option<Vec<u32>>,
+    binding_applied: bool,
+    binding_reason: String,
+    memory_policy_applied: Option<bool>,
+    memory_policy_reason: Option<String>,
+    /// -1: interleaved over all nodes, or placement disabled.
+    cache_node: Option<i64>,
+    cache_placement_applied: Option<bool>,
+    cache_placement_reason: Option<String>,
+    nodes: Vec<NumaNodeDict>,
+}
+
+#[derive(zbus::zvariant::SerializeDict, Type)]
+#[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
+pub struct NumaNodeDict {
+    id: u32,
+    cpu_list: Vec<u32>,
+    cpus: String,
+    memory_total_kb: u64,
+    memory_free_kb: u64,
+    memory_free_known: bool,
+}
+
+impl From<&crate::numa::NumaNode> for NumaNodeDict {
+    fn from(n: &crate::numa::NumaNode) -> Self {
+        NumaNodeDict {
+            id: n.id,
+            cpu_list: n.cpu_list.clone(),
+            cpus: crate::numa::format_cpu_list(&n.cpu_list),
+            memory_total_kb: n.memory_total_kb,
+            memory_free_kb: n.memory_free_kb,
+            memory_free_known: n.memory_free_known,
+        }
+    }
+}
+
+impl From<&crate::numa::NumaInfo> for NumaInfoDict {
+    fn from(info: &crate::numa::NumaInfo) -> Self {
+        let cache = info.cache_binding();
+        NumaInfoDict {
+            node_count: info.node_count() as u32,
+            optimal_node: info.optimal_node(),
+            optimal_node_reason: info.optimal_node_reason().into(),
+            numa_enabled: info.numa_enabled(),
+            reason: info.reason().into(),
+            this_system: Some(info.this_system()),
+            memory_reason: Some(info.memory_reason().into()),
+            placement: Some(info.placement().as_str().into()),
+            memory_policy: Some(info.memory_policy().as_str().into()),
+            writer_cpus: info.writer_cpus().to_vec(),
+            writer_cpus_observed: info.writer_cpus_observed().map(<[u32]>::to_vec),
+            binding_applied: info.binding_applied(),
+            binding_reason: info.binding_reason().into(),
+            memory_policy_applied: Some(info.memory_policy_applied()),
+            memory_policy_reason: Some(info.memory_policy_reason().into()),
+            cache_node: cache.map(|c| c.node.map_or(-1, i64::from)),
+            cache_placement_applied: Some(cache.is_some_and(|c| c.applied)),
+            cache_placement_reason: Some(cache.map_or_else(
+                || "not applied: the cache thread has not started yet".into(),
+                |c| c.reason.clone(),
+            )),
+            nodes: info.nodes().values().map(NumaNodeDict::from).collect(),
+        }
+    }
+}
+
+impl NumaInfoDict {
+    /// No topology could be read: the whole machine as node 0, NUMA disabled with `reason`,
+    /// nothing bound.
+    fn unavailable(reason: &str) -> Self {
+        NumaInfoDict {
+            node_count: 1,
+            optimal_node: 0,
+            optimal_node_reason: "the only node".into(),
+            numa_enabled: false,
+            reason: reason.into(),
+            this_system: None,
+            memory_reason: None,
+            placement: None,
+            memory_policy: None,
+            writer_cpus: Vec::new(),
+            writer_cpus_observed: None,
+            binding_applied: false,
+            binding_reason: format!("not applied: {reason}"),
+            memory_policy_applied: None,
+            memory_policy_reason: None,
+            cache_node: None,
+            cache_placement_applied: None,
+            cache_placement_reason: None,
+            nodes: vec![NumaNodeDict::from(&crate::numa::report::whole_machine())],
         }
     }
 }
