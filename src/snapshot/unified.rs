@@ -23,11 +23,12 @@ use super::naming::snapshot_name;
 use crate::btrfs::{self, BtrfsError};
 use crate::chain::block::Hash;
 use crate::chain::error::ChainError;
-use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
+use crate::chain::rewrite::{self, RewriteError};
+use crate::chain::segment;
 use crate::chain::writer::PauseGuard;
 use crate::service::OptimizedBlockchain;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -50,6 +51,15 @@ pub enum SnapshotError {
     },
     #[error("{0}")]
     Inconsistent(String),
+}
+
+impl From<RewriteError> for SnapshotError {
+    fn from(err: RewriteError) -> Self {
+        match err {
+            RewriteError::Io { path, source } => SnapshotError::Io { path, source },
+            RewriteError::Mismatch(why) => SnapshotError::Inconsistent(why),
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
@@ -356,7 +366,7 @@ fn finish(
             SnapshotMethod::HardlinkCopy
         }
     };
-    let chain_id = read_chain_id(&chain_snap)?;
+    let chain_id = rewrite::chain_id(&chain_snap)?;
     for (dir, method) in [
         (&chain_snap, chain_method),
         (&cache_snap, parts.cache_method),
@@ -391,8 +401,8 @@ fn finish(
     })
 }
 
-/// Copies the open segment up to the barrier length, then cuts it right after `height` and
-/// checks that the last record is the head the writer reported.
+/// Copies the open segment as it stood at the barrier (`len` bytes, cut right after `height`,
+/// whose record must be the head the writer reported) into `dest_dir`.
 fn copy_open_segment(
     open: &Path,
     first: u64,
@@ -401,50 +411,10 @@ fn copy_open_segment(
     head_hash: &Hash,
     dest_dir: &Path,
 ) -> Result<(), SnapshotError> {
-    let mut bytes = Vec::with_capacity(len as usize);
-    crate::files::open_read(open)
-        .map_err(io_err(open))?
-        .take(len)
-        .read_to_end(&mut bytes)
-        .map_err(io_err(open))?;
-    let inconsistent = |why: String| {
-        SnapshotError::Inconsistent(format!("{} at the barrier: {why}", open.display()))
-    };
-    if bytes.len() < HEADER_LEN {
-        return Err(inconsistent("shorter than its header".into()));
-    }
-    // Walk the records of heights first..=height.
-    let mut at = HEADER_LEN;
-    let mut last = None;
-    for h in first..=height {
-        let Some(len_field) = bytes.get(at..at + 4) else {
-            return Err(inconsistent(format!("ends before height {h}")));
-        };
-        let body = u32::from_le_bytes(len_field.try_into().expect("4 bytes")) as usize;
-        let end = at + segment::record_len(body);
-        if end > bytes.len() {
-            return Err(inconsistent(format!("ends inside height {h}")));
-        }
-        last = Some(at..end);
-        at = end;
-    }
-    match last {
-        Some(range) => match segment::parse_complete(&bytes[range]) {
-            Parsed::Record { block, .. } if block.height == height && &block.hash == head_hash => {}
-            _ => {
-                return Err(inconsistent(format!(
-                    "its record at {height} is not the head"
-                )))
-            }
-        },
-        // The head is the last block of the previous (sealed) segment.
-        None if first == height + 1 => {}
-        None => return Err(inconsistent("no record".into())),
-    }
-    bytes.truncate(at);
-    let name = open
-        .file_name()
-        .ok_or_else(|| inconsistent("no file name".into()))?;
+    let bytes = rewrite::segment_at_head(open, first, len, height, head_hash)?;
+    let name = open.file_name().ok_or_else(|| {
+        SnapshotError::Inconsistent(format!("{} has no file name", open.display()))
+    })?;
     let dest = dest_dir.join(name);
     let mut file =
         crate::files::create_new(&dest, crate::files::FILE_MODE).map_err(io_err(&dest))?;
@@ -483,23 +453,6 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), SnapshotError> {
         }
     }
     Ok(())
-}
-
-/// The chain id from the first segment's header.
-fn read_chain_id(chain_dir: &Path) -> Result<ChainId, SnapshotError> {
-    let segments = segment::list(chain_dir).map_err(io_err(chain_dir))?;
-    let Some((first, path)) = segments.first() else {
-        return Err(SnapshotError::Inconsistent(format!(
-            "{} holds no segment",
-            chain_dir.display()
-        )));
-    };
-    let mut header = vec![0u8; HEADER_LEN];
-    crate::files::open_read(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(io_err(path))?;
-    segment::check_header(&header, *first)
-        .map_err(|why| SnapshotError::Inconsistent(format!("{}: {why}", path.display())))
 }
 
 /// Read-only by mode: files 0444 (copies only; a hard link shares the live file's mode, which
