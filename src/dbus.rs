@@ -4,7 +4,6 @@
 //! payload), call the core, map its errors to typed D-Bus errors, and emit `BlockAdded` once
 //! the reply has been sent.
 
-use crate::cache::StatValue;
 use crate::chain::block::{parse_hash, Block, Caller};
 use crate::chain::error::ChainError;
 use crate::footprint::PluginFootprint;
@@ -377,20 +376,8 @@ impl BlockchainObject {
     /// The block cache's counters and sizes: `total_entries`, `hot_entries`,
     /// `disk_usage_bytes`, `hits`, `misses`, `hit_rate`, `compression_ratio`,
     /// `write_failures`, `evictions`, … (`t`, `x` or `d` values; see docs/dbus-api.md).
-    async fn cache_stats(&self) -> Result<HashMap<String, OwnedValue>, Error> {
-        let stats = self.chain.cache_stats().await?;
-        Ok(stats
-            .fields()
-            .into_iter()
-            .map(|(name, value)| {
-                let value = match value {
-                    StatValue::UInt(v) => OwnedValue::from(v),
-                    StatValue::Int(v) => OwnedValue::from(v),
-                    StatValue::Float(v) => OwnedValue::from(v),
-                };
-                (name.to_owned(), value)
-            })
-            .collect())
+    async fn cache_stats(&self) -> Result<CacheStatsDict, Error> {
+        Ok(CacheStatsDict::from(self.chain.cache_stats().await?))
     }
 
     /// Snapshots chain and cache at one block height; returns [chain_snapshot, cache_snapshot].
@@ -605,6 +592,65 @@ fn filter_from_dict(dict: &HashMap<String, OwnedValue>) -> Result<crate::vector:
     Ok(filter)
 }
 
+/// `CacheStats()`'s `a{sv}`: every counter of [`crate::cache::CacheStats`] as `t`, `x` or `d`.
+#[derive(zbus::zvariant::SerializeDict, Type)]
+#[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
+pub struct CacheStatsDict {
+    total_entries: u64,
+    hot_entries: u64,
+    hot_bytes: u64,
+    hot_capacity_bytes: u64,
+    disk_usage_bytes: u64,
+    canonical_bytes: u64,
+    compressed_bytes: u64,
+    compression_ratio: f64,
+    hot_hits: u64,
+    disk_hits: u64,
+    hits: u64,
+    misses: u64,
+    hit_rate: f64,
+    hot_hit_rate: f64,
+    evictions: u64,
+    write_failures: u64,
+    skipped_writes: u64,
+    corrupt_dropped: u64,
+    queued_blocks: u64,
+    complete_through: i64,
+    dictionaries: u64,
+    dictionary_bytes: u64,
+    dictionary_id: u64,
+}
+
+impl From<crate::cache::CacheStats> for CacheStatsDict {
+    fn from(s: crate::cache::CacheStats) -> Self {
+        CacheStatsDict {
+            total_entries: s.total_entries,
+            hot_entries: s.hot_entries,
+            hot_bytes: s.hot_bytes,
+            hot_capacity_bytes: s.hot_capacity_bytes,
+            disk_usage_bytes: s.disk_usage_bytes,
+            canonical_bytes: s.canonical_bytes,
+            compressed_bytes: s.compressed_bytes,
+            compression_ratio: s.compression_ratio,
+            hot_hits: s.hot_hits,
+            disk_hits: s.disk_hits,
+            hits: s.hits,
+            misses: s.misses,
+            hit_rate: s.hit_rate,
+            hot_hit_rate: s.hot_hit_rate,
+            evictions: s.evictions,
+            write_failures: s.write_failures,
+            skipped_writes: s.skipped_writes,
+            corrupt_dropped: s.corrupt_dropped,
+            queued_blocks: s.queued_blocks,
+            complete_through: s.complete_through,
+            dictionaries: s.dictionaries,
+            dictionary_bytes: s.dictionary_bytes,
+            dictionary_id: u64::from(s.dictionary_id),
+        }
+    }
+}
+
 /// `NumaInfo()`'s `a{sv}`; a `None` field is left out of the dictionary.
 #[derive(zbus::zvariant::SerializeDict, Type)]
 #[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
@@ -716,6 +762,57 @@ impl NumaInfoDict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dictionary as a client decodes it: key -> value signature.
+    fn wire_types(dict: &(impl serde::Serialize + Type)) -> Vec<(String, String)> {
+        use zbus::zvariant::{serialized::Context, to_bytes, LE};
+        let bytes = to_bytes(Context::new_dbus(LE, 0), dict).expect("serialises");
+        let (decoded, _): (HashMap<String, OwnedValue>, _) =
+            bytes.deserialize().expect("decodes as a{sv}");
+        let mut types: Vec<_> = decoded
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value_signature().to_string()))
+            .collect();
+        types.sort();
+        types
+    }
+
+    #[test]
+    fn cache_stats_go_out_as_a_dictionary_of_t_x_and_d() {
+        assert_eq!(CacheStatsDict::SIGNATURE.to_string(), "a{sv}");
+        let types = wire_types(&CacheStatsDict::from(crate::cache::CacheStats::default()));
+        assert_eq!(types.len(), 23);
+        for (key, signature) in &types {
+            let expected = match key.as_str() {
+                "complete_through" => "x",
+                "compression_ratio" | "hit_rate" | "hot_hit_rate" => "d",
+                _ => "t",
+            };
+            assert_eq!(signature, expected, "{key}");
+        }
+    }
+
+    #[test]
+    fn numa_info_without_a_topology_has_its_keys_and_types() {
+        assert_eq!(NumaInfoDict::SIGNATURE.to_string(), "a{sv}");
+        let types = wire_types(&NumaInfoDict::unavailable("no hwloc"));
+        let expected = [
+            ("binding_applied", "b"),
+            ("binding_reason", "s"),
+            ("node_count", "u"),
+            ("nodes", "aa{sv}"),
+            ("numa_enabled", "b"),
+            ("optimal_node", "u"),
+            ("optimal_node_reason", "s"),
+            ("reason", "s"),
+            ("writer_cpus", "au"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.to_string()))
+            .collect();
+        assert_eq!(types, expected);
+    }
 
     #[test]
     fn expensive_calls_are_limited_per_caller_and_in_all() {
