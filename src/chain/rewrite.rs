@@ -76,20 +76,23 @@ pub fn segment_at_head(
     Ok(bytes)
 }
 
-/// The chain id in the header of the first segment of `chain_dir`.
-pub fn chain_id(chain_dir: &Path) -> Result<ChainId, RewriteError> {
-    let segments = segment::list(chain_dir).map_err(io_err(chain_dir))?;
-    let Some((first, path)) = segments.first() else {
-        return Err(RewriteError::Mismatch(format!(
-            "{} holds no segment",
-            chain_dir.display()
-        )));
+/// The chain id in the header of the first segment of `chain_dir`; `None` when the directory
+/// holds no segment (or does not exist), `Mismatch` when the header is not a segment header.
+pub fn chain_id(chain_dir: &Path) -> Result<Option<ChainId>, RewriteError> {
+    let segments = match segment::list(chain_dir) {
+        Ok(segments) => segments,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(io_err(chain_dir)(err)),
     };
-    let mut header = vec![0u8; HEADER_LEN];
+    let Some((first, path)) = segments.first() else {
+        return Ok(None);
+    };
+    let mut header = Vec::with_capacity(HEADER_LEN);
     crate::files::open_read(path)
-        .and_then(|mut f| f.read_exact(&mut header))
+        .and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut header))
         .map_err(io_err(path))?;
     segment::check_header(&header, *first)
+        .map(Some)
         .map_err(|why| RewriteError::Mismatch(format!("{}: {why}", path.display())))
 }
 

@@ -479,7 +479,9 @@ fn finish(
             SnapshotMethod::HardlinkCopy
         }
     };
-    let chain_id = rewrite::chain_id(&chain_snap)?;
+    let chain_id = rewrite::chain_id(&chain_snap)?.ok_or_else(|| {
+        SnapshotError::Inconsistent(format!("{} holds no segment", chain_snap.display()))
+    })?;
     for (dir, method) in [
         (&chain_snap, chain_method),
         (&cache_snap, parts.cache_method),
