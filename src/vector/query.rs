@@ -226,4 +226,19 @@ mod tests {
             query.parse::<SimilarQuery>().expect("at the limits");
         }
     }
+
+    #[test]
+    fn a_time_range_the_wrong_way_round_is_refused() {
+        let mut filter = crate::vector::Filter {
+            since_ns: Some(5),
+            until_ns: Some(5),
+            ..Default::default()
+        };
+        check_filter(&filter).expect("one instant");
+        filter.until_ns = Some(4);
+        assert_eq!(
+            check_filter(&filter),
+            Err("since_ns 5 is after until_ns 4".into())
+        );
+    }
 }
