@@ -173,7 +173,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (timeline_settings, timeline_changes) =
         tokio::sync::watch::channel((config.snapshot_interval, config.retention));
     let timeline = tokio::spawn(crate::snapshot::timeline::run(
-        chain.clone(),
+        chain.snapshots().clone(),
         timeline_changes,
     ));
 

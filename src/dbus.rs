@@ -4,7 +4,6 @@
 //! payload), call the core, map its errors to typed D-Bus errors, and emit `BlockAdded` once
 //! the reply has been sent.
 
-use crate::cache::StatValue;
 use crate::chain::block::{parse_hash, Block, Caller};
 use crate::chain::error::ChainError;
 use crate::footprint::PluginFootprint;
@@ -178,10 +177,11 @@ impl BlockchainObject {
         k: u32,
         filter: HashMap<String, zbus::zvariant::OwnedValue>,
     ) -> Result<Vec<(u64, String, f64)>, Error> {
-        use crate::vector::query::{check_k, filter_from_dict};
+        use crate::vector::query::{check_filter, check_k};
         let parsed: crate::vector::SimilarQuery = query.parse().map_err(Error::InvalidArgument)?;
         let k = check_k(k).map_err(Error::InvalidArgument)?;
         let filter = filter_from_dict(&filter).map_err(Error::InvalidArgument)?;
+        check_filter(&filter).map_err(Error::InvalidArgument)?;
         match self.chain.find_similar(&parsed, k, &filter).await? {
             Some(matches) => Ok(matches
                 .into_iter()
@@ -335,12 +335,12 @@ impl BlockchainObject {
 
     /// The NUMA topology, the node chosen for the writer and whether its binding took effect.
     /// Always answers: without a readable topology it reports one node and the reason.
-    async fn numa_info(&self) -> crate::numa::report::Dict {
+    async fn numa_info(&self) -> NumaInfoDict {
         match self.chain.numa_info().await {
-            Some(info) => crate::numa::report::to_dict(&info),
-            None => crate::numa::report::unavailable_dict(
-                self.chain.numa_unavailable().unwrap_or("no topology"),
-            ),
+            Some(info) => NumaInfoDict::from(&info),
+            None => {
+                NumaInfoDict::unavailable(self.chain.numa_unavailable().unwrap_or("no topology"))
+            }
         }
     }
 
@@ -376,20 +376,8 @@ impl BlockchainObject {
     /// The block cache's counters and sizes: `total_entries`, `hot_entries`,
     /// `disk_usage_bytes`, `hits`, `misses`, `hit_rate`, `compression_ratio`,
     /// `write_failures`, `evictions`, … (`t`, `x` or `d` values; see docs/dbus-api.md).
-    async fn cache_stats(&self) -> Result<HashMap<String, OwnedValue>, Error> {
-        let stats = self.chain.cache_stats().await?;
-        Ok(stats
-            .fields()
-            .into_iter()
-            .map(|(name, value)| {
-                let value = match value {
-                    StatValue::UInt(v) => OwnedValue::from(v),
-                    StatValue::Int(v) => OwnedValue::from(v),
-                    StatValue::Float(v) => OwnedValue::from(v),
-                };
-                (name.to_owned(), value)
-            })
-            .collect())
+    async fn cache_stats(&self) -> Result<CacheStatsDict, Error> {
+        Ok(CacheStatsDict::from(self.chain.cache_stats().await?))
     }
 
     /// Snapshots chain and cache at one block height; returns [chain_snapshot, cache_snapshot].
@@ -577,9 +565,254 @@ impl Drop for ExpensiveCall {
     }
 }
 
+const FILTER_KEYS: &str = "plugin (s), operation (s), uid (u), since_ns (t), until_ns (t)";
+
+/// A search filter from the `a{sv}` of `FindSimilarFiltered`. Read by hand rather than as a
+/// `DeserializeDict` parameter: zbus would refuse an unknown key or a wrong type with its own
+/// error before the method runs, where callers get `InvalidArgument` naming the keys.
+fn filter_from_dict(dict: &HashMap<String, OwnedValue>) -> Result<crate::vector::Filter, String> {
+    use zbus::zvariant::Value;
+    let mut filter = crate::vector::Filter::default();
+    for (key, value) in dict {
+        let value: &Value = value;
+        match (key.as_str(), value) {
+            ("plugin", Value::Str(s)) => filter.plugin = Some(s.to_string()),
+            ("operation", Value::Str(s)) => filter.operation = Some(s.to_string()),
+            ("uid", Value::U32(n)) => filter.uid = Some(*n),
+            ("since_ns", Value::U64(n)) => filter.since_ns = Some(*n),
+            ("until_ns", Value::U64(n)) => filter.until_ns = Some(*n),
+            ("plugin" | "operation" | "uid" | "since_ns" | "until_ns", _) => {
+                return Err(format!(
+                    "filter key {key} has the wrong type; accepted: {FILTER_KEYS}"
+                ))
+            }
+            _ => return Err(format!("unknown filter key {key}; accepted: {FILTER_KEYS}")),
+        }
+    }
+    Ok(filter)
+}
+
+/// `CacheStats()`'s `a{sv}`: every counter of [`crate::cache::CacheStats`] as `t`, `x` or `d`.
+#[derive(zbus::zvariant::SerializeDict, Type)]
+#[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
+pub struct CacheStatsDict {
+    total_entries: u64,
+    hot_entries: u64,
+    hot_bytes: u64,
+    hot_capacity_bytes: u64,
+    disk_usage_bytes: u64,
+    canonical_bytes: u64,
+    compressed_bytes: u64,
+    compression_ratio: f64,
+    hot_hits: u64,
+    disk_hits: u64,
+    hits: u64,
+    misses: u64,
+    hit_rate: f64,
+    hot_hit_rate: f64,
+    evictions: u64,
+    write_failures: u64,
+    skipped_writes: u64,
+    corrupt_dropped: u64,
+    queued_blocks: u64,
+    complete_through: i64,
+    dictionaries: u64,
+    dictionary_bytes: u64,
+    dictionary_id: u64,
+}
+
+impl From<crate::cache::CacheStats> for CacheStatsDict {
+    fn from(s: crate::cache::CacheStats) -> Self {
+        CacheStatsDict {
+            total_entries: s.total_entries,
+            hot_entries: s.hot_entries,
+            hot_bytes: s.hot_bytes,
+            hot_capacity_bytes: s.hot_capacity_bytes,
+            disk_usage_bytes: s.disk_usage_bytes,
+            canonical_bytes: s.canonical_bytes,
+            compressed_bytes: s.compressed_bytes,
+            compression_ratio: s.compression_ratio,
+            hot_hits: s.hot_hits,
+            disk_hits: s.disk_hits,
+            hits: s.hits,
+            misses: s.misses,
+            hit_rate: s.hit_rate,
+            hot_hit_rate: s.hot_hit_rate,
+            evictions: s.evictions,
+            write_failures: s.write_failures,
+            skipped_writes: s.skipped_writes,
+            corrupt_dropped: s.corrupt_dropped,
+            queued_blocks: s.queued_blocks,
+            complete_through: s.complete_through,
+            dictionaries: s.dictionaries,
+            dictionary_bytes: s.dictionary_bytes,
+            dictionary_id: u64::from(s.dictionary_id),
+        }
+    }
+}
+
+/// `NumaInfo()`'s `a{sv}`; a `None` field is left out of the dictionary.
+#[derive(zbus::zvariant::SerializeDict, Type)]
+#[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
+pub struct NumaInfoDict {
+    node_count: u32,
+    optimal_node: u32,
+    optimal_node_reason: String,
+    numa_enabled: bool,
+    reason: String,
+    this_system: Option<bool>,
+    memory_reason: Option<String>,
+    placement: Option<String>,
+    memory_policy: Option<String>,
+    writer_cpus: Vec<u32>,
+    writer_cpus_observed: Option<Vec<u32>>,
+    binding_applied: bool,
+    binding_reason: String,
+    memory_policy_applied: Option<bool>,
+    memory_policy_reason: Option<String>,
+    /// -1: interleaved over all nodes, or placement disabled.
+    cache_node: Option<i64>,
+    cache_placement_applied: Option<bool>,
+    cache_placement_reason: Option<String>,
+    nodes: Vec<NumaNodeDict>,
+}
+
+#[derive(zbus::zvariant::SerializeDict, Type)]
+#[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
+pub struct NumaNodeDict {
+    id: u32,
+    cpu_list: Vec<u32>,
+    cpus: String,
+    memory_total_kb: u64,
+    memory_free_kb: u64,
+    memory_free_known: bool,
+}
+
+impl From<&crate::numa::NumaNode> for NumaNodeDict {
+    fn from(n: &crate::numa::NumaNode) -> Self {
+        NumaNodeDict {
+            id: n.id,
+            cpu_list: n.cpu_list.clone(),
+            cpus: crate::numa::format_cpu_list(&n.cpu_list),
+            memory_total_kb: n.memory_total_kb,
+            memory_free_kb: n.memory_free_kb,
+            memory_free_known: n.memory_free_known,
+        }
+    }
+}
+
+impl From<&crate::numa::NumaInfo> for NumaInfoDict {
+    fn from(info: &crate::numa::NumaInfo) -> Self {
+        let cache = info.cache_binding();
+        NumaInfoDict {
+            node_count: info.node_count() as u32,
+            optimal_node: info.optimal_node(),
+            optimal_node_reason: info.optimal_node_reason().into(),
+            numa_enabled: info.numa_enabled(),
+            reason: info.reason().into(),
+            this_system: Some(info.this_system()),
+            memory_reason: Some(info.memory_reason().into()),
+            placement: Some(info.placement().as_str().into()),
+            memory_policy: Some(info.memory_policy().as_str().into()),
+            writer_cpus: info.writer_cpus().to_vec(),
+            writer_cpus_observed: info.writer_cpus_observed().map(<[u32]>::to_vec),
+            binding_applied: info.binding_applied(),
+            binding_reason: info.binding_reason().into(),
+            memory_policy_applied: Some(info.memory_policy_applied()),
+            memory_policy_reason: Some(info.memory_policy_reason().into()),
+            cache_node: cache.map(|c| c.node.map_or(-1, i64::from)),
+            cache_placement_applied: Some(cache.is_some_and(|c| c.applied)),
+            cache_placement_reason: Some(cache.map_or_else(
+                || "not applied: the cache thread has not started yet".into(),
+                |c| c.reason.clone(),
+            )),
+            nodes: info.nodes().values().map(NumaNodeDict::from).collect(),
+        }
+    }
+}
+
+impl NumaInfoDict {
+    /// No topology could be read: the whole machine as node 0, NUMA disabled with `reason`,
+    /// nothing bound.
+    fn unavailable(reason: &str) -> Self {
+        NumaInfoDict {
+            node_count: 1,
+            optimal_node: 0,
+            optimal_node_reason: "the only node".into(),
+            numa_enabled: false,
+            reason: reason.into(),
+            this_system: None,
+            memory_reason: None,
+            placement: None,
+            memory_policy: None,
+            writer_cpus: Vec::new(),
+            writer_cpus_observed: None,
+            binding_applied: false,
+            binding_reason: format!("not applied: {reason}"),
+            memory_policy_applied: None,
+            memory_policy_reason: None,
+            cache_node: None,
+            cache_placement_applied: None,
+            cache_placement_reason: None,
+            nodes: vec![NumaNodeDict::from(&crate::numa::report::whole_machine())],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dictionary as a client decodes it: key -> value signature.
+    fn wire_types(dict: &(impl serde::Serialize + Type)) -> Vec<(String, String)> {
+        use zbus::zvariant::{serialized::Context, to_bytes, LE};
+        let bytes = to_bytes(Context::new_dbus(LE, 0), dict).expect("serialises");
+        let (decoded, _): (HashMap<String, OwnedValue>, _) =
+            bytes.deserialize().expect("decodes as a{sv}");
+        let mut types: Vec<_> = decoded
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value_signature().to_string()))
+            .collect();
+        types.sort();
+        types
+    }
+
+    #[test]
+    fn cache_stats_go_out_as_a_dictionary_of_t_x_and_d() {
+        assert_eq!(CacheStatsDict::SIGNATURE.to_string(), "a{sv}");
+        let types = wire_types(&CacheStatsDict::from(crate::cache::CacheStats::default()));
+        assert_eq!(types.len(), 23);
+        for (key, signature) in &types {
+            let expected = match key.as_str() {
+                "complete_through" => "x",
+                "compression_ratio" | "hit_rate" | "hot_hit_rate" => "d",
+                _ => "t",
+            };
+            assert_eq!(signature, expected, "{key}");
+        }
+    }
+
+    #[test]
+    fn numa_info_without_a_topology_has_its_keys_and_types() {
+        assert_eq!(NumaInfoDict::SIGNATURE.to_string(), "a{sv}");
+        let types = wire_types(&NumaInfoDict::unavailable("no hwloc"));
+        let expected = [
+            ("binding_applied", "b"),
+            ("binding_reason", "s"),
+            ("node_count", "u"),
+            ("nodes", "aa{sv}"),
+            ("numa_enabled", "b"),
+            ("optimal_node", "u"),
+            ("optimal_node_reason", "s"),
+            ("reason", "s"),
+            ("writer_cpus", "au"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.to_string()))
+            .collect();
+        assert_eq!(types, expected);
+    }
 
     #[test]
     fn expensive_calls_are_limited_per_caller_and_in_all() {

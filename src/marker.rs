@@ -8,9 +8,10 @@
 //! every later one; `opdbus-chain restore` sets it to the restored chain's id. Removing it is
 //! how an operator says "start a new chain here on purpose".
 
-use crate::chain::segment::{self, ChainId, HEADER_LEN};
+use crate::chain::rewrite::{self, RewriteError};
+use crate::chain::segment::ChainId;
 use crate::files;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Suffix of the marker's file name after the chain directory's name.
@@ -183,25 +184,11 @@ impl ChainMarker {
 
     /// The chain id in the chain directory's first segment header.
     pub fn on_disk(&self) -> Result<OnDisk, MarkerError> {
-        let io_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| MarkerError::Io { path, source }
-        };
-        let segments = match segment::list(&self.chain_dir) {
-            Ok(segments) => segments,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(OnDisk::NoChain),
-            Err(err) => return Err(io_err(&self.chain_dir)(err)),
-        };
-        let Some((first, path)) = segments.first() else {
-            return Ok(OnDisk::NoChain);
-        };
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        files::open_read(path)
-            .and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut header))
-            .map_err(io_err(path))?;
-        Ok(match segment::check_header(&header, *first) {
-            Ok(id) => OnDisk::Chain(id),
-            Err(_) => OnDisk::Unreadable,
+        Ok(match rewrite::chain_id(&self.chain_dir) {
+            Ok(Some(id)) => OnDisk::Chain(id),
+            Ok(None) => OnDisk::NoChain,
+            Err(RewriteError::Mismatch(_)) => OnDisk::Unreadable,
+            Err(RewriteError::Io { path, source }) => return Err(MarkerError::Io { path, source }),
         })
     }
 }
@@ -209,6 +196,7 @@ impl ChainMarker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::segment;
 
     fn make_chain(dir: &Path, id: ChainId) {
         std::fs::create_dir_all(dir).expect("mkdir");

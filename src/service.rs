@@ -13,6 +13,8 @@ use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard};
 use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
 use crate::predict::Predictor;
+use crate::snapshot::layout::SnapshotLayout;
+use crate::snapshot::{PausedAt, Pending, Snapshotter, WriterBarrier};
 use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
 
 /// The reader name of in-process reads through the plain `get_block*` methods.
@@ -315,10 +317,23 @@ async fn detect_numa(options: NumaOptions) -> NumaState {
     }
 }
 
+/// The writer's own barrier, for unified snapshots.
+impl WriterBarrier for StreamingBlockchain {
+    fn head_height(&self) -> u64 {
+        self.inner.reader.head().0
+    }
+
+    fn pause(&self) -> Pending<'_, Result<PausedAt>> {
+        Box::pin(self.pause_writer())
+    }
+}
+
 /// The seed's `OptimizedBlockchain`: the chain plus its cache and NUMA placement.
 #[derive(Clone)]
 pub struct OptimizedBlockchain {
     chain: StreamingBlockchain,
+    /// Unified snapshots of this chain and cache, one at a time.
+    snapshots: Snapshotter,
     cache_dir: PathBuf,
     numa: NumaState,
     vectors: Arc<VectorIndex>,
@@ -409,8 +424,14 @@ impl OptimizedBlockchain {
                 tracing::warn!(%err, "cannot build the block vectors");
             }
         });
+        let snapshots = Snapshotter::new(
+            SnapshotLayout::new(chain.chain_dir().to_owned(), cache_options.dir.clone()),
+            Arc::new(chain.clone()),
+            feed.clone(),
+        );
         Ok(OptimizedBlockchain {
             chain,
+            snapshots,
             cache_dir: cache_options.dir,
             numa,
             vectors,
@@ -646,6 +667,11 @@ impl OptimizedBlockchain {
         self.feed.caught_up(height).await
     }
 
+    /// Takes unified snapshots of this chain and cache (the timeline uses it too).
+    pub fn snapshots(&self) -> &Snapshotter {
+        &self.snapshots
+    }
+
     /// The block cache itself.
     pub fn cache(&self) -> &BlockCache {
         &self.cache
@@ -656,7 +682,7 @@ impl OptimizedBlockchain {
     pub async fn create_unified_snapshot(
         &self,
     ) -> std::result::Result<Vec<PathBuf>, crate::snapshot::SnapshotError> {
-        let snapshot = crate::snapshot::create_unified_snapshot(self).await?;
+        let snapshot = self.snapshots.take().await?;
         Ok(vec![snapshot.chain, snapshot.cache])
     }
 }

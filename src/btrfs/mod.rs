@@ -32,7 +32,7 @@ pub use subvolume::{
 };
 pub use transfer::{receive, send, PartialReceive, ReceiveTarget, Received, SendStream};
 
-use command_line::DisplayArgv;
+use command_line::display_argv;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -130,7 +130,7 @@ impl Tool {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        DisplayArgv(&argv).to_string()
+        display_argv(&argv)
     }
 
     fn command(&self) -> Command {

@@ -15,11 +15,10 @@
 //!   next record starts right after it), so the rewrite never moves another record.
 
 use super::{BlockCache, CacheOptions};
-use crate::chain::block::{Block, Hash, ZERO_HASH};
-use crate::chain::segment::{self, Parsed, HEADER_LEN, RECORD_HEAD_LEN};
+use crate::chain::block::{Hash, ZERO_HASH};
+use crate::chain::rewrite::DamagedRecord;
 use crate::chain::store;
 use crate::chain::verify::{verify_dir, VerifyReport};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// One block rewritten from the cache.
@@ -103,61 +102,8 @@ fn repair_one(
     height: u64,
     prev: &Hash,
 ) -> Result<Repaired, String> {
-    let segments = segment::list(chain_dir).map_err(|e| e.to_string())?;
-    let index = segments
-        .iter()
-        .rposition(|(first, _)| *first <= height)
-        .ok_or("no segment holds it")?;
-    let (first, path) = &segments[index];
-    let bytes = crate::files::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    // Records before `height` in this segment verified good: their length fields are right.
-    let mut at = HEADER_LEN;
-    for _ in *first..height {
-        let len = read_len(&bytes, at).ok_or("a record before it is cut short")?;
-        at += segment::record_len(len);
-    }
-    if at >= bytes.len() {
-        return Err("its record is missing".into());
-    }
-    let damaged = &bytes[at..];
-    let intact_len = read_len(damaged, 0).filter(|len| {
-        let check = damaged
-            .get(4..8)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-        check == Some(*len as u32 ^ u32::MAX) && segment::record_len(*len) <= damaged.len()
-    });
-    // What the chain says the block's hash is, from the records around it.
-    let next_start = |len: usize| at + segment::record_len(len);
-    let next_prev_hash = |len: usize| -> Option<Hash> {
-        let start = next_start(len);
-        if start < bytes.len() {
-            return match segment::parse_record(&bytes[start..], bytes.len() - start, start as u64) {
-                Parsed::Record { block, .. } => Some(block.prev_hash),
-                _ => None,
-            };
-        }
-        // The next block opens the next segment.
-        let (_, next_path) = segments.get(index + 1)?;
-        let next = crate::files::read(next_path).ok()?;
-        match segment::parse_record(
-            next.get(HEADER_LEN..)?,
-            next.len() - HEADER_LEN,
-            HEADER_LEN as u64,
-        ) {
-            Parsed::Record { block, .. } => Some(block.prev_hash),
-            _ => None,
-        }
-    };
-    let mut candidates: Vec<Hash> = Vec::new();
-    if let Some(len) = intact_len {
-        if let Some(hash) = next_prev_hash(len) {
-            candidates.push(hash);
-        }
-        let trailer = at + RECORD_HEAD_LEN + len;
-        if let Some(stored) = bytes.get(trailer..trailer + 32) {
-            candidates.push(stored.try_into().expect("32 bytes"));
-        }
-    }
+    let record = DamagedRecord::find(chain_dir, height)?;
+    let mut candidates = record.claimed_hashes();
     if candidates.is_empty() {
         // The length field itself is damaged: look through the cache for the block of this
         // height that links to the block before.
@@ -175,68 +121,17 @@ fn repair_one(
         if block.height != height || &block.prev_hash != prev {
             continue;
         }
-        match proves_genuine(&block, at, &bytes, intact_len, &next_prev_hash) {
+        match record.proves_genuine(&block) {
             Ok(()) => {
-                rewrite(path, at, &block)?;
+                record.rewrite(&block)?;
                 return Ok(Repaired {
                     height,
                     hash: block.hash,
-                    segment: path.clone(),
+                    segment: record.segment().to_owned(),
                 });
             }
             Err(reason) => why_not = reason,
         }
     }
     Err(why_not)
-}
-
-/// Checks that `block` is the one the chain expects at `at` (see the module text).
-fn proves_genuine(
-    block: &Block,
-    at: usize,
-    bytes: &[u8],
-    intact_len: Option<usize>,
-    next_prev_hash: &dyn Fn(usize) -> Option<Hash>,
-) -> Result<(), String> {
-    let len = block.encoded_len();
-    if intact_len.is_some_and(|intact| intact != len) {
-        return Err("the cached copy's length differs from the record's".into());
-    }
-    let end = at + segment::record_len(len);
-    if end > bytes.len() {
-        return Err("the cached copy is longer than the space its record occupies".into());
-    }
-    match next_prev_hash(len) {
-        Some(expected) if expected == block.hash => Ok(()),
-        Some(_) => Err("the next block does not link to the cached copy".into()),
-        // The newest block: nothing links to it; its record's trailer must name it and the
-        // record must end the file.
-        None if end == bytes.len() => {
-            let stored = &bytes[end - segment::RECORD_TAIL_LEN..end - 4];
-            if stored == block.hash {
-                Ok(())
-            } else {
-                Err("the newest block's record does not name the cached copy".into())
-            }
-        }
-        None => Err("the record after it cannot be read to confirm the cached copy".into()),
-    }
-}
-
-fn rewrite(path: &Path, at: usize, block: &Block) -> Result<(), String> {
-    let mut record = Vec::with_capacity(segment::record_len(block.encoded_len()));
-    segment::encode_record(block, &mut record);
-    let file = crate::files::open(
-        crate::files::options(crate::files::FILE_MODE).write(true),
-        path,
-    )
-    .map_err(|e| format!("opening {} for writing: {e}", path.display()))?;
-    file.write_all_at(&record, at as u64)
-        .and_then(|()| file.sync_data())
-        .map_err(|e| format!("rewriting {}: {e}", path.display()))
-}
-
-fn read_len(bytes: &[u8], at: usize) -> Option<usize> {
-    let field = bytes.get(at..at + 4)?;
-    Some(u32::from_le_bytes(field.try_into().expect("4 bytes")) as usize)
 }

@@ -3,6 +3,7 @@
 pub mod block;
 pub mod error;
 pub mod io;
+pub mod rewrite;
 pub mod scan;
 pub mod segment;
 pub mod store;

@@ -18,4 +18,6 @@ pub use manifest::{
 pub use naming::{parse_snapshot_name, snapshot_name, SnapshotName, SnapshotNameError};
 pub use retention::{select_keep, KeepPlan, KeepReason, Kept, RetentionPolicy, SnapshotEntry};
 pub use schedule::{SnapshotInterval, SnapshotIntervalError, SNAPSHOT_INTERVAL_ENV};
-pub use unified::{create_unified_snapshot, SnapshotError, UnifiedSnapshot};
+pub use unified::{
+    CacheCatchUp, PausedAt, Pending, SnapshotError, Snapshotter, UnifiedSnapshot, WriterBarrier,
+};

@@ -10,7 +10,7 @@ use super::backup::read_backup_parents;
 use super::layout::{remove_snapshot_dir, SnapshotLayout, INCOMPLETE_PREFIX};
 use super::retention::{select_keep, KeepPlan, RetentionPolicy, SnapshotEntry};
 use super::schedule::SnapshotInterval;
-use crate::service::OptimizedBlockchain;
+use super::unified::Snapshotter;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -138,13 +138,10 @@ pub type TimelineSettings = (SnapshotInterval, RetentionPolicy);
 /// Runs until the task is aborted or `settings`' sender is gone: snapshot when due, then prune.
 /// A new interval or retention sent on `settings` takes effect at once (a sleep is cut short).
 pub async fn run(
-    blockchain: OptimizedBlockchain,
+    snapshots: Snapshotter,
     mut settings: tokio::sync::watch::Receiver<TimelineSettings>,
 ) {
-    let layout = SnapshotLayout::new(
-        blockchain.chain().chain_dir().to_owned(),
-        blockchain.cache_dir().to_owned(),
-    );
+    let layout = snapshots.layout().clone();
     let mut announced = None;
     loop {
         let (interval, policy) = *settings.borrow_and_update();
@@ -183,8 +180,11 @@ pub async fn run(
             }
             continue;
         }
-        match blockchain.create_unified_snapshot().await {
-            Ok(paths) => tracing::info!(?paths, "scheduled snapshot taken"),
+        match snapshots.take().await {
+            Ok(taken) => {
+                let paths = [taken.chain, taken.cache];
+                tracing::info!(?paths, "scheduled snapshot taken");
+            }
             Err(err) => {
                 tracing::warn!(%err, "scheduled snapshot failed; retrying in a minute");
                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -193,7 +193,7 @@ pub async fn run(
         }
         let pruning = {
             // Not while a snapshot (e.g. an on-demand one) is being made.
-            let _one_at_a_time = super::unified::SNAPSHOT_LOCK.lock().await;
+            let _one_at_a_time = snapshots.turn().await;
             let layout = layout.clone();
             tokio::task::spawn_blocking(move || prune(&layout, policy)).await
         };

@@ -1,9 +1,13 @@
 //! The unified snapshot: chain and cache captured at the same block height, under one name.
 //!
 //! Promises:
-//! - Both snapshots hold exactly the chain up to the height in their manifests: the writer is
-//!   paused at a block boundary (footprints queue meanwhile, none is lost or reordered), the
-//!   cache is let catch up to that height, both are captured, and the writer resumes.
+//! - Both snapshots hold exactly the chain up to the height in their manifests: the cache is
+//!   caught up to the head while writes flow, then the writer is paused at a block boundary
+//!   (footprints queue meanwhile, none is lost or reordered) at a height the cache holds, both
+//!   are captured, and the writer resumes. The pause never waits on the cache thread (see
+//!   [`Snapshotter`]); a cache that cannot keep up is captured behind, with a warning.
+//! - The snapshot module knows the daemon only through two narrow handles: the writer's
+//!   barrier ([`WriterBarrier`]) and the cache's catch-up ([`CacheCatchUp`]).
 //! - The pause covers only what must not see a new block: two btrfs snapshot calls (or, on
 //!   the fallback, reading the open segment's length and copying the cache). Manifests,
 //!   read-only flags, hard links and the copy of the open segment happen after the writer has
@@ -21,16 +25,19 @@ use super::layout::{DirKind, SnapshotLayout, CACHE_LEAF, CHAIN_LEAF, INCOMPLETE_
 use super::manifest::{read_manifest, write_manifest, Manifest, ManifestError, SnapshotMethod};
 use super::naming::snapshot_name;
 use crate::btrfs::{self, BtrfsError};
+use crate::cache::{CacheError, CacheFeed};
 use crate::chain::block::Hash;
 use crate::chain::error::ChainError;
-use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
+use crate::chain::rewrite::{self, RewriteError};
+use crate::chain::segment;
 use crate::chain::writer::PauseGuard;
-use crate::service::OptimizedBlockchain;
 use std::fs;
-use std::io::{self, Read};
+use std::future::Future;
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a snapshot could not be taken. Nothing half-made is left under a snapshot name.
@@ -52,6 +59,15 @@ pub enum SnapshotError {
     Inconsistent(String),
 }
 
+impl From<RewriteError> for SnapshotError {
+    fn from(err: RewriteError) -> Self {
+        match err {
+            RewriteError::Io { path, source } => SnapshotError::Io { path, source },
+            RewriteError::Mismatch(why) => SnapshotError::Inconsistent(why),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
     let path = path.to_owned();
     move |source| SnapshotError::Io { path, source }
@@ -71,102 +87,209 @@ pub struct UnifiedSnapshot {
     pub pause: Duration,
 }
 
-/// Serialises unified snapshots (and the daemon's pruning) within the process.
-/// Owned guards, so that a snapshot whose caller went away keeps it until its blocking part ends.
-pub(crate) static SNAPSHOT_LOCK: LazyLock<Arc<tokio::sync::Mutex<()>>> =
-    LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
+/// A future a handle returns; boxed so that the handles can be trait objects.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Waits until the cache holds every block up to `height` (the writer is paused there, so
-/// nothing newer can arrive), so that the cache snapshot describes the same height as the
-/// chain's. A cache that could not store some block (full or read-only filesystem) does not
-/// stop the snapshot: the cache is never the only copy of a block and is refilled from the
-/// chain, so the snapshot goes ahead with a warning naming the missing block.
-async fn wait_for_cache(blockchain: &OptimizedBlockchain, height: u64) {
-    if let Err(err) = blockchain.cache_caught_up(height).await {
-        tracing::warn!(height, %err, "the cache snapshot will lack blocks the chain snapshot has");
+/// The head (height, hash) the writer paused at, and the guard that resumes it.
+pub type PausedAt = ((u64, Hash), PauseGuard);
+
+/// The chain writer's barrier, as the writer itself offers it.
+pub trait WriterBarrier: Send + Sync {
+    /// The height of the newest block now, without pausing.
+    fn head_height(&self) -> u64;
+    /// Stops the writer at a block boundary: the head there, and a guard that resumes the
+    /// writer when dropped. Footprints queue meanwhile.
+    fn pause(&self) -> Pending<'_, Result<PausedAt, ChainError>>;
+}
+
+/// The cache's catch-up: resolves once the cache holds every block up to `height`.
+pub trait CacheCatchUp: Send + Sync {
+    fn caught_up(&self, height: u64) -> Pending<'_, Result<(), CacheError>>;
+}
+
+impl CacheCatchUp for CacheFeed {
+    fn caught_up(&self, height: u64) -> Pending<'_, Result<(), CacheError>> {
+        Box::pin(CacheFeed::caught_up(self, height))
     }
 }
 
-/// Takes a unified snapshot of `blockchain`'s chain and cache; see the module documentation.
-pub async fn create_unified_snapshot(
-    blockchain: &OptimizedBlockchain,
-) -> Result<UnifiedSnapshot, SnapshotError> {
-    let layout = SnapshotLayout::new(
-        blockchain.chain().chain_dir().to_owned(),
-        blockchain.cache_dir().to_owned(),
-    );
-    // One snapshot at a time: two in the same second at the same height would share a
-    // staging name.
-    let one_at_a_time = SNAPSHOT_LOCK.clone().lock_owned().await;
-    // Catch the cache up to the current head while writes still flow, so that the wait under
-    // the pause covers only the few blocks committed in between. Its error, if any, is
-    // reported by the wait under the pause.
-    let (before, _) = blockchain.head();
-    let _ = blockchain.cache_caught_up(before).await;
-    let chain_dir = blockchain.chain().chain_dir().to_owned();
-    // The capture runs on a thread of its own, not on the runtime's blocking pool: that pool is
-    // capped and shared with unprivileged calls (Verify, FindSimilar, reads), and the writer,
-    // paused below, would stay paused for as long as the pool was full.
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    let (start, started) = std::sync::mpsc::channel::<Option<(u64, Hash, PauseGuard, Instant)>>();
-    std::thread::Builder::new()
-        .name("opdbus-snapshot".into())
-        .spawn(move || {
-            let _one_at_a_time = one_at_a_time;
-            // `None`: the pause failed or the caller went away; nothing to capture.
-            let Ok(Some((height, head_hash, guard, paused_at))) = started.recv() else {
-                return;
+/// Pauses taken to find the cache caught up before one goes ahead with the cache behind.
+const PAUSE_TRIES: u32 = 5;
+
+/// Takes unified snapshots of one chain and its cache, one at a time (two in the same second
+/// at the same height would share a staging name). The daemon's service holds one; the
+/// timeline prunes under the same turn ([`Snapshotter::turn`]).
+#[derive(Clone)]
+pub struct Snapshotter {
+    layout: SnapshotLayout,
+    writer: Arc<dyn WriterBarrier>,
+    cache: Arc<dyn CacheCatchUp>,
+    /// Owned guards, so that a snapshot whose caller went away keeps its turn until its
+    /// blocking part ends.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Snapshotter {
+    pub fn new(
+        layout: SnapshotLayout,
+        writer: Arc<dyn WriterBarrier>,
+        cache: Arc<dyn CacheCatchUp>,
+    ) -> Snapshotter {
+        Snapshotter {
+            layout,
+            writer,
+            cache,
+            turn: Arc::default(),
+        }
+    }
+
+    pub fn layout(&self) -> &SnapshotLayout {
+        &self.layout
+    }
+
+    /// Waits until no snapshot is being taken and keeps others from starting meanwhile.
+    pub async fn turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.turn.clone().lock_owned().await
+    }
+
+    /// Takes a unified snapshot; see the module documentation.
+    pub async fn take(&self) -> Result<UnifiedSnapshot, SnapshotError> {
+        let one_at_a_time = self.turn().await;
+        let layout = self.layout.clone();
+        let chain_dir = layout.chain_dir.clone();
+        // The capture runs on a thread of its own, not on the runtime's blocking pool: that
+        // pool is capped and shared with unprivileged calls (Verify, FindSimilar, reads), and
+        // the writer, paused below, would stay paused for as long as the pool was full.
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (start, started) = std::sync::mpsc::channel::<Option<Paused>>();
+        std::thread::Builder::new()
+            .name("opdbus-snapshot".into())
+            .spawn(move || {
+                let _one_at_a_time = one_at_a_time;
+                // `None`: the pause failed or the caller went away; nothing to capture.
+                let Ok(Some(paused)) = started.recv() else {
+                    return;
+                };
+                let _ = sender.send(capture_and_finish(&layout, paused));
+            })
+            .map_err(|source| SnapshotError::Io {
+                path: chain_dir.clone(),
+                source,
+            })?;
+        match self.pause_with_cache_caught_up().await {
+            Ok(paused) => {
+                let _ = start.send(Some(paused));
+            }
+            Err(err) => {
+                let _ = start.send(None);
+                return Err(err);
+            }
+        }
+        let snapshot = receiver.await.map_err(|_| SnapshotError::Io {
+            path: chain_dir,
+            source: io::Error::other("the snapshot thread ended without a result"),
+        })??;
+        tracing::info!(
+            name = %snapshot.name,
+            height = snapshot.height,
+            chain = %snapshot.chain.display(),
+            cache = %snapshot.cache.display(),
+            chain_method = ?snapshot.chain_method,
+            cache_method = ?snapshot.cache_method,
+            pause_us = snapshot.pause.as_micros() as u64,
+            "unified snapshot taken"
+        );
+        Ok(snapshot)
+    }
+
+    /// Pauses the writer at a height the cache already holds. The cache is caught up while
+    /// writes still flow, and under the pause it is only asked, never waited for: its thread
+    /// runs at SCHED_IDLE, so a pause waiting on it could last as long as the CPUs stay busy.
+    /// If blocks arrived between the catch-up and the pause, the writer resumes and the
+    /// cache catches up again; after [`PAUSE_TRIES`] the snapshot goes ahead with the cache
+    /// behind, with a warning (the cache is never the only copy of a block and is refilled
+    /// from the chain). A cache that could not store a block goes ahead the same way.
+    async fn pause_with_cache_caught_up(&self) -> Result<Paused, SnapshotError> {
+        let mut target = self.writer.head_height();
+        for attempt in 1..=PAUSE_TRIES {
+            let outside = self.cache.caught_up(target).await;
+            let ((height, head_hash), guard) = self.writer.pause().await?;
+            let paused_at = Instant::now();
+            let under_pause = if height == target {
+                Some(outside)
+            } else {
+                ready_now(self.cache.caught_up(height))
             };
-            let created = SystemTime::now();
-            let secs = created
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            let name = snapshot_name(secs, height);
-            let captured = capture(&layout, &name, height);
-            drop(guard);
-            let pause = paused_at.elapsed();
-            let result = captured.and_then(|captured| match captured {
-                Captured::Existing(snapshot) => Ok(snapshot),
-                Captured::New(parts) => finish(&layout, &name, parts, height, &head_hash, created)
-                    .inspect_err(|_| discard(&layout, &name)),
-            });
-            let _ = sender.send(result.map(|snapshot| UnifiedSnapshot { pause, ..snapshot }));
-        })
-        .map_err(|source| SnapshotError::Io {
-            path: chain_dir.clone(),
-            source,
-        })?;
-    let paused = async {
-        let ((height, head_hash), guard) = blockchain.chain().pause_writer().await?;
-        let paused_at = Instant::now();
-        wait_for_cache(blockchain, height).await;
-        Ok::<_, SnapshotError>((height, head_hash, guard, paused_at))
-    }
-    .await;
-    match paused {
-        Ok(paused) => {
-            let _ = start.send(Some(paused));
+            let paused = Paused {
+                height,
+                head_hash,
+                guard,
+                paused_at,
+            };
+            match under_pause {
+                Some(Ok(())) => return Ok(paused),
+                Some(Err(err)) => {
+                    tracing::warn!(height, %err, "the cache snapshot will lack blocks the chain snapshot has");
+                    return Ok(paused);
+                }
+                None if attempt == PAUSE_TRIES => {
+                    tracing::warn!(height, "the cache snapshot will lack blocks the chain snapshot has: the cache did not keep up with the writes");
+                    return Ok(paused);
+                }
+                None => target = height,
+            }
         }
-        Err(err) => {
-            let _ = start.send(None);
-            return Err(err);
-        }
+        unreachable!("the last try returns")
     }
-    let snapshot = receiver.await.map_err(|_| SnapshotError::Io {
-        path: chain_dir,
-        source: io::Error::other("the snapshot thread ended without a result"),
-    })??;
-    tracing::info!(
-        name = %snapshot.name,
-        height = snapshot.height,
-        chain = %snapshot.chain.display(),
-        cache = %snapshot.cache.display(),
-        chain_method = ?snapshot.chain_method,
-        cache_method = ?snapshot.cache_method,
-        pause_us = snapshot.pause.as_micros() as u64,
-        "unified snapshot taken"
-    );
-    Ok(snapshot)
+}
+
+/// The future's output if it is ready at its first poll: the question "is it so now?"
+/// asked of a handle that otherwise waits.
+fn ready_now<T>(future: impl Future<Output = T>) -> Option<T> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// The writer paused at a block boundary.
+struct Paused {
+    height: u64,
+    head_hash: Hash,
+    guard: PauseGuard,
+    paused_at: Instant,
+}
+
+/// On the snapshot thread: captures what must see no new block, resumes the writer, then
+/// completes the snapshot.
+fn capture_and_finish(
+    layout: &SnapshotLayout,
+    paused: Paused,
+) -> Result<UnifiedSnapshot, SnapshotError> {
+    let Paused {
+        height,
+        head_hash,
+        guard,
+        paused_at,
+    } = paused;
+    let created = SystemTime::now();
+    let secs = created
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let name = snapshot_name(secs, height);
+    let captured = capture(layout, &name, height);
+    drop(guard);
+    let pause = paused_at.elapsed();
+    let snapshot = match captured? {
+        Captured::Existing(snapshot) => snapshot,
+        Captured::New(parts) => finish(layout, &name, parts, height, &head_hash, created)
+            .inspect_err(|_| discard(layout, &name))?,
+    };
+    Ok(UnifiedSnapshot { pause, ..snapshot })
 }
 
 /// What was captured while the writer was paused.
@@ -356,7 +479,9 @@ fn finish(
             SnapshotMethod::HardlinkCopy
         }
     };
-    let chain_id = read_chain_id(&chain_snap)?;
+    let chain_id = rewrite::chain_id(&chain_snap)?.ok_or_else(|| {
+        SnapshotError::Inconsistent(format!("{} holds no segment", chain_snap.display()))
+    })?;
     for (dir, method) in [
         (&chain_snap, chain_method),
         (&cache_snap, parts.cache_method),
@@ -391,8 +516,8 @@ fn finish(
     })
 }
 
-/// Copies the open segment up to the barrier length, then cuts it right after `height` and
-/// checks that the last record is the head the writer reported.
+/// Copies the open segment as it stood at the barrier (`len` bytes, cut right after `height`,
+/// whose record must be the head the writer reported) into `dest_dir`.
 fn copy_open_segment(
     open: &Path,
     first: u64,
@@ -401,50 +526,10 @@ fn copy_open_segment(
     head_hash: &Hash,
     dest_dir: &Path,
 ) -> Result<(), SnapshotError> {
-    let mut bytes = Vec::with_capacity(len as usize);
-    crate::files::open_read(open)
-        .map_err(io_err(open))?
-        .take(len)
-        .read_to_end(&mut bytes)
-        .map_err(io_err(open))?;
-    let inconsistent = |why: String| {
-        SnapshotError::Inconsistent(format!("{} at the barrier: {why}", open.display()))
-    };
-    if bytes.len() < HEADER_LEN {
-        return Err(inconsistent("shorter than its header".into()));
-    }
-    // Walk the records of heights first..=height.
-    let mut at = HEADER_LEN;
-    let mut last = None;
-    for h in first..=height {
-        let Some(len_field) = bytes.get(at..at + 4) else {
-            return Err(inconsistent(format!("ends before height {h}")));
-        };
-        let body = u32::from_le_bytes(len_field.try_into().expect("4 bytes")) as usize;
-        let end = at + segment::record_len(body);
-        if end > bytes.len() {
-            return Err(inconsistent(format!("ends inside height {h}")));
-        }
-        last = Some(at..end);
-        at = end;
-    }
-    match last {
-        Some(range) => match segment::parse_complete(&bytes[range]) {
-            Parsed::Record { block, .. } if block.height == height && &block.hash == head_hash => {}
-            _ => {
-                return Err(inconsistent(format!(
-                    "its record at {height} is not the head"
-                )))
-            }
-        },
-        // The head is the last block of the previous (sealed) segment.
-        None if first == height + 1 => {}
-        None => return Err(inconsistent("no record".into())),
-    }
-    bytes.truncate(at);
-    let name = open
-        .file_name()
-        .ok_or_else(|| inconsistent("no file name".into()))?;
+    let bytes = rewrite::segment_at_head(open, first, len, height, head_hash)?;
+    let name = open.file_name().ok_or_else(|| {
+        SnapshotError::Inconsistent(format!("{} has no file name", open.display()))
+    })?;
     let dest = dest_dir.join(name);
     let mut file =
         crate::files::create_new(&dest, crate::files::FILE_MODE).map_err(io_err(&dest))?;
@@ -483,23 +568,6 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), SnapshotError> {
         }
     }
     Ok(())
-}
-
-/// The chain id from the first segment's header.
-fn read_chain_id(chain_dir: &Path) -> Result<ChainId, SnapshotError> {
-    let segments = segment::list(chain_dir).map_err(io_err(chain_dir))?;
-    let Some((first, path)) = segments.first() else {
-        return Err(SnapshotError::Inconsistent(format!(
-            "{} holds no segment",
-            chain_dir.display()
-        )));
-    };
-    let mut header = vec![0u8; HEADER_LEN];
-    crate::files::open_read(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(io_err(path))?;
-    segment::check_header(&header, *first)
-        .map_err(|why| SnapshotError::Inconsistent(format!("{}: {why}", path.display())))
 }
 
 /// Read-only by mode: files 0444 (copies only; a hard link shares the live file's mode, which
@@ -594,5 +662,83 @@ mod tests {
             fs::read_dir(&dest).expect("dest").next().is_none(),
             "nothing copied"
         );
+    }
+
+    /// A writer that commits one block just before each pause, so the cache is never caught up
+    /// to the height paused at.
+    struct BusyWriter(crate::service::StreamingBlockchain);
+
+    impl WriterBarrier for BusyWriter {
+        fn head_height(&self) -> u64 {
+            self.0.head_height()
+        }
+
+        fn pause(&self) -> Pending<'_, Result<PausedAt, ChainError>> {
+            Box::pin(async {
+                let footprint = PluginFootprint::new("p", "o", serde_json::json!({}));
+                self.0.add_footprint(footprint).await?;
+                self.0.pause_writer().await
+            })
+        }
+    }
+
+    /// A cache that catches up only when waited on, slowly (as a SCHED_IDLE thread on busy
+    /// CPUs would).
+    #[derive(Default)]
+    struct SlowCache {
+        holds_below: std::sync::atomic::AtomicU64,
+        waited: std::sync::atomic::AtomicU32,
+    }
+
+    const SLOW: Duration = Duration::from_millis(500);
+
+    impl CacheCatchUp for SlowCache {
+        fn caught_up(&self, height: u64) -> Pending<'_, Result<(), CacheError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            Box::pin(async move {
+                if height >= self.holds_below.load(SeqCst) {
+                    tokio::time::sleep(SLOW).await;
+                    self.waited.fetch_add(1, SeqCst);
+                    self.holds_below.fetch_max(height + 1, SeqCst);
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pause_never_waits_for_a_cache_that_lags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = SnapshotLayout::new(dir.path().join("chain"), dir.path().join("cache"));
+        fs::create_dir(&layout.cache_dir).expect("cache dir");
+        let chain = crate::service::StreamingBlockchain::new(&layout.chain_dir)
+            .await
+            .expect("chain");
+        let cache = Arc::new(SlowCache::default());
+        let snapshots = Snapshotter::new(
+            layout.clone(),
+            Arc::new(BusyWriter(chain.clone())),
+            cache.clone(),
+        );
+        let taken = snapshots.take().await.expect("snapshot");
+        assert!(taken.pause < SLOW, "paused {:?}", taken.pause);
+        let waited = cache.waited.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            waited, PAUSE_TRIES,
+            "one wait per try, each outside the pause"
+        );
+        assert_eq!(
+            taken.height,
+            u64::from(PAUSE_TRIES),
+            "the last pause's head"
+        );
+
+        // No block between the catch-up and the pause: one try, one wait.
+        let snapshots = Snapshotter::new(layout, Arc::new(chain.clone()), cache.clone());
+        let taken = snapshots.take().await.expect("snapshot");
+        assert_eq!(taken.height, u64::from(PAUSE_TRIES));
+        let waited = cache.waited.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(waited, PAUSE_TRIES + 1);
+        chain.shutdown().await;
     }
 }

@@ -134,33 +134,14 @@ pub fn check_k(k: u32) -> Result<usize, String> {
     }
 }
 
-const FILTER_KEYS: &str = "plugin (s), operation (s), uid (u), since_ns (t), until_ns (t)";
-
-/// A search filter from the `a{sv}` of `FindSimilarFiltered`.
-pub fn filter_from_dict(
-    dict: &std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
-) -> Result<super::Filter, String> {
-    use zbus::zvariant::Value;
-    let mut filter = super::Filter::default();
-    for (key, value) in dict {
-        let value: &Value = value;
-        let wrong = || format!("filter key {key} has the wrong type; accepted: {FILTER_KEYS}");
-        match (key.as_str(), value) {
-            ("plugin", Value::Str(s)) => filter.plugin = Some(s.to_string()),
-            ("operation", Value::Str(s)) => filter.operation = Some(s.to_string()),
-            ("uid", Value::U32(n)) => filter.uid = Some(*n),
-            ("since_ns", Value::U64(n)) => filter.since_ns = Some(*n),
-            ("until_ns", Value::U64(n)) => filter.until_ns = Some(*n),
-            ("plugin" | "operation" | "uid" | "since_ns" | "until_ns", _) => return Err(wrong()),
-            _ => return Err(format!("unknown filter key {key}; accepted: {FILTER_KEYS}")),
+/// Refuses a filter whose time range is empty the wrong way round.
+pub fn check_filter(filter: &super::Filter) -> Result<(), String> {
+    match (filter.since_ns, filter.until_ns) {
+        (Some(since), Some(until)) if since > until => {
+            Err(format!("since_ns {since} is after until_ns {until}"))
         }
+        _ => Ok(()),
     }
-    if let (Some(since), Some(until)) = (filter.since_ns, filter.until_ns) {
-        if since > until {
-            return Err(format!("since_ns {since} is after until_ns {until}"));
-        }
-    }
-    Ok(filter)
 }
 
 #[cfg(test)]
@@ -244,5 +225,20 @@ mod tests {
             assert!(query.len() <= MAX_QUERY_BYTES);
             query.parse::<SimilarQuery>().expect("at the limits");
         }
+    }
+
+    #[test]
+    fn a_time_range_the_wrong_way_round_is_refused() {
+        let mut filter = crate::vector::Filter {
+            since_ns: Some(5),
+            until_ns: Some(5),
+            ..Default::default()
+        };
+        check_filter(&filter).expect("one instant");
+        filter.until_ns = Some(4);
+        assert_eq!(
+            check_filter(&filter),
+            Err("since_ns 5 is after until_ns 4".into())
+        );
     }
 }

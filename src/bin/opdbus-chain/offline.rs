@@ -5,6 +5,7 @@ use opdbus_blockchain::chain::block::{parse_hash, Block};
 use opdbus_blockchain::chain::store;
 use opdbus_blockchain::chain::verify::{self, verify_dir};
 use opdbus_blockchain::footprint;
+use opdbus_blockchain::snapshot::utc::UtcDateTime;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -213,25 +214,16 @@ fn for_terminal(text: &str) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for nanoseconds since the epoch.
 fn utc(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let millis = (ns / 1_000_000) % 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = UtcDateTime::from_unix((ns / 1_000_000_000) as i64);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        ns / 1_000_000 % 1000
     )
 }
 
@@ -260,5 +252,12 @@ mod tests {
         assert_eq!(for_terminal("net\u{200b}work"), "net\\u{200b}work");
         assert_eq!(for_terminal("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
         assert_eq!(for_terminal("réseau 😀"), "réseau 😀");
+    }
+
+    #[test]
+    fn block_times_show_as_utc_with_milliseconds() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(1_764_075_900_123_456_789), "2025-11-25T13:05:00.123Z");
+        assert_eq!(utc(951_782_400_999_000_000), "2000-02-29T00:00:00.999Z");
     }
 }
