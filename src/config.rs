@@ -145,7 +145,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_BUS",
         flag: Some(("bus", "BUS")),
-        help: "bus to serve on",
+        help: "Bus to serve on",
         accepts: "system, session or a D-Bus address like unix:path=/run/bus",
         reload: false,
         set: |c, v| v.parse().map(|x| c.bus = x),
@@ -154,7 +154,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_BLOCKCHAIN_DIR",
         flag: Some(("chain-dir", "DIR")),
-        help: "directory of the chain's segment files",
+        help: "Directory of the chain's segment files",
         accepts: "an absolute path",
         reload: false,
         set: |c, v| absolute_dir(v).map(|x| c.chain_dir = x),
@@ -163,7 +163,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_CACHE_DIR",
         flag: Some(("cache-dir", "DIR")),
-        help: "directory of the block cache",
+        help: "Directory of the block cache",
         accepts: "an absolute path",
         reload: false,
         set: |c, v| absolute_dir(v).map(|x| c.cache_dir = x),
@@ -172,7 +172,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_MAX_DATA_BYTES",
         flag: None,
-        help: "largest footprint data JSON accepted",
+        help: "Largest footprint data JSON accepted",
         accepts: "a whole number of bytes from 1024 to 67108864",
         reload: false,
         set: |c, v| in_range(v, 1024, 64 << 20, "bytes").map(|x| c.max_data_bytes = x as usize),
@@ -181,7 +181,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_SEGMENT_BYTES",
         flag: None,
-        help: "size at which a segment file is sealed",
+        help: "Size at which a segment file is sealed",
         accepts: "a whole number of bytes from 65536 to 1099511627776",
         reload: false,
         set: |c, v| in_range(v, 64 << 10, 1 << 40, "bytes").map(|x| c.segment_bytes = x),
@@ -190,7 +190,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_WRITER_UIDS",
         flag: None,
-        help: "uids besides root (and the daemon's own) allowed to add footprints",
+        help: "Uids besides root (and the daemon's own) allowed to add footprints",
         accepts: "a comma-separated list of numeric uids",
         reload: false,
         set: |c, v| {
@@ -213,7 +213,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_LOG",
         flag: None,
-        help: "log filter",
+        help: "Log filter",
         accepts: "a level (off, error, warn, info, debug, trace) or comma-separated TARGET=LEVEL \
                   directives",
         reload: true,
@@ -223,7 +223,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_NUMA",
         flag: None,
-        help: "detect the NUMA topology and bind the chain writer to the optimal node",
+        help: "Detect the NUMA topology and bind the chain writer to the optimal node",
         accepts: "on, off",
         reload: false,
         set: |c, v| on_off(v).map(|x| c.numa = x),
@@ -232,7 +232,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_CACHE_MEMORY_POLICY",
         flag: None,
-        help: "memory policy of the chain writer thread",
+        help: "Memory policy of the chain writer thread",
         accepts: "bind, preferred, interleaved, default",
         reload: false,
         set: |c, v| word(v).map(|x| c.memory_policy = x),
@@ -241,7 +241,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_CACHE_PLACEMENT",
         flag: None,
-        help: "on which NUMA node(s) the cache's memory goes",
+        help: "On which NUMA node(s) the cache's memory goes",
         accepts: "local_node, round_robin, most_memory, disabled",
         reload: false,
         set: |c, v| word(v).map(|x| c.cache_placement = x),
@@ -250,7 +250,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_NUMA_SYSFS_ROOT",
         flag: None,
-        help: "where the per-node meminfo files are read",
+        help: "Where the per-node meminfo files are read",
         accepts: "an absolute path",
         reload: false,
         set: |c, v| absolute_dir(v).map(|x| c.numa_sysfs_root = x),
@@ -259,7 +259,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_NUMA_SYSFS_BLOCK_ROOT",
         flag: None,
-        help: "where block devices are looked up for the chain disk's node",
+        help: "Where block devices are looked up for the chain disk's node",
         accepts: "an absolute path",
         reload: false,
         set: |c, v| absolute_dir(v).map(|x| c.numa_block_root = x),
@@ -277,7 +277,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_CACHE_PRELOAD_BLOCKS",
         flag: None,
-        help: "newest blocks loaded into the hot tier at start",
+        help: "Newest blocks loaded into the hot tier at start",
         accepts: "a whole number of blocks from 0 to 100000000",
         reload: false,
         set: |c, v| in_range(v, 0, 100_000_000, "blocks").map(|x| c.cache_preload_blocks = x),
@@ -286,7 +286,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_CACHE_QUEUE_BLOCKS",
         flag: None,
-        help: "blocks that may wait for the cache thread before new ones skip the queue",
+        help: "Blocks that may wait for the cache thread before new ones skip the queue",
         accepts: "a whole number of blocks from 16 to 16777216",
         reload: false,
         set: |c, v| in_range(v, 16, 16 << 20, "blocks").map(|x| c.cache_queue_blocks = x as usize),
@@ -295,7 +295,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_CACHE_PREDICT",
         flag: None,
-        help: "pre-load the blocks readers are likely to read next",
+        help: "Pre-load the blocks readers are likely to read next",
         accepts: "on, off",
         reload: false,
         set: |c, v| on_off(v).map(|x| c.cache_predict = x),
@@ -304,7 +304,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_SNAPSHOT_INTERVAL",
         flag: None,
-        help: "when the daemon takes unified snapshots by itself",
+        help: "When the daemon takes unified snapshots by itself",
         accepts:
             "every-N-minutes (N a whole number ≥ 1, e.g. every-15-minutes), hourly, daily, off",
         reload: true,
@@ -320,7 +320,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_RETAIN_HOURLY",
         flag: None,
-        help: "hours whose newest scheduled snapshot is kept",
+        help: "Hours whose newest scheduled snapshot is kept",
         accepts: "a whole number of snapshots from 0 to 10000",
         reload: true,
         set: |c, v| in_range(v, 0, 10_000, "snapshots").map(|x| c.retention.hourly = x as u32),
@@ -329,7 +329,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OPDBUS_RETAIN_DAILY",
         flag: None,
-        help: "days whose newest scheduled snapshot is kept",
+        help: "Days whose newest scheduled snapshot is kept",
         accepts: "a whole number of snapshots from 0 to 10000",
         reload: true,
         set: |c, v| in_range(v, 0, 10_000, "snapshots").map(|x| c.retention.daily = x as u32),

@@ -12,9 +12,8 @@ use std::process::ExitCode;
 ///
 /// Settings come from defaults, then --config FILE, then OPDBUS_* environment variables, then
 /// these flags. Stop it with SIGTERM or SIGINT: it stops taking calls, commits what is queued
-/// and exits 0. SIGHUP (systemctl reload) re-reads --config FILE and applies OPDBUS_LOG,
-/// OPDBUS_SNAPSHOT_INTERVAL and OPDBUS_RETAIN_*; the log says which other changes need a
-/// restart.
+/// and exits 0. SIGHUP (systemctl reload) re-reads --config FILE and applies the keys marked
+/// * below; the log says which other changes need a restart.
 ///
 /// The chain id it serves is recorded beside the chain directory (DIR.chain-id): a missing
 /// or different chain there is an error at start, never a new chain.
@@ -41,20 +40,13 @@ fn key_flags() -> impl Iterator<Item = Arg> {
                 .value_name(value_name)
                 .help(format!(
                     "{} ({}). [env: {}] [default: {}]",
-                    capitalized(key.help),
+                    key.help,
                     key.accepts,
                     key.name,
                     key.default_value()
                 ))
                 .value_parser(move |value: &str| key.check(value).map(|()| value.to_owned())),
         )
-    })
-}
-
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    chars.next().map_or(String::new(), |first| {
-        first.to_uppercase().chain(chars).collect()
     })
 }
 
