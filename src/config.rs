@@ -375,7 +375,7 @@ pub fn unknown_env_keys(names: impl IntoIterator<Item = String>) -> Vec<String> 
             let closest = KEYS
                 .iter()
                 .map(|key| key.name)
-                .min_by_key(|key| edit_distance(key, &name))
+                .min_by_key(|key| strsim::levenshtein(key, &name))
                 .unwrap_or("OPDBUS_LOG");
             format!("unknown environment variable {name} ignored; did you mean {closest}?")
         })
@@ -423,24 +423,6 @@ pub fn markdown_table() -> String {
         );
     }
     text
-}
-
-/// Levenshtein distance over bytes; the names are short ASCII.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b = b.as_bytes();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.bytes().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 fn on_off(value: &str) -> Result<bool, String> {
