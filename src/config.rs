@@ -2,14 +2,22 @@
 //! defaults ← config file ← environment (`OPDBUS_*`) ← command-line flags, and validated with
 //! errors that name the bad key and what it accepts.
 //!
+//! [`KEYS`] is the one table of settings: each row holds a key's name, its flag (if any), what
+//! it does, what it accepts, whether SIGHUP applies it, and the one parser that env, file and
+//! flag values all go through. The default is the value in [`Config::default`] as that row
+//! shows it. The `--help` text and docs/operations.md are rendered from the table; unit tests
+//! hold config/opdbus-blockchain and docs/operations.md to it.
+//!
 //! The config file has the format of the environment file systemd reads
 //! (`/etc/default/opdbus-blockchain`): `KEY=VALUE` lines, `#` comments, optional quotes.
 
+use crate::chain::store::StoreOptions;
 use crate::footprint::DEFAULT_MAX_DATA_BYTES;
-use crate::numa::{self, CachePlacement, MemoryPolicy, NumaOptions};
-use crate::snapshot::{RetentionPolicy, SnapshotInterval, SNAPSHOT_INTERVAL_ENV};
+use crate::numa::{CachePlacement, MemoryPolicy, NumaError, NumaOptions};
+use crate::snapshot::{RetentionPolicy, SnapshotInterval};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 /// Which bus the daemon serves on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,21 +43,6 @@ impl std::str::FromStr for BusChoice {
     }
 }
 
-impl BusChoice {
-    /// A client connection to this bus.
-    pub async fn connect(&self) -> zbus::Result<zbus::Connection> {
-        match self {
-            BusChoice::System => zbus::Connection::system().await,
-            BusChoice::Session => zbus::Connection::session().await,
-            BusChoice::Address(address) => {
-                zbus::connection::Builder::address(address.as_str())?
-                    .build()
-                    .await
-            }
-        }
-    }
-}
-
 impl std::fmt::Display for BusChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -60,49 +53,206 @@ impl std::fmt::Display for BusChoice {
     }
 }
 
-/// Everything the daemon can be told.
+/// Everything the daemon can be told; each field is set by one row of [`KEYS`].
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bus: BusChoice,
-    /// `OPDBUS_BLOCKCHAIN_DIR`
     pub chain_dir: PathBuf,
-    /// `OPDBUS_CACHE_DIR`
     pub cache_dir: PathBuf,
-    /// `OPDBUS_MAX_DATA_BYTES`: largest footprint data JSON accepted.
     pub max_data_bytes: usize,
-    /// `OPDBUS_SEGMENT_BYTES`: size at which a segment file is sealed.
     pub segment_bytes: u64,
-    /// `OPDBUS_WRITER_UIDS`: uids besides root (and the daemon's own) allowed to write.
     pub writer_uids: Vec<u32>,
-    /// `OPDBUS_LOG`: tracing filter, e.g. `info` or `opdbus_blockchain=debug`.
     pub log: String,
-    /// `OPDBUS_CACHE_PLACEMENT`: on which NUMA node(s) the cache's memory goes.
-    pub cache_placement: CachePlacement,
-    /// `OPDBUS_CACHE_MEMORY_POLICY`: memory policy of the writer thread.
-    pub memory_policy: MemoryPolicy,
-    /// `OPDBUS_NUMA`: `on` detects the topology and binds the writer; `off` skips both.
     pub numa: bool,
-    /// `OPDBUS_NUMA_SYSFS_ROOT`: where `nodeN/meminfo` are read (tests point it elsewhere).
-    pub numa_sysfs_root: Option<PathBuf>,
-    /// `OPDBUS_NUMA_SYSFS_BLOCK_ROOT`: where block devices are looked up for disk locality.
-    pub numa_block_root: Option<PathBuf>,
-    /// `OPDBUS_CACHE_HOT_BYTES`: RAM for the cache's hot tier.
+    pub memory_policy: MemoryPolicy,
+    pub cache_placement: CachePlacement,
+    pub numa_sysfs_root: PathBuf,
+    pub numa_block_root: PathBuf,
     pub cache_hot_bytes: u64,
-    /// `OPDBUS_CACHE_PRELOAD_BLOCKS`: newest blocks loaded into RAM at start.
     pub cache_preload_blocks: u64,
-    /// `OPDBUS_CACHE_QUEUE_BLOCKS`: blocks that may wait for the cache thread before skipping.
     pub cache_queue_blocks: usize,
-    /// `OPDBUS_CACHE_PREDICT`: pre-load blocks readers are likely to read next.
     pub cache_predict: bool,
-    /// `OPDBUS_SNAPSHOT_INTERVAL`: when the daemon takes unified snapshots by itself.
     pub snapshot_interval: SnapshotInterval,
-    /// `OPDBUS_RETAIN_HOURLY`, `_DAILY`, `_WEEKLY`: which scheduled snapshots are kept.
     pub retention: RetentionPolicy,
     /// The config file these settings were read from (`--config`); SIGHUP reads it again.
     pub file: Option<PathBuf>,
     /// What loading noticed but let pass (a missing file, keys that are not ours); the daemon
     /// logs them at warn once logging is up, and on SIGHUP.
     pub warnings: Vec<String>,
+}
+
+/// The defaults: the library's own where it has one, so that daemon and library agree.
+impl Default for Config {
+    fn default() -> Self {
+        let cache = crate::cache::CacheOptions::new("/var/lib/op-dbus/@cache");
+        let numa = NumaOptions::default();
+        Config {
+            bus: BusChoice::System,
+            chain_dir: PathBuf::from("/var/lib/op-dbus/blockchain"),
+            cache_dir: cache.dir,
+            max_data_bytes: DEFAULT_MAX_DATA_BYTES,
+            segment_bytes: StoreOptions::default().segment_bytes,
+            writer_uids: Vec::new(),
+            log: "info".into(),
+            numa: true,
+            memory_policy: numa.memory_policy,
+            cache_placement: numa.placement,
+            numa_sysfs_root: numa.sysfs_node_root,
+            numa_block_root: numa.sysfs_block_root,
+            cache_hot_bytes: cache.hot_bytes,
+            cache_preload_blocks: cache.preload_blocks,
+            cache_queue_blocks: cache.queue_blocks,
+            cache_predict: true,
+            snapshot_interval: SnapshotInterval::Off,
+            retention: RetentionPolicy::default(),
+            file: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// One setting: its names, its documentation and its one parser.
+pub struct Key {
+    /// The environment variable and config-file key.
+    pub name: &'static str,
+    /// `(--flag, VALUE_NAME)` for the keys that also have a command-line flag.
+    pub flag: Option<(&'static str, &'static str)>,
+    /// What it sets.
+    pub help: &'static str,
+    /// What it accepts; the parser's error for a value it refuses says the same words.
+    pub accepts: &'static str,
+    /// SIGHUP applies a change of it; every other key needs a restart.
+    pub reload: bool,
+    set: fn(&mut Config, &str) -> Result<(), String>,
+    show: fn(&Config) -> String,
+}
+
+impl Key {
+    /// The default, as it would be written in the config file.
+    pub fn default_value(&self) -> String {
+        (self.show)(&Config::default())
+    }
+
+    /// Whether `value` would be taken, with the reason when not (for a flag's value parser).
+    pub fn check(&self, value: &str) -> Result<(), String> {
+        (self.set)(&mut Config::default(), value)
+    }
+}
+
+/// Every key the config file, the environment and the flags understand, in the order
+/// config/opdbus-blockchain documents them.
+#[rustfmt::skip]
+pub const KEYS: &[Key] = &[
+    Key { name: "OPDBUS_BUS", flag: Some(("bus", "BUS")), reload: false,
+          help: "Bus to serve on",
+          accepts: "system, session or a D-Bus address like unix:path=/run/bus",
+          set: |c, v| v.parse().map(|x| c.bus = x),
+          show: |c| c.bus.to_string() },
+    Key { name: "OPDBUS_BLOCKCHAIN_DIR", flag: Some(("chain-dir", "DIR")), reload: false,
+          help: "Directory of the chain's segment files",
+          accepts: "an absolute path",
+          set: |c, v| absolute_dir(v).map(|x| c.chain_dir = x),
+          show: |c| c.chain_dir.display().to_string() },
+    Key { name: "OPDBUS_CACHE_DIR", flag: Some(("cache-dir", "DIR")), reload: false,
+          help: "Directory of the block cache",
+          accepts: "an absolute path",
+          set: |c, v| absolute_dir(v).map(|x| c.cache_dir = x),
+          show: |c| c.cache_dir.display().to_string() },
+    Key { name: "OPDBUS_MAX_DATA_BYTES", flag: None, reload: false,
+          help: "Largest footprint data JSON accepted",
+          accepts: "a whole number of bytes from 1024 to 67108864",
+          set: |c, v| in_range(v, 1024, 64 << 20, "bytes").map(|x| c.max_data_bytes = x as usize),
+          show: |c| c.max_data_bytes.to_string() },
+    Key { name: "OPDBUS_SEGMENT_BYTES", flag: None, reload: false,
+          help: "Size at which a segment file is sealed",
+          accepts: "a whole number of bytes from 65536 to 1099511627776",
+          set: |c, v| in_range(v, 64 << 10, 1 << 40, "bytes").map(|x| c.segment_bytes = x),
+          show: |c| c.segment_bytes.to_string() },
+    Key { name: "OPDBUS_WRITER_UIDS", flag: None, reload: false,
+          help: "Uids besides root (and the daemon's own) allowed to add footprints",
+          accepts: "a comma-separated list of numeric uids",
+          set: |c, v| uid_list(v).map(|x| c.writer_uids = x),
+          show: |c| c.writer_uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",") },
+    Key { name: "OPDBUS_LOG", flag: None, reload: true,
+          help: "Log filter",
+          accepts: "a level (off, error, warn, info, debug, trace) or comma-separated \
+                    TARGET=LEVEL directives",
+          set: |c, v| log_filter(v).map(|x| c.log = x),
+          show: |c| c.log.clone() },
+    Key { name: "OPDBUS_NUMA", flag: None, reload: false,
+          help: "Detect the NUMA topology and bind the chain writer to the optimal node",
+          accepts: "on, off",
+          set: |c, v| on_off(v).map(|x| c.numa = x),
+          show: |c| show_on_off(c.numa) },
+    Key { name: "OPDBUS_CACHE_MEMORY_POLICY", flag: None, reload: false,
+          help: "Memory policy of the chain writer thread",
+          accepts: "bind, preferred, interleaved, default",
+          set: |c, v| word(v).map(|x| c.memory_policy = x),
+          show: |c| c.memory_policy.to_string() },
+    Key { name: "OPDBUS_CACHE_PLACEMENT", flag: None, reload: false,
+          help: "On which NUMA node(s) the cache's memory goes",
+          accepts: "local_node, round_robin, most_memory, disabled",
+          set: |c, v| word(v).map(|x| c.cache_placement = x),
+          show: |c| c.cache_placement.to_string() },
+    Key { name: "OPDBUS_NUMA_SYSFS_ROOT", flag: None, reload: false,
+          help: "Where the per-node meminfo files are read",
+          accepts: "an absolute path",
+          set: |c, v| absolute_dir(v).map(|x| c.numa_sysfs_root = x),
+          show: |c| c.numa_sysfs_root.display().to_string() },
+    Key { name: "OPDBUS_NUMA_SYSFS_BLOCK_ROOT", flag: None, reload: false,
+          help: "Where block devices are looked up for the chain disk's node",
+          accepts: "an absolute path",
+          set: |c, v| absolute_dir(v).map(|x| c.numa_block_root = x),
+          show: |c| c.numa_block_root.display().to_string() },
+    Key { name: "OPDBUS_CACHE_HOT_BYTES", flag: None, reload: false,
+          help: "RAM for the block cache's hot tier",
+          accepts: "a whole number of bytes from 65536 to 1099511627776",
+          set: |c, v| in_range(v, 64 << 10, 1 << 40, "bytes").map(|x| c.cache_hot_bytes = x),
+          show: |c| c.cache_hot_bytes.to_string() },
+    Key { name: "OPDBUS_CACHE_PRELOAD_BLOCKS", flag: None, reload: false,
+          help: "Newest blocks loaded into the hot tier at start",
+          accepts: "a whole number of blocks from 0 to 100000000",
+          set: |c, v| in_range(v, 0, 100_000_000, "blocks").map(|x| c.cache_preload_blocks = x),
+          show: |c| c.cache_preload_blocks.to_string() },
+    Key { name: "OPDBUS_CACHE_QUEUE_BLOCKS", flag: None, reload: false,
+          help: "Blocks that may wait for the cache thread before new ones skip the queue",
+          accepts: "a whole number of blocks from 16 to 16777216",
+          set: |c, v| in_range(v, 16, 16 << 20, "blocks").map(|x| c.cache_queue_blocks = x as usize),
+          show: |c| c.cache_queue_blocks.to_string() },
+    Key { name: "OPDBUS_CACHE_PREDICT", flag: None, reload: false,
+          help: "Pre-load the blocks readers are likely to read next",
+          accepts: "on, off",
+          set: |c, v| on_off(v).map(|x| c.cache_predict = x),
+          show: |c| show_on_off(c.cache_predict) },
+    Key { name: "OPDBUS_SNAPSHOT_INTERVAL", flag: None, reload: true,
+          help: "When the daemon takes unified snapshots by itself",
+          accepts: "every-N-minutes (N a whole number ≥ 1, e.g. every-15-minutes), hourly, daily, off",
+          set: |c, v| interval(v).map(|x| c.snapshot_interval = x),
+          show: |c| c.snapshot_interval.to_string() },
+    Key { name: "OPDBUS_RETAIN_HOURLY", flag: None, reload: true,
+          help: "Hours whose newest scheduled snapshot is kept",
+          accepts: "a whole number of snapshots from 0 to 10000",
+          set: |c, v| in_range(v, 0, 10_000, "snapshots").map(|x| c.retention.hourly = x as u32),
+          show: |c| c.retention.hourly.to_string() },
+    Key { name: "OPDBUS_RETAIN_DAILY", flag: None, reload: true,
+          help: "Days whose newest scheduled snapshot is kept",
+          accepts: "a whole number of snapshots from 0 to 10000",
+          set: |c, v| in_range(v, 0, 10_000, "snapshots").map(|x| c.retention.daily = x as u32),
+          show: |c| c.retention.daily.to_string() },
+    Key { name: "OPDBUS_RETAIN_WEEKLY", flag: None, reload: true,
+          help: "ISO weeks whose newest scheduled snapshot is kept",
+          accepts: "a whole number of snapshots from 0 to 10000",
+          set: |c, v| in_range(v, 0, 10_000, "snapshots").map(|x| c.retention.weekly = x as u32),
+          show: |c| c.retention.weekly.to_string() },
+];
+
+/// The row of `name`, if it is one of ours.
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|key| key.name == name)
+}
+
+fn known_keys() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
 
 /// A configuration value that cannot be used.
@@ -133,57 +283,6 @@ pub enum ConfigError {
     },
 }
 
-/// Every key the config file and environment understand, with its default.
-pub const KEYS: &[(&str, &str)] = &[
-    ("OPDBUS_BUS", "system"),
-    ("OPDBUS_BLOCKCHAIN_DIR", "/var/lib/op-dbus/blockchain"),
-    ("OPDBUS_CACHE_DIR", "/var/lib/op-dbus/@cache"),
-    ("OPDBUS_MAX_DATA_BYTES", "65536"),
-    ("OPDBUS_SEGMENT_BYTES", "67108864"),
-    ("OPDBUS_WRITER_UIDS", ""),
-    ("OPDBUS_LOG", "info"),
-    ("OPDBUS_CACHE_PLACEMENT", "local_node"),
-    ("OPDBUS_CACHE_MEMORY_POLICY", "preferred"),
-    ("OPDBUS_NUMA", "on"),
-    ("OPDBUS_NUMA_SYSFS_ROOT", "/sys/devices/system/node"),
-    ("OPDBUS_NUMA_SYSFS_BLOCK_ROOT", "/sys/dev/block"),
-    ("OPDBUS_CACHE_HOT_BYTES", "67108864"),
-    ("OPDBUS_CACHE_PRELOAD_BLOCKS", "1024"),
-    ("OPDBUS_CACHE_QUEUE_BLOCKS", "65536"),
-    ("OPDBUS_CACHE_PREDICT", "on"),
-    ("OPDBUS_SNAPSHOT_INTERVAL", "off"),
-    ("OPDBUS_RETAIN_HOURLY", "5"),
-    ("OPDBUS_RETAIN_DAILY", "5"),
-    ("OPDBUS_RETAIN_WEEKLY", "5"),
-];
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            bus: BusChoice::System,
-            chain_dir: PathBuf::from("/var/lib/op-dbus/blockchain"),
-            cache_dir: PathBuf::from("/var/lib/op-dbus/@cache"),
-            max_data_bytes: DEFAULT_MAX_DATA_BYTES,
-            segment_bytes: 64 * 1024 * 1024,
-            writer_uids: Vec::new(),
-            log: "info".into(),
-            cache_placement: CachePlacement::default(),
-            memory_policy: MemoryPolicy::default(),
-            numa: true,
-            numa_sysfs_root: None,
-            numa_block_root: None,
-            cache_hot_bytes: crate::cache::DEFAULT_HOT_BYTES,
-            cache_preload_blocks: crate::cache::DEFAULT_PRELOAD_BLOCKS,
-            cache_queue_blocks: crate::cache::DEFAULT_QUEUE_BLOCKS,
-            cache_predict: true,
-            snapshot_interval: SnapshotInterval::Off,
-            retention: RetentionPolicy::default(),
-            file: None,
-            warnings: Vec::new(),
-        }
-    }
-}
-
 impl Config {
     /// Defaults, then `file` (if given), then the environment as read by `env`.
     pub fn load(
@@ -210,9 +309,9 @@ impl Config {
                 Err(err) => return Err(err),
             }
         }
-        for (key, _) in KEYS {
-            if let Some(value) = env(key) {
-                values.insert((*key).to_owned(), value);
+        for key in KEYS {
+            if let Some(value) = env(key.name) {
+                values.insert(key.name.to_owned(), value);
             }
         }
         let mut config = Config::default();
@@ -225,211 +324,36 @@ impl Config {
     }
 
     /// Sets one key; the error names the key, the value and what is accepted.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            key: key.to_owned(),
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let result = match key(name) {
+            Some(key) => (key.set)(self, value),
+            None => Err(format!("unknown key; known keys: {}", known_keys())),
+        };
+        result.map_err(|reason| ConfigError::Invalid {
+            key: name.to_owned(),
             value: value.to_owned(),
             reason,
-        };
-        match key {
-            "OPDBUS_BUS" => self.bus = value.parse().map_err(invalid)?,
-            "OPDBUS_BLOCKCHAIN_DIR" => self.chain_dir = absolute_dir(value).map_err(invalid)?,
-            "OPDBUS_CACHE_DIR" => self.cache_dir = absolute_dir(value).map_err(invalid)?,
-            "OPDBUS_MAX_DATA_BYTES" => {
-                self.max_data_bytes = parse_in_range(value, 1024, 64 * 1024 * 1024, "bytes")
-                    .map_err(invalid)? as usize
-            }
-            "OPDBUS_SEGMENT_BYTES" => {
-                self.segment_bytes =
-                    parse_in_range(value, 64 * 1024, 1 << 40, "bytes").map_err(invalid)?
-            }
-            "OPDBUS_WRITER_UIDS" => {
-                self.writer_uids = value
-                    .split([',', ' '])
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.parse::<u32>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| {
-                        invalid("expected a comma-separated list of numeric uids".into())
-                    })?
-            }
-            "OPDBUS_LOG" => self.log = log_filter(value).map_err(invalid)?,
-            numa::ENV_PLACEMENT => {
-                self.cache_placement = value.parse().map_err(|_| {
-                    invalid(format!(
-                        "accepted values: {}",
-                        CachePlacement::WORDS.join(", ")
-                    ))
-                })?
-            }
-            numa::ENV_MEMORY_POLICY => {
-                self.memory_policy = value.parse().map_err(|_| {
-                    invalid(format!(
-                        "accepted values: {}",
-                        MemoryPolicy::WORDS.join(", ")
-                    ))
-                })?
-            }
-            "OPDBUS_NUMA" => self.numa = on_off(value).map_err(invalid)?,
-            numa::ENV_SYSFS_NODE_ROOT => {
-                self.numa_sysfs_root = Some(absolute_dir(value).map_err(invalid)?)
-            }
-            numa::ENV_SYSFS_BLOCK_ROOT => {
-                self.numa_block_root = Some(absolute_dir(value).map_err(invalid)?)
-            }
-            "OPDBUS_CACHE_HOT_BYTES" => {
-                self.cache_hot_bytes =
-                    parse_in_range(value, 64 * 1024, 1 << 40, "bytes").map_err(invalid)?
-            }
-            "OPDBUS_CACHE_PRELOAD_BLOCKS" => {
-                self.cache_preload_blocks =
-                    parse_in_range(value, 0, 100_000_000, "blocks").map_err(invalid)?
-            }
-            "OPDBUS_CACHE_PREDICT" => self.cache_predict = on_off(value).map_err(invalid)?,
-            "OPDBUS_CACHE_QUEUE_BLOCKS" => {
-                self.cache_queue_blocks =
-                    parse_in_range(value, 16, 16 * 1024 * 1024, "blocks").map_err(invalid)? as usize
-            }
-            SNAPSHOT_INTERVAL_ENV => {
-                self.snapshot_interval = value.parse().map_err(|_| {
-                    invalid(
-                        "accepted values: every-N-minutes (N a whole number ≥ 1, e.g. \
-                         every-15-minutes), hourly, daily, off"
-                            .into(),
-                    )
-                })?
-            }
-            "OPDBUS_RETAIN_HOURLY" => {
-                self.retention.hourly =
-                    parse_in_range(value, 0, 10_000, "snapshots").map_err(invalid)? as u32
-            }
-            "OPDBUS_RETAIN_DAILY" => {
-                self.retention.daily =
-                    parse_in_range(value, 0, 10_000, "snapshots").map_err(invalid)? as u32
-            }
-            "OPDBUS_RETAIN_WEEKLY" => {
-                self.retention.weekly =
-                    parse_in_range(value, 0, 10_000, "snapshots").map_err(invalid)? as u32
-            }
-            _ => {
-                return Err(invalid(format!(
-                    "unknown key; known keys: {}",
-                    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
-                )))
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One warning per `OPDBUS_*` name in `names` that is not in [`KEYS`] (a typo such as
-/// OPDBUS_SEGMNT_BYTES would otherwise be silently ignored), naming the closest known key.
-pub fn unknown_env_keys(names: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut warnings: Vec<String> = names
-        .into_iter()
-        .filter(|name| name.starts_with("OPDBUS_") && !KEYS.iter().any(|(key, _)| key == name))
-        .map(|name| {
-            let closest = KEYS
-                .iter()
-                .map(|(key, _)| *key)
-                .min_by_key(|key| edit_distance(key, &name))
-                .unwrap_or("OPDBUS_LOG");
-            format!("unknown environment variable {name} ignored; did you mean {closest}?")
         })
-        .collect();
-    warnings.sort();
-    warnings
-}
-
-/// Levenshtein distance over bytes; the names are short ASCII.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b = b.as_bytes();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.bytes().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
     }
-    row[b.len()]
-}
 
-/// Keys a running daemon applies on SIGHUP; every other key needs a restart.
-pub const RELOADABLE_KEYS: &[&str] = &[
-    "OPDBUS_LOG",
-    SNAPSHOT_INTERVAL_ENV,
-    "OPDBUS_RETAIN_HOURLY",
-    "OPDBUS_RETAIN_DAILY",
-    "OPDBUS_RETAIN_WEEKLY",
-];
-
-impl Config {
     /// The keys whose values differ between `self` and `other`, in [`KEYS`] order.
-    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static Key> {
         KEYS.iter()
-            .map(|(key, _)| *key)
-            .filter(|key| self.value_of(key) != other.value_of(key))
+            .filter(|key| (key.show)(self) != (key.show)(other))
             .collect()
     }
 
-    /// The setting behind `key` as text, for comparison; `None` for a key not in [`KEYS`].
-    /// No wildcard arm: a key added to `set` must be added here (the test walks [`KEYS`]).
-    fn value_of(&self, key: &str) -> Option<String> {
-        fn text(value: &dyn std::fmt::Debug) -> Option<String> {
-            Some(format!("{value:?}"))
-        }
-        match key {
-            "OPDBUS_BUS" => text(&self.bus),
-            "OPDBUS_BLOCKCHAIN_DIR" => text(&self.chain_dir),
-            "OPDBUS_CACHE_DIR" => text(&self.cache_dir),
-            "OPDBUS_MAX_DATA_BYTES" => text(&self.max_data_bytes),
-            "OPDBUS_SEGMENT_BYTES" => text(&self.segment_bytes),
-            "OPDBUS_WRITER_UIDS" => text(&self.writer_uids),
-            "OPDBUS_LOG" => text(&self.log),
-            numa::ENV_PLACEMENT => text(&self.cache_placement),
-            numa::ENV_MEMORY_POLICY => text(&self.memory_policy),
-            "OPDBUS_NUMA" => text(&self.numa),
-            numa::ENV_SYSFS_NODE_ROOT => text(&self.numa_sysfs_root),
-            numa::ENV_SYSFS_BLOCK_ROOT => text(&self.numa_block_root),
-            "OPDBUS_CACHE_HOT_BYTES" => text(&self.cache_hot_bytes),
-            "OPDBUS_CACHE_PRELOAD_BLOCKS" => text(&self.cache_preload_blocks),
-            "OPDBUS_CACHE_QUEUE_BLOCKS" => text(&self.cache_queue_blocks),
-            "OPDBUS_CACHE_PREDICT" => text(&self.cache_predict),
-            SNAPSHOT_INTERVAL_ENV => text(&self.snapshot_interval),
-            "OPDBUS_RETAIN_HOURLY" => text(&self.retention.hourly),
-            "OPDBUS_RETAIN_DAILY" => text(&self.retention.daily),
-            "OPDBUS_RETAIN_WEEKLY" => text(&self.retention.weekly),
-            _ => None,
-        }
-    }
-}
-
-impl Config {
     /// The NUMA options these settings describe; `None` when NUMA is switched off.
     pub fn numa_options(&self) -> Option<NumaOptions> {
-        let defaults = NumaOptions::default();
         self.numa.then(|| NumaOptions {
             placement: self.cache_placement,
             memory_policy: self.memory_policy,
-            sysfs_node_root: self
-                .numa_sysfs_root
-                .clone()
-                .unwrap_or(defaults.sysfs_node_root),
-            sysfs_block_root: self
-                .numa_block_root
-                .clone()
-                .unwrap_or(defaults.sysfs_block_root),
+            sysfs_node_root: self.numa_sysfs_root.clone(),
+            sysfs_block_root: self.numa_block_root.clone(),
             chain_dir: self.chain_dir.clone(),
         })
     }
-}
 
-impl Config {
     /// The block cache's options these settings describe.
     pub fn cache_options(&self) -> crate::cache::CacheOptions {
         crate::cache::CacheOptions {
@@ -441,12 +365,101 @@ impl Config {
     }
 }
 
+/// One warning per `OPDBUS_*` name in `names` that is not in [`KEYS`] (a typo such as
+/// OPDBUS_SEGMNT_BYTES would otherwise be silently ignored), naming the closest known key.
+pub fn unknown_env_keys(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut warnings: Vec<String> = names
+        .into_iter()
+        .filter(|name| name.starts_with("OPDBUS_") && key(name).is_none())
+        .map(|name| {
+            let closest = KEYS
+                .iter()
+                .map(|key| key.name)
+                .min_by_key(|key| strsim::levenshtein(key, &name))
+                .unwrap_or("OPDBUS_LOG");
+            format!("unknown environment variable {name} ignored; did you mean {closest}?")
+        })
+        .collect();
+    warnings.sort();
+    warnings
+}
+
+/// The `Environment:` part of `opdbus-blockchaind --help`.
+pub fn environment_help() -> String {
+    let mut text = String::from(
+        "Environment (and --config FILE) keys, with their defaults; * = applied on SIGHUP:\n",
+    );
+    for key in KEYS {
+        let reload = if key.reload { " *" } else { "" };
+        text += &format!(
+            "  {}={}{reload}\n      {}: {}\n",
+            key.name,
+            key.default_value(),
+            key.help,
+            key.accepts
+        );
+    }
+    text
+}
+
+/// The table in docs/operations.md (a unit test keeps the two equal).
+pub fn markdown_table() -> String {
+    let mut text = String::from(
+        "| key | flag | default | what it sets | accepted values | on SIGHUP |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for key in KEYS {
+        let flag = key
+            .flag
+            .map_or(String::new(), |(flag, _)| format!("`--{flag}`"));
+        let reload = if key.reload { "applied" } else { "restart" };
+        let default = match key.default_value() {
+            empty if empty.is_empty() => "(empty)".to_owned(),
+            default => format!("`{default}`"),
+        };
+        text += &format!(
+            "| `{}` | {flag} | {default} | {} | {} | {reload} |\n",
+            key.name, key.help, key.accepts
+        );
+    }
+    text
+}
+
 fn on_off(value: &str) -> Result<bool, String> {
     match value.trim() {
         "on" => Ok(true),
         "off" => Ok(false),
         _ => Err("accepted values: on, off".into()),
     }
+}
+
+fn uid_list(value: &str) -> Result<Vec<u32>, String> {
+    value
+        .split([',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| "expected a comma-separated list of numeric uids".into())
+}
+
+fn interval(value: &str) -> Result<SnapshotInterval, String> {
+    value.parse().map_err(|_| {
+        "accepted values: every-N-minutes (N a whole number ≥ 1, e.g. every-15-minutes), hourly, \
+         daily, off"
+            .into()
+    })
+}
+
+fn show_on_off(on: bool) -> String {
+    if on { "on" } else { "off" }.to_owned()
+}
+
+/// A NUMA word (memory policy, cache placement); the error lists the accepted words.
+fn word<T: FromStr<Err = NumaError>>(value: &str) -> Result<T, String> {
+    value.parse().map_err(|err| match err {
+        NumaError::UnknownValue { accepted, .. } => format!("accepted values: {accepted}"),
+        other => other.to_string(),
+    })
 }
 
 /// A directory setting, from the environment, the file or a flag alike: a relative path would
@@ -460,9 +473,8 @@ pub fn absolute_dir(value: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// A retention count: how many hours, days or weeks keep a snapshot.
 /// A whole number of `unit` (bytes, blocks, snapshots) from `min` to `max`.
-fn parse_in_range(value: &str, min: u64, max: u64, unit: &str) -> Result<u64, String> {
+fn in_range(value: &str, min: u64, max: u64, unit: &str) -> Result<u64, String> {
     let parsed: u64 = value
         .trim()
         .parse()
@@ -552,11 +564,11 @@ pub fn read_env_file(path: &Path) -> Result<EnvFile, ConfigError> {
             ));
             continue;
         }
-        if !KEYS.iter().any(|(known, _)| *known == key) {
+        if self::key(key).is_none() {
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
                 key: key.to_owned(),
-                known: KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+                known: known_keys(),
             });
         }
         let value = value.trim();
@@ -597,28 +609,12 @@ mod tests {
         after.log = "debug".into();
         after.retention.hourly = 9;
         after.writer_uids = vec![1000];
+        let names: Vec<&str> = before.changed_keys(&after).iter().map(|k| k.name).collect();
         assert_eq!(
-            before.changed_keys(&after),
+            names,
             ["OPDBUS_WRITER_UIDS", "OPDBUS_LOG", "OPDBUS_RETAIN_HOURLY"]
         );
         assert!(before.changed_keys(&before).is_empty());
-    }
-
-    #[test]
-    fn bad_values_name_the_key_and_what_is_accepted() {
-        let env = |key: &str| (key == "OPDBUS_MAX_DATA_BYTES").then(|| "lots".to_owned());
-        let err = Config::load(None, env).expect_err("invalid").to_string();
-        assert!(err.contains("OPDBUS_MAX_DATA_BYTES=lots"), "{err}");
-        assert!(err.contains("whole number"), "{err}");
-        let env = |key: &str| (key == "OPDBUS_CACHE_PLACEMENT").then(|| "everywhere".to_owned());
-        let err = Config::load(None, env).expect_err("invalid").to_string();
-        assert!(err.contains("OPDBUS_CACHE_PLACEMENT=everywhere"), "{err}");
-        assert!(
-            err.contains("local_node, round_robin, most_memory, disabled"),
-            "{err}"
-        );
-        let err = "nowhere".parse::<BusChoice>().expect_err("invalid");
-        assert!(err.contains("system, session"), "{err}");
     }
 
     #[test]
@@ -684,9 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn relative_directories_are_refused_and_unknown_env_keys_named() {
-        assert!(absolute_dir("relative/path").is_err());
-        assert_eq!(absolute_dir("/srv/chain"), Ok(PathBuf::from("/srv/chain")));
+    fn unknown_env_keys_are_named_with_the_closest_key() {
         let warnings =
             unknown_env_keys(["OPDBUS_SEGMNT_BYTES", "OPDBUS_LOG", "PATH"].map(String::from));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -709,38 +703,113 @@ mod tests {
         assert!(err.contains("OPDBUS_BLOCKCHAIN_DIR"), "{err}");
     }
 
+    /// The `#KEY=default` lines of `text`, in order.
+    fn documented_keys(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("#OPDBUS_"))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (format!("OPDBUS_{k}"), v.to_owned()))
+            .collect()
+    }
+
     #[test]
-    fn the_shipped_config_file_documents_every_key_with_its_default() {
+    fn the_shipped_config_file_documents_exactly_the_table() {
         let shipped = include_str!("../config/opdbus-blockchain");
-        for (key, default) in KEYS {
-            let line = format!("#{key}={default}");
-            assert!(
-                shipped.lines().any(|l| l.trim() == line),
-                "config/opdbus-blockchain lacks the line `{line}`"
-            );
-        }
-        // And the file, uncommented, is a valid configuration.
-        let uncommented: String = shipped
-            .lines()
-            .filter_map(|l| l.strip_prefix('#').filter(|l| l.starts_with("OPDBUS_")))
-            .map(|l| format!("{l}\n"))
+        let table: Vec<(String, String)> = KEYS
+            .iter()
+            .map(|key| (key.name.to_owned(), key.default_value()))
             .collect();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("defaults");
-        std::fs::write(&file, uncommented).expect("write");
-        Config::load(Some(&file), |_| None).expect("the documented defaults load");
+        assert_eq!(
+            documented_keys(shipped),
+            table,
+            "config/opdbus-blockchain must show every key of config::KEYS as #KEY=DEFAULT, in \
+             the table's order, and no other"
+        );
+        // And the file, uncommented, is a valid configuration.
+        let uncommented: String = table.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        load_file(uncommented.as_bytes()).expect("the documented defaults load");
+    }
+
+    #[test]
+    fn the_operations_guide_shows_the_table() {
+        let guide = include_str!("../docs/operations.md");
+        let table = markdown_table();
+        assert!(
+            guide.contains(&table),
+            "docs/operations.md, section Configure, must hold this table (from config::KEYS):\n{table}"
+        );
+        for key in KEYS {
+            if let Some((flag, _)) = key.flag {
+                assert!(guide.contains(&format!("`--{flag}`")), "--{flag}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_has_help_and_its_default_reads_back() {
+        let help = environment_help();
+        for key in KEYS {
+            assert!(
+                !key.help.is_empty() && !key.accepts.is_empty(),
+                "{}",
+                key.name
+            );
+            assert!(help.contains(&format!("{}=", key.name)), "{}", key.name);
+            let default = key.default_value();
+            let mut config = Config::default();
+            config.set(key.name, &default).expect(key.name);
+            assert_eq!((key.show)(&config), default, "{}", key.name);
+        }
+    }
+
+    /// A value a key refuses, from a flag (`check`) or the environment and file (`load`) alike,
+    /// is refused naming the key, the value and the words the table documents.
+    #[test]
+    fn every_key_refuses_garbage_in_the_words_it_documents() {
+        for key in KEYS {
+            let err = key.check("#garbage").expect_err(key.name);
+            assert!(err.contains(key.accepts), "{}: {err}", key.name);
+            let env = |name: &str| (name == key.name).then(|| "#garbage".to_owned());
+            let err = Config::load(None, env).expect_err(key.name).to_string();
+            assert!(err.contains(&format!("{}=#garbage", key.name)), "{err}");
+            assert!(err.contains(key.accepts), "{err}");
+        }
+    }
+
+    #[test]
+    fn numa_settings_become_the_numa_options() {
+        let env = |key: &str| match key {
+            "OPDBUS_CACHE_MEMORY_POLICY" => Some("interleaved".to_owned()),
+            "OPDBUS_CACHE_PLACEMENT" => Some("round_robin".to_owned()),
+            "OPDBUS_NUMA_SYSFS_ROOT" => Some("/fake/node".to_owned()),
+            "OPDBUS_BLOCKCHAIN_DIR" => Some("/chain".to_owned()),
+            _ => None,
+        };
+        let options = Config::load(None, env)
+            .expect("valid")
+            .numa_options()
+            .expect("on");
+        assert_eq!(options.memory_policy, MemoryPolicy::Interleaved);
+        assert_eq!(options.placement, CachePlacement::RoundRobin);
+        assert_eq!(options.sysfs_node_root, Path::new("/fake/node"));
+        assert_eq!(
+            options.sysfs_block_root,
+            Path::new(crate::numa::DEFAULT_SYSFS_BLOCK_ROOT)
+        );
+        assert_eq!(options.chain_dir, Path::new("/chain"));
+        let env = |key: &str| (key == "OPDBUS_NUMA").then(|| "off".to_owned());
+        assert!(Config::load(None, env)
+            .expect("valid")
+            .numa_options()
+            .is_none());
     }
 
     #[test]
     fn every_key_is_compared_for_reload() {
         let config = Config::default();
-        for (key, default) in KEYS {
-            assert!(
-                config.value_of(key).is_some(),
-                "{key} is missing from Config::value_of, so SIGHUP would never report it"
-            );
+        for key in KEYS {
             let mut changed = config.clone();
-            let other = match *key {
+            let other = match key.name {
                 "OPDBUS_BUS" => "session",
                 "OPDBUS_LOG" => "debug",
                 "OPDBUS_NUMA" | "OPDBUS_CACHE_PREDICT" => "off",
@@ -752,9 +821,19 @@ mod tests {
                 k if k.starts_with("OPDBUS_RETAIN_") => "9",
                 _ => "131072",
             };
-            changed.set(key, other).expect(key);
-            assert_ne!(*default, other, "{key}: the test must change the value");
-            assert_eq!(config.changed_keys(&changed), [*key], "{key}={other}");
+            changed.set(key.name, other).expect(key.name);
+            assert_ne!(
+                key.default_value(),
+                other,
+                "{}: the test must change the value",
+                key.name
+            );
+            let names: Vec<&str> = config
+                .changed_keys(&changed)
+                .iter()
+                .map(|k| k.name)
+                .collect();
+            assert_eq!(names, [key.name], "{}={other}", key.name);
         }
     }
 

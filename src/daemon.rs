@@ -128,12 +128,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
 
     let bus = config.bus.to_string();
-    let builder = match &config.bus {
-        BusChoice::System => zbus::connection::Builder::system(),
-        BusChoice::Session => zbus::connection::Builder::session(),
-        BusChoice::Address(address) => zbus::connection::Builder::address(address.as_str()),
-    }
-    .map_err(|source| DaemonError::Connect {
+    let builder = bus_builder(&config.bus).map_err(|source| DaemonError::Connect {
         bus: bus.clone(),
         source,
     })?;
@@ -257,6 +252,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
+/// A connection to `bus`, not yet built (the daemon adds its object and name; a client builds it
+/// as it is).
+pub fn bus_builder(bus: &BusChoice) -> zbus::Result<zbus::connection::Builder<'static>> {
+    match bus {
+        BusChoice::System => zbus::connection::Builder::system(),
+        BusChoice::Session => zbus::connection::Builder::session(),
+        BusChoice::Address(address) => zbus::connection::Builder::address(address.as_str()),
+    }
+}
+
 /// Returns once every message the bus sent us before this call has reached our connection: a
 /// call to the bus driver itself (`org.freedesktop.DBus.GetId`, which every bus policy allows;
 /// a `Peer.Ping` to ourselves is refused by the system bus once we own no name). The bus
@@ -296,7 +301,6 @@ fn reload(
     running: &mut Config,
     timeline: &tokio::sync::watch::Sender<crate::snapshot::timeline::TimelineSettings>,
 ) {
-    use crate::config::RELOADABLE_KEYS;
     let Some(file) = running.file.clone() else {
         tracing::info!(
             "SIGHUP: nothing reloaded: the settings come from the environment and flags (no \
@@ -317,10 +321,12 @@ fn reload(
     for warning in &fresh.warnings {
         tracing::warn!("SIGHUP: {warning}");
     }
-    let changed = running.changed_keys(&fresh);
-    let (mut applied, restart): (Vec<&str>, Vec<&str>) = changed
-        .iter()
-        .partition(|key| RELOADABLE_KEYS.contains(key));
+    let (applied, restart): (Vec<_>, Vec<_>) = running
+        .changed_keys(&fresh)
+        .into_iter()
+        .partition(|key| key.reload);
+    let mut applied: Vec<&str> = applied.iter().map(|key| key.name).collect();
+    let restart: Vec<&str> = restart.iter().map(|key| key.name).collect();
     // Config::load checked OPDBUS_LOG strictly, so this only fails on an internal error; the
     // filter is built now and swapped in after the summary line, which the running filter (not
     // the new one, which may be `error`) decides to show.

@@ -24,7 +24,6 @@ mod tests;
 pub use binding::{BindingOutcome, CacheBinding};
 pub use options::{
     CachePlacement, MemoryPolicy, NumaOptions, DEFAULT_SYSFS_BLOCK_ROOT, DEFAULT_SYSFS_NODE_ROOT,
-    ENV_MEMORY_POLICY, ENV_PLACEMENT, ENV_SYSFS_BLOCK_ROOT, ENV_SYSFS_NODE_ROOT,
 };
 pub use sysfs::{format_cpu_list, parse_cpu_list, thread_cpus_allowed};
 

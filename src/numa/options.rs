@@ -1,65 +1,51 @@
 //! What the operator chooses: the writer's memory policy, where cache shards go, and where the
-//! per-node sysfs files live. Parsed once at start-up; an unknown word is an error that lists
-//! the accepted ones.
+//! per-node sysfs files live. The daemon's config table (`crate::config`) reads them from the
+//! operator; an unknown word is an error that lists the accepted ones.
 
 use super::NumaError;
 use serde::Serialize;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
-
-/// Environment variable choosing [`MemoryPolicy`].
-pub const ENV_MEMORY_POLICY: &str = "OPDBUS_CACHE_MEMORY_POLICY";
-/// Environment variable choosing [`CachePlacement`].
-pub const ENV_PLACEMENT: &str = "OPDBUS_CACHE_PLACEMENT";
-/// Environment variable overriding [`NumaOptions::sysfs_node_root`].
-pub const ENV_SYSFS_NODE_ROOT: &str = "OPDBUS_NUMA_SYSFS_ROOT";
-/// Environment variable overriding [`NumaOptions::sysfs_block_root`].
-pub const ENV_SYSFS_BLOCK_ROOT: &str = "OPDBUS_NUMA_SYSFS_BLOCK_ROOT";
+use strum::VariantArray;
 
 pub const DEFAULT_SYSFS_NODE_ROOT: &str = "/sys/devices/system/node";
 pub const DEFAULT_SYSFS_BLOCK_ROOT: &str = "/sys/dev/block";
 
-/// The operator's words for each variant: `as_str`, `Display`, and a `FromStr` whose error
-/// lists every accepted word (one list, so the message cannot drift from the parser).
-macro_rules! config_words {
-    ($ty:ident, $what:literal, { $($variant:ident => $word:literal),+ $(,)? }) => {
-        impl $ty {
-            pub const WORDS: &'static [&'static str] = &[$($word),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $word),+
-                }
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = NumaError;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s.trim() {
-                    $($word => Ok(Self::$variant),)+
-                    other => Err(NumaError::UnknownValue {
-                        key: $what,
-                        value: other.to_owned(),
-                        accepted: Self::WORDS.join(", "),
-                    }),
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
+/// Parses an operator's word; the error lists every accepted word (the one list strum derives
+/// from the enum, so the message cannot drift from the parser).
+fn parse_word<T>(word: &str, what: &'static str) -> Result<T, NumaError>
+where
+    T: VariantArray + Copy + Into<&'static str>,
+{
+    let name = |v: &T| -> &'static str { (*v).into() };
+    let word = word.trim();
+    T::VARIANTS
+        .iter()
+        .find(|v| name(v) == word)
+        .copied()
+        .ok_or_else(|| NumaError::UnknownValue {
+            key: what,
+            value: word.to_owned(),
+            accepted: T::VARIANTS.iter().map(name).collect::<Vec<_>>().join(", "),
+        })
 }
 
 /// The memory policy applied to the writer thread (and so to what it allocates).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum MemoryPolicy {
     /// Allocate only on the optimal node (strict: fail over to nothing else).
     Bind,
@@ -72,16 +58,35 @@ pub enum MemoryPolicy {
     Default,
 }
 
-config_words!(MemoryPolicy, "memory policy", {
-    Bind => "bind",
-    Preferred => "preferred",
-    Interleaved => "interleaved",
-    Default => "default",
-});
+impl MemoryPolicy {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl FromStr for MemoryPolicy {
+    type Err = NumaError;
+    fn from_str(word: &str) -> Result<Self, NumaError> {
+        parse_word(word, "memory policy")
+    }
+}
 
 /// Which NUMA node each cache shard's memory is placed on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum CachePlacement {
     /// Every shard on the optimal node (the writer's).
     #[default]
@@ -94,12 +99,18 @@ pub enum CachePlacement {
     Disabled,
 }
 
-config_words!(CachePlacement, "cache placement", {
-    LocalNode => "local_node",
-    RoundRobin => "round_robin",
-    MostMemory => "most_memory",
-    Disabled => "disabled",
-});
+impl CachePlacement {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl FromStr for CachePlacement {
+    type Err = NumaError;
+    fn from_str(word: &str) -> Result<Self, NumaError> {
+        parse_word(word, "cache placement")
+    }
+}
 
 /// Everything [`NumaTopology::detect`](super::NumaTopology::detect) needs to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,51 +134,5 @@ impl Default for NumaOptions {
             sysfs_block_root: PathBuf::from(DEFAULT_SYSFS_BLOCK_ROOT),
             chain_dir: PathBuf::from("/"),
         }
-    }
-}
-
-impl NumaOptions {
-    /// Defaults overridden by the `OPDBUS_CACHE_*` and `OPDBUS_NUMA_*` environment variables.
-    /// An unknown policy or placement is an error naming the variable and the accepted values.
-    pub fn from_env(chain_dir: &Path) -> Result<Self, NumaError> {
-        Self::from_lookup(chain_dir, |key| std::env::var(key).ok())
-    }
-
-    /// [`from_env`](Self::from_env) with the environment given as a function (for tests and
-    /// for a config layer that already merged file and environment).
-    pub fn from_lookup(
-        chain_dir: &Path,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, NumaError> {
-        let mut opts = Self {
-            chain_dir: chain_dir.to_path_buf(),
-            ..Self::default()
-        };
-        if let Some(v) = lookup(ENV_MEMORY_POLICY) {
-            opts.memory_policy = v.parse().map_err(|e| rekey(e, ENV_MEMORY_POLICY))?;
-        }
-        if let Some(v) = lookup(ENV_PLACEMENT) {
-            opts.placement = v.parse().map_err(|e| rekey(e, ENV_PLACEMENT))?;
-        }
-        if let Some(v) = lookup(ENV_SYSFS_NODE_ROOT).filter(|v| !v.is_empty()) {
-            opts.sysfs_node_root = PathBuf::from(v);
-        }
-        if let Some(v) = lookup(ENV_SYSFS_BLOCK_ROOT).filter(|v| !v.is_empty()) {
-            opts.sysfs_block_root = PathBuf::from(v);
-        }
-        Ok(opts)
-    }
-}
-
-fn rekey(err: NumaError, env_key: &'static str) -> NumaError {
-    match err {
-        NumaError::UnknownValue {
-            value, accepted, ..
-        } => NumaError::UnknownValue {
-            key: env_key,
-            value,
-            accepted,
-        },
-        other => other,
     }
 }

@@ -18,8 +18,7 @@ where
         .build()
         .map_err(|e| format!("cannot start: {e}"))?;
     runtime.block_on(async {
-        let connection = bus
-            .connect()
+        let connection = async { opdbus_blockchain::daemon::bus_builder(bus)?.build().await }
             .await
             .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
         let reply = connection
