@@ -22,7 +22,7 @@ pub const BUS_NAME: &str = "org.opdbus.Blockchain";
 /// Object path of the one object.
 pub const OBJECT_PATH: &str = "/org/opdbus/Blockchain";
 /// Remembered callers; unique names are never reused on a bus, so entries never go stale,
-/// they only accumulate: past this many the memory is cleared.
+/// they only accumulate: past this many the least recently used are forgotten.
 const CALLER_CACHE_LEN: usize = 4096;
 
 /// The errors callers see, each with a message meant for a person.
@@ -56,7 +56,7 @@ impl From<ChainError> for Error {
 /// The served object.
 pub struct BlockchainObject {
     chain: OptimizedBlockchain,
-    callers: parking_lot::Mutex<HashMap<String, Caller>>,
+    callers: quick_cache::sync::Cache<String, Caller>,
     /// uids allowed to write besides root and the daemon's own.
     writer_uids: Vec<u32>,
     /// AddFootprint calls whose reply has not been sent yet.
@@ -69,7 +69,7 @@ impl BlockchainObject {
     pub fn new(chain: OptimizedBlockchain, writer_uids: Vec<u32>) -> Self {
         BlockchainObject {
             chain,
-            callers: parking_lot::Mutex::new(HashMap::new()),
+            callers: quick_cache::sync::Cache::new(CALLER_CACHE_LEN),
             writer_uids,
             in_flight: InFlight::default(),
             expensive: ExpensiveCalls::default(),
@@ -87,15 +87,11 @@ impl BlockchainObject {
             // Peer-to-peer connections have no bus to ask; the peer is whoever connected.
             return Ok(Caller::default());
         };
-        if let Some(caller) = self.callers.lock().get(sender.as_str()) {
-            return Ok(caller.clone());
+        if let Some(caller) = self.callers.get(sender.as_str()) {
+            return Ok(caller);
         }
         let caller = ask_bus(connection, sender).await?;
-        let mut callers = self.callers.lock();
-        if callers.len() >= CALLER_CACHE_LEN {
-            callers.clear();
-        }
-        callers.insert(sender.to_string(), caller.clone());
+        self.callers.insert(sender.to_string(), caller.clone());
         Ok(caller)
     }
 

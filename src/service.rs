@@ -324,8 +324,7 @@ pub struct OptimizedBlockchain {
     vectors: Arc<VectorIndex>,
     cache: BlockCache,
     feed: Arc<CacheFeed>,
-    /// Learns read patterns; `None` when prediction is off. Heights' hashes are remembered
-    /// either way.
+    /// Learns read patterns (and is told of reads even when prediction is off).
     predictor: Arc<Predictor>,
     predict: bool,
 }
@@ -487,7 +486,7 @@ impl OptimizedBlockchain {
     /// [`OptimizedBlockchain::get_block_by_height`] on behalf of `reader`. Served from the
     /// cache when the height's hash is known (read or pre-loaded before), else from the chain.
     pub async fn get_block_by_height_as(&self, reader: &str, height: u64) -> Result<Option<Block>> {
-        let block = match self.predictor.hash_at(height) {
+        let block = match self.chain.reader().hash_at(height) {
             Some(hash) => self.lookup(&hash).await?,
             None => {
                 let block = self.chain.get_block_by_height(height).await?;
@@ -505,15 +504,15 @@ impl OptimizedBlockchain {
 
     /// Learns from a read and pre-loads the predicted blocks in the background.
     fn after_read(&self, reader: &str, block: &Block) {
-        self.predictor.remember(block.height, block.hash);
         let mut predicted = self.predictor.record(reader, block.height);
         if !self.predict {
             return;
         }
         // Most predictions are in RAM already (a reader going over the same blocks again):
         // only the others are worth a trip to the blocking pool.
+        let reader = self.chain.reader();
         let hot = |height: u64| {
-            self.predictor
+            reader
                 .hash_at(height)
                 .is_some_and(|h| self.cache.is_hot(&h))
         };
@@ -521,15 +520,10 @@ impl OptimizedBlockchain {
         if predicted.is_empty() {
             return;
         }
-        let (chain, cache, predictor) = (
-            self.chain.reader().clone(),
-            self.cache.clone(),
-            Arc::clone(&self.predictor),
-        );
+        let (chain, cache) = (reader.clone(), self.cache.clone());
         tokio::task::spawn_blocking(move || {
             for height in predicted {
                 if let Ok(Some(block)) = chain.block_at(height) {
-                    predictor.remember(height, block.hash);
                     cache.insert_hot(Arc::new(block));
                 }
             }

@@ -91,6 +91,8 @@ struct Segment {
 #[derive(Default)]
 struct Index {
     locations: Vec<Location>,
+    /// Block hash by height: reads by height use the hash-keyed cache, the index file needs it.
+    hashes: Vec<Hash>,
     hashes_by_prefix: HashMap<u64, u64>,
     /// Heights whose hash prefix was already taken by another block (practically never used).
     collisions: HashMap<Hash, u64>,
@@ -108,6 +110,8 @@ impl Index {
     }
 
     fn insert_hash(&mut self, hash: &Hash, height: u64) {
+        debug_assert_eq!(self.hashes.len() as u64, height);
+        self.hashes.push(*hash);
         match self.hashes_by_prefix.entry(hash_prefix(hash)) {
             Entry::Vacant(slot) => {
                 slot.insert(height);
@@ -499,20 +503,9 @@ fn rewrite_index(shared: &Shared, trusted: usize) -> Option<File> {
         let index = shared.index.read();
         let segments = shared.segments.read();
         let mut buf = Vec::new();
-        for height in trusted..index.locations.len() {
-            let location = index.locations[height];
-            let block = read_record(
-                &segments[location.segment as usize].file,
-                &location,
-                height as u64,
-            )
-            .map_err(std::io::Error::other)?;
-            encode_index_entry(
-                &block.hash,
-                segments[location.segment as usize].first_height,
-                &location,
-                &mut buf,
-            );
+        for (location, hash) in index.locations.iter().zip(&index.hashes).skip(trusted) {
+            let first = segments[location.segment as usize].first_height;
+            encode_index_entry(hash, first, location, &mut buf);
         }
         file.write_all_at(&buf, (HEADER_LEN + trusted * INDEX_ENTRY_LEN) as u64)?;
         Ok(file)
@@ -585,6 +578,16 @@ impl ChainReader {
             )
         };
         read_record(&segment.file, &location, height).map(Some)
+    }
+
+    /// The hash of the durable block at `height`; `None` past the head.
+    pub fn hash_at(&self, height: u64) -> Option<Hash> {
+        self.shared
+            .index
+            .read()
+            .hashes
+            .get(height as usize)
+            .copied()
     }
 
     /// The height of the block with `hash`, if the chain holds it.
