@@ -5,10 +5,10 @@
 //! the reply has been sent.
 
 use crate::cache::StatValue;
-use crate::chain::block::{parse_hash, Block, Caller};
+use crate::chain::block::{parse_hash, Caller, EncodedBlock};
 use crate::chain::error::ChainError;
 use crate::footprint::PluginFootprint;
-use crate::service::OptimizedBlockchain;
+use crate::service::{OptimizedBlockchain, ServiceError};
 use std::collections::HashMap;
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
@@ -44,10 +44,15 @@ pub enum Error {
     LimitsExceeded(String),
 }
 
-impl From<ChainError> for Error {
-    fn from(err: ChainError) -> Self {
+/// The one mapping from the core's errors to the names callers see: the footprint refused is
+/// their mistake, everything else is the store's (disk full, latched, I/O, corruption, a
+/// blocking task lost).
+impl From<ServiceError> for Error {
+    fn from(err: ServiceError) -> Self {
         match err {
-            ChainError::InvalidFootprint(message) => Error::InvalidArgument(message),
+            ServiceError::Chain(ChainError::InvalidFootprint(message)) => {
+                Error::InvalidArgument(message)
+            }
             other => Error::StorageFailure(other.to_string()),
         }
     }
@@ -241,7 +246,7 @@ impl BlockchainObject {
             .await
             .inspect_err(|err| match err {
                 // The caller's mistake, answered with InvalidArgument: not the operator's concern.
-                ChainError::InvalidFootprint(_) => {
+                ServiceError::Chain(ChainError::InvalidFootprint(_)) => {
                     tracing::debug!(PLUGIN = %plugin, OPERATION = %operation, %err, "footprint refused")
                 }
                 _ => tracing::warn!(
@@ -452,7 +457,7 @@ impl Type for SentWithReply {
     const SIGNATURE: &'static Signature = String::SIGNATURE;
 }
 
-async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &Block) {
+async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &EncodedBlock) {
     if let Err(err) = BlockchainObject::block_added(
         emitter,
         block.height,

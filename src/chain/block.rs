@@ -22,6 +22,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// Version byte at the start of every block encoding.
 pub const ENCODING_VERSION: u8 = 1;
@@ -100,7 +101,7 @@ impl Block {
         operation: String,
         data: String,
     ) -> Self {
-        let mut block = Block {
+        let block = Block {
             height,
             timestamp_ns,
             prev_hash,
@@ -110,10 +111,14 @@ impl Block {
             data,
             hash: ZERO_HASH,
         };
-        let mut buf = Vec::with_capacity(block.encoded_len());
-        block.encode_into(&mut buf);
-        block.hash = sha256(&buf);
-        block
+        block.sealed().0
+    }
+
+    /// The block with its hash set, and the encoding the hash was computed over.
+    fn sealed(mut self) -> (Block, Vec<u8>) {
+        let encoding = self.encode();
+        self.hash = sha256(&encoding);
+        (self, encoding)
     }
 
     /// Length of [`Block::encode`] in bytes.
@@ -251,6 +256,64 @@ impl Block {
             data,
         })
         .expect("serialising plain strings and numbers cannot fail")
+    }
+}
+
+/// A block with its canonical encoding, made once when the writer builds it and shared (`Arc`)
+/// by everything that takes a committed block: the segment record, the caller's ack, the
+/// commit hook (cache), the `BlockAdded` signal.
+#[derive(Debug)]
+pub struct EncodedBlock {
+    /// Shared with the cache's hot tier.
+    pub block: Arc<Block>,
+    /// [`Block::encode`] of `block`; its SHA-256 is `block.hash`.
+    pub encoding: Box<[u8]>,
+}
+
+impl EncodedBlock {
+    /// Builds a block, encoding it once for its hash and for everything after.
+    pub fn new(
+        height: u64,
+        timestamp_ns: u64,
+        prev_hash: Hash,
+        caller: Caller,
+        plugin: String,
+        operation: String,
+        data: String,
+    ) -> Self {
+        let (block, encoding) = Block {
+            height,
+            timestamp_ns,
+            prev_hash,
+            caller,
+            plugin,
+            operation,
+            data,
+            hash: ZERO_HASH,
+        }
+        .sealed();
+        EncodedBlock {
+            block: Arc::new(block),
+            encoding: encoding.into_boxed_slice(),
+        }
+    }
+}
+
+impl From<Block> for EncodedBlock {
+    /// Encodes a block that was built or read elsewhere.
+    fn from(block: Block) -> Self {
+        let encoding = block.encode().into_boxed_slice();
+        EncodedBlock {
+            block: Arc::new(block),
+            encoding,
+        }
+    }
+}
+
+impl std::ops::Deref for EncodedBlock {
+    type Target = Block;
+    fn deref(&self) -> &Block {
+        &self.block
     }
 }
 

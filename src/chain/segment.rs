@@ -23,7 +23,7 @@
 //! some of its newest sectors did not): when such a run starts inside a record's trailer, the
 //! record is torn if everything before the run matches the record's own hash and marker.
 
-use super::block::{Block, Hash};
+use super::block::{Block, EncodedBlock, Hash};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"OPDBSEG\0";
@@ -103,7 +103,7 @@ pub fn check_header(bytes: &[u8], first_height: u64) -> Result<ChainId, String> 
     Ok(bytes[24..40].try_into().expect("16 bytes"))
 }
 
-/// Appends the record for `block` (whose encoding is `encoding`) to `out`.
+/// Appends the record for `block` to `out`.
 pub fn encode_record(block: &Block, out: &mut Vec<u8>) {
     let len = block.encoded_len() as u32;
     out.extend_from_slice(&len.to_le_bytes());
@@ -111,6 +111,16 @@ pub fn encode_record(block: &Block, out: &mut Vec<u8>) {
     let start = out.len();
     block.encode_into(out);
     debug_assert_eq!(out.len() - start, len as usize);
+    out.extend_from_slice(&block.hash);
+    out.extend_from_slice(END_MARKER);
+}
+
+/// As [`encode_record`], from the encoding made when the block was built (no second encoding).
+pub fn encode_record_of(block: &EncodedBlock, out: &mut Vec<u8>) {
+    let len = block.encoding.len() as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(len ^ u32::MAX).to_le_bytes());
+    out.extend_from_slice(&block.encoding);
     out.extend_from_slice(&block.hash);
     out.extend_from_slice(END_MARKER);
 }

@@ -26,7 +26,7 @@
 //! (structure, and its last entry against the segment) and rebuilt from the segments when it
 //! does not check out.
 
-use super::block::{hash_prefix, Block, Caller, Hash, ZERO_HASH};
+use super::block::{hash_prefix, Block, Caller, EncodedBlock, Hash, ZERO_HASH};
 use super::error::{ChainError, Result};
 use super::io::{RealIo, SegmentFile, SharedIo};
 use super::scan::{self, GENESIS_OPERATION, GENESIS_PLUGIN};
@@ -613,7 +613,8 @@ impl ChainReader {
 }
 
 impl ChainWriter {
-    /// Appends one block per footprint, in order, and returns them once they are durable.
+    /// Appends one block per footprint, in order, and returns them once they are durable, each
+    /// encoded once (the record written is made from that encoding).
     /// On error nothing of the batch is visible and the chain is as before.
     ///
     /// The segment size is checked per record: when the next record would take the active
@@ -622,7 +623,10 @@ impl ChainWriter {
     /// and synced in order, a new segment's header before its records, so a crash leaves a
     /// prefix of the batch (never acknowledged) followed at most by a torn record or an
     /// interrupted creation, which recovery accepts.
-    pub fn append(&mut self, items: &[(PluginFootprint, Caller)]) -> Result<Vec<Block>> {
+    pub fn append(
+        &mut self,
+        items: &[(PluginFootprint, Caller)],
+    ) -> Result<Vec<Arc<EncodedBlock>>> {
         if let Some(reason) = &self.latched {
             return Err(ChainError::Latched(reason.clone()));
         }
@@ -658,7 +662,7 @@ impl ChainWriter {
         for (i, (footprint, caller)) in items.iter().enumerate() {
             // Time never runs backwards along the chain, even when the clock does.
             timestamp = timestamp.max(now_ns());
-            let block = Block::new(
+            let block = EncodedBlock::new(
                 head_height + 1 + i as u64,
                 timestamp,
                 prev_hash,
@@ -668,7 +672,7 @@ impl ChainWriter {
                 footprint.data_json().to_owned(),
             );
             let before = buf.len();
-            segment::encode_record(&block, &mut buf);
+            segment::encode_record_of(&block, &mut buf);
             let len = (buf.len() - before) as u64;
             if segment_len > HEADER_LEN as u64 && segment_len + len > self.options.segment_bytes {
                 parts.push(i);
@@ -677,7 +681,7 @@ impl ChainWriter {
             segment_len += len;
             lengths.push(len as u32);
             prev_hash = block.hash;
-            blocks.push(block);
+            blocks.push(Arc::new(block));
         }
         let new_segments = self.write_parts(&buf, &blocks, &lengths, &parts)?;
         self.publish(&blocks, &lengths, &parts, new_segments);
@@ -689,7 +693,7 @@ impl ChainWriter {
     fn write_parts(
         &mut self,
         buf: &[u8],
-        blocks: &[Block],
+        blocks: &[Arc<EncodedBlock>],
         lengths: &[u32],
         parts: &[usize],
     ) -> Result<Vec<NewSegment>> {
@@ -785,7 +789,7 @@ impl ChainWriter {
     /// Makes a durable batch visible: its new segments, then its index entries.
     fn publish(
         &mut self,
-        blocks: &[Block],
+        blocks: &[Arc<EncodedBlock>],
         lengths: &[u32],
         parts: &[usize],
         new_segments: Vec<NewSegment>,

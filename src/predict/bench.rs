@@ -9,8 +9,8 @@
 
 use crate::cache::{hot_weight, CacheOptions};
 use crate::chain::block::Hash;
-use crate::chain::error::Result;
 use crate::corpus::{self, SplitMix64};
+use crate::service::Result;
 use crate::service::{ChainOptions, OptimizedBlockchain};
 use std::path::Path;
 use std::time::Duration;
@@ -136,7 +136,7 @@ async fn replay(chain: &OptimizedBlockchain, sessions: &[Vec<Hash>]) -> Result<(
                     chain.get_block_as(&reader, &hex::encode(hash)).await?;
                     tokio::time::sleep(Duration::from_micros(300)).await;
                 }
-                Ok::<_, crate::chain::error::ChainError>(())
+                Ok::<_, crate::service::ServiceError>(())
             }
         });
         let tasks: Vec<_> = reads.map(tokio::spawn).collect();
