@@ -408,21 +408,48 @@ fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
 /// Hash and location of each block the index file holds, by height.
 type IndexEntries = Vec<(Hash, Location)>;
 
+/// Why the index file is not trusted (it is then rebuilt from the segments).
+#[derive(Debug, thiserror::Error)]
+enum IndexUnusable {
+    #[error("reading {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the first segment's {0}")]
+    SegmentHeader(#[from] segment::HeaderError),
+    #[error("bad index header")]
+    Header,
+    #[error("entry {0} names an unexpected segment")]
+    Segment(u64),
+    #[error("entry {0} is not contiguous with the one before")]
+    NotContiguous(u64),
+    #[error("entry {0} does not match its record")]
+    Mismatch(u64),
+    #[error(transparent)]
+    Record(#[from] ChainError),
+}
+
 /// Reads and checks the index file against the segments `listed`; returns its entries and
 /// where a scan continues after them. `Err` says why it cannot be trusted.
 fn load_index(
     dir: &Path,
     listed: &[(u64, PathBuf)],
-) -> std::result::Result<(IndexEntries, Option<scan::Resume>), String> {
+) -> std::result::Result<(IndexEntries, Option<scan::Resume>), IndexUnusable> {
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IndexUnusable::Read { path, source }
+    };
     let (first, first_path) = &listed[0];
     let mut header = [0u8; HEADER_LEN];
     crate::files::open_read(first_path)
         .and_then(|f| f.read_exact_at(&mut header, 0))
-        .map_err(|e| format!("reading {}: {e}", first_path.display()))?;
+        .map_err(read_err(first_path))?;
     let chain_id = segment::check_header(&header, *first)?;
-    let bytes = crate::files::read(&dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
+    let index_path = dir.join(INDEX_FILE);
+    let bytes = crate::files::read(&index_path).map_err(read_err(&index_path))?;
     if bytes.len() < HEADER_LEN || &bytes[..8] != INDEX_MAGIC || bytes[24..40] != chain_id[..] {
-        return Err("bad index header".into());
+        return Err(IndexUnusable::Header);
     }
     let mut entries = Vec::with_capacity((bytes.len() - HEADER_LEN) / INDEX_ENTRY_LEN);
     let mut seg_i = 0usize;
@@ -440,13 +467,11 @@ fn load_index(
             seg_i += 1;
             next_offset = HEADER_LEN as u64;
             if listed.get(seg_i).map(|s| s.0) != Some(first) || first != height {
-                return Err(format!("entry {height} names an unexpected segment"));
+                return Err(IndexUnusable::Segment(height));
             }
         }
         if offset != next_offset || (len as usize) < segment::record_len(0) {
-            return Err(format!(
-                "entry {height} is not contiguous with the one before"
-            ));
+            return Err(IndexUnusable::NotContiguous(height));
         }
         next_offset = offset + len as u64;
         entries.push((
@@ -463,11 +488,10 @@ fn load_index(
     };
     let height = entries.len() as u64 - 1;
     let path = &listed[location.segment as usize].1;
-    let file =
-        crate::files::open_read(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let block = read_record(&file, location, height).map_err(|e| e.to_string())?;
+    let file = crate::files::open_read(path).map_err(read_err(path))?;
+    let block = read_record(&file, location, height)?;
     if &block.hash != hash {
-        return Err(format!("entry {height} does not match its record"));
+        return Err(IndexUnusable::Mismatch(height));
     }
     let resume = scan::Resume {
         segment: location.segment as usize,
@@ -540,7 +564,10 @@ fn read_record(file: &File, location: &Location, height: u64) -> Result<Block> {
             height,
             reason: format!("record holds height {}", block.height),
         }),
-        Parsed::Damaged(reason) => Err(ChainError::Corrupted { height, reason }),
+        Parsed::Damaged(reason) => Err(ChainError::Corrupted {
+            height,
+            reason: reason.to_string(),
+        }),
         Parsed::Torn => Err(ChainError::Corrupted {
             height,
             reason: "its record is incomplete".into(),
