@@ -6,7 +6,6 @@
 
 use crate::cache::StatValue;
 use crate::chain::block::{parse_hash, Caller, EncodedBlock};
-use crate::chain::error::ChainError;
 use crate::footprint::PluginFootprint;
 use crate::service::{OptimizedBlockchain, ServiceError};
 use std::collections::HashMap;
@@ -50,9 +49,7 @@ pub enum Error {
 impl From<ServiceError> for Error {
     fn from(err: ServiceError) -> Self {
         match err {
-            ServiceError::Chain(ChainError::InvalidFootprint(message)) => {
-                Error::InvalidArgument(message)
-            }
+            ServiceError::InvalidFootprint(refused) => Error::InvalidArgument(refused.to_string()),
             other => Error::StorageFailure(other.to_string()),
         }
     }
@@ -246,7 +243,7 @@ impl BlockchainObject {
             .await
             .inspect_err(|err| match err {
                 // The caller's mistake, answered with InvalidArgument: not the operator's concern.
-                ServiceError::Chain(ChainError::InvalidFootprint(_)) => {
+                ServiceError::InvalidFootprint(_) => {
                     tracing::debug!(PLUGIN = %plugin, OPERATION = %operation, %err, "footprint refused")
                 }
                 _ => tracing::warn!(

@@ -10,7 +10,7 @@ use crate::chain::error::ChainError;
 use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
 use crate::chain::verify::{self, VerifyReport};
 use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard, WriterDown};
-use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
+use crate::footprint::{FootprintError, PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
 use crate::predict::Predictor;
 use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
@@ -24,6 +24,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// Why a call into the service failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The footprint was refused before it reached the chain; nothing was written.
+    #[error(transparent)]
+    InvalidFootprint(#[from] FootprintError),
     /// The chain refused or failed; its variants say which.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -169,9 +172,7 @@ impl StreamingBlockchain {
         footprint: PluginFootprint,
         caller: Caller,
     ) -> Result<Arc<EncodedBlock>> {
-        footprint
-            .validate(self.inner.max_data_bytes)
-            .map_err(|e| ChainError::InvalidFootprint(e.to_string()))?;
+        footprint.validate(self.inner.max_data_bytes)?;
         Ok(self.inner.commit.commit(footprint, caller).await?)
     }
 

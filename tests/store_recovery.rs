@@ -411,10 +411,7 @@ async fn library_refuses_invalid_footprints_before_the_writer() {
         ))
         .await
         .expect_err("too large");
-    assert!(
-        matches!(err, ServiceError::Chain(ChainError::InvalidFootprint(_))),
-        "{err}"
-    );
+    assert!(matches!(err, ServiceError::InvalidFootprint(_)), "{err}");
     assert_eq!(chain.head().0, 0);
 }
 

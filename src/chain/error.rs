@@ -25,9 +25,6 @@ pub enum ChainError {
     /// Another process holds the chain directory.
     #[error("chain directory {0} is in use by another process")]
     InUse(PathBuf),
-    /// The footprint was refused before it reached the store.
-    #[error("{0}")]
-    InvalidFootprint(String),
     /// The writer has shut down.
     #[error("the chain writer has stopped")]
     Closed,
@@ -64,7 +61,6 @@ impl ChainError {
                 reason: reason.clone(),
             },
             ChainError::InUse(p) => ChainError::InUse(p.clone()),
-            ChainError::InvalidFootprint(m) => ChainError::InvalidFootprint(m.clone()),
             ChainError::Closed => ChainError::Closed,
         }
     }
