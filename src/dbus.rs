@@ -403,7 +403,7 @@ impl BlockchainObject {
             .chain
             .create_unified_snapshot()
             .await
-            .map_err(|e| Error::StorageFailure(format!("snapshot failed: {e}")))?;
+            .map_err(ServiceError::from)?;
         Ok(paths
             .into_iter()
             .map(|p| p.to_string_lossy().into_owned())

@@ -48,6 +48,9 @@ pub enum ServiceError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A unified snapshot could not be taken.
+    #[error("snapshot failed: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// A verify run ended without a report (the runtime is shutting down).
     #[error("verifying: the run was stopped before it ended")]
     VerifyStopped,
