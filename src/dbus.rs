@@ -578,6 +578,26 @@ impl Drop for ExpensiveCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::error::ChainError;
+
+    #[test]
+    fn service_errors_map_to_the_documented_names_with_their_text() {
+        let refused = crate::footprint::FootprintError::EmptyName { field: "plugin" };
+        let text = refused.to_string();
+        match Error::from(ServiceError::from(refused)) {
+            Error::InvalidArgument(message) => assert_eq!(message, text),
+            other => panic!("{other:?}"),
+        }
+        let full = ServiceError::from(ChainError::NoSpace("appending: ENOSPC".into()));
+        let text = full.to_string();
+        match Error::from(full) {
+            Error::StorageFailure(message) => {
+                assert_eq!(message, text);
+                assert!(message.starts_with("no space left"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn expensive_calls_are_limited_per_caller_and_in_all() {

@@ -139,6 +139,23 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_reader_is_remembered_while_many_one_off_readers_come_and_go() {
+        let p = Predictor::new();
+        p.record("auditor", 100);
+        p.record("auditor", 101);
+        for i in 0..(MAX_READERS * 4) {
+            p.record(&format!("one-off-{i}"), 5);
+            if i % 64 == 0 {
+                // Seen twice, the auditor outlives readers seen once (the old clear-half-when-
+                // full map dropped it after MAX_READERS of them).
+                let state = p.state.lock();
+                assert!(state.readers.peek("auditor").is_some(), "after {i}");
+            }
+        }
+        assert_eq!(p.record("auditor", 102), vec![103, 104, 105, 106]);
+    }
+
+    #[test]
     fn memory_stays_bounded() {
         let p = Predictor::new();
         for h in 0..(MAX_SUCCESSORS as u64 * 3) {
