@@ -654,6 +654,15 @@ impl ChainWriter {
         &mut self,
         items: &[(PluginFootprint, Caller)],
     ) -> Result<Vec<Arc<EncodedBlock>>> {
+        self.append_owned(items.to_vec())
+    }
+
+    /// [`ChainWriter::append`] of footprints the caller gives up: their strings move into the
+    /// blocks (the group-commit writer's path).
+    pub fn append_owned(
+        &mut self,
+        items: Vec<(PluginFootprint, Caller)>,
+    ) -> Result<Vec<Arc<EncodedBlock>>> {
         if let Some(reason) = &self.latched {
             return Err(ChainError::Latched(reason.clone()));
         }
@@ -686,17 +695,21 @@ impl ChainWriter {
         // empty), then one per new segment.
         let mut parts = vec![0usize];
         let mut segment_len = self.active_len;
-        for (i, (footprint, caller)) in items.iter().enumerate() {
+        for (i, (mut footprint, caller)) in items.into_iter().enumerate() {
             // Time never runs backwards along the chain, even when the clock does.
             timestamp = timestamp.max(now_ns());
+            let (plugin, operation) = (
+                std::mem::take(&mut footprint.plugin_id),
+                std::mem::take(&mut footprint.operation),
+            );
             let block = EncodedBlock::new(
                 head_height + 1 + i as u64,
                 timestamp,
                 prev_hash,
-                caller.clone(),
-                footprint.plugin_id.clone(),
-                footprint.operation.clone(),
-                footprint.data_json().to_owned(),
+                caller,
+                plugin,
+                operation,
+                footprint.into_data_json(),
             );
             let before = buf.len();
             segment::encode_record_of(&block, &mut buf);

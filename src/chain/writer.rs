@@ -353,7 +353,8 @@ fn commit_batch(
     counters: &CommitCounters,
     hooks: &Hooks<'_>,
 ) {
-    match writer.append(entries) {
+    let footprints = entries.len() as u64;
+    match writer.append_owned(std::mem::take(entries)) {
         Ok(blocks) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             counters
@@ -370,10 +371,8 @@ fn commit_batch(
             }
         }
         Err(err) => {
-            counters
-                .failed
-                .fetch_add(entries.len() as u64, Ordering::Relaxed);
-            tracing::warn!(%err, footprints = entries.len(), "a batch failed to commit");
+            counters.failed.fetch_add(footprints, Ordering::Relaxed);
+            tracing::warn!(%err, footprints, "a batch failed to commit");
             if let Some(reason) = writer.latched() {
                 (hooks.on_latch)(reason);
             }
