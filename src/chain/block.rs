@@ -101,7 +101,7 @@ impl Block {
         operation: String,
         data: String,
     ) -> Self {
-        let block = Block {
+        let mut block = Block {
             height,
             timestamp_ns,
             prev_hash,
@@ -111,14 +111,8 @@ impl Block {
             data,
             hash: ZERO_HASH,
         };
-        block.sealed().0
-    }
-
-    /// The block with its hash set, and the encoding the hash was computed over.
-    fn sealed(mut self) -> (Block, Vec<u8>) {
-        let encoding = self.encode();
-        self.hash = sha256(&encoding);
-        (self, encoding)
+        block.hash = sha256(&block.encode());
+        block
     }
 
     /// Length of [`Block::encode`] in bytes.
@@ -271,27 +265,10 @@ pub struct EncodedBlock {
 }
 
 impl EncodedBlock {
-    /// Builds a block, encoding it once for its hash and for everything after.
-    pub fn new(
-        height: u64,
-        timestamp_ns: u64,
-        prev_hash: Hash,
-        caller: Caller,
-        plugin: String,
-        operation: String,
-        data: String,
-    ) -> Self {
-        let (block, encoding) = Block {
-            height,
-            timestamp_ns,
-            prev_hash,
-            caller,
-            plugin,
-            operation,
-            data,
-            hash: ZERO_HASH,
-        }
-        .sealed();
+    /// Encodes `block` once, sets its hash from that encoding and keeps both.
+    pub fn seal(mut block: Block) -> Self {
+        let encoding = block.encode();
+        block.hash = sha256(&encoding);
         EncodedBlock {
             block: Arc::new(block),
             encoding: encoding.into_boxed_slice(),

@@ -702,15 +702,16 @@ impl ChainWriter {
                 std::mem::take(&mut footprint.plugin_id),
                 std::mem::take(&mut footprint.operation),
             );
-            let block = EncodedBlock::new(
-                head_height + 1 + i as u64,
-                timestamp,
+            let block = EncodedBlock::seal(Block {
+                height: head_height + 1 + i as u64,
+                timestamp_ns: timestamp,
                 prev_hash,
                 caller,
                 plugin,
                 operation,
-                footprint.into_data_json(),
-            );
+                data: footprint.into_data_json(),
+                hash: ZERO_HASH,
+            });
             let before = buf.len();
             segment::encode_record_of(&block, &mut buf);
             let len = (buf.len() - before) as u64;
