@@ -257,7 +257,7 @@ impl StreamingBlockchain {
         };
         match ended.as_deref() {
             Some(Ok(report)) => Ok(report.clone()),
-            Some(Err(err)) => Err(err.duplicate().into()),
+            Some(Err(err)) => Err(err.clone().into()),
             None => Err(ServiceError::VerifyStopped),
         }
     }

@@ -380,7 +380,7 @@ fn commit_batch(
             for reply in replies.drain(..) {
                 match reply {
                     Some(reply) => {
-                        let _ = reply.send(Err(err.duplicate()));
+                        let _ = reply.send(Err(err.clone()));
                     }
                     None => unanswered += 1,
                 }
