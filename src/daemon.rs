@@ -14,7 +14,6 @@
 //! writer is healthy (thread alive, store not latched), so a latched store gets the daemon
 //! restarted and recovered from disk; `STOPPING=1` when a stop signal arrives.
 
-use crate::chain::error::ChainError;
 use crate::config::{BusChoice, Config};
 use crate::dbus::{BlockchainObject, BUS_NAME, OBJECT_PATH};
 use crate::service::{ChainOptions, OptimizedBlockchain};
@@ -28,7 +27,7 @@ pub enum DaemonError {
     Chain {
         dir: std::path::PathBuf,
         #[source]
-        source: ChainError,
+        source: crate::service::ServiceError,
     },
     #[error("cannot connect to the {bus} bus: {source}")]
     Connect { bus: String, source: zbus::Error },
@@ -408,7 +407,9 @@ async fn watch_health(chain: OptimizedBlockchain) {
     let mut watch = HealthWatch::new(watchdog);
     loop {
         ticks.tick().await;
-        let tick = watch.tick(chain.writer_health(), || status_line(&chain));
+        let tick = watch.tick(chain.writer_health().map_err(|e| e.to_string()), || {
+            status_line(&chain)
+        });
         if tick.ping {
             notify(&[NotifyState::Watchdog]);
         }

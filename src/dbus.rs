@@ -4,10 +4,9 @@
 //! payload), call the core, map its errors to typed D-Bus errors, and emit `BlockAdded` once
 //! the reply has been sent.
 
-use crate::chain::block::{parse_hash, Block, Caller};
-use crate::chain::error::ChainError;
+use crate::chain::block::{parse_hash, Caller, EncodedBlock};
 use crate::footprint::PluginFootprint;
-use crate::service::OptimizedBlockchain;
+use crate::service::{OptimizedBlockchain, ServiceError};
 use std::collections::HashMap;
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
@@ -21,7 +20,7 @@ pub const BUS_NAME: &str = "org.opdbus.Blockchain";
 /// Object path of the one object.
 pub const OBJECT_PATH: &str = "/org/opdbus/Blockchain";
 /// Remembered callers; unique names are never reused on a bus, so entries never go stale,
-/// they only accumulate: past this many the memory is cleared.
+/// they only accumulate: past this many the least recently used are forgotten.
 const CALLER_CACHE_LEN: usize = 4096;
 
 /// The errors callers see, each with a message meant for a person.
@@ -43,10 +42,13 @@ pub enum Error {
     LimitsExceeded(String),
 }
 
-impl From<ChainError> for Error {
-    fn from(err: ChainError) -> Self {
+/// The one mapping from the core's errors to the names callers see: the footprint refused is
+/// their mistake, everything else is the store's (disk full, latched, I/O, corruption, a
+/// blocking task lost).
+impl From<ServiceError> for Error {
+    fn from(err: ServiceError) -> Self {
         match err {
-            ChainError::InvalidFootprint(message) => Error::InvalidArgument(message),
+            ServiceError::InvalidFootprint(refused) => Error::InvalidArgument(refused.to_string()),
             other => Error::StorageFailure(other.to_string()),
         }
     }
@@ -55,7 +57,7 @@ impl From<ChainError> for Error {
 /// The served object.
 pub struct BlockchainObject {
     chain: OptimizedBlockchain,
-    callers: parking_lot::Mutex<HashMap<String, Caller>>,
+    callers: quick_cache::sync::Cache<String, Caller>,
     /// uids allowed to write besides root and the daemon's own.
     writer_uids: Vec<u32>,
     /// AddFootprint calls whose reply has not been sent yet.
@@ -68,7 +70,7 @@ impl BlockchainObject {
     pub fn new(chain: OptimizedBlockchain, writer_uids: Vec<u32>) -> Self {
         BlockchainObject {
             chain,
-            callers: parking_lot::Mutex::new(HashMap::new()),
+            callers: quick_cache::sync::Cache::new(CALLER_CACHE_LEN),
             writer_uids,
             in_flight: InFlight::default(),
             expensive: ExpensiveCalls::default(),
@@ -86,15 +88,11 @@ impl BlockchainObject {
             // Peer-to-peer connections have no bus to ask; the peer is whoever connected.
             return Ok(Caller::default());
         };
-        if let Some(caller) = self.callers.lock().get(sender.as_str()) {
-            return Ok(caller.clone());
+        if let Some(caller) = self.callers.get(sender.as_str()) {
+            return Ok(caller);
         }
         let caller = ask_bus(connection, sender).await?;
-        let mut callers = self.callers.lock();
-        if callers.len() >= CALLER_CACHE_LEN {
-            callers.clear();
-        }
-        callers.insert(sender.to_string(), caller.clone());
+        self.callers.insert(sender.to_string(), caller.clone());
         Ok(caller)
     }
 
@@ -245,7 +243,7 @@ impl BlockchainObject {
             .await
             .inspect_err(|err| match err {
                 // The caller's mistake, answered with InvalidArgument: not the operator's concern.
-                ChainError::InvalidFootprint(_) => {
+                ServiceError::InvalidFootprint(_) => {
                     tracing::debug!(PLUGIN = %plugin, OPERATION = %operation, %err, "footprint refused")
                 }
                 _ => tracing::warn!(
@@ -393,7 +391,7 @@ impl BlockchainObject {
             .chain
             .create_unified_snapshot()
             .await
-            .map_err(|e| Error::StorageFailure(format!("snapshot failed: {e}")))?;
+            .map_err(ServiceError::from)?;
         Ok(paths
             .into_iter()
             .map(|p| p.to_string_lossy().into_owned())
@@ -444,7 +442,7 @@ impl Type for SentWithReply {
     const SIGNATURE: &'static Signature = String::SIGNATURE;
 }
 
-async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &Block) {
+async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &EncodedBlock) {
     if let Err(err) = BlockchainObject::block_added(
         emitter,
         block.height,
@@ -762,6 +760,26 @@ impl NumaInfoDict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::error::ChainError;
+
+    #[test]
+    fn service_errors_map_to_the_documented_names_with_their_text() {
+        let refused = crate::footprint::FootprintError::EmptyName { field: "plugin" };
+        let text = refused.to_string();
+        match Error::from(ServiceError::from(refused)) {
+            Error::InvalidArgument(message) => assert_eq!(message, text),
+            other => panic!("{other:?}"),
+        }
+        let full = ServiceError::from(ChainError::NoSpace("appending: ENOSPC".into()));
+        let text = full.to_string();
+        match Error::from(full) {
+            Error::StorageFailure(message) => {
+                assert_eq!(message, text);
+                assert!(message.starts_with("no space left"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// The dictionary as a client decodes it: key -> value signature.
     fn wire_types(dict: &(impl serde::Serialize + Type)) -> Vec<(String, String)> {

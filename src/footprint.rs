@@ -130,6 +130,11 @@ impl PluginFootprint {
         &self.data_json
     }
 
+    /// The data JSON text, taken out (the writer moves it into the block instead of copying).
+    pub(crate) fn into_data_json(self) -> String {
+        self.data_json
+    }
+
     /// Checks every rule, cheapest first: the size of the data against `max_data_bytes`, the
     /// names, then the data's JSON ([`check_stored`]).
     pub fn validate(&self, max_data_bytes: usize) -> Result<(), FootprintError> {

@@ -5,12 +5,12 @@
 //! group-commit writer thread; `add_footprint` resolves only when its block is durable.
 
 use crate::cache::{BlockCache, CacheError, CacheFeed, CacheOptions, CacheStats, Counted};
-use crate::chain::block::{parse_hash, Block, Caller, Hash};
-use crate::chain::error::{ChainError, Result};
+use crate::chain::block::{parse_hash, Block, Caller, EncodedBlock, Hash};
+use crate::chain::error::ChainError;
 use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
 use crate::chain::verify::{self, VerifyReport};
-use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard};
-use crate::footprint::{PluginFootprint, DEFAULT_MAX_DATA_BYTES};
+use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard, WriterDown};
+use crate::footprint::{FootprintError, PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
 use crate::predict::Predictor;
 use crate::snapshot::layout::SnapshotLayout;
@@ -22,6 +22,53 @@ const LIBRARY_READER: &str = "library";
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Why a call into the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The footprint was refused before it reached the chain; nothing was written.
+    #[error(transparent)]
+    InvalidFootprint(#[from] FootprintError),
+    /// The chain refused or failed; its variants say which.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The block cache could not be opened.
+    #[error("opening the cache: {0}")]
+    CacheOpen(#[source] CacheError),
+    /// A thread the service runs on could not be started.
+    #[error("starting the {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Work handed to the blocking pool ended without an answer (it panicked, or the runtime
+    /// is shutting down).
+    #[error("{context}: {source}")]
+    Task {
+        context: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A unified snapshot could not be taken.
+    #[error("snapshot failed: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A verify run ended without a report (the runtime is shutting down).
+    #[error("verifying: the run was stopped before it ended")]
+    VerifyStopped,
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Runs `work` on the blocking pool (chain and cache disk reads, never on the async workers).
+async fn blocking<T: Send + 'static>(
+    context: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|source| ServiceError::Task { context, source })
+}
 
 /// How to open a chain.
 #[derive(Debug, Clone)]
@@ -72,7 +119,7 @@ struct Inner {
 }
 
 /// Where the outcome of a verify run will appear.
-type VerifyRun = tokio::sync::watch::Receiver<Option<Arc<Result<VerifyReport>>>>;
+type VerifyRun = tokio::sync::watch::Receiver<Option<Arc<Result<VerifyReport, ChainError>>>>;
 
 impl StreamingBlockchain {
     /// Opens (or creates) the chain in `chain_dir` with default options.
@@ -94,12 +141,16 @@ impl StreamingBlockchain {
     ) -> Result<Self> {
         let dir = options.chain_dir.clone();
         let store_options = options.store.clone();
-        let (writer, reader, recovery) =
-            tokio::task::spawn_blocking(move || store::open(&dir, store_options))
-                .await
-                .map_err(|e| ChainError::io("opening the chain", std::io::Error::other(e)))??;
-        let commit = GroupCommit::start(writer, on_writer_start, on_commit)
-            .map_err(|e| ChainError::io("starting the writer thread", e))?;
+        let (writer, reader, recovery) = blocking("opening the chain", move || {
+            store::open(&dir, store_options)
+        })
+        .await??;
+        let commit = GroupCommit::start(writer, on_writer_start, on_commit).map_err(|source| {
+            ServiceError::Thread {
+                thread: "writer",
+                source,
+            }
+        })?;
         Ok(StreamingBlockchain {
             inner: Arc::new(Inner {
                 reader,
@@ -119,12 +170,15 @@ impl StreamingBlockchain {
             .map(|block| block.hash_hex())
     }
 
-    /// Adds a footprint on behalf of `caller`; returns the block once it is durable.
-    pub async fn append(&self, footprint: PluginFootprint, caller: Caller) -> Result<Block> {
-        footprint
-            .validate(self.inner.max_data_bytes)
-            .map_err(|e| ChainError::InvalidFootprint(e.to_string()))?;
-        self.inner.commit.commit(footprint, caller).await
+    /// Adds a footprint on behalf of `caller`; returns the block once it is durable (the
+    /// writer's own, shared: nothing is copied or encoded again).
+    pub async fn append(
+        &self,
+        footprint: PluginFootprint,
+        caller: Caller,
+    ) -> Result<Arc<EncodedBlock>> {
+        footprint.validate(self.inner.max_data_bytes)?;
+        Ok(self.inner.commit.commit(footprint, caller).await?)
     }
 
     /// Reads footprints from `rx` (the StateManager's channel) and commits them until the
@@ -167,12 +221,14 @@ impl StreamingBlockchain {
         let Some(hash) = parse_hash(hash) else {
             return Ok(None);
         };
-        self.inner.reader.block_by_hash(&hash)
+        let reader = self.inner.reader.clone();
+        Ok(blocking("reading a block", move || reader.block_by_hash(&hash)).await??)
     }
 
     /// The block at `height`, read from the chain and hash-checked.
     pub async fn get_block_by_height(&self, height: u64) -> Result<Option<Block>> {
-        self.inner.reader.block_at(height)
+        let reader = self.inner.reader.clone();
+        Ok(blocking("reading a block", move || reader.block_at(height)).await??)
     }
 
     /// Height and hash (hex) of the newest durable block.
@@ -203,11 +259,8 @@ impl StreamingBlockchain {
         };
         match ended.as_deref() {
             Some(Ok(report)) => Ok(report.clone()),
-            Some(Err(err)) => Err(err.duplicate()),
-            None => Err(ChainError::io(
-                "verifying",
-                std::io::Error::other("the run was stopped before it ended"),
-            )),
+            Some(Err(err)) => Err(err.clone().into()),
+            None => Err(ServiceError::VerifyStopped),
         }
     }
 
@@ -225,8 +278,7 @@ impl StreamingBlockchain {
                 verify::verify_dir(&dir, Some(head), &mut |_| {})
             })
             .await
-            .map_err(|e| ChainError::io("verifying", std::io::Error::other(e)))
-            .and_then(|report| report);
+            .unwrap_or_else(|e| Err(ChainError::io("verifying", std::io::Error::other(e))));
             // Callers from now on start a new run, which sees the blocks added meanwhile.
             *inner.verify_run.lock() = None;
             let _ = sender.send(Some(Arc::new(report)));
@@ -247,7 +299,7 @@ impl StreamingBlockchain {
     }
 
     /// Pauses the writer at a block boundary (for snapshots); see [`GroupCommit::pause`].
-    pub async fn pause_writer(&self) -> Result<((u64, Hash), PauseGuard)> {
+    pub async fn pause_writer(&self) -> Result<((u64, Hash), PauseGuard), ChainError> {
         self.inner.commit.pause().await
     }
 
@@ -275,7 +327,7 @@ impl StreamingBlockchain {
     }
 
     /// `Ok` while the writer thread runs and the store takes writes; otherwise why not.
-    pub fn writer_health(&self) -> std::result::Result<(), String> {
+    pub fn writer_health(&self) -> Result<(), WriterDown> {
         self.inner.commit.health()
     }
 
@@ -323,7 +375,7 @@ impl WriterBarrier for StreamingBlockchain {
         self.inner.reader.head().0
     }
 
-    fn pause(&self) -> Pending<'_, Result<PausedAt>> {
+    fn pause(&self) -> Pending<'_, Result<PausedAt, ChainError>> {
         Box::pin(self.pause_writer())
     }
 }
@@ -339,8 +391,7 @@ pub struct OptimizedBlockchain {
     vectors: Arc<VectorIndex>,
     cache: BlockCache,
     feed: Arc<CacheFeed>,
-    /// Learns read patterns; `None` when prediction is off. Heights' hashes are remembered
-    /// either way.
+    /// Learns read patterns (and is told of reads even when prediction is off).
     predictor: Arc<Predictor>,
     predict: bool,
 }
@@ -366,12 +417,12 @@ impl OptimizedBlockchain {
     pub async fn with_cache(options: ChainOptions, cache_options: CacheOptions) -> Result<Self> {
         let opened = {
             let cache_options = cache_options.clone();
-            tokio::task::spawn_blocking(move || BlockCache::open_uncounted(&cache_options))
-                .await
-                .map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?
+            blocking("opening the cache", move || {
+                BlockCache::open_uncounted(&cache_options)
+            })
+            .await?
         };
-        let cache =
-            opened.map_err(|e| ChainError::io("opening the cache", std::io::Error::other(e)))?;
+        let cache = opened.map_err(ServiceError::CacheOpen)?;
         let feed = Arc::new(CacheFeed::new(cache.clone(), cache_options.queue_blocks));
         let predict = options.predict;
         let numa = match options.numa.clone() {
@@ -409,14 +460,16 @@ impl OptimizedBlockchain {
             cache_options.preload_blocks,
             Counted::NotYet,
         )
-        .map_err(|e| ChainError::io("starting the cache thread", e))?;
+        .map_err(|source| ServiceError::Thread {
+            thread: "cache",
+            source,
+        })?;
         // Reading the vector file is blocking I/O (a quarter GB at a million blocks).
         let (dir, chain_id) = (chain.chain_dir().to_path_buf(), chain.reader().chain_id());
-        let vectors = tokio::task::spawn_blocking(move || {
+        let vectors = blocking("loading the block vectors", move || {
             Arc::new(VectorIndex::open(&dir, chain_id, Arc::new(HashingEmbedder)))
         })
-        .await
-        .map_err(|e| ChainError::io("loading the block vectors", std::io::Error::other(e)))?;
+        .await?;
         // Build missing vectors in the background; a query meanwhile waits for them.
         let (index, reader) = (Arc::clone(&vectors), chain.reader().clone());
         tokio::task::spawn_blocking(move || {
@@ -459,7 +512,11 @@ impl OptimizedBlockchain {
     }
 
     /// See [`StreamingBlockchain::append`].
-    pub async fn append(&self, footprint: PluginFootprint, caller: Caller) -> Result<Block> {
+    pub async fn append(
+        &self,
+        footprint: PluginFootprint,
+        caller: Caller,
+    ) -> Result<Arc<EncodedBlock>> {
         self.chain.append(footprint, caller).await
     }
 
@@ -469,22 +526,37 @@ impl OptimizedBlockchain {
         self.get_block_as(LIBRARY_READER, hash).await
     }
 
-    /// Cache, then chain (filling the cache); not seen by the predictor.
+    /// Cache, then chain (filling the cache); not seen by the predictor. A block in RAM is
+    /// answered here; anything else is read on the blocking pool.
     async fn lookup(&self, hash: &Hash) -> Result<Option<Block>> {
-        if let Some(block) = self.cached(hash).await? {
-            return Ok(Some(block));
+        let hash = *hash;
+        if let Some(block) = self.cache.get_hot(&hash) {
+            return Ok(Some(block.as_ref().clone()));
         }
-        let block = self.chain.reader().block_by_hash(hash)?;
-        if let Some(block) = &block {
-            self.fill_cache(block);
-        }
-        Ok(block)
+        let (cache, reader) = (self.cache.clone(), self.chain.reader().clone());
+        let found = blocking("reading a block", move || match cache.get(&hash) {
+            Some(block) => Ok((Some(block), false)),
+            None => reader
+                .block_by_hash(&hash)
+                .map(|block| (block.map(Arc::new), true)),
+        })
+        .await??;
+        Ok(match found {
+            (Some(block), from_chain) => {
+                let copy = block.as_ref().clone();
+                if from_chain {
+                    self.fill_cache(block);
+                }
+                Some(copy)
+            }
+            (None, _) => None,
+        })
     }
 
     /// Puts a block read from the chain into the cache: RAM now, disk by the cache thread.
-    fn fill_cache(&self, block: &Block) {
-        self.cache.insert_hot(Arc::new(block.clone()));
-        self.feed.fill(block.clone());
+    fn fill_cache(&self, block: Arc<Block>) {
+        self.cache.insert_hot(Arc::clone(&block));
+        self.feed.fill(block);
     }
 
     /// The block at `height`.
@@ -505,18 +577,12 @@ impl OptimizedBlockchain {
         Ok(block)
     }
 
-    /// [`OptimizedBlockchain::get_block_by_height`] on behalf of `reader`. Served from the
-    /// cache when the height's hash is known (read or pre-loaded before), else from the chain.
+    /// [`OptimizedBlockchain::get_block_by_height`] on behalf of `reader`: the chain's
+    /// index names the height's hash, the block comes as [`OptimizedBlockchain::get_block`]'s.
     pub async fn get_block_by_height_as(&self, reader: &str, height: u64) -> Result<Option<Block>> {
-        let block = match self.predictor.hash_at(height) {
+        let block = match self.chain.reader().hash_at(height) {
             Some(hash) => self.lookup(&hash).await?,
-            None => {
-                let block = self.chain.get_block_by_height(height).await?;
-                if let Some(block) = &block {
-                    self.fill_cache(block);
-                }
-                block
-            }
+            None => None,
         };
         if let Some(block) = &block {
             self.after_read(reader, block);
@@ -526,31 +592,22 @@ impl OptimizedBlockchain {
 
     /// Learns from a read and pre-loads the predicted blocks in the background.
     fn after_read(&self, reader: &str, block: &Block) {
-        self.predictor.remember(block.height, block.hash);
         let mut predicted = self.predictor.record(reader, block.height);
         if !self.predict {
             return;
         }
         // Most predictions are in RAM already (a reader going over the same blocks again):
         // only the others are worth a trip to the blocking pool.
-        let hot = |height: u64| {
-            self.predictor
-                .hash_at(height)
-                .is_some_and(|h| self.cache.is_hot(&h))
-        };
+        let chain = self.chain.reader();
+        let hot = |height: u64| chain.hash_at(height).is_some_and(|h| self.cache.is_hot(&h));
         predicted.retain(|&height| !hot(height));
         if predicted.is_empty() {
             return;
         }
-        let (chain, cache, predictor) = (
-            self.chain.reader().clone(),
-            self.cache.clone(),
-            Arc::clone(&self.predictor),
-        );
+        let (chain, cache) = (chain.clone(), self.cache.clone());
         tokio::task::spawn_blocking(move || {
             for height in predicted {
                 if let Ok(Some(block)) = chain.block_at(height) {
-                    predictor.remember(height, block.hash);
                     cache.insert_hot(Arc::new(block));
                 }
             }
@@ -604,7 +661,7 @@ impl OptimizedBlockchain {
         );
         // Reading the block and embedding are work for the blocking pool, not the executor
         // that answers every other call.
-        tokio::task::spawn_blocking(move || {
+        blocking("searching", move || {
             let vector = match &query {
                 SimilarQuery::Block(hash) => match reader.block_by_hash(hash)? {
                     Some(block) => index.query_vector_of(&reader, &block)?,
@@ -618,8 +675,8 @@ impl OptimizedBlockchain {
             };
             index.search(&reader, &vector, k, &filter).map(Some)
         })
-        .await
-        .map_err(|e| ChainError::io("searching", std::io::Error::other(e)))?
+        .await?
+        .map_err(ServiceError::from)
     }
 
     /// The block vectors (for checks and tools).
@@ -628,7 +685,7 @@ impl OptimizedBlockchain {
     }
 
     /// See [`StreamingBlockchain::writer_health`].
-    pub fn writer_health(&self) -> std::result::Result<(), String> {
+    pub fn writer_health(&self) -> Result<(), WriterDown> {
         self.chain.writer_health()
     }
 
@@ -647,9 +704,7 @@ impl OptimizedBlockchain {
             return Ok(Some(block.as_ref().clone()));
         }
         let cache = self.cache.clone();
-        let block = tokio::task::spawn_blocking(move || cache.get(&hash))
-            .await
-            .map_err(|e| ChainError::io("reading the cache", std::io::Error::other(e)))?;
+        let block = blocking("reading the cache", move || cache.get(&hash)).await?;
         Ok(block.map(|b| b.as_ref().clone()))
     }
 

@@ -5,7 +5,7 @@ use opdbus_blockchain::chain::error::ChainError;
 use opdbus_blockchain::chain::segment;
 use opdbus_blockchain::chain::store::{self, StoreOptions};
 use opdbus_blockchain::chain::verify::verify_dir;
-use opdbus_blockchain::service::{ChainOptions, StreamingBlockchain};
+use opdbus_blockchain::service::{ChainOptions, ServiceError, StreamingBlockchain};
 use opdbus_blockchain::{OptimizedBlockchain, PluginFootprint};
 use std::path::{Path, PathBuf};
 
@@ -411,7 +411,7 @@ async fn library_refuses_invalid_footprints_before_the_writer() {
         ))
         .await
         .expect_err("too large");
-    assert!(matches!(err, ChainError::InvalidFootprint(_)), "{err}");
+    assert!(matches!(err, ServiceError::InvalidFootprint(_)), "{err}");
     assert_eq!(chain.head().0, 0);
 }
 

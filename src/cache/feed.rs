@@ -20,7 +20,7 @@
 //! a miss, refilled from the chain on the next read.
 
 use super::{BlockCache, CacheError};
-use crate::chain::block::{Block, Hash};
+use crate::chain::block::{Block, EncodedBlock, Hash};
 use crate::chain::store::ChainReader;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::atomic::Ordering::Relaxed;
@@ -68,9 +68,9 @@ impl BlockSource for ChainReader {
 }
 
 enum Message {
-    Committed(Vec<Block>),
-    /// A block read from the chain on a cache miss.
-    Fill(Block),
+    Committed(Vec<Arc<EncodedBlock>>),
+    /// A block read from the chain on a cache miss (shared with the hot tier).
+    Fill(Arc<Block>),
     /// Someone waits for the cache to catch up: do not idle.
     Wake,
     Stop,
@@ -135,19 +135,20 @@ impl CacheFeed {
     }
 
     /// The function for the chain writer's commit hook.
-    pub fn hook(&self) -> impl Fn(Vec<Block>) + Send + 'static {
+    pub fn hook(&self) -> impl Fn(Vec<Arc<EncodedBlock>>) + Send + 'static {
         let shared = self.shared.clone();
         move |blocks| shared.offer(blocks)
     }
 
     /// Hands committed blocks to the cache thread; never blocks (see the module text).
     pub fn offer(&self, blocks: Vec<Block>) {
-        self.shared.offer(blocks)
+        let encoded = blocks.into_iter().map(|b| Arc::new(b.into())).collect();
+        self.shared.offer(encoded)
     }
 
     /// Hands a block read from the chain (a cache miss) to the thread to store; best effort
     /// (dropped, uncounted, when the queue is full).
-    pub fn fill(&self, block: Block) {
+    pub fn fill(&self, block: Arc<Block>) {
         let bytes = block.encoded_len() as u64;
         if self.shared.reserve(1, bytes) && self.shared.tx.send(Message::Fill(block)).is_err() {
             self.shared.release(1, bytes);
@@ -228,7 +229,7 @@ impl CacheFeed {
 }
 
 impl Shared {
-    fn offer(&self, blocks: Vec<Block>) {
+    fn offer(&self, blocks: Vec<Arc<EncodedBlock>>) {
         let n = blocks.len() as u64;
         let bytes = queue_bytes(&blocks);
         if !self.reserve(n, bytes) {
@@ -266,8 +267,8 @@ impl Shared {
 }
 
 /// What queued blocks weigh against [`QUEUE_BYTES`].
-fn queue_bytes(blocks: &[Block]) -> u64 {
-    blocks.iter().map(|b| b.encoded_len() as u64).sum()
+fn queue_bytes(blocks: &[Arc<EncodedBlock>]) -> u64 {
+    blocks.iter().map(|b| b.encoding.len() as u64).sum()
 }
 
 impl Drop for CacheFeed {
@@ -378,15 +379,15 @@ impl<S: BlockSource> Worker<S> {
                     for block in &blocks {
                         if block.height >= self.next {
                             self.catch_up_to(block.height);
-                            self.store(block);
+                            self.store_encoded(block);
                             self.next = block.height + 1;
                         } else {
-                            self.store(block);
+                            self.store_encoded(block);
                         }
                     }
                 }
                 Some(Message::Fill(block)) => {
-                    self.dequeued(std::slice::from_ref(&block));
+                    self.shared.release(1, block.encoded_len() as u64);
                     self.store(&block);
                 }
                 Some(Message::Wake) => {}
@@ -407,7 +408,7 @@ impl<S: BlockSource> Worker<S> {
         }
     }
 
-    fn dequeued(&self, blocks: &[Block]) {
+    fn dequeued(&self, blocks: &[Arc<EncodedBlock>]) {
         self.shared
             .release(blocks.len() as u64, queue_bytes(blocks));
     }
@@ -431,7 +432,18 @@ impl<S: BlockSource> Worker<S> {
     }
 
     fn store(&mut self, block: &Block) {
-        match self.shared.cache.put(block) {
+        let put = self.shared.cache.put(block);
+        self.stored(block.height, put);
+    }
+
+    /// Stores a block just committed, from the encoding the writer made.
+    fn store_encoded(&mut self, block: &EncodedBlock) {
+        let put = self.shared.cache.put_encoded(block);
+        self.stored(block.height, put);
+    }
+
+    fn stored(&mut self, height: u64, put: std::io::Result<super::Put>) {
+        match put {
             Ok(_) => {
                 if let Some(failures) = self.failing.take() {
                     tracing::info!(
@@ -447,14 +459,14 @@ impl<S: BlockSource> Worker<S> {
                     None => {
                         tracing::warn!(
                             %err,
-                            height = block.height,
+                            height,
                             cache_dir = %self.cache().dir().display(),
                             "cannot write to the block cache; blocks are served from the chain and writes are retried (further failures are only counted until writes work again)"
                         );
                         self.failing = Some(1);
                     }
                 }
-                self.missing(block.height, err.to_string());
+                self.missing(height, err.to_string());
             }
         }
     }
@@ -494,14 +506,14 @@ impl<S: BlockSource> Worker<S> {
                 Message::Committed(blocks) => {
                     self.dequeued(&blocks);
                     for block in &blocks {
-                        self.store(block);
+                        self.store_encoded(block);
                         if block.height == self.next {
                             self.next += 1;
                         }
                     }
                 }
                 Message::Fill(block) => {
-                    self.dequeued(std::slice::from_ref(&block));
+                    self.shared.release(1, block.encoded_len() as u64);
                     self.store(&block);
                 }
                 Message::Wake | Message::Stop => {}

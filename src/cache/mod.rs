@@ -27,7 +27,7 @@ mod tests;
 
 pub use feed::{BlockSource, CacheFeed, Counted};
 
-use crate::chain::block::{Block, Hash};
+use crate::chain::block::{Block, EncodedBlock, Hash};
 use disk::{DiskTier, Loaded};
 use parking_lot::Mutex;
 use quick_cache::sync::Cache;
@@ -346,14 +346,29 @@ impl BlockCache {
     /// calling thread for a file write; the daemon calls it only from the cache thread.
     /// A failure is returned (and counted) for the caller to log.
     pub fn put(&self, block: &Block) -> std::io::Result<Put> {
-        let result = self.write(block);
+        self.put_with(block, None, || Arc::new(block.clone()))
+    }
+
+    /// [`BlockCache::put`] of a block just committed: its encoding is not made again and RAM
+    /// shares the block instead of copying it.
+    pub fn put_encoded(&self, block: &EncodedBlock) -> std::io::Result<Put> {
+        self.put_with(&block.block, Some(&block.encoding), || {
+            Arc::clone(&block.block)
+        })
+    }
+
+    fn put_with(
+        &self,
+        block: &Block,
+        encoding: Option<&[u8]>,
+        shared: impl FnOnce() -> Arc<Block>,
+    ) -> std::io::Result<Put> {
+        let result = self.write(block, encoding);
         match &result {
             // A block just written is likely read soon (BlockAdded listeners); one that was
             // there already (a catch-up pass over stored blocks) is not, and stays on disk.
             // (A block filled in after a miss is in RAM already: no copy then.)
-            Ok(Put::Written) if !self.is_hot(&block.hash) => {
-                self.insert_hot(Arc::new(block.clone()))
-            }
+            Ok(Put::Written) if !self.is_hot(&block.hash) => self.insert_hot(shared()),
             Ok(Put::Written | Put::Present) => {}
             Err(_) => {
                 self.inner.counters.write_failures.fetch_add(1, Relaxed);
@@ -362,16 +377,23 @@ impl BlockCache {
         result
     }
 
-    fn write(&self, block: &Block) -> std::io::Result<Put> {
+    fn write(&self, block: &Block, encoding: Option<&[u8]>) -> std::io::Result<Put> {
         if self.inner.disk.contains(&block.hash) {
             return Ok(Put::Present);
         }
-        let encoding = block.encode();
+        let made;
+        let encoding = match encoding {
+            Some(encoding) => encoding,
+            None => {
+                made = block.encode();
+                &made
+            }
+        };
         let mut encoder = self.inner.encoder.lock();
         self.inner
             .disk
-            .store(block, &encoding, &mut encoder, false)?;
-        let training = encoder.observe(&encoding, &self.inner.disk.dictionaries);
+            .store(block, encoding, &mut encoder, false)?;
+        let training = encoder.observe(encoding, &self.inner.disk.dictionaries);
         self.inner
             .counters
             .dictionary_id

@@ -22,6 +22,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// Version byte at the start of every block encoding.
 pub const ENCODING_VERSION: u8 = 1;
@@ -110,9 +111,7 @@ impl Block {
             data,
             hash: ZERO_HASH,
         };
-        let mut buf = Vec::with_capacity(block.encoded_len());
-        block.encode_into(&mut buf);
-        block.hash = sha256(&buf);
+        block.hash = sha256(&block.encode());
         block
     }
 
@@ -251,6 +250,47 @@ impl Block {
             data,
         })
         .expect("serialising plain strings and numbers cannot fail")
+    }
+}
+
+/// A block with its canonical encoding, made once when the writer builds it and shared (`Arc`)
+/// by everything that takes a committed block: the segment record, the caller's ack, the
+/// commit hook (cache), the `BlockAdded` signal.
+#[derive(Debug)]
+pub struct EncodedBlock {
+    /// Shared with the cache's hot tier.
+    pub block: Arc<Block>,
+    /// [`Block::encode`] of `block`; its SHA-256 is `block.hash`.
+    pub encoding: Box<[u8]>,
+}
+
+impl EncodedBlock {
+    /// Encodes `block` once, sets its hash from that encoding and keeps both.
+    pub fn seal(mut block: Block) -> Self {
+        let encoding = block.encode();
+        block.hash = sha256(&encoding);
+        EncodedBlock {
+            block: Arc::new(block),
+            encoding: encoding.into_boxed_slice(),
+        }
+    }
+}
+
+impl From<Block> for EncodedBlock {
+    /// Encodes a block that was built or read elsewhere.
+    fn from(block: Block) -> Self {
+        let encoding = block.encode().into_boxed_slice();
+        EncodedBlock {
+            block: Arc::new(block),
+            encoding,
+        }
+    }
+}
+
+impl std::ops::Deref for EncodedBlock {
+    type Target = Block;
+    fn deref(&self) -> &Block {
+        &self.block
     }
 }
 

@@ -2,14 +2,15 @@
 
 use std::path::PathBuf;
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable, so that every caller of a failed batch gets the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ChainError {
     /// An I/O error that is not a full disk; `context` says what was being done.
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// The filesystem refused the write for lack of space. Nothing was committed; writes
     /// succeed again once space is freed.
@@ -25,9 +26,6 @@ pub enum ChainError {
     /// Another process holds the chain directory.
     #[error("chain directory {0} is in use by another process")]
     InUse(PathBuf),
-    /// The footprint was refused before it reached the store.
-    #[error("{0}")]
-    InvalidFootprint(String),
     /// The writer has shut down.
     #[error("the chain writer has stopped")]
     Closed,
@@ -42,30 +40,9 @@ impl ChainError {
         }
         ChainError::Io {
             context: context.into(),
-            source,
+            source: std::sync::Arc::new(source),
         }
     }
 }
 
 pub type Result<T, E = ChainError> = std::result::Result<T, E>;
-
-impl ChainError {
-    /// The same error again, for answering every caller of a failed batch.
-    pub fn duplicate(&self) -> ChainError {
-        match self {
-            ChainError::Io { context, source } => ChainError::Io {
-                context: context.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
-            ChainError::NoSpace(m) => ChainError::NoSpace(m.clone()),
-            ChainError::Latched(m) => ChainError::Latched(m.clone()),
-            ChainError::Corrupted { height, reason } => ChainError::Corrupted {
-                height: *height,
-                reason: reason.clone(),
-            },
-            ChainError::InUse(p) => ChainError::InUse(p.clone()),
-            ChainError::InvalidFootprint(m) => ChainError::InvalidFootprint(m.clone()),
-            ChainError::Closed => ChainError::Closed,
-        }
-    }
-}

@@ -497,3 +497,25 @@ fn a_segment_replaced_by_a_symlink_is_not_read() {
     let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
     assert!(!report.ok(), "{}", report.summary());
 }
+
+#[test]
+fn a_committed_block_carries_the_encoding_its_hash_and_record_were_made_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut writer, reader, _) = store::open(dir.path(), StoreOptions::default()).expect("open");
+    let blocks = writer.append(&footprints(3, 10)).expect("append");
+    for block in &blocks {
+        assert_eq!(&*block.encoding, &block.encode()[..]);
+        assert_eq!(super::block::sha256(&block.encoding), block.hash);
+        let read = reader.block_at(block.height).expect("read").expect("there");
+        assert_eq!(&read, &*block.block);
+        // The reader's own height -> hash map, which reads by height go through.
+        assert_eq!(reader.hash_at(block.height), Some(block.hash));
+    }
+    assert_eq!(reader.hash_at(blocks[2].height + 1), None);
+    // A reopen (index file trusted) knows the same hashes.
+    drop((writer, reader));
+    let (_writer, reader, recovery) =
+        store::open(dir.path(), StoreOptions::default()).expect("reopen");
+    assert!(!recovery.index_rebuilt);
+    assert_eq!(reader.hash_at(blocks[1].height), Some(blocks[1].hash));
+}

@@ -215,7 +215,7 @@ pub fn scan_segment<R: Read>(
             Some((at, Parsed::Torn)) => {
                 return fail(at, "a sealed segment ends in an incomplete record".into())
             }
-            Some((at, Parsed::Damaged(reason))) => return fail(at, reason),
+            Some((at, Parsed::Damaged(reason))) => return fail(at, reason.to_string()),
         }
     }
 }

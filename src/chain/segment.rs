@@ -23,7 +23,7 @@
 //! some of its newest sectors did not): when such a run starts inside a record's trailer, the
 //! record is torn if everything before the run matches the record's own hash and marker.
 
-use super::block::{Block, Hash};
+use super::block::{Block, EncodedBlock, Hash};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"OPDBSEG\0";
@@ -76,34 +76,47 @@ pub fn encode_header(first_height: u64, chain_id: &ChainId) -> [u8; HEADER_LEN] 
     header
 }
 
+/// Why a segment header does not check out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("header is {0} bytes, expected {HEADER_LEN}")]
+    Short(usize),
+    #[error("not a segment file (bad magic)")]
+    Magic,
+    #[error("unsupported format version {0}")]
+    Version(u32),
+    #[error("reserved header bytes are not zero")]
+    Reserved,
+    #[error("header says first height {stored}, file name says {named}")]
+    FirstHeight { stored: u64, named: u64 },
+}
+
 /// Checks every byte of a segment header; returns the chain id it names.
-pub fn check_header(bytes: &[u8], first_height: u64) -> Result<ChainId, String> {
+pub fn check_header(bytes: &[u8], first_height: u64) -> Result<ChainId, HeaderError> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!(
-            "header is {} bytes, expected {HEADER_LEN}",
-            bytes.len()
-        ));
+        return Err(HeaderError::Short(bytes.len()));
     }
     if &bytes[..8] != MAGIC {
-        return Err("not a segment file (bad magic)".into());
+        return Err(HeaderError::Magic);
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(format!("unsupported format version {version}"));
+        return Err(HeaderError::Version(version));
     }
     if bytes[12..16] != [0; 4] {
-        return Err("reserved header bytes are not zero".into());
+        return Err(HeaderError::Reserved);
     }
-    let stored_first = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    if stored_first != first_height {
-        return Err(format!(
-            "header says first height {stored_first}, file name says {first_height}"
-        ));
+    let stored = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if stored != first_height {
+        return Err(HeaderError::FirstHeight {
+            stored,
+            named: first_height,
+        });
     }
     Ok(bytes[24..40].try_into().expect("16 bytes"))
 }
 
-/// Appends the record for `block` (whose encoding is `encoding`) to `out`.
+/// Appends the record for `block` to `out`.
 pub fn encode_record(block: &Block, out: &mut Vec<u8>) {
     let len = block.encoded_len() as u32;
     out.extend_from_slice(&len.to_le_bytes());
@@ -111,6 +124,16 @@ pub fn encode_record(block: &Block, out: &mut Vec<u8>) {
     let start = out.len();
     block.encode_into(out);
     debug_assert_eq!(out.len() - start, len as usize);
+    out.extend_from_slice(&block.hash);
+    out.extend_from_slice(END_MARKER);
+}
+
+/// As [`encode_record`], from the encoding made when the block was built (no second encoding).
+pub fn encode_record_of(block: &EncodedBlock, out: &mut Vec<u8>) {
+    let len = block.encoding.len() as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(len ^ u32::MAX).to_le_bytes());
+    out.extend_from_slice(&block.encoding);
     out.extend_from_slice(&block.hash);
     out.extend_from_slice(END_MARKER);
 }
@@ -128,7 +151,22 @@ pub enum Parsed {
     /// The record (or what is left of it) is incomplete or zero-filled: a torn write.
     Torn,
     /// Bytes that cannot be a torn write and are not a valid record.
-    Damaged(String),
+    Damaged(Damage),
+}
+
+/// What is wrong with bytes that should be a complete record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    #[error("record of {0} bytes is too short")]
+    Short(usize),
+    #[error("record length field is damaged")]
+    Length,
+    #[error("record end marker is damaged")]
+    EndMarker,
+    #[error("block does not decode: {0}")]
+    Decode(#[from] super::block::DecodeError),
+    #[error("content hashes to {} but the record says {}", hex::encode(.content), hex::encode(.stored))]
+    Hash { content: Hash, stored: Hash },
 }
 
 /// Where the run of zero bytes that ends `bytes` starts (`bytes.len()` when it ends non-zero).
@@ -158,7 +196,7 @@ pub fn parse_record(bytes: &[u8], zeros_from: usize, file_offset: u64) -> Parsed
         return if zeros_from < RECORD_HEAD_LEN {
             Parsed::Torn
         } else {
-            Parsed::Damaged("record length field is damaged".into())
+            Parsed::Damaged(Damage::Length)
         };
     }
     let body_len = len as usize;
@@ -194,30 +232,29 @@ fn torn_in_trailer(record: &[u8], zeros_from: usize) -> bool {
 /// whole): any mismatch is damage.
 pub fn parse_complete(bytes: &[u8]) -> Parsed {
     if bytes.len() < RECORD_HEAD_LEN + RECORD_TAIL_LEN {
-        return Parsed::Damaged(format!("record of {} bytes is too short", bytes.len()));
+        return Parsed::Damaged(Damage::Short(bytes.len()));
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let check = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if check != len ^ u32::MAX || record_len(len as usize) != bytes.len() {
-        return Parsed::Damaged("record length field is damaged".into());
+        return Parsed::Damaged(Damage::Length);
     }
     let body_end = RECORD_HEAD_LEN + len as usize;
     let body = &bytes[RECORD_HEAD_LEN..body_end];
     let tail = &bytes[body_end..];
     if &tail[32..] != END_MARKER {
-        return Parsed::Damaged("record end marker is damaged".into());
+        return Parsed::Damaged(Damage::EndMarker);
     }
     let block = match Block::decode(body) {
         Ok(block) => block,
-        Err(err) => return Parsed::Damaged(format!("block does not decode: {err}")),
+        Err(err) => return Parsed::Damaged(err.into()),
     };
     let stored: Hash = tail[..32].try_into().expect("32 bytes");
     if block.hash != stored {
-        return Parsed::Damaged(format!(
-            "content hashes to {} but the record says {}",
-            hex::encode(block.hash),
-            hex::encode(stored)
-        ));
+        return Parsed::Damaged(Damage::Hash {
+            content: block.hash,
+            stored,
+        });
     }
     Parsed::Record {
         block,

@@ -26,7 +26,7 @@
 //! (structure, and its last entry against the segment) and rebuilt from the segments when it
 //! does not check out.
 
-use super::block::{hash_prefix, Block, Caller, Hash, ZERO_HASH};
+use super::block::{hash_prefix, Block, Caller, EncodedBlock, Hash, ZERO_HASH};
 use super::error::{ChainError, Result};
 use super::io::{RealIo, SegmentFile, SharedIo};
 use super::scan::{self, GENESIS_OPERATION, GENESIS_PLUGIN};
@@ -91,6 +91,8 @@ struct Segment {
 #[derive(Default)]
 struct Index {
     locations: Vec<Location>,
+    /// Block hash by height: reads by height use the hash-keyed cache, the index file needs it.
+    hashes: Vec<Hash>,
     hashes_by_prefix: HashMap<u64, u64>,
     /// Heights whose hash prefix was already taken by another block (practically never used).
     collisions: HashMap<Hash, u64>,
@@ -108,6 +110,8 @@ impl Index {
     }
 
     fn insert_hash(&mut self, hash: &Hash, height: u64) {
+        debug_assert_eq!(self.hashes.len() as u64, height);
+        self.hashes.push(*hash);
         match self.hashes_by_prefix.entry(hash_prefix(hash)) {
             Entry::Vacant(slot) => {
                 slot.insert(height);
@@ -404,21 +408,48 @@ fn load(dir: &Path, writable: bool, recovery: &mut Recovery) -> Result<Loaded> {
 /// Hash and location of each block the index file holds, by height.
 type IndexEntries = Vec<(Hash, Location)>;
 
+/// Why the index file is not trusted (it is then rebuilt from the segments).
+#[derive(Debug, thiserror::Error)]
+enum IndexUnusable {
+    #[error("reading {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the first segment's {0}")]
+    SegmentHeader(#[from] segment::HeaderError),
+    #[error("bad index header")]
+    Header,
+    #[error("entry {0} names an unexpected segment")]
+    Segment(u64),
+    #[error("entry {0} is not contiguous with the one before")]
+    NotContiguous(u64),
+    #[error("entry {0} does not match its record")]
+    Mismatch(u64),
+    #[error(transparent)]
+    Record(#[from] ChainError),
+}
+
 /// Reads and checks the index file against the segments `listed`; returns its entries and
 /// where a scan continues after them. `Err` says why it cannot be trusted.
 fn load_index(
     dir: &Path,
     listed: &[(u64, PathBuf)],
-) -> std::result::Result<(IndexEntries, Option<scan::Resume>), String> {
+) -> std::result::Result<(IndexEntries, Option<scan::Resume>), IndexUnusable> {
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IndexUnusable::Read { path, source }
+    };
     let (first, first_path) = &listed[0];
     let mut header = [0u8; HEADER_LEN];
     crate::files::open_read(first_path)
         .and_then(|f| f.read_exact_at(&mut header, 0))
-        .map_err(|e| format!("reading {}: {e}", first_path.display()))?;
+        .map_err(read_err(first_path))?;
     let chain_id = segment::check_header(&header, *first)?;
-    let bytes = crate::files::read(&dir.join(INDEX_FILE)).map_err(|e| e.to_string())?;
+    let index_path = dir.join(INDEX_FILE);
+    let bytes = crate::files::read(&index_path).map_err(read_err(&index_path))?;
     if bytes.len() < HEADER_LEN || &bytes[..8] != INDEX_MAGIC || bytes[24..40] != chain_id[..] {
-        return Err("bad index header".into());
+        return Err(IndexUnusable::Header);
     }
     let mut entries = Vec::with_capacity((bytes.len() - HEADER_LEN) / INDEX_ENTRY_LEN);
     let mut seg_i = 0usize;
@@ -436,13 +467,11 @@ fn load_index(
             seg_i += 1;
             next_offset = HEADER_LEN as u64;
             if listed.get(seg_i).map(|s| s.0) != Some(first) || first != height {
-                return Err(format!("entry {height} names an unexpected segment"));
+                return Err(IndexUnusable::Segment(height));
             }
         }
         if offset != next_offset || (len as usize) < segment::record_len(0) {
-            return Err(format!(
-                "entry {height} is not contiguous with the one before"
-            ));
+            return Err(IndexUnusable::NotContiguous(height));
         }
         next_offset = offset + len as u64;
         entries.push((
@@ -459,11 +488,10 @@ fn load_index(
     };
     let height = entries.len() as u64 - 1;
     let path = &listed[location.segment as usize].1;
-    let file =
-        crate::files::open_read(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let block = read_record(&file, location, height).map_err(|e| e.to_string())?;
+    let file = crate::files::open_read(path).map_err(read_err(path))?;
+    let block = read_record(&file, location, height)?;
     if &block.hash != hash {
-        return Err(format!("entry {height} does not match its record"));
+        return Err(IndexUnusable::Mismatch(height));
     }
     let resume = scan::Resume {
         segment: location.segment as usize,
@@ -499,20 +527,9 @@ fn rewrite_index(shared: &Shared, trusted: usize) -> Option<File> {
         let index = shared.index.read();
         let segments = shared.segments.read();
         let mut buf = Vec::new();
-        for height in trusted..index.locations.len() {
-            let location = index.locations[height];
-            let block = read_record(
-                &segments[location.segment as usize].file,
-                &location,
-                height as u64,
-            )
-            .map_err(std::io::Error::other)?;
-            encode_index_entry(
-                &block.hash,
-                segments[location.segment as usize].first_height,
-                &location,
-                &mut buf,
-            );
+        for (location, hash) in index.locations.iter().zip(&index.hashes).skip(trusted) {
+            let first = segments[location.segment as usize].first_height;
+            encode_index_entry(hash, first, location, &mut buf);
         }
         file.write_all_at(&buf, (HEADER_LEN + trusted * INDEX_ENTRY_LEN) as u64)?;
         Ok(file)
@@ -547,7 +564,10 @@ fn read_record(file: &File, location: &Location, height: u64) -> Result<Block> {
             height,
             reason: format!("record holds height {}", block.height),
         }),
-        Parsed::Damaged(reason) => Err(ChainError::Corrupted { height, reason }),
+        Parsed::Damaged(reason) => Err(ChainError::Corrupted {
+            height,
+            reason: reason.to_string(),
+        }),
         Parsed::Torn => Err(ChainError::Corrupted {
             height,
             reason: "its record is incomplete".into(),
@@ -587,6 +607,16 @@ impl ChainReader {
         read_record(&segment.file, &location, height).map(Some)
     }
 
+    /// The hash of the durable block at `height`; `None` past the head.
+    pub fn hash_at(&self, height: u64) -> Option<Hash> {
+        self.shared
+            .index
+            .read()
+            .hashes
+            .get(height as usize)
+            .copied()
+    }
+
     /// The height of the block with `hash`, if the chain holds it.
     pub fn height_of(&self, hash: &Hash) -> Option<u64> {
         let index = self.shared.index.read();
@@ -610,7 +640,8 @@ impl ChainReader {
 }
 
 impl ChainWriter {
-    /// Appends one block per footprint, in order, and returns them once they are durable.
+    /// Appends one block per footprint, in order, and returns them once they are durable, each
+    /// encoded once (the record written is made from that encoding).
     /// On error nothing of the batch is visible and the chain is as before.
     ///
     /// The segment size is checked per record: when the next record would take the active
@@ -619,7 +650,19 @@ impl ChainWriter {
     /// and synced in order, a new segment's header before its records, so a crash leaves a
     /// prefix of the batch (never acknowledged) followed at most by a torn record or an
     /// interrupted creation, which recovery accepts.
-    pub fn append(&mut self, items: &[(PluginFootprint, Caller)]) -> Result<Vec<Block>> {
+    pub fn append(
+        &mut self,
+        items: &[(PluginFootprint, Caller)],
+    ) -> Result<Vec<Arc<EncodedBlock>>> {
+        self.append_owned(items.to_vec())
+    }
+
+    /// [`ChainWriter::append`] of footprints the caller gives up: their strings move into the
+    /// blocks (the group-commit writer's path).
+    pub fn append_owned(
+        &mut self,
+        items: Vec<(PluginFootprint, Caller)>,
+    ) -> Result<Vec<Arc<EncodedBlock>>> {
         if let Some(reason) = &self.latched {
             return Err(ChainError::Latched(reason.clone()));
         }
@@ -652,20 +695,25 @@ impl ChainWriter {
         // empty), then one per new segment.
         let mut parts = vec![0usize];
         let mut segment_len = self.active_len;
-        for (i, (footprint, caller)) in items.iter().enumerate() {
+        for (i, (mut footprint, caller)) in items.into_iter().enumerate() {
             // Time never runs backwards along the chain, even when the clock does.
             timestamp = timestamp.max(now_ns());
-            let block = Block::new(
-                head_height + 1 + i as u64,
-                timestamp,
-                prev_hash,
-                caller.clone(),
-                footprint.plugin_id.clone(),
-                footprint.operation.clone(),
-                footprint.data_json().to_owned(),
+            let (plugin, operation) = (
+                std::mem::take(&mut footprint.plugin_id),
+                std::mem::take(&mut footprint.operation),
             );
+            let block = EncodedBlock::seal(Block {
+                height: head_height + 1 + i as u64,
+                timestamp_ns: timestamp,
+                prev_hash,
+                caller,
+                plugin,
+                operation,
+                data: footprint.into_data_json(),
+                hash: ZERO_HASH,
+            });
             let before = buf.len();
-            segment::encode_record(&block, &mut buf);
+            segment::encode_record_of(&block, &mut buf);
             let len = (buf.len() - before) as u64;
             if segment_len > HEADER_LEN as u64 && segment_len + len > self.options.segment_bytes {
                 parts.push(i);
@@ -674,7 +722,7 @@ impl ChainWriter {
             segment_len += len;
             lengths.push(len as u32);
             prev_hash = block.hash;
-            blocks.push(block);
+            blocks.push(Arc::new(block));
         }
         let new_segments = self.write_parts(&buf, &blocks, &lengths, &parts)?;
         self.publish(&blocks, &lengths, &parts, new_segments);
@@ -686,7 +734,7 @@ impl ChainWriter {
     fn write_parts(
         &mut self,
         buf: &[u8],
-        blocks: &[Block],
+        blocks: &[Arc<EncodedBlock>],
         lengths: &[u32],
         parts: &[usize],
     ) -> Result<Vec<NewSegment>> {
@@ -782,7 +830,7 @@ impl ChainWriter {
     /// Makes a durable batch visible: its new segments, then its index entries.
     fn publish(
         &mut self,
-        blocks: &[Block],
+        blocks: &[Arc<EncodedBlock>],
         lengths: &[u32],
         parts: &[usize],
         new_segments: Vec<NewSegment>,

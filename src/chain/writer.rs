@@ -16,7 +16,7 @@
 //! gathers) bounded by an async semaphore: a sender waits without blocking its task's thread
 //! while [`QUEUE_LEN`] writes are queued.
 
-use super::block::{Block, Caller, Hash};
+use super::block::{Caller, EncodedBlock, Hash};
 use super::error::{ChainError, Result};
 use super::store::ChainWriter;
 use crate::footprint::PluginFootprint;
@@ -33,7 +33,8 @@ const QUEUE_LEN: usize = 16 * 1024;
 /// Longest wait for the awaiting callers of the last batch to come back.
 const MAX_GATHER: Duration = Duration::from_millis(1);
 
-type Reply = oneshot::Sender<Result<Block>>;
+/// The ack: the committed block itself, shared (no copy of its strings for the caller).
+type Reply = oneshot::Sender<Result<Arc<EncodedBlock>>>;
 
 enum Command {
     Write {
@@ -66,7 +67,7 @@ pub struct CommitCounters {
 
 /// Called on the writer thread with each committed batch, after the callers were answered.
 pub type CommitHook = Box<CommitFn>;
-type CommitFn = dyn Fn(Vec<Block>) + Send;
+type CommitFn = dyn Fn(Vec<Arc<EncodedBlock>>) + Send;
 
 /// Handle to the writer thread.
 pub struct GroupCommit {
@@ -120,7 +121,11 @@ impl GroupCommit {
     }
 
     /// Queues a footprint and waits until its block is durable.
-    pub async fn commit(&self, footprint: PluginFootprint, caller: Caller) -> Result<Block> {
+    pub async fn commit(
+        &self,
+        footprint: PluginFootprint,
+        caller: Caller,
+    ) -> Result<Arc<EncodedBlock>> {
         let (reply, answer) = oneshot::channel();
         self.queue(footprint, caller, Some(reply)).await?;
         answer.await.map_err(|_| ChainError::Closed)?
@@ -193,14 +198,14 @@ impl GroupCommit {
 
     /// `Ok` while the writer thread runs and the store takes writes; otherwise why not. Cheap
     /// (no round trip to the thread): the daemon asks it for every watchdog ping.
-    pub fn health(&self) -> std::result::Result<(), String> {
+    pub fn health(&self) -> std::result::Result<(), WriterDown> {
         if let Some(reason) = self.latched.borrow().clone() {
-            return Err(format!("the store is latched: {reason}"));
+            return Err(WriterDown::Latched(reason));
         }
         match &*self.thread.lock() {
             Some(thread) if !thread.is_finished() => Ok(()),
-            Some(_) => Err("the chain writer thread has ended".into()),
-            None => Err("the chain writer has been shut down".into()),
+            Some(_) => Err(WriterDown::Ended),
+            None => Err(WriterDown::ShutDown),
         }
     }
 
@@ -218,6 +223,18 @@ impl GroupCommit {
             None => std::future::pending().await,
         }
     }
+}
+
+/// Why the writer takes no writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriterDown {
+    /// A flush failed; every write fails until a restart (the reason says which flush).
+    #[error("the store is latched: {0}")]
+    Latched(String),
+    #[error("the chain writer thread has ended")]
+    Ended,
+    #[error("the chain writer has been shut down")]
+    ShutDown,
 }
 
 /// Keeps the writer paused while alive.
@@ -336,7 +353,8 @@ fn commit_batch(
     counters: &CommitCounters,
     hooks: &Hooks<'_>,
 ) {
-    match writer.append(entries) {
+    let footprints = entries.len() as u64;
+    match writer.append_owned(std::mem::take(entries)) {
         Ok(blocks) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             counters
@@ -345,7 +363,7 @@ fn commit_batch(
             for (block, reply) in blocks.iter().zip(replies.drain(..)) {
                 if let Some(reply) = reply {
                     // A caller that gave up still has its block committed.
-                    let _ = reply.send(Ok(block.clone()));
+                    let _ = reply.send(Ok(Arc::clone(block)));
                 }
             }
             if let Some(hook) = hooks.on_commit {
@@ -353,10 +371,8 @@ fn commit_batch(
             }
         }
         Err(err) => {
-            counters
-                .failed
-                .fetch_add(entries.len() as u64, Ordering::Relaxed);
-            tracing::warn!(%err, footprints = entries.len(), "a batch failed to commit");
+            counters.failed.fetch_add(footprints, Ordering::Relaxed);
+            tracing::warn!(%err, footprints, "a batch failed to commit");
             if let Some(reason) = writer.latched() {
                 (hooks.on_latch)(reason);
             }
@@ -364,7 +380,7 @@ fn commit_batch(
             for reply in replies.drain(..) {
                 match reply {
                     Some(reply) => {
-                        let _ = reply.send(Err(err.duplicate()));
+                        let _ = reply.send(Err(err.clone()));
                     }
                     None => unanswered += 1,
                 }
@@ -403,6 +419,7 @@ mod tests {
         assert_eq!(commit.health(), Ok(()));
         commit.shutdown().await;
         let reason = commit.health().expect_err("no writer any more");
-        assert!(reason.contains("shut down"), "{reason}");
+        assert_eq!(reason, WriterDown::ShutDown);
+        assert_eq!(reason.to_string(), "the chain writer has been shut down");
     }
 }

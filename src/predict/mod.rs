@@ -7,11 +7,11 @@
 //!   again (investigations are repeated: the same path of blocks is re-read by other admins).
 //!
 //! The caller pre-loads the predicted blocks into the cache's hot tier. Memory is bounded:
-//! past [`MAX_SUCCESSORS`] learned pairs or [`MAX_READERS`] readers the oldest half is dropped.
+//! at most [`MAX_SUCCESSORS`] learned pairs and [`MAX_READERS`] readers, least recently used
+//! dropped first. Which hash a height has is the chain's business (`ChainReader::hash_at`).
 
-use crate::chain::block::Hash;
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use quick_cache::unsync::Cache;
 
 /// Heights predicted ahead of a sequential run.
 pub const LOOKAHEAD: u64 = 4;
@@ -19,32 +19,35 @@ pub const LOOKAHEAD: u64 = 4;
 pub const MAX_SUCCESSORS: usize = 65_536;
 /// Readers whose last read is remembered.
 pub const MAX_READERS: usize = 1024;
-/// Heights whose block hash is remembered (so reads by height can use the hash-keyed cache).
-pub const MAX_HEIGHTS: usize = 262_144;
 /// Successors remembered per block.
 const SUCCESSORS_PER_BLOCK: usize = 2;
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Reader {
     last: Option<u64>,
     /// +1 or −1 while reads step by one height; 0 otherwise.
     direction: i64,
 }
 
-#[derive(Default)]
 struct State {
-    readers: HashMap<String, Reader>,
-    reader_order: VecDeque<String>,
-    successors: HashMap<u64, Vec<u64>>,
-    successor_order: VecDeque<u64>,
-    hashes: HashMap<u64, Hash>,
-    hash_order: VecDeque<u64>,
+    readers: Cache<String, Reader>,
+    successors: Cache<u64, Vec<u64>>,
 }
 
 /// Learns from reads and predicts the next ones.
-#[derive(Default)]
 pub struct Predictor {
     state: Mutex<State>,
+}
+
+impl Default for Predictor {
+    fn default() -> Self {
+        Predictor {
+            state: Mutex::new(State {
+                readers: Cache::new(MAX_READERS),
+                successors: Cache::new(MAX_SUCCESSORS),
+            }),
+        }
+    }
 }
 
 impl Predictor {
@@ -52,50 +55,32 @@ impl Predictor {
         Self::default()
     }
 
-    /// Remembers the hash of the block at `height`.
-    pub fn remember(&self, height: u64, hash: Hash) {
-        let mut state = self.state.lock();
-        if state.hashes.insert(height, hash).is_none() {
-            if state.hashes.len() > MAX_HEIGHTS {
-                for _ in 0..MAX_HEIGHTS / 2 {
-                    if let Some(old) = state.hash_order.pop_front() {
-                        state.hashes.remove(&old);
-                    }
-                }
-            }
-            state.hash_order.push_back(height);
-        }
-    }
-
-    /// The hash of the block at `height`, if remembered.
-    pub fn hash_at(&self, height: u64) -> Option<Hash> {
-        self.state.lock().hashes.get(&height).copied()
-    }
-
     /// Records that `reader` read the block at `height`; returns the heights worth pre-loading
     /// (never `height` itself, no duplicates, best guesses first).
     pub fn record(&self, reader: &str, height: u64) -> Vec<u64> {
         let mut state = self.state.lock();
-        let previous = state.reader_mut(reader).last;
+        let before = state.readers.get(reader).copied().unwrap_or_default();
+        let previous = before.last;
         let direction = match previous {
             Some(p) if height == p.wrapping_add(1) => 1,
             Some(p) if p == height.wrapping_add(1) => -1,
             _ => 0,
         };
         let mut predicted = Vec::new();
-        {
-            let entry = state.reader_mut(reader);
-            let run = direction != 0 && entry.direction == direction;
-            entry.direction = direction;
-            entry.last = Some(height);
-            if run {
-                for step in 1..=LOOKAHEAD as i64 {
-                    if let Some(h) = height.checked_add_signed(step * direction) {
-                        predicted.push(h);
-                    }
+        if direction != 0 && before.direction == direction {
+            for step in 1..=LOOKAHEAD as i64 {
+                if let Some(h) = height.checked_add_signed(step * direction) {
+                    predicted.push(h);
                 }
             }
         }
+        state.readers.insert(
+            reader.to_owned(),
+            Reader {
+                last: Some(height),
+                direction,
+            },
+        );
         if let Some(p) = previous.filter(|p| *p != height) {
             state.learn(p, height);
         }
@@ -111,36 +96,12 @@ impl Predictor {
 }
 
 impl State {
-    fn reader_mut(&mut self, reader: &str) -> &mut Reader {
-        if !self.readers.contains_key(reader) {
-            if self.readers.len() >= MAX_READERS {
-                for _ in 0..MAX_READERS / 2 {
-                    if let Some(old) = self.reader_order.pop_front() {
-                        self.readers.remove(&old);
-                    }
-                }
-            }
-            self.reader_order.push_back(reader.to_owned());
-            self.readers.insert(reader.to_owned(), Reader::default());
-        }
-        self.readers.get_mut(reader).expect("just inserted")
-    }
-
     fn learn(&mut self, from: u64, to: u64) {
-        if !self.successors.contains_key(&from) {
-            if self.successors.len() >= MAX_SUCCESSORS {
-                for _ in 0..MAX_SUCCESSORS / 2 {
-                    if let Some(old) = self.successor_order.pop_front() {
-                        self.successors.remove(&old);
-                    }
-                }
-            }
-            self.successor_order.push_back(from);
-        }
-        let next = self.successors.entry(from).or_default();
+        let mut next = self.successors.get(&from).cloned().unwrap_or_default();
         next.retain(|h| *h != to);
         next.insert(0, to);
         next.truncate(SUCCESSORS_PER_BLOCK);
+        self.successors.insert(from, next);
     }
 }
 
@@ -175,17 +136,29 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_reader_is_remembered_while_many_one_off_readers_come_and_go() {
+        let p = Predictor::new();
+        p.record("auditor", 100);
+        p.record("auditor", 101);
+        for i in 0..(MAX_READERS * 4) {
+            p.record(&format!("one-off-{i}"), 5);
+            if i % 64 == 0 {
+                // Seen twice, the auditor outlives readers seen once (the old clear-half-when-
+                // full map dropped it after MAX_READERS of them).
+                let state = p.state.lock();
+                assert!(state.readers.peek("auditor").is_some(), "after {i}");
+            }
+        }
+        assert_eq!(p.record("auditor", 102), vec![103, 104, 105, 106]);
+    }
+
+    #[test]
     fn memory_stays_bounded() {
         let p = Predictor::new();
         for h in 0..(MAX_SUCCESSORS as u64 * 3) {
             p.record(&format!("r{}", h % 3000), h * 7);
         }
-        for h in 0..(MAX_HEIGHTS as u64 * 2) {
-            p.remember(h, [0; 32]);
-        }
-        assert_eq!(p.hash_at(MAX_HEIGHTS as u64 * 2 - 1), Some([0; 32]));
         let state = p.state.lock();
-        assert!(state.hashes.len() <= MAX_HEIGHTS);
         assert!(state.successors.len() <= MAX_SUCCESSORS);
         assert!(state.readers.len() <= MAX_READERS);
     }

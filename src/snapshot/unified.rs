@@ -676,7 +676,10 @@ mod tests {
         fn pause(&self) -> Pending<'_, Result<PausedAt, ChainError>> {
             Box::pin(async {
                 let footprint = PluginFootprint::new("p", "o", serde_json::json!({}));
-                self.0.add_footprint(footprint).await?;
+                self.0
+                    .add_footprint(footprint)
+                    .await
+                    .map_err(|e| ChainError::io("adding a footprint", std::io::Error::other(e)))?;
                 self.0.pause_writer().await
             })
         }

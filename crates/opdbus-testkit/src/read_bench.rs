@@ -10,7 +10,7 @@
 use crate::corpus::{self, SplitMix64};
 use opdbus_blockchain::cache::{hot_weight, CacheOptions};
 use opdbus_blockchain::chain::block::Hash;
-use opdbus_blockchain::chain::error::Result;
+use opdbus_blockchain::service::Result;
 use opdbus_blockchain::service::{ChainOptions, OptimizedBlockchain};
 use std::path::Path;
 use std::time::Duration;
@@ -136,7 +136,7 @@ async fn replay(chain: &OptimizedBlockchain, sessions: &[Vec<Hash>]) -> Result<(
                     chain.get_block_as(&reader, &hex::encode(hash)).await?;
                     tokio::time::sleep(Duration::from_micros(300)).await;
                 }
-                Ok::<_, opdbus_blockchain::chain::error::ChainError>(())
+                Ok::<_, opdbus_blockchain::service::ServiceError>(())
             }
         });
         let tasks: Vec<_> = reads.map(tokio::spawn).collect();
