@@ -22,6 +22,7 @@ pub mod numa;
 pub mod predict;
 pub mod service;
 pub mod snapshot;
+pub mod tlog;
 pub mod vector;
 
 pub use chain::block::{Block, Caller};
