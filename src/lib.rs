@@ -23,6 +23,7 @@ pub mod predict;
 pub mod service;
 pub mod snapshot;
 pub mod tlog;
+pub mod transparency;
 pub mod vector;
 
 pub use chain::block::{Block, Caller};

@@ -208,9 +208,10 @@ impl TileWriter {
     /// size, durably; removes partials they supersede.
     pub fn flush(&mut self) -> Result<(), TlogError> {
         let mut batch = Batch::default();
-        for (path, bytes) in std::mem::take(&mut self.full) {
-            batch.write(&self.dir, &path, &bytes)?;
-            batch.remove_partials(&self.dir, &path, None)?;
+        // Kept until all is written: after a failure the next flush writes them again.
+        for (path, bytes) in &self.full {
+            batch.write(&self.dir, path, bytes)?;
+            batch.remove_partials(&self.dir, path, None)?;
         }
         for (path, bytes) in self.partials_changed_since(self.flushed_size) {
             batch.write(&self.dir, &path, &bytes)?;
@@ -223,6 +224,7 @@ impl TileWriter {
             batch.remove_file(&self.dir, full)?;
         }
         batch.sync()?;
+        self.full.clear();
         self.flushed_size = self.size();
         Ok(())
     }
