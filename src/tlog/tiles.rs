@@ -394,7 +394,9 @@ impl TileReader {
     fn read_prefix(&self, full: &str, width: usize, item: usize) -> Result<Vec<u8>, TlogError> {
         let want = width * item;
         // A partial may be replaced by a wider one or the full tile between the listing and
-        // the open: look again.
+        // the open, and the full tile may be renamed into place (and its partials removed)
+        // between our look for it and the listing: look again.
+        let mut missing = false;
         for _ in 0..3 {
             let path = match files::read(&self.dir.join(full)) {
                 Ok(bytes) => return self.prefix(full, bytes, want),
@@ -402,19 +404,24 @@ impl TileReader {
                     match self.narrowest_partial(full, width)? {
                         Some(path) => path,
                         None => {
-                            return Err(TlogError::Damaged(format!(
-                                "{full} is missing (and no partial of it holds {width} entries)"
-                            )))
+                            missing = true;
+                            continue;
                         }
                     }
                 }
                 Err(err) => return Err(TlogError::io(self.dir.join(full), err)),
             };
+            missing = false;
             match files::read(&path) {
                 Ok(bytes) => return self.prefix(full, bytes, want),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(TlogError::io(path, err)),
             }
+        }
+        if missing {
+            return Err(TlogError::Damaged(format!(
+                "{full} is missing (and no partial of it holds {width} entries)"
+            )));
         }
         Err(TlogError::Damaged(format!(
             "{full}: its partial tiles kept changing while being read"
