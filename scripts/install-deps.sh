@@ -21,6 +21,7 @@ packages=(
   systemd-container # systemd-nspawn: tests/systemd_nspawn.rs boots a real systemd
   debootstrap       # the minimal Debian those containers run
   e2fsprogs       # mkfs.ext4: the small filesystems of the full-disk tests
+  nginx           # serves a published transparency log in tests/transparency_publish.rs
 )
 
 missing=()
