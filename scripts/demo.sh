@@ -28,7 +28,8 @@ ADDRESS="unix:path=$WORK/bus"
 call() { busctl --address="$ADDRESS" call org.opdbus.Blockchain /org/opdbus/Blockchain org.opdbus.Blockchain "$@"; }
 
 step "opdbus-blockchaind --bus $ADDRESS --chain-dir $WORK/chain"
-"$BIN/opdbus-blockchaind" --bus "$ADDRESS" --chain-dir "$WORK/chain" --cache-dir "$WORK/cache" \
+OPDBUS_SIGNING_KEY="$WORK/keys/signing.key" OPDBUS_CHECKPOINT_INTERVAL=200ms \
+  "$BIN/opdbus-blockchaind" --bus "$ADDRESS" --chain-dir "$WORK/chain" --cache-dir "$WORK/cache" \
   2> "$WORK/daemon.log" & DAEMON_PID=$!
 for _ in $(seq 200); do busctl --address="$ADDRESS" status org.opdbus.Blockchain >/dev/null 2>&1 && break; sleep 0.05; done
 
@@ -42,6 +43,15 @@ HASH=$(echo "$REPLY" | awk '{print $3}' | tr -d '"')
 step "GetBlock $HASH"
 busctl --address="$ADDRESS" --json=pretty call org.opdbus.Blockchain /org/opdbus/Blockchain \
   org.opdbus.Blockchain GetBlock s "$HASH"
+
+step "GetCheckpoint: the signed Merkle tree head (published in $WORK/chain/tlog), its verifier key"
+sleep 0.5
+busctl --address="$ADDRESS" get-property org.opdbus.Blockchain /org/opdbus/Blockchain \
+  org.opdbus.Blockchain VerifyingKey
+busctl --address="$ADDRESS" --json=short call org.opdbus.Blockchain /org/opdbus/Blockchain \
+  org.opdbus.Blockchain GetCheckpoint | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0])'
+step "GetInclusionProof 2 4: the audit path of block 2 in the tree of 4 blocks"
+call GetInclusionProof tt 2 4
 
 step "FindSimilar: the blocks most like a new footprint (cosine of block vectors)"
 call AddFootprint sss network create '{"interface":"br1","type":"bridge","mtu":9000}' >/dev/null

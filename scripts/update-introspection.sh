@@ -12,7 +12,7 @@ sed -e "s|@SOCKET@|$work/bus|" -e "s|@POLICY@|$PWD/dbus/org.opdbus.Blockchain.co
 dbus-daemon --config-file="$work/bus.conf" --nofork &
 for _ in $(seq 100); do [ -S "$work/bus" ] && break; sleep 0.05; done
 address="unix:path=$work/bus"
-OPDBUS_NUMA=off "$target/opdbus-blockchaind" --bus "$address" --chain-dir "$work/chain" \
+OPDBUS_NUMA=off OPDBUS_SIGNING_KEY="$work/keys/signing.key" "$target/opdbus-blockchaind" --bus "$address" --chain-dir "$work/chain" \
     --cache-dir "$work/cache" 2>"$work/daemon.log" &
 for _ in $(seq 200); do
     busctl --address="$address" status org.opdbus.Blockchain >/dev/null 2>&1 && break

@@ -74,6 +74,18 @@ pub struct Config {
     pub cache_predict: bool,
     pub snapshot_interval: SnapshotInterval,
     pub retention: RetentionPolicy,
+    /// Where the tiles and checkpoints go; `None`: `<chain dir>/tlog`.
+    pub tlog_dir: Option<PathBuf>,
+    /// The checkpoint signing key; `None`: the systemd credential `opdbus-signing-key` when
+    /// one was passed, else [`DEFAULT_SIGNING_KEY`].
+    pub signing_key: Option<PathBuf>,
+    /// The checkpoints' origin line; empty: `<host name>/opdbus-blockchain/<chain id>`.
+    pub origin: String,
+    /// How often the tree's growth is checked for a new checkpoint.
+    pub checkpoint_interval: std::time::Duration,
+    /// Whether the transparency log runs: always, except for the bench's comparison run
+    /// (a hidden flag, not a setting).
+    pub transparency: bool,
     /// The config file these settings were read from (`--config`); SIGHUP reads it again.
     pub file: Option<PathBuf>,
     /// What loading noticed but let pass (a missing file, keys that are not ours); the daemon
@@ -105,6 +117,11 @@ impl Default for Config {
             cache_predict: true,
             snapshot_interval: SnapshotInterval::Off,
             retention: RetentionPolicy::default(),
+            tlog_dir: None,
+            signing_key: None,
+            origin: String::new(),
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            transparency: true,
             file: None,
             warnings: Vec::new(),
         }
@@ -244,7 +261,34 @@ pub const KEYS: &[Key] = &[
           accepts: "a whole number of snapshots from 0 to 10000",
           set: |c, v| in_range(v, 0, 10_000, "snapshots").map(|x| c.retention.weekly = x as u32),
           show: |c| c.retention.weekly.to_string() },
+    Key { name: "OPDBUS_TLOG_DIR", flag: None, reload: false,
+          help: "Directory of the Merkle tree's tiles and signed checkpoints (empty: <chain dir>/tlog)",
+          accepts: "an absolute path, or empty",
+          set: |c, v| optional_dir(v).map(|x| c.tlog_dir = x),
+          show: |c| c.tlog_dir.as_ref().map_or(String::new(), |d| d.display().to_string()) },
+    Key { name: "OPDBUS_SIGNING_KEY", flag: None, reload: false,
+          help: "The checkpoint signing key, made at first start if missing (unset: the systemd \
+                 credential opdbus-signing-key if passed, else this path); never in the chain dir",
+          accepts: "an absolute path",
+          set: |c, v| absolute_dir(v).map(|x| c.signing_key = Some(x)),
+          show: |c| c.signing_key.as_deref().unwrap_or(Path::new(DEFAULT_SIGNING_KEY)).display().to_string() },
+    Key { name: "OPDBUS_ORIGIN", flag: None, reload: false,
+          help: "Origin line of the checkpoints, unique per log (empty: <host name>/opdbus-blockchain/<chain id>)",
+          accepts: "letters, digits and . - _ / : ~ @ (like example.org/audit), or empty",
+          set: |c, v| origin(v).map(|x| c.origin = x),
+          show: |c| c.origin.clone() },
+    Key { name: "OPDBUS_CHECKPOINT_INTERVAL", flag: None, reload: false,
+          help: "Longest wait before a grown tree gets a signed checkpoint",
+          accepts: "a duration from 100ms to 1h, such as 250ms, 1s, 30s, 5m or 1h",
+          set: |c, v| duration(v, 100, 3_600_000).map(|x| c.checkpoint_interval = x),
+          show: |c| show_duration(c.checkpoint_interval) },
 ];
+
+/// Where the daemon keeps (and at first start makes) its checkpoint signing key.
+pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/op-dbus/keys/signing.key";
+
+/// The systemd credential name the daemon reads its signing key from (`LoadCredential=`).
+pub const SIGNING_KEY_CREDENTIAL: &str = "opdbus-signing-key";
 
 /// The row of `name`, if it is one of ours.
 pub fn key(name: &str) -> Option<&'static Key> {
@@ -351,6 +395,36 @@ impl Config {
             sysfs_node_root: self.numa_sysfs_root.clone(),
             sysfs_block_root: self.numa_block_root.clone(),
             chain_dir: self.chain_dir.clone(),
+        })
+    }
+
+    /// The transparency log's options these settings describe; `credentials` is systemd's
+    /// `$CREDENTIALS_DIRECTORY`, where an unset OPDBUS_SIGNING_KEY looks for the credential
+    /// [`SIGNING_KEY_CREDENTIAL`]. `None` when switched off.
+    pub fn transparency_options(
+        &self,
+        credentials: Option<&Path>,
+    ) -> Option<crate::transparency::TransparencyOptions> {
+        use crate::transparency::KeySource;
+        if !self.transparency {
+            return None;
+        }
+        let credential = credentials
+            .map(|dir| dir.join(SIGNING_KEY_CREDENTIAL))
+            .filter(|path| path.exists());
+        let key = match (&self.signing_key, credential) {
+            (Some(path), _) => KeySource::File(path.clone()),
+            (None, Some(credential)) => KeySource::Credential(credential),
+            (None, None) => KeySource::File(PathBuf::from(DEFAULT_SIGNING_KEY)),
+        };
+        Some(crate::transparency::TransparencyOptions {
+            tlog_dir: self
+                .tlog_dir
+                .clone()
+                .unwrap_or_else(|| self.chain_dir.join("tlog")),
+            key,
+            origin: Some(self.origin.clone()).filter(|origin| !origin.is_empty()),
+            interval: self.checkpoint_interval,
         })
     }
 
@@ -470,6 +544,67 @@ pub fn absolute_dir(value: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err("expected an absolute path".into())
+    }
+}
+
+/// An absolute directory, or empty for the default.
+fn optional_dir(value: &str) -> Result<Option<PathBuf>, String> {
+    match value.trim() {
+        "" => Ok(None),
+        path => absolute_dir(path)
+            .map(Some)
+            .map_err(|_| "expected an absolute path, or empty".into()),
+    }
+}
+
+/// A checkpoint origin (also the signing key's name, so a note key name's rules apply).
+fn origin(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-_/:~@".contains(c))
+    {
+        Ok(value.to_owned())
+    } else {
+        Err("expected letters, digits and . - _ / : ~ @ (like example.org/audit), or empty".into())
+    }
+}
+
+/// A duration written as a whole number and a unit (ms, s, m, h), from `min_ms` to `max_ms`.
+fn duration(value: &str, min_ms: u64, max_ms: u64) -> Result<std::time::Duration, String> {
+    let refused = || {
+        format!(
+            "expected a duration from {} to {}, such as 250ms, 1s, 30s, 5m or 1h",
+            show_duration(std::time::Duration::from_millis(min_ms)),
+            show_duration(std::time::Duration::from_millis(max_ms))
+        )
+    };
+    let value = value.trim();
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| refused())?;
+    let ms = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1000),
+        "m" | "min" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => None,
+    }
+    .filter(|ms| (min_ms..=max_ms).contains(ms))
+    .ok_or_else(refused)?;
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// A duration in the largest unit that writes it whole.
+fn show_duration(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis() as u64;
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -817,6 +952,9 @@ mod tests {
                 "OPDBUS_CACHE_MEMORY_POLICY" => "bind",
                 "OPDBUS_SNAPSHOT_INTERVAL" => "hourly",
                 "OPDBUS_WRITER_UIDS" => "1000",
+                "OPDBUS_SIGNING_KEY" => "/elsewhere/signing.key",
+                "OPDBUS_ORIGIN" => "example.org/audit",
+                "OPDBUS_CHECKPOINT_INTERVAL" => "5m",
                 k if k.ends_with("_DIR") || k.ends_with("_ROOT") => "/elsewhere",
                 k if k.starts_with("OPDBUS_RETAIN_") => "9",
                 _ => "131072",

@@ -89,6 +89,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     options.store.segment_bytes = config.segment_bytes;
     options.numa = config.numa_options();
     options.predict = config.cache_predict;
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    options.transparency = config.transparency_options(credentials.as_deref());
     let chain = OptimizedBlockchain::with_cache(options, config.cache_options())
         .await
         .map_err(|source| DaemonError::Chain {
@@ -126,6 +128,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "chain opened at height {height}, head {head}"
     );
 
+    if let Some(transparency) = chain.transparency() {
+        tracing::info!(
+            TLOG_DIR = %transparency.dir().display(),
+            ORIGIN = transparency.origin(),
+            VKEY = transparency.verifying_key(),
+            "transparency log in {}, origin {}, verifier key {}",
+            transparency.dir().display(),
+            transparency.origin(),
+            transparency.verifying_key()
+        );
+    }
+
     let bus = config.bus.to_string();
     let builder = bus_builder(&config.bus).map_err(|source| DaemonError::Connect {
         bus: bus.clone(),
@@ -158,6 +172,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         height,
         "serving {BUS_NAME} on the {bus} bus"
     );
+    let announcer = chain.transparency().map(|transparency| {
+        tokio::spawn(crate::dbus::announce_checkpoints(
+            connection.clone(),
+            transparency.subscribe(),
+        ))
+    });
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(&chain)),
@@ -203,6 +223,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     watchdog.abort();
+    if let Some(announcer) = announcer {
+        announcer.abort();
+    }
     // From here on calls to the name find no owner. Calls the bus routed to us before are
     // ahead of the bus's reply to `flush_incoming` on our socket, so once it is answered every
     // one of them has reached our connection's queue for the object server. The object stays

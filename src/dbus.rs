@@ -7,6 +7,7 @@
 use crate::chain::block::{parse_hash, Caller, EncodedBlock};
 use crate::footprint::PluginFootprint;
 use crate::service::{OptimizedBlockchain, ServiceError};
+use crate::transparency::TransparencyError;
 use std::collections::HashMap;
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
@@ -40,6 +41,9 @@ pub enum Error {
     /// Too many expensive calls (Verify, FindSimilar*) in progress, from this caller or from
     /// all; nothing was done. Retry once one has answered.
     LimitsExceeded(String),
+    /// The transparency log cannot answer now: it is starting, halted because the chain no
+    /// longer extends its checkpoint, or not running.
+    Unavailable(String),
 }
 
 /// The one mapping from the core's errors to the names callers see: the footprint refused is
@@ -49,6 +53,13 @@ impl From<ServiceError> for Error {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::InvalidFootprint(refused) => Error::InvalidArgument(refused.to_string()),
+            ServiceError::Transparency(TransparencyError::OutOfRange(message)) => {
+                Error::InvalidArgument(message)
+            }
+            ServiceError::Transparency(
+                err @ (TransparencyError::NotYet | TransparencyError::Halted(_)),
+            ) => Error::Unavailable(err.to_string()),
+            err @ ServiceError::TransparencyOff => Error::Unavailable(err.to_string()),
             other => Error::StorageFailure(other.to_string()),
         }
     }
@@ -398,6 +409,52 @@ impl BlockchainObject {
             .collect())
     }
 
+    /// The newest signed checkpoint (c2sp.org/tlog-checkpoint in a c2sp.org/signed-note):
+    /// origin, tree size and root, then the Ed25519 signature. Check it with VerifyingKey.
+    #[zbus(out_args("checkpoint"))]
+    async fn get_checkpoint(&self) -> Result<String, Error> {
+        Ok(self.chain.checkpoint()?.note)
+    }
+
+    /// The RFC 9162 inclusion proof of the block at `height` in the tree of `tree_size`
+    /// leaves (a size up to the newest checkpoint's): the audit path, 32-byte hashes.
+    #[zbus(out_args("proof"))]
+    async fn get_inclusion_proof(
+        &self,
+        height: u64,
+        tree_size: u64,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let proof = self.chain.inclusion_proof(height, tree_size).await?;
+        Ok(proof.iter().map(|hash| hash.to_vec()).collect())
+    }
+
+    /// The RFC 9162 consistency proof from the tree of `old_size` leaves to the tree of
+    /// `new_size` leaves (up to the newest checkpoint's size).
+    #[zbus(out_args("proof"))]
+    async fn get_consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let proof = self.chain.consistency_proof(old_size, new_size).await?;
+        Ok(proof.iter().map(|hash| hash.to_vec()).collect())
+    }
+
+    /// The checkpoints' verifier key in signed-note vkey format, `<name>+<hash>+<base64>`
+    /// (empty when the transparency log is not running).
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn verifying_key(&self) -> String {
+        self.chain.verifying_key().unwrap_or_default()
+    }
+
+    /// Sent after each checkpoint is published.
+    #[zbus(signal)]
+    async fn checkpoint_issued(
+        emitter: &SignalEmitter<'_>,
+        size: u64,
+        note: &str,
+    ) -> zbus::Result<()>;
+
     /// Height of the newest durable block (not announced through PropertiesChanged).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn height(&self) -> u64 {
@@ -440,6 +497,30 @@ impl serde::Serialize for SentWithReply {
 
 impl Type for SentWithReply {
     const SIGNATURE: &'static Signature = String::SIGNATURE;
+}
+
+/// Emits CheckpointIssued for every checkpoint the transparency log issues, until it stops.
+pub async fn announce_checkpoints(
+    connection: Connection,
+    mut issued: tokio::sync::broadcast::Receiver<crate::tlog::Checkpoint>,
+) {
+    let Ok(emitter) = SignalEmitter::new(&connection, OBJECT_PATH) else {
+        return;
+    };
+    loop {
+        match issued.recv().await {
+            Ok(checkpoint) => {
+                if let Err(err) =
+                    BlockchainObject::checkpoint_issued(&emitter, checkpoint.size, &checkpoint.note)
+                        .await
+                {
+                    tracing::debug!(%err, "cannot emit CheckpointIssued");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &EncodedBlock) {

@@ -22,6 +22,8 @@ pub mod numa;
 pub mod predict;
 pub mod service;
 pub mod snapshot;
+pub mod tlog;
+pub mod transparency;
 pub mod vector;
 
 pub use chain::block::{Block, Caller};

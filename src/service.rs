@@ -15,6 +15,8 @@ use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
 use crate::predict::Predictor;
 use crate::snapshot::layout::SnapshotLayout;
 use crate::snapshot::{PausedAt, Pending, Snapshotter, WriterBarrier};
+use crate::tlog::Checkpoint;
+use crate::transparency::{Transparency, TransparencyError, TransparencyOptions};
 use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
 
 /// The reader name of in-process reads through the plain `get_block*` methods.
@@ -56,6 +58,12 @@ pub enum ServiceError {
     /// A verify run ended without a report (the runtime is shutting down).
     #[error("verifying: the run was stopped before it ended")]
     VerifyStopped,
+    /// The transparency log refused or failed (a size out of range, not started, halted).
+    #[error(transparent)]
+    Transparency(#[from] TransparencyError),
+    /// The chain was opened without a transparency log.
+    #[error("this chain has no transparency log (opened without one)")]
+    TransparencyOff,
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
@@ -82,6 +90,9 @@ pub struct ChainOptions {
     /// Pre-load the blocks a reader is likely to read next into the cache's hot tier
     /// (see [`crate::predict`]).
     pub predict: bool,
+    /// The Merkle tree, its tiles and signed checkpoints (see [`crate::transparency`]);
+    /// `None`: none (the library's default; the daemon turns it on).
+    pub transparency: Option<TransparencyOptions>,
 }
 
 impl ChainOptions {
@@ -96,6 +107,7 @@ impl ChainOptions {
             store: StoreOptions::default(),
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
             predict: true,
+            transparency: None,
         }
     }
 }
@@ -394,6 +406,7 @@ pub struct OptimizedBlockchain {
     /// Learns read patterns (and is told of reads even when prediction is off).
     predictor: Arc<Predictor>,
     predict: bool,
+    transparency: Option<Transparency>,
 }
 
 impl OptimizedBlockchain {
@@ -425,6 +438,7 @@ impl OptimizedBlockchain {
         let cache = opened.map_err(ServiceError::CacheOpen)?;
         let feed = Arc::new(CacheFeed::new(cache.clone(), cache_options.queue_blocks));
         let predict = options.predict;
+        let transparency_options = options.transparency.clone();
         let numa = match options.numa.clone() {
             Some(numa_options) => detect_numa(numa_options).await,
             None => Err("NUMA placement is switched off (OPDBUS_NUMA=off)".into()),
@@ -477,6 +491,25 @@ impl OptimizedBlockchain {
                 tracing::warn!(%err, "cannot build the block vectors");
             }
         });
+        let transparency = match transparency_options {
+            Some(transparency_options) => {
+                let reader = chain.reader().clone();
+                let forbidden = [chain.chain_dir().to_path_buf(), cache_options.dir.clone()];
+                let started = blocking("starting the transparency log", move || {
+                    let forbidden: Vec<&Path> = forbidden.iter().map(PathBuf::as_path).collect();
+                    Transparency::start(transparency_options, reader, &forbidden)
+                })
+                .await?;
+                match started {
+                    Ok(transparency) => Some(transparency),
+                    Err(err) => {
+                        chain.shutdown().await;
+                        return Err(err.into());
+                    }
+                }
+            }
+            None => None,
+        };
         let snapshots = Snapshotter::new(
             SnapshotLayout::new(chain.chain_dir().to_owned(), cache_options.dir.clone()),
             Arc::new(chain.clone()),
@@ -492,6 +525,7 @@ impl OptimizedBlockchain {
             feed,
             predictor: Arc::new(Predictor::new()),
             predict,
+            transparency,
         })
     }
 
@@ -632,7 +666,55 @@ impl OptimizedBlockchain {
     pub async fn shutdown(&self) {
         self.chain.shutdown().await;
         let feed = self.feed.clone();
-        let _ = tokio::task::spawn_blocking(move || feed.stop()).await;
+        let transparency = self.transparency.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // After the writer: the last checkpoint covers every acknowledged footprint.
+            if let Some(transparency) = transparency {
+                transparency.stop();
+            }
+            feed.stop()
+        })
+        .await;
+    }
+
+    /// The transparency log, when the chain was opened with one.
+    pub fn transparency(&self) -> Option<&Transparency> {
+        self.transparency.as_ref()
+    }
+
+    fn require_transparency(&self) -> Result<&Transparency> {
+        self.transparency
+            .as_ref()
+            .ok_or(ServiceError::TransparencyOff)
+    }
+
+    /// The newest signed checkpoint.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(self.require_transparency()?.checkpoint()?)
+    }
+
+    /// The checkpoints' verifier key in note vkey format.
+    pub fn verifying_key(&self) -> Result<String> {
+        Ok(self.require_transparency()?.verifying_key().to_owned())
+    }
+
+    /// The RFC 9162 inclusion proof of the block at `height` in the tree of `tree_size`
+    /// leaves (at most the newest checkpoint's size).
+    pub async fn inclusion_proof(&self, height: u64, tree_size: u64) -> Result<Vec<Hash>> {
+        let transparency = self.require_transparency()?.clone();
+        Ok(blocking("proving inclusion", move || {
+            transparency.inclusion_proof(height, tree_size)
+        })
+        .await??)
+    }
+
+    /// The RFC 9162 consistency proof from the tree of `old_size` leaves to `new_size`.
+    pub async fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>> {
+        let transparency = self.require_transparency()?.clone();
+        Ok(blocking("proving consistency", move || {
+            transparency.consistency_proof(old_size, new_size)
+        })
+        .await??)
     }
 
     /// The chain alone.

@@ -23,6 +23,10 @@ struct Args {
     /// Read settings from FILE (KEY=VALUE lines, as /etc/default/opdbus-blockchain).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Runs without the transparency log: only for opdbus-bench's comparison of the write
+    /// path with and without it.
+    #[arg(long, hide = true)]
+    bench_without_transparency: bool,
 }
 
 const AFTER_HELP: &str = "\
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    config.transparency = !args.bench_without_transparency;
     // Logged with the config file's warnings once logging is up.
     config.warnings.extend(config::unknown_env_keys(
         std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()),

@@ -617,6 +617,14 @@ impl ChainReader {
             .copied()
     }
 
+    /// The hashes of up to `limit` durable blocks from height `start` on (fewer at the head).
+    pub fn hashes(&self, start: u64, limit: usize) -> Vec<Hash> {
+        let index = self.shared.index.read();
+        let start = (start as usize).min(index.hashes.len());
+        let end = start.saturating_add(limit).min(index.hashes.len());
+        index.hashes[start..end].to_vec()
+    }
+
     /// The height of the block with `hash`, if the chain holds it.
     pub fn height_of(&self, hash: &Hash) -> Option<u64> {
         let index = self.shared.index.read();

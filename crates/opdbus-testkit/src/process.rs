@@ -185,7 +185,11 @@ impl DaemonOptions {
             chain_dir: chain_dir.to_path_buf(),
             cache_dir: cache_dir.to_path_buf(),
             log: chain_dir.with_extension("log"),
-            env: Vec::new(),
+            // Beside the chain, as the daemon demands, and never the host's own key.
+            env: vec![(
+                "OPDBUS_SIGNING_KEY".into(),
+                format!("{}.keys/signing.key", chain_dir.display()),
+            )],
             ready_within: Duration::from_secs(30),
         }
     }
