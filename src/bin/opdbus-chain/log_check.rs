@@ -427,13 +427,14 @@ impl LogCheck {
 }
 
 /// Whether the tree of `size` leaves can still be served without the missing tile at `path`:
-/// it needs none of the tile's hashes, or a narrower partial the daemon wrote for it is there.
+/// it needs none of the tile's hashes, or a partial tile holding those it needs (the one
+/// written for that checkpoint) is there.
 fn servable(reader: &TileReader, path: &str, size: u64) -> bool {
     let Some((level, n, _)) = parse_tile_path(path) else {
         return false;
     };
     // Hashes of the tile's level that the tree of `size` has, and where this tile starts.
-    let nodes = size >> (8 * level.unwrap_or(0));
+    let nodes = size.checked_shr(8 * level.unwrap_or(0)).unwrap_or(0);
     let start = n * TILE_WIDTH as u64;
     if nodes <= start {
         return true;

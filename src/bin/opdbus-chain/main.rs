@@ -52,7 +52,7 @@ enum Command {
     /// Then the tiles in the tlog directory are compared with the tree the chain's blocks
     /// give: a tile that differs is an error (exit 1, naming it); a missing one is a note
     /// (tiles lag the chain by up to a checkpoint interval; the daemon writes missing tiles at
-    /// start, `tlog rebuild` offline), unless the published checkpoint (DIR/checkpoint) needs
+    /// start, `tlog rebuild` offline), unless the published checkpoint (TLOG/checkpoint) needs
     /// it to serve proofs. The chain must also give the published checkpoint's root at its
     /// size. No tlog directory at all is a note.
     ///
@@ -81,7 +81,7 @@ enum Command {
         /// (DIR/vectors; derived data, rebuilt by the daemon when it does not match).
         #[arg(long, conflicts_with = "repair")]
         vectors: bool,
-        /// Also check the chain against this signed checkpoint (a copy of DIR/checkpoint
+        /// Also check the chain against this signed checkpoint (a copy of TLOG/checkpoint
         /// taken earlier, e.g. with `opdbus-chain checkpoint --out`). Needs --vkey.
         #[arg(
             long,
@@ -103,7 +103,7 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
-    /// Print the newest checkpoint the daemon published (DIR/checkpoint), a signed note
+    /// Print the newest checkpoint the daemon published (TLOG/checkpoint), a signed note
     /// (c2sp.org/tlog-checkpoint) naming the log, its size and its Merkle root.
     ///
     /// Keep copies elsewhere (--out): `verify --checkpoint` and `consistency` check the chain
@@ -120,7 +120,7 @@ enum Command {
         /// Check its signature with this verifier key (or a file holding it).
         #[arg(long, value_name = "VKEY")]
         vkey: Option<String>,
-        /// Print one JSON object: origin, size, root (hex), note.
+        /// Print one JSON object: ok, origin, size, root (hex), note; or ok false and failure.
         #[arg(long)]
         json: bool,
     },
@@ -142,7 +142,8 @@ enum Command {
         dir: ChainDir,
         #[command(flatten)]
         tlog: TlogDir,
-        /// Print one JSON object: height, tree_size, block_hash, leaf_hash, root, proof.
+        /// Print one JSON object: ok, height, tree_size, block_hash, leaf_hash, root, proof; or
+        /// ok false and failure.
         #[arg(long)]
         json: bool,
     },
@@ -165,7 +166,8 @@ enum Command {
         dir: ChainDir,
         #[command(flatten)]
         tlog: TlogDir,
-        /// Print one JSON object: consistent, origin, old, new, proof.
+        /// Print one JSON object: ok, consistent, origin, old, new, proof; or ok false and
+        /// failure.
         #[arg(long)]
         json: bool,
     },
@@ -340,7 +342,7 @@ enum KeyCommand {
     Show {
         #[command(flatten)]
         key: KeyFile,
-        /// Print one JSON object: key, name, vkey.
+        /// Print one JSON object: ok, key, name, vkey; or ok false and failure.
         #[arg(long)]
         json: bool,
     },
@@ -354,15 +356,15 @@ enum TlogCommand {
     /// whole chain (as verify does), compares every tile with the tree its blocks give,
     /// rewrites those that are missing or differ (each synced before it is renamed into
     /// place), then every partial tile of the current size. Prints how many tiles were
-    /// compared and rewritten. The checkpoints (DIR/checkpoint, DIR/checkpoints) are left as
+    /// compared and rewritten. The checkpoints (TLOG/checkpoint, TLOG/checkpoints) are left as
     /// they are: they are what was published. Exit 1 when the chain is not intact.
     Rebuild {
         #[command(flatten)]
         dir: ChainDir,
         #[command(flatten)]
         tlog: TlogDir,
-        /// Print one JSON object: tlog_dir, size, root, compared, missing_rewritten,
-        /// differing_rewritten, missing, differing.
+        /// Print one JSON object: ok, tlog_dir, size, root, compared, missing_rewritten,
+        /// differing_rewritten, missing, differing; or ok false and failure.
         #[arg(long)]
         json: bool,
     },
@@ -370,9 +372,9 @@ enum TlogCommand {
 
 #[derive(Args)]
 struct TlogDir {
-    /// The transparency log's directory (tiles, checkpoint, checkpoints) [default, also when
-    /// empty: tlog in the chain directory].
-    #[arg(long, value_name = "DIR", env = "OPDBUS_TLOG_DIR", value_parser = path_or_empty())]
+    /// The transparency log's directory, TLOG (tiles, checkpoint, checkpoints) [default, also
+    /// when empty: tlog in the chain directory].
+    #[arg(long, value_name = "TLOG", env = "OPDBUS_TLOG_DIR", value_parser = path_or_empty())]
     tlog_dir: Option<PathBuf>,
 }
 
