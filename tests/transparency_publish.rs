@@ -431,6 +431,9 @@ fn a_published_log_of_the_running_daemon_verifies_from_outside_over_nginx() {
         .to_owned();
     let from_file = opdbus_blockchain::tlog::SigningKey::load(&key).expect("the daemon's key");
     assert_eq!(from_file.vkey(), vkey);
+    let (code, out, err) = cli(&["key", "show", "--key", path_str(&key)]);
+    assert_eq!(code, 0, "opdbus-chain key show: {err}");
+    assert_eq!(out.trim(), vkey, "opdbus-chain key show");
 
     let site = dir.path().join("site");
     publish(&tlog, &site);
@@ -551,6 +554,20 @@ fn a_published_log_of_the_running_daemon_verifies_from_outside_over_nginx() {
             "--proof",
             &proof,
         ]);
+        // Our CLI builds the same audit path from the same tiles.
+        let (code, out, err) = cli(&[
+            "prove",
+            &h,
+            "--json",
+            "--chain-dir",
+            path_str(&chain),
+            "--tlog-dir",
+            path_str(&tlog),
+        ]);
+        assert_eq!(code, 0, "opdbus-chain prove {height}: {err}");
+        let ours: serde_json::Value = serde_json::from_str(&out).expect("prove --json");
+        assert_eq!(ours["proof"], proved["proof"], "height {height}");
+        assert_eq!(ours["block_hash"], proved["block_hash"], "height {height}");
         let other = if height == 0 { "1" } else { "0" };
         refused(&[
             "inclusion",
@@ -595,6 +612,64 @@ fn a_published_log_of_the_running_daemon_verifies_from_outside_over_nginx() {
         ]);
         assert_eq!(prefix["root"], line["root"], "history line {i}");
     }
+
+    // Our CLI against the same checkpoints: the chain extends the served one, and the oldest
+    // checkpoint of the history is consistent with it, by a proof the Python verifier accepts.
+    let (code, _, err) = cli(&[
+        "verify",
+        "--chain-dir",
+        path_str(&chain),
+        "--tlog-dir",
+        path_str(&tlog),
+        "--checkpoint",
+        path_str(&served),
+        "--vkey",
+        &vkey,
+    ]);
+    assert_eq!(code, 0, "opdbus-chain verify --checkpoint: {err}");
+    let oldest = dir.path().join("history-0");
+    let (code, out, err) = cli(&[
+        "consistency",
+        path_str(&oldest),
+        path_str(&served),
+        "--vkey",
+        &vkey,
+        "--json",
+        "--chain-dir",
+        path_str(&chain),
+        "--tlog-dir",
+        path_str(&tlog),
+    ]);
+    assert_eq!(code, 0, "opdbus-chain consistency: {err}");
+    let consistency: serde_json::Value = serde_json::from_str(&out).expect("consistency --json");
+    let proof = consistency["proof"]
+        .as_array()
+        .expect("proof")
+        .iter()
+        .map(|p| p.as_str().expect("hex"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let old_size = lines[0]["size"].as_u64().expect("size");
+    let old_root = lines[0]["root"].as_str().expect("root");
+    assert!(old_size < 301, "the history starts below 301: {old_size}");
+    let check = |old_root: &str| {
+        verifier(&[
+            "consistency",
+            "--old",
+            &old_size.to_string(),
+            "--old-root",
+            old_root,
+            "--new",
+            "301",
+            "--new-root",
+            &root,
+            "--proof",
+            &proof,
+        ])
+        .0
+    };
+    assert_eq!(check(old_root), 0, "the CLI's consistency proof, in Python");
+    assert_eq!(check(&root), 1, "and not with another old root");
 
     // A published tile that lies is caught: the proof no longer leads to the signed root.
     let tile = site.join("tile/0/000");
