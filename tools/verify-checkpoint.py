@@ -309,9 +309,9 @@ def entries_path(n, width):
 
 class TileSource:
     """Reads tiles through `get(path) -> bytes or None (absent)`, for a tree of `size`, and
-    keeps what it read. The log keeps only the newest partial of a tile, so a partial that a
-    checkpoint named may have been replaced by a wider one or the full tile since: their first
-    `width` hashes are the same (tiles only grow), so any of them serves."""
+    keeps what it read. A partial that a checkpoint named is deleted once its full tile exists
+    (and a copy may lack it): a wider partial or the full tile starts with the same `width`
+    hashes (tiles only grow), so any of them serves."""
 
     def __init__(self, get, size):
         self.get, self.size, self.tiles, self.fetched = get, size, {}, []
