@@ -15,6 +15,7 @@ packages=(
   pkg-config
   hwloc           # lstopo, for operators
   python3         # tools/verify-chain.py, the independent verifier
+  python3-cryptography # tools/verify-checkpoint.py checks Ed25519 signatures with it
   gcc
   make
   ca-certificates
