@@ -450,13 +450,14 @@ fn failure<T: std::fmt::Debug>(result: zbus::Result<T>) -> (String, String) {
 }
 
 /// Adds `n` corpus footprints from `seed` over all `connections` at once (each connection one
-/// call after another); every `big.0`-th has `big.1` bytes of data. Returns the block hashes
-/// by height.
+/// call after another, `pace` apart); every `big.0`-th has `big.1` bytes of data. Returns the
+/// block hashes by height.
 async fn add_footprints(
     connections: &[zbus::Connection],
     n: usize,
     seed: u64,
     big: Option<(usize, usize)>,
+    pace: Duration,
 ) -> BTreeMap<u64, Hash> {
     let footprints = opdbus_testkit::corpus::footprints(seed, n);
     let mut tasks = Vec::new();
@@ -487,6 +488,7 @@ async fn add_footprints(
                     .await
                     .expect("AddFootprint");
                 added.push((height, to_hash(&hash)));
+                tokio::time::sleep(pace).await;
             }
             added
         }));
@@ -802,7 +804,14 @@ async fn sixty_footprints_give_a_signed_checkpoint_whose_root_and_proofs_check_f
     let log = Log::start(&[]);
     let connection = log.bus.connect().await;
     let mut signals = checkpoint_signals(&connection).await;
-    let added = add_footprints(std::slice::from_ref(&connection), 60, 16, None).await;
+    let added = add_footprints(
+        std::slice::from_ref(&connection),
+        60,
+        16,
+        None,
+        Duration::ZERO,
+    )
+    .await;
 
     let mut last_size = 0;
     let issued = loop {
@@ -939,28 +948,29 @@ async fn sixty_footprints_give_a_signed_checkpoint_whose_root_and_proofs_check_f
     cli_verify_catches_a_consistent_rewrite(&log, &note, &vkey);
 }
 
-/// `opdbus-chain verify --checkpoint FILE --vkey VKEY` on a copy of the chain whose block 7 was
-/// rewritten and every later block re-linked: the chain alone verifies, the checkpoint does not.
+/// `opdbus-chain verify --checkpoint FILE --vkey VKEY` on a copy of the chain (with its tiles)
+/// whose block 7 was rewritten and every later block re-linked: the chain alone verifies, the
+/// checkpoint kept elsewhere does not, and the tiles locate the changed height.
 fn cli_verify_catches_a_consistent_rewrite(log: &Log, note: &Note, vkey: &Vkey) {
-    let (_, help, _) = cli(&["verify", "--help"]);
-    if !help.contains("--checkpoint") {
-        // The option comes with branch i16-cli; until it is merged this part cannot run.
-        eprintln!(
-            "NOT RUN: opdbus-chain verify has no --checkpoint option yet (branch i16-cli): the \
-             consistent rewrite of block 7 is not checked by the CLI"
-        );
-        return;
-    }
     let copy = tempfile::tempdir().expect("tempdir");
     let chain = copy.path().join("chain");
     std::fs::create_dir(&chain).expect("mkdir");
     for (_, path) in segment::list(&log.chain()).expect("segments") {
         std::fs::copy(&path, chain.join(path.file_name().expect("name"))).expect("copy");
     }
-    let checkpoint = copy.path().join("checkpoint");
+    for (relative, bytes) in files_below(&log.tlog()) {
+        let to = chain.join("tlog").join(relative);
+        std::fs::create_dir_all(to.parent().expect("dir")).expect("mkdir");
+        std::fs::write(to, bytes).expect("copy tlog");
+    }
+    let checkpoint = copy.path().join("kept.checkpoint");
     std::fs::write(&checkpoint, &note.text).expect("write checkpoint");
-    let chain_arg = chain.to_str().expect("UTF-8");
-    let checkpoint_arg = checkpoint.to_str().expect("UTF-8");
+    let no_tlog = copy.path().join("no-tlog");
+    let (chain_arg, checkpoint_arg, no_tlog_arg) = (
+        chain.to_str().expect("UTF-8"),
+        checkpoint.to_str().expect("UTF-8"),
+        no_tlog.to_str().expect("UTF-8"),
+    );
     let verify = |extra: &[&str]| {
         let mut args = vec!["verify", "--chain-dir", chain_arg];
         args.extend_from_slice(extra);
@@ -971,13 +981,17 @@ fn cli_verify_catches_a_consistent_rewrite(log: &Log, note: &Note, vkey: &Vkey) 
     assert_eq!(code, 0, "the untouched copy: {out}{err}");
 
     rewrite_block_consistently(&chain, 7);
-    let (code, out, err) = verify(&[]);
+    let (code, out, err) = verify(&["--tlog-dir", no_tlog_arg]);
     assert_eq!(
         code, 0,
         "a consistent rewrite verifies on its own: {out}{err}"
     );
     let (code, out, err) = verify(&with_checkpoint);
     assert_eq!(code, 1, "the checkpoint catches the rewrite: {out}{err}");
+    assert!(
+        format!("{out}{err}").contains("the block at height 7 differs"),
+        "{out}{err}"
+    );
 }
 
 // ---- 2. many segments, tile boundaries ----
@@ -990,7 +1004,7 @@ async fn proofs_hold_across_segments_and_tile_boundaries() {
     let log = Log::start(&[("OPDBUS_SEGMENT_BYTES", "65536")]);
     let writers = connections(&log.bus, 8).await;
     let n = 2600;
-    let added = add_footprints(&writers, n, 2, Some((50, 40_000))).await;
+    let added = add_footprints(&writers, n, 2, Some((50, 40_000)), Duration::ZERO).await;
     let connection = &writers[0];
     let hashes = all_hashes(connection, &added).await;
     let size = hashes.len() as u64;
@@ -1069,31 +1083,54 @@ async fn checkpoints_under_sixteen_writers_grow_consistently() {
 
     let writing = {
         let writers = writers.clone();
-        tokio::spawn(async move { add_footprints(&writers, 16 * 45, 3, None).await })
+        tokio::spawn(async move {
+            add_footprints(&writers, 16 * 45, 3, None, Duration::from_millis(20)).await
+        })
     };
+    // Asks GetCheckpoint over and over and, for each new checkpoint, proofs at its size right
+    // away, while the tree grows under them; the proofs are checked once all hashes are known.
     let polling = {
         let connection = log.bus.connect().await;
         tokio::spawn(async move {
-            let mut seen = Vec::new();
+            let mut seen: Vec<Note> = Vec::new();
+            let mut inclusions = Vec::new();
+            let mut consistencies = Vec::new();
+            let mut rng = SplitMix64(3);
             let deadline = Instant::now() + Duration::from_secs(60);
-            while seen
-                .last()
-                .is_none_or(|note: &Note| note.size < 16 * 45 + 1)
-            {
+            while seen.last().is_none_or(|note| note.size < 16 * 45 + 1) {
                 assert!(Instant::now() < deadline, "no final checkpoint");
                 if let Ok(text) = get_checkpoint(&connection).await {
                     let note = parse_note(&text);
-                    if seen.last().is_none_or(|last: &Note| last.text != note.text) {
+                    if seen.last().is_none_or(|last| last.text != note.text) {
+                        for height in [note.size - 1, rng.below(note.size)] {
+                            let proof = inclusion_proof(&connection, height, note.size)
+                                .await
+                                .unwrap_or_else(|err| {
+                                    panic!("GetInclusionProof({height}, {}): {err}", note.size)
+                                });
+                            inclusions.push((height, note.size, note.root, proof));
+                        }
+                        if let Some(last) = seen.last() {
+                            let proof = consistency_proof(&connection, last.size, note.size)
+                                .await
+                                .unwrap_or_else(|err| {
+                                    panic!(
+                                        "GetConsistencyProof({}, {}): {err}",
+                                        last.size, note.size
+                                    )
+                                });
+                            consistencies.push((last.size, last.root, note.size, note.root, proof));
+                        }
                         seen.push(note);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
-            seen
+            (seen, inclusions, consistencies)
         })
     };
     let added = writing.await.expect("writers");
-    let polled = polling.await.expect("poller");
+    let (polled, inclusions, consistencies) = polling.await.expect("poller");
     let mut signalled = Vec::new();
     loop {
         let (size, text) = next_issued(&mut signals).await;
@@ -1140,6 +1177,20 @@ async fn checkpoints_under_sixteen_writers_grow_consistently() {
             note.size
         );
     }
+    assert!(consistencies.len() >= 2, "proofs asked while writing");
+    for (height, size, root, proof) in &inclusions {
+        let leaf = rfc::leaf_hash(&hashes[*height as usize]);
+        assert!(
+            rfc::verify_inclusion(*height, *size, &leaf, proof, root),
+            "inclusion of {height} in {size}, asked while writing"
+        );
+    }
+    for (old, old_root, new, new_root, proof) in &consistencies {
+        assert!(
+            rfc::verify_consistency(*old, *new, old_root, new_root, proof),
+            "consistency from {old} to {new}, asked while writing"
+        );
+    }
     for pair in on_file.windows(2) {
         assert_consistent(
             &listener,
@@ -1162,7 +1213,7 @@ async fn a_checkpoint_published_before_kill_9_stays_provable() {
     let mut rng = seeded_rng();
     for round in 0..3 {
         let writers = connections(&log.bus, 4).await;
-        let first = add_footprints(&writers, 40, 40 + round, None).await;
+        let first = add_footprints(&writers, 40, 40 + round, None, Duration::ZERO).await;
         let head = *first.keys().last().expect("added");
         wait_for_checkpoint(&writers[0], head + 1).await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1206,7 +1257,14 @@ async fn a_checkpoint_published_before_kill_9_stays_provable() {
         let connection = log.bus.connect().await;
         let vkey = parse_vkey(&verifying_key(&connection).await);
         assert_signed(&vkey, &[&before]);
-        let more = add_footprints(std::slice::from_ref(&connection), 5, 50 + round, None).await;
+        let more = add_footprints(
+            std::slice::from_ref(&connection),
+            5,
+            50 + round,
+            None,
+            Duration::ZERO,
+        )
+        .await;
         let head = *more.keys().last().expect("added");
         let after = wait_for_checkpoint(&connection, head + 1).await;
         let hashes = chain_hashes(&connection, head + 1).await;
@@ -1247,7 +1305,7 @@ async fn a_checkpoint_published_before_kill_9_stays_provable() {
 async fn damaged_or_missing_tiles_are_rebuilt_at_start() {
     let mut log = Log::start(&[]);
     let writers = connections(&log.bus, 8).await;
-    let added = add_footprints(&writers, 700, 5, None).await;
+    let added = add_footprints(&writers, 700, 5, None, Duration::ZERO).await;
     let hashes = all_hashes(&writers[0], &added).await;
     let size = hashes.len() as u64;
     drop(writers);
@@ -1307,7 +1365,14 @@ async fn damaged_or_missing_tiles_are_rebuilt_at_start() {
 async fn assert_halts_after(tamper: impl FnOnce(&Path), reason: &str) {
     let mut log = Log::start(&[]);
     let connection = log.bus.connect().await;
-    let added = add_footprints(std::slice::from_ref(&connection), 80, 6, None).await;
+    let added = add_footprints(
+        std::slice::from_ref(&connection),
+        80,
+        6,
+        None,
+        Duration::ZERO,
+    )
+    .await;
     wait_for_checkpoint(&connection, 81).await;
     drop(connection);
     assert!(log.daemon.stop().success());
@@ -1420,7 +1485,14 @@ fn secret_forms(key_file: &Path) -> Vec<Vec<u8>> {
 async fn the_signing_key_is_made_private_and_outside_the_chain() {
     let mut log = Log::start(&[]);
     let connection = log.bus.connect().await;
-    add_footprints(std::slice::from_ref(&connection), 20, 7, None).await;
+    add_footprints(
+        std::slice::from_ref(&connection),
+        20,
+        7,
+        None,
+        Duration::ZERO,
+    )
+    .await;
     let note = wait_for_checkpoint(&connection, 21).await;
     let key = log.key();
     assert_eq!(mode(&key), 0o600);
@@ -1538,7 +1610,14 @@ async fn the_systemd_credential_signs_and_is_never_written() {
     let connection = bus.connect().await;
     let vkey = verifying_key(&connection).await;
     assert_eq!(vkey, vkey_of_key_file(&credential));
-    add_footprints(std::slice::from_ref(&connection), 10, 8, None).await;
+    add_footprints(
+        std::slice::from_ref(&connection),
+        10,
+        8,
+        None,
+        Duration::ZERO,
+    )
+    .await;
     let note = wait_for_checkpoint(&connection, 11).await;
     assert_signed(&parse_vkey(&vkey), &[&note]);
     drop(connection);
@@ -1575,7 +1654,7 @@ async fn a_clean_stop_issues_a_checkpoint_of_every_acknowledged_footprint() {
     let writers = connections(&log.bus, 4).await;
     let first = wait_for_checkpoint(&writers[0], 1).await;
     assert_eq!(first.size, 1, "the start issues the genesis checkpoint");
-    let added = add_footprints(&writers, 50, 9, None).await;
+    let added = add_footprints(&writers, 50, 9, None, Duration::ZERO).await;
     assert_eq!(
         parse_note(&get_checkpoint(&writers[0]).await.expect("checkpoint")).size,
         1,
@@ -1599,5 +1678,33 @@ async fn a_clean_stop_issues_a_checkpoint_of_every_acknowledged_footprint() {
     let kept = history(&log.tlog());
     assert_eq!(kept.len(), 2);
     assert_eq!(kept[1].text, note.text);
-    assert_signed(&parse_vkey(&vkey_of_key_file(&log.key())), &[&note, &first]);
+    let vkey = vkey_of_key_file(&log.key());
+    assert_signed(&parse_vkey(&vkey), &[&note, &first]);
+
+    // tools/verify-checkpoint.py, the project's own verifier from the same texts, agrees.
+    let tool = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("python3")
+            .arg(repo_path("tools/verify-checkpoint.py"))
+            .args(args)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "verify-checkpoint.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let file = log.tlog().join("checkpoint");
+    let opened = tool(&["note", "--vkey", &vkey, file.to_str().expect("UTF-8")]);
+    assert_eq!(opened["size"], 51);
+    assert_eq!(opened["root"], hex::encode(note.root));
+    let root = tool(&[
+        "root",
+        "--chain",
+        log.chain().to_str().expect("UTF-8"),
+        "--size",
+        "51",
+    ]);
+    assert_eq!(root["root"], hex::encode(note.root));
 }
