@@ -1338,7 +1338,9 @@ async fn damaged_or_missing_tiles_are_rebuilt_at_start() {
     assert!(
         log.daemon
             .log_text()
-            .contains("rebuilt 2 missing and 2 damaged tile(s) from the chain"),
+            // The deleted partial bundle is rewritten without a word: a partial narrower
+            // than the chain is also the normal lag after a kill.
+            .contains("rebuilt 1 missing and 2 damaged tile(s) from the chain"),
         "{}",
         log.daemon.log_text()
     );
