@@ -5,7 +5,7 @@
 mod common;
 use common::bench;
 
-const REQUIRED: [&str; 19] = [
+const REQUIRED: [&str; 24] = [
     "empty_call_rate_1",
     "empty_call_rate_16",
     "empty_call_p50_us",
@@ -23,6 +23,11 @@ const REQUIRED: [&str; 19] = [
     "get_block_cold_p50_us_dbus",
     "sqlite_rate_16",
     "file_per_block_rate_16",
+    "add_footprint_rate_16_transparency_on",
+    "add_footprint_rate_16_transparency_off",
+    "ratio_add_footprint_rate_16_transparency_on_to_off",
+    "ratio_add_footprint_rate_16_transparency_paired_median",
+    "tlog_thread_cpu_us_per_footprint",
     "machine",
     "date",
 ];
@@ -37,6 +42,10 @@ fn bench_quick_writes_json_with_every_required_figure() {
     assert!(
         stdout.contains("AddFootprint, 16 clients"),
         "the table is missing:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("AddFootprint 16, transparency on"),
+        "the comparison with the transparency log off is missing:\n{stdout}"
     );
 
     let text = std::fs::read_to_string(&json_path).expect("the JSON file was written");
