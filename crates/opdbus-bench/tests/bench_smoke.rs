@@ -79,3 +79,38 @@ fn bench_refuses_an_unwritable_json_path_with_a_reason() {
     assert_eq!(code, 2, "stderr: {stderr}");
     assert!(stderr.contains("cannot write"), "stderr: {stderr}");
 }
+
+/// `bench-tlog` builds, replays and proves on a small tree (three tile levels: more than 65,536
+/// leaves), checks its sample of proofs (exit 1 on a wrong one) and writes its figures.
+#[test]
+fn bench_tlog_proves_and_checks_on_a_small_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("tlog.json");
+    let json_arg = json_path.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = bench(&[
+        "bench-tlog",
+        "--leaves",
+        "70000",
+        "--proofs",
+        "200",
+        "--json",
+        json_arg,
+    ]);
+    assert_eq!(code, 0, "bench-tlog failed:\n{stdout}\n{stderr}");
+    let text = std::fs::read_to_string(&json_path).expect("the JSON file was written");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    for key in [
+        "build_leaves_per_s",
+        "replay_leaves_per_s",
+        "inclusion_proof_p50_us",
+        "inclusion_proof_max_us",
+        "consistency_proof_p99_us",
+    ] {
+        assert!(
+            value[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} is missing or not positive: {text}"
+        );
+    }
+    assert_eq!(value["leaves"], 70000);
+    assert_eq!(value["proofs_checked"], 40.0, "{text}");
+}

@@ -16,6 +16,7 @@ use clap::Args;
 use measure::{Call, Sample};
 use opdbus_blockchain::service::{ChainOptions, OptimizedBlockchain};
 use opdbus_blockchain::StreamingBlockchain;
+pub(crate) use report::{machine, utc_now};
 use report::{print_table, Extra, Figures};
 use serde_json::Value;
 use stage::Stage;

@@ -392,12 +392,7 @@ impl Figures {
     /// The header (date, machine, load) and its JSON keys.
     fn stamp(&mut self, flags: &str, filesystem: &str, load_before: &str, plan: &str) {
         let machine = machine(filesystem);
-        let date = opdbus_blockchain::snapshot::utc::UtcDateTime::from_unix(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        )
-        .rfc3339();
+        let date = utc_now();
         self.header = format!(
             "opdbus-bench bench{flags} — {date}\nmachine: {machine}\nload average before: {load_before}; {plan}"
         );
@@ -535,7 +530,18 @@ impl Figures {
     }
 }
 
-fn machine(filesystem: &str) -> String {
+/// Now, as RFC 3339 in UTC.
+pub(crate) fn utc_now() -> String {
+    opdbus_blockchain::snapshot::utc::UtcDateTime::from_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    )
+    .rfc3339()
+}
+
+/// CPU model and count, kernel and `filesystem`, in one line.
+pub(crate) fn machine(filesystem: &str) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
