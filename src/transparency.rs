@@ -71,6 +71,8 @@ pub enum TransparencyError {
     Tlog(#[from] TlogError),
     #[error("starting the transparency log thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    UnsafeDir(#[from] crate::files::DirError),
     /// The chain does not extend the newest checkpoint this log published.
     #[error("the transparency log is halted: {0}")]
     Halted(String),
@@ -141,10 +143,13 @@ impl Transparency {
                 }
                 key
             }
-            KeySource::Credential(path) => SigningKey::load(path)?,
+            // systemd made it readable by this service alone, whatever its mode says.
+            KeySource::Credential(path) => SigningKey::load_credential(path)?,
         };
         crate::files::create_dir_all(&options.tlog_dir)
             .map_err(|err| TlogError::io(&options.tlog_dir, err))?;
+        // Its subdirectories are ours; whoever could write here could plant links in them.
+        crate::files::check_dir(&options.tlog_dir)?;
         let (issued, _) = tokio::sync::broadcast::channel(16);
         let shared = Arc::new(Shared {
             dir: options.tlog_dir.clone(),

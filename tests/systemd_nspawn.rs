@@ -204,6 +204,80 @@ fn real_systemd_journal_has_structured_block_fields_and_start_up_facts() {
 }
 
 #[test]
+fn real_systemd_checkpoints_reach_the_journal_and_the_key_stays_private() {
+    let Some(ct) = Container::boot_with_service("tlog") else {
+        return;
+    };
+    ct.ok(&["systemctl", "start", UNIT]);
+    ct.add_footprint("network", "create", r#"{"interface":"eth0"}"#);
+    // Genesis and one footprint: a tree of 2, checkpointed within the default second.
+    let records = ct.wait_for_journal(&["CHECKPOINT_SIZE=2"], |records| !records.is_empty());
+    // journalctl -o json writes a value with control characters (the note's newlines) as
+    // an array of bytes.
+    let note = match &records[0]["CHECKPOINT_NOTE"] {
+        serde_json::Value::Array(bytes) => String::from_utf8(
+            bytes
+                .iter()
+                .map(|b| b.as_u64().unwrap_or(0) as u8)
+                .collect(),
+        )
+        .expect("utf-8"),
+        other => other.as_str().unwrap_or_default().to_owned(),
+    };
+    assert!(note.contains("\n2\n"), "{note}");
+    assert_eq!(field(&records[0], "CHECKPOINT_ROOT").len(), 64);
+    let published = ct.ok(&["cat", "/var/lib/op-dbus/blockchain/tlog/checkpoint"]);
+    assert_eq!(published, note, "the journal holds what was published");
+
+    // The key: made at first start, outside the chain dir, private.
+    let modes = ct.ok(&[
+        "stat",
+        "-c",
+        "%a %U",
+        "/var/lib/op-dbus/keys",
+        "/var/lib/op-dbus/keys/signing.key",
+    ]);
+    assert_eq!(modes, "700 root\n600 root\n");
+    let vkey = ct.ok(&["opdbus-chain", "key", "show"]);
+    let property = ct.ok(&[
+        "busctl",
+        "get-property",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "VerifyingKey",
+    ]);
+    assert_eq!(property.trim(), format!("s \"{}\"", vkey.trim()));
+
+    // A key passed as a credential (LoadCredential=) replaces the default one, read only.
+    ct.ok(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/credstore /etc/systemd/system/opdbus-blockchaind.service.d && \
+         mv /var/lib/op-dbus/keys/signing.key /etc/credstore/opdbus-signing-key && \
+         chmod 0400 /etc/credstore/opdbus-signing-key && \
+         printf '[Service]\\nLoadCredential=opdbus-signing-key:/etc/credstore/opdbus-signing-key\\n' \
+           > /etc/systemd/system/opdbus-blockchaind.service.d/key.conf && \
+         systemctl daemon-reload && systemctl restart opdbus-blockchaind",
+    ]);
+    ct.add_footprint("network", "delete", r#"{"interface":"eth0"}"#);
+    let again = ct.ok(&[
+        "busctl",
+        "get-property",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "VerifyingKey",
+    ]);
+    assert_eq!(again, property, "the credential is the same key");
+    assert!(
+        !ct.path("/var/lib/op-dbus/keys/signing.key").exists(),
+        "with a credential, no key file is made"
+    );
+    ct.wait_for_journal(&["CHECKPOINT_SIZE=3"], |records| !records.is_empty());
+}
+
+#[test]
 fn real_systemd_stop_answers_calls_in_flight_and_exits_cleanly() {
     let Some(ct) = Container::boot_with_service("stop") else {
         return;

@@ -6,7 +6,7 @@
 //! blocks that break them were written before those rules (or by someone who rewrote the
 //! chain), so they are counted as a warning, never as corruption.
 
-use super::block::Hash;
+use super::block::{Block, Hash};
 use super::error::ChainError;
 use super::scan;
 use super::segment;
@@ -90,6 +90,18 @@ pub fn verify_dir(
     up_to: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport, ChainError> {
+    verify_dir_each(dir, up_to, progress, &mut |_| {})
+}
+
+/// [`verify_dir`], handing each block that checks out to `on_block`, in height order. Its
+/// hash was recomputed from the segment, never taken from the index file, so a caller can
+/// build on it (the transparency log's tree in `opdbus-chain verify`).
+pub fn verify_dir_each(
+    dir: &Path,
+    up_to: Option<u64>,
+    progress: &mut dyn FnMut(u64),
+    on_block: &mut dyn FnMut(&Block),
+) -> Result<VerifyReport, ChainError> {
     let segments =
         segment::list(dir).map_err(|e| ChainError::io(format!("reading {}", dir.display()), e))?;
     let mut report = VerifyReport::default();
@@ -105,6 +117,7 @@ pub fn verify_dir(
         }
         report.blocks_checked += 1;
         report.head = Some((block.height, block.hash));
+        on_block(block);
         if block.height > 0 {
             let rules =
                 crate::footprint::check_stored(&block.plugin, &block.operation, &block.data);

@@ -91,6 +91,18 @@ impl SigningKey {
         SigningKey::parse(&text, path)
     }
 
+    /// Reads a systemd credential (`$CREDENTIALS_DIRECTORY/…`): systemd already made it
+    /// readable by this service alone, so its mode is not judged.
+    pub fn load_credential(path: &Path) -> Result<SigningKey, KeyError> {
+        let text = crate::files::open_read(path)
+            .and_then(std::io::read_to_string)
+            .map_err(|source| KeyError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        SigningKey::parse(&text, path)
+    }
+
     /// Reads the key at `path`, or makes a new one named `name` there when no file exists
     /// (its directory is created with mode 0700 if missing). Returns the key and whether it
     /// is new.

@@ -1,10 +1,13 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod backup;
+mod log_check;
 mod offline;
 mod online;
+mod proofs;
 mod prune;
 mod repair;
+mod transparency;
 
 use clap::{Args, Parser, Subcommand};
 use opdbus_blockchain::config::BusChoice;
@@ -14,14 +17,16 @@ use std::process::ExitCode;
 
 /// Inspect and check the op-dbus audit chain.
 ///
-/// Offline commands (verify, get, tail, verify-backup) read the chain directory directly and
-/// never write to it, so they work on a live chain, a read-only snapshot or a received backup;
-/// only `verify --repair` writes, with the daemon stopped. Online commands (numa, similar,
-/// stats, snapshot) talk to a running opdbus-blockchaind over D-Bus and take --bus. backup,
-/// restore and prune manage snapshots and backups.
+/// Offline commands (verify, get, tail, verify-backup, and the transparency log's key show,
+/// checkpoint, prove, consistency) read the chain directory directly and never write to it, so
+/// they work on a live chain, a read-only snapshot or a received backup; only `verify --repair`
+/// and `tlog rebuild` write, with the daemon stopped. Online commands (numa, similar, stats,
+/// snapshot) talk to a running opdbus-blockchaind over D-Bus and take --bus. backup, restore
+/// and prune manage snapshots and backups.
 ///
-/// Exit status: 0 success; 1 the chain is not intact or the block was not found; 2 the command
-/// could not run (bad arguments, unreadable directory).
+/// Exit status: 0 success; 1 the chain is not intact, a check failed (one line on stderr says
+/// what differs) or the block was not found; 2 the command could not run (bad arguments,
+/// unreadable directory or file).
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -31,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Re-hash every block and check every link from genesis to the head.
+    /// Re-hash every block and check every link from genesis to the head, then the
+    /// transparency log's tiles (and a checkpoint) against the chain.
     ///
     /// Prints one line saying the chain is intact (with its head) or naming the first bad
     /// height and why. On long chains a progress line goes to stderr every second.
@@ -42,9 +48,23 @@ enum Command {
     /// rules the writer enforces now (safe name characters, depth, numbers, surrogates,
     /// repeated keys) end the line with "warning: N blocks break rules the writer enforces
     /// now": written by an older version, or by someone who rewrote the chain; exit 0.
+    ///
+    /// Then the tiles in the tlog directory are compared with the tree the chain's blocks
+    /// give: a tile that differs is an error (exit 1, naming it); a missing one is a note
+    /// (tiles lag the chain by up to a checkpoint interval; the daemon writes missing tiles at
+    /// start, `tlog rebuild` offline), unless the published checkpoint (TLOG/checkpoint) needs
+    /// it to serve proofs. The chain must also give the published checkpoint's root at its
+    /// size. No tlog directory at all is a note.
+    ///
+    /// With --checkpoint FILE --vkey VKEY (a checkpoint kept outside this machine): its
+    /// signature must check with VKEY and the chain's first SIZE blocks must give its root;
+    /// exit 1 says whether blocks were cut off or which height was changed (when the tiles
+    /// still hold the checkpoint's tree; otherwise that the tiles were rewritten too).
     Verify {
         #[command(flatten)]
         dir: ChainDir,
+        #[command(flatten)]
+        tlog: TlogDir,
         /// Rewrite blocks that fail their hash from the cache's verified copies (--cache-dir),
         /// then verify again. Needs the daemon stopped (takes the chain's lock); says what it
         /// repaired.
@@ -61,6 +81,100 @@ enum Command {
         /// (DIR/vectors; derived data, rebuilt by the daemon when it does not match).
         #[arg(long, conflicts_with = "repair")]
         vectors: bool,
+        /// Also check the chain against this signed checkpoint (a copy of TLOG/checkpoint
+        /// taken earlier, e.g. with `opdbus-chain checkpoint --out`). Needs --vkey.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "vkey",
+            conflicts_with = "repair"
+        )]
+        checkpoint: Option<PathBuf>,
+        /// The log's verifier key (as `key show` prints it), or a file holding it.
+        #[arg(long, value_name = "VKEY", requires = "checkpoint")]
+        vkey: Option<String>,
+        /// Print one JSON object (ok, chain, tiles, published_checkpoint, checkpoint,
+        /// failures) instead of lines.
+        #[arg(long, conflicts_with = "repair")]
+        json: bool,
+    },
+    /// Show the checkpoint signing key's verifier key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Print the newest checkpoint the daemon published (TLOG/checkpoint), a signed note
+    /// (c2sp.org/tlog-checkpoint) naming the log, its size and its Merkle root.
+    ///
+    /// Keep copies elsewhere (--out): `verify --checkpoint` and `consistency` check the chain
+    /// and later checkpoints against them. Exit 1 when there is none yet or its signature does
+    /// not check with --vkey.
+    Checkpoint {
+        #[command(flatten)]
+        dir: ChainDir,
+        #[command(flatten)]
+        tlog: TlogDir,
+        /// Write the note to FILE (replaced atomically, mode 0644) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Check its signature with this verifier key (or a file holding it).
+        #[arg(long, value_name = "VKEY")]
+        vkey: Option<String>,
+        /// Print one JSON object: ok, origin, size, root (hex), note; or ok false and failure.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the inclusion proof of the block at HEIGHT in the log's Merkle tree (RFC 9162
+    /// §2.1.3), served from the tiles.
+    ///
+    /// The tree is that of the published checkpoint, or of --size N blocks (HEIGHT < N <= the
+    /// checkpoint's size). The proof is checked before it is printed, against the root the
+    /// chain's own block hashes give at that size. Prints the height, tree size, block hash,
+    /// leaf hash (SHA-256 of 0x00 and the block hash), root and the proof's hashes, in hex.
+    /// Exit 1 when the chain is shorter, the tiles cannot prove it or the proof does not check.
+    Prove {
+        /// The block's height.
+        height: u64,
+        /// The tree size to prove against [default: the published checkpoint's size].
+        #[arg(long, value_name = "N")]
+        size: Option<u64>,
+        #[command(flatten)]
+        dir: ChainDir,
+        #[command(flatten)]
+        tlog: TlogDir,
+        /// Print one JSON object: ok, height, tree_size, block_hash, leaf_hash, root, proof; or
+        /// ok false and failure.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that checkpoint NEW extends checkpoint OLD: one log, no block changed or removed
+    /// in between (RFC 9162 §2.1.4 consistency proof, from the tiles).
+    ///
+    /// Both signatures must check with --vkey, the origins must be the same and OLD's size at
+    /// most NEW's; the proof built from the tiles in the tlog directory must lead from OLD's
+    /// root to NEW's. Exit 1 naming what fails. Run it on each new checkpoint against the
+    /// last one kept, to detect a log that was rewritten or forked between them.
+    Consistency {
+        /// The older checkpoint file.
+        old: PathBuf,
+        /// The newer checkpoint file.
+        new: PathBuf,
+        /// The log's verifier key (as `key show` prints it), or a file holding it.
+        #[arg(long, value_name = "VKEY")]
+        vkey: String,
+        #[command(flatten)]
+        dir: ChainDir,
+        #[command(flatten)]
+        tlog: TlogDir,
+        /// Print one JSON object: ok, consistent, origin, old, new, proof; or ok false and
+        /// failure.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintain the transparency log's tiles.
+    Tlog {
+        #[command(subcommand)]
+        command: TlogCommand,
     },
     /// Print one block as JSON, by hash (64 hex digits) or by height.
     Get {
@@ -218,6 +332,81 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print the verifier key (`<name>+<key id>+<base64 public key>`, c2sp.org/signed-note)
+    /// of the checkpoint signing key: give it to whoever checks checkpoints (--vkey).
+    ///
+    /// Reads the private key file (root only); exit 1 when there is none yet (the daemon
+    /// makes one at its first start) or others can read it.
+    Show {
+        #[command(flatten)]
+        key: KeyFile,
+        /// Print one JSON object: ok, key, name, vkey; or ok false and failure.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlogCommand {
+    /// Rewrite the tiles that are missing or differ from what the chain gives.
+    ///
+    /// Offline: takes the chain's lock, so it refuses while the daemon runs. Re-hashes the
+    /// whole chain (as verify does), compares every tile with the tree its blocks give,
+    /// rewrites those that are missing or differ (each synced before it is renamed into
+    /// place), then every partial tile of the current size. Prints how many tiles were
+    /// compared and rewritten. The checkpoints (TLOG/checkpoint, TLOG/checkpoints) are left as
+    /// they are: they are what was published. Exit 1 when the chain is not intact.
+    Rebuild {
+        #[command(flatten)]
+        dir: ChainDir,
+        #[command(flatten)]
+        tlog: TlogDir,
+        /// Print one JSON object: ok, tlog_dir, size, root, compared, missing_rewritten,
+        /// differing_rewritten, missing, differing; or ok false and failure.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct TlogDir {
+    /// The transparency log's directory, TLOG (tiles, checkpoint, checkpoints) [default, also
+    /// when empty: tlog in the chain directory].
+    #[arg(long, value_name = "TLOG", env = "OPDBUS_TLOG_DIR", value_parser = path_or_empty())]
+    tlog_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct KeyFile {
+    /// The checkpoint signing key (a signed-note private key, mode 0600) [default, also when
+    /// empty: /var/lib/op-dbus/keys/signing.key].
+    #[arg(
+        long = "key",
+        value_name = "PATH",
+        env = "OPDBUS_SIGNING_KEY",
+        value_parser = path_or_empty()
+    )]
+    path: Option<PathBuf>,
+}
+
+impl KeyFile {
+    /// As the daemon resolves it.
+    fn path(&self) -> PathBuf {
+        match &self.path {
+            Some(path) if !path.as_os_str().is_empty() => path.clone(),
+            _ => PathBuf::from("/var/lib/op-dbus/keys/signing.key"),
+        }
+    }
+}
+
+/// A path that may be empty: an empty OPDBUS_* variable means "the default", as for the daemon.
+fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
 #[derive(Args)]
 struct Bus {
     /// The bus the daemon is on: system, session or a D-Bus address (unix:path=/run/bus).
@@ -276,10 +465,72 @@ fn main() -> ExitCode {
         } => repair::verify_and_repair(&dir.chain_dir, &cache_dir),
         Command::Verify {
             dir,
+            tlog,
             expect_head,
             vectors,
+            checkpoint,
+            vkey,
+            json,
             ..
-        } => offline::verify(dir.chain_dir, expect_head, vectors),
+        } => offline::verify(
+            dir.chain_dir.clone(),
+            offline::VerifyArgs {
+                expect_head,
+                vectors,
+                tlog_dir: transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
+                checkpoint: checkpoint.zip(vkey),
+                json,
+            },
+        ),
+        Command::Key {
+            command: KeyCommand::Show { key, json },
+        } => transparency::key_show(&key.path(), json),
+        Command::Checkpoint {
+            dir,
+            tlog,
+            out,
+            vkey,
+            json,
+        } => transparency::checkpoint(
+            &transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
+            out.as_deref(),
+            vkey.as_deref(),
+            json,
+        ),
+        Command::Prove {
+            height,
+            size,
+            dir,
+            tlog,
+            json,
+        } => proofs::prove(
+            &dir.chain_dir,
+            &transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
+            height,
+            size,
+            json,
+        ),
+        Command::Consistency {
+            old,
+            new,
+            vkey,
+            dir,
+            tlog,
+            json,
+        } => proofs::consistency(
+            &old,
+            &new,
+            &vkey,
+            &transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
+            json,
+        ),
+        Command::Tlog {
+            command: TlogCommand::Rebuild { dir, tlog, json },
+        } => log_check::rebuild(
+            &dir.chain_dir,
+            &transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
+            json,
+        ),
         Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
         Command::Numa { bus, json } => online::numa(&bus.bus, json),

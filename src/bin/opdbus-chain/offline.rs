@@ -1,66 +1,134 @@
 //! Offline commands: they read the chain directory and never write to it.
 
+use crate::log_check::LogCheck;
 use crate::Outcome;
 use opdbus_blockchain::chain::block::{parse_hash, Block};
 use opdbus_blockchain::chain::store;
-use opdbus_blockchain::chain::verify::{self, verify_dir};
+use opdbus_blockchain::chain::verify::{self, verify_dir_each};
 use opdbus_blockchain::footprint;
 use opdbus_blockchain::snapshot::utc::UtcDateTime;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-pub fn verify(dir: PathBuf, expect_head: Option<String>, vectors: bool) -> Outcome {
-    let expected = expect_head
+/// `verify`'s options besides the chain directory.
+pub struct VerifyArgs {
+    pub expect_head: Option<String>,
+    pub vectors: bool,
+    pub tlog_dir: PathBuf,
+    /// `--checkpoint FILE --vkey VKEY`.
+    pub checkpoint: Option<(PathBuf, String)>,
+    pub json: bool,
+}
+
+pub fn verify(dir: PathBuf, args: VerifyArgs) -> Outcome {
+    let expected = args
+        .expect_head
         .as_deref()
         .map(verify::parse_expected_head)
         .transpose()?;
-    let started = Instant::now();
-    let mut last_print = started;
-    let mut progress = |checked: u64| {
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            eprintln!(
-                "verifying {}: {checked} blocks checked ({:.0} s)",
-                dir.display(),
-                started.elapsed().as_secs_f64()
-            );
-        }
-    };
-    let mut report = verify_dir(&dir, None, &mut progress).map_err(|e| e.to_string())?;
+    let mut log = LogCheck::prepare(
+        args.tlog_dir,
+        args.checkpoint
+            .as_ref()
+            .map(|(path, vkey)| (path.as_path(), vkey.as_str())),
+    )?;
+    let mut progress = progress("verifying", &dir);
+    let mut report = verify_dir_each(&dir, None, &mut progress, &mut |block| {
+        log.push(&block.hash)
+    })
+    .map_err(|e| e.to_string())?;
     if let Some((hash, height)) = expected {
         verify::check_expected_head(&dir, &mut report, &hash, height);
     }
-    println!("{}", report.summary());
-    let vectors_ok = !vectors || report.ok() && check_vectors(&dir)?;
-    Ok(if report.ok() && vectors_ok {
+    let vectors = if args.vectors && report.ok() {
+        Some(check_vectors(&dir)?)
+    } else {
+        None
+    };
+    let log = log.finish(&dir, &report)?;
+    let ok = report.ok() && vectors.as_ref().is_none_or(|(ok, _)| *ok) && log.failures.is_empty();
+    if args.json {
+        let mut out = serde_json::Map::new();
+        out.insert("ok".into(), ok.into());
+        out.insert(
+            "chain".into(),
+            serde_json::json!({
+                "intact": report.ok(),
+                "blocks_checked": report.blocks_checked,
+                "head_height": report.head.map(|(height, _)| height),
+                "head_hash": report.head.map(|(_, hash)| hex::encode(hash)),
+                "first_bad_height": report.first_bad.as_ref().map(|(height, _)| height),
+                "summary": report.summary(),
+            }),
+        );
+        if let Some((ok, line)) = &vectors {
+            out.insert(
+                "vectors".into(),
+                serde_json::json!({ "ok": ok, "summary": line }),
+            );
+        }
+        out.extend(log.json);
+        out.insert("failures".into(), log.failures.clone().into());
+        println!("{}", serde_json::Value::Object(out));
+    } else {
+        println!("{}", report.summary());
+        if let Some((_, line)) = &vectors {
+            println!("{line}");
+        }
+        for line in &log.lines {
+            println!("{line}");
+        }
+    }
+    // The chain's own summary says why it failed; a log check adds its reason on stderr.
+    if let Some(first) = log.failures.first() {
+        eprintln!("opdbus-chain: {first}");
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// Recomputes the stored block vectors; prints what it found; true when all match.
-fn check_vectors(dir: &std::path::Path) -> Result<bool, String> {
+/// A progress callback for a scan of the chain in `dir`: a line on stderr at most every
+/// second, starting with `doing`.
+pub fn progress<'a>(doing: &'a str, dir: &'a Path) -> impl FnMut(u64) + 'a {
+    let started = Instant::now();
+    let mut last_print = started;
+    move |checked: u64| {
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "{doing} {}: {checked} blocks checked ({:.0} s)",
+                dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Recomputes the stored block vectors: whether all match, and the line saying what was found.
+fn check_vectors(dir: &Path) -> Result<(bool, String), String> {
     let reader = store::open_read_only(dir).map_err(|e| e.to_string())?;
     let (records, bad) = opdbus_blockchain::vector::index::check_file(dir, &reader)?;
-    match bad.first() {
-        None => {
-            println!("block vectors: {records} records match their blocks");
-            Ok(true)
-        }
-        Some(first) => {
-            println!(
+    Ok(match bad.first() {
+        None => (
+            true,
+            format!("block vectors: {records} records match their blocks"),
+        ),
+        Some(first) => (
+            false,
+            format!(
                 "block vectors: {} of {records} records do not match their blocks, the first at \
                  height {first}; they are derived data: delete {}/vectors while the daemon is stopped \
                  and it rebuilds them from the chain",
                 bad.len(),
                 dir.display()
-            );
-            Ok(false)
-        }
-    }
+            ),
+        ),
+    })
 }
 
 pub fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
