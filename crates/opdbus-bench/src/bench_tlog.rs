@@ -6,11 +6,19 @@
 //! proofs at random heights and sizes while the tiles are in the page cache. A sample of the
 //! proofs is checked with `tlog_tiles` against roots computed apart from the tiles (a compact
 //! range over the same leaves): a wrong proof fails the run (exit 1).
+//!
+//! Then it writes a real chain of N blocks with the library, its tiles and a signed checkpoint
+//! as the daemon leaves them, and times the release `opdbus-chain verify --checkpoint` (found
+//! next to this executable) on it: the whole chain re-hashed from its segments, the tiles
+//! compared and the checkpoint's root recomputed.
 
 use crate::Outcome;
 use opdbus_blockchain::chain::block::Hash;
+use opdbus_blockchain::chain::store::{self, StoreOptions};
+use opdbus_blockchain::tlog::checkpoint::History;
 use opdbus_blockchain::tlog::tiles::{Settle, TileCheck};
-use opdbus_blockchain::tlog::{CompactRange, TileReader, TileWriter};
+use opdbus_blockchain::tlog::{Checkpoint, CompactRange, SigningKey, TileReader, TileWriter};
+use opdbus_blockchain::{Caller, PluginFootprint};
 use opdbus_testkit::SplitMix64;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -23,6 +31,10 @@ const FLUSH_EVERY: u64 = 100_000;
 const REPLAY_CHUNK: usize = 1 << 16;
 /// Every how many proofs one is checked.
 const CHECK_EVERY: usize = 10;
+/// Footprints per append while writing the chain.
+const APPEND_BATCH: u64 = 10_000;
+/// Runs of `opdbus-chain verify --checkpoint`; the median is reported.
+const VERIFY_RUNS: usize = 3;
 
 pub struct TlogArgs {
     pub leaves: u64,
@@ -64,7 +76,13 @@ pub fn run(args: TlogArgs) -> Outcome {
     let root = writer.root();
     drop(writer);
     let (files, bytes) = disk_use(&dir);
-    out.rate("build", "build the tiles (flush every 100,000)", n, build);
+    out.rate(
+        "build",
+        "build the tiles (flush every 100,000)",
+        n,
+        "leaves",
+        build,
+    );
     out.plain("tile_files", "  tile files", files as f64, "");
     out.plain("tile_megabytes", "  tile bytes", bytes as f64 / 1e6, "MB");
 
@@ -83,18 +101,21 @@ pub fn run(args: TlogArgs) -> Outcome {
         "replay_root_check",
         "start-up: root of the last checkpoint",
         n,
+        "leaves",
         root_check,
     );
     out.rate(
         "replay_tile_check",
         "start-up: every tile checked",
         n,
+        "leaves",
         tile_check,
     );
     out.rate(
         "replay",
         "start-up replay in all",
         n,
+        "leaves",
         root_check + tile_check,
     );
     if !check.is_clean() {
@@ -194,12 +215,19 @@ pub fn run(args: TlogArgs) -> Outcome {
         "",
     );
 
+    drop(leaves);
+    let verified = verify_checkpoint(temp.path(), n, &mut out)?;
+
     out.print(n, &dir);
     if let (Some(path), Some(mut file)) = (&args.json, json_file) {
         let text = serde_json::to_string_pretty(&Value::Object(out.json))
             .map_err(|e| format!("cannot encode the figures: {e}"))?;
         std::io::Write::write_all(&mut file, (text + "\n").as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Err(why) = verified {
+        eprintln!("bench-tlog: {why}");
+        return Ok(ExitCode::FAILURE);
     }
     if !wrong.is_empty() {
         eprintln!(
@@ -210,6 +238,149 @@ pub fn run(args: TlogArgs) -> Outcome {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a chain of `blocks` blocks in `temp`, its tiles and a signed checkpoint, and times
+/// `opdbus-chain verify --checkpoint` on it. The outer `Err`: the run could not be set up
+/// (exit 2); the inner one: verify failed on a sound chain (exit 1).
+fn verify_checkpoint(
+    temp: &Path,
+    blocks: u64,
+    out: &mut Figures,
+) -> Result<Result<(), String>, String> {
+    let cli = std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable: {e}"))?
+        .with_file_name("opdbus-chain");
+    if !cli.exists() {
+        return Err(format!(
+            "{} not found: bench-tlog runs the opdbus-chain built next to it (cargo build \
+             --release --workspace)",
+            cli.display()
+        ));
+    }
+    eprintln!("bench-tlog: writing a chain of {blocks} blocks");
+    let chain = temp.join("chain");
+    let started = Instant::now();
+    let (mut writer, reader, _) =
+        store::open(&chain, StoreOptions::default()).map_err(|e| format!("open chain: {e}"))?;
+    let caller = Caller::this_process();
+    // The genesis block is the first of the `blocks`.
+    let mut written = 1;
+    while written < blocks {
+        let items = (written..blocks.min(written + APPEND_BATCH))
+            .map(|i| {
+                PluginFootprint::from_json_text(
+                    "network",
+                    "create",
+                    crate::bench::footprint_data(i),
+                )
+                .map(|footprint| (footprint, caller.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("footprint: {e}"))?;
+        written += items.len() as u64;
+        writer
+            .append_owned(items)
+            .map_err(|e| format!("append: {e}"))?;
+    }
+    drop(writer);
+    let write = started.elapsed();
+
+    // What the daemon leaves: the tiles of every block, then the signed checkpoint, appended
+    // to the history and published.
+    let tlog = chain.join("tlog");
+    std::fs::create_dir(&tlog).map_err(|e| format!("cannot create {}: {e}", tlog.display()))?;
+    let mut tiles = TileWriter::new(&tlog);
+    let mut at = 0;
+    loop {
+        let hashes = reader.hashes(at, REPLAY_CHUNK);
+        if hashes.is_empty() {
+            break;
+        }
+        hashes.iter().for_each(|hash| tiles.push(hash));
+        at += hashes.len() as u64;
+    }
+    tiles.flush().map_err(|e| format!("flush: {e}"))?;
+    if tiles.size() != blocks {
+        return Err(format!(
+            "the chain holds {} blocks, not {blocks}",
+            tiles.size()
+        ));
+    }
+    let (key, _) = SigningKey::load_or_create(&temp.join("keys").join("signing.key"), "bench")
+        .map_err(|e| format!("signing key: {e}"))?;
+    let checkpoint = Checkpoint::sign(&key, "bench.example/opdbus", tiles.size(), &tiles.root())
+        .map_err(|e| format!("sign: {e}"))?;
+    History::new(&tlog.join("checkpoints"))
+        .append(&checkpoint)
+        .map_err(|e| format!("checkpoint history: {e}"))?;
+    let published = tlog.join("checkpoint");
+    std::fs::write(&published, &checkpoint.note)
+        .map_err(|e| format!("cannot write {}: {e}", published.display()))?;
+    let given = temp.join("given.checkpoint");
+    std::fs::write(&given, &checkpoint.note)
+        .map_err(|e| format!("cannot write {}: {e}", given.display()))?;
+    out.rate(
+        "chain_write",
+        "write the chain (library, 10,000 per append)",
+        blocks,
+        "blocks",
+        write,
+    );
+
+    let mut runs = Vec::new();
+    for run in 0..VERIFY_RUNS {
+        eprintln!(
+            "bench-tlog: opdbus-chain verify --checkpoint, run {} of {VERIFY_RUNS}",
+            run + 1
+        );
+        let started = Instant::now();
+        let output = std::process::Command::new(&cli)
+            .arg("verify")
+            .arg("--chain-dir")
+            .arg(&chain)
+            .arg("--checkpoint")
+            .arg(&given)
+            .args(["--vkey", key.vkey(), "--json"])
+            .env_remove("OPDBUS_TLOG_DIR")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
+        let took = started.elapsed();
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        if !output.status.success() || report["ok"] != Value::Bool(true) {
+            return Ok(Err(format!(
+                "opdbus-chain verify --checkpoint failed on a sound chain ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        if report["chain"]["blocks_checked"] != json!(blocks) {
+            return Ok(Err(format!(
+                "opdbus-chain verify checked {} blocks, not {blocks}",
+                report["chain"]["blocks_checked"]
+            )));
+        }
+        runs.push(took);
+    }
+    runs.sort_unstable();
+    out.rate(
+        "verify_checkpoint",
+        &format!("opdbus-chain verify --checkpoint (median of {VERIFY_RUNS})"),
+        blocks,
+        "blocks",
+        runs[runs.len() / 2],
+    );
+    out.target("≥ 500000 blocks/s");
+    out.json.insert(
+        "verify_checkpoint_runs_s".into(),
+        json!(runs
+            .iter()
+            .map(|d| format!("{:.3}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" ")),
+    );
+    Ok(Ok(()))
 }
 
 fn random_hash(rng: &mut SplitMix64) -> Hash {
@@ -280,15 +451,16 @@ struct Figures {
 }
 
 impl Figures {
-    fn rate(&mut self, key: &str, label: &str, leaves: u64, took: Duration) {
-        let rate = leaves as f64 / took.as_secs_f64().max(1e-9);
+    /// `count` things (`what`: leaves, blocks) done in `took`.
+    fn rate(&mut self, key: &str, label: &str, count: u64, what: &str, took: Duration) {
+        let rate = count as f64 / took.as_secs_f64().max(1e-9);
         self.json
-            .insert(format!("{key}_leaves_per_s"), json!(rate.round()));
+            .insert(format!("{key}_{what}_per_s"), json!(rate.round()));
         self.json
             .insert(format!("{key}_s"), json!(round(took.as_secs_f64(), 3)));
         self.lines.push((
             label.into(),
-            format!("{rate:>12.0} leaves/s  ({:.2} s)", took.as_secs_f64()),
+            format!("{rate:>12.0} {what}/s  ({:.2} s)", took.as_secs_f64()),
             "",
         ));
     }
@@ -312,6 +484,13 @@ impl Figures {
             format!("p50 {p50:.1} µs, p99 {p99:.1} µs, max {max:.1} µs"),
             target,
         ));
+    }
+
+    /// Sets the target of the line added last.
+    fn target(&mut self, target: &'static str) {
+        if let Some(line) = self.lines.last_mut() {
+            line.2 = target;
+        }
     }
 
     fn plain(&mut self, key: &str, label: &str, value: f64, unit: &str) {

@@ -81,7 +81,9 @@ fn bench_refuses_an_unwritable_json_path_with_a_reason() {
 }
 
 /// `bench-tlog` builds, replays and proves on a small tree (three tile levels: more than 65,536
-/// leaves), checks its sample of proofs (exit 1 on a wrong one) and writes its figures.
+/// leaves), checks its sample of proofs (exit 1 on a wrong one), runs `opdbus-chain verify
+/// --checkpoint` on a chain of as many blocks (exit 1 unless it passes and counts them all)
+/// and writes its figures.
 #[test]
 fn bench_tlog_proves_and_checks_on_a_small_tree() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -105,6 +107,7 @@ fn bench_tlog_proves_and_checks_on_a_small_tree() {
         "inclusion_proof_p50_us",
         "inclusion_proof_max_us",
         "consistency_proof_p99_us",
+        "verify_checkpoint_blocks_per_s",
     ] {
         assert!(
             value[key].as_f64().is_some_and(|v| v > 0.0),

@@ -13,6 +13,7 @@ mod transparency_ab;
 
 use crate::Outcome;
 use clap::Args;
+pub(crate) use measure::footprint_data;
 use measure::{Call, Sample};
 use opdbus_blockchain::service::{ChainOptions, OptimizedBlockchain};
 use opdbus_blockchain::StreamingBlockchain;
