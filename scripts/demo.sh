@@ -74,6 +74,13 @@ step "opdbus-chain tail / verify, offline"
 "$BIN/opdbus-chain" tail --chain-dir "$WORK/chain"
 "$BIN/opdbus-chain" verify --chain-dir "$WORK/chain"
 
+step "the signed checkpoint, kept elsewhere, checked against the chain offline"
+VKEY=$("$BIN/opdbus-chain" key show --key "$WORK/keys/signing.key")
+echo "verifier key: $VKEY"
+"$BIN/opdbus-chain" checkpoint --chain-dir "$WORK/chain" --vkey "$VKEY" --out "$WORK/saved.checkpoint"
+"$BIN/opdbus-chain" verify --chain-dir "$WORK/chain" --checkpoint "$WORK/saved.checkpoint" --vkey "$VKEY"
+"$BIN/opdbus-chain" prove 2 --chain-dir "$WORK/chain"
+
 step "tamper with a copy: verify names the height"
 cp -r "$WORK/chain" "$WORK/tampered"
 sed -i 's/"port":22/"port":23/' "$WORK/tampered"/segment-*.chain

@@ -15,12 +15,14 @@ packages=(
   pkg-config
   hwloc           # lstopo, for operators
   python3         # tools/verify-chain.py, the independent verifier
+  python3-cryptography # tools/verify-checkpoint.py checks Ed25519 signatures with it
   gcc
   make
   ca-certificates
   systemd-container # systemd-nspawn: tests/systemd_nspawn.rs boots a real systemd
   debootstrap       # the minimal Debian those containers run
   e2fsprogs       # mkfs.ext4: the small filesystems of the full-disk tests
+  nginx           # serves a published transparency log in tests/transparency_publish.rs
 )
 
 missing=()

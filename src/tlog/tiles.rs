@@ -5,9 +5,10 @@
 //! - `tile/entries/<N>[.p/<W>]`: the leaf data (each block hash as a big-endian `u16` length and
 //!   its 32 bytes) of leaves `N*256 ..`.
 //!
-//! `N` is written in groups of three digits, all but the last prefixed with `x`. Only the newest
-//! partial of a tile is kept; a reader that needs width `W` uses the first `W` hashes of a wider
-//! partial or of the full tile, which is what the specification allows clients to do.
+//! `N` is written in groups of three digits, all but the last prefixed with `x`. As the
+//! specification asks, a partial stays until its full tile exists, so a client holding an old
+//! checkpoint finds `.p/W` of its width; this module's reader also takes the first `W` hashes of
+//! a wider partial or of the full tile.
 //!
 //! Files are written to a temporary name, synced and renamed, and their directories synced,
 //! before [`TileWriter::flush`] returns: a checkpoint is published only after that, so every
@@ -175,7 +176,7 @@ impl TileWriter {
             }
             if mode == Settle::Repair {
                 batch.write(&self.dir, &path, &bytes)?;
-                batch.remove_partials(&self.dir, &path, None)?;
+                batch.remove_partials(&self.dir, &path, 0)?;
             }
         }
         batch.sync()
@@ -211,14 +212,14 @@ impl TileWriter {
         // Kept until all is written: after a failure the next flush writes them again.
         for (path, bytes) in &self.full {
             batch.write(&self.dir, path, bytes)?;
-            batch.remove_partials(&self.dir, path, None)?;
+            batch.remove_partials(&self.dir, path, 0)?;
         }
         for (path, bytes) in self.partials_changed_since(self.flushed_size) {
             batch.write(&self.dir, &path, &bytes)?;
-            let full = path
-                .rsplit_once(".p/")
-                .map_or(path.as_str(), |(full, _)| full);
-            batch.remove_partials(&self.dir, full, Some(&path))?;
+            let (full, width) = path.rsplit_once(".p/").unwrap_or((path.as_str(), "256"));
+            // Wider ones can only be left from a longer chain (a truncation the start-up
+            // check reported): they would be read in place of this one.
+            batch.remove_partials(&self.dir, full, width.parse().unwrap_or(TILE_WIDTH))?;
             // A full tile where this partial is would be read in its place: it can only be
             // left from a longer chain (a truncation the start-up check reported).
             batch.remove_file(&self.dir, full)?;
@@ -316,12 +317,13 @@ impl Batch {
         Ok(())
     }
 
-    /// Removes the partials of the tile at `full` (below `root`), except `keep`.
+    /// Removes the partials of the tile at `full` (below `root`) wider than `keep_up_to`; with
+    /// 0 (the full tile is written), all of them and their directory.
     fn remove_partials(
         &mut self,
         root: &Path,
         full: &str,
-        keep: Option<&str>,
+        keep_up_to: usize,
     ) -> Result<(), TlogError> {
         let dir = root.join(format!("{full}.p"));
         let entries = match std::fs::read_dir(&dir) {
@@ -329,15 +331,19 @@ impl Batch {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(err) => return Err(TlogError::io(dir, err)),
         };
-        let keep = keep.map(|keep| root.join(keep));
         for entry in entries {
-            let path = entry.map_err(|err| TlogError::io(&dir, err))?.path();
-            if Some(&path) != keep.as_ref() {
+            let entry = entry.map_err(|err| TlogError::io(&dir, err))?;
+            let width = entry
+                .file_name()
+                .to_str()
+                .and_then(|w| w.parse::<usize>().ok());
+            if keep_up_to == 0 || width.is_none_or(|width| width > keep_up_to) {
+                let path = entry.path();
                 std::fs::remove_file(&path).map_err(|err| TlogError::io(&path, err))?;
                 self.dirs.insert(dir.clone());
             }
         }
-        if keep.is_none() {
+        if keep_up_to == 0 {
             std::fs::remove_dir(&dir).map_err(|err| TlogError::io(&dir, err))?;
             self.dirs.remove(&dir);
             self.dirs.insert(dir.parent().unwrap_or(root).to_path_buf());
@@ -394,7 +400,9 @@ impl TileReader {
     fn read_prefix(&self, full: &str, width: usize, item: usize) -> Result<Vec<u8>, TlogError> {
         let want = width * item;
         // A partial may be replaced by a wider one or the full tile between the listing and
-        // the open: look again.
+        // the open, and the full tile may be renamed into place (and its partials removed)
+        // between our look for it and the listing: look again.
+        let mut missing = false;
         for _ in 0..3 {
             let path = match files::read(&self.dir.join(full)) {
                 Ok(bytes) => return self.prefix(full, bytes, want),
@@ -402,19 +410,24 @@ impl TileReader {
                     match self.narrowest_partial(full, width)? {
                         Some(path) => path,
                         None => {
-                            return Err(TlogError::Damaged(format!(
-                                "{full} is missing (and no partial of it holds {width} entries)"
-                            )))
+                            missing = true;
+                            continue;
                         }
                     }
                 }
                 Err(err) => return Err(TlogError::io(self.dir.join(full), err)),
             };
+            missing = false;
             match files::read(&path) {
                 Ok(bytes) => return self.prefix(full, bytes, want),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(TlogError::io(path, err)),
             }
+        }
+        if missing {
+            return Err(TlogError::Damaged(format!(
+                "{full} is missing (and no partial of it holds {width} entries)"
+            )));
         }
         Err(TlogError::Damaged(format!(
             "{full}: its partial tiles kept changing while being read"
@@ -572,7 +585,7 @@ mod tests {
         let mut writer = TileWriter::new(dir.path());
         let reader = TileReader::new(dir.path());
         let checks = [
-            1usize, 2, 3, 7, 8, 255, 256, 257, 511, 65_535, 65_536, 65_537, 70_000,
+            1usize, 2, 3, 7, 8, 255, 256, 257, 511, 65_535, 65_536, 65_537, 69_999, 70_000,
         ];
         for (i, hash) in hashes.iter().enumerate() {
             writer.push(hash);
@@ -596,6 +609,9 @@ mod tests {
         assert!(dir.path().join("tile/0/000").is_file());
         assert!(dir.path().join("tile/2/000.p/1").is_file());
         assert!(!dir.path().join("tile/0/000.p").exists());
+        // Partials stay until their full tile exists (c2sp.org/tlog-tiles), older ones too.
+        assert!(dir.path().join("tile/0/273.p/111").is_file());
+        assert!(dir.path().join("tile/0/273.p/112").is_file());
         let bundle = std::fs::read(dir.path().join("tile/entries/273.p/112")).expect("bundle");
         assert_eq!(bundle.len(), 112 * 34);
         assert_eq!(&bundle[..2], &[0, 32]);

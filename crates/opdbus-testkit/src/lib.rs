@@ -1,6 +1,7 @@
 //! Test and bench support for opdbus-blockchain, kept out of the product: the private bus and
 //! the daemon process (tests, `opdbus-bench bench` and `torture`), the corpus and the one
-//! seeded RNG, a loop-mounted btrfs, and the vector and read-prediction bench workloads.
+//! seeded RNG, a loop-mounted btrfs, a real nginx serving a directory, and the vector and
+//! read-prediction bench workloads.
 //!
 //! `corpus.rs` and `loop_btrfs.rs` are also compiled into the library's own unit tests (by
 //! `#[path]`, under `cfg(test)`): a unit test cannot depend on this crate, whose types would
@@ -11,6 +12,7 @@ use opdbus_blockchain::{chain, footprint};
 
 pub mod corpus;
 mod loop_btrfs;
+pub mod nginx;
 pub mod process;
 pub mod read_bench;
 pub mod vector_bench;
