@@ -170,7 +170,10 @@ impl Transparency {
         };
         let thread = std::thread::Builder::new()
             .name("opdbus-tlog".into())
-            .spawn(move || run.run(stopped))
+            .spawn(move || {
+                run_when_idle();
+                run.run(stopped)
+            })
             .map_err(TransparencyError::Thread)?;
         Ok(Transparency {
             shared,
@@ -268,6 +271,25 @@ impl Transparency {
             )));
         }
         Ok(TileReader::new(&self.shared.dir).consistency_proof(old_size, new_size)?)
+    }
+}
+
+/// Puts the calling thread (the log's) under `SCHED_IDLE`: it gets only the CPU the writer, the
+/// D-Bus workers and everything else leave, so it never slows the footprints it follows; under
+/// sustained load its checkpoints come later than the interval, each covering more blocks.
+fn run_when_idle() {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadSchedulePolicy,
+    };
+    use thread_priority::ThreadPriority;
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(err) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+    {
+        tracing::warn!(
+            ?err,
+            "cannot give the transparency log thread idle priority; it competes with writes"
+        );
     }
 }
 

@@ -2,6 +2,7 @@
 //! `cargo build --release --workspace`, it finds opdbus-blockchaind beside itself in target/.
 
 mod bench;
+mod bench_tlog;
 mod bench_vectors;
 mod torture;
 
@@ -40,6 +41,21 @@ enum Command {
         #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
         read_blocks: u64,
         /// Also write the figures as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Measure the transparency log in-process: build the tiles of a tree of N random leaves,
+    /// replay them as the daemon's start-up does, time inclusion proofs at random heights and
+    /// consistency proofs between random sizes (tiles in the page cache), and check a sample
+    /// of the proofs. Runs on a temporary directory ($TMPDIR, else /var/tmp).
+    BenchTlog {
+        /// Leaves of the tree (blocks of the chain).
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        leaves: u64,
+        /// Inclusion proofs, and as many consistency proofs, to time.
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        proofs: u64,
+        /// Also write the figures as one flat JSON object to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
@@ -102,6 +118,15 @@ fn main() -> ExitCode {
             segment_bytes,
         }),
         Command::Bench(args) => bench::run(args),
+        Command::BenchTlog {
+            leaves,
+            proofs,
+            json,
+        } => bench_tlog::run(bench_tlog::TlogArgs {
+            leaves,
+            proofs: proofs as usize,
+            json,
+        }),
     };
     match result {
         Ok(code) => code,

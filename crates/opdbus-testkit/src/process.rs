@@ -174,6 +174,8 @@ pub struct DaemonOptions {
     pub log: PathBuf,
     /// Environment on top of `OPDBUS_LOG=info` (which it may override).
     pub env: Vec<(String, String)>,
+    /// Flags after `--bus`, `--chain-dir` and `--cache-dir`.
+    pub args: Vec<String>,
     /// How long it may take to own its name.
     pub ready_within: Duration,
 }
@@ -190,12 +192,18 @@ impl DaemonOptions {
                 "OPDBUS_SIGNING_KEY".into(),
                 format!("{}.keys/signing.key", chain_dir.display()),
             )],
+            args: Vec::new(),
             ready_within: Duration::from_secs(30),
         }
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
         self
     }
 }
@@ -235,6 +243,7 @@ impl Daemon {
             .arg(&o.chain_dir)
             .arg("--cache-dir")
             .arg(&o.cache_dir)
+            .args(&o.args)
             .env_remove("NOTIFY_SOCKET")
             .env("OPDBUS_LOG", "info")
             .envs(o.env.iter().map(|(k, v)| (k, v)))

@@ -108,6 +108,36 @@ impl Cpu {
     }
 }
 
+/// CPU time of the thread of process `pid` named `name` (its `comm`); zero if there is none.
+/// From the scheduler's nanosecond count, for spans too short for `/proc/PID/stat`'s ticks.
+pub fn thread_cpu(pid: u32, name: &str) -> Duration {
+    threads_cpu(pid, |comm| comm == name)
+}
+
+/// CPU time of all the threads of process `pid` (nanosecond counts, as [`thread_cpu`]).
+pub fn process_cpu(pid: u32) -> Duration {
+    threads_cpu(pid, |_| true)
+}
+
+fn threads_cpu(pid: u32, wanted: impl Fn(&str) -> bool) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let mut total = Duration::ZERO;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !wanted(comm.trim_end()) {
+            continue;
+        }
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += Duration::from_nanos(ns);
+    }
+    total
+}
+
 fn cpu_of(pid: &str) -> Duration {
     // utime and stime are fields 14 and 15, counted in USER_HZ (100 on Linux) ticks.
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

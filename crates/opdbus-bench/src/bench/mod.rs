@@ -9,12 +9,15 @@ mod measure;
 mod peers;
 mod report;
 mod stage;
+mod transparency_ab;
 
 use crate::Outcome;
 use clap::Args;
+pub(crate) use measure::footprint_data;
 use measure::{Call, Sample};
 use opdbus_blockchain::service::{ChainOptions, OptimizedBlockchain};
 use opdbus_blockchain::StreamingBlockchain;
+pub(crate) use report::{machine, utc_now};
 use report::{print_table, Extra, Figures};
 use serde_json::Value;
 use stage::Stage;
@@ -41,6 +44,10 @@ pub struct BenchArgs {
     /// e.g. with `perf record -g -p PID`); prints the daemon's pid and the rate.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     soak: Option<u64>,
+    /// Only compare AddFootprint with 16 clients on the daemon with and without its
+    /// transparency log (the rounds the full run ends its writes with).
+    #[arg(long, conflicts_with = "soak")]
+    transparency_only: bool,
     /// (internal) Serve the empty-call floor on this bus address.
     #[arg(long, hide = true, value_name = "ADDRESS")]
     serve_floor: Option<String>,
@@ -53,6 +60,10 @@ struct Plan {
     hot_reads: usize,
     cold_reads: usize,
     stream_count: u64,
+    /// Rounds and slice of the comparison with and without the transparency log: slices a few
+    /// checkpoint intervals (1 s) long, so that the log's work falls mostly inside them.
+    transparency_rounds: usize,
+    transparency_slice: Duration,
 }
 
 pub fn run(args: BenchArgs) -> Outcome {
@@ -66,6 +77,8 @@ pub fn run(args: BenchArgs) -> Outcome {
             hot_reads: 2_000,
             cold_reads: 20,
             stream_count: 50_000,
+            transparency_rounds: 2,
+            transparency_slice: Duration::from_millis(300),
         }
     } else {
         Plan {
@@ -76,6 +89,8 @@ pub fn run(args: BenchArgs) -> Outcome {
             hot_reads: 20_000,
             cold_reads: 200,
             stream_count: 500_000,
+            transparency_rounds: 16,
+            transparency_slice: Duration::from_secs(2),
         }
     };
     // Fail before minutes of measuring, not after.
@@ -93,7 +108,11 @@ pub fn run(args: BenchArgs) -> Outcome {
     if let Some(seconds) = args.soak {
         return runtime.block_on(soak(Duration::from_secs(seconds), args.btrfs));
     }
-    let (figures, stage) = runtime.block_on(measure_all(&plan, args.btrfs))?;
+    let (figures, stage) = if args.transparency_only {
+        runtime.block_on(measure_transparency(&plan, args.btrfs))?
+    } else {
+        runtime.block_on(measure_all(&plan, args.btrfs))?
+    };
     print_table(&figures);
     if let (Some(path), Some(mut file)) = (&args.json, json_file) {
         let text = serde_json::to_string_pretty(&Value::Object(figures.json))
@@ -109,7 +128,7 @@ pub fn run(args: BenchArgs) -> Outcome {
 
 /// AddFootprint with 16 clients for `duration`, nothing else.
 async fn soak(duration: Duration, btrfs: bool) -> Outcome {
-    let stage = Stage::start(btrfs).await?;
+    let stage = Stage::start(btrfs, false).await?;
     let connections = measure::connect(&stage.address, 16).await?;
     println!("daemon pid {}", stage.daemon_pid());
     let before = measure::Cpu::now(stage.bus_pid(), stage.daemon_pid());
@@ -150,12 +169,13 @@ const TASKS: [usize; 2] = [1, 16];
 
 async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), String> {
     let load_before = load_average();
-    let stage = Stage::start(btrfs).await?;
+    let stage = Stage::start(btrfs, true).await?;
     let work = stage.work.clone();
     let mut connections = Vec::new();
     for n in CLIENTS {
         connections.push(measure::connect(&stage.address, n).await?);
     }
+    let plain = plain_connections(&stage).await?;
     // Warm-up (first calls pay for the caller lookup and connection setup).
     for set in &connections {
         measure::dbus_clients(set, Call::Empty, Duration::from_millis(50)).await?;
@@ -237,6 +257,14 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
 
     numa_on.shutdown().await;
     numa_off.shutdown().await;
+    let transparency = transparency_ab::compare(
+        &stage,
+        &connections[2],
+        &plain,
+        plan.transparency_rounds,
+        plan.transparency_slice,
+    )
+    .await?;
     eprintln!("bench: streaming, reads");
     let stream_chain = StreamingBlockchain::new(work.join("stream-chain"))
         .await
@@ -286,9 +314,36 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
             filesystem,
             load_before,
             btrfs,
+            transparency,
         },
     );
     Ok((figures, stage))
+}
+
+/// Only the comparison with and without the transparency log.
+async fn measure_transparency(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), String> {
+    let load_before = load_average();
+    let stage = Stage::start(btrfs, true).await?;
+    let with_log = measure::connect(&stage.address, 16).await?;
+    measure::dbus_clients(&with_log, Call::AddFootprint, Duration::from_millis(50)).await?;
+    let plain = plain_connections(&stage).await?;
+    let comparison = transparency_ab::compare(
+        &stage,
+        &with_log,
+        &plain,
+        plan.transparency_rounds,
+        plan.transparency_slice,
+    )
+    .await?;
+    let figures = Figures::transparency_only(&comparison, &stage.filesystem(), &load_before, btrfs);
+    Ok((figures, stage))
+}
+
+/// 16 warmed-up connections to the daemon without the transparency log.
+async fn plain_connections(stage: &Stage) -> Result<Vec<zbus::Connection>, String> {
+    let plain = measure::connect(&stage.plain_address, 16).await?;
+    measure::dbus_clients(&plain, Call::AddFootprint, Duration::from_millis(50)).await?;
+    Ok(plain)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -2,6 +2,7 @@
 //! and the target) and as a key of the flat JSON object.
 
 use super::measure::Sample;
+use super::transparency_ab::{median, Comparison};
 use super::{Plan, Samples, CLIENTS, SEED_WRITE_RATE, TASKS};
 use serde_json::{json, Map, Value};
 
@@ -17,6 +18,7 @@ pub(super) struct Extra {
     pub filesystem: String,
     pub load_before: String,
     pub btrfs: bool,
+    pub transparency: Comparison,
 }
 
 /// One line of the table: a figure, and what it is compared with.
@@ -125,25 +127,21 @@ impl Figures {
             ratio(s.add[2].rate(), SEED_WRITE_RATE),
         );
 
-        let machine = machine(&x.filesystem);
-        let date = opdbus_blockchain::snapshot::utc::UtcDateTime::from_unix(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        )
-        .rfc3339();
-        f.header = format!(
-            "opdbus-bench bench — {date}\nmachine: {machine}\nload average before: {}; {} rounds of {:.1} s per figure{}",
-            x.load_before,
-            plan.rounds,
-            plan.slice.as_secs_f64(),
-            if x.btrfs { "; on a btrfs loop image" } else { "" }
+        f.stamp(
+            "",
+            &x.filesystem,
+            &x.load_before,
+            &format!(
+                "{} rounds of {:.1} s per figure{}",
+                plan.rounds,
+                plan.slice.as_secs_f64(),
+                if x.btrfs {
+                    "; on a btrfs loop image"
+                } else {
+                    ""
+                }
+            ),
         );
-        f.json.insert("machine".into(), json!(machine));
-        f.json.insert("date".into(), json!(date));
-        f.json.insert("filesystem".into(), json!(x.filesystem));
-        f.json
-            .insert("load_average_before".into(), json!(x.load_before));
         f.json.insert("rounds".into(), json!(plan.rounds));
         f.json
             .insert("seconds_per_slice".into(), json!(plan.slice.as_secs_f64()));
@@ -360,7 +358,151 @@ impl Figures {
             Some(("file per block, 16".into(), s.files.rate())),
             "",
         );
+        f.transparency(&x.transparency);
         f
+    }
+
+    /// The figures of `bench --transparency-only`.
+    pub(super) fn transparency_only(
+        c: &Comparison,
+        filesystem: &str,
+        load_before: &str,
+        btrfs: bool,
+    ) -> Figures {
+        let mut f = Figures {
+            rows: Vec::new(),
+            json: Map::new(),
+            header: String::new(),
+        };
+        f.stamp(
+            " --transparency-only",
+            filesystem,
+            load_before,
+            &format!(
+                "{} rounds of {:.1} s per daemon{}",
+                c.on.len(),
+                c.slice.as_secs_f64(),
+                if btrfs { "; on a btrfs loop image" } else { "" }
+            ),
+        );
+        f.transparency(c);
+        f
+    }
+
+    /// The header (date, machine, load) and its JSON keys.
+    fn stamp(&mut self, flags: &str, filesystem: &str, load_before: &str, plan: &str) {
+        let machine = machine(filesystem);
+        let date = utc_now();
+        self.header = format!(
+            "opdbus-bench bench{flags} — {date}\nmachine: {machine}\nload average before: {load_before}; {plan}"
+        );
+        self.json.insert("machine".into(), json!(machine));
+        self.json.insert("date".into(), json!(date));
+        self.json.insert("filesystem".into(), json!(filesystem));
+        self.json
+            .insert("load_average_before".into(), json!(load_before));
+    }
+
+    /// AddFootprint with 16 clients with the transparency log and without it (issue 16: the
+    /// medians within 5 %).
+    fn transparency(&mut self, c: &Comparison) {
+        let (on, off) = (median(&c.on_rates()), median(&c.off_rates()));
+        let paired = c.paired_ratios();
+        let paired_median = median(&paired);
+        let min = paired.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = paired.iter().copied().fold(0.0, f64::max);
+        let (on_bus, on_server, on_clients) = c.on_cpu.per_op_us(c.ops_on());
+        let (off_bus, off_server, off_clients) = c.off_cpu.per_op_us(c.ops_off());
+        self.put("add_footprint_rate_16_transparency_on", on);
+        self.put("add_footprint_rate_16_transparency_off", off);
+        self.put(
+            "ratio_add_footprint_rate_16_transparency_on_to_off",
+            if off > 0.0 { on / off } else { 0.0 },
+        );
+        self.put(
+            "ratio_add_footprint_rate_16_transparency_paired_median",
+            paired_median,
+        );
+        // Per round, as text: the object stays flat.
+        let list = |values: &[f64], digits: usize| {
+            let texts: Vec<String> = values.iter().map(|v| format!("{v:.digits$}")).collect();
+            json!(texts.join(" "))
+        };
+        self.json.insert(
+            "ratio_add_footprint_rate_16_transparency_paired_rounds".into(),
+            list(&paired, 3),
+        );
+        for (key, rates) in [("on", c.on_rates()), ("off", c.off_rates())] {
+            self.json.insert(
+                format!("add_footprint_rate_16_transparency_{key}_rounds"),
+                list(&rates, 0),
+            );
+        }
+        for (key, value) in [
+            ("on_bus", on_bus),
+            ("on_server", on_server),
+            ("on_clients", on_clients),
+            ("off_bus", off_bus),
+            ("off_server", off_server),
+            ("off_clients", off_clients),
+        ] {
+            self.put(
+                &format!("add_footprint_cpu_us_per_op_16_transparency_{key}"),
+                value,
+            );
+        }
+        self.put(
+            "tlog_thread_cpu_us_per_footprint",
+            c.tlog_us_per_footprint(),
+        );
+        self.put("tlog_thread_cpu_ms_per_s", c.tlog_ms_per_second());
+        self.put("transparency_waited_s", c.waited.as_secs_f64());
+        self.json
+            .insert("transparency_rounds".into(), json!(c.on.len()));
+        self.json.insert(
+            "transparency_seconds_per_slice".into(),
+            json!(c.slice.as_secs_f64()),
+        );
+
+        self.row(
+            "AddFootprint 16, transparency on: median",
+            on,
+            "/s",
+            Some(("transparency off: median".into(), off)),
+            "≥ 0.95",
+        );
+        self.rows.push(Row {
+            label: "  on ÷ off per round: median".into(),
+            value: paired_median,
+            unit: "×",
+            against: None,
+            target: "≥ 0.95",
+            note: format!("{min:.3} – {max:.3} in {} rounds", paired.len()),
+        });
+        self.rows.push(Row {
+            label: "  CPU µs per call, on: bus/daemon/clients".into(),
+            value: on_bus + on_server + on_clients,
+            unit: "µs",
+            against: None,
+            target: "",
+            note: format!("{on_bus:.1} / {on_server:.1} / {on_clients:.1}"),
+        });
+        self.rows.push(Row {
+            label: "  CPU µs per call, off: bus/daemon/clients".into(),
+            value: off_bus + off_server + off_clients,
+            unit: "µs",
+            against: None,
+            target: "",
+            note: format!("{off_bus:.1} / {off_server:.1} / {off_clients:.1}"),
+        });
+        self.rows.push(Row {
+            label: "  tlog thread CPU per footprint".into(),
+            value: c.tlog_us_per_footprint(),
+            unit: "µs",
+            against: None,
+            target: "",
+            note: format!("{:.1} ms per s of writing", c.tlog_ms_per_second()),
+        });
     }
 
     fn put(&mut self, key: &str, value: f64) {
@@ -388,7 +530,18 @@ impl Figures {
     }
 }
 
-fn machine(filesystem: &str) -> String {
+/// Now, as RFC 3339 in UTC.
+pub(crate) fn utc_now() -> String {
+    opdbus_blockchain::snapshot::utc::UtcDateTime::from_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    )
+    .rfc3339()
+}
+
+/// CPU model and count, kernel and `filesystem`, in one line.
+pub(crate) fn machine(filesystem: &str) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -421,7 +574,7 @@ pub(super) fn print_table(figures: &Figures) {
         println!(
             "{:<40} {:>12} {:<3}  {:<24} {:>8}  {}",
             row.label,
-            format_value(row.value),
+            format_value(row.value, row.unit),
             row.unit,
             against,
             ratio,
@@ -438,8 +591,10 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn format_value(value: f64) -> String {
-    if value >= 100.0 {
+fn format_value(value: f64, unit: &str) -> String {
+    if unit == "×" {
+        format!("{value:.3}")
+    } else if value >= 100.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")

@@ -1,7 +1,8 @@
 //! The bench's stage: a private bus as strict as the system bus (our policy included), the
 //! daemon found next to this executable, the floor server (this executable again, serving an
-//! empty method on the same bus) and, with `--btrfs`, a loop-mounted btrfs image. Everything is
-//! stopped and removed on drop, also when a measurement fails.
+//! empty method on the same bus), on request a second daemon without the transparency log (on a
+//! bus of its own: both own the same name) and, with `--btrfs`, a loop-mounted btrfs image.
+//! Everything is stopped and removed on drop, also when a measurement fails.
 
 use opdbus_testkit::process::{DaemonOptions, POLICY};
 use opdbus_testkit::{Bus, Daemon, LoopBtrfs};
@@ -48,9 +49,14 @@ impl Drop for Reaped {
 /// The running stage. Field order is drop order: processes first, then the filesystem.
 pub struct Stage {
     daemon: Option<Daemon>,
+    /// The same daemon with `--bench-without-transparency`, on `plain_bus`.
+    plain_daemon: Option<Daemon>,
     floor: Option<Reaped>,
     bus: Option<Bus>,
+    plain_bus: Option<Bus>,
     pub address: String,
+    /// The bus of the daemon without the transparency log (empty when there is none).
+    pub plain_address: String,
     /// Where every store of the run lives (on the filesystem being measured).
     pub work: PathBuf,
     pub daemon_chain_dir: PathBuf,
@@ -62,24 +68,31 @@ pub struct Stage {
 impl Drop for Stage {
     fn drop(&mut self) {
         // A clean stop, as the floor server gets; the kit's drop would kill -9.
-        if let Some(daemon) = self.daemon.as_mut() {
+        for daemon in [self.daemon.as_mut(), self.plain_daemon.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             let _ = daemon.stop(Some(Duration::from_secs(10)));
         }
     }
 }
 
 impl Stage {
-    /// Starts the bus, the floor server and the daemon; returns once both own their names.
-    pub async fn start(btrfs: bool) -> Result<Stage, String> {
+    /// Starts the bus, the floor server and the daemon, and with `plain` the daemon without the
+    /// transparency log on its own bus; returns once all own their names.
+    pub async fn start(btrfs: bool, plain: bool) -> Result<Stage, String> {
         let temp = tempfile::Builder::new()
             .prefix("opdbus-bench.")
             .tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into()))
             .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
         let mut stage = Stage {
             daemon: None,
+            plain_daemon: None,
             floor: None,
             bus: None,
+            plain_bus: None,
             address: String::new(),
+            plain_address: String::new(),
             work: temp.path().join("work"),
             daemon_chain_dir: PathBuf::new(),
             daemon_log: temp.path().join("daemon.log"),
@@ -119,12 +132,26 @@ impl Stage {
         stage.floor = Some(Reaped(floor));
 
         let mut options = DaemonOptions::new(
-            daemon_exe,
+            &daemon_exe,
             &stage.daemon_chain_dir,
             &stage.work.join("daemon-cache"),
         )
         .env("OPDBUS_LOG", "warn");
         options.log = stage.daemon_log.clone();
+        if plain {
+            // Same binary, same settings and filesystem; only the transparency log is off.
+            let dir = root.join("plain-bus");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let plain_bus = Bus::start_in(&dir, &[POLICY])?;
+            stage.plain_address = plain_bus.address.clone();
+            let mut plain = options.clone().arg("--bench-without-transparency");
+            plain.chain_dir = stage.work.join("plain-daemon-chain");
+            plain.cache_dir = stage.work.join("plain-daemon-cache");
+            plain.log = root.join("plain-daemon.log");
+            stage.plain_daemon = Some(Daemon::start(&plain_bus, plain)?);
+            stage.plain_bus = Some(plain_bus);
+        }
         let bus = stage.bus.as_ref().ok_or("no bus")?;
         let daemon = Daemon::start(bus, options)?;
         stage.daemon = Some(daemon);
@@ -144,6 +171,17 @@ impl Stage {
 
     pub fn daemon_pid(&self) -> u32 {
         self.daemon.as_ref().and_then(Daemon::pid).unwrap_or(0)
+    }
+
+    pub fn plain_daemon_pid(&self) -> u32 {
+        self.plain_daemon
+            .as_ref()
+            .and_then(Daemon::pid)
+            .unwrap_or(0)
+    }
+
+    pub fn plain_bus_pid(&self) -> u32 {
+        self.plain_bus.as_ref().map_or(0, Bus::pid)
     }
 
     pub fn floor_pid(&self) -> u32 {
