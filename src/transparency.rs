@@ -171,7 +171,9 @@ impl Transparency {
         let thread = std::thread::Builder::new()
             .name("opdbus-tlog".into())
             .spawn(move || {
-                run_when_idle();
+                // Only the CPU the writer and the bus leave: it never slows the footprints it
+                // follows; under sustained load its checkpoints come later, each covering more.
+                crate::cache::feed::run_when_idle("transparency log");
                 run.run(stopped)
             })
             .map_err(TransparencyError::Thread)?;
@@ -274,23 +276,24 @@ impl Transparency {
     }
 }
 
-/// Puts the calling thread (the log's) under `SCHED_IDLE`: it gets only the CPU the writer, the
-/// D-Bus workers and everything else leave, so it never slows the footprints it follows; under
-/// sustained load its checkpoints come later than the interval, each covering more blocks.
-fn run_when_idle() {
-    use thread_priority::unix::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadSchedulePolicy,
-    };
-    use thread_priority::ThreadPriority;
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(err) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
-    {
-        tracing::warn!(
-            ?err,
-            "cannot give the transparency log thread idle priority; it competes with writes"
-        );
+/// Hands the durable block hashes of heights `from..to` to `each`, [`REPLAY_CHUNK`] at a time
+/// (memory stays flat on any chain).
+fn each_chunk(
+    reader: &ChainReader,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(&[Hash]) -> Result<(), TlogError>,
+) -> Result<(), TlogError> {
+    let mut at = from;
+    while at < to {
+        let hashes = reader.hashes(at, REPLAY_CHUNK.min((to - at) as usize));
+        if hashes.is_empty() {
+            break;
+        }
+        each(&hashes)?;
+        at += hashes.len() as u64;
     }
+    Ok(())
 }
 
 /// `<host name>/opdbus-blockchain/<first 16 hex digits of the chain id>`.
@@ -398,7 +401,10 @@ impl Run {
                 )));
             }
             let mut range = crate::tlog::CompactRange::default();
-            self.replay(0, last.size, |hash| range.push(hash));
+            each_chunk(&self.reader, 0, last.size, |hashes| {
+                hashes.iter().for_each(|hash| range.push(hash));
+                Ok(())
+            })?;
             if range.root() != last.root {
                 return Err(TransparencyError::Halted(format!(
                     "the chain does not extend checkpoint {} (root {}): a block below height {} \
@@ -411,18 +417,11 @@ impl Run {
             }
         }
         let mut check = TileCheck::default();
-        let mut pushed = 0;
-        while pushed < size {
-            let hashes = self.reader.hashes(pushed, REPLAY_CHUNK);
-            if hashes.is_empty() {
-                break;
-            }
-            for hash in &hashes {
-                self.writer.push(hash);
-            }
-            pushed += hashes.len() as u64;
-            self.writer.settle(Settle::Repair, &mut check)?;
-        }
+        let writer = &mut self.writer;
+        each_chunk(&self.reader, 0, size, |hashes| {
+            hashes.iter().for_each(|hash| writer.push(hash));
+            writer.settle(Settle::Repair, &mut check)
+        })?;
         // A partial narrower than the chain is the normal lag of a log stopped or killed
         // between two rounds (or a new one): rewritten below, said only when it differs.
         let mut partials = TileCheck::default();
@@ -471,19 +470,6 @@ impl Run {
         }
     }
 
-    /// Feeds the block hashes of heights `from..to` to `each`.
-    fn replay(&self, from: u64, to: u64, mut each: impl FnMut(&Hash)) {
-        let mut at = from;
-        while at < to {
-            let hashes = self.reader.hashes(at, REPLAY_CHUNK.min((to - at) as usize));
-            if hashes.is_empty() {
-                break;
-            }
-            hashes.iter().for_each(&mut each);
-            at += hashes.len() as u64;
-        }
-    }
-
     /// Appends what the chain gained and, if the tree grew, issues a checkpoint. A failure is
     /// logged (once until it clears) and retried next round; the last checkpoint stays served.
     fn round(&mut self) {
@@ -503,18 +489,11 @@ impl Run {
 
     fn grow_and_issue(&mut self) -> Result<()> {
         let size = self.reader.head().0 + 1;
-        let before = self.writer.size();
-        let mut at = before;
-        while at < size {
-            let hashes = self.reader.hashes(at, REPLAY_CHUNK);
-            if hashes.is_empty() {
-                break;
-            }
-            for hash in &hashes {
-                self.writer.push(hash);
-            }
-            at += hashes.len() as u64;
-        }
+        let writer = &mut self.writer;
+        each_chunk(&self.reader, writer.size(), size, |hashes| {
+            hashes.iter().for_each(|hash| writer.push(hash));
+            Ok(())
+        })?;
         let published = self.shared.state.read().latest.as_ref().map(|c| c.size);
         if published == Some(self.writer.size()) {
             return Ok(());

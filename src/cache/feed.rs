@@ -176,7 +176,7 @@ impl CacheFeed {
                 if let Some(on_start) = on_start {
                     on_start();
                 }
-                run_when_idle();
+                run_when_idle("cache");
                 if counted == Counted::NotYet {
                     shared.cache.inner.disk.scan();
                 }
@@ -584,10 +584,11 @@ fn write_state(cache: &BlockCache, chain_id: &[u8; 16], complete_through: u64) {
     }
 }
 
-/// Puts the calling thread (the cache thread) under `SCHED_IDLE`: it gets only the CPU that
-/// nothing else wants, so the cache never slows the writes it follows (under sustained load it
-/// lags, its queue overflows into `skipped_writes`, and it fills in from the chain once idle).
-fn run_when_idle() {
+/// Puts the calling thread (the `thread` named in a warning when it fails) under `SCHED_IDLE`:
+/// it gets only the CPU that nothing else wants, so it never slows the writes it follows. The
+/// cache thread then lags (its queue overflows into `skipped_writes`, and it fills in from the
+/// chain once idle); the transparency log thread issues later, larger checkpoints.
+pub(crate) fn run_when_idle(thread: &str) {
     use thread_priority::unix::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
         ThreadSchedulePolicy,
@@ -598,7 +599,7 @@ fn run_when_idle() {
     {
         tracing::warn!(
             ?err,
-            "cannot give the cache thread idle priority; it competes with writes"
+            "cannot give the {thread} thread idle priority; it competes with writes"
         );
     }
 }

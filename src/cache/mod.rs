@@ -20,7 +20,7 @@
 
 mod dictionary;
 mod disk;
-mod feed;
+pub(crate) mod feed;
 pub mod repair;
 #[cfg(test)]
 mod tests;
