@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod files;
 pub mod footprint;
+pub mod journal;
 pub mod marker;
 pub mod numa;
 pub mod predict;
