@@ -16,6 +16,7 @@
 
 use crate::config::{BusChoice, Config};
 use crate::dbus::{BlockchainObject, BUS_NAME, OBJECT_PATH};
+use crate::journal;
 use crate::service::{ChainOptions, OptimizedBlockchain};
 use sd_notify::NotifyState;
 use std::time::Duration;
@@ -45,6 +46,17 @@ pub enum DaemonError {
     UnsafeDir(#[from] crate::files::DirError),
 }
 
+impl DaemonError {
+    /// Logs why the daemon exits with status 1, once: a latched store was logged where it
+    /// happened and at the stop, so only the other causes, all at start-up, are logged here.
+    pub fn log(&self) {
+        match self {
+            DaemonError::StorageLatched(_) => {}
+            err => tracing::error!(message_id = journal::START_FAILED, "{err}"),
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -56,7 +68,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cache_dir = %config.cache_dir.display(),
         max_data_bytes = config.max_data_bytes,
         segment_bytes = config.segment_bytes,
-        writer_uids = ?config.writer_uids,
+        writer_uids = journal::list(&config.writer_uids),
         numa = config.numa,
         cache_placement = %config.cache_placement,
         memory_policy = %config.memory_policy,
@@ -107,7 +119,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     if !leftovers.is_empty() {
         tracing::info!(
-            removed = ?leftovers,
+            removed = journal::list(leftovers.iter().map(|p| p.display())),
             "removed {} half-made snapshot(s) left by an interrupted Snapshot",
             leftovers.len()
         );
@@ -131,8 +143,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(transparency) = chain.transparency() {
         tracing::info!(
             TLOG_DIR = %transparency.dir().display(),
-            ORIGIN = transparency.origin(),
-            VKEY = transparency.verifying_key(),
+            ORIGIN = %transparency.origin(),
+            VKEY = %transparency.verifying_key(),
             "transparency log in {}, origin {}, verifier key {}",
             transparency.dir().display(),
             transparency.origin(),
@@ -167,8 +179,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             },
         })?;
     tracing::info!(
+        message_id = journal::STARTED,
         bus = %bus,
-        name = BUS_NAME,
+        name = %BUS_NAME,
         height,
         "serving {BUS_NAME} on the {bus} bus"
     );
@@ -200,27 +213,36 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tokio::pin!(storage_latched);
     let latched = loop {
         tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM received");
-                break None;
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT received");
-                break None;
-            }
+            _ = term.recv() => break Err("SIGTERM"),
+            _ = int.recv() => break Err("SIGINT"),
             _ = hangup.recv() => reload(&mut running, &timeline_settings),
-            reason = &mut storage_latched => break Some(reason),
+            reason = &mut storage_latched => break Ok(reason),
         }
     };
     timeline.abort();
-    if let Some(reason) = &latched {
-        tracing::error!(%reason, "the chain store failed to flush and refuses all writes");
-    }
-
-    tracing::info!(
-        in_flight = in_flight.count(),
-        "stopping: no new calls, answering those in flight, draining the write queue"
-    );
+    // One record for the stop and its cause.
+    let latched = match latched {
+        Err(signal) => {
+            tracing::info!(
+                message_id = journal::STOPPING,
+                reason = signal,
+                in_flight = in_flight.count(),
+                "{signal} received; stopping: no new calls, answering those in flight, draining \
+                 the write queue"
+            );
+            None
+        }
+        Ok(reason) => {
+            tracing::error!(
+                message_id = journal::STOPPING,
+                reason = %reason,
+                in_flight = in_flight.count(),
+                "stopping so that systemd restarts the daemon and it recovers from disk: the \
+                 chain store refuses all writes since a write failed: {reason}"
+            );
+            Some(reason)
+        }
+    };
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     watchdog.abort();
     if let Some(announcer) = announcer {
@@ -267,7 +289,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     chain.shutdown().await;
     let (height, head) = chain.head();
-    tracing::info!(height, head = %head, "stopped at height {height}");
+    tracing::info!(
+        message_id = journal::STOPPED,
+        height,
+        head = %head,
+        "stopped at height {height}"
+    );
     match latched {
         Some(reason) => Err(DaemonError::StorageLatched(reason)),
         None => Ok(()),
@@ -558,9 +585,15 @@ pub fn init_logging(filter: &str) {
             .with(journald)
             .init();
     } else {
+        use std::io::IsTerminal;
         tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .fmt_fields(journal::StderrFields),
+            )
             .init();
     }
 }

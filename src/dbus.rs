@@ -238,26 +238,46 @@ impl BlockchainObject {
         };
         let (shown_plugin, shown_operation) = (shown(&plugin), shown(&operation));
         if let Err(refused) = self.require_writer(&caller, "add footprints") {
-            tracing::warn!(
-                PLUGIN = %shown_plugin,
-                OPERATION = %shown_operation,
-                CALLER_UID = %caller.uid.map_or("unknown".into(), |u| u.to_string()),
-                "footprint refused: the caller may not write"
-            );
+            // Throttled: a caller looping on a refused call must not fill the journal.
+            if let Some(left_out) = crate::journal::REFUSALS.admit() {
+                tracing::warn!(
+                    message_id = crate::journal::FOOTPRINT_REFUSED,
+                    PLUGIN = %shown_plugin,
+                    OPERATION = %shown_operation,
+                    CALLER_UID = caller.uid,
+                    CALLER_UNIT = crate::journal::non_empty(&caller.unit),
+                    LEFT_OUT = (left_out > 0).then_some(left_out),
+                    "footprint refused: the caller may not write"
+                );
+            }
             return Err(refused);
         }
         let footprint = PluginFootprint::received(plugin, operation, data_json);
         let (plugin, operation) = (shown_plugin, shown_operation);
+        let (caller_uid, caller_unit) = (caller.uid, caller.unit.clone());
         let block = self
             .chain
             .append(footprint, caller)
             .await
             .inspect_err(|err| match err {
-                // The caller's mistake, answered with InvalidArgument: not the operator's concern.
+                // The caller's mistake, answered with InvalidArgument; worth a line for the
+                // operator of a misbehaving plugin, throttled like the refusals above.
                 ServiceError::InvalidFootprint(_) => {
-                    tracing::debug!(PLUGIN = %plugin, OPERATION = %operation, %err, "footprint refused")
+                    if let Some(left_out) = crate::journal::REFUSALS.admit() {
+                        tracing::info!(
+                            message_id = crate::journal::FOOTPRINT_REFUSED,
+                            PLUGIN = %plugin,
+                            OPERATION = %operation,
+                            CALLER_UID = caller_uid,
+                            CALLER_UNIT = crate::journal::non_empty(&caller_unit),
+                            LEFT_OUT = (left_out > 0).then_some(left_out),
+                            "footprint refused: {err}"
+                        )
+                    }
                 }
-                _ => tracing::warn!(
+                // The writer logged the failed batch once (WRITE_FAILED, STORAGE_LATCHED);
+                // every caller in it got StorageFailure.
+                _ => tracing::debug!(
                     PLUGIN = %plugin,
                     OPERATION = %operation,
                     %err,
@@ -269,6 +289,8 @@ impl BlockchainObject {
             BLOCK_HASH = %block.hash_hex(),
             PLUGIN = %block.plugin,
             OPERATION = %block.operation,
+            CALLER_UID = block.caller.uid,
+            CALLER_UNIT = crate::journal::non_empty(&block.caller.unit),
             "block {} added: {} {}",
             block.height,
             block.plugin,

@@ -1,5 +1,6 @@
-//! What the daemon tells the journal beyond a message: the `MESSAGE_ID` of each event an
-//! operator may look for, and a throttle for records that callers can cause at will.
+//! What the daemon's records carry beyond a message: the `MESSAGE_ID` of each event an
+//! operator may look for, field values as plain text, a throttle for records that callers can
+//! cause at will, and the stderr format used when not under systemd.
 //!
 //! Every id here has exactly one entry in `systemd/opdbus-blockchain.catalog` (installed to
 //! `/usr/lib/systemd/catalog/`), so `journalctl -x` explains the record and
@@ -8,9 +9,13 @@
 //! and a record changes its id only when its meaning changes.
 //!
 //! A record carries one as the field `message_id = journal::STARTED`: tracing-journald
-//! upper-cases field names, so the journal gets `MESSAGE_ID=`; the stderr format leaves it out
-//! (see `daemon::init_logging`).
+//! upper-cases field names, so the journal gets `MESSAGE_ID=`; [`StderrFields`] leaves it out.
+//!
+//! Field values are what a person or `journalctl FIELD=value` expects: a number, a word, a
+//! path, a list as `0,1`; never Rust's `Some(0)`, `[0, 1]` or quoted strings. A field with no
+//! value is left out of the record (an `Option` that is `None`).
 
+use std::fmt::{self, Write as _};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,6 +70,9 @@ pub const ALL: &[(&str, &str)] = &[
 /// journald's own rate limit, which would drop our other records with it).
 pub static REFUSALS: Throttle = Throttle::new(10, Duration::from_secs(60));
 
+/// Failed batches (WRITE_FAILED): on a full disk every new batch fails the same way.
+pub static WRITE_FAILURES: Throttle = Throttle::new(10, Duration::from_secs(60));
+
 /// At most `burst` records per `window`; what is left out is counted, and the next record let
 /// through says how many.
 pub struct Throttle {
@@ -114,6 +122,106 @@ impl Throttle {
         }
         state.in_window += 1;
         Some(std::mem::take(&mut state.left_out))
+    }
+}
+
+/// `items` as one field value, `a,b,c`; `None` (the field is left out) when there are none.
+pub fn list<T: fmt::Display>(items: impl IntoIterator<Item = T>) -> Option<String> {
+    let mut joined = String::new();
+    for item in items {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        let _ = write!(joined, "{item}");
+    }
+    (!joined.is_empty()).then_some(joined)
+}
+
+/// `text`, or `None` (the field is left out) when it is empty.
+pub fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// The fields of a stderr record: the message, then `key=value` with the values as they are
+/// (no quotes, no Debug wrapping); control characters escaped so that a record stays on one
+/// line (a checkpoint note has several); `message_id` left out, as the message says the same.
+pub struct StderrFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for StderrFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut visitor = StderrVisitor::default();
+        fields.record(&mut visitor);
+        let StderrVisitor { message, rest } = visitor;
+        let sep = if message.is_empty() || rest.is_empty() {
+            ""
+        } else {
+            " "
+        };
+        write!(writer, "{message}{sep}{rest}")
+    }
+}
+
+#[derive(Default)]
+struct StderrVisitor {
+    message: String,
+    rest: String,
+}
+
+impl StderrVisitor {
+    fn put(&mut self, field: &tracing::field::Field, value: fmt::Arguments<'_>) {
+        let name = field.name();
+        if name == "message_id" {
+            return;
+        }
+        let out = if name == "message" {
+            &mut self.message
+        } else {
+            if !self.rest.is_empty() {
+                self.rest.push(' ');
+            }
+            self.rest.push_str(name);
+            self.rest.push('=');
+            &mut self.rest
+        };
+        let _ = write!(EscapeControls(out), "{value}");
+    }
+}
+
+impl tracing::field::Visit for StderrVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.put(field, format_args!("{value}"));
+    }
+
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.put(field, format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.put(field, format_args!("{value:?}"));
+    }
+}
+
+/// Writes into a string with control characters (newlines, escape sequences) escaped.
+struct EscapeControls<'a>(&'a mut String);
+
+impl fmt::Write for EscapeControls<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if c.is_control() {
+                self.0.extend(c.escape_default());
+            } else {
+                self.0.push(c);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -238,6 +346,53 @@ mod tests {
             );
         }
         assert_eq!(listed.lines().count(), ALL.len(), "{listed}");
+    }
+
+    /// What a record looks like on stderr: plain values, no MESSAGE_ID, one line.
+    #[test]
+    fn stderr_records_are_one_line_of_plain_values_without_the_message_id() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("not poisoned").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .fmt_fields(StderrFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        let unit = String::new();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                message_id = STARTED,
+                NODE = Some(0u32),
+                ABSENT = None::<u32>,
+                CPUS = list([0, 1]),
+                UIDS = list(Vec::<u32>::new()),
+                UNIT = non_empty(&unit),
+                NAME = "org.opdbus.Blockchain",
+                NOTE = "origin\n2\nroot\n",
+                "serving at height {}",
+                3
+            );
+        });
+        let text =
+            String::from_utf8(captured.0.lock().expect("not poisoned").clone()).expect("utf-8");
+        assert_eq!(
+            text,
+            " INFO serving at height 3 NODE=0 CPUS=0,1 NAME=org.opdbus.Blockchain \
+             NOTE=origin\\n2\\nroot\\n\n"
+        );
     }
 
     #[test]

@@ -200,12 +200,15 @@ impl StreamingBlockchain {
         let caller = Caller::this_process();
         while let Some(footprint) = rx.recv().await {
             if let Err(err) = footprint.validate(self.inner.max_data_bytes) {
-                tracing::warn!(
-                    plugin = %footprint.plugin_id,
-                    operation = %footprint.operation,
-                    %err,
-                    "footprint refused"
-                );
+                if let Some(left_out) = crate::journal::REFUSALS.admit() {
+                    tracing::warn!(
+                        message_id = crate::journal::FOOTPRINT_REFUSED,
+                        PLUGIN = %footprint.plugin_id,
+                        OPERATION = %footprint.operation,
+                        LEFT_OUT = (left_out > 0).then_some(left_out),
+                        "footprint refused: {err}"
+                    );
+                }
                 continue;
             }
             if self
@@ -356,20 +359,8 @@ type NumaState = std::result::Result<Arc<NumaTopology>, Arc<str>>;
 async fn detect_numa(options: NumaOptions) -> NumaState {
     let detected = tokio::task::spawn_blocking(move || NumaTopology::detect(&options)).await;
     match detected {
-        Ok(Ok(topology)) => {
-            let info = topology.info();
-            tracing::info!(
-                nodes = info.node_count(),
-                numa_enabled = info.numa_enabled(),
-                reason = %info.reason(),
-                optimal_node = info.optimal_node(),
-                optimal_node_reason = %info.optimal_node_reason(),
-                placement = %info.placement(),
-                memory_policy = %info.memory_policy(),
-                "NUMA topology"
-            );
-            Ok(Arc::new(topology))
-        }
+        // Detection logged the topology and its choice (one record, `NUMA: …`).
+        Ok(Ok(topology)) => Ok(Arc::new(topology)),
         Ok(Err(err)) => {
             tracing::warn!(%err, "no NUMA topology could be read; running without NUMA placement");
             Err(format!("no topology could be read: {err}").into())
@@ -447,16 +438,8 @@ impl OptimizedBlockchain {
             let numa = numa.clone();
             move || {
                 if let Ok(numa) = numa {
-                    let outcome = numa.bind_writer_thread();
-                    tracing::info!(
-                        cpus = ?outcome.cpus_requested,
-                        applied = outcome.cpu_applied,
-                        reason = %outcome.cpu_reason,
-                        memory_policy = %outcome.memory_policy,
-                        memory_applied = outcome.memory_applied,
-                        memory_reason = %outcome.memory_reason,
-                        "chain writer thread binding"
-                    );
+                    // Logged by the binding itself (`writer thread binding: …`).
+                    numa.bind_writer_thread();
                 }
             }
         };

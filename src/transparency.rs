@@ -136,7 +136,7 @@ impl Transparency {
                 if new {
                     tracing::info!(
                         key = %path.display(),
-                        VKEY = key.vkey(),
+                        VKEY = %key.vkey(),
                         "made a new checkpoint signing key; its verifier key: {}",
                         key.vkey()
                     );
@@ -359,6 +359,7 @@ impl Run {
             Err(TransparencyError::Halted(reason)) => {
                 let size = self.reader.head().0 + 1;
                 tracing::error!(
+                    message_id = crate::journal::CHECKPOINT_FAILED,
                     TLOG_DIR = %self.shared.dir.display(),
                     CHAIN_SIZE = size,
                     "{reason}; no checkpoint is issued until an operator acts (docs/operations.md, \
@@ -369,7 +370,11 @@ impl Run {
                 return;
             }
             Err(err) => {
-                tracing::error!(%err, "the transparency log could not start; no checkpoints");
+                tracing::error!(
+                    message_id = crate::journal::CHECKPOINT_FAILED,
+                    %err,
+                    "the transparency log could not start; no checkpoints: {err}"
+                );
                 self.shared.state.write().halted = Some(err.to_string());
                 let _ = stop.recv();
                 return;
@@ -481,7 +486,11 @@ impl Run {
             Ok(()) => {}
             Err(err) if !self.failing => {
                 self.failing = true;
-                tracing::error!(%err, "cannot issue a checkpoint; retrying every interval");
+                tracing::error!(
+                    message_id = crate::journal::CHECKPOINT_FAILED,
+                    %err,
+                    "cannot issue a checkpoint; retrying every interval: {err}"
+                );
             }
             Err(_) => {}
         }
@@ -512,6 +521,7 @@ impl Run {
             .map_err(|err| TlogError::io(history, err))?;
         self.publish_file(&checkpoint)?;
         tracing::info!(
+            message_id = crate::journal::CHECKPOINT_ISSUED,
             CHECKPOINT_SIZE = checkpoint.size,
             CHECKPOINT_ROOT = %hex::encode(checkpoint.root),
             CHECKPOINT_NOTE = %checkpoint.note,

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     match runtime.block_on(opdbus_blockchain::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
+            err.log();
             ExitCode::FAILURE
         }
     }

@@ -598,7 +598,7 @@ pub(crate) fn run_when_idle(thread: &str) {
     if let Err(err) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
     {
         tracing::warn!(
-            ?err,
+            %err,
             "cannot give the {thread} thread idle priority; it competes with writes"
         );
     }

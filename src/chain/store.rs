@@ -784,7 +784,11 @@ impl ChainWriter {
             match written {
                 Ok(()) => active_synced |= k == 0 && part_len > 0,
                 Err(ChainError::Latched(reason)) => {
-                    tracing::error!(%reason, "latching the store: no more writes until restart");
+                    tracing::error!(
+                        message_id = crate::journal::STORAGE_LATCHED,
+                        %reason,
+                        "latching the store: no more writes until restart: {reason}"
+                    );
                     self.latched = Some(reason.clone());
                     return Err(ChainError::Latched(reason));
                 }
@@ -830,7 +834,11 @@ impl ChainWriter {
         }
         if let Err(err) = result {
             let reason = format!("could not roll back a failed write: {err}");
-            tracing::error!(%reason, "latching the store: no more writes until restart");
+            tracing::error!(
+                message_id = crate::journal::STORAGE_LATCHED,
+                %reason,
+                "latching the store: no more writes until restart: {reason}"
+            );
             self.latched = Some(reason);
         }
     }

@@ -372,9 +372,26 @@ fn commit_batch(
         }
         Err(err) => {
             counters.failed.fetch_add(footprints, Ordering::Relaxed);
-            tracing::warn!(%err, footprints, "a batch failed to commit");
-            if let Some(reason) = writer.latched() {
-                (hooks.on_latch)(reason);
+            match writer.latched() {
+                // The store logged the latch once (STORAGE_LATCHED); every later batch fails
+                // the same way until the restart.
+                Some(reason) => {
+                    tracing::debug!(%err, footprints, "a batch failed to commit");
+                    (hooks.on_latch)(reason);
+                }
+                // Throttled: on a full disk every new batch fails the same way.
+                None => {
+                    if let Some(left_out) = crate::journal::WRITE_FAILURES.admit() {
+                        tracing::warn!(
+                            message_id = crate::journal::WRITE_FAILED,
+                            %err,
+                            footprints,
+                            LEFT_OUT = (left_out > 0).then_some(left_out),
+                            "a batch of {footprints} footprint(s) failed to commit and was rolled \
+                             back: {err}"
+                        );
+                    }
+                }
             }
             let mut unanswered = 0;
             for reply in replies.drain(..) {

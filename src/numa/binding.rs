@@ -78,7 +78,9 @@ impl NumaTopology {
             tracing::info!(
                 tid,
                 node = self.optimal,
+                cpus = %sysfs::format_cpu_list(&outcome.cpus_requested),
                 cpu_applied = outcome.cpu_applied,
+                memory_policy = %policy,
                 memory_applied = outcome.memory_applied,
                 "writer thread binding: {}; memory policy {}: {}",
                 outcome.cpu_reason,
@@ -89,6 +91,9 @@ impl NumaTopology {
             tracing::warn!(
                 tid,
                 node = self.optimal,
+                cpus = %sysfs::format_cpu_list(&outcome.cpus_requested),
+                cpu_applied = outcome.cpu_applied,
+                memory_policy = %policy,
                 memory_applied = outcome.memory_applied,
                 "writer thread binding: {}; memory policy {}: {}",
                 outcome.cpu_reason,
@@ -283,7 +288,7 @@ impl NumaTopology {
         };
         tracing::info!(
             placement = %placement,
-            node = ?binding.node,
+            node = binding.node,
             applied = binding.applied,
             "cache memory placement: {}",
             binding.reason

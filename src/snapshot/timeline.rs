@@ -180,16 +180,11 @@ pub async fn run(
             }
             continue;
         }
-        match snapshots.take().await {
-            Ok(taken) => {
-                let paths = [taken.chain, taken.cache];
-                tracing::info!(?paths, "scheduled snapshot taken");
-            }
-            Err(err) => {
-                tracing::warn!(%err, "scheduled snapshot failed; retrying in a minute");
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                continue;
-            }
+        // `take` logs the snapshot or its failure.
+        if snapshots.take().await.is_err() {
+            tracing::debug!("the scheduled snapshot is tried again in a minute");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            continue;
         }
         let pruning = {
             // Not while a snapshot (e.g. an on-demand one) is being made.
@@ -200,14 +195,40 @@ pub async fn run(
         match pruning {
             Ok(Ok(pruned)) => {
                 for (name, reason) in &pruned.failed {
-                    tracing::warn!(%name, %reason, "cannot delete an expired snapshot");
+                    tracing::warn!(
+                        message_id = crate::journal::PRUNE_FAILED,
+                        %name,
+                        %reason,
+                        "cannot delete the expired snapshot {name}: {reason}"
+                    );
                 }
-                if !pruned.plan.delete.is_empty() {
-                    tracing::info!(deleted = ?pruned.plan.delete, kept = pruned.plan.keep.len(), "snapshots pruned");
+                let deleted: Vec<&String> = pruned
+                    .plan
+                    .delete
+                    .iter()
+                    .filter(|name| !pruned.failed.iter().any(|(failed, _)| failed == *name))
+                    .collect();
+                if !deleted.is_empty() {
+                    tracing::info!(
+                        message_id = crate::journal::SNAPSHOTS_PRUNED,
+                        deleted = crate::journal::list(&deleted),
+                        kept = pruned.plan.keep.len(),
+                        "snapshots pruned: deleted {}, kept {}",
+                        deleted.len(),
+                        pruned.plan.keep.len()
+                    );
                 }
             }
-            Ok(Err(err)) => tracing::warn!(%err, "cannot list snapshots to prune"),
-            Err(err) => tracing::warn!(%err, "pruning failed"),
+            Ok(Err(err)) => tracing::warn!(
+                message_id = crate::journal::PRUNE_FAILED,
+                %err,
+                "cannot list snapshots to prune: {err}"
+            ),
+            Err(err) => tracing::warn!(
+                message_id = crate::journal::PRUNE_FAILED,
+                %err,
+                "pruning failed: {err}"
+            ),
         }
     }
 }

@@ -152,8 +152,34 @@ impl Snapshotter {
         self.turn.clone().lock_owned().await
     }
 
-    /// Takes a unified snapshot; see the module documentation.
+    /// Takes a unified snapshot; see the module documentation. Logs it (SNAPSHOT_TAKEN) or its
+    /// failure (SNAPSHOT_FAILED), whoever asked.
     pub async fn take(&self) -> Result<UnifiedSnapshot, SnapshotError> {
+        let taken = self.take_unlogged().await;
+        match &taken {
+            Ok(snapshot) => tracing::info!(
+                message_id = crate::journal::SNAPSHOT_TAKEN,
+                name = %snapshot.name,
+                height = snapshot.height,
+                chain = %snapshot.chain.display(),
+                cache = %snapshot.cache.display(),
+                chain_method = method_name(snapshot.chain_method),
+                cache_method = method_name(snapshot.cache_method),
+                pause_us = snapshot.pause.as_micros() as u64,
+                "unified snapshot taken: {} at height {}",
+                snapshot.name,
+                snapshot.height
+            ),
+            Err(err) => tracing::warn!(
+                message_id = crate::journal::SNAPSHOT_FAILED,
+                %err,
+                "snapshot failed: {err}"
+            ),
+        }
+        taken
+    }
+
+    async fn take_unlogged(&self) -> Result<UnifiedSnapshot, SnapshotError> {
         let one_at_a_time = self.turn().await;
         let layout = self.layout.clone();
         let chain_dir = layout.chain_dir.clone();
@@ -189,16 +215,6 @@ impl Snapshotter {
             path: chain_dir,
             source: io::Error::other("the snapshot thread ended without a result"),
         })??;
-        tracing::info!(
-            name = %snapshot.name,
-            height = snapshot.height,
-            chain = %snapshot.chain.display(),
-            cache = %snapshot.cache.display(),
-            chain_method = ?snapshot.chain_method,
-            cache_method = ?snapshot.cache_method,
-            pause_us = snapshot.pause.as_micros() as u64,
-            "unified snapshot taken"
-        );
         Ok(snapshot)
     }
 
@@ -240,6 +256,14 @@ impl Snapshotter {
             }
         }
         unreachable!("the last try returns")
+    }
+}
+
+/// As the manifest writes it.
+fn method_name(method: SnapshotMethod) -> &'static str {
+    match method {
+        SnapshotMethod::BtrfsSnapshot => "btrfs-snapshot",
+        SnapshotMethod::HardlinkCopy => "hardlink-copy",
     }
 }
 

@@ -173,7 +173,12 @@ impl VectorIndex {
         let path = chain_dir.join(FILE_NAME);
         let (vectors, meta) = match load(&path, &chain_id) {
             Ok(loaded) => loaded,
-            Err(why) => {
+            // A new chain, or one from before vectors were kept: the normal first start.
+            Err(Unloaded::Missing(_)) => {
+                tracing::debug!(path = %path.display(), "no vector file yet; building block vectors from the chain");
+                (Vec::new(), Vec::new())
+            }
+            Err(Unloaded::Unusable(why)) => {
                 tracing::info!(path = %path.display(), "building block vectors from the chain: {why}");
                 (Vec::new(), Vec::new())
             }
@@ -515,13 +520,34 @@ fn header(chain_id: &ChainId) -> [u8; HEADER_LEN] {
     out
 }
 
-fn load(path: &Path, chain_id: &ChainId) -> std::result::Result<(Vec<i8>, Vec<Meta>), String> {
+/// Why [`load`] found no vectors to keep.
+enum Unloaded {
+    /// There is no vector file (the I/O error's text).
+    Missing(String),
+    /// The file cannot be read or is not this chain's.
+    Unusable(String),
+}
+
+impl std::fmt::Display for Unloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unloaded::Missing(why) | Unloaded::Unusable(why) => f.write_str(why),
+        }
+    }
+}
+
+fn load(path: &Path, chain_id: &ChainId) -> std::result::Result<(Vec<i8>, Vec<Meta>), Unloaded> {
     let mut bytes = Vec::new();
     crate::files::open_read(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Unloaded::Missing(e.to_string()),
+            _ => Unloaded::Unusable(e.to_string()),
+        })?;
     if bytes.len() < HEADER_LEN || bytes[..HEADER_LEN] != header(chain_id) {
-        return Err("the file is from another chain or format".into());
+        return Err(Unloaded::Unusable(
+            "the file is from another chain or format".into(),
+        ));
     }
     let records = bytes[HEADER_LEN..].chunks_exact(RECORD_LEN);
     let mut vectors = Vec::with_capacity(records.len() * DIM);
