@@ -136,7 +136,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         head = %head,
         created = recovery.created,
         torn_bytes_cut = recovery.torn_bytes_cut,
-        index_rebuilt = recovery.index_rebuilt,
+        // A new chain's index is built, not rebuilt: not a repair to report.
+        index_rebuilt = recovery.index_rebuilt && !recovery.created,
         "chain opened at height {height}, head {head}"
     );
 
