@@ -544,6 +544,18 @@ fn real_systemd_a_failed_fdatasync_stops_the_daemon_and_systemd_restarts_it() {
             .any(|r| field(r, "MESSAGE").contains("stopping so that systemd restarts the daemon")),
         "the daemon did not say why it stopped"
     );
+    // Both with the ids the catalog explains, at error priority.
+    for id in [
+        opdbus_blockchain::journal::STORAGE_LATCHED,
+        opdbus_blockchain::journal::STOPPING,
+    ] {
+        assert!(
+            records
+                .iter()
+                .any(|r| field(r, "MESSAGE_ID") == id && field(r, "PRIORITY") == "3"),
+            "no error record with MESSAGE_ID={id}"
+        );
+    }
     wait_until(
         Duration::from_secs(60),
         "systemd to restart the unit",
