@@ -220,4 +220,22 @@ fn real_systemd_journal_has_message_ids_the_catalog_explains_and_plain_fields() 
         explained.contains("opdbus-blockchaind stopped"),
         "{explained}"
     );
+
+    // A start that fails says so, once per attempt, with the cause in the message.
+    ct.ok(&["chmod", "o+w", "/var/lib/op-dbus/blockchain"]);
+    let start = ct.run(&["systemctl", "start", UNIT]);
+    assert!(
+        !start.status.success(),
+        "started with a world-writable chain dir"
+    );
+    let records = ct.wait_for_journal(
+        &[&format!("MESSAGE_ID={}", journal::START_FAILED)],
+        |records| !records.is_empty(),
+    );
+    assert_eq!(field(&records[0], "PRIORITY"), "3", "{}", records[0]);
+    assert!(
+        field(&records[0], "MESSAGE").contains("/var/lib/op-dbus/blockchain"),
+        "{}",
+        records[0]
+    );
 }
