@@ -349,7 +349,7 @@ fn real_systemd_stop_answers_calls_in_flight_and_exits_cleanly() {
     });
     let stopping = records
         .iter()
-        .find(|r| field(r, "MESSAGE").starts_with("stopping"))
+        .find(|r| field(r, "MESSAGE_ID") == opdbus_blockchain::journal::STOPPING)
         .expect("a 'stopping' record");
     eprintln!(
         "{} footprints acked; calls in flight at SIGTERM: {}",
