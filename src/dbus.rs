@@ -394,6 +394,7 @@ impl BlockchainObject {
     }
 
     /// Snapshots chain and cache at one block height; returns [chain_snapshot, cache_snapshot].
+    /// With no block since the newest snapshot, returns that one.
     #[zbus(out_args("paths"))]
     async fn snapshot(
         &self,

@@ -143,6 +143,10 @@ pub async fn run(
 ) {
     let layout = snapshots.layout().clone();
     let mut announced = None;
+    // When the last scheduled snapshot was asked for: with no block since, that returns the
+    // newest snapshot again, whose name keeps its older time, and the next one would be due
+    // at once, again and again.
+    let mut last_asked: Option<i64> = None;
     loop {
         let (interval, policy) = *settings.borrow_and_update();
         if announced != Some((interval, policy))
@@ -155,7 +159,8 @@ pub async fn run(
             .list()
             .ok()
             .and_then(|names| names.last().and_then(|n| SnapshotEntry::from_name(n)))
-            .map(|e| e.time_utc_secs);
+            .map(|e| e.time_utc_secs)
+            .max(last_asked);
         let now = now_secs();
         let due = match interval {
             SnapshotInterval::Off => None,
@@ -182,6 +187,7 @@ pub async fn run(
         }
         match snapshots.take().await {
             Ok(taken) => {
+                last_asked = Some(now);
                 let paths = [taken.chain, taken.cache];
                 tracing::info!(?paths, "scheduled snapshot taken");
             }

@@ -281,7 +281,8 @@ enum Command {
     /// Ask the running daemon for a unified snapshot of chain and cache (online).
     ///
     /// Prints the chain snapshot's path, then the cache snapshot's. Both hold the same height
-    /// (see MANIFEST.json inside each).
+    /// (see MANIFEST.json inside each). With no block since the newest snapshot, that one is
+    /// printed and no new one is made.
     Snapshot {
         #[command(flatten)]
         bus: Bus,
