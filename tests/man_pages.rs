@@ -177,6 +177,39 @@ fn every_man_page_renders_without_warnings_with_its_sections() {
     }
 }
 
+/// Scripts read results as JSON: each command that reports takes --json, as its page says.
+#[test]
+fn every_reporting_command_takes_json() {
+    let dir = generated();
+    for command in [
+        "verify",
+        "key-show",
+        "checkpoint",
+        "prove",
+        "consistency",
+        "tlog-rebuild",
+        "get",
+        "numa",
+        "similar",
+        "stats",
+        "snapshot",
+        "backup",
+        "verify-backup",
+        "restore",
+        "prune",
+    ] {
+        let (page, _) = man(&dir.path().join(format!("man1/opdbus-chain-{command}.1")));
+        let options = &page[page.find("\nOPTIONS\n").expect("OPTIONS")..];
+        assert!(
+            // man puts a short tag and its text on one line.
+            options
+                .lines()
+                .any(|line| line.split_whitespace().next() == Some("--json")),
+            "opdbus-chain {command} has no --json:\n{page}"
+        );
+    }
+}
+
 /// What bash offers after `words` (the last one being completed), with the script loaded.
 fn bash_completes(script: &Path, name: &str, words: &[&str]) -> Vec<String> {
     let words_list: Vec<String> = words.iter().map(|word| format!("'{word}'")).collect();

@@ -207,6 +207,14 @@ async fn loop_a_snapshot_at_an_unchanged_height_returns_the_existing_one() {
     assert_eq!(code, 0, "{stderr}");
     let by_cli: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
     assert_eq!(by_cli, first);
+    let (code, stdout, stderr) = cli(&["snapshot", "--json", "--bus", &bus.address]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("snapshot --json");
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["chain"], first[0].to_str().expect("utf-8"));
+    assert_eq!(json["cache"], first[1].to_str().expect("utf-8"));
+    let name = first[0].parent().and_then(Path::file_name).expect("name");
+    assert_eq!(json["name"], name.to_str().expect("utf-8"));
     let snapshots = fs.path().join(".snapshots");
     assert_eq!(snapshot_names(&snapshots).len(), 1, "one directory");
 
@@ -348,6 +356,31 @@ async fn loop_full_then_two_incremental_backups_verify_then_tamper_then_restore_
     ]);
     assert_eq!(code, 0);
     assert!(stdout.contains("already holds"), "{stdout}");
+    let (code, stdout, stderr) = cli(&[
+        "backup",
+        "--json",
+        "--chain-dir",
+        chain_dir.to_str().expect("utf-8"),
+        "--to",
+        target.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("backup --json");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["name"], backups[2].as_str());
+    assert_eq!(report["already_there"], true);
+    assert_eq!(report["full"], serde_json::Value::Null, "nothing sent");
+    assert_eq!(report["verified"]["height"], 120);
+    let (code, stdout, stderr) = cli(&[
+        "verify-backup",
+        "--json",
+        target.join(&backups[2]).to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let verified: serde_json::Value = serde_json::from_str(&stdout).expect("verify-backup --json");
+    assert_eq!(verified["ok"], true);
+    assert_eq!(verified["height"], 120);
+    assert_eq!(verified["blocks_checked"], 121);
 
     // Tamper with the newest backup: one byte of a footprint's data in the chain.
     let tampered = target.join(&backups[2]);
@@ -380,10 +413,23 @@ async fn loop_full_then_two_incremental_backups_verify_then_tamper_then_restore_
     let (code, stdout, _) = cli(&["verify-backup", tampered.to_str().expect("utf-8")]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("does NOT verify"), "{stdout}");
+    let (code, stdout, stderr) =
+        cli(&["verify-backup", "--json", tampered.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{stdout}");
+    let failed: serde_json::Value = serde_json::from_str(&stdout).expect("verify-backup --json");
+    assert_eq!(failed["ok"], false);
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("does NOT verify")),
+        "{stdout}"
+    );
+    assert!(stderr.contains("does NOT verify"), "{stderr}");
     let restored_chain = fs.path().join("restored");
     let restored_cache = fs.path().join("restored-cache");
-    let (code, _, stderr) = cli(&[
+    let (code, stdout, stderr) = cli(&[
         "restore",
+        "--json",
         "--from",
         tampered.to_str().expect("utf-8"),
         "--chain-dir",
@@ -393,12 +439,15 @@ async fn loop_full_then_two_incremental_backups_verify_then_tamper_then_restore_
     ]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("nothing was restored"), "{stderr}");
+    let failed: serde_json::Value = serde_json::from_str(&stdout).expect("restore --json");
+    assert_eq!(failed["ok"], false, "{stdout}");
     assert!(!restored_chain.exists() && !restored_cache.exists());
 
     // Restore the intact second backup and continue the chain from it.
     daemon.stop();
     let (code, stdout, stderr) = cli(&[
         "restore",
+        "--json",
         "--from",
         target.join(&backups[1]).to_str().expect("utf-8"),
         "--chain-dir",
@@ -407,7 +456,10 @@ async fn loop_full_then_two_incremental_backups_verify_then_tamper_then_restore_
         restored_cache.to_str().expect("utf-8"),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("height 80"), "{stdout}");
+    let restored: serde_json::Value = serde_json::from_str(&stdout).expect("restore --json");
+    assert_eq!(restored["ok"], true, "{stdout}");
+    assert_eq!(restored["height"], 80, "{stdout}");
+    assert_eq!(restored["chain_subvolume"], true, "{stdout}");
     assert!(btrfs::is_subvolume(&restored_chain));
     assert!(
         !btrfs::is_readonly(&restored_chain).expect("flag"),
@@ -929,6 +981,25 @@ async fn prune_keeps_the_newest_and_backup_parents() {
         args.extend_from_slice(extra);
         cli(&args)
     };
+    let (code, stdout, stderr) = prune(&["--dry-run", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).expect("prune --json");
+    assert_eq!(plan["ok"], true);
+    assert_eq!(plan["dry_run"], true);
+    let kept: Vec<&str> = plan["keep"]
+        .as_array()
+        .expect("keep")
+        .iter()
+        .filter_map(|kept| kept["name"].as_str())
+        .collect();
+    assert_eq!(kept, [names[3].as_str(), names[1].as_str()], "{stdout}");
+    assert_eq!(plan["keep"][0]["reasons"][0], "newest", "{stdout}");
+    assert_eq!(
+        plan["delete"],
+        serde_json::json!([names[0], names[2]]),
+        "{stdout}"
+    );
+    assert_eq!(plan["failed"], serde_json::json!([]));
     let (code, stdout, stderr) = prune(&["--dry-run"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(

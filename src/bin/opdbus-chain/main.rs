@@ -24,6 +24,10 @@ use std::process::ExitCode;
 /// and `tlog rebuild` write, with the daemon stopped. Online commands (numa, similar, stats,
 /// snapshot) talk to a running opdbus-blockchaind over D-Bus and take --bus. backup, restore
 /// and prune manage snapshots and backups.
+///
+/// With --json a command prints one JSON object on stdout whose "ok" says whether it succeeded
+/// (false with "failure" when a check fails, exit 1); tail and similar print one object per
+/// line. A command that cannot run prints only its one line on stderr (exit 2).
 #[derive(Parser)]
 #[command(
     name = "opdbus-chain",
@@ -215,6 +219,10 @@ enum Command {
         /// Indent the JSON for reading.
         #[arg(long)]
         pretty: bool,
+        /// The block is JSON already; with --json, a block that is not there is one JSON
+        /// object too: ok false and failure.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the newest blocks, oldest first.
     Tail {
@@ -286,6 +294,9 @@ enum Command {
     Snapshot {
         #[command(flatten)]
         bus: Bus,
+        /// Print one JSON object: ok, name, chain, cache.
+        #[arg(long)]
+        json: bool,
     },
     /// Send the newest snapshot to a backup target with btrfs send/receive, then verify it.
     ///
@@ -309,12 +320,21 @@ enum Command {
         /// 'ssh backup@host "mkdir -p /srv/opdbus/{name} && btrfs receive /srv/opdbus/{name}"'
         #[arg(long, value_name = "CMD")]
         to_command: Option<String>,
+        /// Print one JSON object: ok, name, full (null when the target held it already),
+        /// parent, dest, already_there and verified (blocks_checked, height, head_hash; null
+        /// when sent through a command).
+        #[arg(long)]
+        json: bool,
     },
     /// Check a backup (or snapshot) directory holding chain/ and cache/: every block re-hashed,
     /// the head equal to the manifest. Exit 1 when it does not check out.
     VerifyBackup {
         /// TARGET/<snapshot name>
         dir: PathBuf,
+        /// Print one JSON object: ok, dir, blocks_checked, height, head_hash; or ok false and
+        /// failure.
+        #[arg(long)]
+        json: bool,
     },
     /// Put a backup back as a working chain and cache (which must not exist yet).
     ///
@@ -326,6 +346,10 @@ enum Command {
         from: PathBuf,
         #[command(flatten)]
         dirs: ChainAndCache,
+        /// Print one JSON object: ok, from, chain_dir, chain_subvolume, cache_dir, height,
+        /// head_hash, marker; or ok false and failure.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the retention policy to the snapshots beside the chain (as the daemon does after
     /// each scheduled snapshot): keep the newest snapshot of each of the last N hours, days and
@@ -360,6 +384,10 @@ enum Command {
         /// Only print what would be kept (with why) and deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Print one JSON object: ok, dry_run, keep (name, reasons), delete (deleted, or would
+        /// be with --dry-run), failed (name, reason: not deleted).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the completion script for SHELL to stdout.
     ///
@@ -606,7 +634,12 @@ fn run(cli: Cli) -> Outcome {
             &transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
             json,
         ),
-        Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
+        Command::Get {
+            block,
+            dir,
+            pretty,
+            json,
+        } => offline::get(dir.chain_dir, &block, pretty, json),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
         Command::Numa { bus, json } => online::numa(&bus.bus, json),
         Command::Similar {
@@ -633,20 +666,21 @@ fn run(cli: Cli) -> Outcome {
             },
         ),
         Command::Stats { bus, json } => online::stats(&bus.bus, json),
-        Command::Snapshot { bus } => online::snapshot(&bus.bus),
+        Command::Snapshot { bus, json } => online::snapshot(&bus.bus, json),
         Command::Backup {
             dirs,
             to,
             to_command,
+            json,
         } => match (to, to_command) {
             (Some(dir), _) => Ok(BackupTarget::Directory(dir)),
             (None, Some(line)) => Ok(BackupTarget::Command(line)),
             (None, None) => Err("give --to DIR or --to-command CMD".into()),
         }
-        .and_then(|target| backup::backup(dirs.chain_dir.clone(), dirs.cache_dir(), target)),
-        Command::VerifyBackup { dir } => backup::verify_backup(&dir),
-        Command::Restore { from, dirs } => {
-            backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir())
+        .and_then(|target| backup::backup(dirs.chain_dir.clone(), dirs.cache_dir(), target, json)),
+        Command::VerifyBackup { dir, json } => backup::verify_backup(&dir, json),
+        Command::Restore { from, dirs, json } => {
+            backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir(), json)
         }
         Command::Prune {
             dirs,
@@ -654,6 +688,7 @@ fn run(cli: Cli) -> Outcome {
             daily,
             weekly,
             dry_run,
+            json,
         } => prune::prune(
             dirs.chain_dir.clone(),
             dirs.cache_dir(),
@@ -663,6 +698,7 @@ fn run(cli: Cli) -> Outcome {
                 weekly,
             },
             dry_run,
+            json,
         ),
     }
 }
