@@ -315,6 +315,7 @@ impl BlockchainObject {
     }
 
     /// The block with this hash, as JSON.
+    #[zbus(out_args("block_json"))]
     async fn get_block(
         &self,
         hash: String,
@@ -333,6 +334,7 @@ impl BlockchainObject {
     }
 
     /// The block at this height, as JSON.
+    #[zbus(out_args("block_json"))]
     async fn get_block_by_height(
         &self,
         height: u64,
@@ -366,6 +368,7 @@ impl BlockchainObject {
 
     /// The NUMA topology, the node chosen for the writer and whether its binding took effect.
     /// Always answers: without a readable topology it reports one node and the reason.
+    #[zbus(out_args("info"))]
     async fn numa_info(&self) -> NumaInfoDict {
         match self.chain.numa_info().await {
             Some(info) => NumaInfoDict::from(&info),
@@ -407,11 +410,13 @@ impl BlockchainObject {
     /// The block cache's counters and sizes: `total_entries`, `hot_entries`,
     /// `disk_usage_bytes`, `hits`, `misses`, `hit_rate`, `compression_ratio`,
     /// `write_failures`, `evictions`, … (`t`, `x` or `d` values; see docs/dbus-api.md).
+    #[zbus(out_args("stats"))]
     async fn cache_stats(&self) -> Result<CacheStatsDict, Error> {
         Ok(CacheStatsDict::from(self.chain.cache_stats().await?))
     }
 
     /// Snapshots chain and cache at one block height; returns [chain_snapshot, cache_snapshot].
+    /// With no block since the newest snapshot, returns that one.
     #[zbus(out_args("paths"))]
     async fn snapshot(
         &self,

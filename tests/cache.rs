@@ -151,6 +151,7 @@ async fn busctl_cache_stats_show_entries_hits_and_a_3x_ratio() {
     assert_eq!(code, 0, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).expect("stats --json");
     assert_eq!(json["total_entries"], 401);
+    assert_eq!(json["ok"], true);
     let (code, _, err) = cli(&["stats", "--bus", "nowhere"]);
     assert_eq!(code, 2);
     assert!(err.contains("not a bus"), "{err}");
@@ -379,6 +380,22 @@ async fn repair_from_the_cache_restores_damaged_chain_blocks() {
     let (code, out, _) = cli(&["get", "7", "--chain-dir", path_str(&chain_dir)]);
     assert_eq!(code, 0);
     assert!(out.contains("block-07-payload"), "{out}");
+    let (code, out, _) = cli(&["get", "7", "--json", "--chain-dir", path_str(&chain_dir)]);
+    assert_eq!(code, 0);
+    let block: serde_json::Value = serde_json::from_str(&out).expect("get --json");
+    assert_eq!(block["height"], 7, "{out}");
+    // Past the head: a JSON failure on stdout, the reason on stderr, exit 1.
+    let (code, out, err) = cli(&["get", "99", "--json", "--chain-dir", path_str(&chain_dir)]);
+    assert_eq!(code, 1, "{out}{err}");
+    let failure: serde_json::Value = serde_json::from_str(&out).expect("get --json");
+    assert_eq!(failure["ok"], false);
+    assert!(
+        failure["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("no block 99")),
+        "{out}"
+    );
+    assert!(err.contains("no block 99"), "{err}");
 }
 
 #[test]

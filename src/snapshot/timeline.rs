@@ -143,6 +143,10 @@ pub async fn run(
 ) {
     let layout = snapshots.layout().clone();
     let mut announced = None;
+    // When the last scheduled snapshot was asked for: with no block since, that returns the
+    // newest snapshot again, whose name keeps its older time, and the next one would be due
+    // at once, again and again.
+    let mut last_asked: Option<i64> = None;
     loop {
         let (interval, policy) = *settings.borrow_and_update();
         if announced != Some((interval, policy))
@@ -155,7 +159,8 @@ pub async fn run(
             .list()
             .ok()
             .and_then(|names| names.last().and_then(|n| SnapshotEntry::from_name(n)))
-            .map(|e| e.time_utc_secs);
+            .map(|e| e.time_utc_secs)
+            .max(last_asked);
         let now = now_secs();
         let due = match interval {
             SnapshotInterval::Off => None,
@@ -181,7 +186,9 @@ pub async fn run(
             continue;
         }
         // `take` logs the snapshot or its failure.
-        if snapshots.take().await.is_err() {
+        if snapshots.take().await.is_ok() {
+            last_asked = Some(now);
+        } else {
             tracing::debug!("the scheduled snapshot is tried again in a minute");
             tokio::time::sleep(Duration::from_secs(60)).await;
             continue;

@@ -14,6 +14,8 @@
 //!   resumed: appends never change bytes before the barrier, and sealed segments never change.
 //! - A snapshot becomes visible under its name only when complete: it is built under
 //!   `.snapshots/.incomplete-<name>` and renamed; a failure removes what was made.
+//! - A snapshot asked for when no block was added since the newest one (same height, same
+//!   head hash) is that one: it is returned again (`reused`), no directory is made.
 //!
 //! Methods, per directory: a btrfs subvolume gets a writable btrfs snapshot, then its manifest,
 //! then the read-only flag (`btrfs-snapshot`). A plain directory (not on btrfs, or a directory
@@ -85,6 +87,8 @@ pub struct UnifiedSnapshot {
     pub cache_method: SnapshotMethod,
     /// How long the writer was paused.
     pub pause: Duration,
+    /// Taken earlier: the chain has not changed since.
+    pub reused: bool,
 }
 
 /// A future a handle returns; boxed so that the handles can be trait objects.
@@ -157,6 +161,12 @@ impl Snapshotter {
     pub async fn take(&self) -> Result<UnifiedSnapshot, SnapshotError> {
         let taken = self.take_unlogged().await;
         match &taken {
+            Ok(snapshot) if snapshot.reused => tracing::info!(
+                name = %snapshot.name,
+                height = snapshot.height,
+                "no block since the newest snapshot {}: returning it",
+                snapshot.name
+            ),
             Ok(snapshot) => tracing::info!(
                 message_id = crate::journal::SNAPSHOT_TAKEN,
                 name = %snapshot.name,
@@ -305,7 +315,10 @@ fn capture_and_finish(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let name = snapshot_name(secs, height);
-    let captured = capture(layout, &name, height);
+    let captured = match unchanged(layout, height, &head_hash) {
+        Some(snapshot) => Ok(Captured::Existing(snapshot)),
+        None => capture(layout, &name, height),
+    };
     drop(guard);
     let pause = paused_at.elapsed();
     let snapshot = match captured? {
@@ -318,7 +331,7 @@ fn capture_and_finish(
 
 /// What was captured while the writer was paused.
 enum Captured {
-    /// A complete snapshot of this very height was already taken this second.
+    /// A complete snapshot of this very head was taken before.
     Existing(UnifiedSnapshot),
     New(Parts),
 }
@@ -421,6 +434,28 @@ fn capture(layout: &SnapshotLayout, name: &str, height: u64) -> Result<Captured,
     }
 }
 
+/// The newest snapshot, when it holds the chain exactly as the writer paused it (`height`,
+/// `head_hash`): a new one would describe the same state. Cheap enough for the pause: one
+/// directory listing and two small manifests. A newest snapshot that cannot be read is left for
+/// the operator (with a warning) and a new one taken.
+fn unchanged(layout: &SnapshotLayout, height: u64, head_hash: &Hash) -> Option<UnifiedSnapshot> {
+    let names = layout.list().ok()?;
+    let newest = names.last()?;
+    if super::naming::parse_snapshot_name(newest)?.height != height {
+        return None;
+    }
+    match existing(layout, newest, height) {
+        // The same height with another head: another chain's state (the chain directory was
+        // replaced beside old snapshots).
+        Ok(snapshot) if snapshot.head_hash != *head_hash => None,
+        Ok(snapshot) => Some(snapshot),
+        Err(err) => {
+            tracing::warn!(%err, name = %newest, "the newest snapshot cannot be read; taking a new one");
+            None
+        }
+    }
+}
+
 /// A snapshot with this name exists: fine if it is complete and of this height (two requests
 /// in the same second with no block in between describe the same state).
 fn existing(
@@ -447,6 +482,7 @@ fn existing(
         chain_method: chain_manifest.method,
         cache_method: cache_manifest.method,
         pause: Duration::ZERO,
+        reused: true,
     })
 }
 
@@ -537,6 +573,7 @@ fn finish(
         chain_method,
         cache_method: parts.cache_method,
         pause: Duration::ZERO,
+        reused: false,
     })
 }
 

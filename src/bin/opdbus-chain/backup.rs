@@ -1,15 +1,39 @@
 //! `opdbus-chain backup`, `restore` and `verify-backup`: btrfs send/receive of unified
 //! snapshots, verified on arrival, and putting one back as a working chain + cache.
 
+use crate::transparency::failed;
 use crate::Outcome;
-use opdbus_blockchain::snapshot::backup::{self, BackupTarget};
+use opdbus_blockchain::snapshot::backup::{self, BackupTarget, VerifiedBackup};
 use opdbus_blockchain::snapshot::layout::SnapshotLayout;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn backup(chain_dir: PathBuf, cache_dir: PathBuf, target: BackupTarget) -> Outcome {
+/// What a verified copy holds, for --json.
+fn verified_json(verified: &VerifiedBackup) -> serde_json::Value {
+    serde_json::json!({
+        "blocks_checked": verified.blocks_checked,
+        "height": verified.height,
+        "head_hash": verified.head_hash,
+    })
+}
+
+pub fn backup(chain_dir: PathBuf, cache_dir: PathBuf, target: BackupTarget, json: bool) -> Outcome {
     let layout = SnapshotLayout::new(chain_dir, cache_dir);
     let report = backup::backup(&layout, &target).map_err(|e| e.to_string())?;
+    if json {
+        let out = serde_json::json!({
+            "ok": true,
+            "name": report.name,
+            // Whether it was sent whole; null when the target held it already.
+            "full": (!report.already_there).then_some(report.parent.is_none()),
+            "parent": report.parent,
+            "dest": report.dest,
+            "already_there": report.already_there,
+            "verified": report.verified.as_ref().map(verified_json),
+        });
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let how = match &report.parent {
         Some(parent) => format!("incremental from {parent}"),
         None => "full".to_owned(),
@@ -40,8 +64,18 @@ pub fn backup(chain_dir: PathBuf, cache_dir: PathBuf, target: BackupTarget) -> O
 }
 
 /// Exit 0 when the backup verifies, 1 when it does not, 2 when it cannot be read.
-pub fn verify_backup(dir: &Path) -> Outcome {
+pub fn verify_backup(dir: &Path, json: bool) -> Outcome {
     match backup::verify_backup(dir) {
+        Ok(verified) if json => {
+            let mut out = verified_json(&verified);
+            out["ok"] = true.into();
+            out["dir"] = dir.display().to_string().into();
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err @ backup::BackupError::Verification { .. }) if json => {
+            Ok(failed(true, &err.to_string()))
+        }
         Ok(verified) => {
             println!(
                 "backup {} is intact: {} blocks checked, head at height {} ({}), cache manifest agrees",
@@ -60,11 +94,25 @@ pub fn verify_backup(dir: &Path) -> Outcome {
     }
 }
 
-pub fn restore(from: &Path, chain_dir: &Path, cache_dir: &Path) -> Outcome {
+pub fn restore(from: &Path, chain_dir: &Path, cache_dir: &Path, json: bool) -> Outcome {
     // Held (stopped and masked) until the end of this function, so that no bus call activates
     // the daemon on a half-restored directory.
     let _unit = UnitHold::take()?;
     match backup::restore(from, chain_dir, cache_dir) {
+        Ok(report) if json => {
+            let mut out = verified_json(&report.verified);
+            out["ok"] = true.into();
+            out["from"] = from.display().to_string().into();
+            out["chain_dir"] = chain_dir.display().to_string().into();
+            out["chain_subvolume"] = report.chain_subvolume.into();
+            out["cache_dir"] = cache_dir.display().to_string().into();
+            out["marker"] = report.marker.display().to_string().into();
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err @ backup::BackupError::Verification { .. }) if json => {
+            Ok(failed(true, &format!("{err}; nothing was restored")))
+        }
         Ok(report) => {
             println!(
                 "restored {} to {} ({}) and {}: chain verified, head at height {} ({}); {} \

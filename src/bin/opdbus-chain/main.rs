@@ -1,6 +1,7 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod backup;
+mod docs;
 mod log_check;
 mod offline;
 mod online;
@@ -9,7 +10,7 @@ mod prune;
 mod repair;
 mod transparency;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use opdbus_blockchain::config::BusChoice;
 use opdbus_blockchain::snapshot::backup::BackupTarget;
 use std::path::PathBuf;
@@ -24,14 +25,47 @@ use std::process::ExitCode;
 /// snapshot) talk to a running opdbus-blockchaind over D-Bus and take --bus. backup, restore
 /// and prune manage snapshots and backups.
 ///
-/// Exit status: 0 success; 1 the chain is not intact, a check failed (one line on stderr says
-/// what differs) or the block was not found; 2 the command could not run (bad arguments,
-/// unreadable directory or file).
+/// With --json a command prints one JSON object on stdout whose "ok" says whether it succeeded
+/// (false with "failure" when a check fails, exit 1); tail and similar print one object per
+/// line. A command that cannot run prints only its one line on stderr (exit 2).
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(
+    name = "opdbus-chain",
+    version,
+    propagate_version = true,
+    after_long_help = exit_status_help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The exit codes of every command, for --help and the man pages.
+const EXIT_STATUS: [(&str, &str); 3] = [
+    (
+        "0",
+        "Success: the chain or backup is intact, the check passed, the command did what it says.",
+    ),
+    (
+        "1",
+        "A check failed: the chain or a backup is not intact, a checkpoint or proof does not \
+         check, the block was not found, nothing matched. One line on stderr says what (with \
+         --json, the object on stdout also says \"ok\": false).",
+    ),
+    (
+        "2",
+        "The command could not run: bad arguments, an unreadable directory or file, the daemon \
+         not on the bus or refusing the call, a failed snapshot, backup or restore. One line on \
+         stderr says why.",
+    ),
+];
+
+fn exit_status_help() -> String {
+    EXIT_STATUS
+        .iter()
+        .fold(String::from("Exit status:"), |text, (code, meaning)| {
+            text + &format!("\n  {code}  {meaning}")
+        })
 }
 
 #[derive(Subcommand)]
@@ -185,6 +219,10 @@ enum Command {
         /// Indent the JSON for reading.
         #[arg(long)]
         pretty: bool,
+        /// The block is JSON already; with --json, a block that is not there is one JSON
+        /// object too: ok false and failure.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the newest blocks, oldest first.
     Tail {
@@ -251,10 +289,14 @@ enum Command {
     /// Ask the running daemon for a unified snapshot of chain and cache (online).
     ///
     /// Prints the chain snapshot's path, then the cache snapshot's. Both hold the same height
-    /// (see MANIFEST.json inside each).
+    /// (see MANIFEST.json inside each). With no block since the newest snapshot, that one is
+    /// printed and no new one is made.
     Snapshot {
         #[command(flatten)]
         bus: Bus,
+        /// Print one JSON object: ok, name, chain, cache.
+        #[arg(long)]
+        json: bool,
     },
     /// Send the newest snapshot to a backup target with btrfs send/receive, then verify it.
     ///
@@ -278,12 +320,21 @@ enum Command {
         /// 'ssh backup@host "mkdir -p /srv/opdbus/{name} && btrfs receive /srv/opdbus/{name}"'
         #[arg(long, value_name = "CMD")]
         to_command: Option<String>,
+        /// Print one JSON object: ok, name, full (null when the target held it already),
+        /// parent, dest, already_there and verified (blocks_checked, height, head_hash; null
+        /// when sent through a command).
+        #[arg(long)]
+        json: bool,
     },
     /// Check a backup (or snapshot) directory holding chain/ and cache/: every block re-hashed,
     /// the head equal to the manifest. Exit 1 when it does not check out.
     VerifyBackup {
         /// TARGET/<snapshot name>
         dir: PathBuf,
+        /// Print one JSON object: ok, dir, blocks_checked, height, head_hash; or ok false and
+        /// failure.
+        #[arg(long)]
+        json: bool,
     },
     /// Put a backup back as a working chain and cache (which must not exist yet).
     ///
@@ -295,6 +346,10 @@ enum Command {
         from: PathBuf,
         #[command(flatten)]
         dirs: ChainAndCache,
+        /// Print one JSON object: ok, from, chain_dir, chain_subvolume, cache_dir, height,
+        /// head_hash, marker; or ok false and failure.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the retention policy to the snapshots beside the chain (as the daemon does after
     /// each scheduled snapshot): keep the newest snapshot of each of the last N hours, days and
@@ -329,7 +384,30 @@ enum Command {
         /// Only print what would be kept (with why) and deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Print one JSON object: ok, dry_run, keep (name, reasons), delete (deleted, or would
+        /// be with --dry-run), failed (name, reason: not deleted).
+        #[arg(long)]
+        json: bool,
     },
+    /// Print the completion script for SHELL to stdout.
+    ///
+    /// The packages install them already (bash-completion, zsh's site-functions, fish's
+    /// vendor_completions.d); by hand, for example:
+    /// `opdbus-chain completions bash > ~/.local/share/bash-completion/completions/opdbus-chain`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `opdbus-chain generate-docs DIR`: writes the man pages (DIR/man1) and completions
+/// (DIR/completions/{bash,zsh,fish}), for packaging. Parsed apart from [`Cli`] so that neither
+/// the pages nor the completions offer it (clap_complete lists hidden subcommands too).
+#[derive(Parser)]
+#[command(name = "opdbus-chain generate-docs")]
+struct GenerateDocs {
+    /// The directory to write them under (created when missing).
+    dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -455,8 +533,33 @@ struct ChainDir {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "generate-docs")
+    {
+        let GenerateDocs { dir } = GenerateDocs::parse_from(
+            std::iter::once("opdbus-chain generate-docs".into()).chain(std::env::args_os().skip(2)),
+        );
+        docs::generate(Cli::command(), &man_pages(), &dir).map(|()| ExitCode::SUCCESS)
+    } else {
+        run(Cli::parse())
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("opdbus-chain: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Completions { shell } => {
+            docs::completion(&mut Cli::command(), shell, &mut std::io::stdout())
+                .map_err(|err| format!("writing the completions: {err}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             dir,
             repair: true,
@@ -531,7 +634,12 @@ fn main() -> ExitCode {
             &transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
             json,
         ),
-        Command::Get { block, dir, pretty } => offline::get(dir.chain_dir, &block, pretty),
+        Command::Get {
+            block,
+            dir,
+            pretty,
+            json,
+        } => offline::get(dir.chain_dir, &block, pretty, json),
         Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
         Command::Numa { bus, json } => online::numa(&bus.bus, json),
         Command::Similar {
@@ -558,20 +666,21 @@ fn main() -> ExitCode {
             },
         ),
         Command::Stats { bus, json } => online::stats(&bus.bus, json),
-        Command::Snapshot { bus } => online::snapshot(&bus.bus),
+        Command::Snapshot { bus, json } => online::snapshot(&bus.bus, json),
         Command::Backup {
             dirs,
             to,
             to_command,
+            json,
         } => match (to, to_command) {
             (Some(dir), _) => Ok(BackupTarget::Directory(dir)),
             (None, Some(line)) => Ok(BackupTarget::Command(line)),
             (None, None) => Err("give --to DIR or --to-command CMD".into()),
         }
-        .and_then(|target| backup::backup(dirs.chain_dir.clone(), dirs.cache_dir(), target)),
-        Command::VerifyBackup { dir } => backup::verify_backup(&dir),
-        Command::Restore { from, dirs } => {
-            backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir())
+        .and_then(|target| backup::backup(dirs.chain_dir.clone(), dirs.cache_dir(), target, json)),
+        Command::VerifyBackup { dir, json } => backup::verify_backup(&dir, json),
+        Command::Restore { from, dirs, json } => {
+            backup::restore(&from, &dirs.chain_dir, &dirs.cache_dir(), json)
         }
         Command::Prune {
             dirs,
@@ -579,6 +688,7 @@ fn main() -> ExitCode {
             daily,
             weekly,
             dry_run,
+            json,
         } => prune::prune(
             dirs.chain_dir.clone(),
             dirs.cache_dir(),
@@ -588,14 +698,37 @@ fn main() -> ExitCode {
                 weekly,
             },
             dry_run,
+            json,
         ),
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("opdbus-chain: {err}");
-            ExitCode::from(2)
-        }
+    }
+}
+
+/// What opdbus-chain's man pages say beyond its --help.
+fn man_pages() -> docs::Pages<'static> {
+    docs::Pages {
+        section: "1",
+        exit_status: &EXIT_STATUS,
+        environment: Vec::new(),
+        files: &[
+            (
+                "/var/lib/op-dbus/blockchain",
+                "The chain directory (--chain-dir): segments, index, block vectors, and the \
+                 transparency log's tiles and checkpoints in tlog/.",
+            ),
+            (
+                "/var/lib/op-dbus/@cache",
+                "The daemon's block cache (--cache-dir).",
+            ),
+            (
+                "/var/lib/op-dbus/.snapshots",
+                "Unified snapshots of chain and cache, one directory per snapshot name.",
+            ),
+            (
+                "/var/lib/op-dbus/keys/signing.key",
+                "The checkpoint signing key (--key), root only.",
+            ),
+        ],
+        see_also: &["opdbus-blockchaind(8)", "journalctl(1)", "busctl(1)"],
     }
 }
 

@@ -131,7 +131,9 @@ fn check_vectors(dir: &Path) -> Result<(bool, String), String> {
     })
 }
 
-pub fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
+/// `get`: the block is printed as its JSON object; with `json`, a block that is not there is a
+/// JSON object too (`ok` false), as the other commands' failures are.
+pub fn get(dir: PathBuf, which: &str, pretty: bool, json: bool) -> Outcome {
     let reader = store::open_read_only(&dir).map_err(|e| e.to_string())?;
     let block = if let Ok(height) = which.parse::<u64>() {
         reader.block_at(height)
@@ -144,8 +146,10 @@ pub fn get(dir: PathBuf, which: &str, pretty: bool) -> Outcome {
     }
     .map_err(|e| e.to_string())?;
     let Some(block) = block else {
-        eprintln!("opdbus-chain: no block {which} in {}", dir.display());
-        return Ok(ExitCode::FAILURE);
+        return Ok(crate::transparency::failed(
+            json,
+            &format!("no block {which} in {}", dir.display()),
+        ));
     };
     let json = block.to_json();
     if !pretty {

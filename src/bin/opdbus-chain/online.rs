@@ -80,11 +80,19 @@ fn dict_to_json(dict: &HashMap<String, OwnedValue>) -> serde_json::Map<String, s
     dict.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()
 }
 
+/// The daemon's dictionary as one JSON object, with `"ok": true` as every command's has.
+fn print_ok(dict: serde_json::Map<String, serde_json::Value>) {
+    let mut out = serde_json::Map::new();
+    out.insert("ok".into(), true.into());
+    out.extend(dict);
+    println!("{}", serde_json::Value::Object(out));
+}
+
 /// `opdbus-chain numa`: the daemon's NUMA view, as text or JSON.
 pub fn numa(bus: &BusChoice, json: bool) -> Outcome {
     let dict = dict_to_json(&call_dict(bus, "NumaInfo")?);
     if json {
-        println!("{}", serde_json::Value::Object(dict));
+        print_ok(dict);
         return Ok(ExitCode::SUCCESS);
     }
     let text = |key: &str| match dict.get(key) {
@@ -210,7 +218,7 @@ pub fn similar(bus: &BusChoice, args: SimilarArgs) -> Outcome {
 pub fn stats(bus: &BusChoice, json: bool) -> Outcome {
     let dict = dict_to_json(&call_dict(bus, "CacheStats")?);
     if json {
-        println!("{}", serde_json::Value::Object(dict));
+        print_ok(dict);
         return Ok(ExitCode::SUCCESS);
     }
     let mut fields: Vec<_> = dict.into_iter().collect();
@@ -226,9 +234,27 @@ pub fn stats(bus: &BusChoice, json: bool) -> Outcome {
 }
 
 /// `opdbus-chain snapshot`: asks for a unified snapshot and prints the two paths (chain,
-/// cache), one per line.
-pub fn snapshot(bus: &BusChoice) -> Outcome {
+/// cache), one per line, or one JSON object naming them.
+pub fn snapshot(bus: &BusChoice, json: bool) -> Outcome {
     let paths: Vec<String> = call(bus, "Snapshot", &())?;
+    if json {
+        let [chain, cache] = paths.as_slice() else {
+            return Err(format!("Snapshot: expected two paths, got {paths:?}"));
+        };
+        // The name is the directory both sides sit in (.snapshots/<name>/chain).
+        let name = std::path::Path::new(chain)
+            .parent()
+            .and_then(std::path::Path::file_name)
+            .map(|name| name.to_string_lossy().into_owned());
+        let out = serde_json::json!({
+            "ok": true,
+            "name": name,
+            "chain": chain,
+            "cache": cache,
+        });
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
     for path in paths {
         println!("{path}");
     }
