@@ -20,6 +20,7 @@ pub mod footprint;
 pub mod marker;
 pub mod numa;
 pub mod predict;
+pub mod query;
 pub mod service;
 pub mod snapshot;
 pub mod tlog;
