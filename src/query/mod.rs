@@ -197,26 +197,89 @@ pub fn walk(
     })
 }
 
+/// What one bounded search may cost: a caller on the bus gets at most this much per call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Blocks returned.
+    pub max_blocks: usize,
+    /// Blocks read and tested after the binary search.
+    pub max_examined: u64,
+    /// Bytes of returned text (data, names, caller), counted block by block: the block that
+    /// passes it is the last.
+    pub max_bytes: usize,
+}
+
+/// One answer of a bounded search.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Matching blocks, oldest first.
+    pub blocks: Vec<Block>,
+    /// Where to continue: pass it as `from_height` (with the same filter) for the next page.
+    pub next_height: u64,
+    /// Every height of the range was examined: there is no next page (until blocks are added).
+    pub complete: bool,
+}
+
+/// The matching blocks from the start of the window, within `limits`.
+pub fn page(source: &dyn BlockSource, filter: &Filter, limits: Limits) -> Result<Page, ChainError> {
+    let mut blocks = Vec::new();
+    let mut bytes = 0usize;
+    let end = walk(source, filter, limits.max_examined, |block| {
+        bytes += block.data.len()
+            + block.plugin.len()
+            + block.operation.len()
+            + block.caller.unit.len()
+            + block.caller.bus_name.len()
+            + 64;
+        blocks.push(block);
+        if blocks.len() >= limits.max_blocks || bytes >= limits.max_bytes {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    Ok(Page {
+        blocks,
+        next_height: end.next,
+        complete: end.complete,
+    })
+}
+
 /// The newest `n` blocks passing `filter`, oldest first (as `journalctl -n`): a walk from the
 /// window's end towards the past.
 pub fn newest(source: &dyn BlockSource, filter: &Filter, n: u64) -> Result<Vec<Block>, ChainError> {
     let mut found = Vec::new();
-    let Some((first, last)) = window(source, filter)? else {
-        return Ok(found);
-    };
-    let mut height = last;
-    while (found.len() as u64) < n {
-        let block = must_exist(source, height)?;
-        if filter.matches(&block) {
+    if n > 0 {
+        walk_back(source, filter, |block| {
             found.push(block);
-        }
-        if height == first {
-            break;
-        }
-        height -= 1;
+            if found.len() as u64 == n {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
     }
     found.reverse();
     Ok(found)
+}
+
+/// Calls `on_match` with each block passing `filter`, newest first, until it says `Break` or
+/// the window's start is passed.
+pub fn walk_back(
+    source: &dyn BlockSource,
+    filter: &Filter,
+    mut on_match: impl FnMut(Block) -> ControlFlow<()>,
+) -> Result<(), ChainError> {
+    let Some((first, last)) = window(source, filter)? else {
+        return Ok(());
+    };
+    for height in (first..=last).rev() {
+        let block = must_exist(source, height)?;
+        if filter.matches(&block) && on_match(block).is_break() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -424,6 +487,57 @@ mod tests {
             .map(|b| b.height)
             .collect();
         assert_eq!(got, vec![2, 5]);
+    }
+
+    #[test]
+    fn pages_stop_at_each_limit_and_continue_where_they_stopped() {
+        let source = chain(100);
+        let limits = Limits {
+            max_blocks: 4,
+            max_examined: 1_000,
+            max_bytes: 1 << 20,
+        };
+        let filter = Filter {
+            plugin: Some("network".into()),
+            ..Filter::default()
+        };
+        let mut all = Vec::new();
+        let mut from = None;
+        loop {
+            let page = page(
+                &source,
+                &Filter {
+                    from_height: from,
+                    ..filter.clone()
+                },
+                limits,
+            )
+            .expect("page");
+            assert!(page.blocks.len() <= 4);
+            all.extend(page.blocks.iter().map(|b| b.height));
+            from = Some(page.next_height);
+            if page.complete {
+                break;
+            }
+        }
+        assert_eq!(all, (0..100).step_by(3).collect::<Vec<u64>>());
+        assert_eq!(from, Some(100));
+        let tight = Limits {
+            max_examined: 5,
+            ..limits
+        };
+        let first = page(&source, &filter, tight).expect("page");
+        assert_eq!(
+            first.blocks.iter().map(|b| b.height).collect::<Vec<_>>(),
+            vec![0, 3]
+        );
+        assert_eq!((first.next_height, first.complete), (5, false));
+        let small = Limits {
+            max_bytes: 1,
+            ..limits
+        };
+        let first = page(&source, &filter, small).expect("page");
+        assert_eq!((first.blocks.len(), first.next_height), (1, 1));
     }
 
     #[test]
