@@ -32,10 +32,10 @@ pub struct Range {
     /// "2026-12-04", "10:00" (today), yesterday, today, tomorrow, now, a time relative to now
     /// ("-1h", "+30min", "-2d", "-90s", "1h ago") or "@1733400000" (Unix seconds). Found by a
     /// binary search on heights, so it costs the same on any length of chain.
-    #[arg(short = 'S', long, value_name = "TIME")]
+    #[arg(short = 'S', long, value_name = "TIME", allow_hyphen_values = true)]
     pub since: Option<String>,
     /// Only blocks at or before TIME (UTC; the forms of --since).
-    #[arg(short = 'U', long, value_name = "TIME")]
+    #[arg(short = 'U', long, value_name = "TIME", allow_hyphen_values = true)]
     pub until: Option<String>,
     /// Only blocks of this plugin (exact name, e.g. network).
     #[arg(long, value_name = "NAME")]
