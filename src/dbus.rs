@@ -387,9 +387,9 @@ impl BlockchainObject {
     /// operation (s), uid (u), unit (s), from_height (t), to_height (t). A call examines at
     /// most 100 000 blocks after finding `since_ns` by binary search and returns at most
     /// 4 MiB: `complete` false and `next_height` say where the next call (the same filter with
-    /// from_height = next_height) continues. Each block: height, timestamp_ns, hash, plugin,
-    /// operation, caller uid (4294967295 unknown), caller pid (0 unknown), caller bus name,
-    /// caller unit, data JSON.
+    /// from_height = next_height) continues. Each block: height, timestamp_ns, hash,
+    /// prev_hash, plugin, operation, caller uid (4294967295 unknown), caller pid (0 unknown),
+    /// caller bus name, caller unit, data JSON.
     #[zbus(out_args("blocks", "next_height", "complete"))]
     async fn query(
         &self,
@@ -426,6 +426,7 @@ impl BlockchainObject {
                     b.height,
                     b.timestamp_ns,
                     hash,
+                    hex::encode(b.prev_hash),
                     b.plugin,
                     b.operation,
                     b.caller.uid.unwrap_or(crate::chain::block::UNKNOWN_UID),
@@ -708,11 +709,12 @@ pub const MAX_QUERY_EXAMINED: u64 = 100_000;
 /// Text one Query reply carries at most, well under the bus's message size limit.
 pub const MAX_QUERY_BYTES: usize = 4 << 20;
 
-/// One block in Query's reply: height, timestamp_ns, hash, plugin, operation, caller uid,
-/// caller pid, caller bus name, caller unit, data JSON.
+/// One block in Query's reply: height, timestamp_ns, hash, prev_hash, plugin, operation,
+/// caller uid, caller pid, caller bus name, caller unit, data JSON.
 pub type QueryBlock = (
     u64,
     u64,
+    String,
     String,
     String,
     String,

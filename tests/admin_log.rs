@@ -445,10 +445,17 @@ fn add(bus: &Bus, plugin: &str, operation: &str, data: &str) -> String {
 fn log_follow_prints_a_block_added_after_it_started_within_two_seconds() {
     let (bus, daemon, _dir) = start_daemon();
     let chain = daemon.chain_dir.to_str().expect("utf-8").to_owned();
+    follow(&bus, &["log", "-f", "-o", "json", "--chain-dir", &chain], 0);
+    // Over the bus (Query, then BlockAdded), for a user without access to the directory.
+    follow(&bus, &["log", "-f", "-o", "json", "--bus", &bus.address], 3);
+}
+
+/// Runs `args` (a `log -f`), then adds three blocks and expects each printed within 2 s.
+fn follow(bus: &Bus, args: &[&str], already: u64) {
     let mut child = Command::new(CLI)
-        .args(["log", "-f", "-o", "json", "--chain-dir", &chain])
+        .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start log -f");
     let stdout = child.stdout.take().expect("stdout");
@@ -463,28 +470,27 @@ fn log_follow_prints_a_block_added_after_it_started_within_two_seconds() {
             }
         }
     });
-    // It prints what there is first (genesis), then waits.
-    let first = lines
-        .recv_timeout(Duration::from_secs(10))
-        .expect("log -f prints the newest blocks first");
-    assert_eq!(
-        serde_json::from_str::<Json>(&first).expect("JSON")["height"],
-        0
-    );
+    // It prints what there is first (genesis and earlier rounds), then waits.
+    for height in 0..=already {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("log -f prints the newest blocks first");
+        let block: Json = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(block["height"], height, "{args:?}: {line}");
+    }
     for round in 0..3 {
         let started = Instant::now();
-        let hash = add(
-            &bus,
-            "network",
-            "create",
-            &format!(r#"{{"round":{round}}}"#),
-        );
+        let hash = add(bus, "network", "create", &format!(r#"{{"round":{round}}}"#));
         let line = lines
             .recv_timeout(Duration::from_secs(2))
             .unwrap_or_else(|_| panic!("round {round}: no new block within 2 s"));
         let elapsed = started.elapsed();
         let block: Json = serde_json::from_str(&line).expect("JSON");
-        assert_eq!(block["hash"], hash.as_str(), "round {round}");
+        assert_eq!(
+            block["hash"],
+            hash.as_str(),
+            "{args:?} round {round}: {line}"
+        );
         assert_eq!(block["caller"]["uid"], nix::unistd::getuid().as_raw());
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     }
@@ -522,6 +528,23 @@ fn blocks_the_daemon_wrote_are_found_with_their_callers_and_counted() {
             .is_some_and(|n| n.starts_with(':')));
         assert!(block["caller"]["pid"].as_u64().is_some_and(|p| p > 0));
     }
+    // The same over the bus.
+    let (code, over_bus, err) = cli(&[
+        "log",
+        "--plugin",
+        "network",
+        "-o",
+        "json",
+        "--bus",
+        &bus.address,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(over_bus, out);
+    let (_, newest, _) = cli(&["log", "-n", "2", "-o", "json", "--chain-dir", &chain]);
+    let (code, over_bus, err) = cli(&["log", "-n", "2", "-o", "json", "--bus", &bus.address]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(over_bus, newest);
+    assert_eq!(heights_of(&newest), vec![7, 8]);
     let (code, out, err) = cli(&["report", "--json", "--chain-dir", &chain]);
     assert_eq!(code, 0, "{err}");
     let report: Json = serde_json::from_str(&out).expect("JSON");
@@ -539,6 +562,7 @@ fn blocks_the_daemon_wrote_are_found_with_their_callers_and_counted() {
 type QueryBlock = (
     u64,
     u64,
+    String,
     String,
     String,
     String,
@@ -595,10 +619,11 @@ async fn query_filters_by_time_fields_and_heights_and_pages_with_a_limit() {
     let b = &blocks[0];
     assert_eq!(b.1, at(20));
     assert_eq!(b.2.len(), 64);
-    assert_eq!((b.3.as_str(), b.4.as_str()), ("firewall", "create"));
-    assert_eq!((b.5, b.6), (1000, 4020));
+    assert_eq!(blocks[1].3, b.2, "prev_hash links to the block before");
+    assert_eq!((b.4.as_str(), b.5.as_str()), ("firewall", "create"));
+    assert_eq!((b.6, b.7), (1000, 4020));
     assert_eq!(
-        (b.7.as_str(), b.8.as_str(), b.9.as_str()),
+        (b.8.as_str(), b.9.as_str(), b.10.as_str()),
         (":1.20", "user@1000.service", r#"{"h":20}"#)
     );
 

@@ -8,12 +8,15 @@
 use crate::offline::indent_json;
 use crate::Outcome;
 use clap::{Args, ValueEnum};
-use opdbus_blockchain::chain::block::Block;
+use opdbus_blockchain::chain::block::{parse_hash, Block, Caller, UNKNOWN_UID};
 use opdbus_blockchain::chain::error::ChainError;
+use opdbus_blockchain::config::BusChoice;
+use opdbus_blockchain::dbus::{QueryBlock, BUS_NAME, OBJECT_PATH};
 use opdbus_blockchain::footprint;
 use opdbus_blockchain::query::offline::OfflineReader;
 use opdbus_blockchain::query::{self, BlockSource, Filter};
 use opdbus_blockchain::snapshot::utc::UtcDateTime;
+use std::collections::HashMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -156,6 +159,8 @@ pub struct LogArgs {
     pub follow: bool,
     pub output: Output,
     pub reverse: bool,
+    /// Ask the daemon on this bus instead of reading the directory.
+    pub bus: Option<BusChoice>,
 }
 
 /// A chain error met while reading: damage is exit 1, anything else could not run (2).
@@ -170,6 +175,9 @@ pub fn failed(err: ChainError) -> Outcome {
 }
 
 pub fn log(dir: &Path, range: &Range, args: LogArgs) -> Outcome {
+    if let Some(bus) = &args.bus {
+        return log_over_bus(&bus.clone(), range, args);
+    }
     let filter = range.filter()?;
     let mut reader = match OfflineReader::open(dir) {
         Ok(reader) => reader,
@@ -226,6 +234,243 @@ pub fn log(dir: &Path, range: &Range, args: LogArgs) -> Outcome {
         if out.flush().is_break() {
             return Ok(ExitCode::SUCCESS);
         }
+    }
+}
+
+/// `log --bus`: the same over the daemon's `Query` (and `BlockAdded` for `--follow`), for a
+/// user who may read the bus but not the chain directory.
+pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
+    let filter = range.filter()?;
+    let lines = match args.lines {
+        Some(lines) => lines,
+        None if range.bounded() => Lines::All,
+        None => Lines::Count(DEFAULT_LINES),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    runtime.block_on(async {
+        let connection = async { opdbus_blockchain::daemon::bus_builder(bus)?.build().await }
+            .await
+            .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
+        // Subscribed before the first Query, so that no block added meanwhile is missed.
+        let mut added = if args.follow {
+            let rule = zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .interface(BUS_NAME)
+                .and_then(|b| b.member("BlockAdded"))
+                .and_then(|b| b.path(OBJECT_PATH))
+                .map_err(|e| e.to_string())?
+                .build();
+            Some(
+                zbus::MessageStream::for_match_rule(rule, &connection, None)
+                    .await
+                    .map_err(|e| format!("cannot subscribe to BlockAdded: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let mut out = Printer::new(args.output);
+        let online = Online {
+            connection: &connection,
+            filter: &filter,
+        };
+        let mut next = match lines {
+            Lines::All => {
+                let mut blocks = Vec::new();
+                let next = online
+                    .each(filter.from_height, filter.to_height, |block| {
+                        if args.reverse {
+                            blocks.push(block);
+                            ControlFlow::Continue(())
+                        } else {
+                            out.print(&block)
+                        }
+                    })
+                    .await?;
+                for block in blocks.iter().rev() {
+                    if out.print(block).is_break() {
+                        break;
+                    }
+                }
+                next
+            }
+            Lines::Count(n) => {
+                let (mut blocks, next) = online.newest(n).await?;
+                if args.reverse {
+                    blocks.reverse();
+                }
+                for block in &blocks {
+                    if out.print(block).is_break() {
+                        break;
+                    }
+                }
+                next
+            }
+        };
+        let Some(added) = added.as_mut() else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        loop {
+            if out.flush().is_break() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // A signal says a block was added; the timeout covers a signal the bus dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), next_message(added)).await;
+            let mut closed = false;
+            next = online
+                .each(Some(next), filter.to_height, |block| {
+                    let flow = out.print(&block);
+                    closed |= flow.is_break();
+                    flow
+                })
+                .await?;
+            if closed {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    })
+}
+
+async fn next_message(stream: &mut zbus::MessageStream) {
+    use zbus::export::futures_core::Stream;
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await;
+}
+
+/// Query calls with one filter.
+struct Online<'a> {
+    connection: &'a zbus::Connection,
+    filter: &'a Filter,
+}
+
+impl Online<'_> {
+    /// Calls `on_block` with each matching block from `from` to `to`, page by page; returns the
+    /// height after the last one examined.
+    async fn each(
+        &self,
+        from: Option<u64>,
+        to: Option<u64>,
+        mut on_block: impl FnMut(Block) -> ControlFlow<()>,
+    ) -> Result<u64, String> {
+        use zbus::zvariant::Value;
+        let mut from = from;
+        loop {
+            let mut dict: HashMap<&str, Value<'_>> = HashMap::new();
+            let f = self.filter;
+            if let Some(t) = f.since_ns {
+                dict.insert("since_ns", t.into());
+            }
+            if let Some(t) = f.until_ns {
+                dict.insert("until_ns", t.into());
+            }
+            if let Some(p) = &f.plugin {
+                dict.insert("plugin", p.as_str().into());
+            }
+            if let Some(o) = &f.operation {
+                dict.insert("operation", o.as_str().into());
+            }
+            if let Some(uid) = f.uid {
+                dict.insert("uid", uid.into());
+            }
+            if let Some(unit) = &f.unit {
+                dict.insert("unit", unit.as_str().into());
+            }
+            if let Some(h) = from {
+                dict.insert("from_height", h.into());
+            }
+            if let Some(h) = to {
+                dict.insert("to_height", h.into());
+            }
+            let reply = self
+                .connection
+                .call_method(
+                    Some(BUS_NAME),
+                    OBJECT_PATH,
+                    Some(BUS_NAME),
+                    "Query",
+                    &(dict, 1000u32),
+                )
+                .await
+                .map_err(|e| format!("Query: {e}"))?;
+            let (blocks, next, complete): (Vec<QueryBlock>, u64, bool) = reply
+                .body()
+                .deserialize()
+                .map_err(|e| format!("Query: unexpected reply: {e}"))?;
+            for block in blocks {
+                if on_block(from_query(block)).is_break() {
+                    return Ok(next);
+                }
+            }
+            if complete {
+                return Ok(next);
+            }
+            from = Some(next);
+        }
+    }
+
+    /// The newest `n` matching blocks, oldest first, found in windows growing towards the
+    /// past; and the height after the head.
+    async fn newest(&self, n: u64) -> Result<(Vec<Block>, u64), String> {
+        let reply = self
+            .connection
+            .call_method(
+                Some(BUS_NAME),
+                OBJECT_PATH,
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(BUS_NAME, "Height"),
+            )
+            .await
+            .map_err(|e| format!("reading the height: {e}"))?;
+        let head: u64 = reply
+            .body()
+            .deserialize::<zbus::zvariant::OwnedValue>()
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or("reading the height: unexpected reply")?;
+        let lower = self.filter.from_height.unwrap_or(0);
+        let mut to = self.filter.to_height.unwrap_or(head).min(head);
+        let mut width = n.max(64).saturating_mul(4);
+        let mut found: Vec<Block> = Vec::new();
+        while n > 0 && to >= lower {
+            let from = to.saturating_sub(width - 1).max(lower);
+            let mut chunk = Vec::new();
+            self.each(Some(from), Some(to), |block| {
+                chunk.push(block);
+                ControlFlow::Continue(())
+            })
+            .await?;
+            chunk.append(&mut found);
+            found = chunk;
+            if found.len() as u64 >= n || from == lower {
+                break;
+            }
+            to = from - 1;
+            width = width.saturating_mul(4);
+        }
+        let skip = found.len().saturating_sub(n as usize);
+        Ok((found.split_off(skip), head + 1))
+    }
+}
+
+fn from_query(b: QueryBlock) -> Block {
+    let (height, timestamp_ns, hash, prev_hash, plugin, operation, uid, pid, bus_name, unit, data) =
+        b;
+    Block {
+        height,
+        timestamp_ns,
+        prev_hash: parse_hash(&prev_hash).unwrap_or_default(),
+        caller: Caller {
+            uid: (uid != UNKNOWN_UID).then_some(uid),
+            pid: (pid != 0).then_some(pid),
+            bus_name,
+            unit,
+        },
+        plugin,
+        operation,
+        data,
+        hash: parse_hash(&hash).unwrap_or_default(),
     }
 }
 

@@ -232,6 +232,11 @@ enum Command {
         /// Newest first.
         #[arg(short = 'r', long, conflicts_with = "follow")]
         reverse: bool,
+        /// Ask the running daemon on this bus (system, session or an address) with Query,
+        /// and follow with its BlockAdded signal, instead of reading the chain directory: for
+        /// a user who may read the bus but not the directory. Same output.
+        #[arg(long, value_name = "BUS")]
+        bus: Option<BusChoice>,
         #[command(flatten)]
         dir: ChainDir,
     },
@@ -599,6 +604,7 @@ fn main() -> ExitCode {
             output,
             json,
             reverse,
+            bus,
             dir,
         } => log::log(
             &dir.chain_dir,
@@ -608,6 +614,7 @@ fn main() -> ExitCode {
                 follow,
                 output: if json { log::Output::Json } else { output },
                 reverse,
+                bus,
             },
         ),
         Command::Report { range, json, dir } => report::report(&dir.chain_dir, &range, json),
