@@ -128,11 +128,14 @@ fn parse_heights(text: &str) -> Result<(Option<u64>, Option<u64>), String> {
 pub enum Output {
     /// A table: height, time, plugin, operation, caller (uid and unit), hash prefix, data.
     Short,
-    /// One JSON object per line with every field (as `get` prints a block).
+    /// One JSON object per line with every field, the caller's uid, pid, bus name and unit
+    /// included (as `get` prints a block).
     Json,
     /// The JSON objects indented for reading, one after the other.
     JsonPretty,
-    /// KEY=VALUE lines per block, blocks separated by an empty line (as journalctl -o export).
+    /// KEY=VALUE lines per block (HEIGHT, TIMESTAMP_NS, __REALTIME_TIMESTAMP, HASH, PREV_HASH,
+    /// PLUGIN, OPERATION, CALLER_UID, CALLER_PID, CALLER_BUS_NAME, CALLER_UNIT, DATA), blocks
+    /// separated by an empty line (as journalctl -o export).
     Export,
 }
 

@@ -197,33 +197,34 @@ enum Command {
     /// --since is found by a binary search on heights (block times never decrease along the
     /// chain), so `log --since -1h` answers at once on any length of chain; the field filters
     /// (--plugin, --operation, --uid, --unit) are then tested block by block. All times are
-    /// UTC, in the input and in the output.
-    ///
-    /// Examples:
-    ///   opdbus-chain log --since -1h --plugin network
-    ///   opdbus-chain log --since "2026-12-04 10:00" --until "2026-12-04 11:00" -o json
-    ///   opdbus-chain log --height 1000..1100 --uid 0
-    ///   opdbus-chain log -f --unit op-dbus.service
+    /// UTC, in the input and in the output. With --bus the running daemon is asked instead
+    /// (its Query method), for a user who may read the bus but not the directory.
     ///
     /// Exit status: 0 when it ran, even when no block matches (as journalctl); 1 when a block
     /// met on the way does not check out (its height and the reason on stderr); 2 bad
     /// arguments or an unreadable directory.
-    #[command(visible_alias = "tail")]
+    #[command(
+        visible_alias = "tail",
+        after_long_help = "Examples:\n  \
+            opdbus-chain log --since -1h --plugin network\n  \
+            opdbus-chain log --since \"2026-12-04 10:00\" --until \"2026-12-04 11:00\" -o json\n  \
+            opdbus-chain log --height 1000..1100 --uid 0\n  \
+            opdbus-chain log -n 50 --operation delete --reverse\n  \
+            opdbus-chain log -f --unit op-dbus.service\n  \
+            opdbus-chain log -f --bus system -o json"
+    )]
     Log {
         #[command(flatten)]
         range: log::Range,
         /// Print the newest N matching blocks (oldest first), or all of them.
         #[arg(short = 'n', long = "lines", value_name = "N|all", value_parser = log::parse_lines)]
         lines: Option<log::Lines>,
-        /// After the blocks asked for, keep printing new blocks as they are added (every
-        /// 200 ms the segments are read for new complete records, each hash-checked), until
-        /// interrupted.
+        /// After the blocks asked for, keep printing new blocks as they are added, until
+        /// interrupted: every 200 ms the segments are read for new complete records, each
+        /// hash-checked (with --bus: on each BlockAdded signal).
         #[arg(short = 'f', long, conflicts_with = "until")]
         follow: bool,
-        /// How to print each block: short (a table with the caller's uid and unit), json (one
-        /// object per line with every field, the caller's uid, pid, bus name and unit
-        /// included), json-pretty (indented), export (KEY=VALUE lines, blocks separated by an
-        /// empty line, as journalctl -o export).
+        /// How to print each block.
         #[arg(short = 'o', long, value_enum, default_value_t = log::Output::Short)]
         output: log::Output,
         /// The same as -o json.
@@ -250,6 +251,9 @@ enum Command {
     ///
     /// Exit status: 0 when it ran, also when nothing matches; 1 when a block met on the way
     /// does not check out; 2 bad arguments or an unreadable directory.
+    #[command(after_long_help = "Examples:\n  \
+        opdbus-chain report --since yesterday --until today\n  \
+        opdbus-chain report --since -7d --plugin network --json")]
     Report {
         #[command(flatten)]
         range: log::Range,
