@@ -38,7 +38,7 @@ pub enum Error {
     StorageFailure(String),
     /// The caller may not do this.
     AccessDenied(String),
-    /// Too many expensive calls (Verify, FindSimilar*) in progress, from this caller or from
+    /// Too many expensive calls (Verify, FindSimilar*, Query) in progress, from this caller or from
     /// all; nothing was done. Retry once one has answered.
     LimitsExceeded(String),
     /// The transparency log cannot answer now: it is starting, halted because the chain no
@@ -73,7 +73,7 @@ pub struct BlockchainObject {
     writer_uids: Vec<u32>,
     /// AddFootprint calls whose reply has not been sent yet.
     in_flight: InFlight,
-    /// Verify and FindSimilar* calls in progress, by caller.
+    /// Verify, FindSimilar* and Query calls in progress, by caller.
     expensive: ExpensiveCalls,
 }
 
@@ -407,6 +407,64 @@ impl BlockchainObject {
         self.similar(&query, k, filter).await
     }
 
+    /// Blocks passing `filter`, oldest first: up to `limit` (1 to 1000) of them, with where
+    /// to continue. Filter keys (all optional): since_ns (t), until_ns (t), plugin (s),
+    /// operation (s), uid (u), unit (s), from_height (t), to_height (t). A call examines at
+    /// most 100 000 blocks after finding `since_ns` by binary search and returns at most
+    /// 4 MiB: `complete` false and `next_height` say where the next call (the same filter with
+    /// from_height = next_height) continues. Each block: height, timestamp_ns, hash,
+    /// prev_hash, plugin, operation, caller uid (4294967295 unknown), caller pid (0 unknown),
+    /// caller bus name, caller unit, data JSON.
+    #[zbus(out_args("blocks", "next_height", "complete"))]
+    async fn query(
+        &self,
+        filter: HashMap<String, OwnedValue>,
+        limit: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(Vec<QueryBlock>, u64, bool), Error> {
+        let filter = query_filter_from_dict(&filter).map_err(Error::InvalidArgument)?;
+        filter.check().map_err(Error::InvalidArgument)?;
+        if !(1..=MAX_QUERY_LIMIT).contains(&limit) {
+            return Err(Error::InvalidArgument(format!(
+                "limit must be between 1 and {MAX_QUERY_LIMIT}, not {limit}"
+            )));
+        }
+        let _counted = self.enter_expensive(&header, connection).await?;
+        let page = self
+            .chain
+            .query(
+                filter,
+                crate::query::Limits {
+                    max_blocks: limit as usize,
+                    max_examined: MAX_QUERY_EXAMINED,
+                    max_bytes: MAX_QUERY_BYTES,
+                },
+            )
+            .await?;
+        let blocks = page
+            .blocks
+            .into_iter()
+            .map(|b| {
+                let hash = b.hash_hex();
+                (
+                    b.height,
+                    b.timestamp_ns,
+                    hash,
+                    hex::encode(b.prev_hash),
+                    b.plugin,
+                    b.operation,
+                    b.caller.uid.unwrap_or(crate::chain::block::UNKNOWN_UID),
+                    b.caller.pid.unwrap_or(0),
+                    b.caller.bus_name,
+                    b.caller.unit,
+                    b.data,
+                )
+            })
+            .collect();
+        Ok((blocks, page.next_height, page.complete))
+    }
+
     /// The block cache's counters and sizes: `total_entries`, `hot_entries`,
     /// `disk_usage_bytes`, `hits`, `misses`, `hit_rate`, `compression_ratio`,
     /// `write_failures`, `evictions`, … (`t`, `x` or `d` values; see docs/dbus-api.md).
@@ -604,7 +662,7 @@ impl Drop for InFlightCall {
     }
 }
 
-/// Expensive calls (Verify, FindSimilar, FindSimilarFiltered) one unprivileged uid may have in
+/// Expensive calls (Verify, FindSimilar, FindSimilarFiltered, Query) one unprivileged uid may have in
 /// progress at once.
 pub const MAX_EXPENSIVE_PER_CALLER: usize = 2;
 /// Expensive calls all unprivileged callers together may have in progress at once.
@@ -629,14 +687,14 @@ impl ExpensiveCalls {
         let mine = per_uid.get(&uid).copied().unwrap_or(0);
         if mine >= MAX_EXPENSIVE_PER_CALLER {
             return Err(format!(
-                "uid {} has {mine} Verify/FindSimilar calls in progress; the limit is \
+                "uid {} has {mine} Verify/FindSimilar/Query calls in progress; the limit is \
                  {MAX_EXPENSIVE_PER_CALLER} per caller: retry once one has answered",
                 uid.map_or("unknown".into(), |u| u.to_string())
             ));
         }
         if *total >= MAX_EXPENSIVE_TOTAL {
             return Err(format!(
-                "{total} Verify/FindSimilar calls are in progress; the limit is \
+                "{total} Verify/FindSimilar/Query calls are in progress; the limit is \
                  {MAX_EXPENSIVE_TOTAL} for all callers but root: retry later"
             ));
         }
@@ -669,6 +727,70 @@ impl Drop for ExpensiveCall {
             }
         }
     }
+}
+
+/// Blocks one Query call returns at most.
+pub const MAX_QUERY_LIMIT: u32 = 1000;
+/// Blocks one Query call reads at most after its binary search (about 0.1 s of reading).
+pub const MAX_QUERY_EXAMINED: u64 = 100_000;
+/// Text one Query reply carries at most, well under the bus's message size limit.
+pub const MAX_QUERY_BYTES: usize = 4 << 20;
+
+/// One block in Query's reply: height, timestamp_ns, hash, prev_hash, plugin, operation,
+/// caller uid, caller pid, caller bus name, caller unit, data JSON.
+pub type QueryBlock = (
+    u64,
+    u64,
+    String,
+    String,
+    String,
+    String,
+    u32,
+    u32,
+    String,
+    String,
+    String,
+);
+
+const QUERY_FILTER_KEYS: &str = "since_ns (t), until_ns (t), plugin (s), operation (s), uid (u), \
+unit (s), from_height (t), to_height (t)";
+
+/// Query's filter from its `a{sv}`, by hand for the reason [`filter_from_dict`] gives.
+fn query_filter_from_dict(
+    dict: &HashMap<String, OwnedValue>,
+) -> Result<crate::query::Filter, String> {
+    use zbus::zvariant::Value;
+    let mut filter = crate::query::Filter::default();
+    for (key, value) in dict {
+        let value: &Value = value;
+        match (key.as_str(), value) {
+            ("since_ns", Value::U64(n)) => filter.since_ns = Some(*n),
+            ("until_ns", Value::U64(n)) => filter.until_ns = Some(*n),
+            ("plugin", Value::Str(s)) => filter.plugin = Some(s.to_string()),
+            ("operation", Value::Str(s)) => filter.operation = Some(s.to_string()),
+            ("uid", Value::U32(n)) => filter.uid = Some(*n),
+            ("unit", Value::Str(s)) => filter.unit = Some(s.to_string()),
+            ("from_height", Value::U64(n)) => filter.from_height = Some(*n),
+            ("to_height", Value::U64(n)) => filter.to_height = Some(*n),
+            (
+                "since_ns" | "until_ns" | "plugin" | "operation" | "uid" | "unit" | "from_height"
+                | "to_height",
+                _,
+            ) => {
+                return Err(format!(
+                    "filter key {key} has the wrong type ({}); accepted: {QUERY_FILTER_KEYS}",
+                    value.value_signature()
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown filter key {}; accepted: {QUERY_FILTER_KEYS}",
+                    key.chars().take(64).collect::<String>()
+                ))
+            }
+        }
+    }
+    Ok(filter)
 }
 
 const FILTER_KEYS: &str = "plugin (s), operation (s), uid (u), since_ns (t), until_ns (t)";
@@ -948,7 +1070,7 @@ mod tests {
         let refused = calls.enter(Some(1000)).expect_err("third of one uid");
         assert!(
             refused.starts_with(
-                "uid 1000 has 2 Verify/FindSimilar calls in progress; the limit is 2 per caller"
+                "uid 1000 has 2 Verify/FindSimilar/Query calls in progress; the limit is 2 per caller"
             ),
             "{refused}"
         );
@@ -960,7 +1082,7 @@ mod tests {
         assert_eq!(calls.0.lock().total, MAX_EXPENSIVE_TOTAL);
         let refused = calls.enter(None).expect_err("over the total");
         assert!(
-            refused.starts_with("8 Verify/FindSimilar calls are in progress; the limit is 8"),
+            refused.starts_with("8 Verify/FindSimilar/Query calls are in progress; the limit is 8"),
             "{refused}"
         );
         others.clear();

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod marker;
 pub mod numa;
 pub mod predict;
+pub mod query;
 pub mod service;
 pub mod snapshot;
 pub mod tlog;

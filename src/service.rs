@@ -709,6 +709,21 @@ impl OptimizedBlockchain {
         &self.cache_dir
     }
 
+    /// The blocks passing `filter`, oldest first, within `limits` (see [`crate::query::page`]):
+    /// a binary search on heights for `since_ns`, then a walk; read on the blocking pool.
+    pub async fn query(
+        &self,
+        filter: crate::query::Filter,
+        limits: crate::query::Limits,
+    ) -> Result<crate::query::Page> {
+        let reader = self.chain.reader().clone();
+        blocking("searching", move || {
+            crate::query::page(&reader, &filter, limits)
+        })
+        .await?
+        .map_err(ServiceError::from)
+    }
+
     /// The `k` blocks most similar to `query` that pass `filter`, best first (cosine of the
     /// block vectors; see docs/format.md). `None` when the query names a block the chain does
     /// not hold. Every durable block is searchable.

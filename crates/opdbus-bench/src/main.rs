@@ -2,6 +2,7 @@
 //! `cargo build --release --workspace`, it finds opdbus-blockchaind beside itself in target/.
 
 mod bench;
+mod bench_log;
 mod bench_tlog;
 mod bench_vectors;
 mod torture;
@@ -58,6 +59,22 @@ enum Command {
         /// Also write the figures as one flat JSON object to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+    },
+    /// Measure finding events on a long chain (issue 17): build a chain of N blocks (one a
+    /// second up to now, written as the daemon lays it out, in large buffered batches), then
+    /// time `opdbus-chain log --since -1h` to its first byte and to its end, `report --since
+    /// -1h`, and a Query-sized search in-process. Needs the opdbus-chain built next to it.
+    BenchLog {
+        /// Blocks of the chain.
+        #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        blocks: u64,
+        /// Build the chain in DIR and keep it (reused by the next run) [default: a temporary
+        /// directory in $TMPDIR, else /var/tmp, removed at the end].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Runs of each measurement (the median is printed).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
     },
     /// Crash harness: kill -9 the real daemon under concurrent writers, restart, check.
     ///
@@ -118,6 +135,11 @@ fn main() -> ExitCode {
             segment_bytes,
         }),
         Command::Bench(args) => bench::run(args),
+        Command::BenchLog { blocks, dir, runs } => bench_log::run(bench_log::LogArgs {
+            blocks,
+            dir,
+            runs: runs as usize,
+        }),
         Command::BenchTlog {
             leaves,
             proofs,

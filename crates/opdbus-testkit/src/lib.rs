@@ -10,6 +10,7 @@
 
 use opdbus_blockchain::{chain, footprint};
 
+pub mod chain_files;
 pub mod corpus;
 mod loop_btrfs;
 pub mod nginx;

@@ -2,12 +2,14 @@
 
 mod backup;
 mod docs;
+mod log;
 mod log_check;
 mod offline;
 mod online;
 mod proofs;
 mod prune;
 mod repair;
+mod report;
 mod transparency;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -18,7 +20,7 @@ use std::process::ExitCode;
 
 /// Inspect and check the op-dbus audit chain.
 ///
-/// Offline commands (verify, get, tail, verify-backup, and the transparency log's key show,
+/// Offline commands (verify, get, log, report, verify-backup, and the transparency log's key show,
 /// checkpoint, prove, consistency) read the chain directory directly and never write to it, so
 /// they work on a live chain, a read-only snapshot or a received backup; only `verify --repair`
 /// and `tlog rebuild` write, with the daemon stopped. Online commands (numa, similar, stats,
@@ -26,7 +28,7 @@ use std::process::ExitCode;
 /// and prune manage snapshots and backups.
 ///
 /// With --json a command prints one JSON object on stdout whose "ok" says whether it succeeded
-/// (false with "failure" when a check fails, exit 1); tail and similar print one object per
+/// (false with "failure" when a check fails, exit 1); log and similar print one object per
 /// line. A command that cannot run prints only its one line on stderr (exit 2).
 #[derive(Parser)]
 #[command(
@@ -224,12 +226,79 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the newest blocks, oldest first.
-    Tail {
-        /// How many blocks.
-        #[arg(short = 'n', long, default_value_t = 10)]
-        lines: u64,
-        /// One JSON object per line instead of a table.
+    /// Print blocks, oldest first: the newest 10, or those in a range (--since, --until,
+    /// --height), of a plugin, operation or caller; follow new ones with -f.
+    ///
+    /// Reads the chain directory (no daemon needed, read access to the directory suffices).
+    /// Without -n, every block in the range is printed when --since, --until or --height is
+    /// given, else the newest 10 (what `tail`, the older name of this command, always did).
+    /// --since is found by a binary search on heights (block times never decrease along the
+    /// chain), so `log --since -1h` answers at once on any length of chain; the field filters
+    /// (--plugin, --operation, --uid, --unit) are then tested block by block. All times are
+    /// UTC, in the input and in the output. With --bus the running daemon is asked instead
+    /// (its Query method), for a user who may read the bus but not the directory.
+    ///
+    /// Exit status: 0 when it ran, even when no block matches (as journalctl); 1 when a block
+    /// met on the way does not check out (its height and the reason on stderr); 2 bad
+    /// arguments or an unreadable directory.
+    #[command(
+        visible_alias = "tail",
+        after_long_help = "Examples:\n  \
+            opdbus-chain log --since -1h --plugin network\n  \
+            opdbus-chain log --since \"2026-12-04 10:00\" --until \"2026-12-04 11:00\" -o json\n  \
+            opdbus-chain log --height 1000..1100 --uid 0\n  \
+            opdbus-chain log -n 50 --operation delete --reverse\n  \
+            opdbus-chain log -f --unit op-dbus.service\n  \
+            opdbus-chain log -f --bus system -o json"
+    )]
+    Log {
+        #[command(flatten)]
+        range: log::Range,
+        /// Print the newest N matching blocks (oldest first), or all of them.
+        #[arg(short = 'n', long = "lines", value_name = "N|all", value_parser = log::parse_lines)]
+        lines: Option<log::Lines>,
+        /// After the blocks asked for, keep printing new blocks as they are added, until
+        /// interrupted: every 200 ms the segments are read for new complete records, each
+        /// hash-checked (with --bus: on each BlockAdded signal).
+        #[arg(short = 'f', long, conflicts_with = "until")]
+        follow: bool,
+        /// How to print each block.
+        #[arg(short = 'o', long, value_enum, default_value_t = log::Output::Short)]
+        output: log::Output,
+        /// The same as -o json.
+        #[arg(long, conflicts_with = "output")]
+        json: bool,
+        /// Newest first.
+        #[arg(short = 'r', long, conflicts_with = "follow")]
+        reverse: bool,
+        /// Ask the running daemon on this bus (system, session or an address) with Query,
+        /// and follow with its BlockAdded signal, instead of reading the chain directory: for
+        /// a user who may read the bus but not the directory. Same output.
+        #[arg(long, value_name = "BUS")]
+        bus: Option<BusChoice>,
+        #[command(flatten)]
+        dir: ChainDir,
+    },
+    /// Count blocks by plugin, operation, caller (uid and unit) and day (UTC) over a range,
+    /// like aureport's summary.
+    ///
+    /// The range and filters are those of `log` (--since, --until, --height, --plugin,
+    /// --operation, --uid, --unit); without any, the whole chain is counted (a progress line
+    /// goes to stderr every second on long chains). Prints the total, the first and last
+    /// height and time, then one table per grouping, largest first (days in calendar order).
+    ///
+    /// Exit status: 0 when it ran, also when nothing matches; 1 when a block met on the way
+    /// does not check out; 2 bad arguments or an unreadable directory.
+    #[command(after_long_help = "Examples:\n  \
+        opdbus-chain report --since yesterday --until today\n  \
+        opdbus-chain report --since -7d --plugin network --json")]
+    Report {
+        #[command(flatten)]
+        range: log::Range,
+        /// Print one JSON object: total, first_height, last_height, first_timestamp_ns,
+        /// last_timestamp_ns, by_plugin and by_operation ({name: count}), by_caller ([{uid,
+        /// unit, count}]; uid null when unknown) and by_day ({"YYYY-MM-DD": count}); the
+        /// counts of each grouping add up to total.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -640,7 +709,27 @@ fn run(cli: Cli) -> Outcome {
             pretty,
             json,
         } => offline::get(dir.chain_dir, &block, pretty, json),
-        Command::Tail { lines, json, dir } => offline::tail(dir.chain_dir, lines, json),
+        Command::Log {
+            range,
+            lines,
+            follow,
+            output,
+            json,
+            reverse,
+            bus,
+            dir,
+        } => log::log(
+            &dir.chain_dir,
+            &range,
+            log::LogArgs {
+                lines,
+                follow,
+                output: if json { log::Output::Json } else { output },
+                reverse,
+                bus,
+            },
+        ),
+        Command::Report { range, json, dir } => report::report(&dir.chain_dir, &range, json),
         Command::Numa { bus, json } => online::numa(&bus.bus, json),
         Command::Similar {
             query,

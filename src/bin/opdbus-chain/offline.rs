@@ -2,12 +2,10 @@
 
 use crate::log_check::LogCheck;
 use crate::Outcome;
-use opdbus_blockchain::chain::block::{parse_hash, Block};
+use opdbus_blockchain::chain::block::parse_hash;
 use opdbus_blockchain::chain::store;
 use opdbus_blockchain::chain::verify::{self, verify_dir_each};
 use opdbus_blockchain::footprint;
-use opdbus_blockchain::snapshot::utc::UtcDateTime;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -175,7 +173,7 @@ pub fn get(dir: PathBuf, which: &str, pretty: bool, json: bool) -> Outcome {
 /// whitespace between tokens changes: numbers, strings and the order of keys stay as stored,
 /// so what is shown is what the hash covers (no float re-formatting, no re-sorting). Never
 /// fails, whatever `json` holds; nesting depth costs indentation, not stack.
-fn indent_json(json: &str) -> String {
+pub fn indent_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len() * 2);
     let mut depth = 0usize;
     let mut chars = json.chars().peekable();
@@ -225,80 +223,6 @@ fn indent_json(json: &str) -> String {
     out
 }
 
-pub fn tail(dir: PathBuf, lines: u64, json: bool) -> Outcome {
-    let reader = store::open_read_only(&dir).map_err(|e| e.to_string())?;
-    let (head, _) = reader.head();
-    let first = (head + 1).saturating_sub(lines);
-    let mut out = std::io::stdout().lock();
-    if !json {
-        let _ = writeln!(
-            out,
-            "{:>8}  {:<24}  {:<16}  {:<16}  {:<16}  DATA",
-            "HEIGHT", "TIME (UTC)", "PLUGIN", "OPERATION", "HASH"
-        );
-    }
-    for height in first..=head {
-        let block = reader
-            .block_at(height)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("block {height} vanished while reading"))?;
-        let line = if json {
-            block.to_json()
-        } else {
-            table_row(&block)
-        };
-        if writeln!(out, "{line}").is_err() {
-            break; // stdout closed (e.g. piped into head)
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn table_row(block: &Block) -> String {
-    let mut data = for_terminal(&block.data.chars().take(60).collect::<String>());
-    if block.data.chars().nth(60).is_some() {
-        data.push('…');
-    }
-    format!(
-        "{:>8}  {:<24}  {:<16}  {:<16}  {:<16}  {data}",
-        block.height,
-        utc(block.timestamp_ns),
-        for_terminal(&block.plugin),
-        for_terminal(&block.operation),
-        &block.hash_hex()[..16],
-    )
-}
-
-/// `text` with control, invisible and reordering characters escaped (`\u{202e}`), so a line
-/// shows what it holds: data strings may hold them, and names in chains written before the
-/// names' safe set did.
-fn for_terminal(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if footprint::is_hidden(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for nanoseconds since the epoch.
-fn utc(ns: u64) -> String {
-    let t = UtcDateTime::from_unix((ns / 1_000_000_000) as i64);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-        ns / 1_000_000 % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,19 +241,5 @@ mod tests {
         for odd in ["[[[[", "}}]]", "\"unterminated", "", r#"{"k":"\"#] {
             let _ = indent_json(odd);
         }
-    }
-
-    #[test]
-    fn hidden_characters_are_escaped_for_the_terminal() {
-        assert_eq!(for_terminal("net\u{200b}work"), "net\\u{200b}work");
-        assert_eq!(for_terminal("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
-        assert_eq!(for_terminal("réseau 😀"), "réseau 😀");
-    }
-
-    #[test]
-    fn block_times_show_as_utc_with_milliseconds() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc(1_764_075_900_123_456_789), "2025-11-25T13:05:00.123Z");
-        assert_eq!(utc(951_782_400_999_000_000), "2000-02-29T00:00:00.999Z");
     }
 }
