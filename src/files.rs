@@ -96,7 +96,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// one is an error (`AlreadyExists`), as with [`std::fs::create_dir`].
 pub fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir(dir)?;
-    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
+    set_dir_mode(dir)
+}
+
+/// Sets a new directory's mode to [`DIR_MODE`], keeping the set-group-ID bit the kernel gave it
+/// in a shared directory ([`share_with_group`]): without it, files made below would lose the
+/// readers' group.
+pub fn set_dir_mode(dir: &Path) -> io::Result<()> {
+    let inherited = std::fs::symlink_metadata(dir)?.mode() & SETGID;
+    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE | inherited))
 }
 
 /// Creates `dir` (and missing parents) with exactly [`DIR_MODE`]; an existing one is left as
@@ -136,6 +144,108 @@ fn explain(path: &Path, err: io::Error) -> io::Error {
     } else {
         err
     }
+}
+
+const SETGID: u32 = 0o2000;
+/// Mode of a directory shared with a readers' group: set-group-ID, so that what is made in it
+/// later gets the group without another `chown`.
+pub const SHARED_DIR_MODE: u32 = SETGID | DIR_MODE;
+
+/// How deep [`share_with_group`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The directory and everything below it.
+    Tree,
+    /// The directory and its entries, not below them: `.snapshots`, whose snapshots are
+    /// read-only (they keep the group their source had when they were taken).
+    Entries,
+}
+
+/// Gives group `gid` read access to `dir` and what is in it: directories get group `gid` and
+/// [`SHARED_DIR_MODE`], regular files group `gid` and mode 0640 (0600 stays 0600 only for files
+/// the owner cannot read, which the daemon never makes). Others get nothing. Symlinks are
+/// skipped, never followed: every change is an `fchown`/`fchmod` on a descriptor opened with
+/// `O_NOFOLLOW`. A directory that already has the group and mode is taken to be done (what is
+/// made in it inherits both), so a restart does not walk a big chain again. Returns how many
+/// entries were changed.
+///
+/// Handing a file to another group needs the daemon's user to be a member of it (or
+/// `CAP_CHOWN`); otherwise `EPERM`.
+pub fn share_with_group(dir: &Path, gid: u32, depth: Depth) -> io::Result<u64> {
+    let handle = open_no_follow(dir, libc::O_DIRECTORY).map_err(|e| context(dir, e))?;
+    let meta = handle.metadata().map_err(|e| context(dir, e))?;
+    if meta.gid() == gid && meta.mode() & 0o7777 == SHARED_DIR_MODE {
+        return Ok(0);
+    }
+    share_dir(dir, handle, gid, depth)
+}
+
+fn share_dir(dir: &Path, handle: File, gid: u32, depth: Depth) -> io::Result<u64> {
+    // The directory first: whatever is made in it from now on inherits the group.
+    let mut changed = share_one(&handle, gid, SHARED_DIR_MODE).map_err(|e| context(dir, e))?;
+    drop(handle);
+    for entry in std::fs::read_dir(dir).map_err(|e| context(dir, e))? {
+        let entry = entry.map_err(|e| context(dir, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| context(&path, e))?;
+        if kind.is_dir() {
+            let handle = match open_no_follow(&path, libc::O_DIRECTORY) {
+                Ok(handle) => handle,
+                // Removed or replaced since it was listed: the daemon's own work, not ours.
+                Err(err) if gone(&err) => continue,
+                Err(err) => return Err(context(&path, err)),
+            };
+            changed += match depth {
+                Depth::Tree => share_dir(&path, handle, gid, depth)?,
+                Depth::Entries => {
+                    share_one(&handle, gid, SHARED_DIR_MODE).map_err(|e| context(&path, e))?
+                }
+            };
+        } else if kind.is_file() {
+            let handle = match open_no_follow(&path, 0) {
+                Ok(handle) => handle,
+                Err(err) if gone(&err) => continue,
+                Err(err) => return Err(context(&path, err)),
+            };
+            let owner = handle.metadata().map_err(|e| context(&path, e))?.mode() & 0o700;
+            changed += share_one(&handle, gid, owner | 0o040).map_err(|e| context(&path, e))?;
+        }
+    }
+    Ok(changed)
+}
+
+/// `fchown`/`fchmod` of one open file, when it differs; 1 when changed.
+fn share_one(file: &File, gid: u32, mode: u32) -> io::Result<u64> {
+    let meta = file.metadata()?;
+    if meta.gid() == gid && meta.mode() & 0o7777 == mode {
+        return Ok(0);
+    }
+    if meta.gid() != gid {
+        std::os::unix::fs::fchown(file, None, Some(gid))?;
+    }
+    // After the chown, which clears the set-group-ID bit of a directory on some filesystems.
+    file.set_permissions(Permissions::from_mode(mode))?;
+    Ok(1)
+}
+
+/// Opens `path` read-only without following a link in its last component; `O_NONBLOCK` so
+/// that a FIFO planted there cannot hang the start.
+fn open_no_follow(path: &Path, flags: i32) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY | flags,
+        )
+        .open(path)
+}
+
+fn gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// The error with the path in its text; the kind (`PermissionDenied` for `EPERM`) stays.
+fn context(path: &Path, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
 
 /// A directory the daemon will not use.
@@ -248,6 +358,52 @@ mod tests {
         write_atomic(&path, b"y", FILE_MODE).expect("write");
         assert_eq!(std::fs::read(&target).expect("read"), b"keep");
         assert_eq!(std::fs::read(&path).expect("read"), b"y");
+    }
+
+    #[test]
+    fn a_shared_tree_is_group_readable_and_links_are_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        std::fs::create_dir_all(chain.join("tlog/tile")).expect("mkdir");
+        std::fs::set_permissions(&chain, Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::write(chain.join("segment"), b"x").expect("write");
+        std::fs::write(chain.join("tlog/tile/0"), b"x").expect("write");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"x").expect("write");
+        std::fs::set_permissions(&outside, Permissions::from_mode(0o600)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, chain.join("planted")).expect("symlink");
+        // Root may hand files to any group; anyone else shares with their own group here.
+        let gid = if nix::unistd::geteuid().is_root() {
+            65534
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        let changed = share_with_group(&chain, gid, Depth::Tree).expect("share");
+        assert_eq!(changed, 5, "3 directories and 2 files");
+        let stat = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).expect("stat");
+            (meta.gid(), meta.mode() & 0o7777)
+        };
+        assert_eq!(stat(&chain), (gid, 0o2750));
+        assert_eq!(stat(&chain.join("tlog/tile")), (gid, 0o2750));
+        assert_eq!(stat(&chain.join("segment")), (gid, 0o640));
+        assert_eq!(stat(&chain.join("tlog/tile/0")), (gid, 0o640));
+        assert_eq!(stat(&outside).1, 0o600, "the link's target is untouched");
+        // Done once: a second start does not walk the tree again.
+        assert_eq!(
+            share_with_group(&chain, gid, Depth::Tree).expect("share"),
+            0
+        );
+        // What is made later inherits the group and keeps the set-group-ID bit.
+        let new = chain.join("tlog/new");
+        create_dir(&new).expect("mkdir");
+        assert_eq!(stat(&new), (gid, 0o2750));
+        // Entries only: the snapshots themselves are not entered.
+        let snapshots = dir.path().join(".snapshots");
+        std::fs::create_dir_all(snapshots.join("s1/chain")).expect("mkdir");
+        share_with_group(&snapshots, gid, Depth::Entries).expect("share");
+        assert_eq!(stat(&snapshots.join("s1")), (gid, 0o2750));
+        assert_ne!(stat(&snapshots.join("s1/chain")).1, 0o2750);
     }
 
     #[test]

@@ -152,15 +152,12 @@ pub fn prepare_dir(dir: &Path) -> Result<DirKind, btrfs::BtrfsError> {
             source,
         })?;
         let explicit_mode = |kind| {
-            std::fs::set_permissions(
-                dir,
-                std::os::unix::fs::PermissionsExt::from_mode(crate::files::DIR_MODE),
-            )
-            .map(|()| kind)
-            .map_err(|source| btrfs::BtrfsError::Io {
-                path: dir.to_owned(),
-                source,
-            })
+            crate::files::set_dir_mode(dir)
+                .map(|()| kind)
+                .map_err(|source| btrfs::BtrfsError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })
         };
         if btrfs::is_btrfs(&parent) {
             btrfs::create_subvolume(dir)?;
