@@ -3,10 +3,14 @@
 //! the umask leaves, and directories only when no one but the daemon's user (or root) can
 //! change what is in them.
 //!
-//! Why: the daemon runs as root. A symlink planted as `index`, `vectors` or a segment would
-//! otherwise make it truncate or rewrite a file of the planter's choosing, and a directory
-//! another user can write to is where such a link gets planted. `O_NOFOLLOW` refuses a link in
-//! the last path component; [`check_dir`] refuses a directory others could plant one in.
+//! Why: the daemon writes with its own user's rights (root when started by hand). A symlink
+//! planted as `index`, `vectors` or a segment would otherwise make it truncate or rewrite a
+//! file of the planter's choosing, and a directory another user can write to is where such a
+//! link gets planted. `O_NOFOLLOW` refuses a link in the last path component; [`check_dir`]
+//! refuses a directory others could plant one in.
+//!
+//! Readers: [`share_with_group`] gives a group (`OPDBUS_READ_GROUP`) read access to the
+//! daemon's directories, never write access.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io;
@@ -212,6 +216,26 @@ fn share_dir(dir: &Path, handle: File, gid: u32, depth: Depth) -> io::Result<u64
         }
     }
     Ok(changed)
+}
+
+/// Gives `path` and (a directory) everything below it to `uid`:`gid` (modes unchanged), without following
+/// symlinks: what root restored (`opdbus-chain restore`) into a directory the daemon's own
+/// user owns must be that user's, or the daemon could not write its chain.
+pub fn give_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let handle = open_no_follow(path, 0).map_err(|e| context(path, e))?;
+    std::os::unix::fs::fchown(&handle, Some(uid), Some(gid)).map_err(|e| context(path, e))?;
+    if !handle.metadata().map_err(|e| context(path, e))?.is_dir() {
+        return Ok(());
+    }
+    drop(handle);
+    for entry in std::fs::read_dir(path).map_err(|e| context(path, e))? {
+        let entry = entry.map_err(|e| context(path, e))?;
+        let kind = entry.file_type().map_err(|e| context(&entry.path(), e))?;
+        if kind.is_dir() || kind.is_file() {
+            give_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// `fchown`/`fchmod` of one open file, when it differs; 1 when changed.
