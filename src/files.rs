@@ -64,7 +64,24 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
         .map_err(|e| explain(path, e))?;
     file.set_permissions(Permissions::from_mode(mode))?;
+    give_to_dir_owner(&file, path)?;
     Ok(file)
+}
+
+/// Root (an offline `opdbus-chain repair`, `tlog rebuild`, `restore`) making a file or directory
+/// in a directory the service user owns gives it to that user, who writes there next; a
+/// root-owned file in its chain would stop the daemon. The group is the directory's when it is
+/// not set-group-ID (then the kernel already gave the readers' group).
+fn give_to_dir_owner(made: &File, path: &Path) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let dir = std::fs::metadata(parent_of(path))?;
+    if dir.uid() == 0 {
+        return Ok(());
+    }
+    let gid = (dir.mode() & SETGID == 0).then_some(dir.gid());
+    std::os::unix::fs::fchown(made, Some(dir.uid()), gid)
 }
 
 /// Replaces `path` with `bytes`: written to `path` + `.tmp` (a new file with exactly `mode`;
@@ -100,7 +117,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// one is an error (`AlreadyExists`), as with [`std::fs::create_dir`].
 pub fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir(dir)?;
-    set_dir_mode(dir)
+    set_dir_mode(dir)?;
+    give_to_dir_owner(&open_no_follow(dir, libc::O_DIRECTORY)?, dir)
 }
 
 /// Sets a new directory's mode to [`DIR_MODE`], keeping the set-group-ID bit the kernel gave it
@@ -428,6 +446,29 @@ mod tests {
         share_with_group(&snapshots, gid, Depth::Entries).expect("share");
         assert_eq!(stat(&snapshots.join("s1")), (gid, 0o2750));
         assert_ne!(stat(&snapshots.join("s1/chain")).1, 0o2750);
+    }
+
+    #[test]
+    fn what_root_makes_in_the_service_users_directory_is_that_users() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to make files for another user");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        create_dir(&chain).expect("mkdir");
+        let owned = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(owned(&chain), (0, 0), "root's own directory: root's");
+        std::os::unix::fs::chown(&chain, Some(65534), Some(65533)).expect("chown");
+        create_new(&chain.join("segment"), FILE_MODE).expect("create");
+        write_atomic(&chain.join("index"), b"x", FILE_MODE).expect("write");
+        create_dir(&chain.join("tlog")).expect("mkdir");
+        for made in ["segment", "index", "tlog"] {
+            assert_eq!(owned(&chain.join(made)), (65534, 65533), "{made}");
+        }
     }
 
     #[test]
