@@ -28,6 +28,7 @@ files() {
   echo "$build_dir/opdbus-blockchaind $BIN_DIR/opdbus-blockchaind 0755"
   echo "$build_dir/opdbus-chain $BIN_DIR/opdbus-chain 0755"
   echo "$repo/systemd/$UNIT $UNIT_DIR/$UNIT 0644"
+  echo "$repo/systemd/opdbus-blockchain.sysusers /usr/lib/sysusers.d/opdbus-blockchain.conf 0644"
   echo "$repo/dbus/org.opdbus.Blockchain.conf $POLICY_DIR/org.opdbus.Blockchain.conf 0644"
   echo "$repo/dbus/org.opdbus.Blockchain.service $ACTIVATION_DIR/org.opdbus.Blockchain.service 0644"
   echo "$repo/README.md $DOC_DIR/README.md 0644"
@@ -66,6 +67,7 @@ do_install() {
   files | while read -r source destination mode; do
     install -D -m "$mode" "$source" "$DESTDIR$destination"
     say "installed $destination"
+    if [ "${destination##*/}" = opdbus-blockchain.conf ] && [ -z "$DESTDIR" ]; then systemd-sysusers "$destination"; fi
   done
   if [ -e "$DESTDIR$CONFIG" ]; then
     say "kept the existing $CONFIG"

@@ -59,6 +59,8 @@ pub struct Config {
     pub bus: BusChoice,
     pub chain_dir: PathBuf,
     pub cache_dir: PathBuf,
+    /// The group that may read the chain, tlog, cache and snapshots; `None`: no group.
+    pub read_group: Option<String>,
     pub max_data_bytes: usize,
     pub segment_bytes: u64,
     pub writer_uids: Vec<u32>,
@@ -102,6 +104,7 @@ impl Default for Config {
             bus: BusChoice::System,
             chain_dir: PathBuf::from("/var/lib/op-dbus/blockchain"),
             cache_dir: cache.dir,
+            read_group: Some(DEFAULT_READ_GROUP.to_owned()),
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
             segment_bytes: StoreOptions::default().segment_bytes,
             writer_uids: Vec::new(),
@@ -175,6 +178,12 @@ pub const KEYS: &[Key] = &[
           accepts: "an absolute path",
           set: |c, v| absolute_dir(v).map(|x| c.cache_dir = x),
           show: |c| c.cache_dir.display().to_string() },
+    Key { name: "OPDBUS_READ_GROUP", flag: None, reload: false,
+          help: "Group given read access to the chain, tlog, cache and snapshot directories \
+                 (empty: none; the signing key stays private)",
+          accepts: "a group name such as adm, or empty",
+          set: |c, v| group_name(v).map(|x| c.read_group = x),
+          show: |c| c.read_group.clone().unwrap_or_default() },
     Key { name: "OPDBUS_MAX_DATA_BYTES", flag: None, reload: false,
           help: "Largest footprint data JSON accepted",
           accepts: "a whole number of bytes from 1024 to 67108864",
@@ -283,6 +292,9 @@ pub const KEYS: &[Key] = &[
           set: |c, v| duration(v, 100, 3_600_000).map(|x| c.checkpoint_interval = x),
           show: |c| show_duration(c.checkpoint_interval) },
 ];
+
+/// The group that reads the chain by default: the one that reads the journal and /var/log.
+pub const DEFAULT_READ_GROUP: &str = "adm";
 
 /// Where the daemon keeps (and at first start makes) its checkpoint signing key.
 pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/op-dbus/keys/signing.key";
@@ -554,6 +566,25 @@ fn optional_dir(value: &str) -> Result<Option<PathBuf>, String> {
         path => absolute_dir(path)
             .map(Some)
             .map_err(|_| "expected an absolute path, or empty".into()),
+    }
+}
+
+/// A group name as `groupadd` takes it (letters, digits, `_`, `-`, `.`, not starting with `-`,
+/// up to 32 characters), or empty for none. Whether it exists is checked at start.
+fn group_name(value: &str) -> Result<Option<String>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let valid = value.len() <= 32
+        && !value.starts_with('-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if valid {
+        Ok(Some(value.to_owned()))
+    } else {
+        Err("expected a group name such as adm, or empty".into())
     }
 }
 
@@ -952,6 +983,7 @@ mod tests {
                 "OPDBUS_CACHE_MEMORY_POLICY" => "bind",
                 "OPDBUS_SNAPSHOT_INTERVAL" => "hourly",
                 "OPDBUS_WRITER_UIDS" => "1000",
+                "OPDBUS_READ_GROUP" => "auditors",
                 "OPDBUS_SIGNING_KEY" => "/elsewhere/signing.key",
                 "OPDBUS_ORIGIN" => "example.org/audit",
                 "OPDBUS_CHECKPOINT_INTERVAL" => "5m",

@@ -96,6 +96,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     crate::files::check_dir(&config.chain_dir)?;
     crate::files::check_dir(&config.cache_dir)?;
+    share_dirs(&config);
     let mut options = ChainOptions::new(&config.chain_dir);
     options.max_data_bytes = config.max_data_bytes;
     options.store.segment_bytes = config.segment_bytes;
@@ -431,6 +432,98 @@ fn parents(config: &Config) -> Vec<std::path::PathBuf> {
         .collect();
     dirs.dedup();
     dirs
+}
+
+/// Gives `OPDBUS_READ_GROUP` read access to the chain, tlog, cache and snapshot directories
+/// (and hands them back to the daemon's own group when it is empty), before the chain is opened
+/// so that every file made from now on inherits the group. An upgrade from private directories
+/// ends shared. Never stops the start: a group that does not exist, or one the daemon's user is
+/// not a member of (`EPERM`), is one warning and the directories stay private.
+fn share_dirs(config: &Config) {
+    use crate::files::Depth;
+    let own = nix::unistd::getegid().as_raw();
+    let layout = crate::snapshot::layout::SnapshotLayout::new(&config.chain_dir, &config.cache_dir);
+    let mut roots = vec![
+        (config.chain_dir.clone(), Depth::Tree),
+        (config.cache_dir.clone(), Depth::Tree),
+    ];
+    // A tlog directory of its own is made now, so that it starts shared like the others.
+    if let Some(tlog) = config.tlog_dir.as_ref().filter(|_| config.transparency) {
+        if let Err(err) = crate::files::create_dir_all(tlog) {
+            tracing::warn!("cannot make the tlog directory {}: {err}", tlog.display());
+        }
+        roots.push((tlog.clone(), Depth::Tree));
+    }
+    for snapshots in [layout.chain_snapshots(), layout.cache_snapshots()] {
+        if !roots.iter().any(|(dir, _)| *dir == snapshots) {
+            if let Err(err) = crate::files::create_dir_all(&snapshots) {
+                tracing::warn!("cannot make {}: {err}", snapshots.display());
+            }
+            roots.push((snapshots, Depth::Entries));
+        }
+    }
+    let share = |gid: u32| -> std::io::Result<u64> {
+        let mut changed = 0;
+        for (dir, depth) in &roots {
+            if dir.is_dir() {
+                changed += crate::files::share_with_group(dir, gid, *depth)?;
+            }
+        }
+        Ok(changed)
+    };
+    let wanted = match &config.read_group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(group)) => Some((name, group.gid.as_raw())),
+            Ok(None) => {
+                tracing::warn!(
+                    "OPDBUS_READ_GROUP={name}: no such group; the chain stays readable by the \
+                     daemon's user and root only"
+                );
+                None
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "OPDBUS_READ_GROUP={name}: cannot look the group up ({err}); the chain stays \
+                     readable by the daemon's user and root only"
+                );
+                None
+            }
+        },
+    };
+    let result = match wanted {
+        Some((name, gid)) => match share(gid) {
+            Ok(changed) => Ok((name.as_str(), changed)),
+            Err(err) => {
+                let hint = if err.kind() == std::io::ErrorKind::PermissionDenied {
+                    format!(
+                        " (the daemon's user must be a member: usermod -a -G {name} {})",
+                        nix::unistd::User::from_uid(nix::unistd::geteuid())
+                            .ok()
+                            .flatten()
+                            .map_or_else(|| "USER".to_owned(), |user| user.name)
+                    )
+                } else {
+                    String::new()
+                };
+                tracing::warn!(
+                    "cannot give group {name} read access: {err}{hint}; the chain stays \
+                     readable by the daemon's user and root only"
+                );
+                share(own).map(|changed| ("the daemon's own group", changed))
+            }
+        },
+        None => share(own).map(|changed| ("the daemon's own group", changed)),
+    };
+    match result {
+        Ok((_, 0)) => {}
+        Ok((group, changed)) => tracing::info!(
+            READ_GROUP = group,
+            CHANGED = changed,
+            "gave {group} read access to {changed} directories and files"
+        ),
+        Err(err) => tracing::warn!("cannot set the group of the chain's directories: {err}"),
+    }
 }
 
 /// What `systemctl status` shows next to the unit.

@@ -3,10 +3,14 @@
 //! the umask leaves, and directories only when no one but the daemon's user (or root) can
 //! change what is in them.
 //!
-//! Why: the daemon runs as root. A symlink planted as `index`, `vectors` or a segment would
-//! otherwise make it truncate or rewrite a file of the planter's choosing, and a directory
-//! another user can write to is where such a link gets planted. `O_NOFOLLOW` refuses a link in
-//! the last path component; [`check_dir`] refuses a directory others could plant one in.
+//! Why: the daemon writes with its own user's rights (root when started by hand). A symlink
+//! planted as `index`, `vectors` or a segment would otherwise make it truncate or rewrite a
+//! file of the planter's choosing, and a directory another user can write to is where such a
+//! link gets planted. `O_NOFOLLOW` refuses a link in the last path component; [`check_dir`]
+//! refuses a directory others could plant one in.
+//!
+//! Readers: [`share_with_group`] gives a group (`OPDBUS_READ_GROUP`) read access to the
+//! daemon's directories, never write access.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io;
@@ -60,7 +64,24 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
         .map_err(|e| explain(path, e))?;
     file.set_permissions(Permissions::from_mode(mode))?;
+    give_to_dir_owner(&file, path)?;
     Ok(file)
+}
+
+/// Root (an offline `opdbus-chain repair`, `tlog rebuild`, `restore`) making a file or directory
+/// in a directory the service user owns gives it to that user, who writes there next; a
+/// root-owned file in its chain would stop the daemon. The group is the directory's when it is
+/// not set-group-ID (then the kernel already gave the readers' group).
+fn give_to_dir_owner(made: &File, path: &Path) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let dir = std::fs::metadata(parent_of(path))?;
+    if dir.uid() == 0 {
+        return Ok(());
+    }
+    let gid = (dir.mode() & SETGID == 0).then_some(dir.gid());
+    std::os::unix::fs::fchown(made, Some(dir.uid()), gid)
 }
 
 /// Replaces `path` with `bytes`: written to `path` + `.tmp` (a new file with exactly `mode`;
@@ -96,7 +117,16 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// one is an error (`AlreadyExists`), as with [`std::fs::create_dir`].
 pub fn create_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir(dir)?;
-    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
+    set_dir_mode(dir)?;
+    give_to_dir_owner(&open_no_follow(dir, libc::O_DIRECTORY)?, dir)
+}
+
+/// Sets a new directory's mode to [`DIR_MODE`], keeping the set-group-ID bit the kernel gave it
+/// in a shared directory ([`share_with_group`]): without it, files made below would lose the
+/// readers' group.
+pub fn set_dir_mode(dir: &Path) -> io::Result<()> {
+    let inherited = std::fs::symlink_metadata(dir)?.mode() & SETGID;
+    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE | inherited))
 }
 
 /// Creates `dir` (and missing parents) with exactly [`DIR_MODE`]; an existing one is left as
@@ -136,6 +166,128 @@ fn explain(path: &Path, err: io::Error) -> io::Error {
     } else {
         err
     }
+}
+
+const SETGID: u32 = 0o2000;
+/// Mode of a directory shared with a readers' group: set-group-ID, so that what is made in it
+/// later gets the group without another `chown`.
+pub const SHARED_DIR_MODE: u32 = SETGID | DIR_MODE;
+
+/// How deep [`share_with_group`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The directory and everything below it.
+    Tree,
+    /// The directory and its entries, not below them: `.snapshots`, whose snapshots are
+    /// read-only (they keep the group their source had when they were taken).
+    Entries,
+}
+
+/// Gives group `gid` read access to `dir` and what is in it: directories get group `gid` and
+/// [`SHARED_DIR_MODE`], regular files group `gid` and mode 0640 (0600 stays 0600 only for files
+/// the owner cannot read, which the daemon never makes). Others get nothing. Symlinks are
+/// skipped, never followed: every change is an `fchown`/`fchmod` on a descriptor opened with
+/// `O_NOFOLLOW`. A directory that already has the group and mode is taken to be done (what is
+/// made in it inherits both), so a restart does not walk a big chain again. Returns how many
+/// entries were changed.
+///
+/// Handing a file to another group needs the daemon's user to be a member of it (or
+/// `CAP_CHOWN`); otherwise `EPERM`.
+pub fn share_with_group(dir: &Path, gid: u32, depth: Depth) -> io::Result<u64> {
+    let handle = open_no_follow(dir, libc::O_DIRECTORY).map_err(|e| context(dir, e))?;
+    let meta = handle.metadata().map_err(|e| context(dir, e))?;
+    if meta.gid() == gid && meta.mode() & 0o7777 == SHARED_DIR_MODE {
+        return Ok(0);
+    }
+    share_dir(dir, handle, gid, depth)
+}
+
+fn share_dir(dir: &Path, handle: File, gid: u32, depth: Depth) -> io::Result<u64> {
+    // The directory first: whatever is made in it from now on inherits the group.
+    let mut changed = share_one(&handle, gid, SHARED_DIR_MODE).map_err(|e| context(dir, e))?;
+    drop(handle);
+    for entry in std::fs::read_dir(dir).map_err(|e| context(dir, e))? {
+        let entry = entry.map_err(|e| context(dir, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| context(&path, e))?;
+        if kind.is_dir() {
+            let handle = match open_no_follow(&path, libc::O_DIRECTORY) {
+                Ok(handle) => handle,
+                // Removed or replaced since it was listed: the daemon's own work, not ours.
+                Err(err) if gone(&err) => continue,
+                Err(err) => return Err(context(&path, err)),
+            };
+            changed += match depth {
+                Depth::Tree => share_dir(&path, handle, gid, depth)?,
+                Depth::Entries => {
+                    share_one(&handle, gid, SHARED_DIR_MODE).map_err(|e| context(&path, e))?
+                }
+            };
+        } else if kind.is_file() {
+            let handle = match open_no_follow(&path, 0) {
+                Ok(handle) => handle,
+                Err(err) if gone(&err) => continue,
+                Err(err) => return Err(context(&path, err)),
+            };
+            let owner = handle.metadata().map_err(|e| context(&path, e))?.mode() & 0o700;
+            changed += share_one(&handle, gid, owner | 0o040).map_err(|e| context(&path, e))?;
+        }
+    }
+    Ok(changed)
+}
+
+/// Gives `path` and (a directory) everything below it to `uid`:`gid` (modes unchanged), without following
+/// symlinks: what root restored (`opdbus-chain restore`) into a directory the daemon's own
+/// user owns must be that user's, or the daemon could not write its chain.
+pub fn give_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let handle = open_no_follow(path, 0).map_err(|e| context(path, e))?;
+    std::os::unix::fs::fchown(&handle, Some(uid), Some(gid)).map_err(|e| context(path, e))?;
+    if !handle.metadata().map_err(|e| context(path, e))?.is_dir() {
+        return Ok(());
+    }
+    drop(handle);
+    for entry in std::fs::read_dir(path).map_err(|e| context(path, e))? {
+        let entry = entry.map_err(|e| context(path, e))?;
+        let kind = entry.file_type().map_err(|e| context(&entry.path(), e))?;
+        if kind.is_dir() || kind.is_file() {
+            give_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// `fchown`/`fchmod` of one open file, when it differs; 1 when changed.
+fn share_one(file: &File, gid: u32, mode: u32) -> io::Result<u64> {
+    let meta = file.metadata()?;
+    if meta.gid() == gid && meta.mode() & 0o7777 == mode {
+        return Ok(0);
+    }
+    if meta.gid() != gid {
+        std::os::unix::fs::fchown(file, None, Some(gid))?;
+    }
+    // After the chown, which clears the set-group-ID bit of a directory on some filesystems.
+    file.set_permissions(Permissions::from_mode(mode))?;
+    Ok(1)
+}
+
+/// Opens `path` read-only without following a link in its last component; `O_NONBLOCK` so
+/// that a FIFO planted there cannot hang the start.
+fn open_no_follow(path: &Path, flags: i32) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY | flags,
+        )
+        .open(path)
+}
+
+fn gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// The error with the path in its text; the kind (`PermissionDenied` for `EPERM`) stays.
+fn context(path: &Path, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
 
 /// A directory the daemon will not use.
@@ -248,6 +400,75 @@ mod tests {
         write_atomic(&path, b"y", FILE_MODE).expect("write");
         assert_eq!(std::fs::read(&target).expect("read"), b"keep");
         assert_eq!(std::fs::read(&path).expect("read"), b"y");
+    }
+
+    #[test]
+    fn a_shared_tree_is_group_readable_and_links_are_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        std::fs::create_dir_all(chain.join("tlog/tile")).expect("mkdir");
+        std::fs::set_permissions(&chain, Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::write(chain.join("segment"), b"x").expect("write");
+        std::fs::write(chain.join("tlog/tile/0"), b"x").expect("write");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"x").expect("write");
+        std::fs::set_permissions(&outside, Permissions::from_mode(0o600)).expect("chmod");
+        std::os::unix::fs::symlink(&outside, chain.join("planted")).expect("symlink");
+        // Root may hand files to any group; anyone else shares with their own group here.
+        let gid = if nix::unistd::geteuid().is_root() {
+            65534
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        let changed = share_with_group(&chain, gid, Depth::Tree).expect("share");
+        assert_eq!(changed, 5, "3 directories and 2 files");
+        let stat = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).expect("stat");
+            (meta.gid(), meta.mode() & 0o7777)
+        };
+        assert_eq!(stat(&chain), (gid, 0o2750));
+        assert_eq!(stat(&chain.join("tlog/tile")), (gid, 0o2750));
+        assert_eq!(stat(&chain.join("segment")), (gid, 0o640));
+        assert_eq!(stat(&chain.join("tlog/tile/0")), (gid, 0o640));
+        assert_eq!(stat(&outside).1, 0o600, "the link's target is untouched");
+        // Done once: a second start does not walk the tree again.
+        assert_eq!(
+            share_with_group(&chain, gid, Depth::Tree).expect("share"),
+            0
+        );
+        // What is made later inherits the group and keeps the set-group-ID bit.
+        let new = chain.join("tlog/new");
+        create_dir(&new).expect("mkdir");
+        assert_eq!(stat(&new), (gid, 0o2750));
+        // Entries only: the snapshots themselves are not entered.
+        let snapshots = dir.path().join(".snapshots");
+        std::fs::create_dir_all(snapshots.join("s1/chain")).expect("mkdir");
+        share_with_group(&snapshots, gid, Depth::Entries).expect("share");
+        assert_eq!(stat(&snapshots.join("s1")), (gid, 0o2750));
+        assert_ne!(stat(&snapshots.join("s1/chain")).1, 0o2750);
+    }
+
+    #[test]
+    fn what_root_makes_in_the_service_users_directory_is_that_users() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to make files for another user");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        create_dir(&chain).expect("mkdir");
+        let owned = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(owned(&chain), (0, 0), "root's own directory: root's");
+        std::os::unix::fs::chown(&chain, Some(65534), Some(65533)).expect("chown");
+        create_new(&chain.join("segment"), FILE_MODE).expect("create");
+        write_atomic(&chain.join("index"), b"x", FILE_MODE).expect("write");
+        create_dir(&chain.join("tlog")).expect("mkdir");
+        for made in ["segment", "index", "tlog"] {
+            assert_eq!(owned(&chain.join(made)), (65534, 65533), "{made}");
+        }
     }
 
     #[test]

@@ -409,6 +409,7 @@ pub fn restore(
             Err(err) => Err(err),
         }
         .map_err(|err| BackupError::Marker(err.to_string()))?;
+        give_to_parent_owner(&[chain_dir, cache_dir, &marker.path])?;
         Ok((chain_subvolume, marker.path))
     })();
     match result {
@@ -424,6 +425,26 @@ pub fn restore(
             Err(err)
         }
     }
+}
+
+/// Root restoring into a directory another user owns (the service user's `/var/lib/op-dbus`)
+/// hands what it made to that user, who runs the daemon that writes there next.
+fn give_to_parent_owner(paths: &[&Path]) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    for path in paths {
+        let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            continue;
+        };
+        let owner = fs::metadata(parent).map_err(io_err(parent))?;
+        if owner.uid() == 0 {
+            continue;
+        }
+        crate::files::give_tree(path, owner.uid(), owner.gid()).map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 /// Restores one side; pushes what it created onto `made`. Returns whether it is a subvolume.

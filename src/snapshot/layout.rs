@@ -152,15 +152,12 @@ pub fn prepare_dir(dir: &Path) -> Result<DirKind, btrfs::BtrfsError> {
             source,
         })?;
         let explicit_mode = |kind| {
-            std::fs::set_permissions(
-                dir,
-                std::os::unix::fs::PermissionsExt::from_mode(crate::files::DIR_MODE),
-            )
-            .map(|()| kind)
-            .map_err(|source| btrfs::BtrfsError::Io {
-                path: dir.to_owned(),
-                source,
-            })
+            crate::files::set_dir_mode(dir)
+                .map(|()| kind)
+                .map_err(|source| btrfs::BtrfsError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })
         };
         if btrfs::is_btrfs(&parent) {
             btrfs::create_subvolume(dir)?;
@@ -195,7 +192,18 @@ pub fn remove_snapshot_dir(dir: &Path) -> Result<(), btrfs::BtrfsError> {
         return Ok(());
     }
     if btrfs::is_subvolume(dir) {
-        return btrfs::delete_subvolume(dir);
+        match btrfs::delete_subvolume(dir) {
+            Ok(()) => return Ok(()),
+            // Without CAP_SYS_ADMIN (the shipped unit keeps none) btrfs refuses to destroy a
+            // subvolume. Its owner may still make it writable, empty it and rmdir it: Linux
+            // (since 4.18) removes an empty subvolume on rmdir.
+            Err(err) if not_permitted(&err) => {
+                if btrfs::is_readonly(dir)? {
+                    btrfs::set_readonly(dir, false)?;
+                }
+            }
+            Err(err) => return Err(err),
+        }
     }
     make_writable(dir);
     for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
@@ -208,6 +216,10 @@ pub fn remove_snapshot_dir(dir: &Path) -> Result<(), btrfs::BtrfsError> {
         }
     }
     std::fs::remove_dir(dir).map_err(io_error(dir))
+}
+
+fn not_permitted(err: &btrfs::BtrfsError) -> bool {
+    matches!(err, btrfs::BtrfsError::Tool(failure) if failure.stderr.contains("Operation not permitted"))
 }
 
 /// Plain-directory snapshots are made read-only by mode; undo that so they can be removed.
