@@ -180,14 +180,14 @@ usage_error() { echo "opdbus install: $* (see scripts/install.sh --help)" >&2; e
 
 live() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; }
 
-# The Debian package of a shared library the binaries link (ldd names the library only).
+# The Debian package of a shared library the binaries link (ldd names the library only);
+# empty when unknown.
 library_package() {
   case "$1" in
     libhwloc.so.15) echo libhwloc15 ;;
     libudev.so.1) echo libudev1 ;;
     libgcc_s.so.1) echo libgcc-s1 ;;
     libc.so.6 | libm.so.6 | ld-linux*) echo libc6 ;;
-    *) echo "the one holding it: apt-file search $1" ;;
   esac
 }
 
@@ -203,12 +203,17 @@ check_libraries() {
     done
   done
   [ -z "$missing" ] && return 0
-  local list="" package
+  local list="" packages="" package
   for library in $missing; do
     package=$(library_package "$library")
-    list="${list:+$list, }$library (Debian package $package)"
+    if [ -n "$package" ]; then
+      list="${list:+$list, }$library (Debian package $package)"
+      packages="$packages $package"
+    else
+      list="${list:+$list, }$library (find its package: apt-file search $library)"
+    fi
   done
-  die "missing shared libraries: $list; install them first (apt-get install ...); nothing was installed"
+  die "missing shared libraries: $list;${packages:+ apt-get install$packages, then run install.sh again;} nothing was installed"
 }
 
 check_system() {
@@ -223,9 +228,9 @@ check_system() {
 generate_docs() {
   local out
   out=$("$build_dir/opdbus-chain" generate-docs "$generated" 2>&1) ||
-    die "opdbus-chain generate-docs failed: $(echo "$out" | head -n 1)"
+    die "opdbus-chain generate-docs failed: $(echo "$out" | head -n 1); nothing was installed"
   out=$("$build_dir/opdbus-blockchaind" --generate-docs "$generated" 2>&1) ||
-    die "opdbus-blockchaind --generate-docs failed: $(echo "$out" | head -n 1)"
+    die "opdbus-blockchaind --generate-docs failed: $(echo "$out" | head -n 1); nothing was installed"
   local page
   for page in "$generated"/man1/*.1 "$generated"/man8/*.8; do
     if [ -f "$page" ]; then gzip -9n "$page"; fi
