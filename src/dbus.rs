@@ -293,6 +293,7 @@ impl BlockchainObject {
     }
 
     /// The block with this hash, as JSON.
+    #[zbus(out_args("block_json"))]
     async fn get_block(
         &self,
         hash: String,
@@ -311,6 +312,7 @@ impl BlockchainObject {
     }
 
     /// The block at this height, as JSON.
+    #[zbus(out_args("block_json"))]
     async fn get_block_by_height(
         &self,
         height: u64,
@@ -344,6 +346,7 @@ impl BlockchainObject {
 
     /// The NUMA topology, the node chosen for the writer and whether its binding took effect.
     /// Always answers: without a readable topology it reports one node and the reason.
+    #[zbus(out_args("info"))]
     async fn numa_info(&self) -> NumaInfoDict {
         match self.chain.numa_info().await {
             Some(info) => NumaInfoDict::from(&info),
@@ -385,6 +388,7 @@ impl BlockchainObject {
     /// The block cache's counters and sizes: `total_entries`, `hot_entries`,
     /// `disk_usage_bytes`, `hits`, `misses`, `hit_rate`, `compression_ratio`,
     /// `write_failures`, `evictions`, … (`t`, `x` or `d` values; see docs/dbus-api.md).
+    #[zbus(out_args("stats"))]
     async fn cache_stats(&self) -> Result<CacheStatsDict, Error> {
         Ok(CacheStatsDict::from(self.chain.cache_stats().await?))
     }

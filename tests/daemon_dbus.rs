@@ -388,4 +388,15 @@ fn the_shipped_introspection_xml_matches_the_running_daemon() {
         interface(&shipped),
         "dbus/org.opdbus.Blockchain.xml is out of date; regenerate it from the daemon"
     );
+    // A program generated from the XML (gdbus-codegen, zbus-xmlgen) names its results after
+    // the args: an unnamed one becomes arg_0.
+    let ours = interface(&live);
+    let args: Vec<&str> = ours.split("<arg ").skip(1).collect();
+    assert!(args.len() > 20, "too few args introspected: {ours}");
+    let unnamed: Vec<&str> = args
+        .iter()
+        .filter(|arg| !arg.trim_start().starts_with("name=\""))
+        .map(|arg| arg.split("/>").next().unwrap_or(arg))
+        .collect();
+    assert!(unnamed.is_empty(), "unnamed args: {unnamed:?}");
 }

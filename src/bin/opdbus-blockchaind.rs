@@ -1,6 +1,10 @@
 //! opdbus-blockchaind: serves the op-dbus audit chain on D-Bus as org.opdbus.Blockchain.
 
-use clap::{Arg, CommandFactory, FromArgMatches, Parser};
+// The man page and completion writer opdbus-chain uses too.
+#[path = "opdbus-chain/docs.rs"]
+mod docs;
+
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser};
 use opdbus_blockchain::config::{self, Config, KEYS};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,20 +22,120 @@ use std::process::ExitCode;
 /// The chain id it serves is recorded beside the chain directory (DIR.chain-id): a missing
 /// or different chain there is an error at start, never a new chain.
 #[derive(Parser)]
-#[command(version, after_help = AFTER_HELP)]
+#[command(name = "opdbus-blockchaind", version, after_help = after_help())]
 struct Args {
     /// Read settings from FILE (KEY=VALUE lines, as /etc/default/opdbus-blockchain).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Runs without the transparency log: only for opdbus-bench's comparison of the write
-    /// path with and without it.
-    #[arg(long, hide = true)]
-    bench_without_transparency: bool,
 }
 
-const AFTER_HELP: &str = "\
-Exit status: 0 after a clean stop, 1 when it cannot start (the reason is logged), 2 on a
-flag it refuses (a relative --chain-dir, say).";
+/// Flags for the bench and for packaging, kept out of --help, the man page and completions
+/// (clap_complete would offer hidden flags too): added only when parsing.
+fn hidden_flags() -> [Arg; 2] {
+    [
+        // Runs without the transparency log: only for opdbus-bench's comparison of the write
+        // path with and without it.
+        Arg::new(BENCH_WITHOUT_TRANSPARENCY)
+            .long(BENCH_WITHOUT_TRANSPARENCY)
+            .action(ArgAction::SetTrue)
+            .hide(true),
+        // Writes the man page (DIR/man8) and completions (DIR/completions/{bash,zsh,fish}),
+        // for packaging, and exits.
+        Arg::new(GENERATE_DOCS)
+            .long(GENERATE_DOCS)
+            .value_name("DIR")
+            .value_parser(clap::value_parser!(PathBuf))
+            .hide(true),
+    ]
+}
+
+const BENCH_WITHOUT_TRANSPARENCY: &str = "bench-without-transparency";
+const GENERATE_DOCS: &str = "generate-docs";
+
+/// The exit codes, for --help and the man page.
+const EXIT_STATUS: [(&str, &str); 3] = [
+    ("0", "After a clean stop (SIGTERM, SIGINT)."),
+    (
+        "1",
+        "It cannot start: a bad config file or environment value, no bus, a chain it cannot \
+         open or recover (the reason is logged).",
+    ),
+    (
+        "2",
+        "A flag it refuses (an unknown one, or a relative --chain-dir, say).",
+    ),
+];
+
+fn after_help() -> String {
+    EXIT_STATUS
+        .iter()
+        .fold(String::from("Exit status:"), |text, (code, meaning)| {
+            text + &format!("\n  {code}  {meaning}")
+        })
+}
+
+/// What the man page says beyond --help: each config key in ENVIRONMENT.
+fn man_page() -> docs::Pages<'static> {
+    docs::Pages {
+        section: "8",
+        exit_status: &EXIT_STATUS,
+        environment: KEYS
+            .iter()
+            .map(|key| {
+                let reload = if key.reload {
+                    " Applied on SIGHUP."
+                } else {
+                    ""
+                };
+                let flag = key
+                    .flag
+                    .map_or(String::new(), |(flag, _)| format!(" Flag: --{flag}."));
+                (
+                    key.name.to_owned(),
+                    format!(
+                        "{} ({}). Default: {}.{flag}{reload}",
+                        key.help,
+                        key.accepts,
+                        match key.default_value() {
+                            empty if empty.is_empty() => "empty".to_owned(),
+                            value => value,
+                        }
+                    ),
+                )
+            })
+            .collect(),
+        files: &[
+            (
+                "/etc/default/opdbus-blockchain",
+                "The config file the unit passes with --config: KEY=VALUE lines, the keys of \
+                 ENVIRONMENT.",
+            ),
+            (
+                "/var/lib/op-dbus/blockchain",
+                "The chain (OPDBUS_BLOCKCHAIN_DIR); its chain id in \
+                 /var/lib/op-dbus/blockchain.chain-id.",
+            ),
+            (
+                "/var/lib/op-dbus/@cache",
+                "The block cache (OPDBUS_CACHE_DIR).",
+            ),
+            (
+                "/var/lib/op-dbus/keys/signing.key",
+                "The checkpoint signing key (OPDBUS_SIGNING_KEY), made at the first start.",
+            ),
+            (
+                "/usr/share/dbus-1/interfaces/org.opdbus.Blockchain.xml",
+                "The D-Bus interface it serves.",
+            ),
+        ],
+        see_also: &[
+            "opdbus-chain(1)",
+            "systemctl(1)",
+            "journalctl(1)",
+            "busctl(1)",
+        ],
+    }
+}
 
 /// The flags of the config table's keys that have one. A flag's value goes through the key's
 /// own parser, as the environment's and the file's do (clap exits 2 naming the flag).
@@ -57,15 +161,30 @@ fn key_flags() -> impl Iterator<Item = Arg> {
 /// Threads of the runtime's blocking pool (docs/reliability.md, "Bounded cost of reads").
 const MAX_BLOCKING_THREADS: usize = 16;
 
+/// The documented command line: the derived flags, then one per config key that has one.
+fn command() -> clap::Command {
+    Args::command().args(key_flags()).after_long_help(format!(
+        "{}\n{}",
+        config::environment_help(),
+        after_help()
+    ))
+}
+
 fn main() -> ExitCode {
-    let matches = Args::command()
-        .args(key_flags())
-        .after_long_help(format!("{}\n{AFTER_HELP}", config::environment_help()))
-        .get_matches();
+    let matches = command().args(hidden_flags()).get_matches();
     let args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,
         Err(err) => err.exit(),
     };
+    if let Some(dir) = matches.get_one::<PathBuf>(GENERATE_DOCS) {
+        return match docs::generate(command(), &man_page(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("opdbus-blockchaind: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut config = match Config::load(args.config.as_deref(), |key| std::env::var(key).ok()) {
         Ok(config) => config,
         Err(err) => {
@@ -81,7 +200,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    config.transparency = !args.bench_without_transparency;
+    config.transparency = !matches.get_flag(BENCH_WITHOUT_TRANSPARENCY);
     // Logged with the config file's warnings once logging is up.
     config.warnings.extend(config::unknown_env_keys(
         std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()),

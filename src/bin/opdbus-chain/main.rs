@@ -1,6 +1,7 @@
 //! opdbus-chain: the operator's tool for the op-dbus audit chain.
 
 mod backup;
+mod docs;
 mod log_check;
 mod offline;
 mod online;
@@ -9,7 +10,7 @@ mod prune;
 mod repair;
 mod transparency;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use opdbus_blockchain::config::BusChoice;
 use opdbus_blockchain::snapshot::backup::BackupTarget;
 use std::path::PathBuf;
@@ -23,15 +24,44 @@ use std::process::ExitCode;
 /// and `tlog rebuild` write, with the daemon stopped. Online commands (numa, similar, stats,
 /// snapshot) talk to a running opdbus-blockchaind over D-Bus and take --bus. backup, restore
 /// and prune manage snapshots and backups.
-///
-/// Exit status: 0 success; 1 the chain is not intact, a check failed (one line on stderr says
-/// what differs) or the block was not found; 2 the command could not run (bad arguments,
-/// unreadable directory or file).
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(
+    name = "opdbus-chain",
+    version,
+    propagate_version = true,
+    after_long_help = exit_status_help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The exit codes of every command, for --help and the man pages.
+const EXIT_STATUS: [(&str, &str); 3] = [
+    (
+        "0",
+        "Success: the chain or backup is intact, the check passed, the command did what it says.",
+    ),
+    (
+        "1",
+        "A check failed: the chain or a backup is not intact, a checkpoint or proof does not \
+         check, the block was not found, nothing matched. One line on stderr says what (with \
+         --json, the object on stdout also says \"ok\": false).",
+    ),
+    (
+        "2",
+        "The command could not run: bad arguments, an unreadable directory or file, the daemon \
+         not on the bus or refusing the call, a failed snapshot, backup or restore. One line on \
+         stderr says why.",
+    ),
+];
+
+fn exit_status_help() -> String {
+    EXIT_STATUS
+        .iter()
+        .fold(String::from("Exit status:"), |text, (code, meaning)| {
+            text + &format!("\n  {code}  {meaning}")
+        })
 }
 
 #[derive(Subcommand)]
@@ -330,6 +360,25 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the completion script for SHELL to stdout.
+    ///
+    /// The packages install them already (bash-completion, zsh's site-functions, fish's
+    /// vendor_completions.d); by hand, for example:
+    /// `opdbus-chain completions bash > ~/.local/share/bash-completion/completions/opdbus-chain`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `opdbus-chain generate-docs DIR`: writes the man pages (DIR/man1) and completions
+/// (DIR/completions/{bash,zsh,fish}), for packaging. Parsed apart from [`Cli`] so that neither
+/// the pages nor the completions offer it (clap_complete lists hidden subcommands too).
+#[derive(Parser)]
+#[command(name = "opdbus-chain generate-docs")]
+struct GenerateDocs {
+    /// The directory to write them under (created when missing).
+    dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -455,8 +504,33 @@ struct ChainDir {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "generate-docs")
+    {
+        let GenerateDocs { dir } = GenerateDocs::parse_from(
+            std::iter::once("opdbus-chain generate-docs".into()).chain(std::env::args_os().skip(2)),
+        );
+        docs::generate(Cli::command(), &man_pages(), &dir).map(|()| ExitCode::SUCCESS)
+    } else {
+        run(Cli::parse())
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("opdbus-chain: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Completions { shell } => {
+            docs::completion(&mut Cli::command(), shell, &mut std::io::stdout())
+                .map_err(|err| format!("writing the completions: {err}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             dir,
             repair: true,
@@ -589,13 +663,35 @@ fn main() -> ExitCode {
             },
             dry_run,
         ),
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("opdbus-chain: {err}");
-            ExitCode::from(2)
-        }
+    }
+}
+
+/// What opdbus-chain's man pages say beyond its --help.
+fn man_pages() -> docs::Pages<'static> {
+    docs::Pages {
+        section: "1",
+        exit_status: &EXIT_STATUS,
+        environment: Vec::new(),
+        files: &[
+            (
+                "/var/lib/op-dbus/blockchain",
+                "The chain directory (--chain-dir): segments, index, block vectors, and the \
+                 transparency log's tiles and checkpoints in tlog/.",
+            ),
+            (
+                "/var/lib/op-dbus/@cache",
+                "The daemon's block cache (--cache-dir).",
+            ),
+            (
+                "/var/lib/op-dbus/.snapshots",
+                "Unified snapshots of chain and cache, one directory per snapshot name.",
+            ),
+            (
+                "/var/lib/op-dbus/keys/signing.key",
+                "The checkpoint signing key (--key), root only.",
+            ),
+        ],
+        see_also: &["opdbus-blockchaind(8)", "journalctl(1)", "busctl(1)"],
     }
 }
 
