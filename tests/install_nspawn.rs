@@ -189,6 +189,22 @@ fn real_systemd_install_sh_upgrade_restarts_the_daemon_and_continues_the_chain()
     assert!(!out.contains("installed /usr/bin"), "{out}");
     assert!(out.contains("not restarted"), "{out}");
     assert_eq!(ct.unit_property("MainPID"), running);
+
+    // A daemon left on a deleted binary (today's main's installer replaced an identical file
+    // under it) is restarted although no file changes.
+    ct.ok(&[
+        "sh",
+        "-c",
+        "cp /usr/bin/opdbus-blockchaind /root/same && \
+         install -m 0755 /root/same /usr/bin/opdbus-blockchaind",
+    ]);
+    let out = ct.ok(&[INSTALL_SH, "install", "--bin-dir", CT_BIN]);
+    assert!(!out.contains("installed /usr/bin"), "{out}");
+    assert!(
+        out.contains("restarted opdbus-blockchaind.service"),
+        "{out}"
+    );
+    assert_upgraded(&ct, &running, 5);
 }
 
 #[test]
