@@ -291,7 +291,7 @@ do_install() {
   done < <(files)
 
   create_group
-  local installed=0 unchanged=0 daemon_changed=0
+  local unchanged=0 daemon_changed=0
   while read -r source destination mode; do
     if [ -z "$DESTDIR" ] && cmp -s "$source" "$destination" &&
       [ "$(stat -c %a "$destination")" = "${mode#0}" ]; then
@@ -301,7 +301,6 @@ do_install() {
     fi
     install -D -m "$mode" "$source" "$DESTDIR$destination"
     say "installed $destination"
-    installed=$((installed + 1))
     case "$destination" in
       "$BIN_DIR/opdbus-blockchaind" | "$UNIT_DIR/$UNIT") daemon_changed=1 ;;
     esac
