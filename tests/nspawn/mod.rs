@@ -40,24 +40,22 @@ impl Container {
     /// As [`Container::boot_with_service`], with `state_dir` (a host directory) mounted as the
     /// service's state directory, /var/lib/op-dbus.
     pub fn boot_with_service_and(tag: &str, state_dir: Option<&Path>) -> Option<Container> {
-        if let Some(reason) = missing_prerequisite() {
-            assert!(
-                std::env::var_os("OPDBUS_REQUIRE_NSPAWN").is_none(),
-                "OPDBUS_REQUIRE_NSPAWN is set and {reason}"
-            );
-            // Straight to stderr: the test harness captures eprintln! of passing tests.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {tag}: {reason}; the systemd_nspawn tests need root, systemd-nspawn \
-                 and debootstrap"
-            );
+        if skipped(tag) {
             return None;
         }
         let container = Container::boot(tag, &cached_rootfs(), state_dir);
         let install = format!("{CT_SRC}/scripts/install.sh");
         container.ok(&[&install, "install", "--bin-dir", CT_BIN]);
         Some(container)
+    }
+
+    /// Boots a container with nothing of ours installed (the tests of install.sh and the .deb);
+    /// `None` when the test is skipped.
+    pub fn boot_without_service(tag: &str) -> Option<Container> {
+        if skipped(tag) {
+            return None;
+        }
+        Some(Container::boot(tag, &cached_rootfs(), None))
     }
 
     pub fn boot(tag: &str, rootfs: &Path, state_dir: Option<&Path>) -> Container {
@@ -372,6 +370,26 @@ impl Drop for Writers {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/// Whether the test `tag` cannot run here (it says so on stderr); a failure instead when
+/// OPDBUS_REQUIRE_NSPAWN is set.
+pub fn skipped(tag: &str) -> bool {
+    let Some(reason) = missing_prerequisite() else {
+        return false;
+    };
+    assert!(
+        std::env::var_os("OPDBUS_REQUIRE_NSPAWN").is_none(),
+        "OPDBUS_REQUIRE_NSPAWN is set and {reason}"
+    );
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {tag}: {reason}; the systemd_nspawn tests need root, systemd-nspawn and \
+         debootstrap"
+    );
+    true
+}
 
 pub fn missing_prerequisite() -> Option<String> {
     if !is_root() {
