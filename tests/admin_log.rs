@@ -559,19 +559,7 @@ fn blocks_the_daemon_wrote_are_found_with_their_callers_and_counted() {
     );
 }
 
-type QueryBlock = (
-    u64,
-    u64,
-    String,
-    String,
-    String,
-    String,
-    u32,
-    u32,
-    String,
-    String,
-    String,
-);
+use opdbus_blockchain::dbus::QueryBlock;
 type QueryReply = (Vec<QueryBlock>, u64, bool);
 
 async fn query(

@@ -49,6 +49,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// From its fixed-width form (records, Query replies): `UNKNOWN_UID` and pid 0 mean not
+    /// known.
+    pub fn from_wire(uid: u32, pid: u32, bus_name: String, unit: String) -> Self {
+        Caller {
+            uid: (uid != UNKNOWN_UID).then_some(uid),
+            pid: (pid != 0).then_some(pid),
+            bus_name,
+            unit,
+        }
+    }
+
     /// The calling process itself (library users, the footprint receiver).
     pub fn this_process() -> Self {
         Caller {
@@ -197,12 +208,7 @@ impl Block {
             height,
             timestamp_ns,
             prev_hash,
-            caller: Caller {
-                uid: (uid != UNKNOWN_UID).then_some(uid),
-                pid: (pid != 0).then_some(pid),
-                bus_name,
-                unit,
-            },
+            caller: Caller::from_wire(uid, pid, bus_name, unit),
             plugin,
             operation,
             data,

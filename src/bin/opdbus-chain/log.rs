@@ -8,7 +8,7 @@
 use crate::offline::indent_json;
 use crate::Outcome;
 use clap::{Args, ValueEnum};
-use opdbus_blockchain::chain::block::{parse_hash, Block, Caller, UNKNOWN_UID};
+use opdbus_blockchain::chain::block::{parse_hash, Block, Caller};
 use opdbus_blockchain::chain::error::ChainError;
 use opdbus_blockchain::config::BusChoice;
 use opdbus_blockchain::dbus::{QueryBlock, BUS_NAME, OBJECT_PATH};
@@ -249,14 +249,7 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
         None if range.bounded() => Lines::All,
         None => Lines::Count(DEFAULT_LINES),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start: {e}"))?;
-    runtime.block_on(async {
-        let connection = async { opdbus_blockchain::daemon::bus_builder(bus)?.build().await }
-            .await
-            .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
+    crate::online::with_connection(bus, |connection| async move {
         // Subscribed before the first Query, so that no block added meanwhile is missed.
         let mut added = if args.follow {
             let rule = zbus::MatchRule::builder()
@@ -464,12 +457,7 @@ fn from_query(b: QueryBlock) -> Block {
         height,
         timestamp_ns,
         prev_hash: parse_hash(&prev_hash).unwrap_or_default(),
-        caller: Caller {
-            uid: (uid != UNKNOWN_UID).then_some(uid),
-            pid: (pid != 0).then_some(pid),
-            bus_name,
-            unit,
-        },
+        caller: Caller::from_wire(uid, pid, bus_name, unit),
         plugin,
         operation,
         data,

@@ -7,11 +7,14 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use zbus::zvariant::{OwnedValue, Value};
 
-/// Calls `method` with `body` on the daemon and returns its reply, or a one-line reason.
-fn call<B, R>(bus: &BusChoice, method: &str, body: &B) -> Result<R, String>
+/// Runs `work` with a connection to `bus`, on a runtime of its own; a failure to start or to
+/// connect is a one-line reason.
+pub fn with_connection<T, F>(
+    bus: &BusChoice,
+    work: impl FnOnce(zbus::Connection) -> F,
+) -> Result<T, String>
 where
-    B: serde::Serialize + zbus::zvariant::DynamicType,
-    R: for<'d> serde::Deserialize<'d> + zbus::zvariant::Type,
+    F: std::future::Future<Output = Result<T, String>>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -21,6 +24,17 @@ where
         let connection = async { opdbus_blockchain::daemon::bus_builder(bus)?.build().await }
             .await
             .map_err(|e| format!("cannot connect to the {bus} bus: {e}"))?;
+        work(connection).await
+    })
+}
+
+/// Calls `method` with `body` on the daemon and returns its reply, or a one-line reason.
+fn call<B, R>(bus: &BusChoice, method: &str, body: &B) -> Result<R, String>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+    R: for<'d> serde::Deserialize<'d> + zbus::zvariant::Type,
+{
+    with_connection(bus, |connection| async move {
         let reply = connection
             .call_method(Some(BUS_NAME), OBJECT_PATH, Some(BUS_NAME), method, body)
             .await
