@@ -239,9 +239,13 @@ impl StreamingBlockchain {
             )));
         }
         for (index, footprint) in footprints.iter().enumerate() {
-            footprint.validate(self.inner.max_data_bytes).map_err(|err| {
-                ServiceError::InvalidBatch(format!("footprint {index} of {count} (counting from 0): {err}"))
-            })?;
+            footprint
+                .validate(self.inner.max_data_bytes)
+                .map_err(|err| {
+                    ServiceError::InvalidBatch(format!(
+                        "footprint {index} of {count} (counting from 0): {err}"
+                    ))
+                })?;
         }
         Ok(())
     }
@@ -263,7 +267,13 @@ impl StreamingBlockchain {
     }
 
     /// Queues checked footprints as one write in `room`; `ack` is answered on the writer thread.
-    pub(crate) fn submit(&self, footprints: Vec<PluginFootprint>, caller: Caller, ack: Ack, room: Room) {
+    pub(crate) fn submit(
+        &self,
+        footprints: Vec<PluginFootprint>,
+        caller: Caller,
+        ack: Ack,
+        room: Room,
+    ) {
         self.inner.commit.submit(footprints, caller, ack, room);
     }
 
@@ -299,7 +309,12 @@ impl StreamingBlockchain {
     async fn receive<T>(
         &self,
         mut rx: UnboundedReceiver<T>,
-        check: impl Fn(T) -> (Vec<PluginFootprint>, std::result::Result<(), (ServiceError, usize)>),
+        check: impl Fn(
+            T,
+        ) -> (
+            Vec<PluginFootprint>,
+            std::result::Result<(), (ServiceError, usize)>,
+        ),
     ) {
         let caller = Caller::this_process();
         while let Some(item) = rx.recv().await {

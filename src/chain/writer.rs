@@ -365,7 +365,6 @@ impl GroupCommit {
         &self.counters
     }
 
-
     /// `Ok` while the writer thread runs and the store takes writes; otherwise why not. Cheap
     /// (no round trip to the thread): the daemon asks it for every watchdog ping.
     pub fn health(&self) -> std::result::Result<(), WriterDown> {

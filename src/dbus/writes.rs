@@ -92,17 +92,18 @@ async fn accept_write(
     let header = call.header();
     let refuse = |error: Error| reply_error(&connection, &header, error);
     let footprints = match method {
-        WriteMethod::One => call
-            .body()
-            .deserialize::<(String, String, String)>()
-            .map(|(plugin, operation, data)| vec![PluginFootprint::received(plugin, operation, data)]),
+        WriteMethod::One => call.body().deserialize::<(String, String, String)>().map(
+            |(plugin, operation, data)| vec![PluginFootprint::received(plugin, operation, data)],
+        ),
         WriteMethod::Many => call
             .body()
             .deserialize::<(Vec<(String, String, String)>,)>()
             .map(|(footprints,)| {
                 footprints
                     .into_iter()
-                    .map(|(plugin, operation, data)| PluginFootprint::received(plugin, operation, data))
+                    .map(|(plugin, operation, data)| {
+                        PluginFootprint::received(plugin, operation, data)
+                    })
                     .collect()
             }),
     };
@@ -113,9 +114,9 @@ async fn accept_write(
                 WriteMethod::One => "(sss): plugin, operation, data_json",
                 WriteMethod::Many => "a(sss): an array of (plugin, operation, data_json)",
             };
-            return refuse(Error::ZBus(zbus::Error::FDO(Box::new(fdo::Error::InvalidArgs(
-                format!("the arguments must be {expected}: {err}"),
-            )))))
+            return refuse(Error::ZBus(zbus::Error::FDO(Box::new(
+                fdo::Error::InvalidArgs(format!("the arguments must be {expected}: {err}")),
+            ))))
             .await;
         }
     };
@@ -126,7 +127,11 @@ async fn accept_write(
         Err(err) => return refuse(err).await,
     };
     if let Err(refused) = object.require_writer(&caller, "add footprints") {
-        log_refusal(&caller, &footprints, "footprint refused: the caller may not write");
+        log_refusal(
+            &caller,
+            &footprints,
+            "footprint refused: the caller may not write",
+        );
         return refuse(refused).await;
     }
     let bytes: usize = footprints.iter().map(|f| f.data_json().len()).sum();
@@ -286,9 +291,9 @@ async fn dispatch_in_task(object: Arc<BlockchainObject>, connection: Connection,
     let server = connection.object_server();
     let done = match Interface::call(&*object, server, &connection, &call, member.as_ref()) {
         DispatchResult2::Async(future) => future.await,
-        DispatchResult2::NotFound | DispatchResult2::RequiresMut => Err(
-            fdo::Error::UnknownMethod(format!("Unknown method '{member}'")),
-        ),
+        DispatchResult2::NotFound | DispatchResult2::RequiresMut => Err(fdo::Error::UnknownMethod(
+            format!("Unknown method '{member}'"),
+        )),
     };
     if let Err(err) = done {
         if let Err(err) = connection.reply_dbus_error(&header, err).await {
@@ -297,8 +302,16 @@ async fn dispatch_in_task(object: Arc<BlockchainObject>, connection: Connection,
     }
 }
 
+/// A method for introspection: name, documentation lines, and (name, signature, direction) of
+/// each argument.
+type MethodXml = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str, &'static str)],
+);
+
 /// The write methods in introspection, with their documentation, as zbus writes a method.
-const WRITE_METHODS_XML: &[(&str, &[&str], &[(&str, &str, &str)])] = &[
+const WRITE_METHODS_XML: &[MethodXml] = &[
     (
         "AddFootprint",
         &["Adds a footprint; returns once its block is durable."],
@@ -319,10 +332,7 @@ const WRITE_METHODS_XML: &[(&str, &[&str], &[(&str, &str, &str)])] = &[
             "footprints and 16 MiB of data per call. Returns each block's height and hash, in",
             "order, once durable.",
         ],
-        &[
-            ("footprints", "a(sss)", "in"),
-            ("added", "a(ts)", "out"),
-        ],
+        &[("footprints", "a(sss)", "in"), ("added", "a(ts)", "out")],
     ),
 ];
 
