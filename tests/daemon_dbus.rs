@@ -400,3 +400,125 @@ fn the_shipped_introspection_xml_matches_the_running_daemon() {
         .collect();
     assert!(unnamed.is_empty(), "unnamed args: {unnamed:?}");
 }
+
+/// AddFootprints: one reply with consecutive heights, each block readable by height with the
+/// hash the reply gave, a BlockAdded per block after the reply; one bad footprint refuses the
+/// whole batch and names it; busctl can send a batch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_footprints_is_one_all_or_nothing_write() {
+    let (bus, _daemon, _dir) = start();
+    let writer = bus.connect().await;
+    // Every message this connection receives, replies and signals, in the order of arrival.
+    zbus::fdo::DBusProxy::new(&writer)
+        .await
+        .expect("proxy")
+        .add_match_rule(
+            zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .interface(BUS_NAME)
+                .expect("interface")
+                .member("BlockAdded")
+                .expect("member")
+                .build(),
+        )
+        .await
+        .expect("match");
+    let mut incoming = zbus::MessageStream::from(&writer);
+    let batch: Vec<(String, String, String)> = (0..3)
+        .map(|i| {
+            (
+                "network".to_owned(),
+                "create".to_owned(),
+                format!(r#"{{"interface":"br{i}"}}"#),
+            )
+        })
+        .collect();
+    let reply = writer
+        .call_method(
+            Some(BUS_NAME),
+            OBJECT_PATH,
+            Some(BUS_NAME),
+            "AddFootprints",
+            &(batch,),
+        )
+        .await
+        .expect("AddFootprints");
+    let added: Vec<(u64, String)> = reply.body().deserialize().expect("a(ts)");
+    assert_eq!(
+        added.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for (height, hash) in &added {
+        let (ok, out, err) = bus.call("GetBlockByHeight", "t", &[&height.to_string()]);
+        assert!(ok, "{err}");
+        assert!(out.contains(hash.as_str()), "{out}");
+    }
+    let mut seen_reply = false;
+    let mut signals = Vec::new();
+    while signals.len() < 3 {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), incoming.next())
+            .await
+            .expect("BlockAdded within 10 s")
+            .expect("stream open")
+            .expect("message");
+        let header = message.header();
+        if header.reply_serial() == reply.header().reply_serial() {
+            seen_reply = true;
+        } else if header.member().is_some_and(|m| m.as_str() == "BlockAdded") {
+            assert!(seen_reply, "BlockAdded came before the reply");
+            let (h, s, _, _): (u64, String, String, String) =
+                message.body().deserialize().expect("tsss");
+            signals.push((h, s));
+        }
+    }
+    assert_eq!(signals, added, "one BlockAdded per block, in order");
+
+    // One bad footprint refuses the batch, naming it; nothing is written.
+    let mut bad: Vec<(&str, &str, &str)> = vec![("network", "create", "{}"); 4];
+    bad[2] = ("network", "create", "{not json");
+    let err = writer
+        .call_method(
+            Some(BUS_NAME),
+            OBJECT_PATH,
+            Some(BUS_NAME),
+            "AddFootprints",
+            &(bad,),
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        error_name(&err),
+        "org.opdbus.Blockchain.Error.InvalidArgument"
+    );
+    assert!(
+        err.to_string()
+            .contains("footprint 2 of 4 (counting from 0)"),
+        "{err}"
+    );
+    for (size, expected) in [(0, "no footprint"), (1001, "the limit is 1000")] {
+        let batch: Vec<(&str, &str, &str)> = vec![("network", "create", "{}"); size];
+        let err = writer
+            .call_method(
+                Some(BUS_NAME),
+                OBJECT_PATH,
+                Some(BUS_NAME),
+                "AddFootprints",
+                &(batch,),
+            )
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    let (ok, out, _) = bus.call("GetBlockByHeight", "t", &["4"]);
+    assert!(!ok, "nothing past height 3: {out}");
+
+    // The admin's way: busctl with the count and the fields.
+    let (ok, out, err) = bus.call(
+        "AddFootprints",
+        "a(sss)",
+        &["2", "systemd", "restart", "{}", "systemd", "stop", "{}"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("a(ts) 2 4 \""), "{out}");
+    assert!(out.contains(" 5 \""), "{out}");
+}

@@ -95,14 +95,16 @@ async fn a_huge_invalid_payload_is_answered_by_its_size() {
     assert_eq!(height(&bus), "t 0");
 }
 
-/// Our policy plus one that lets every user call AddFootprint: the daemon's own uid check is
-/// then all that stands in the way.
+/// Our policy plus one that lets every user call AddFootprint and AddFootprints: the daemon's
+/// own uid check is then all that stands in the way.
 fn open_policy(dir: &Path) -> std::path::PathBuf {
     let shipped =
         std::fs::read_to_string(repo_path("dbus/org.opdbus.Blockchain.conf")).expect("policy");
     let open = r#"<policy context="default">
     <allow send_destination="org.opdbus.Blockchain"
-           send_interface="org.opdbus.Blockchain" send_member="AddFootprint"/>"#;
+           send_interface="org.opdbus.Blockchain" send_member="AddFootprint"/>
+    <allow send_destination="org.opdbus.Blockchain"
+           send_interface="org.opdbus.Blockchain" send_member="AddFootprints"/>"#;
     assert!(shipped.contains(r#"<policy context="default">"#));
     let path = dir.join("open-policy.conf");
     std::fs::write(
@@ -145,6 +147,36 @@ fn root_an_unprivileged_caller_on_an_open_bus_is_denied_before_its_arguments_are
             "the daemon denies, whatever the arguments: {text}"
         );
     }
+    // A batch too (busctl: dbus-send cannot send structs).
+    let out = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "busctl",
+            &format!("--address={}", bus.address),
+            "call",
+            BUS_NAME,
+            OBJECT_PATH,
+            BUS_NAME,
+            "AddFootprints",
+            "a(sss)",
+            "2",
+            "network",
+            "create",
+            "{}",
+            "network",
+            "create",
+            "{not json",
+        ])
+        .output()
+        .expect("setpriv busctl");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "uid {NOBODY} must not write a batch");
+    assert!(
+        text.contains("uid 65534"),
+        "the daemon denies the batch: {text}"
+    );
     assert_eq!(height(&bus), "t 0", "nothing was added");
 }
 

@@ -479,3 +479,69 @@ fn root_full_disk_is_a_clean_refusal_and_writing_resumes() {
         report.summary()
     );
 }
+
+/// A batch through the library: consecutive heights on success; a batch with one bad footprint
+/// is refused whole, naming it, and leaves the chain as it was; empty and oversized batches are
+/// refused; the batch receiver skips a bad batch whole and commits the good ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_batches_are_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = StreamingBlockchain::open(ChainOptions::new(dir.path().join("chain")))
+        .await
+        .expect("open");
+    let batch = |n: usize, tag: &str| -> Vec<PluginFootprint> {
+        footprints(n, tag).into_iter().map(|(f, _)| f).collect()
+    };
+    let blocks = chain
+        .append_batch(batch(5, "one"), Caller::this_process())
+        .await
+        .expect("a good batch");
+    let heights: Vec<u64> = blocks.iter().map(|b| b.height).collect();
+    assert_eq!(heights, vec![1, 2, 3, 4, 5]);
+    for pair in blocks.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash, "chained in order");
+    }
+    assert_eq!(chain.head().0, 5);
+
+    let mut bad = batch(4, "two");
+    bad[2] = PluginFootprint::new("net\u{7}work", "create", serde_json::json!({}));
+    let err = chain
+        .append_batch(bad, Caller::this_process())
+        .await
+        .expect_err("one bad footprint refuses the batch");
+    assert!(matches!(err, ServiceError::InvalidBatch(_)), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("footprint 2 of 4 (counting from 0):"),
+        "{err}"
+    );
+    assert_eq!(
+        chain.head().0,
+        5,
+        "nothing of the refused batch was written"
+    );
+
+    let err = chain
+        .append_batch(Vec::new(), Caller::this_process())
+        .await
+        .expect_err("empty");
+    assert!(err.to_string().contains("no footprint"), "{err}");
+    let err = chain
+        .append_batch(batch(1001, "big"), Caller::this_process())
+        .await
+        .expect_err("too many");
+    assert!(err.to_string().contains("the limit is 1000"), "{err}");
+    assert_eq!(chain.head().0, 5);
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(batch(3, "three")).expect("send");
+    let mut bad = batch(3, "four");
+    bad[1] = PluginFootprint::new("network", "", serde_json::json!({}));
+    tx.send(bad).expect("send");
+    tx.send(batch(2, "five")).expect("send");
+    drop(tx);
+    chain.start_batch_receiver(rx).await;
+    assert_eq!(chain.head().0, 10, "the good batches, not the bad one");
+    let report = verify_dir(&dir.path().join("chain"), None, &mut |_| {}).expect("verify");
+    assert!(report.ok(), "{}", report.summary());
+}
