@@ -278,8 +278,13 @@ fn segments_pass_their_size_by_at_most_one_record() {
     writer.append(&footprints(30, 300)).expect("append");
     let listed = segment::list(&chain).expect("list");
     assert!(listed.len() > 8, "{} segments", listed.len());
-    for (first, path) in &listed {
-        let len = std::fs::metadata(path).expect("stat").len();
+    for (i, (first, path)) in listed.iter().enumerate() {
+        let size = std::fs::metadata(path).expect("stat").len();
+        // The data ends before the free space the writer extended the newest segment by.
+        let len = segment::trailing_zeros_start(&std::fs::read(path).expect("read")) as u64;
+        if i + 1 < listed.len() {
+            assert_eq!(size, len, "sealed {} is cut to its data", path.display());
+        }
         let records = listed
             .iter()
             .find(|(f, _)| f > first)
@@ -335,9 +340,9 @@ fn a_batch_that_cannot_start_its_next_segment_leaves_nothing_behind() {
         store::open_with_io(&chain, small_segments(), io.clone()).expect("open");
     writer.append(&footprints(3, 100)).expect("append");
     let before: Vec<_> = segment::list(&chain).expect("list");
-    let newest_len = std::fs::metadata(&before.last().expect("segment").1)
-        .expect("stat")
-        .len();
+    let data_len =
+        |path: &Path| segment::trailing_zeros_start(&std::fs::read(path).expect("read")) as u64;
+    let newest_len = data_len(&before.last().expect("segment").1);
     let head = reader.head();
     io.fail_create.store(true, Ordering::SeqCst);
     // Part of this batch fits the active segment and is synced there before the failure.
@@ -346,12 +351,16 @@ fn a_batch_that_cannot_start_its_next_segment_leaves_nothing_behind() {
     assert!(writer.latched().is_none());
     assert_eq!(reader.head(), head, "nothing of the batch is visible");
     assert_eq!(segment::list(&chain).expect("list"), before);
+    let newest = &before.last().expect("segment").1;
     assert_eq!(
-        std::fs::metadata(&before.last().expect("segment").1)
-            .expect("stat")
-            .len(),
+        data_len(newest),
         newest_len,
         "the synced part was taken back"
+    );
+    assert_eq!(
+        std::fs::metadata(newest).expect("stat").len(),
+        newest_len,
+        "cut to the data, free space included"
     );
     io.fail_create.store(false, Ordering::SeqCst);
     let blocks = writer.append(&footprints(40, 100)).expect("append");
@@ -379,6 +388,7 @@ fn verdict(parsed: &Parsed) -> String {
     match parsed {
         Parsed::Record { block, len } => format!("record {} {len}", block.height),
         Parsed::Torn => "torn".into(),
+        Parsed::Free => "free".into(),
         Parsed::Damaged(reason) => format!("damaged: {reason}"),
     }
 }
@@ -446,7 +456,8 @@ fn scanning_a_huge_segment_holds_one_record_and_a_buffer() {
     );
     let mut record = Vec::new();
     segment::encode_record(&block, &mut record);
-    // A torn tail of 200 MB of zeros, then the same with one non-zero byte at its end.
+    // 200 MB of zeros after a record (free space), then the same with one non-zero byte at its
+    // end (data after zeros: damage).
     for last in [0u8, 1] {
         let tail = std::io::repeat(0).take(200 << 20);
         let input = record
@@ -474,8 +485,8 @@ fn scanning_a_huge_segment_holds_one_record_and_a_buffer() {
             records.held_bytes()
         );
         match (last, end) {
-            (0, Ok(scan::ScanEnd::Torn { at, end })) => {
-                assert_eq!(end - at, (200 << 20) + 1);
+            (0, Ok(scan::ScanEnd::Clean { end })) => {
+                assert_eq!(end, (HEADER_LEN + record.len()) as u64);
             }
             (1, Err(ChainError::Corrupted { height: 2, .. })) => {}
             (_, other) => panic!("last byte {last}: {other:?}"),

@@ -428,7 +428,9 @@ impl OfflineReader {
             ))),
             Parsed::Record { block, .. } => Ok(block),
             Parsed::Damaged(damage) => Err(corrupted(format!("{damage} ({})", place()))),
-            Parsed::Torn => Err(corrupted(format!("its record is incomplete ({})", place()))),
+            Parsed::Torn | Parsed::Free => {
+                Err(corrupted(format!("its record is incomplete ({})", place())))
+            }
         }
     }
 }
