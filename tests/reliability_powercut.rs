@@ -426,11 +426,14 @@ fn a_full_disk_at_reservation_refuses_cleanly_and_writing_resumes() {
         head,
         "nothing of the refused batch is visible"
     );
-    assert_eq!(
-        std::fs::read(&segment).expect("read"),
-        before,
-        "nothing was written"
-    );
+    // The records are as they were; the free space after them may be cut (the rollback cuts
+    // the segment to its data), never written.
+    let records = |bytes: &[u8]| {
+        bytes[..opdbus_blockchain::chain::segment::trailing_zeros_start(bytes)].to_vec()
+    };
+    let after = std::fs::read(&segment).expect("read");
+    assert!(records(&after) == records(&before), "nothing was written");
+    assert!(after.len() <= before.len());
     // Space is back.
     let blocks = writer.append(&big).expect("space is back");
     assert_eq!(blocks[0].height, head.0 + 1);
