@@ -530,3 +530,79 @@ fn a_committed_block_carries_the_encoding_its_hash_and_record_were_made_from() {
     assert!(!recovery.index_rebuilt);
     assert_eq!(reader.hash_at(blocks[1].height), Some(blocks[1].hash));
 }
+
+/// Each segment's size and where its data ends (after the last non-zero byte).
+fn sizes_and_data_ends(chain: &Path) -> Vec<(u64, u64)> {
+    segment::list(chain)
+        .expect("list")
+        .iter()
+        .map(|(_, path)| {
+            let bytes = std::fs::read(path).expect("read");
+            (
+                bytes.len() as u64,
+                segment::trailing_zeros_start(&bytes) as u64,
+            )
+        })
+        .collect()
+}
+
+/// A chain as the writer left it before segments were extended ahead (every file exactly its
+/// records: reservation kept the size) opens without a cut or an index rebuild and goes on
+/// with free space; and what the new writer leaves is still what older readers accept: sealed
+/// segments exactly their records, the newest its records and then only zeros (which an older
+/// start-up cuts as a torn tail, and this one opens again unchanged).
+#[test]
+fn a_chain_without_free_space_upgrades_and_the_new_layout_stays_readable_by_older_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = dir.path().join("chain");
+    let (mut writer, reader, _) = store::open(&chain, small_segments()).expect("open");
+    for _ in 0..5 {
+        writer.append(&footprints(10, 100)).expect("append");
+    }
+    let head = reader.head();
+    drop((writer, reader));
+    // Today's layout before this change: no free space anywhere.
+    for (_, path) in segment::list(&chain).expect("list") {
+        let bytes = std::fs::read(&path).expect("read");
+        let end = segment::trailing_zeros_start(&bytes);
+        std::fs::write(&path, &bytes[..end]).expect("cut to the records");
+    }
+    assert!(sizes_and_data_ends(&chain)
+        .iter()
+        .all(|(size, end)| size == end));
+
+    let (mut writer, reader, recovery) = store::open(&chain, small_segments()).expect("upgrade");
+    assert_eq!(recovery.torn_bytes_cut, 0);
+    assert!(!recovery.index_rebuilt, "the index still matches");
+    assert_eq!(reader.head(), head);
+    for _ in 0..5 {
+        writer.append(&footprints(10, 100)).expect("append");
+    }
+    let head = reader.head();
+    drop((writer, reader));
+    let layout = sizes_and_data_ends(&chain);
+    let (newest, sealed) = layout.split_last().expect("segments");
+    assert!(
+        sealed.iter().all(|(size, end)| size == end),
+        "sealed segments are exactly their records: {layout:?}"
+    );
+    assert!(
+        newest.0 > newest.1,
+        "the newest runs into free space: {layout:?}"
+    );
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(
+        report.ok() && report.torn_tail_bytes == 0,
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.head, Some(head));
+
+    // Back: an older start-up cuts the zeros as a torn tail; this one opens that as it is.
+    let newest_path = segment::list(&chain).expect("list").pop().expect("seg").1;
+    let bytes = std::fs::read(&newest_path).expect("read");
+    std::fs::write(&newest_path, &bytes[..newest.1 as usize]).expect("older cut");
+    let (_, reader, recovery) = store::open(&chain, small_segments()).expect("reopen");
+    assert_eq!(recovery.torn_bytes_cut, 0);
+    assert_eq!(reader.head(), head);
+}
