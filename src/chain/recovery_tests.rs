@@ -606,3 +606,80 @@ fn a_chain_without_free_space_upgrades_and_the_new_layout_stays_readable_by_olde
     assert_eq!(recovery.torn_bytes_cut, 0);
     assert_eq!(reader.head(), head);
 }
+
+/// `verify` of a directory a daemon is writing may meet a record half copied into free space
+/// (zeros anywhere in it). It reads the newest segment again before calling that damage, and
+/// hands every block to its caller once, in order; damage that stays is still reported.
+#[test]
+fn verify_reads_a_half_copied_newest_record_again_and_still_names_lasting_damage() {
+    for single_segment in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        let options = if single_segment {
+            StoreOptions::default()
+        } else {
+            small_segments()
+        };
+        let (mut writer, reader, _) = store::open(&chain, options).expect("open");
+        for _ in 0..4 {
+            writer.append(&footprints(10, 100)).expect("append");
+        }
+        let path = segment::list(&chain).expect("list").pop().expect("seg").1;
+        let before = std::fs::read(&path).expect("read");
+        let data_end = segment::trailing_zeros_start(&before);
+        writer.append(&footprints(1, 100)).expect("append");
+        let head = reader.head();
+        drop((writer, reader));
+        let after = std::fs::read(&path).expect("read");
+        let record = after[data_end..segment::trailing_zeros_start(&after)].to_vec();
+        assert_eq!(
+            segment::list(&chain).expect("list").len() == 1,
+            single_segment
+        );
+        let write_at = |bytes: &[u8]| {
+            use std::os::unix::fs::FileExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.write_all_at(bytes, data_end as u64))
+                .expect("write");
+        };
+        // Half copied: a hole in the body, the trailer begun.
+        let mut half = record[..record.len() - 20].to_vec();
+        half[30..60].fill(0);
+        write_at(&vec![0; record.len()]);
+        write_at(&half);
+        let finish = {
+            let (path, record) = (path.clone(), record.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                std::thread::sleep(crate::chain::verify::REREAD_AFTER / 10);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.write_all_at(&record, data_end as u64))
+                    .expect("whole");
+            })
+        };
+        let mut heights = Vec::new();
+        let report = crate::chain::verify::verify_dir_each(&chain, None, &mut |_| {}, &mut |b| {
+            heights.push(b.height)
+        })
+        .expect("verify");
+        finish.join().expect("writer");
+        assert!(report.ok(), "{}", report.summary());
+        assert_eq!(report.head, Some(head));
+        assert_eq!(report.blocks_checked, head.0 + 1);
+        assert_eq!(heights, (0..=head.0).collect::<Vec<_>>(), "each block once");
+        // The same bytes staying as they are: damage at the head's height.
+        write_at(&half);
+        let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+        assert_eq!(
+            report.first_bad.as_ref().map(|b| b.0),
+            Some(head.0),
+            "{}",
+            report.summary()
+        );
+        assert_eq!(report.blocks_checked, head.0);
+    }
+}
