@@ -12,7 +12,9 @@
 //!   space is freed. A segment the writer moves on from is cut to its data.
 //! - A segment grows past `segment_bytes` only by holding one record larger than that: the
 //!   size is checked per record, and a batch may continue in a new segment (see
-//!   [`ChainWriter::append`] for how such a batch stays all-or-nothing).
+//!   [`ChainWriter::append`] for how such a batch stays all-or-nothing). The active
+//!   segment's file may run past it into free space, up to the next [`EXTEND_CHUNK`]
+//!   boundary; that is cut when the segment is sealed.
 //! - Opening never removes or cuts a complete, valid record: only a torn tail or an
 //!   interrupted creation of the newest segment (see `scan.rs`); anything else is `Corrupted`.
 //! - A failed write is rolled back to the last durable length and nothing of the batch becomes
