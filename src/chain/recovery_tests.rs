@@ -661,6 +661,8 @@ fn verify_reads_a_half_copied_newest_record_again_and_still_names_lasting_damage
                     .expect("whole");
             })
         };
+        // A writer holds the chain meanwhile (the daemon would).
+        let lock = store::take_lock(&chain).expect("lock");
         let mut heights = Vec::new();
         let report = crate::chain::verify::verify_dir_each(&chain, None, &mut |_| {}, &mut |b| {
             heights.push(b.height)
@@ -671,15 +673,23 @@ fn verify_reads_a_half_copied_newest_record_again_and_still_names_lasting_damage
         assert_eq!(report.head, Some(head));
         assert_eq!(report.blocks_checked, head.0 + 1);
         assert_eq!(heights, (0..=head.0).collect::<Vec<_>>(), "each block once");
-        // The same bytes staying as they are: damage at the head's height.
+        // The same bytes staying as they are: damage at the head's height, read again while
+        // the writer holds the chain, at once without one.
         write_at(&half);
-        let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
-        assert_eq!(
-            report.first_bad.as_ref().map(|b| b.0),
-            Some(head.0),
-            "{}",
-            report.summary()
-        );
-        assert_eq!(report.blocks_checked, head.0);
+        let mut lock = Some(lock);
+        for locked in [true, false] {
+            if !locked {
+                lock.take();
+            }
+            assert_eq!(store::writer_active(&chain), locked);
+            let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+            assert_eq!(
+                report.first_bad.as_ref().map(|b| b.0),
+                Some(head.0),
+                "locked {locked}: {}",
+                report.summary()
+            );
+            assert_eq!(report.blocks_checked, head.0);
+        }
     }
 }

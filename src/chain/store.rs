@@ -252,6 +252,30 @@ pub fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
         .map_err(|_| ChainError::InUse(dir.to_path_buf()))
 }
 
+/// Whether a writer (the daemon, or a tool holding [`take_lock`]) has the chain in `dir` open
+/// now: its exclusive lock on the lock file is listed in `/proc/locks`. Reading that list takes
+/// no lock itself (a probe with `flock` could make a starting daemon see the chain in use) and
+/// creates nothing, so it works on read-only snapshots and backups (which have no writer).
+pub fn writer_active(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    let dev = meta.dev();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    std::fs::read_to_string("/proc/locks").is_ok_and(|locks| {
+        locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.contains(&"FLOCK") && fields.contains(&"WRITE") && fields.contains(&id.as_str())
+        })
+    })
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -2,7 +2,8 @@
 //! timestamp and hard footprint field rule checked, from genesis to the head, by the same scan as
 //! start-up recovery. It only reads (no lock, no index, no tail cut), so it
 //! works on read-only snapshots, received backups and a directory a live daemon is writing
-//! (where a record being copied into free space is read again before it is called damage).
+//! (where, while a writer holds the chain, a record being copied into free space is read again
+//! before it is called damage).
 //! On top of start-up's rules it checks the writer rules of today (`footprint::check_stored`):
 //! blocks that break them were written before those rules (or by someone who rewrote the
 //! chain), so they are counted as a warning, never as corruption.
@@ -122,11 +123,12 @@ pub fn verify_dir_each(
         on_block,
     );
     // A live daemon copies records into free space, so a record of the newest segment may be
-    // met half copied, zeros anywhere in it: read that segment again before calling it damage.
+    // met half copied, zeros anywhere in it: while a writer holds the chain, read that segment
+    // again before calling it damage.
     let Some((bad, _)) = &report.first_bad else {
         return Ok(report);
     };
-    if *bad < segments[newest].0 {
+    if *bad < segments[newest].0 || !super::store::writer_active(dir) {
         return Ok(report);
     }
     // From the start of the newest segment (from genesis when it is the only one).

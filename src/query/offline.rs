@@ -266,8 +266,8 @@ impl OfflineReader {
     ///
     /// The writer fills free space (zeros) that the segment already has, so a reader may see
     /// a record half copied: some of its bytes still zero, anywhere in it. Only a record that
-    /// checks out is ever shown; one in the newest segment that does not is read again after
-    /// [`REREAD_AFTER`] before it is called damage.
+    /// checks out is ever shown; while a writer holds the chain, one in the newest segment that
+    /// does not is read again after [`REREAD_AFTER`] before it is called damage.
     pub fn advance(&mut self) -> Result<u64> {
         let mut added = 0;
         let mut reread = false;
@@ -312,7 +312,9 @@ impl OfflineReader {
                 },
             );
             let end = match scanned {
-                Err(ChainError::Corrupted { .. }) if newest && !reread => {
+                Err(ChainError::Corrupted { .. })
+                    if newest && !reread && store::writer_active(&self.dir) =>
+                {
                     self.cursor.state = state_before;
                     self.tail.truncate(tail_before);
                     added = added_before;
@@ -634,6 +636,8 @@ mod tests {
         let mut half = record[..body_end + 7].to_vec();
         half[30..60].fill(0);
         file.write_all_at(&half, data_end as u64).expect("half");
+        // A writer holds the chain meanwhile (the daemon would).
+        let lock = store::take_lock(dir.path()).expect("lock");
         let finish = {
             let (path, record) = (path.clone(), record.clone());
             std::thread::spawn(move || {
@@ -647,6 +651,7 @@ mod tests {
         };
         assert_eq!(follower.advance().expect("read again, whole"), 1);
         finish.join().expect("writer");
+        drop(lock);
         assert_eq!(follower.head().0, 6);
         assert_eq!(
             follower.block_at(6).expect("read").map(|b| b.height),
