@@ -209,7 +209,7 @@ async fn run_clients(bus: &Bus, clients: usize, each: usize) -> Vec<(u64, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_footprints_survive_kill_9_under_load() {
-    let (bus, mut daemon, _dir) = start();
+    let (bus, mut daemon, dir) = start();
     let acked = Arc::new(parking_lot::Mutex::new(Vec::<(u64, String)>::new()));
     let mut tasks = Vec::new();
     for client in 0..16 {
@@ -234,6 +234,32 @@ async fn acked_footprints_survive_kill_9_under_load() {
         let _ = task.await;
     }
     let acked = acked.lock().clone();
+    // The killed daemon's newest segment runs on into free space (zeros it was extended by);
+    // both verifiers read it as the end of the data, with every acked block before it.
+    let chain = dir.path().join("chain");
+    let newest = opdbus_blockchain::chain::segment::list(&chain)
+        .expect("list")
+        .pop()
+        .expect("segment")
+        .1;
+    let bytes = std::fs::read(&newest).expect("read");
+    let data_end = opdbus_blockchain::chain::segment::trailing_zeros_start(&bytes);
+    assert!(bytes.len() > data_end, "the segment is extended ahead");
+    let max_acked = acked.iter().map(|(h, _)| *h).max().expect("some acks");
+    let report =
+        opdbus_blockchain::chain::verify::verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(report.ok(), "{}", report.summary());
+    assert!(report.head.is_some_and(|(h, _)| h >= max_acked));
+    let python = std::process::Command::new("python3")
+        .arg(common::repo_path("tools/verify-chain.py"))
+        .arg(&chain)
+        .output()
+        .expect("python3");
+    let out = String::from_utf8_lossy(&python.stdout);
+    assert!(
+        python.status.success() && out.starts_with("intact"),
+        "{out}"
+    );
     daemon.restart(&bus);
     let connection = bus.connect().await;
     for (height, hash) in &acked {
@@ -248,7 +274,6 @@ async fn acked_footprints_survive_kill_9_under_load() {
     let (height, _) = add_footprint(&connection, "after", "restart", "{}")
         .await
         .expect("add after restart");
-    let max_acked = acked.iter().map(|(h, _)| *h).max().expect("some acks");
     assert!(height > max_acked);
 }
 

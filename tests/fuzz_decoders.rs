@@ -80,6 +80,7 @@ proptest! {
             Parsed::Record { block, len } => {
                 prop_assert_eq!(&record_bytes(&block)[..], &bytes[..len]);
             }
+            Parsed::Free => prop_assert!(!bytes.is_empty() && bytes.iter().all(|&b| b == 0)),
             Parsed::Torn | Parsed::Damaged(_) => {}
         }
         let _ = segment::parse_complete(&bytes);

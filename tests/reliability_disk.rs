@@ -133,46 +133,58 @@ async fn root_daemon_on_a_full_4_mib_disk_refuses_cleanly_and_resumes_without_re
     assert_eq!(daemon.stop().code(), Some(0));
 }
 
-/// Space is reserved ahead with fallocate(KEEP_SIZE): blocks are allocated past the end of the
-/// newest record, but the file's size stays at that end, so readers, verify and recovery never
-/// see a preallocated tail. A zero-filled tail (what a filesystem that extends the size before
-/// the data may leave after a crash) is cut by recovery and reported by verify as never
-/// acknowledged.
+/// The active segment is extended ahead with fallocate (mode 0): its size runs a chunk past the
+/// newest record, the bytes there read as zeros, and an append writes into them without
+/// changing the size. That zero run is free space: verify calls the chain intact with nothing
+/// torn, readers see the same head, and a restart keeps it. A record torn inside it (a crash
+/// mid-write) is cut back to the last complete record, and writing goes on from there.
 #[test]
-fn root_space_is_reserved_ahead_without_a_visible_tail_and_a_zero_tail_is_cut() {
+fn root_the_active_segment_is_extended_ahead_and_its_zeros_are_free_space_not_a_torn_tail() {
     use opdbus_blockchain::chain::block::Caller;
     use opdbus_blockchain::chain::segment;
-    use opdbus_blockchain::chain::store::{self, StoreOptions, RESERVE_CHUNK};
+    use opdbus_blockchain::chain::store::{self, StoreOptions, EXTEND_CHUNK};
     use opdbus_blockchain::chain::verify::verify_dir;
     use opdbus_blockchain::PluginFootprint;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
     if !is_root() {
-        eprintln!("SKIP root_space_is_reserved_ahead_without_a_visible_tail_and_a_zero_tail_is_cut: needs root to mount a loop filesystem");
+        eprintln!("SKIP root_the_active_segment_is_extended_ahead_and_its_zeros_are_free_space_not_a_torn_tail: needs root to mount a loop filesystem");
         return;
     }
     let fs = SmallFs::new(4);
     let chain = fs.mount.join("chain");
+    let items = |from: usize| -> Vec<_> {
+        (from..from + 10)
+            .map(|i| {
+                (
+                    PluginFootprint::new("p", "o", serde_json::json!({"i": i})),
+                    Caller::this_process(),
+                )
+            })
+            .collect()
+    };
     let (mut writer, reader, _) = store::open(&chain, StoreOptions::default()).expect("open");
-    let items: Vec<_> = (0..10)
-        .map(|i| {
-            (
-                PluginFootprint::new("p", "o", serde_json::json!({"i": i})),
-                Caller::this_process(),
-            )
-        })
-        .collect();
-    writer.append(&items).expect("append");
+    writer.append(&items(0)).expect("append");
     let path = segment::list(&chain)
         .expect("list")
         .pop()
         .expect("segment")
         .1;
+    let bytes = std::fs::read(&path).expect("read");
+    let data_end = segment::trailing_zeros_start(&bytes);
     let meta = std::fs::metadata(&path).expect("stat");
-    assert!(
-        meta.blocks() * 512 >= RESERVE_CHUNK,
-        "{} bytes allocated for a {}-byte segment: nothing reserved ahead",
-        meta.blocks() * 512,
-        meta.len()
+    assert_eq!(
+        meta.len() % EXTEND_CHUNK,
+        0,
+        "the size is extended to a chunk boundary, not the data's end ({data_end})"
+    );
+    assert!(meta.len() > data_end as u64 && meta.blocks() * 512 >= meta.len());
+    writer
+        .append(&items(10))
+        .expect("append into the free space");
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        meta.len(),
+        "an append inside the extended space leaves the size alone"
     );
     let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
     assert!(
@@ -180,28 +192,52 @@ fn root_space_is_reserved_ahead_without_a_visible_tail_and_a_zero_tail_is_cut() 
         "{}",
         report.summary()
     );
+    assert_eq!(report.blocks_checked, 21);
     let head = reader.head();
-    drop((writer, reader));
-
-    // A zero-filled tail of 64 KiB after the last record.
-    let len = std::fs::metadata(&path).expect("stat").len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .and_then(|f| f.set_len(len + 65_536))
-        .expect("extend with zeros");
-    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
-    assert!(report.ok(), "{}", report.summary());
-    assert_eq!(report.torn_tail_bytes, 65_536, "{}", report.summary());
     assert_eq!(
         store::open_read_only(&chain).expect("readers").head(),
         head,
-        "readers ignore the zero tail"
+        "readers end at the last record"
     );
-    let (_, reader, recovery) = store::open(&chain, StoreOptions::default()).expect("reopen");
-    assert_eq!(recovery.torn_bytes_cut, 65_536);
+    drop((writer, reader));
+
+    // A restart keeps the free space and writes into it.
+    let (mut writer, reader, recovery) =
+        store::open(&chain, StoreOptions::default()).expect("reopen");
+    assert_eq!(recovery.torn_bytes_cut, 0, "free space is not a torn tail");
     assert_eq!(reader.head(), head);
-    assert_eq!(std::fs::metadata(&path).expect("stat").len(), len);
+    writer.append(&items(20)).expect("append after restart");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), meta.len());
+    let head = reader.head();
+    drop((writer, reader));
+
+    // A crash mid-write: the first 60 bytes of a record (the genesis record's, whose length
+    // field is valid) in the free space, zeros after them.
+    let bytes = std::fs::read(&path).expect("read");
+    let data_end = segment::trailing_zeros_start(&bytes);
+    let first_record = &bytes[segment::HEADER_LEN..segment::HEADER_LEN + 60];
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.write_all_at(first_record, data_end as u64))
+        .expect("write a torn record");
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(report.ok(), "{}", report.summary());
+    assert!(report.torn_tail_bytes > 0, "{}", report.summary());
+    assert_eq!(report.head.map(|h| h.0), Some(head.0));
+    let (mut writer, reader, recovery) =
+        store::open(&chain, StoreOptions::default()).expect("reopen after the crash");
+    assert!(recovery.torn_bytes_cut >= 60, "{recovery:?}");
+    assert_eq!(reader.head(), head, "no complete record was cut");
+    writer.append(&items(30)).expect("append after the cut");
+    drop((writer, reader));
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(
+        report.ok() && report.torn_tail_bytes == 0,
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.blocks_checked, 41);
 }
 
 /// A real failed fdatasync: ext4 on a loop device whose backing file lives on a tmpfs that is

@@ -4,12 +4,14 @@
 //! files on disk are replaced by what a power cut may leave: the durable bytes plus none, some
 //! or all of the bytes written after the last sync (in order, possibly with the end of them
 //! zero-filled, as a filesystem that extended the size before the data reached the disk
-//! leaves it); a new file whose directory entry was never synced may vanish; the index (never
+//! leaves it). The store extends segments ahead with zeros, so those bytes are often written
+//! over durable zeros rather than appended; the model treats both alike, from the first byte
+//! that differs. A new file whose directory entry was never synced may vanish; the index (never
 //! synced) may be kept, removed, cut or zeroed. Then the real store opens the directory and
 //! must hold every acknowledged block with the same hash, with dense heights, verify clean and
 //! accept new writes.
 //!
-//! The same backend also fails chosen calls (ENOSPC on the reservation, EIO on fdatasync) to
+//! The same backend also fails chosen calls (ENOSPC when extending, EIO on fdatasync) to
 //! check the refusal and latch paths.
 
 use opdbus_blockchain::chain::block::{Caller, Hash};
@@ -48,7 +50,7 @@ struct ModelIo {
     files: Mutex<HashMap<PathBuf, FileState>>,
     ops: AtomicU64,
     faults: Mutex<HashMap<u64, Fault>>,
-    /// Fail the next `n` operations of this kind (`"write"`, `"reserve"`, `"sync"`, ...).
+    /// Fail the next `n` operations of this kind (`"write"`, `"extend"`, `"sync"`, ...).
     fail_kind: Mutex<Option<(&'static str, i32, u32)>>,
     powered_off: AtomicBool,
 }
@@ -95,19 +97,29 @@ impl ModelIo {
                 let _ = std::fs::remove_file(path);
                 continue;
             }
-            let mut image = state.durable.clone();
-            let extra = state.written.len().saturating_sub(image.len());
-            if extra > 0 && state.written.starts_with(&image) {
+            let (durable, written) = (&state.durable, &state.written);
+            let mut image = durable.clone();
+            // Unsynced bytes start where the two differ: appended past the durable size, or
+            // written over zeros the segment was extended by (and made durable) earlier.
+            let same = durable
+                .iter()
+                .zip(written)
+                .position(|(d, w)| d != w)
+                .unwrap_or(durable.len().min(written.len()));
+            let extra = written.len().saturating_sub(same);
+            if extra > 0 {
+                // A prefix of them reached the disk; past it, what was durable stays.
                 let keep = rng.below(extra as u64 + 1) as usize;
-                let end = image.len() + keep;
-                image = state.written[..end].to_vec();
+                let end = same + keep;
+                image = written[..end].to_vec();
+                image.extend_from_slice(durable.get(end..).unwrap_or_default());
                 if rng.below(2) == 0 {
-                    // The size reached the disk, the newest sectors did not.
-                    let from = state.durable.len() + rng.below(keep as u64 + 1) as usize;
+                    // The size (or the extent) reached the disk, the newest sectors did not.
+                    let from = same + rng.below(keep as u64 + 1) as usize;
                     let sector = opdbus_blockchain::chain::segment::SECTOR as usize;
                     let zero_from = from.div_ceil(sector) * sector;
-                    if zero_from < image.len() {
-                        image[zero_from..].fill(0);
+                    if zero_from < end {
+                        image[zero_from..end].fill(0);
                     }
                 }
             }
@@ -191,9 +203,17 @@ impl SegmentFile for ModelFile {
         Ok(())
     }
 
-    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.model.step("reserve")?;
-        self.real.reserve(offset, len)
+    fn extend(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.model.step("extend")?;
+        self.real.extend(offset, len)?;
+        // The new size is written like data: durable at the next sync, zeros until written.
+        self.state(|s| {
+            let end = (offset + len) as usize;
+            if s.written.len() < end {
+                s.written.resize(end, 0);
+            }
+        });
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -382,7 +402,7 @@ fn a_full_disk_at_reservation_refuses_cleanly_and_writing_resumes() {
         .expect("segment")
         .1;
     let before = std::fs::read(&segment).expect("read");
-    // A batch larger than what is reserved ahead needs a new reservation; the disk is full.
+    // A batch larger than the free space ahead needs a new extension; the disk is full.
     let big: Vec<_> = (0..80)
         .map(|i| {
             (
@@ -396,7 +416,7 @@ fn a_full_disk_at_reservation_refuses_cleanly_and_writing_resumes() {
         })
         .collect();
     // Both the chunk ahead and the fallback (the batch alone) find the disk full.
-    *model.fail_kind.lock() = Some(("reserve", libc::ENOSPC, 2));
+    *model.fail_kind.lock() = Some(("extend", libc::ENOSPC, 2));
     let err = writer.append(&big).expect_err("no space");
     assert!(matches!(err, ChainError::NoSpace(_)), "{err}");
     assert!(err.to_string().contains("no space left"), "{err}");
@@ -406,11 +426,14 @@ fn a_full_disk_at_reservation_refuses_cleanly_and_writing_resumes() {
         head,
         "nothing of the refused batch is visible"
     );
-    assert_eq!(
-        std::fs::read(&segment).expect("read"),
-        before,
-        "nothing was written"
-    );
+    // The records are as they were; the free space after them may be cut (the rollback cuts
+    // the segment to its data), never written.
+    let records = |bytes: &[u8]| {
+        bytes[..opdbus_blockchain::chain::segment::trailing_zeros_start(bytes)].to_vec()
+    };
+    let after = std::fs::read(&segment).expect("read");
+    assert!(records(&after) == records(&before), "nothing was written");
+    assert!(after.len() <= before.len());
     // Space is back.
     let blocks = writer.append(&big).expect("space is back");
     assert_eq!(blocks[0].height, head.0 + 1);

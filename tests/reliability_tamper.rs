@@ -54,7 +54,10 @@ fn fixture() -> &'static Fixture {
         drop(writer);
         let mut segments = Vec::new();
         for (first, path) in segment::list(&chain).expect("list") {
-            let bytes = std::fs::read(&path).expect("read");
+            // The records only: the newest segment's free space (zeros the writer extended it
+            // by) is tampered with in its own test.
+            let mut bytes = std::fs::read(&path).expect("read");
+            bytes.truncate(segment::trailing_zeros_start(&bytes));
             let mut spans = Vec::new();
             let mut at = HEADER_LEN;
             let mut height = first;
@@ -325,7 +328,8 @@ fn a_lost_last_sector_inside_a_trailer_is_torn_for_us_and_the_independent_verifi
             .expect("segment")
             .1;
         let bytes = std::fs::read(&path).expect("read");
-        let end = bytes.len() as u64;
+        // The end of the data: free space (zeros) follows it.
+        let end = segment::trailing_zeros_start(&bytes) as u64;
         let sector = segment::SECTOR;
         let b = end / sector * sector;
         // The bytes on both sides of the boundary must not be zero already (hash bytes are
@@ -370,5 +374,75 @@ fn a_lost_last_sector_inside_a_trailer_is_torn_for_us_and_the_independent_verifi
             assert!(!report.ok(), "{}", report.summary());
             assert_ne!(code, 0, "{out}");
         }
+    }
+}
+
+/// The newest segment as the writer leaves it, extended ahead: its zeros after the last record
+/// are free space for our verify and the independent verifier, and one non-zero byte in them
+/// past a record head's length is data after zeros, named at the height after the head by both.
+#[test]
+fn a_byte_written_into_the_free_space_is_named_after_the_head() {
+    let f = fixture();
+    let last = f.segments.len() - 1;
+    let (name, _, records, _) = &f.segments[last];
+    let real = std::fs::read(f.chain.join(name)).expect("read");
+    assert!(
+        real.len() > records.len() + 1000 && real[records.len()..].iter().all(|&b| b == 0),
+        "the fixture's newest segment is extended ahead ({} bytes of data, {} on disk)",
+        records.len(),
+        real.len()
+    );
+    let python = |dir: &Path| {
+        let out = std::process::Command::new("python3")
+            .arg(common::repo_path("tools/verify-chain.py"))
+            .arg(dir)
+            .output()
+            .expect("python3");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let copy = tampered_copy(last, &real);
+    let report = verify_dir(copy.path(), None, &mut |_| {}).expect("verify");
+    assert!(
+        report.ok() && report.torn_tail_bytes == 0 && report.head == Some(f.head),
+        "{}",
+        report.summary()
+    );
+    let (code, out) = python(copy.path());
+    assert!(
+        code == 0 && out.starts_with(&format!("intact {}", f.head.0 + 1)) && !out.contains("torn"),
+        "{out}"
+    );
+    // Where a record would start, a non-zero byte followed by zeros is the start of a record
+    // head: a torn write, cut at the next start (no complete record goes with it).
+    let mut bytes = real.clone();
+    bytes[records.len()] = 1;
+    let copy = tampered_copy(last, &bytes);
+    let report = verify_dir(copy.path(), None, &mut |_| {}).expect("verify");
+    assert!(
+        report.ok() && report.torn_tail_bytes > 0 && report.head == Some(f.head),
+        "{}",
+        report.summary()
+    );
+    let (code, out) = python(copy.path());
+    assert!(code == 0 && out.contains("torn-tail"), "{out}");
+    for at in [records.len() + 9, records.len() + 4096, real.len() - 1] {
+        let mut bytes = real.clone();
+        bytes[at] = 1;
+        let copy = tampered_copy(last, &bytes);
+        let report = verify_dir(copy.path(), None, &mut |_| {}).expect("verify");
+        assert_eq!(
+            report.first_bad.as_ref().map(|b| b.0),
+            Some(f.head.0 + 1),
+            "a byte at {at}: {}",
+            report.summary()
+        );
+        let (code, out) = python(copy.path());
+        assert!(
+            code == 1 && out.starts_with(&format!("bad {}", f.head.0 + 1)),
+            "a byte at {at}: {out}"
+        );
     }
 }

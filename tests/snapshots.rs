@@ -402,7 +402,8 @@ async fn loop_full_then_two_incremental_backups_verify_then_tamper_then_restore_
         .find(|p| p.extension().is_some_and(|e| e == "chain"))
         .expect("a segment");
     let mut bytes = std::fs::read(&segment).expect("read segment");
-    let at = bytes.len() / 2;
+    // The middle of the records: the segment runs on into free space (zeros) after them.
+    let at = opdbus_blockchain::chain::segment::trailing_zeros_start(&bytes) / 2;
     let at = at
         + bytes[at..]
             .iter()

@@ -36,13 +36,20 @@ fn last_segment(dir: &Path) -> PathBuf {
         .1
 }
 
-fn append_bytes(path: &Path, bytes: &[u8]) {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
+/// Where the records of a segment end: free space (zeros) may follow them.
+fn data_end(path: &Path) -> u64 {
+    segment::trailing_zeros_start(&std::fs::read(path).expect("read")) as u64
+}
+
+/// Writes `bytes` right after the last record, where the writer's next record goes: into the
+/// free space the segment was extended by, or past the end of the file.
+fn write_after_records(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
         .open(path)
-        .expect("open");
-    file.write_all(bytes).expect("append");
+        .and_then(|f| f.write_all_at(bytes, data_end(path)))
+        .expect("write after the records");
 }
 
 #[test]
@@ -103,7 +110,7 @@ fn torn_and_zero_filled_tails_are_cut_and_writing_continues() {
     let head = reader.head();
     drop(reader);
     // A record that never finished: the first 30 bytes of a real one, then zeros (a page that
-    // never reached the disk), then a plain zero-filled region.
+    // never reached the disk); then a plain zero-filled region, which is free space.
     let mut record = Vec::new();
     let block = opdbus_blockchain::Block::new(
         21,
@@ -125,16 +132,24 @@ fn torn_and_zero_filled_tails_are_cut_and_writing_continues() {
         vec![0u8; 4096],
     ] {
         let segment = last_segment(&chain);
-        let before = std::fs::metadata(&segment).expect("stat").len();
-        append_bytes(&segment, &tail);
+        let before = data_end(&segment);
+        write_after_records(&segment, &tail);
+        let size = std::fs::metadata(&segment).expect("stat").len();
         let (mut writer, reader, recovery) =
             store::open(&chain, StoreOptions::default()).expect("a torn tail is not an error");
-        assert_eq!(recovery.torn_bytes_cut, tail.len() as u64);
-        assert_eq!(
-            std::fs::metadata(&segment).expect("stat").len(),
-            before,
-            "the tail was cut"
-        );
+        if tail.iter().all(|&b| b == 0) {
+            assert_eq!(recovery.torn_bytes_cut, 0, "zeros are free space");
+            assert_eq!(std::fs::metadata(&segment).expect("stat").len(), size);
+        } else {
+            // The torn record and the free space after it.
+            assert_eq!(recovery.torn_bytes_cut, size - before);
+            assert_eq!(
+                std::fs::metadata(&segment).expect("stat").len(),
+                before,
+                "the tail was cut"
+            );
+        }
+        assert_eq!(data_end(&segment), before);
         assert_eq!(reader.head(), head);
         let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
         assert!(report.ok(), "{}", report.summary());
@@ -155,7 +170,7 @@ fn a_damaged_last_record_is_corruption_not_a_torn_tail() {
     make_chain(&chain, 20, StoreOptions::default());
     let segment = last_segment(&chain);
     let mut bytes = std::fs::read(&segment).expect("read");
-    let n = bytes.len();
+    let n = segment::trailing_zeros_start(&bytes);
     bytes[n - 50] ^= 0x04; // inside the last block's encoding
     std::fs::write(&segment, &bytes).expect("write");
     std::fs::remove_file(chain.join("index")).expect("rm index");
@@ -262,11 +277,22 @@ fn verify_never_writes_and_works_on_a_read_only_copy() {
     make_chain(&chain, 10, StoreOptions::default());
     std::fs::remove_file(chain.join("index")).expect("rm index");
     std::fs::remove_file(chain.join("lock")).expect("rm lock");
-    append_bytes(&last_segment(&chain), &[0u8; 100]);
+    // A torn record: the first 100 bytes of the genesis record after the last one.
+    let newest = last_segment(&chain);
+    let genesis = std::fs::read(segment::list(&chain).expect("list")[0].1.clone()).expect("read");
+    let end = data_end(&newest);
+    write_after_records(
+        &newest,
+        &genesis[segment::HEADER_LEN..segment::HEADER_LEN + 100],
+    );
     let before: Vec<_> = list_files(&chain);
     let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
     assert!(report.ok());
-    assert_eq!(report.torn_tail_bytes, 100);
+    assert_eq!(
+        report.torn_tail_bytes,
+        std::fs::metadata(&newest).expect("stat").len() - end
+    );
+    assert!(report.torn_tail_bytes >= 100);
     assert!(store::open_read_only(&chain)
         .expect("read-only open")
         .block_at(10)

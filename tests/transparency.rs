@@ -713,7 +713,9 @@ fn read_segments(chain: &Path) -> Vec<Segment> {
             let bytes = std::fs::read(&path).expect("read segment");
             let mut blocks = Vec::new();
             let mut at = HEADER_LEN;
-            while at < bytes.len() {
+            // The records end where the free space (zeros) after them starts.
+            let data_end = segment::trailing_zeros_start(&bytes).max(HEADER_LEN);
+            while at < data_end {
                 let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
                 let end = at + segment::record_len(len);
                 match segment::parse_complete(&bytes[at..end]) {

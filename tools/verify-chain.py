@@ -3,7 +3,8 @@
 
 Usage: verify-chain.py [--vectors] CHAIN_DIR
 Exit 0 and "intact <blocks> <head height> <head hash>" when every rule holds (then " torn-tail"
-or " interrupted-creation <segment>" when the newest segment ends so; see docs/format.md),
+or " interrupted-creation <segment>" when the newest segment ends so; see docs/format.md; zeros
+from a record boundary to the end of a segment are free space, not a torn tail),
 exit 1 and "bad <height> <reason>" at the first height that breaks one of the hard rules.
 Blocks that keep the hard rules but break a writer rule ("Field rules" in docs/format.md: what
 the writer refuses now, older chains may hold such blocks) are not corruption: the intact line
@@ -243,6 +244,8 @@ def main(directory):
         while at < len(data):
             rest = data[at:]
             nonzero_end = len(rest.rstrip(b"\0"))
+            if nonzero_end == 0:
+                break  # free space: only zeros from this record boundary on, the data ends here
             if len(rest) < 8:
                 if last_segment:
                     return report(expected, head, torn=True)

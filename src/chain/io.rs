@@ -28,10 +28,12 @@ pub trait SegmentIo: Send + Sync {
 pub trait SegmentFile: Send + Sync {
     /// Writes all of `buf` at `offset`; not durable until [`SegmentFile::sync_data`].
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Reserves disk space for `len` bytes from `offset` without changing the file's size, so
-    /// that later writes there cannot fail for lack of space (`fallocate(KEEP_SIZE)`).
-    /// `Unsupported` when the filesystem cannot do it; the store then writes without it.
-    fn reserve(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Allocates disk space for `len` bytes from `offset` and extends the file's size to cover
+    /// them (`fallocate` mode 0; never shrinks). The new bytes read as zeros, and later writes
+    /// there neither fail for lack of space nor change the size, so their `fdatasync` has no
+    /// inode size to write. `Unsupported` when the filesystem cannot do it; the store then
+    /// appends without it.
+    fn extend(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes everything written so far, and the file's size, durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Sets the file's size (cutting a torn tail or rolling back a failed write); not durable
@@ -75,22 +77,18 @@ impl SegmentFile for RealFile {
         self.0.write_all_at(buf, offset)
     }
 
-    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+    fn extend(&self, offset: u64, len: u64) -> io::Result<()> {
         use nix::fcntl::{fallocate, FallocateFlags};
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         };
-        fallocate(
-            self.0.as_raw_fd(),
-            FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-        .map_err(|errno| match errno {
-            nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS => {
-                io::Error::from(io::ErrorKind::Unsupported)
+        fallocate(self.0.as_raw_fd(), FallocateFlags::empty(), offset, len).map_err(|errno| {
+            match errno {
+                nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS => {
+                    io::Error::from(io::ErrorKind::Unsupported)
+                }
+                other => io::Error::from(other),
             }
-            other => io::Error::from(other),
         })
     }
 

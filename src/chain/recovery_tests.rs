@@ -278,8 +278,13 @@ fn segments_pass_their_size_by_at_most_one_record() {
     writer.append(&footprints(30, 300)).expect("append");
     let listed = segment::list(&chain).expect("list");
     assert!(listed.len() > 8, "{} segments", listed.len());
-    for (first, path) in &listed {
-        let len = std::fs::metadata(path).expect("stat").len();
+    for (i, (first, path)) in listed.iter().enumerate() {
+        let size = std::fs::metadata(path).expect("stat").len();
+        // The data ends before the free space the writer extended the newest segment by.
+        let len = segment::trailing_zeros_start(&std::fs::read(path).expect("read")) as u64;
+        if i + 1 < listed.len() {
+            assert_eq!(size, len, "sealed {} is cut to its data", path.display());
+        }
         let records = listed
             .iter()
             .find(|(f, _)| f > first)
@@ -335,9 +340,9 @@ fn a_batch_that_cannot_start_its_next_segment_leaves_nothing_behind() {
         store::open_with_io(&chain, small_segments(), io.clone()).expect("open");
     writer.append(&footprints(3, 100)).expect("append");
     let before: Vec<_> = segment::list(&chain).expect("list");
-    let newest_len = std::fs::metadata(&before.last().expect("segment").1)
-        .expect("stat")
-        .len();
+    let data_len =
+        |path: &Path| segment::trailing_zeros_start(&std::fs::read(path).expect("read")) as u64;
+    let newest_len = data_len(&before.last().expect("segment").1);
     let head = reader.head();
     io.fail_create.store(true, Ordering::SeqCst);
     // Part of this batch fits the active segment and is synced there before the failure.
@@ -346,12 +351,16 @@ fn a_batch_that_cannot_start_its_next_segment_leaves_nothing_behind() {
     assert!(writer.latched().is_none());
     assert_eq!(reader.head(), head, "nothing of the batch is visible");
     assert_eq!(segment::list(&chain).expect("list"), before);
+    let newest = &before.last().expect("segment").1;
     assert_eq!(
-        std::fs::metadata(&before.last().expect("segment").1)
-            .expect("stat")
-            .len(),
+        data_len(newest),
         newest_len,
         "the synced part was taken back"
+    );
+    assert_eq!(
+        std::fs::metadata(newest).expect("stat").len(),
+        newest_len,
+        "cut to the data, free space included"
     );
     io.fail_create.store(false, Ordering::SeqCst);
     let blocks = writer.append(&footprints(40, 100)).expect("append");
@@ -379,6 +388,7 @@ fn verdict(parsed: &Parsed) -> String {
     match parsed {
         Parsed::Record { block, len } => format!("record {} {len}", block.height),
         Parsed::Torn => "torn".into(),
+        Parsed::Free => "free".into(),
         Parsed::Damaged(reason) => format!("damaged: {reason}"),
     }
 }
@@ -446,7 +456,8 @@ fn scanning_a_huge_segment_holds_one_record_and_a_buffer() {
     );
     let mut record = Vec::new();
     segment::encode_record(&block, &mut record);
-    // A torn tail of 200 MB of zeros, then the same with one non-zero byte at its end.
+    // 200 MB of zeros after a record (free space), then the same with one non-zero byte at its
+    // end (data after zeros: damage).
     for last in [0u8, 1] {
         let tail = std::io::repeat(0).take(200 << 20);
         let input = record
@@ -474,8 +485,8 @@ fn scanning_a_huge_segment_holds_one_record_and_a_buffer() {
             records.held_bytes()
         );
         match (last, end) {
-            (0, Ok(scan::ScanEnd::Torn { at, end })) => {
-                assert_eq!(end - at, (200 << 20) + 1);
+            (0, Ok(scan::ScanEnd::Clean { end })) => {
+                assert_eq!(end, (HEADER_LEN + record.len()) as u64);
             }
             (1, Err(ChainError::Corrupted { height: 2, .. })) => {}
             (_, other) => panic!("last byte {last}: {other:?}"),
@@ -518,4 +529,167 @@ fn a_committed_block_carries_the_encoding_its_hash_and_record_were_made_from() {
         store::open(dir.path(), StoreOptions::default()).expect("reopen");
     assert!(!recovery.index_rebuilt);
     assert_eq!(reader.hash_at(blocks[1].height), Some(blocks[1].hash));
+}
+
+/// Each segment's size and where its data ends (after the last non-zero byte).
+fn sizes_and_data_ends(chain: &Path) -> Vec<(u64, u64)> {
+    segment::list(chain)
+        .expect("list")
+        .iter()
+        .map(|(_, path)| {
+            let bytes = std::fs::read(path).expect("read");
+            (
+                bytes.len() as u64,
+                segment::trailing_zeros_start(&bytes) as u64,
+            )
+        })
+        .collect()
+}
+
+/// A chain as the writer left it before segments were extended ahead (every file exactly its
+/// records: reservation kept the size) opens without a cut or an index rebuild and goes on
+/// with free space; and what the new writer leaves is still what older readers accept: sealed
+/// segments exactly their records, the newest its records and then only zeros (which an older
+/// start-up cuts as a torn tail, and this one opens again unchanged).
+#[test]
+fn a_chain_without_free_space_upgrades_and_the_new_layout_stays_readable_by_older_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = dir.path().join("chain");
+    let (mut writer, reader, _) = store::open(&chain, small_segments()).expect("open");
+    for _ in 0..5 {
+        writer.append(&footprints(10, 100)).expect("append");
+    }
+    let head = reader.head();
+    drop((writer, reader));
+    // Today's layout before this change: no free space anywhere.
+    for (_, path) in segment::list(&chain).expect("list") {
+        let bytes = std::fs::read(&path).expect("read");
+        let end = segment::trailing_zeros_start(&bytes);
+        std::fs::write(&path, &bytes[..end]).expect("cut to the records");
+    }
+    assert!(sizes_and_data_ends(&chain)
+        .iter()
+        .all(|(size, end)| size == end));
+
+    let (mut writer, reader, recovery) = store::open(&chain, small_segments()).expect("upgrade");
+    assert_eq!(recovery.torn_bytes_cut, 0);
+    assert!(!recovery.index_rebuilt, "the index still matches");
+    assert_eq!(reader.head(), head);
+    for _ in 0..5 {
+        writer.append(&footprints(10, 100)).expect("append");
+    }
+    let head = reader.head();
+    drop((writer, reader));
+    let layout = sizes_and_data_ends(&chain);
+    let (newest, sealed) = layout.split_last().expect("segments");
+    assert!(
+        sealed.iter().all(|(size, end)| size == end),
+        "sealed segments are exactly their records: {layout:?}"
+    );
+    assert!(
+        newest.0 > newest.1,
+        "the newest runs into free space: {layout:?}"
+    );
+    let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+    assert!(
+        report.ok() && report.torn_tail_bytes == 0,
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.head, Some(head));
+
+    // Back: an older start-up cuts the zeros as a torn tail; this one opens that as it is.
+    let newest_path = segment::list(&chain).expect("list").pop().expect("seg").1;
+    let bytes = std::fs::read(&newest_path).expect("read");
+    std::fs::write(&newest_path, &bytes[..newest.1 as usize]).expect("older cut");
+    let (_, reader, recovery) = store::open(&chain, small_segments()).expect("reopen");
+    assert_eq!(recovery.torn_bytes_cut, 0);
+    assert_eq!(reader.head(), head);
+}
+
+/// `verify` of a directory a daemon is writing may meet a record half copied into free space
+/// (zeros anywhere in it). It reads the newest segment again before calling that damage, and
+/// hands every block to its caller once, in order; damage that stays is still reported.
+#[test]
+fn verify_reads_a_half_copied_newest_record_again_and_still_names_lasting_damage() {
+    for single_segment in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        let options = if single_segment {
+            StoreOptions::default()
+        } else {
+            small_segments()
+        };
+        let (mut writer, reader, _) = store::open(&chain, options).expect("open");
+        for _ in 0..4 {
+            writer.append(&footprints(10, 100)).expect("append");
+        }
+        let path = segment::list(&chain).expect("list").pop().expect("seg").1;
+        let before = std::fs::read(&path).expect("read");
+        let data_end = segment::trailing_zeros_start(&before);
+        writer.append(&footprints(1, 100)).expect("append");
+        let head = reader.head();
+        drop((writer, reader));
+        let after = std::fs::read(&path).expect("read");
+        let record = after[data_end..segment::trailing_zeros_start(&after)].to_vec();
+        assert_eq!(
+            segment::list(&chain).expect("list").len() == 1,
+            single_segment
+        );
+        let write_at = |bytes: &[u8]| {
+            use std::os::unix::fs::FileExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.write_all_at(bytes, data_end as u64))
+                .expect("write");
+        };
+        // Half copied: a hole in the body, the trailer begun.
+        let mut half = record[..record.len() - 20].to_vec();
+        half[30..60].fill(0);
+        write_at(&vec![0; record.len()]);
+        write_at(&half);
+        let finish = {
+            let (path, record) = (path.clone(), record.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                std::thread::sleep(crate::chain::verify::REREAD_AFTER / 10);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.write_all_at(&record, data_end as u64))
+                    .expect("whole");
+            })
+        };
+        // A writer holds the chain meanwhile (the daemon would).
+        let lock = store::take_lock(&chain).expect("lock");
+        let mut heights = Vec::new();
+        let report = crate::chain::verify::verify_dir_each(&chain, None, &mut |_| {}, &mut |b| {
+            heights.push(b.height)
+        })
+        .expect("verify");
+        finish.join().expect("writer");
+        assert!(report.ok(), "{}", report.summary());
+        assert_eq!(report.head, Some(head));
+        assert_eq!(report.blocks_checked, head.0 + 1);
+        assert_eq!(heights, (0..=head.0).collect::<Vec<_>>(), "each block once");
+        // The same bytes staying as they are: damage at the head's height, read again while
+        // the writer holds the chain, at once without one.
+        write_at(&half);
+        let mut lock = Some(lock);
+        for locked in [true, false] {
+            if !locked {
+                lock.take();
+            }
+            assert_eq!(store::writer_active(&chain), locked);
+            let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
+            assert_eq!(
+                report.first_bad.as_ref().map(|b| b.0),
+                Some(head.0),
+                "locked {locked}: {}",
+                report.summary()
+            );
+            assert_eq!(report.blocks_checked, head.0);
+        }
+    }
 }

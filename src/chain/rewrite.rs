@@ -124,7 +124,7 @@ impl DamagedRecord {
             let len = read_len(&bytes, at).ok_or("a record before it is cut short")?;
             at += segment::record_len(len);
         }
-        if at >= bytes.len() {
+        if is_free_space(&bytes[at.min(bytes.len())..]) {
             return Err("its record is missing".into());
         }
         let damaged = &bytes[at..];
@@ -171,7 +171,7 @@ impl DamagedRecord {
             Parsed::Record { block, .. } => Some(block.prev_hash),
             _ => None,
         };
-        if start < self.bytes.len() {
+        if !is_free_space(&self.bytes[start.min(self.bytes.len())..]) {
             return first_prev(&self.bytes, start);
         }
         // The next block opens the next segment.
@@ -194,8 +194,8 @@ impl DamagedRecord {
             Some(expected) if expected == block.hash => Ok(()),
             Some(_) => Err("the next block does not link to the cached copy".into()),
             // The newest block: nothing links to it; its record's trailer must name it and
-            // the record must end the file.
-            None if end == self.bytes.len() => {
+            // the record must end the data (the file, or the free space after it).
+            None if is_free_space(&self.bytes[end..]) => {
                 if self.bytes[end - RECORD_TAIL_LEN..end - 4] == block.hash {
                     Ok(())
                 } else {
@@ -221,6 +221,12 @@ impl DamagedRecord {
             .and_then(|()| file.sync_data())
             .map_err(|e| format!("rewriting {}: {e}", path.display()))
     }
+}
+
+/// Whether `rest` (a segment from a record boundary to its end) holds no more records: it is
+/// empty or free space, zeros only (docs/format.md, "Free space after the last record").
+fn is_free_space(rest: &[u8]) -> bool {
+    rest.iter().all(|&b| b == 0)
 }
 
 /// The little-endian `u32` at `at`, if the bytes reach that far.

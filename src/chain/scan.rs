@@ -11,6 +11,8 @@
 //! rules of today are not corruption here: older chains hold blocks written before them, and
 //! start-up must not refuse those; `verify` reports them as a warning. Only the newest segment may end torn; only a newest segment that
 //! holds no complete record after a missing, torn or zero header is an interrupted creation.
+//! Any segment may end in free space (zeros from a record boundary to the end of the file,
+//! `segment::Parsed::Free`): that is where its data ends.
 
 use super::block::{Block, Hash, ZERO_HASH};
 use super::error::{ChainError, Result};
@@ -40,7 +42,8 @@ pub struct ScanState {
 /// How the scanned records of one segment ended (file offsets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanEnd {
-    /// Every byte up to `end`, the end of the file, belonged to a valid record.
+    /// Every byte up to `end` belonged to a valid record; the file ends there or holds only
+    /// zeros after it (free space the writer extended the segment by).
     Clean { end: u64 },
     /// From `at` to `end` (the end of the file), an incomplete or zero-filled record.
     Torn { at: u64, end: u64 },
@@ -206,6 +209,7 @@ pub fn scan_segment<R: Read>(
                 state.prev_hash = block.hash;
                 state.prev_timestamp_ns = block.timestamp_ns;
             }
+            Some((at, Parsed::Free)) => return Ok(ScanEnd::Clean { end: at }),
             Some((at, Parsed::Torn)) if may_be_torn => {
                 return Ok(ScanEnd::Torn {
                     at,
@@ -544,7 +548,7 @@ fn first_record_after_header(file: &File, path: &Path) -> Result<Option<String>>
         .next_record()
         .map_err(|e| ChainError::io(format!("reading {}", path.display()), e))?;
     Ok(match next {
-        None | Some((_, Parsed::Torn)) => None,
+        None | Some((_, Parsed::Torn | Parsed::Free)) => None,
         Some((at, Parsed::Record { block, .. })) => Some(format!(
             "a complete record (height {}) follows at offset {at}",
             block.height

@@ -15,6 +15,12 @@
 //!         8+N 32  SHA-256 of the encoding
 //!         40+N 4  end marker "BLK\n"
 //! ```
+//! The writer extends the active segment ahead of its records (`fallocate`, see `store.rs`), so
+//! a segment may end in a run of zero bytes after its last record: **free space**. Where a
+//! record would start, eight zero bytes cannot be a record head (a zero length's check field is
+//! `0xFFFF_FFFF`), so a position from which every byte to the end of the file is zero is the
+//! end of the data, in any segment. Zeros followed by anything non-zero are not free space.
+//!
 //! A crash can leave the newest records of the newest segment incomplete or zero-filled; they
 //! were never acknowledged (acks follow fdatasync) and recovery cuts them. Anything else that
 //! does not check out is corruption and is reported with the height it concerns.
@@ -148,6 +154,9 @@ pub fn record_len(body_len: usize) -> usize {
 pub enum Parsed {
     /// A complete record whose stored hash matches its content.
     Record { block: Block, len: usize },
+    /// Only zero bytes from here to the end of the file: the data ended before, the rest is
+    /// space the writer extended the segment by and has not used yet.
+    Free,
     /// The record (or what is left of it) is incomplete or zero-filled: a torn write.
     Torn,
     /// Bytes that cannot be a torn write and are not a valid record.
@@ -186,7 +195,13 @@ pub fn trailing_zeros_start(bytes: &[u8]) -> usize {
 /// them a non-zero marker: no single damaged byte can fake it), or when the zero run starts in
 /// the trailer at a sector boundary and the bytes before it are the record's own (its body
 /// hashes to the stored hash bytes that are left).
+///
+/// When `bytes` (and so the rest of the file) is nothing but zeros, it is [`Parsed::Free`]: the
+/// end of the data, not a record.
 pub fn parse_record(bytes: &[u8], zeros_from: usize, file_offset: u64) -> Parsed {
+    if zeros_from == 0 && !bytes.is_empty() {
+        return Parsed::Free;
+    }
     if bytes.len() < RECORD_HEAD_LEN {
         return Parsed::Torn;
     }
@@ -309,7 +324,7 @@ mod tests {
     #[test]
     fn zero_fill_covering_the_trailer_is_torn() {
         let (_, bytes) = record();
-        for from in 0..=bytes.len() - RECORD_TAIL_LEN {
+        for from in 1..=bytes.len() - RECORD_TAIL_LEN {
             let mut zero_filled = bytes.clone();
             zero_filled[from..].fill(0);
             zero_filled.extend_from_slice(&[0; 100]);
@@ -317,6 +332,20 @@ mod tests {
                 matches!(parse(&zero_filled), Parsed::Torn),
                 "zero-filled from {from}"
             );
+        }
+    }
+
+    #[test]
+    fn zeros_from_a_record_boundary_to_the_end_are_free_space() {
+        for len in [1, RECORD_HEAD_LEN - 1, RECORD_HEAD_LEN, 4096] {
+            assert!(matches!(parse(&vec![0; len]), Parsed::Free), "{len} zeros");
+        }
+        // Zeros followed by anything else are not free space.
+        let (_, bytes) = record();
+        for tail in [vec![1u8], bytes] {
+            let mut zeros_then_data = vec![0; 64];
+            zeros_then_data.extend_from_slice(&tail);
+            assert!(matches!(parse(&zeros_then_data), Parsed::Damaged(_)));
         }
     }
 

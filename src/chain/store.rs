@@ -4,12 +4,17 @@
 //! Promises:
 //! - `ChainWriter::append` returns `Ok` only after every block of the batch is on stable storage
 //!   (`fdatasync` of the segment; a new segment is also recorded in its directory with `fsync`).
-//! - Space for a batch is reserved (`fallocate` with `KEEP_SIZE`, [`RESERVE_CHUNK`] at a time)
-//!   before anything is written to a segment, so a full disk is a refusal before the write and
-//!   the sync, never a half-written batch. Writing resumes by itself once space is freed.
+//! - The active segment is extended ahead of its records (`fallocate` mode 0, [`EXTEND_CHUNK`]
+//!   at a time) before anything is written to it: the zeros after the last record are free
+//!   space (see `segment.rs`), an append overwrites them without changing the file's size, so
+//!   its `fdatasync` writes the data and not also the inode, and a full disk is a refusal
+//!   before the write and the sync, never a half-written batch. Writing resumes by itself once
+//!   space is freed. A segment the writer moves on from is cut to its data.
 //! - A segment grows past `segment_bytes` only by holding one record larger than that: the
 //!   size is checked per record, and a batch may continue in a new segment (see
-//!   [`ChainWriter::append`] for how such a batch stays all-or-nothing).
+//!   [`ChainWriter::append`] for how such a batch stays all-or-nothing). The active
+//!   segment's file may run past it into free space, up to the next [`EXTEND_CHUNK`]
+//!   boundary; that is cut when the segment is sealed.
 //! - Opening never removes or cuts a complete, valid record: only a torn tail or an
 //!   interrupted creation of the newest segment (see `scan.rs`); anything else is `Corrupted`.
 //! - A failed write is rolled back to the last durable length and nothing of the batch becomes
@@ -44,9 +49,9 @@ const INDEX_FILE: &str = "index";
 const LOCK_FILE: &str = "lock";
 const INDEX_MAGIC: &[u8; 8] = b"OPDBIDX\0";
 const INDEX_ENTRY_LEN: usize = 56;
-/// Segment space is reserved ahead in chunks of this size: small enough for a 4 MiB
-/// filesystem, large enough that reserving costs nothing next to the syncs.
-pub const RESERVE_CHUNK: u64 = 256 * 1024;
+/// The active segment is extended ahead in chunks of this size: small enough for a 4 MiB
+/// filesystem, large enough that one sync in a thousand (200-byte footprints) writes the inode.
+pub const EXTEND_CHUNK: u64 = 256 * 1024;
 
 /// Tunables of the store.
 #[derive(Debug, Clone)]
@@ -145,10 +150,10 @@ pub struct ChainWriter {
     io: SharedIo,
     active: Box<dyn SegmentFile>,
     active_len: u64,
-    /// Space is reserved in the active segment up to this offset.
-    reserved_to: u64,
-    /// False once the filesystem said it cannot reserve space.
-    reserve_supported: bool,
+    /// The active segment's size: it is extended (zeros, space allocated) up to this offset.
+    extended_to: u64,
+    /// False once the filesystem said it cannot allocate space ahead.
+    extend_supported: bool,
     index_file: Option<File>,
     latched: Option<String>,
     _lock: nix::fcntl::Flock<File>,
@@ -183,10 +188,10 @@ pub fn open_with_io(
     let active = io
         .open(&active_path)
         .map_err(|e| ChainError::io(format!("opening {}", active_path.display()), e))?;
+    let mut file_len = std::fs::metadata(&active_path)
+        .map_err(|e| ChainError::io("reading segment size", e))?
+        .len();
     if let Some(valid_len) = loaded.torn_from {
-        let file_len = std::fs::metadata(&active_path)
-            .map_err(|e| ChainError::io("reading segment size", e))?
-            .len();
         tracing::warn!(
             segment = %active_path.display(),
             cut_bytes = file_len - valid_len,
@@ -197,6 +202,7 @@ pub fn open_with_io(
             .and_then(|()| active.sync_data())
             .map_err(|e| ChainError::io("cutting the torn tail", e))?;
         recovery.torn_bytes_cut = file_len - valid_len;
+        file_len = valid_len;
     }
     let active_len = loaded.valid_len;
     let index_file = rewrite_index(&shared, loaded.index_trusted);
@@ -206,8 +212,9 @@ pub fn open_with_io(
         io,
         active,
         active_len,
-        reserved_to: active_len,
-        reserve_supported: true,
+        // Free space after the data (zeros) is used as it is.
+        extended_to: file_len.max(active_len),
+        extend_supported: true,
         index_file,
         latched: None,
         _lock: lock,
@@ -243,6 +250,30 @@ pub fn take_lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
     .map_err(|e| ChainError::io(format!("opening lock file {}", path.display()), e))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| ChainError::InUse(dir.to_path_buf()))
+}
+
+/// Whether a writer (the daemon, or a tool holding [`take_lock`]) has the chain in `dir` open
+/// now: its exclusive lock on the lock file is listed in `/proc/locks`. Reading that list takes
+/// no lock itself (a probe with `flock` could make a starting daemon see the chain in use) and
+/// creates nothing, so it works on read-only snapshots and backups (which have no writer).
+pub fn writer_active(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    let dev = meta.dev();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    std::fs::read_to_string("/proc/locks").is_ok_and(|locks| {
+        locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.contains(&"FLOCK") && fields.contains(&"WRITE") && fields.contains(&id.as_str())
+        })
+    })
 }
 
 fn now_ns() -> u64 {
@@ -568,7 +599,7 @@ fn read_record(file: &File, location: &Location, height: u64) -> Result<Block> {
             height,
             reason: reason.to_string(),
         }),
-        Parsed::Torn => Err(ChainError::Corrupted {
+        Parsed::Torn | Parsed::Free => Err(ChainError::Corrupted {
             height,
             reason: "its record is incomplete".into(),
         }),
@@ -754,16 +785,18 @@ impl ChainWriter {
             let part_len: usize = lengths[first..end].iter().map(|&l| l as usize).sum();
             let bytes = &buf[at..at + part_len];
             at += part_len;
+            // The batch goes on in a new segment: this one is sealed once its part is durable.
+            let sealed = k + 1 < parts.len();
             let written = if k == 0 {
                 let first_height = self.active_first_height();
                 let mut target = Target {
                     file: &*self.active,
                     first_height,
                     len: self.active_len,
-                    reserved_to: &mut self.reserved_to,
-                    reserve_supported: &mut self.reserve_supported,
+                    extended_to: &mut self.extended_to,
+                    extend_supported: &mut self.extend_supported,
                 };
-                target.write_durably(bytes)
+                target.write_durably(bytes, sealed)
             } else {
                 match self.start_segment(blocks[first].height) {
                     Ok(segment) => {
@@ -773,10 +806,10 @@ impl ChainWriter {
                             file: &*segment.file,
                             first_height: segment.first_height,
                             len: HEADER_LEN as u64,
-                            reserved_to: &mut segment.reserved_to,
-                            reserve_supported: &mut self.reserve_supported,
+                            extended_to: &mut segment.extended_to,
+                            extend_supported: &mut self.extend_supported,
                         };
-                        target.write_durably(bytes)
+                        target.write_durably(bytes, sealed)
                     }
                     Err(err) => Err(err),
                 }
@@ -816,10 +849,11 @@ impl ChainWriter {
 
     /// Takes back a batch that failed before it was durable: removes the segments it started
     /// (newest first, each removal made durable so no later segment can outlive an earlier
-    /// one) and cuts the active segment back to its last committed length. Latches when that
-    /// fails, since the files then no longer say what the store holds.
+    /// one) and cuts the active segment back to its last committed length (free space after it
+    /// goes too; the next batch extends again). Latches when that fails, since the files then
+    /// no longer say what the store holds.
     fn undo(&mut self, new_segments: Vec<NewSegment>, active_synced: bool) {
-        self.reserved_to = self.active_len;
+        self.extended_to = self.active_len;
         let dir = self.shared.dir.clone();
         let mut result = Ok(());
         for segment in new_segments.into_iter().rev() {
@@ -854,16 +888,7 @@ impl ChainWriter {
         let active_segment = self.shared.segments.read().len() as u32 - 1;
         let mut firsts = vec![self.shared.segments.read()[active_segment as usize].first_height];
         if let Some(newest) = new_segments.last() {
-            // Give back the space reserved past the sealed segment's end (best effort: it is
-            // only space, and the size does not change).
-            let sealed_len =
-                self.active_len + lengths[..parts[1]].iter().map(|&l| l as u64).sum::<u64>();
-            if self.reserved_to > sealed_len {
-                if let Err(err) = self.active.set_len(sealed_len) {
-                    tracing::debug!(%err, "cannot release the space reserved in a sealed segment");
-                }
-            }
-            self.reserved_to = newest.reserved_to;
+            self.extended_to = newest.extended_to;
         }
         for segment in new_segments {
             firsts.push(segment.first_height);
@@ -924,7 +949,7 @@ impl ChainWriter {
                 path,
                 file,
                 reader,
-                reserved_to: HEADER_LEN as u64,
+                extended_to: HEADER_LEN as u64,
             }),
             Err(err) => {
                 // Nothing of it is in use; a crash before this removal leaves an interrupted
@@ -952,69 +977,83 @@ struct NewSegment {
     path: PathBuf,
     file: Box<dyn SegmentFile>,
     reader: File,
-    reserved_to: u64,
+    extended_to: u64,
 }
 
-/// The segment a part of a batch goes to, with its space reservation.
+/// The segment a part of a batch goes to, with how far it is extended.
 struct Target<'a> {
     file: &'a dyn SegmentFile,
     /// First height of the segment, naming it in errors.
     first_height: u64,
     /// Committed length: the part is written from here.
     len: u64,
-    reserved_to: &'a mut u64,
-    reserve_supported: &'a mut bool,
+    extended_to: &'a mut u64,
+    extend_supported: &'a mut bool,
 }
 
 impl Target<'_> {
-    /// Reserves space, writes `bytes` at the end and syncs. A failed write is undone (the
-    /// caller rolls the file back); a failed sync is `Latched`.
-    fn write_durably(&mut self, bytes: &[u8]) -> Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
+    /// Extends the segment if need be, writes `bytes` after the data and syncs; then, when
+    /// `sealed` (the batch goes on in a new segment), cuts the segment to its data. A failed
+    /// write is undone (the caller rolls the file back); a failed sync is `Latched`.
+    fn write_durably(&mut self, bytes: &[u8], sealed: bool) -> Result<()> {
+        let end = self.len + bytes.len() as u64;
+        if !bytes.is_empty() {
+            self.extend(end)?;
+            self.file
+                .write_all_at(bytes, self.len)
+                .map_err(|err| ChainError::io(format!("appending to {}", self.name()), err))?;
+            self.file.sync_data().map_err(|err| {
+                ChainError::Latched(format!("fdatasync of {} failed: {err}", self.name()))
+            })?;
         }
-        self.reserve(self.len + bytes.len() as u64)?;
-        self.file
-            .write_all_at(bytes, self.len)
-            .map_err(|err| ChainError::io(format!("appending to {}", self.name()), err))?;
-        self.file.sync_data().map_err(|err| {
-            ChainError::Latched(format!("fdatasync of {} failed: {err}", self.name()))
-        })
+        if sealed && *self.extended_to > end {
+            // A sealed segment's size is its data, made durable, so that copies, backups and
+            // readers that predate free space see exactly its records. Best effort: the records
+            // are durable already, and free space left by a failure here (or a crash before it)
+            // still reads as the end of the data.
+            match self.file.set_len(end).and_then(|()| self.file.sync_data()) {
+                Ok(()) => *self.extended_to = end,
+                Err(err) => {
+                    tracing::warn!(%err, segment = %self.name(), "cannot cut a sealed segment to its data; its free space stays")
+                }
+            }
+        }
+        Ok(())
     }
 
     fn name(&self) -> String {
         segment::file_name(self.first_height)
     }
 
-    /// Makes sure the segment has space up to `end`, reserving a chunk ahead; on a full disk,
-    /// nothing has been written yet and the batch is refused.
-    fn reserve(&mut self, end: u64) -> Result<()> {
-        if end <= *self.reserved_to || !*self.reserve_supported {
+    /// Makes sure the segment is extended up to `end`, a chunk ahead; on a full disk, nothing
+    /// has been written yet and the batch is refused (a partial extension is zeros, free space).
+    fn extend(&mut self, end: u64) -> Result<()> {
+        if end <= *self.extended_to || !*self.extend_supported {
             return Ok(());
         }
         let start = self.len;
-        let ahead = end + RESERVE_CHUNK - end % RESERVE_CHUNK;
-        let reserved = match self.file.reserve(start, ahead - start) {
+        let ahead = end + EXTEND_CHUNK - end % EXTEND_CHUNK;
+        let extended = match self.file.extend(start, ahead - start) {
             Ok(()) => Ok(ahead),
             // The chunk does not fit; the batch alone may.
             Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => {
-                self.file.reserve(start, end - start).map(|()| end)
+                self.file.extend(start, end - start).map(|()| end)
             }
             Err(err) => Err(err),
         };
-        match reserved {
-            Ok(reserved) => {
-                *self.reserved_to = reserved;
+        match extended {
+            Ok(extended) => {
+                *self.extended_to = extended;
                 Ok(())
             }
             Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-                tracing::warn!("the filesystem cannot reserve space ahead; a full disk will show as a failed write instead");
-                *self.reserve_supported = false;
+                tracing::warn!("the filesystem cannot allocate space ahead; segments grow with each write and a full disk shows as a failed write instead");
+                *self.extend_supported = false;
                 Ok(())
             }
             Err(err) => Err(ChainError::io(
                 format!(
-                    "reserving {} bytes for the batch in {}",
+                    "allocating {} bytes for the batch in {}",
                     end - start,
                     self.name()
                 ),

@@ -1,7 +1,9 @@
 //! Full verification of a chain directory: every record re-hashed, every link, height,
 //! timestamp and hard footprint field rule checked, from genesis to the head, by the same scan as
 //! start-up recovery. It only reads (no lock, no index, no tail cut), so it
-//! works on read-only snapshots, received backups and a directory a live daemon is writing.
+//! works on read-only snapshots, received backups and a directory a live daemon is writing
+//! (where, while a writer holds the chain, a record being copied into free space is read again
+//! before it is called damage).
 //! On top of start-up's rules it checks the writer rules of today (`footprint::check_stored`):
 //! blocks that break them were written before those rules (or by someone who rewrote the
 //! chain), so they are counted as a warning, never as corruption.
@@ -109,12 +111,102 @@ pub fn verify_dir_each(
         report.first_bad = Some((0, format!("no segment files in {}", dir.display())));
         return Ok(report);
     }
-    let mut segment_now = 0;
-    let result = scan::scan_chain(&segments, None, up_to, false, &mut |seg_i, block, _, _| {
+    let newest = segments.len() - 1;
+    let mut at_newest = None;
+    scan_into(
+        &segments,
+        None,
+        up_to,
+        &mut report,
+        &mut at_newest,
+        progress,
+        on_block,
+    );
+    // A live daemon copies records into free space, so a record of the newest segment may be
+    // met half copied, zeros anywhere in it: while a writer holds the chain, read that segment
+    // again before calling it damage.
+    let Some((bad, _)) = &report.first_bad else {
+        return Ok(report);
+    };
+    if *bad < segments[newest].0 || !super::store::writer_active(dir) {
+        return Ok(report);
+    }
+    // From the start of the newest segment (from genesis when it is the only one).
+    let (mut again, resume) = match at_newest {
+        Some((before, state)) => (
+            before,
+            Some(scan::Resume {
+                segment: newest,
+                offset: segment::HEADER_LEN as u64,
+                state,
+            }),
+        ),
+        None if newest == 0 => (VerifyReport::default(), None),
+        None => return Ok(report),
+    };
+    std::thread::sleep(REREAD_AFTER);
+    let delivered = report.head.map(|(height, _)| height);
+    scan_into(
+        &segments,
+        resume,
+        up_to,
+        &mut again,
+        &mut None,
+        progress,
+        &mut |block| {
+            if delivered.is_none_or(|d| block.height > d) {
+                on_block(block)
+            }
+        },
+    );
+    Ok(again)
+}
+
+/// How long `verify` waits before it reads the newest segment again when a record there does
+/// not check out (a daemon may be copying it into the file at that moment).
+pub const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// One scan of the chain into `report`. `at_newest` gets the report and the scan state as they
+/// stood before the newest segment's first record, when the scan reached it past segment 0.
+fn scan_into(
+    segments: &[(u64, std::path::PathBuf)],
+    resume: Option<scan::Resume>,
+    up_to: Option<u64>,
+    report: &mut VerifyReport,
+    at_newest: &mut Option<(VerifyReport, scan::ScanState)>,
+    progress: &mut dyn FnMut(u64),
+    on_block: &mut dyn FnMut(&Block),
+) {
+    let newest = segments.len() - 1;
+    let mut segment_now = resume.as_ref().map_or(0, |r| r.segment);
+    let mut last_timestamp = 0;
+    let chain_id = resume.as_ref().map(|r| r.state.chain_id);
+    let mut genesis_id = None;
+    let result = scan::scan_chain(segments, resume, up_to, false, &mut |seg_i, block, _, _| {
         if seg_i != segment_now {
             segment_now = seg_i;
             progress(report.blocks_checked);
+            if seg_i == newest {
+                if let (Some((height, hash)), Some(id)) = (report.head, chain_id.or(genesis_id)) {
+                    *at_newest = Some((
+                        report.clone(),
+                        scan::ScanState {
+                            chain_id: id,
+                            next_height: height + 1,
+                            prev_hash: hash,
+                            prev_timestamp_ns: last_timestamp,
+                        },
+                    ));
+                }
+            }
         }
+        if block.height == 0 {
+            genesis_id = serde_json::from_str::<serde_json::Value>(&block.data)
+                .ok()
+                .and_then(|v| v["chain_id"].as_str().and_then(|id| hex::decode(id).ok()))
+                .and_then(|id| id.try_into().ok());
+        }
+        last_timestamp = block.timestamp_ns;
         report.blocks_checked += 1;
         report.head = Some((block.height, block.hash));
         on_block(block);
@@ -128,10 +220,26 @@ pub fn verify_dir_each(
                     .get_or_insert_with(|| (block.height, err.to_string()));
             }
         }
-        if report.blocks_checked % 65_536 == 0 {
+        if report.blocks_checked.is_multiple_of(65_536) {
             progress(report.blocks_checked);
         }
     });
+    // No record of the newest segment checked out: the state before it is the state now.
+    if at_newest.is_none() && newest > 0 {
+        if let (Some((height, hash)), Some(id)) = (report.head, chain_id.or(genesis_id)) {
+            if height + 1 == segments[newest].0 {
+                *at_newest = Some((
+                    report.clone(),
+                    scan::ScanState {
+                        chain_id: id,
+                        next_height: height + 1,
+                        prev_hash: hash,
+                        prev_timestamp_ns: last_timestamp,
+                    },
+                ));
+            }
+        }
+    }
     match result {
         Ok(scanned) => {
             report.torn_tail_bytes = scanned.torn_to.map_or(0, |end| end - scanned.valid_len);
@@ -145,7 +253,6 @@ pub fn verify_dir_each(
         }
     }
     progress(report.blocks_checked);
-    Ok(report)
 }
 
 /// Parses `HASH@HEIGHT` (a head exported earlier, or the one a snapshot manifest names).

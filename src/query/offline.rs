@@ -36,6 +36,10 @@ const INDEX_ENTRY_LEN: u64 = 56;
 /// it after each commit, so a reader may meet its newest entries half written.
 const INDEX_ENTRIES_TRIED: u64 = 64;
 
+/// How long a reader waits before it reads again a record of the newest segment that does not
+/// check out: the writer copies a batch into the file in far less (it is already in memory).
+pub const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Where a block's record is.
 #[derive(Debug, Clone, Copy)]
 struct Location {
@@ -259,8 +263,14 @@ impl OfflineReader {
     /// Scans the records written after the head found so far; returns how many blocks were
     /// added. Each is checked by the rules start-up applies; a record still being written is
     /// left for the next call.
+    ///
+    /// The writer fills free space (zeros) that the segment already has, so a reader may see
+    /// a record half copied: some of its bytes still zero, anywhere in it. Only a record that
+    /// checks out is ever shown; while a writer holds the chain, one in the newest segment that
+    /// does not is read again after [`REREAD_AFTER`] before it is called damage.
     pub fn advance(&mut self) -> Result<u64> {
         let mut added = 0;
+        let mut reread = false;
         loop {
             self.segments = list_segments(&self.dir)?;
             let at = self
@@ -282,8 +292,10 @@ impl OfflineReader {
                 .map_err(io(format!("reading {}", path.display())))?;
             let mut records = RecordReader::new(file, self.cursor.offset);
             let segment_first = self.cursor.segment_first;
+            let (state_before, tail_before, added_before) =
+                (self.cursor.state.clone(), self.tail.len(), added);
             let tail = &mut self.tail;
-            let end = scan::scan_segment(
+            let scanned = scan::scan_segment(
                 &mut records,
                 &segment::file_name(segment_first),
                 newest,
@@ -298,7 +310,20 @@ impl OfflineReader {
                     });
                     added += 1;
                 },
-            )?;
+            );
+            let end = match scanned {
+                Err(ChainError::Corrupted { .. })
+                    if newest && !reread && store::writer_active(&self.dir) =>
+                {
+                    self.cursor.state = state_before;
+                    self.tail.truncate(tail_before);
+                    added = added_before;
+                    reread = true;
+                    std::thread::sleep(REREAD_AFTER);
+                    continue;
+                }
+                other => other?,
+            };
             match end {
                 ScanEnd::Clean { end } => self.cursor.offset = end,
                 ScanEnd::Torn { at, .. } | ScanEnd::Stopped { at } => {
@@ -428,7 +453,9 @@ impl OfflineReader {
             ))),
             Parsed::Record { block, .. } => Ok(block),
             Parsed::Damaged(damage) => Err(corrupted(format!("{damage} ({})", place()))),
-            Parsed::Torn => Err(corrupted(format!("its record is incomplete ({})", place()))),
+            Parsed::Torn | Parsed::Free => {
+                Err(corrupted(format!("its record is incomplete ({})", place())))
+            }
         }
     }
 }
@@ -566,6 +593,79 @@ mod tests {
             assert_eq!(reader.advance().expect("advance"), 120);
             same_blocks(&reader, &writer.reader());
         }
+    }
+
+    #[test]
+    fn a_follower_never_shows_a_record_half_copied_into_free_space() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut writer, _, _) = store::open(dir.path(), StoreOptions::default()).expect("open");
+        append(&mut writer, 1, 5);
+        let path = segment::list(dir.path())
+            .expect("list")
+            .pop()
+            .expect("seg")
+            .1;
+        let before = std::fs::read(&path).expect("read");
+        let data_end = segment::trailing_zeros_start(&before);
+        append(&mut writer, 6, 1);
+        let after = std::fs::read(&path).expect("read");
+        assert_eq!(after.len(), before.len(), "written into the free space");
+        let record = after[data_end..segment::trailing_zeros_start(&after)].to_vec();
+        drop(writer);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.write_all_at(&vec![0; record.len()], data_end as u64)
+            .expect("back to free space");
+        let mut follower = OfflineReader::open(dir.path()).expect("open");
+        assert_eq!(follower.head().0, 5);
+        // As a reader may meet it while the writer copies it: a hole of zeros in the body, and
+        // then only the first bytes of the trailer.
+        // As a reader may meet it while the writer copies it: a hole of zeros in the body, the
+        // copy not past the body yet.
+        let body_end = record.len() - segment::RECORD_TAIL_LEN;
+        let mut half = record[..body_end - 10].to_vec();
+        half[30..60].fill(0);
+        file.write_all_at(&half, data_end as u64).expect("half");
+        assert_eq!(follower.advance().expect("not an error"), 0);
+        assert_eq!(follower.head().0, 5);
+        assert!(follower.block_at(6).expect("read").is_none());
+        // The copy in the trailer, the hole still there: that looks like damage until the
+        // writer, in the meantime, finishes the record; the follower reads it again.
+        let mut half = record[..body_end + 7].to_vec();
+        half[30..60].fill(0);
+        file.write_all_at(&half, data_end as u64).expect("half");
+        // A writer holds the chain meanwhile (the daemon would).
+        let lock = store::take_lock(dir.path()).expect("lock");
+        let finish = {
+            let (path, record) = (path.clone(), record.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(REREAD_AFTER / 10);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.write_all_at(&record, data_end as u64))
+                    .expect("whole");
+            })
+        };
+        assert_eq!(follower.advance().expect("read again, whole"), 1);
+        finish.join().expect("writer");
+        drop(lock);
+        assert_eq!(follower.head().0, 6);
+        assert_eq!(
+            follower.block_at(6).expect("read").map(|b| b.height),
+            Some(6)
+        );
+        // Damage that stays is still damage once read again.
+        let mut damaged = record.clone();
+        damaged[40] ^= 0x20;
+        file.write_all_at(&damaged, (data_end + record.len()) as u64)
+            .expect("damaged");
+        assert!(matches!(
+            follower.advance(),
+            Err(ChainError::Corrupted { height: 7, .. })
+        ));
     }
 
     #[test]
