@@ -222,13 +222,20 @@ impl BlockchainObject {
         hash: String,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, Error> {
-        if parse_hash(&hash).is_none() {
+        let Some(parsed) = parse_hash(&hash) else {
             return Err(Error::InvalidArgument(format!(
                 "'{}' is not a block hash (64 hex digits)",
                 hash.chars().take(80).collect::<String>()
             )));
+        };
+        let reader = reader_name(&header);
+        // A block in RAM is answered here, its JSON rendered once; the rest reads on the
+        // blocking pool.
+        let hot = crate::service::BlockKey::Hash(parsed);
+        if let Some(json) = self.chain.get_block_json_hot(reader, hot) {
+            return Ok(String::from(&*json));
         }
-        match self.chain.get_block_as(reader_name(&header), &hash).await? {
+        match self.chain.get_block_as(reader, &hash).await? {
             Some(block) => Ok(block.to_json()),
             None => Err(not_found_by_hash(&hash)),
         }
@@ -241,11 +248,12 @@ impl BlockchainObject {
         height: u64,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, Error> {
-        match self
-            .chain
-            .get_block_by_height_as(reader_name(&header), height)
-            .await?
-        {
+        let reader = reader_name(&header);
+        let hot = crate::service::BlockKey::Height(height);
+        if let Some(json) = self.chain.get_block_json_hot(reader, hot) {
+            return Ok(String::from(&*json));
+        }
+        match self.chain.get_block_by_height_as(reader, height).await? {
             Some(block) => Ok(block.to_json()),
             None => Err(Error::NotFound(format!(
                 "no block at height {height}; the head is at {}",

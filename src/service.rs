@@ -88,6 +88,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|source| ServiceError::Task { context, source })
 }
 
+/// Which block a read asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKey {
+    Hash(Hash),
+    Height(u64),
+}
+
 /// How to open a chain.
 #[derive(Debug, Clone)]
 pub struct ChainOptions {
@@ -697,6 +704,34 @@ impl OptimizedBlockchain {
         self.feed.fill(block);
     }
 
+    /// The JSON ([`Block::to_json`]) of a block the cache's RAM tier holds, read on behalf of
+    /// `reader` (seen by the predictor as [`OptimizedBlockchain::get_block_as`] is); `None`
+    /// when RAM does not hold it, or no block has that height, and the caller then takes the
+    /// async path ([`OptimizedBlockchain::get_block_as`], or `…_by_height_as`), which is
+    /// counted as the lookup (a `None` here is not counted).
+    ///
+    /// Contract, for callers on an async worker or in a D-Bus dispatch loop:
+    /// - synchronous and never blocking: no I/O, no thread hop, no await; it waits only on
+    ///   in-memory locks held for map updates (the chain's height index, the hot tier's shard,
+    ///   the predictor), never across I/O;
+    /// - cheap: one hash-map lookup and two reference counts on a repeated read; the first
+    ///   read of a block renders its JSON once and keeps it beside the block;
+    /// - the same trust as every cache answer: the hot tier holds only blocks the writer
+    ///   committed or that were hash-checked on the way in, and the JSON is rendered from that
+    ///   block;
+    /// - bounded: the answer is one block, and the blocks it predicts are pre-loaded on the
+    ///   blocking pool (at most the predictor's lookahead per read, and only those not in RAM
+    ///   yet), never here; outside a Tokio runtime nothing is pre-loaded.
+    pub fn get_block_json_hot(&self, reader: &str, key: BlockKey) -> Option<Arc<str>> {
+        let hash = match key {
+            BlockKey::Hash(hash) => hash,
+            BlockKey::Height(height) => self.chain.reader().hash_at(height)?,
+        };
+        let (height, json) = self.cache.get_hot_json(&hash)?;
+        self.after_read(reader, height);
+        Some(json)
+    }
+
     /// The block at `height`.
     pub async fn get_block_by_height(&self, height: u64) -> Result<Option<Block>> {
         self.get_block_by_height_as(LIBRARY_READER, height).await
@@ -710,7 +745,7 @@ impl OptimizedBlockchain {
         };
         let block = self.lookup(&hash).await?;
         if let Some(block) = &block {
-            self.after_read(reader, block);
+            self.after_read(reader, block.height);
         }
         Ok(block)
     }
@@ -723,14 +758,14 @@ impl OptimizedBlockchain {
             None => None,
         };
         if let Some(block) = &block {
-            self.after_read(reader, block);
+            self.after_read(reader, block.height);
         }
         Ok(block)
     }
 
     /// Learns from a read and pre-loads the predicted blocks in the background.
-    fn after_read(&self, reader: &str, block: &Block) {
-        let mut predicted = self.predictor.record(reader, block.height);
+    fn after_read(&self, reader: &str, height: u64) {
+        let mut predicted = self.predictor.record(reader, height);
         if !self.predict {
             return;
         }
@@ -742,8 +777,12 @@ impl OptimizedBlockchain {
         if predicted.is_empty() {
             return;
         }
+        // A caller outside a runtime (the sync accessor from a plain thread) still learns.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let (chain, cache) = (chain.clone(), self.cache.clone());
-        tokio::task::spawn_blocking(move || {
+        runtime.spawn_blocking(move || {
             for height in predicted {
                 if let Ok(Some(block)) = chain.block_at(height) {
                     cache.insert_hot(Arc::new(block));

@@ -148,33 +148,53 @@ pub struct CacheStats {
     pub dictionary_id: u32,
 }
 
-/// RAM a block is charged in the hot tier: its canonical size plus [`HOT_OVERHEAD_BYTES`].
+/// RAM a block is charged in the hot tier: its canonical size plus [`HOT_OVERHEAD_BYTES`]
+/// (and, once its JSON has been rendered for a reader, [`hot_json_weight`] more).
 pub fn hot_weight(block: &Block) -> u64 {
     block.encoded_len() as u64 + HOT_OVERHEAD_BYTES
+}
+
+/// RAM the rendered JSON of a hot block is charged: its bytes plus its `Arc`'s counts.
+pub fn hot_json_weight(json: &str) -> u64 {
+    json.len() as u64 + 16
+}
+
+/// One block of the hot tier. `json`, when present, was rendered from `block` itself
+/// ([`Block::to_json`]), so it is exactly as trustworthy as the block: it is never taken from
+/// anywhere else.
+#[derive(Clone)]
+struct HotBlock {
+    block: Arc<Block>,
+    json: Option<Arc<str>>,
+}
+
+impl HotBlock {
+    fn new(block: Arc<Block>) -> Self {
+        HotBlock { block, json: None }
+    }
 }
 
 #[derive(Clone)]
 struct BlockWeight;
 
-impl Weighter<Hash, Arc<Block>> for BlockWeight {
-    fn weight(&self, _hash: &Hash, block: &Arc<Block>) -> u64 {
-        hot_weight(block)
+impl Weighter<Hash, HotBlock> for BlockWeight {
+    fn weight(&self, _hash: &Hash, hot: &HotBlock) -> u64 {
+        hot_weight(&hot.block) + hot.json.as_deref().map_or(0, hot_json_weight)
     }
 }
 
 #[derive(Clone, Default)]
 struct CountEvictions(Arc<AtomicU64>);
 
-impl Lifecycle<Hash, Arc<Block>> for CountEvictions {
+impl Lifecycle<Hash, HotBlock> for CountEvictions {
     type RequestState = ();
     fn begin_request(&self) {}
-    fn on_evict(&self, _state: &mut (), _hash: Hash, _block: Arc<Block>) {
+    fn on_evict(&self, _state: &mut (), _hash: Hash, _block: HotBlock) {
         self.0.fetch_add(1, Relaxed);
     }
 }
 
-type HotTier =
-    Cache<Hash, Arc<Block>, BlockWeight, quick_cache::DefaultHashBuilder, CountEvictions>;
+type HotTier = Cache<Hash, HotBlock, BlockWeight, quick_cache::DefaultHashBuilder, CountEvictions>;
 
 #[derive(Default)]
 struct Counters {
@@ -285,9 +305,32 @@ impl BlockCache {
     /// The block with `hash` if RAM holds it (counted as a hot hit); `None` is not counted, so
     /// that [`BlockCache::get`] can follow. Never touches the disk.
     pub fn get_hot(&self, hash: &Hash) -> Option<Arc<Block>> {
-        let block = self.inner.hot.get(hash)?;
+        let hot = self.inner.hot.get(hash)?;
         self.inner.counters.hot_hits.fetch_add(1, Relaxed);
-        Some(block)
+        Some(hot.block)
+    }
+
+    /// The height and JSON ([`Block::to_json`]) of the block with `hash` if RAM holds it,
+    /// counted as [`BlockCache::get_hot`] counts. Never touches the disk and never waits on I/O
+    /// (only on the hot tier's shard lock, held for map operations). The JSON is rendered from
+    /// the cached block on its first read and kept beside it (charged to the hot tier's
+    /// bound), so later reads share it; a block evicted meanwhile is rendered again next time.
+    pub fn get_hot_json(&self, hash: &Hash) -> Option<(u64, Arc<str>)> {
+        let hot = self.inner.hot.get(hash)?;
+        self.inner.counters.hot_hits.fetch_add(1, Relaxed);
+        let height = hot.block.height;
+        if let Some(json) = hot.json {
+            return Some((height, json));
+        }
+        let json: Arc<str> = hot.block.to_json().into();
+        let rendered = HotBlock {
+            block: hot.block,
+            json: Some(Arc::clone(&json)),
+        };
+        // Only if still there (soft: a re-weighing, not a second access); an entry evicted
+        // in between stays out, and this reader still gets its answer.
+        let _ = self.inner.hot.replace(*hash, rendered, true);
+        Some((height, json))
     }
 
     /// The block from the disk tier, re-hashed, and kept in RAM; not counted as a lookup.
@@ -295,7 +338,7 @@ impl BlockCache {
         match self.inner.disk.load(hash) {
             Loaded::Block(block) => {
                 let block = Arc::new(block);
-                self.inner.hot.insert(*hash, block.clone());
+                self.inner.hot.insert(*hash, HotBlock::new(block.clone()));
                 Some(block)
             }
             Loaded::Absent => None,
@@ -321,7 +364,7 @@ impl BlockCache {
     /// Keeps `block` in RAM (nothing is written); a block already there stays as it is.
     pub fn insert_hot(&self, block: Arc<Block>) {
         if self.inner.hot.peek(&block.hash).is_none() {
-            self.inner.hot.insert(block.hash, block);
+            self.inner.hot.insert(block.hash, HotBlock::new(block));
         }
     }
 

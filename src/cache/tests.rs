@@ -512,6 +512,110 @@ async fn get_block_reads_through_to_the_chain_and_fills_the_cache() {
     chain.shutdown().await;
 }
 
+#[test]
+fn hot_json_is_rendered_once_from_the_cached_block_charged_and_never_read_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(21, 3);
+    let (a, b, absent) = (&blocks[0], &blocks[1], &blocks[2]);
+    {
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        cache.put(a).expect("put");
+        cache.put(b).expect("put");
+        assert_eq!(cache.stats().hot_bytes, hot_weight(a) + hot_weight(b));
+        assert!(cache.get_hot_json(&absent.hash).is_none());
+        let (height, json) = cache.get_hot_json(&a.hash).expect("a is in RAM");
+        assert_eq!((height, &*json), (a.height, a.to_json().as_str()));
+        // Kept beside the block and charged to the bound; the next read shares it.
+        let expected = hot_weight(a) + hot_json_weight(&json) + hot_weight(b);
+        assert_eq!(cache.stats().hot_bytes, expected);
+        let (_, again) = cache.get_hot_json(&a.hash).expect("still in RAM");
+        assert!(Arc::ptr_eq(&json, &again));
+        assert_eq!(cache.get_hot(&a.hash).as_deref(), Some(a));
+        let stats = cache.stats();
+        // A miss of the RAM-only lookup is left for the lookup that follows it to count.
+        assert_eq!((stats.hot_hits, stats.disk_hits, stats.misses), (3, 0, 0));
+    }
+    // A new process: b is on disk only, and the RAM-only lookup does not go there.
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    assert!(cache.get_hot_json(&b.hash).is_none());
+    assert_eq!(cache.stats().disk_hits, 0);
+    assert_eq!(cache.get(&b.hash).as_deref(), Some(b)); // disk hit, re-hashed, promoted
+    let (_, json) = cache.get_hot_json(&b.hash).expect("promoted");
+    assert_eq!(&*json, b.to_json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_accessor_answers_from_ram_only_and_feeds_the_predictor() {
+    use crate::chain::block::parse_hash;
+    use crate::service::{BlockKey, ChainOptions, OptimizedBlockchain};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = ChainOptions::new(dir.path().join("chain"));
+    options.numa = None;
+    let mut cache_options = CacheOptions::new(dir.path().join("cache"));
+    cache_options.preload_blocks = 0;
+    let chain = OptimizedBlockchain::with_cache(options.clone(), cache_options.clone())
+        .await
+        .expect("open");
+    let mut hashes = Vec::new();
+    for footprint in corpus::footprints(22, 20) {
+        hashes.push(chain.add_footprint(footprint).await.expect("add"));
+    }
+    chain.cache_caught_up(20).await.expect("caught up");
+    // Committed blocks are in RAM: by hash and by height, the block's own JSON.
+    let block = chain
+        .get_block(&hashes[5])
+        .await
+        .expect("get")
+        .expect("exists");
+    let hash = parse_hash(&hashes[5]).expect("hex");
+    let by_hash = chain.get_block_json_hot("r0", BlockKey::Hash(hash));
+    assert_eq!(by_hash.as_deref(), Some(block.to_json().as_str()));
+    let by_height = chain.get_block_json_hot("r0", BlockKey::Height(block.height));
+    assert_eq!(by_height.as_deref(), Some(block.to_json().as_str()));
+    assert!(chain
+        .get_block_json_hot("r0", BlockKey::Height(999))
+        .is_none());
+    chain.shutdown().await;
+
+    // Restarted without pre-load: every block is in the disk tier, none in RAM, and the
+    // accessor reads nothing from disk.
+    let chain = OptimizedBlockchain::with_cache(options, cache_options)
+        .await
+        .expect("reopen");
+    chain.cache_caught_up(20).await.expect("caught up");
+    for height in 0..20 {
+        assert!(chain
+            .get_block_json_hot("r", BlockKey::Height(height))
+            .is_none());
+    }
+    assert_eq!(chain.cache_stats().await.expect("stats").disk_hits, 0);
+    // A reader walks 2, 3 (async path, filling RAM); 4 is in RAM through another reader. Its
+    // read of 4 through the accessor continues the walk, so 5..8 are pre-loaded.
+    for (reader, height) in [("r", 2), ("r", 3), ("other", 4)] {
+        chain
+            .get_block_by_height_as(reader, height)
+            .await
+            .expect("read")
+            .expect("exists");
+    }
+    let hot = |height: u64| {
+        let hash = chain.chain().reader().hash_at(height).expect("height");
+        chain.cache().is_hot(&hash)
+    };
+    assert!(!(5..=8).any(hot), "nothing predicted yet");
+    assert!(chain.get_block_json_hot("r", BlockKey::Height(4)).is_some());
+    let predicted = async {
+        while !(5..=8).all(hot) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), predicted)
+        .await
+        .expect("the blocks after the walk were pre-loaded");
+    assert!(!hot(9), "only the lookahead is pre-loaded");
+    chain.shutdown().await;
+}
+
 /// The figures of docs/cache.md: `cargo test --lib cache::tests::measure -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement for the docs, not a check"]

@@ -59,13 +59,35 @@ impl Predictor {
     /// (never `height` itself, no duplicates, best guesses first).
     pub fn record(&self, reader: &str, height: u64) -> Vec<u64> {
         let mut state = self.state.lock();
-        let before = state.readers.get(reader).copied().unwrap_or_default();
-        let previous = before.last;
-        let direction = match previous {
+        let step = |previous: Option<u64>| match previous {
             Some(p) if height == p.wrapping_add(1) => 1,
             Some(p) if p == height.wrapping_add(1) => -1,
             _ => 0,
         };
+        // One lookup, and the reader's name is copied only when it is new: this runs on every
+        // read, hot ones included.
+        let before = match state.readers.get_mut(reader) {
+            Some(mut known) => {
+                let before = *known;
+                *known = Reader {
+                    last: Some(height),
+                    direction: step(before.last),
+                };
+                before
+            }
+            None => {
+                state.readers.insert(
+                    reader.to_owned(),
+                    Reader {
+                        last: Some(height),
+                        direction: 0,
+                    },
+                );
+                Reader::default()
+            }
+        };
+        let previous = before.last;
+        let direction = step(previous);
         let mut predicted = Vec::new();
         if direction != 0 && before.direction == direction {
             for step in 1..=LOOKAHEAD as i64 {
@@ -74,13 +96,6 @@ impl Predictor {
                 }
             }
         }
-        state.readers.insert(
-            reader.to_owned(),
-            Reader {
-                last: Some(height),
-                direction,
-            },
-        );
         if let Some(p) = previous.filter(|p| *p != height) {
             state.learn(p, height);
         }
