@@ -15,7 +15,7 @@
 //! restarted and recovered from disk; `STOPPING=1` when a stop signal arrives.
 
 use crate::config::{BusChoice, Config};
-use crate::dbus::{BlockchainObject, BUS_NAME, OBJECT_PATH};
+use crate::dbus::{BlockchainInterface, BlockchainObject, BUS_NAME, OBJECT_PATH};
 use crate::journal;
 use crate::service::{ChainOptions, OptimizedBlockchain};
 use sd_notify::NotifyState;
@@ -162,7 +162,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let object = BlockchainObject::new(chain.clone(), config.writer_uids.clone());
     let in_flight = object.in_flight();
     let connection = builder
-        .serve_at(OBJECT_PATH, object)
+        .serve_at(OBJECT_PATH, BlockchainInterface::new(object))
         .and_then(|b| b.name(BUS_NAME))
         .map_err(|source| DaemonError::Connect {
             bus: bus.clone(),
@@ -275,7 +275,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // and what such a call started meanwhile is drained too.
     let _ = connection
         .object_server()
-        .remove::<BlockchainObject, _>(OBJECT_PATH)
+        .remove::<BlockchainInterface, _>(OBJECT_PATH)
         .await;
     drain(&in_flight, &connection).await;
     // Bounded, so that a client that keeps calling our unique name (or a task that keeps a

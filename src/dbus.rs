@@ -5,7 +5,6 @@
 //! the reply has been sent.
 
 use crate::chain::block::{parse_hash, Caller, EncodedBlock};
-use crate::footprint::PluginFootprint;
 use crate::service::{OptimizedBlockchain, ServiceError};
 use crate::transparency::TransparencyError;
 use std::collections::HashMap;
@@ -13,8 +12,11 @@ use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::names::{BusName, UniqueName};
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{OwnedValue, Signature, Type};
+use zbus::zvariant::{OwnedValue, Type};
 use zbus::{interface, Connection};
+
+mod writes;
+pub use writes::BlockchainInterface;
 
 /// Well-known bus name and interface name.
 pub const BUS_NAME: &str = "org.opdbus.Blockchain";
@@ -53,6 +55,7 @@ impl From<ServiceError> for Error {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::InvalidFootprint(refused) => Error::InvalidArgument(refused.to_string()),
+            ServiceError::InvalidBatch(refused) => Error::InvalidArgument(refused),
             ServiceError::Transparency(TransparencyError::OutOfRange(message)) => {
                 Error::InvalidArgument(message)
             }
@@ -212,108 +215,6 @@ fn not_found_by_hash(hash: &str) -> Error {
 
 #[interface(name = "org.opdbus.Blockchain")]
 impl BlockchainObject {
-    /// Adds a footprint; returns once its block is durable.
-    #[zbus(out_args("height", "hash"))]
-    async fn add_footprint(
-        &self,
-        plugin: String,
-        operation: String,
-        data_json: String,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
-    ) -> Result<(u64, SentWithReply), Error> {
-        let in_flight = self.in_flight.enter();
-        // Cheapest first: who calls (asked of the bus once per connection) before anything
-        // of the arguments is looked at; size, names and JSON rules then in `append`'s
-        // validation, in that order, so a huge invalid payload is answered by its size.
-        let caller = self.caller(&header, connection).await?;
-        // For logs: the names are not checked yet, so they are shown escaped and cut (a valid
-        // name is shown as it is).
-        let shown = |name: &str| -> String {
-            name.chars()
-                .take(crate::footprint::MAX_NAME_BYTES + 1)
-                .flat_map(char::escape_default)
-                .collect()
-        };
-        let (shown_plugin, shown_operation) = (shown(&plugin), shown(&operation));
-        if let Err(refused) = self.require_writer(&caller, "add footprints") {
-            // Throttled: a caller looping on a refused call must not fill the journal.
-            if let Some(left_out) = crate::journal::REFUSALS.admit() {
-                tracing::warn!(
-                    message_id = crate::journal::FOOTPRINT_REFUSED,
-                    PLUGIN = %shown_plugin,
-                    OPERATION = %shown_operation,
-                    CALLER_UID = caller.uid,
-                    CALLER_UNIT = crate::journal::non_empty(&caller.unit),
-                    LEFT_OUT = (left_out > 0).then_some(left_out),
-                    "footprint refused: the caller may not write"
-                );
-            }
-            return Err(refused);
-        }
-        let footprint = PluginFootprint::received(plugin, operation, data_json);
-        let (plugin, operation) = (shown_plugin, shown_operation);
-        let (caller_uid, caller_unit) = (caller.uid, caller.unit.clone());
-        let block = self
-            .chain
-            .append(footprint, caller)
-            .await
-            .inspect_err(|err| match err {
-                // The caller's mistake, answered with InvalidArgument; worth a line for the
-                // operator of a misbehaving plugin, throttled like the refusals above.
-                ServiceError::InvalidFootprint(_) => {
-                    if let Some(left_out) = crate::journal::REFUSALS.admit() {
-                        tracing::info!(
-                            message_id = crate::journal::FOOTPRINT_REFUSED,
-                            PLUGIN = %plugin,
-                            OPERATION = %operation,
-                            CALLER_UID = caller_uid,
-                            CALLER_UNIT = crate::journal::non_empty(&caller_unit),
-                            LEFT_OUT = (left_out > 0).then_some(left_out),
-                            "footprint refused: {err}"
-                        )
-                    }
-                }
-                // The writer logged the failed batch once (WRITE_FAILED, STORAGE_LATCHED);
-                // every caller in it got StorageFailure.
-                _ => tracing::debug!(
-                    PLUGIN = %plugin,
-                    OPERATION = %operation,
-                    %err,
-                    "footprint not committed"
-                ),
-            })?;
-        tracing::debug!(
-            BLOCK_HEIGHT = block.height,
-            BLOCK_HASH = %block.hash_hex(),
-            PLUGIN = %block.plugin,
-            OPERATION = %block.operation,
-            CALLER_UID = block.caller.uid,
-            CALLER_UNIT = crate::journal::non_empty(&block.caller.unit),
-            "block {} added: {} {}",
-            block.height,
-            block.plugin,
-            block.operation
-        );
-        let (sent, reply_gone) = tokio::sync::oneshot::channel();
-        let emitter = emitter.to_owned();
-        let height = block.height;
-        let hash = block.hash_hex();
-        tokio::spawn(async move {
-            let _ = reply_gone.await;
-            emit_block_added(&emitter, &block).await;
-        });
-        Ok((
-            height,
-            SentWithReply {
-                text: hash,
-                _sent: sent,
-                _in_flight: in_flight,
-            },
-        ))
-    }
-
     /// The block with this hash, as JSON.
     #[zbus(out_args("block_json"))]
     async fn get_block(
@@ -552,7 +453,8 @@ impl BlockchainObject {
         self.chain.head().1
     }
 
-    /// Sent after the reply to each AddFootprint.
+    /// Sent for each block added, after the reply to the AddFootprint or AddFootprints call
+    /// that added it.
     #[zbus(signal)]
     async fn block_added(
         emitter: &SignalEmitter<'_>,
@@ -561,27 +463,6 @@ impl BlockchainObject {
         plugin: &str,
         operation: &str,
     ) -> zbus::Result<()>;
-}
-
-/// A reply string that, by being dropped, tells that the reply carrying it was sent: zbus drops
-/// a method's return value right after sending it. (zbus's own `ResponseDispatchNotifier` would
-/// do the same, but it hides the out-argument names and types from introspection.)
-#[derive(Debug)]
-pub struct SentWithReply {
-    text: String,
-    _sent: tokio::sync::oneshot::Sender<()>,
-    /// The call stays counted as in flight until its reply is on the wire.
-    _in_flight: InFlightCall,
-}
-
-impl serde::Serialize for SentWithReply {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.text.serialize(serializer)
-    }
-}
-
-impl Type for SentWithReply {
-    const SIGNATURE: &'static Signature = String::SIGNATURE;
 }
 
 /// Emits CheckpointIssued for every checkpoint the transparency log issues, until it stops.

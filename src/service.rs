@@ -9,7 +9,7 @@ use crate::chain::block::{parse_hash, Block, Caller, EncodedBlock, Hash};
 use crate::chain::error::ChainError;
 use crate::chain::store::{self, ChainReader, Recovery, StoreOptions};
 use crate::chain::verify::{self, VerifyReport};
-use crate::chain::writer::{CommitHook, GroupCommit, PauseGuard, WriterDown};
+use crate::chain::writer::{Ack, CommitHook, GroupCommit, PauseGuard, Room, WriterDown};
 use crate::footprint::{FootprintError, PluginFootprint, DEFAULT_MAX_DATA_BYTES};
 use crate::numa::{NumaInfo, NumaOptions, NumaTopology};
 use crate::predict::Predictor;
@@ -18,6 +18,12 @@ use crate::snapshot::{PausedAt, Pending, Snapshotter, WriterBarrier};
 use crate::tlog::Checkpoint;
 use crate::transparency::{Transparency, TransparencyError, TransparencyOptions};
 use crate::vector::{Filter, HashingEmbedder, Match, SimilarQuery, VectorIndex};
+
+/// Most footprints in one batch ([`StreamingBlockchain::append_batch`], `AddFootprints`).
+pub const MAX_BATCH_FOOTPRINTS: usize = 1000;
+/// Most bytes of data JSON in one batch, all footprints together (raised to the largest
+/// footprint allowed when that is larger): a batch is held in memory whole until it commits.
+pub const MAX_BATCH_DATA_BYTES: usize = 16 << 20;
 
 /// The reader name of in-process reads through the plain `get_block*` methods.
 const LIBRARY_READER: &str = "library";
@@ -31,6 +37,10 @@ pub enum ServiceError {
     /// The footprint was refused before it reached the chain; nothing was written.
     #[error(transparent)]
     InvalidFootprint(#[from] FootprintError),
+    /// A batch of footprints was refused as a whole (the reason names the footprint, counted
+    /// from 0, or the limit); nothing was written.
+    #[error("{0}")]
+    InvalidBatch(String),
     /// The chain refused or failed; its variants say which.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -193,18 +203,114 @@ impl StreamingBlockchain {
         Ok(self.inner.commit.commit(footprint, caller).await?)
     }
 
+    /// Adds footprints as one batch on behalf of `caller`: each its own block, at consecutive
+    /// heights, committed by one `fdatasync`, all or nothing. Any invalid footprint refuses the
+    /// whole batch ([`ServiceError::InvalidBatch`] names it) and nothing is written; a failed
+    /// write rolls the whole batch back. Returns the blocks in order once durable.
+    pub async fn append_batch(
+        &self,
+        footprints: Vec<PluginFootprint>,
+        caller: Caller,
+    ) -> Result<Vec<Arc<EncodedBlock>>> {
+        self.validate_batch(&footprints)?;
+        Ok(self.inner.commit.commit_many(footprints, caller).await?)
+    }
+
+    /// Checks a batch against the batch limits and every footprint's rules, cheapest first.
+    pub fn validate_batch(&self, footprints: &[PluginFootprint]) -> Result<()> {
+        let count = footprints.len();
+        if count == 0 {
+            return Err(ServiceError::InvalidBatch(format!(
+                "the batch holds no footprint; it must hold 1 to {MAX_BATCH_FOOTPRINTS}"
+            )));
+        }
+        if count > MAX_BATCH_FOOTPRINTS {
+            return Err(ServiceError::InvalidBatch(format!(
+                "the batch holds {count} footprints; the limit is {MAX_BATCH_FOOTPRINTS} (send \
+                 several batches)"
+            )));
+        }
+        let bytes: usize = footprints.iter().map(|f| f.data_json().len()).sum();
+        let limit = MAX_BATCH_DATA_BYTES.max(self.inner.max_data_bytes);
+        if bytes > limit {
+            return Err(ServiceError::InvalidBatch(format!(
+                "the batch holds {bytes} bytes of data JSON; the limit is {limit} (send several \
+                 batches)"
+            )));
+        }
+        for (index, footprint) in footprints.iter().enumerate() {
+            footprint.validate(self.inner.max_data_bytes).map_err(|err| {
+                ServiceError::InvalidBatch(format!("footprint {index} of {count} (counting from 0): {err}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks one footprint (what [`StreamingBlockchain::append`] checks first).
+    pub fn validate(&self, footprint: &PluginFootprint) -> Result<()> {
+        Ok(footprint.validate(self.inner.max_data_bytes)?)
+    }
+
+    /// A place in the writer's queue for `count` footprints at once, `None` while it is full;
+    /// with [`StreamingBlockchain::submit`], the D-Bus adapter's path that never waits.
+    pub(crate) fn try_room(&self, count: usize) -> Option<Room> {
+        self.inner.commit.try_room(count)
+    }
+
+    /// A place in the writer's queue for `count` footprints; waits while it is full.
+    pub(crate) async fn room(&self, count: usize) -> Result<Room> {
+        Ok(self.inner.commit.room(count).await?)
+    }
+
+    /// Queues checked footprints as one write in `room`; `ack` is answered on the writer thread.
+    pub(crate) fn submit(&self, footprints: Vec<PluginFootprint>, caller: Caller, ack: Ack, room: Room) {
+        self.inner.commit.submit(footprints, caller, ack, room);
+    }
+
     /// Reads footprints from `rx` (the StateManager's channel) and commits them until the
     /// channel closes; returns once everything received is durable. A footprint that fails
     /// validation is logged and skipped.
-    pub async fn start_footprint_receiver(&self, mut rx: UnboundedReceiver<PluginFootprint>) {
+    pub async fn start_footprint_receiver(&self, rx: UnboundedReceiver<PluginFootprint>) {
+        self.receive(rx, |footprint| {
+            let checked = self.validate(&footprint).map_err(|err| (err, 0));
+            (vec![footprint], checked)
+        })
+        .await
+    }
+
+    /// As [`StreamingBlockchain::start_footprint_receiver`] for batches: each batch received is
+    /// committed as one write, all or nothing; a batch with an invalid footprint is logged
+    /// (naming it) and skipped whole.
+    pub async fn start_batch_receiver(&self, rx: UnboundedReceiver<Vec<PluginFootprint>>) {
+        self.receive(rx, |footprints| {
+            let checked = self.validate_batch(&footprints).map_err(|err| {
+                // The footprint a refusal names, for the log fields.
+                let index = footprints
+                    .iter()
+                    .position(|f| f.validate(self.inner.max_data_bytes).is_err())
+                    .unwrap_or(0);
+                (err, index)
+            });
+            (footprints, checked)
+        })
+        .await
+    }
+
+    async fn receive<T>(
+        &self,
+        mut rx: UnboundedReceiver<T>,
+        check: impl Fn(T) -> (Vec<PluginFootprint>, std::result::Result<(), (ServiceError, usize)>),
+    ) {
         let caller = Caller::this_process();
-        while let Some(footprint) = rx.recv().await {
-            if let Err(err) = footprint.validate(self.inner.max_data_bytes) {
+        while let Some(item) = rx.recv().await {
+            let (footprints, checked) = check(item);
+            if let Err((err, index)) = checked {
                 if let Some(left_out) = crate::journal::REFUSALS.admit() {
+                    let refused = footprints.get(index);
                     tracing::warn!(
                         message_id = crate::journal::FOOTPRINT_REFUSED,
-                        PLUGIN = %footprint.plugin_id,
-                        OPERATION = %footprint.operation,
+                        PLUGIN = refused.map(|f| f.plugin_id.as_str()),
+                        OPERATION = refused.map(|f| f.operation.as_str()),
                         LEFT_OUT = (left_out > 0).then_some(left_out),
                         "footprint refused: {err}"
                     );
@@ -214,7 +320,7 @@ impl StreamingBlockchain {
             if self
                 .inner
                 .commit
-                .enqueue(footprint, caller.clone())
+                .enqueue(footprints, caller.clone())
                 .await
                 .is_err()
             {
@@ -634,6 +740,20 @@ impl OptimizedBlockchain {
     /// See [`StreamingBlockchain::start_footprint_receiver`].
     pub async fn start_footprint_receiver(&self, rx: UnboundedReceiver<PluginFootprint>) {
         self.chain.start_footprint_receiver(rx).await
+    }
+
+    /// See [`StreamingBlockchain::start_batch_receiver`].
+    pub async fn start_batch_receiver(&self, rx: UnboundedReceiver<Vec<PluginFootprint>>) {
+        self.chain.start_batch_receiver(rx).await
+    }
+
+    /// See [`StreamingBlockchain::append_batch`].
+    pub async fn append_batch(
+        &self,
+        footprints: Vec<PluginFootprint>,
+        caller: Caller,
+    ) -> Result<Vec<Arc<EncodedBlock>>> {
+        self.chain.append_batch(footprints, caller).await
     }
 
     pub fn head(&self) -> (u64, String) {

@@ -3,46 +3,94 @@
 //! Callers queue footprints; the thread takes everything queued (up to a bound), appends it as
 //! one batch with one `fdatasync`, and only then answers each caller. Footprints that arrive
 //! while a sync runs form the next batch, so throughput grows with concurrency while every
-//! caller still waits for its own durable acknowledgement.
+//! caller still waits for its own durable acknowledgement. A caller may queue several
+//! footprints as one write ([`GroupCommit::commit_many`]): they go into the same batch, in
+//! order, and commit or fail together.
 //!
 //! Callers that await their ack come back right after it, a few at a time. Committing the first
 //! one alone would make the rest wait a whole extra `fdatasync`, and batches would alternate
-//! small and large. So when the last batch held more awaiting callers than have arrived yet, the
+//! small and large. So when the last batch held more awaited writes than have arrived yet, the
 //! thread gathers a little longer (at most half the last commit's duration, and never more than
 //! [`MAX_GATHER`]) until as many are there. A lone sequential caller never waits: its last batch
 //! held one.
 //!
-//! The queue is a crossbeam channel (the writer waits on it with a precise timeout while it
-//! gathers) bounded by an async semaphore: a sender waits without blocking its task's thread
-//! while [`QUEUE_LEN`] writes are queued.
+//! Wake-ups are counted, not free: the queue is a mutex-guarded list and a condition variable,
+//! and a sender wakes the thread only when it is waiting and what it waits for is there (the
+//! first write when idle, the last awaited write of a gathering, or any other command). So a
+//! batch of sixteen callers costs the writer one or two wake-ups, not sixteen. The queue is
+//! bounded by an async semaphore counting footprints: a sender waits without blocking its
+//! task's thread while [`QUEUE_LEN`] footprints are queued.
 
 use super::block::{Caller, EncodedBlock, Hash};
 use super::error::{ChainError, Result};
 use super::store::ChainWriter;
 use crate::footprint::PluginFootprint;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// Most footprints committed by one `fdatasync`.
+/// Most footprints committed by one `fdatasync` (a write of several is never split).
 const MAX_BATCH: usize = 4096;
-/// Queue bound: senders wait (asynchronously) when the writer is this far behind.
+/// Queue bound in footprints: senders wait (asynchronously) when the writer is this far behind.
 const QUEUE_LEN: usize = 16 * 1024;
+/// Most footprints one write may hold; larger ones are refused before they are queued.
+pub const MAX_WRITE_FOOTPRINTS: usize = 1024;
 /// Longest wait for the awaiting callers of the last batch to come back.
 const MAX_GATHER: Duration = Duration::from_millis(1);
 
-/// The ack: the committed block itself, shared (no copy of its strings for the caller).
-type Reply = oneshot::Sender<Result<Arc<EncodedBlock>>>;
+/// The blocks of a write, in order, or why none was committed.
+pub type Outcome<'a> = std::result::Result<&'a [Arc<EncodedBlock>], &'a ChainError>;
+
+/// Who waits for a write, and how they are told.
+pub enum Ack {
+    /// Nobody waits (the streaming receiver); a failure is logged.
+    Streamed,
+    /// One footprint's caller, answered with its block (shared: no copy of its strings).
+    One(oneshot::Sender<Result<Arc<EncodedBlock>>>),
+    /// A write of several footprints, answered with their blocks in order.
+    Many(oneshot::Sender<Result<Vec<Arc<EncodedBlock>>>>),
+    /// Run on the writer thread with the outcome, right after the `fdatasync`: it must only
+    /// hand the outcome on (the D-Bus adapter queues its replies this way, one wake-up of its
+    /// reply task per batch instead of one per caller).
+    Call(Box<dyn FnOnce(Outcome<'_>) + Send>),
+}
+
+impl Ack {
+    fn awaited(&self) -> bool {
+        !matches!(self, Ack::Streamed)
+    }
+
+    fn answer(self, outcome: Outcome<'_>) -> bool {
+        match self {
+            Ack::Streamed => return outcome.is_ok(),
+            Ack::One(reply) => {
+                let _ = reply.send(match outcome {
+                    Ok(blocks) => Ok(Arc::clone(&blocks[0])),
+                    Err(err) => Err(err.clone()),
+                });
+            }
+            Ack::Many(reply) => {
+                let _ = reply.send(outcome.map(<[_]>::to_vec).map_err(Clone::clone));
+            }
+            Ack::Call(call) => call(outcome),
+        }
+        true
+    }
+}
+
+/// A place in the bounded queue for a write of some footprints, given back when the writer
+/// takes the write.
+pub struct Room(#[allow(dead_code)] OwnedSemaphorePermit);
 
 enum Command {
     Write {
-        footprint: PluginFootprint,
+        footprints: Vec<PluginFootprint>,
         caller: Caller,
-        reply: Option<Reply>,
-        /// A place in the bounded queue, given back when the writer takes the footprint.
-        room: OwnedSemaphorePermit,
+        ack: Ack,
+        room: Room,
     },
     /// Stop at a block boundary: report the head, then wait until `resume` fires or drops.
     Pause {
@@ -52,6 +100,92 @@ enum Command {
     /// Answer once everything queued before it is durable.
     Flush(oneshot::Sender<()>),
     Shutdown,
+}
+
+/// What the writer thread waits for while it sleeps; senders read it to know whether to wake it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Not asleep: it looks at the queue again before it sleeps.
+    No,
+    /// Idle: any command wakes it.
+    Any,
+    /// Gathering: this many more awaited writes, or any command that is not a write, wake it.
+    Awaited(usize),
+}
+
+struct QueueState {
+    commands: VecDeque<Command>,
+    /// Writes in `commands` whose caller waits for them.
+    awaited: usize,
+    waiting: Waiting,
+    /// The thread has ended: commands are answered with `Closed`.
+    closed: bool,
+}
+
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            state: Mutex::new(QueueState {
+                commands: VecDeque::new(),
+                awaited: 0,
+                waiting: Waiting::No,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Queues `command`, waking the thread only if it sleeps and waits for this. A command
+    /// that comes after the thread ended is answered (or dropped, for its waiter to see) at once.
+    fn push(&self, command: Command) -> Result<()> {
+        let mut state = self.state.lock();
+        if state.closed {
+            drop(state);
+            refuse(command);
+            return Err(ChainError::Closed);
+        }
+        let awaited = match &command {
+            Command::Write { ack, .. } => usize::from(ack.awaited()),
+            _ => 0,
+        };
+        state.awaited += awaited;
+        let wake = match (&command, state.waiting) {
+            (_, Waiting::No) => false,
+            (Command::Write { .. }, Waiting::Awaited(wanted)) => state.awaited >= wanted,
+            _ => true,
+        };
+        state.commands.push_back(command);
+        if wake {
+            state.waiting = Waiting::No;
+        }
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Refuses everything queued and everything sent from now on.
+    fn close(&self) {
+        let left = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.awaited = 0;
+            std::mem::take(&mut state.commands)
+        };
+        left.into_iter().for_each(refuse);
+    }
+}
+
+fn refuse(command: Command) {
+    if let Command::Write { ack, .. } = command {
+        ack.answer(Err(&ChainError::Closed));
+    }
 }
 
 /// Counters of the writer, readable at any time.
@@ -71,7 +205,7 @@ type CommitFn = dyn Fn(Vec<Arc<EncodedBlock>>) + Send;
 
 /// Handle to the writer thread.
 pub struct GroupCommit {
-    tx: Sender<Command>,
+    queue: Arc<Queue>,
     room: Arc<Semaphore>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
@@ -87,7 +221,8 @@ impl GroupCommit {
         on_start: impl FnOnce() + Send + 'static,
         on_commit: Option<CommitHook>,
     ) -> std::io::Result<GroupCommit> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let queue = Arc::new(Queue::new());
+        let thread_queue = queue.clone();
         let room = Arc::new(Semaphore::new(QUEUE_LEN));
         let thread_room = room.clone();
         let counters = Arc::new(CommitCounters::default());
@@ -107,12 +242,13 @@ impl GroupCommit {
                     on_commit: on_commit.as_deref(),
                     on_latch: &on_latch,
                 };
-                run(&mut writer, &rx, &thread_counters, &hooks);
-                // Wake and refuse senders still waiting for room.
+                run(&mut writer, &thread_queue, &thread_counters, &hooks);
+                // Refuse what is still queued, and wake senders still waiting for room.
+                thread_queue.close();
                 thread_room.close();
             })?;
         Ok(GroupCommit {
-            tx,
+            queue,
             room,
             thread: parking_lot::Mutex::new(Some(thread)),
             counters,
@@ -127,44 +263,79 @@ impl GroupCommit {
         caller: Caller,
     ) -> Result<Arc<EncodedBlock>> {
         let (reply, answer) = oneshot::channel();
-        self.queue(footprint, caller, Some(reply)).await?;
+        let room = self.room(1).await?;
+        self.submit(vec![footprint], caller, Ack::One(reply), room);
         answer.await.map_err(|_| ChainError::Closed)?
     }
 
-    /// Queues a footprint without waiting for it (the streaming receiver's path); waits only
-    /// while the queue is full.
-    pub async fn enqueue(&self, footprint: PluginFootprint, caller: Caller) -> Result<()> {
-        self.queue(footprint, caller, None).await
+    /// Queues footprints as one write and waits until their blocks are durable: they are
+    /// committed by the same `fdatasync`, at consecutive heights, or none is. At most
+    /// [`MAX_WRITE_FOOTPRINTS`] (the caller checks); an empty write commits nothing.
+    pub async fn commit_many(
+        &self,
+        footprints: Vec<PluginFootprint>,
+        caller: Caller,
+    ) -> Result<Vec<Arc<EncodedBlock>>> {
+        if footprints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        let room = self.room(footprints.len()).await?;
+        self.submit(footprints, caller, Ack::Many(reply), room);
+        answer.await.map_err(|_| ChainError::Closed)?
     }
 
-    async fn queue(
-        &self,
-        footprint: PluginFootprint,
-        caller: Caller,
-        reply: Option<Reply>,
-    ) -> Result<()> {
-        let room = self
-            .room
+    /// Queues footprints as one write without waiting for it (the streaming receiver's path);
+    /// waits only while the queue is full.
+    pub async fn enqueue(&self, footprints: Vec<PluginFootprint>, caller: Caller) -> Result<()> {
+        if footprints.is_empty() {
+            return Ok(());
+        }
+        let room = self.room(footprints.len()).await?;
+        self.submit(footprints, caller, Ack::Streamed, room);
+        Ok(())
+    }
+
+    /// A place in the queue for a write of `count` footprints, at once, or `None` while the
+    /// queue is full (then wait with [`GroupCommit::room`]).
+    pub fn try_room(&self, count: usize) -> Option<Room> {
+        self.room
             .clone()
-            .acquire_owned()
+            .try_acquire_many_owned(permits(count))
+            .ok()
+            .map(Room)
+    }
+
+    /// A place in the queue for a write of `count` footprints; waits while the queue is full.
+    pub async fn room(&self, count: usize) -> Result<Room> {
+        self.room
+            .clone()
+            .acquire_many_owned(permits(count))
             .await
-            .map_err(|_| ChainError::Closed)?;
-        self.tx
-            .send(Command::Write {
-                footprint,
-                caller,
-                reply,
-                room,
-            })
+            .map(Room)
             .map_err(|_| ChainError::Closed)
+    }
+
+    /// Queues a write of at least one footprint in the place `room` holds; never waits. `ack`
+    /// is answered once the write is durable or has failed (with `Closed` at once if the writer
+    /// has ended).
+    pub fn submit(&self, footprints: Vec<PluginFootprint>, caller: Caller, ack: Ack, room: Room) {
+        if footprints.is_empty() {
+            ack.answer(Ok(&[]));
+            return;
+        }
+        let _ = self.queue.push(Command::Write {
+            footprints,
+            caller,
+            ack,
+            room,
+        });
     }
 
     /// Waits until everything queued before this call is durable (or has failed).
     pub async fn flush(&self) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Command::Flush(done))
-            .map_err(|_| ChainError::Closed)?;
+        self.queue.push(Command::Flush(done))?;
         wait.await.map_err(|_| ChainError::Closed)
     }
 
@@ -173,19 +344,17 @@ impl GroupCommit {
     pub async fn pause(&self) -> Result<((u64, Hash), PauseGuard)> {
         let (paused, at) = oneshot::channel();
         let (resume, resume_rx) = std::sync::mpsc::channel();
-        self.tx
-            .send(Command::Pause {
-                paused,
-                resume: resume_rx,
-            })
-            .map_err(|_| ChainError::Closed)?;
+        self.queue.push(Command::Pause {
+            paused,
+            resume: resume_rx,
+        })?;
         let head = at.await.map_err(|_| ChainError::Closed)?;
         Ok((head, PauseGuard { _resume: resume }))
     }
 
     /// Commits everything queued so far, then stops the thread and waits for it.
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown);
+        let _ = self.queue.push(Command::Shutdown);
         let thread = self.thread.lock().take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -195,6 +364,7 @@ impl GroupCommit {
     pub fn counters(&self) -> &CommitCounters {
         &self.counters
     }
+
 
     /// `Ok` while the writer thread runs and the store takes writes; otherwise why not. Cheap
     /// (no round trip to the thread): the daemon asks it for every watchdog ping.
@@ -242,53 +412,97 @@ pub struct PauseGuard {
     _resume: std::sync::mpsc::Sender<()>,
 }
 
+/// A write fits [`MAX_BATCH`] and the queue's bound whatever its size (the service refuses
+/// writes over [`MAX_WRITE_FOOTPRINTS`] before they get here).
+fn permits(count: usize) -> u32 {
+    count.clamp(1, QUEUE_LEN) as u32
+}
+
 struct Hooks<'a> {
     on_commit: Option<&'a CommitFn>,
     on_latch: &'a dyn Fn(&str),
 }
 
-fn run(
-    writer: &mut ChainWriter,
-    rx: &Receiver<Command>,
-    counters: &CommitCounters,
-    hooks: &Hooks<'_>,
-) {
-    let mut held: Option<Command> = None;
-    let mut entries = Vec::new();
-    let mut replies = Vec::new();
+/// The footprints of the next commit and who waits for them.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<(PluginFootprint, Caller)>,
+    /// Each write's footprint count and ack, in queue order.
+    acks: Vec<(usize, Ack)>,
+    /// Writes whose caller waits.
+    awaited: usize,
+}
+
+impl Batch {
+    /// Moves the writes at the front of the queue into the batch, while they fit. Returns
+    /// whether something else is at the front (a command, or a write for the next batch).
+    fn take_writes(&mut self, state: &mut QueueState) -> bool {
+        loop {
+            match state.commands.front() {
+                None => return false,
+                Some(Command::Write { footprints, .. })
+                    if self.entries.is_empty()
+                        || self.entries.len() + footprints.len() <= MAX_BATCH => {}
+                Some(_) => return true,
+            }
+            let Some(Command::Write {
+                footprints,
+                caller,
+                ack,
+                room,
+            }) = state.commands.pop_front()
+            else {
+                unreachable!("the front was a write");
+            };
+            drop(room);
+            let awaited = usize::from(ack.awaited());
+            state.awaited -= awaited;
+            self.awaited += awaited;
+            self.acks.push((footprints.len(), ack));
+            self.entries
+                .extend(footprints.into_iter().map(|f| (f, caller.clone())));
+        }
+    }
+}
+
+fn run(writer: &mut ChainWriter, queue: &Queue, counters: &CommitCounters, hooks: &Hooks<'_>) {
+    let mut batch = Batch::default();
     let mut gather = Gather::default();
     loop {
-        let Some(command) = held.take().or_else(|| rx.recv().ok()) else {
-            break;
-        };
-        match command {
-            Command::Write {
-                footprint,
-                caller,
-                reply,
-                room,
-            } => {
-                drop(room);
-                entries.push((footprint, caller));
-                replies.push(reply);
-                held = gather.collect(rx, &mut entries, &mut replies);
-                let awaited = replies.iter().filter(|r| r.is_some()).count();
-                let started = Instant::now();
-                commit_batch(writer, &mut entries, &mut replies, counters, hooks);
-                gather.committed(awaited, started.elapsed());
-            }
-            Command::Pause { paused, resume } => {
-                let head = writer.reader().head();
-                if paused.send(head).is_ok() {
-                    // Returns when the guard is dropped (its sender hangs up).
-                    let _ = resume.recv();
-                }
-            }
-            Command::Flush(done) => {
-                let _ = done.send(());
-            }
-            Command::Shutdown => break,
+        let mut state = queue.state.lock();
+        while state.commands.is_empty() {
+            state.waiting = Waiting::Any;
+            queue.wake.wait(&mut state);
         }
+        state.waiting = Waiting::No;
+        if !matches!(state.commands.front(), Some(Command::Write { .. })) {
+            let command = state.commands.pop_front().expect("not empty");
+            drop(state);
+            match command {
+                Command::Pause { paused, resume } => {
+                    let head = writer.reader().head();
+                    if paused.send(head).is_ok() {
+                        // Returns when the guard is dropped (its sender hangs up).
+                        let _ = resume.recv();
+                    }
+                }
+                Command::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Command::Shutdown => break,
+                Command::Write { .. } => unreachable!("writes are taken below"),
+            }
+            continue;
+        }
+        let more = batch.take_writes(&mut state);
+        if !more {
+            gather.collect(queue, &mut state, &mut batch);
+        }
+        drop(state);
+        let awaited = batch.awaited;
+        let started = Instant::now();
+        commit_batch(writer, &mut batch, counters, hooks);
+        gather.committed(awaited, started.elapsed());
     }
     tracing::debug!("chain writer stopped");
 }
@@ -296,7 +510,7 @@ fn run(
 /// How the next batch is gathered, learnt from the last one.
 #[derive(Default)]
 struct Gather {
-    /// Awaiting callers in the last batch: as many are expected back.
+    /// Awaited writes in the last batch: as many are expected back.
     expected: usize,
     /// How long the last commit (write and `fdatasync`) took.
     last_commit: Duration,
@@ -308,63 +522,49 @@ impl Gather {
         self.last_commit = took;
     }
 
-    /// Adds queued writes to the batch: everything already queued, then, while fewer awaiting
-    /// callers are there than the last batch had, whatever arrives within the gather window.
-    /// Returns a non-write command that ended the batch, to be handled after it.
+    /// While fewer awaited writes are in the batch than the last batch had, sleeps until the
+    /// missing ones are queued (the last sender wakes the thread) or the gather window ends,
+    /// and adds what came. A lone sequential caller never waits: its last batch held one.
     fn collect(
         &self,
-        rx: &Receiver<Command>,
-        entries: &mut Vec<(PluginFootprint, Caller)>,
-        replies: &mut Vec<Option<Reply>>,
-    ) -> Option<Command> {
-        let window = (self.last_commit / 2).min(MAX_GATHER);
-        let deadline = Instant::now() + window;
-        let mut awaited = replies.iter().filter(|r| r.is_some()).count();
-        while entries.len() < MAX_BATCH {
-            let wanted = awaited > 0 && awaited < self.expected;
-            let next = match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if wanted => rx.recv_timeout(left),
-                _ => rx.try_recv().map_err(|_| RecvTimeoutError::Timeout),
-            };
-            match next {
-                Ok(Command::Write {
-                    footprint,
-                    caller,
-                    reply,
-                    room,
-                }) => {
-                    drop(room);
-                    awaited += usize::from(reply.is_some());
-                    entries.push((footprint, caller));
-                    replies.push(reply);
-                }
-                Ok(other) => return Some(other),
-                Err(_) => break,
+        queue: &Queue,
+        state: &mut parking_lot::MutexGuard<'_, QueueState>,
+        batch: &mut Batch,
+    ) {
+        if batch.awaited == 0 || batch.awaited >= self.expected {
+            return;
+        }
+        let deadline = Instant::now() + (self.last_commit / 2).min(MAX_GATHER);
+        while batch.awaited < self.expected {
+            state.waiting = Waiting::Awaited(self.expected - batch.awaited);
+            let timed_out = queue.wake.wait_until(state, deadline).timed_out();
+            state.waiting = Waiting::No;
+            if batch.take_writes(state) || timed_out {
+                return;
             }
         }
-        None
     }
 }
 
 fn commit_batch(
     writer: &mut ChainWriter,
-    entries: &mut Vec<(PluginFootprint, Caller)>,
-    replies: &mut Vec<Option<Reply>>,
+    batch: &mut Batch,
     counters: &CommitCounters,
     hooks: &Hooks<'_>,
 ) {
-    let footprints = entries.len() as u64;
-    match writer.append_owned(std::mem::take(entries)) {
+    let footprints = batch.entries.len() as u64;
+    batch.awaited = 0;
+    match writer.append_owned(std::mem::take(&mut batch.entries)) {
         Ok(blocks) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             counters
                 .blocks
                 .fetch_add(blocks.len() as u64, Ordering::Relaxed);
-            for (block, reply) in blocks.iter().zip(replies.drain(..)) {
-                if let Some(reply) = reply {
-                    // A caller that gave up still has its block committed.
-                    let _ = reply.send(Ok(Arc::clone(block)));
-                }
+            let mut at = 0;
+            for (count, ack) in batch.acks.drain(..) {
+                // A caller that gave up still has its blocks committed.
+                ack.answer(Ok(&blocks[at..at + count]));
+                at += count;
             }
             if let Some(hook) = hooks.on_commit {
                 hook(blocks);
@@ -394,12 +594,9 @@ fn commit_batch(
                 }
             }
             let mut unanswered = 0;
-            for reply in replies.drain(..) {
-                match reply {
-                    Some(reply) => {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                    None => unanswered += 1,
+            for (count, ack) in batch.acks.drain(..) {
+                if !ack.answer(Err(&err)) {
+                    unanswered += count;
                 }
             }
             if unanswered > 0 {
@@ -411,7 +608,6 @@ fn commit_batch(
             }
         }
     }
-    entries.clear();
 }
 
 #[cfg(test)]
