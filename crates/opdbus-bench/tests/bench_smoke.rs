@@ -5,7 +5,7 @@
 mod common;
 use common::bench;
 
-const REQUIRED: [&str; 34] = [
+const REQUIRED: [&str; 35] = [
     "add_footprints_batch_rate_16",
     "durable_floor_rate_1",
     "durable_floor_rate_16",
