@@ -12,6 +12,7 @@ packages=(
   openssh-client  # ssh: backups to another host
   libhwloc-dev    # NUMA topology (hwlocality links the system libhwloc)
   libudev-dev
+  libdbus-1-dev   # libdbus: the bench's second, independent D-Bus client (the dbus crate)
   pkg-config
   hwloc           # lstopo, for operators
   python3         # tools/verify-chain.py, the independent verifier

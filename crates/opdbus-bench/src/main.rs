@@ -108,6 +108,23 @@ enum Command {
     /// Starts a private dbus-daemon and the opdbus-blockchaind next to this executable on a
     /// temporary directory ($TMPDIR, else /var/tmp), and prints a table; nothing is left behind.
     Bench(bench::BenchArgs),
+    /// Serve the durable floor alone: the least a durable AddFootprint over D-Bus can cost.
+    ///
+    /// Owns org.opdbus.BenchDurableFloor on the bus at ADDRESS and answers
+    /// org.opdbus.Blockchain.AddFootprint(s plugin, s operation, s data_json) → (t height,
+    /// s hash) at /org/opdbus/Blockchain, as the daemon does (point any client at it by changing
+    /// only the destination). One writer thread batches whatever is queued, hash-chains the
+    /// blocks (SHA-256), appends them to DIR/durable-floor.chain (made anew) with one pwrite and
+    /// one fdatasync, then replies. Nothing else: no JSON check, no caller lookup, no signal, no
+    /// cache. The bus's policy must let this user own that name. Runs until killed.
+    DurableFloor {
+        /// The bus to serve on, e.g. unix:path=/run/dbus/system_bus_socket.
+        #[arg(long, value_name = "BUS_ADDRESS")]
+        address: String,
+        /// Write on DIR's filesystem.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +152,7 @@ fn main() -> ExitCode {
             segment_bytes,
         }),
         Command::Bench(args) => bench::run(args),
+        Command::DurableFloor { address, dir } => bench::serve_durable_floor(&address, &dir),
         Command::BenchLog { blocks, dir, runs } => bench_log::run(bench_log::LogArgs {
             blocks,
             dir,

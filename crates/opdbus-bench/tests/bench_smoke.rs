@@ -5,7 +5,17 @@
 mod common;
 use common::bench;
 
-const REQUIRED: [&str; 24] = [
+const REQUIRED: [&str; 35] = [
+    "add_footprints_batch_rate_16",
+    "durable_floor_rate_1",
+    "durable_floor_rate_16",
+    "durable_floor_rate_64",
+    "durable_floor_p50_us",
+    "add_footprint_rate_64",
+    "ratio_add_footprint_rate_16_to_durable_floor",
+    "wakeups_per_footprint_16_total",
+    "independent_client_add_footprint_rate_16",
+    "independent_client_durable_floor_rate_16",
     "empty_call_rate_1",
     "empty_call_rate_16",
     "empty_call_p50_us",
@@ -30,6 +40,7 @@ const REQUIRED: [&str; 24] = [
     "tlog_thread_cpu_us_per_footprint",
     "machine",
     "date",
+    "cpus",
 ];
 
 #[test]
@@ -56,7 +67,7 @@ fn bench_quick_writes_json_with_every_required_figure() {
             .get(key)
             .unwrap_or_else(|| panic!("{key} is missing from {text}"));
         match key {
-            "machine" | "date" => assert!(
+            "machine" | "date" | "cpus" => assert!(
                 figure.as_str().is_some_and(|s| !s.is_empty()),
                 "{key} is not a text: {figure}"
             ),

@@ -2,6 +2,7 @@
 //! [`Sample`]; the caller runs them in rounds, floor and project interleaved, and merges the
 //! samples of each figure.
 
+use super::durable_floor::DURABLE_FLOOR_NAME;
 use super::stage::{FLOOR_NAME, FLOOR_PATH};
 use opdbus_blockchain::dbus::{BUS_NAME, OBJECT_PATH};
 use opdbus_blockchain::{PluginFootprint, StreamingBlockchain};
@@ -166,9 +167,23 @@ pub enum Call {
     Empty,
     /// AddFootprint on the daemon (durable reply).
     AddFootprint,
+    /// The same AddFootprint on the durable floor (`org.opdbus.BenchDurableFloor`).
+    DurableFloor,
+    /// AddFootprints on the daemon with [`BATCH`] footprints per call; each footprint counts as
+    /// one operation, the latency is the call's.
+    AddFootprints,
     /// zbus's own `org.freedesktop.DBus.Peer.Ping` on the daemon: what any call to the daemon
     /// costs before our code runs.
     Ping,
+}
+
+/// Footprints per AddFootprints call.
+pub const BATCH: usize = 100;
+
+/// Whether a call failed because the daemon has no such method (an older daemon).
+pub fn is_unknown_method(error: &zbus::Error) -> bool {
+    matches!(error, zbus::Error::MethodError(name, _, _)
+        if name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod")
 }
 
 /// Connects `n` separate bus connections.
@@ -201,6 +216,7 @@ pub async fn dbus_clients(
             let mut latencies = Vec::new();
             let mut hashes = Vec::new();
             let mut n = 0u64;
+            let mut ops = 0u64;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match call {
@@ -228,19 +244,24 @@ pub async fn dbus_clients(
                             .await
                             .map_err(|e| format!("Ping to the daemon failed: {e}"))?;
                     }
-                    Call::AddFootprint => {
+                    Call::AddFootprint | Call::DurableFloor => {
+                        let (destination, what) = if call == Call::AddFootprint {
+                            (BUS_NAME, "AddFootprint")
+                        } else {
+                            (DURABLE_FLOOR_NAME, "AddFootprint on the durable floor")
+                        };
                         let data = footprint_data(n);
                         let reply = connection
                             .call_method(
-                                Some(BUS_NAME),
+                                Some(destination),
                                 OBJECT_PATH,
                                 Some(BUS_NAME),
                                 "AddFootprint",
                                 &("network", "create", data.as_str()),
                             )
                             .await
-                            .map_err(|e| format!("AddFootprint failed: {e}"))?;
-                        if n % 64 == client as u64 % 64 {
+                            .map_err(|e| format!("{what} failed: {e}"))?;
+                        if call == Call::AddFootprint && n % 64 == client as u64 % 64 {
                             let (_height, hash): (u64, String) = reply
                                 .body()
                                 .deserialize()
@@ -248,18 +269,55 @@ pub async fn dbus_clients(
                             hashes.push(hash);
                         }
                     }
+                    Call::AddFootprints => {
+                        let data: Vec<String> =
+                            (0..BATCH as u64).map(|i| footprint_data(n + i)).collect();
+                        let batch: Vec<(&str, &str, &str)> = data
+                            .iter()
+                            .map(|d| ("network", "create", d.as_str()))
+                            .collect();
+                        let reply = match connection
+                            .call_method(
+                                Some(BUS_NAME),
+                                OBJECT_PATH,
+                                Some(BUS_NAME),
+                                "AddFootprints",
+                                &(batch,),
+                            )
+                            .await
+                        {
+                            Ok(reply) => reply,
+                            // An older daemon: no figure rather than no bench.
+                            Err(e) if is_unknown_method(&e) => break,
+                            Err(e) => return Err(format!("AddFootprints failed: {e}")),
+                        };
+                        let blocks: Vec<(u64, String)> = reply
+                            .body()
+                            .deserialize()
+                            .map_err(|e| format!("AddFootprints replied oddly: {e}"))?;
+                        if blocks.len() != BATCH {
+                            return Err(format!(
+                                "AddFootprints answered {} blocks for {BATCH} footprints",
+                                blocks.len()
+                            ));
+                        }
+                        ops += BATCH as u64 - 1;
+                        n += BATCH as u64 - 1;
+                    }
                 }
                 latencies.push(t0.elapsed());
                 n += 1;
+                ops += 1;
             }
-            Ok::<_, String>((latencies, hashes))
+            Ok::<_, String>((latencies, hashes, ops))
         }));
     }
     let mut sample = Sample::default();
     let mut hashes = Vec::new();
     for task in tasks {
-        let (latencies, mut some) = task.await.map_err(|e| format!("a client failed: {e}"))??;
-        sample.ops += latencies.len() as u64;
+        let (latencies, mut some, ops) =
+            task.await.map_err(|e| format!("a client failed: {e}"))??;
+        sample.ops += ops;
         sample.latencies.extend(latencies);
         hashes.append(&mut some);
     }
@@ -440,13 +498,16 @@ pub async fn inprocess_get_block(
     Ok(sample)
 }
 
-/// Drops the page cache of every file in `dir` (its segments), so the next read goes to disk.
+/// Drops the page cache of every file under `dir` (its segments and indexes), so the next read
+/// goes to disk.
 pub fn evict_page_cache(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if let Ok(file) = std::fs::File::open(entry.path()) {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            evict_page_cache(&entry.path());
+        } else if let Ok(file) = std::fs::File::open(entry.path()) {
             let _ = nix::fcntl::posix_fadvise(
                 file.as_raw_fd(),
                 0,

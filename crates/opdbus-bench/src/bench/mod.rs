@@ -1,15 +1,20 @@
 //! `opdbus-bench bench`: our speed beside its floors and peers, all from one run.
 //!
-//! Floors (an empty D-Bus call on the same bus with the same client count, a bare `fdatasync`
-//! on the same filesystem) and our figures are measured in rounds, interleaved A B A B, so
+//! Floors (an empty D-Bus call on the same bus with the same client count, a minimal durable
+//! AddFootprint server on the same bus and disk, a bare `fdatasync` on the same filesystem) and
+//! our figures are measured in rounds, interleaved A B A B, so
 //! machine noise hits both; every figure is also printed as a ratio to its floor or peer.
 //! Nothing here is a test: figures are reported, never asserted.
 
+mod cpus;
+mod durable_floor;
+mod independent;
 mod measure;
 mod peers;
 mod report;
 mod stage;
 mod transparency_ab;
+mod wakeups;
 
 use crate::Outcome;
 use clap::Args;
@@ -21,9 +26,10 @@ pub(crate) use report::{machine, utc_now};
 use report::{print_table, Extra, Figures};
 use serde_json::Value;
 use stage::Stage;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use wakeups::{Threads, Wakeups};
 
 /// The seed's published figures, shown beside ours.
 const SEED_WRITE_RATE: f64 = 500.0;
@@ -48,6 +54,10 @@ pub struct BenchArgs {
     /// transparency log (the rounds the full run ends its writes with).
     #[arg(long, conflicts_with = "soak")]
     transparency_only: bool,
+    /// Run everything (bus, daemons, floor servers, clients, in-process chains) on these CPUs
+    /// only, e.g. `0-1` or `0,2` (as taskset's list); default: wherever the bench may run.
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
     /// (internal) Serve the empty-call floor on this bus address.
     #[arg(long, hide = true, value_name = "ADDRESS")]
     serve_floor: Option<String>,
@@ -66,9 +76,18 @@ struct Plan {
     transparency_slice: Duration,
 }
 
+/// `opdbus-bench durable-floor`: the durable floor server alone.
+pub fn serve_durable_floor(address: &str, dir: &Path) -> Outcome {
+    durable_floor::serve(address, dir)
+}
+
 pub fn run(args: BenchArgs) -> Outcome {
     if let Some(address) = &args.serve_floor {
         return stage::serve_floor(address);
+    }
+    // Before any thread or child process exists: they all inherit it.
+    if let Some(list) = &args.cpus {
+        cpus::pin(list)?;
     }
     let plan = if args.quick {
         Plan {
@@ -147,8 +166,15 @@ async fn soak(duration: Duration, btrfs: bool) -> Outcome {
 /// Everything measured in one run.
 #[derive(Default)]
 struct Samples {
-    empty: [Sample; 3],
-    add: [Sample; 3],
+    empty: [Sample; 4],
+    /// The durable floor's AddFootprint, with as many clients as `empty`.
+    durable: [Sample; 4],
+    add: [Sample; 4],
+    /// AddFootprints (batches of [`measure::BATCH`]) with 16 clients; ops are footprints.
+    batch: Sample,
+    /// The same AddFootprint load through libdbus, on the daemon and on the durable floor.
+    libdbus_add: Sample,
+    libdbus_durable: Sample,
     fsync: Sample,
     inproc: [Sample; 2],
     /// In-process adds with 16 tasks through OptimizedBlockchain (cache on), with the chain
@@ -160,16 +186,25 @@ struct Samples {
     hot_dbus: Sample,
     empty_seq: Sample,
     ping_seq: Sample,
-    empty_cpu: [measure::Cpu; 3],
-    add_cpu: [measure::Cpu; 3],
+    empty_cpu: [measure::Cpu; 4],
+    durable_cpu: [measure::Cpu; 4],
+    add_cpu: [measure::Cpu; 4],
+    batch_cpu: measure::Cpu,
+    /// Thread wake-ups of the daemon and of the durable floor with 16 clients (AddFootprint),
+    /// and of the daemon with 16 clients sending batches.
+    add_wakeups: Wakeups,
+    durable_wakeups: Wakeups,
+    batch_wakeups: Wakeups,
 }
 
-const CLIENTS: [usize; 3] = [1, 4, 16];
+const CLIENTS: [usize; 4] = [1, 4, 16, 64];
+/// Where 16 clients are in [`CLIENTS`].
+const AT_16: usize = 2;
 const TASKS: [usize; 2] = [1, 16];
 
 async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), String> {
     let load_before = load_average();
-    let stage = Stage::start(btrfs, true).await?;
+    let mut stage = Stage::start(btrfs, true).await?;
     let work = stage.work.clone();
     let mut connections = Vec::new();
     for n in CLIENTS {
@@ -179,8 +214,25 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
     // Warm-up (first calls pay for the caller lookup and connection setup).
     for set in &connections {
         measure::dbus_clients(set, Call::Empty, Duration::from_millis(50)).await?;
+        measure::dbus_clients(set, Call::DurableFloor, Duration::from_millis(50)).await?;
         measure::dbus_clients(set, Call::AddFootprint, Duration::from_millis(50)).await?;
     }
+    let batches = measure::dbus_clients(
+        &connections[AT_16],
+        Call::AddFootprints,
+        Duration::from_millis(50),
+    )
+    .await?
+    .0
+    .ops > 0;
+    if !batches {
+        eprintln!("bench: this daemon has no AddFootprints: no batch figure");
+    }
+    let libdbus = independent::LibdbusClients::connect(&stage.address, 16)?;
+    tokio::task::block_in_place(|| {
+        libdbus.run(opdbus_blockchain::dbus::BUS_NAME, Duration::from_millis(50))?;
+        libdbus.run(durable_floor::DURABLE_FLOOR_NAME, Duration::from_millis(50))
+    })?;
     let inproc = StreamingBlockchain::new(work.join("inprocess-chain"))
         .await
         .map_err(|e| format!("cannot open the in-process chain: {e}"))?;
@@ -202,6 +254,7 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
 
     let mut s = Samples::default();
     let (bus_pid, floor_pid, daemon_pid) = (stage.bus_pid(), stage.floor_pid(), stage.daemon_pid());
+    let durable_pid = stage.durable_floor_pid();
     let mut dbus_hashes = Vec::new();
     for round in 0..plan.rounds {
         eprintln!("bench: round {} of {}", round + 1, plan.rounds);
@@ -209,13 +262,50 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
             let before = measure::Cpu::now(bus_pid, floor_pid);
             s.empty[i].merge(measure::dbus_clients(set, Call::Empty, plan.slice).await?.0);
             s.empty_cpu[i].add(measure::Cpu::now(bus_pid, floor_pid).since(before));
+
+            let threads = Threads::read(durable_pid);
+            let before = measure::Cpu::now(bus_pid, durable_pid);
+            s.durable[i].merge(
+                measure::dbus_clients(set, Call::DurableFloor, plan.slice)
+                    .await?
+                    .0,
+            );
+            s.durable_cpu[i].add(measure::Cpu::now(bus_pid, durable_pid).since(before));
+            if i == AT_16 {
+                s.durable_wakeups.add(&threads, &Threads::read(durable_pid));
+            }
+
+            let threads = Threads::read(daemon_pid);
             let before = measure::Cpu::now(bus_pid, daemon_pid);
             let (sample, hashes) =
                 measure::dbus_clients(set, Call::AddFootprint, plan.slice).await?;
             s.add_cpu[i].add(measure::Cpu::now(bus_pid, daemon_pid).since(before));
+            if i == AT_16 {
+                s.add_wakeups.add(&threads, &Threads::read(daemon_pid));
+            }
             s.add[i].merge(sample);
             dbus_hashes.extend(hashes);
         }
+        if batches {
+            let threads = Threads::read(daemon_pid);
+            let before = measure::Cpu::now(bus_pid, daemon_pid);
+            let (sample, _) =
+                measure::dbus_clients(&connections[AT_16], Call::AddFootprints, plan.slice).await?;
+            s.batch_cpu
+                .add(measure::Cpu::now(bus_pid, daemon_pid).since(before));
+            s.batch_wakeups.add(&threads, &Threads::read(daemon_pid));
+            s.batch.merge(sample);
+        }
+        // The second client, on both servers, back to back.
+        let slice = plan.slice;
+        let (on_daemon, on_floor) = tokio::task::block_in_place(|| {
+            Ok::<_, String>((
+                libdbus.run(opdbus_blockchain::dbus::BUS_NAME, slice)?,
+                libdbus.run(durable_floor::DURABLE_FLOOR_NAME, slice)?,
+            ))
+        })?;
+        s.libdbus_add.merge(on_daemon);
+        s.libdbus_durable.merge(on_floor);
         let (dir, slice) = (work.clone(), plan.slice);
         s.fsync
             .merge(blocking(move || measure::fdatasync_floor(&dir, slice)).await?);
@@ -275,7 +365,12 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
     let inproc_hashes = hashes_of(&inproc, plan.cold_reads.max(1000)).await?;
     let hot_hash = vec![inproc_hashes[0].clone(); plan.hot_reads];
     let hot_inproc = measure::inprocess_get_block(&inproc, &hot_hash, || {}).await?;
-    let cold_pick = spread(&dbus_hashes, plan.cold_reads);
+    // Cold over D-Bus: a fresh daemon on the same chain with an empty cache and no pre-loading,
+    // and the chain's page cache dropped before each read of a block not read before.
+    eprintln!("bench: cold reads on a freshly started daemon");
+    stage.restart_daemon_cold()?;
+    let mut cold_pick = spread(&dbus_hashes, plan.cold_reads);
+    cold_pick.dedup();
     let daemon_dir = stage.daemon_chain_dir.clone();
     let cold_dbus = measure::dbus_get_block(&connections[0][0], &cold_pick, || {
         measure::evict_page_cache(&daemon_dir)
@@ -315,6 +410,7 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
             load_before,
             btrfs,
             transparency,
+            batches,
         },
     );
     Ok((figures, stage))

@@ -1,9 +1,10 @@
 //! The bench's report: every figure as a table row (with what it is compared with, the ratio
 //! and the target) and as a key of the flat JSON object.
 
-use super::measure::Sample;
+use super::measure::{Cpu, Sample, BATCH};
 use super::transparency_ab::{median, Comparison};
-use super::{Plan, Samples, CLIENTS, SEED_WRITE_RATE, TASKS};
+use super::wakeups::{key_of, Wakeups};
+use super::{cpus, Plan, Samples, AT_16, CLIENTS, SEED_WRITE_RATE, TASKS};
 use serde_json::{json, Map, Value};
 
 /// What is measured once per run, outside the rounds.
@@ -19,6 +20,8 @@ pub(super) struct Extra {
     pub load_before: String,
     pub btrfs: bool,
     pub transparency: Comparison,
+    /// Whether the daemon answers AddFootprints (an older one does not).
+    pub batches: bool,
 }
 
 /// One line of the table: a figure, and what it is compared with.
@@ -49,21 +52,61 @@ impl Figures {
         let fsync_p50 = s.fsync.p50_us();
         let empty_p50 = s.empty[0].p50_us();
 
-        f.put("empty_call_rate_1", s.empty[0].rate());
-        f.put("empty_call_rate_4", s.empty[1].rate());
-        f.put("empty_call_rate_16", s.empty[2].rate());
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let durable_p50 = s.durable[0].p50_us();
         f.put("empty_call_p50_us", empty_p50);
         f.put("empty_call_p99_us", s.empty[0].p99_us());
         f.put("fdatasync_rate", fsync_rate);
         f.put("fdatasync_p50_us", fsync_p50);
         f.put("fdatasync_p99_us", s.fsync.p99_us());
         for (i, n) in CLIENTS.into_iter().enumerate() {
+            f.put(&format!("empty_call_rate_{n}"), s.empty[i].rate());
+            f.put(&format!("durable_floor_rate_{n}"), s.durable[i].rate());
+            f.put(&format!("durable_floor_p50_us_{n}"), s.durable[i].p50_us());
+            f.put(&format!("durable_floor_p99_us_{n}"), s.durable[i].p99_us());
+            f.put(
+                &format!("ratio_add_footprint_rate_{n}_to_durable_floor"),
+                ratio(s.add[i].rate(), s.durable[i].rate()),
+            );
             f.put(&format!("add_footprint_rate_{n}"), s.add[i].rate());
             f.put(&format!("add_footprint_p50_us_{n}"), s.add[i].p50_us());
             f.put(&format!("add_footprint_p99_us_{n}"), s.add[i].p99_us());
         }
         f.put("add_footprint_p50_us", s.add[0].p50_us());
         f.put("add_footprint_p99_us", s.add[0].p99_us());
+        f.put("durable_floor_p50_us", durable_p50);
+        f.put("durable_floor_p99_us", s.durable[0].p99_us());
+        f.put(
+            "ratio_add_footprint_p50_to_durable_floor",
+            ratio(s.add[0].p50_us(), durable_p50),
+        );
+        f.put("add_footprints_batch_rate_16", s.batch.rate());
+        f.put("add_footprints_batch_p50_us_16", s.batch.p50_us());
+        f.put("add_footprints_batch_size", BATCH as f64);
+        f.put(
+            "ratio_add_footprints_batch_rate_16_to_add_footprint",
+            ratio(s.batch.rate(), s.add[AT_16].rate()),
+        );
+        let (libdbus_add, libdbus_durable) = (s.libdbus_add.rate(), s.libdbus_durable.rate());
+        f.put("independent_client_add_footprint_rate_16", libdbus_add);
+        f.put("independent_client_durable_floor_rate_16", libdbus_durable);
+        f.put(
+            "ratio_independent_client_add_footprint_rate_16_to_durable_floor",
+            ratio(libdbus_add, libdbus_durable),
+        );
+        f.put(
+            "independent_client_add_footprint_p50_us_16",
+            s.libdbus_add.p50_us(),
+        );
+        f.put(
+            "independent_client_durable_floor_p50_us_16",
+            s.libdbus_durable.p50_us(),
+        );
+        f.wakeups("", &s.add_wakeups, s.add[AT_16].ops);
+        f.wakeups("durable_floor_", &s.durable_wakeups, s.durable[AT_16].ops);
+        if x.batches {
+            f.wakeups("add_footprints_batch_", &s.batch_wakeups, s.batch.ops);
+        }
         for (i, n) in TASKS.into_iter().enumerate() {
             f.put(&format!("inprocess_add_rate_{n}"), s.inproc[i].rate());
             f.put(&format!("inprocess_add_p50_us_{n}"), s.inproc[i].p50_us());
@@ -85,21 +128,23 @@ impl Figures {
         f.put("get_block_hot_ping_p50_us", s.ping_seq.p50_us());
         f.put("get_block_hot_p50_us_inprocess", x.hot_inproc.p50_us());
         f.put("get_block_cold_p50_us_dbus", x.cold_dbus.p50_us());
+        f.put("get_block_cold_reads", x.cold_dbus.ops as f64);
         f.put("get_block_cold_p50_us_inprocess", x.cold_inproc.p50_us());
         f.put("get_block_skewed_p50_us_inprocess", x.skewed.p50_us());
         f.put("get_block_skewed_rate_inprocess", x.skewed.rate());
         f.put("cache_hit_rate_skewed", x.skewed_hit_rate);
 
         for (name, cpu, sample) in [
-            ("empty_call", &s.empty_cpu[2], &s.empty[2]),
-            ("add_footprint", &s.add_cpu[2], &s.add[2]),
+            ("empty_call", &s.empty_cpu[AT_16], &s.empty[AT_16]),
+            ("durable_floor", &s.durable_cpu[AT_16], &s.durable[AT_16]),
+            ("add_footprint", &s.add_cpu[AT_16], &s.add[AT_16]),
+            ("add_footprints_batch", &s.batch_cpu, &s.batch),
         ] {
             let (bus, server, clients) = cpu.per_op_us(sample.ops);
             f.put(&format!("{name}_cpu_us_per_op_16_bus"), bus);
             f.put(&format!("{name}_cpu_us_per_op_16_server"), server);
             f.put(&format!("{name}_cpu_us_per_op_16_clients"), clients);
         }
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         let add16_vs_empty = ratio(s.add[2].rate(), s.empty[2].rate());
         let p50_vs_floor = ratio(s.add[0].p50_us(), empty_p50 + fsync_p50);
         let inproc16_vs_fsync = ratio(s.inproc[1].rate(), 16.0 * fsync_rate);
@@ -178,35 +223,103 @@ impl Figures {
         );
         f.row("fdatasync p50", fsync_p50, "µs", None, "floor");
         for (i, n) in CLIENTS.into_iter().enumerate() {
-            let target = if i == 2 { "≥ 0.45, ≥ 20000/s" } else { "" };
+            f.row(
+                &format!("durable floor, {n} client{}", plural(n)),
+                s.durable[i].rate(),
+                "/s",
+                Some(empty(i)),
+                "floor",
+            );
             f.row(
                 &format!("AddFootprint, {n} client{}", plural(n)),
                 s.add[i].rate(),
                 "/s",
-                Some(empty(i)),
-                target,
+                Some((format!("durable floor, {n}"), s.durable[i].rate())),
+                if n >= 16 { "≥ 0.85" } else { "" },
             );
         }
+        f.row(
+            "durable floor p50, 1 client",
+            durable_p50,
+            "µs",
+            Some(("empty call + fdatasync".into(), empty_p50 + fsync_p50)),
+            "floor",
+        );
+        f.row(
+            "AddFootprint p50, 1 client",
+            s.add[0].p50_us(),
+            "µs",
+            Some(("durable floor".into(), durable_p50)),
+            "≤ 1.1",
+        );
+        f.row(
+            &format!("AddFootprints ×{BATCH}, 16 clients (footprints)"),
+            s.batch.rate(),
+            "/s",
+            Some(("AddFootprint, 16".into(), s.add[AT_16].rate())),
+            if x.batches {
+                "≥ 100000/s"
+            } else {
+                "not in this daemon"
+            },
+        );
+        f.row(
+            "libdbus client: durable floor, 16",
+            libdbus_durable,
+            "/s",
+            Some(("zbus: durable floor, 16".into(), s.durable[AT_16].rate())),
+            "floor",
+        );
+        f.row(
+            "libdbus client: AddFootprint, 16",
+            libdbus_add,
+            "/s",
+            Some(("libdbus: durable floor".into(), libdbus_durable)),
+            "≥ 0.85",
+        );
         for (label, cpu, sample) in [
-            ("CPU µs per empty call, 16", &s.empty_cpu[2], &s.empty[2]),
-            ("CPU µs per AddFootprint, 16", &s.add_cpu[2], &s.add[2]),
+            (
+                "CPU µs per empty call, 16",
+                &s.empty_cpu[AT_16],
+                &s.empty[AT_16],
+            ),
+            (
+                "CPU µs per durable floor call, 16",
+                &s.durable_cpu[AT_16],
+                &s.durable[AT_16],
+            ),
+            (
+                "CPU µs per AddFootprint, 16",
+                &s.add_cpu[AT_16],
+                &s.add[AT_16],
+            ),
+            ("CPU µs per batched footprint, 16", &s.batch_cpu, &s.batch),
         ] {
-            let (bus, server, clients) = cpu.per_op_us(sample.ops);
-            f.rows.push(Row {
-                label: format!("{label}: bus/server/clients"),
-                value: bus + server + clients,
-                unit: "µs",
-                against: None,
-                target: "",
-                note: format!("{bus:.1} / {server:.1} / {clients:.1}"),
-            });
+            f.cpu_row(label, cpu, sample.ops);
         }
+        let (add_server, floor_server) = (
+            s.add_cpu[AT_16].per_op_us(s.add[AT_16].ops).1,
+            s.durable_cpu[AT_16].per_op_us(s.durable[AT_16].ops).1,
+        );
+        f.row(
+            "  daemon CPU µs per AddFootprint, 16",
+            add_server,
+            "µs",
+            Some(("durable floor server".into(), floor_server)),
+            "≤ 30 µs",
+        );
+        f.wakeup_rows(
+            &s.add_wakeups,
+            s.add[AT_16].ops,
+            &s.durable_wakeups,
+            s.durable[AT_16].ops,
+        );
         f.row(
             "AddFootprint p50, 1 client",
             s.add[0].p50_us(),
             "µs",
             Some(("empty call + fdatasync".into(), empty_p50 + fsync_p50)),
-            "≤ 1.5",
+            "",
         );
         f.row(
             "AddFootprint p99, 1 client",
@@ -217,14 +330,14 @@ impl Figures {
         );
         f.row(
             "AddFootprint p50, 16 clients",
-            s.add[2].p50_us(),
+            s.add[AT_16].p50_us(),
             "µs",
             None,
             "",
         );
         f.row(
             "AddFootprint p99, 16 clients",
-            s.add[2].p99_us(),
+            s.add[AT_16].p99_us(),
             "µs",
             None,
             "",
@@ -279,12 +392,20 @@ impl Figures {
             "",
         );
         f.row(
-            "GetBlock cold p50, D-Bus",
+            "GetBlock cold p50, D-Bus (fresh daemon, no cache)",
             x.cold_dbus.p50_us(),
             "µs",
-            None,
+            Some(("empty call".into(), s.empty_seq.p50_us())),
             "",
         );
+        f.rows.push(Row {
+            label: "  blocks read, page cache dropped before each".into(),
+            value: x.cold_dbus.ops as f64,
+            unit: "",
+            against: None,
+            target: "",
+            note: "each block once".into(),
+        });
         f.row(
             "get_block hot p50, in-process",
             x.hot_inproc.p50_us(),
@@ -292,13 +413,14 @@ impl Figures {
             None,
             "≤ 5 µs",
         );
-        f.row(
-            "get_block cold p50, in-process",
-            x.cold_inproc.p50_us(),
-            "µs",
-            None,
-            "",
-        );
+        f.rows.push(Row {
+            label: "get_block cold p50, in-process".into(),
+            value: x.cold_inproc.p50_us(),
+            unit: "µs",
+            against: None,
+            target: "",
+            note: "no cache; page cache dropped".into(),
+        });
         f.row(
             "get_block skewed mix p50, in-process",
             x.skewed.p50_us(),
@@ -401,6 +523,11 @@ impl Figures {
         self.json.insert("filesystem".into(), json!(filesystem));
         self.json
             .insert("load_average_before".into(), json!(load_before));
+        let (on, online) = (cpus::affinity(), cpus::online_count());
+        self.header
+            .push_str(&format!("\nCPUs used: {on} of {online} online"));
+        self.json.insert("cpus".into(), json!(on));
+        self.json.insert("online_cpus".into(), json!(online));
     }
 
     /// AddFootprint with 16 clients with the transparency log and without it (issue 16: the
@@ -505,6 +632,72 @@ impl Figures {
         });
     }
 
+    /// A server's wake-ups and CPU per footprint by thread, under keys starting with `prefix`.
+    fn wakeups(&mut self, prefix: &str, w: &Wakeups, footprints: u64) {
+        let per = |n: u64| n as f64 / footprints.max(1) as f64;
+        for (name, (switches, cpu_ns)) in &w.by_name {
+            let key = key_of(name);
+            self.put(
+                &format!("{prefix}wakeups_per_footprint_16_{key}"),
+                per(*switches),
+            );
+            self.put(
+                &format!("{prefix}cpu_us_per_footprint_16_{key}"),
+                per(*cpu_ns) / 1e3,
+            );
+        }
+        let (switches, cpu_ns) = w.total();
+        self.put(
+            &format!("{prefix}wakeups_per_footprint_16_total"),
+            per(switches),
+        );
+        self.put(
+            &format!("{prefix}cpu_us_per_footprint_16_total"),
+            per(cpu_ns) / 1e3,
+        );
+    }
+
+    /// Wake-ups per footprint: the daemon's total beside the durable floor's, then each
+    /// thread of both with its CPU.
+    fn wakeup_rows(&mut self, daemon: &Wakeups, ops: u64, floor: &Wakeups, floor_ops: u64) {
+        let per = |n: u64, ops: u64| n as f64 / ops.max(1) as f64;
+        self.row(
+            "thread wake-ups per AddFootprint, 16",
+            per(daemon.total().0, ops),
+            "",
+            Some(("durable floor".into(), per(floor.total().0, floor_ops))),
+            "",
+        );
+        for (server, w, ops) in [("daemon", daemon, ops), ("floor", floor, floor_ops)] {
+            for (name, (switches, cpu_ns)) in &w.by_name {
+                if *switches == 0 {
+                    continue;
+                }
+                self.rows.push(Row {
+                    label: format!("  {server}: {name}"),
+                    value: per(*switches, ops),
+                    unit: "",
+                    against: None,
+                    target: "",
+                    note: format!("{:.1} µs CPU", per(*cpu_ns, ops) / 1e3),
+                });
+            }
+        }
+    }
+
+    /// CPU per operation of bus, server and clients: the sum, with the parts as its note.
+    fn cpu_row(&mut self, label: &str, cpu: &Cpu, ops: u64) {
+        let (bus, server, clients) = cpu.per_op_us(ops);
+        self.rows.push(Row {
+            label: format!("{label}: bus/server/clients"),
+            value: bus + server + clients,
+            unit: "µs",
+            against: None,
+            target: "",
+            note: format!("{bus:.1} / {server:.1} / {clients:.1}"),
+        });
+    }
+
     fn put(&mut self, key: &str, value: f64) {
         // Two decimals are plenty for rates and microseconds alike.
         let rounded = (value * 100.0).round() / 100.0;
@@ -560,7 +753,7 @@ pub(crate) fn machine(filesystem: &str) -> String {
 pub(super) fn print_table(figures: &Figures) {
     println!("{}\n", figures.header);
     println!(
-        "{:<40} {:>12} {:<3}  {:<24} {:>8}  target",
+        "{:<50} {:>10} {:<3}  {:<26} {:>7}  target",
         "figure", "value", "", "compared with", "ratio"
     );
     for row in &figures.rows {
@@ -572,7 +765,7 @@ pub(super) fn print_table(figures: &Figures) {
             None => (row.note.as_str(), String::new()),
         };
         println!(
-            "{:<40} {:>12} {:<3}  {:<24} {:>8}  {}",
+            "{:<50} {:>10} {:<3}  {:<26} {:>7}  {}",
             row.label,
             format_value(row.value, row.unit),
             row.unit,

@@ -1,9 +1,11 @@
 //! The bench's stage: a private bus as strict as the system bus (our policy included), the
 //! daemon found next to this executable, the floor server (this executable again, serving an
-//! empty method on the same bus), on request a second daemon without the transparency log (on a
+//! empty method on the same bus), the durable floor server (this executable's `durable-floor`,
+//! writing on the same filesystem as the daemon), on request a second daemon without the transparency log (on a
 //! bus of its own: both own the same name) and, with `--btrfs`, a loop-mounted btrfs image.
 //! Everything is stopped and removed on drop, also when a measurement fails.
 
+use super::durable_floor::DURABLE_FLOOR_NAME;
 use opdbus_testkit::process::{DaemonOptions, POLICY};
 use opdbus_testkit::{Bus, Daemon, LoopBtrfs};
 use std::path::PathBuf;
@@ -14,13 +16,15 @@ use std::time::{Duration, Instant};
 pub const FLOOR_NAME: &str = "org.opdbus.BenchFloor";
 pub const FLOOR_PATH: &str = "/org/opdbus/BenchFloor";
 
-/// The floor server gets the same kind of rule as the daemon: root owns it and may call it.
+/// The floor servers get the same kind of rule as the daemon: root owns them and may call them.
 const FLOOR_POLICY: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <policy user="root">
     <allow own="org.opdbus.BenchFloor"/>
     <allow send_destination="org.opdbus.BenchFloor"/>
+    <allow own="org.opdbus.BenchDurableFloor"/>
+    <allow send_destination="org.opdbus.BenchDurableFloor"/>
   </policy>
 </busconfig>
 "#;
@@ -52,6 +56,7 @@ pub struct Stage {
     /// The same daemon with `--bench-without-transparency`, on `plain_bus`.
     plain_daemon: Option<Daemon>,
     floor: Option<Reaped>,
+    durable_floor: Option<Reaped>,
     bus: Option<Bus>,
     plain_bus: Option<Bus>,
     pub address: String,
@@ -89,6 +94,7 @@ impl Stage {
             daemon: None,
             plain_daemon: None,
             floor: None,
+            durable_floor: None,
             bus: None,
             plain_bus: None,
             address: String::new(),
@@ -130,6 +136,14 @@ impl Stage {
             .spawn()
             .map_err(|e| format!("cannot start the floor server: {e}"))?;
         stage.floor = Some(Reaped(floor));
+        let durable_floor = Command::new(&me)
+            .args(["durable-floor", "--address", &stage.address, "--dir"])
+            .arg(stage.work.join("durable-floor"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the durable floor server: {e}"))?;
+        stage.durable_floor = Some(Reaped(durable_floor));
 
         let mut options = DaemonOptions::new(
             &daemon_exe,
@@ -155,18 +169,48 @@ impl Stage {
         let bus = stage.bus.as_ref().ok_or("no bus")?;
         let daemon = Daemon::start(bus, options)?;
         stage.daemon = Some(daemon);
-        // The floor server started first; by now it has had as long as the daemon took.
-        let mut floor = stage.floor.as_mut().map(|f| &mut f.0);
-        bus.wait_for_name(FLOOR_NAME, Duration::from_secs(30), || {
-            match floor
-                .as_deref_mut()
-                .and_then(|f| f.try_wait().ok().flatten())
-            {
-                Some(status) => Err(format!("the floor server exited ({status})")),
-                None => Ok(()),
-            }
-        })?;
+        // The floor servers started first; by now they have had as long as the daemon took.
+        for (name, server, what) in [
+            (FLOOR_NAME, stage.floor.as_mut(), "the floor server"),
+            (
+                DURABLE_FLOOR_NAME,
+                stage.durable_floor.as_mut(),
+                "the durable floor server",
+            ),
+        ] {
+            let mut server = server.map(|f| &mut f.0);
+            bus.wait_for_name(name, Duration::from_secs(30), || {
+                match server
+                    .as_deref_mut()
+                    .and_then(|f| f.try_wait().ok().flatten())
+                {
+                    Some(status) => Err(format!("{what} exited ({status})")),
+                    None => Ok(()),
+                }
+            })?;
+        }
         Ok(stage)
+    }
+
+    /// Stops the daemon and starts it again on the same chain with a new, empty cache
+    /// directory and no pre-loading or read prediction: nothing of the chain is in either cache
+    /// tier. The page cache is the caller's to drop.
+    pub fn restart_daemon_cold(&mut self) -> Result<(), String> {
+        let mut daemon = self.daemon.take().ok_or("the daemon is not running")?;
+        daemon.stop(Some(Duration::from_secs(30)))?;
+        let mut options = daemon.options.clone();
+        drop(daemon);
+        options.cache_dir = self.work.join("cold-daemon-cache");
+        let options = options
+            .env("OPDBUS_CACHE_PRELOAD_BLOCKS", "0")
+            .env("OPDBUS_CACHE_PREDICT", "off");
+        let bus = self.bus.as_ref().ok_or("no bus")?;
+        self.daemon = Some(Daemon::start(bus, options)?);
+        Ok(())
+    }
+
+    pub fn durable_floor_pid(&self) -> u32 {
+        self.durable_floor.as_ref().map_or(0, |d| d.0.id())
     }
 
     pub fn daemon_pid(&self) -> u32 {
