@@ -72,8 +72,19 @@ impl Tmpfs {
         Tmpfs(at.to_path_buf())
     }
 
+    /// Remounts with `options`. Read-only waits, as an admin would, until the daemon's cache
+    /// thread has been idle long enough to close its pack (half a second after its last write).
     fn remount(&self, options: &str) {
-        mount(&["-o", &format!("remount,{options}"), path_str(&self.0)]);
+        let args = ["-o", &format!("remount,{options}"), path_str(&self.0)];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while options.starts_with("ro") && std::time::Instant::now() < deadline {
+            let out = Command::new("mount").args(args).output().expect("mount");
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        mount(&args);
     }
 }
 

@@ -33,6 +33,8 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 /// Bound of the queue in bytes of block encodings, besides `queue_blocks`: with the largest
 /// footprints (64 KiB) the block bound alone would let gigabytes wait.
 pub const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
+/// How long the queue stays empty before the pack being appended to is closed.
+const CLOSE_AFTER: Duration = Duration::from_millis(500);
 /// Blocks filled in from the chain between two looks at the queue.
 const CATCH_UP_CHUNK: u64 = 1024;
 const STATE_FILE: &str = "state";
@@ -363,10 +365,17 @@ impl<S: BlockSource> Worker<S> {
                     Err(TryRecvError::Disconnected) => return,
                 }
             } else {
-                let next = rx.try_recv().or_else(|_| {
-                    self.cache().idle();
-                    rx.recv_timeout(RETRY_EVERY)
-                });
+                // The pack is closed once the queue has stayed empty for a while, not at every
+                // pause between two commits: under load that cost an open and a close per batch.
+                let next = rx
+                    .try_recv()
+                    .or_else(|_| match rx.recv_timeout(CLOSE_AFTER) {
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.cache().idle();
+                            rx.recv_timeout(RETRY_EVERY)
+                        }
+                        received => received,
+                    });
                 match next {
                     Ok(message) => Some(message),
                     Err(RecvTimeoutError::Timeout) => None,

@@ -380,7 +380,7 @@ impl BlockCache {
 
     /// Closes the file the disk tier appends to until the next write, so that an idle cache
     /// holds no file open for writing (its filesystem can be remounted read-only). The cache
-    /// thread calls it whenever its queue is empty.
+    /// thread calls it once its queue has stayed empty for half a second.
     pub fn idle(&self) {
         self.inner.disk.close_pack();
     }

@@ -434,6 +434,11 @@ impl Interface for BlockchainInterface {
                 call,
                 method,
             )),
+            // A block in RAM is answered right here, as a write is queued: no task is woken
+            // for it. A read from disk waits on the blocking pool and so goes on as a task.
+            None if matches!(name.as_str(), "GetBlock" | "GetBlockByHeight") => {
+                run_inline_until_it_waits(dispatch_in_task(object, connection, call));
+            }
             None => {
                 tokio::spawn(dispatch_in_task(object, connection, call));
             }

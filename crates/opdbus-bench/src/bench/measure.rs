@@ -172,9 +172,6 @@ pub enum Call {
     /// AddFootprints on the daemon with [`BATCH`] footprints per call; each footprint counts as
     /// one operation, the latency is the call's.
     AddFootprints,
-    /// zbus's own `org.freedesktop.DBus.Peer.Ping` on the daemon: what any call to the daemon
-    /// costs before our code runs.
-    Ping,
 }
 
 /// Footprints per AddFootprints call.
@@ -231,18 +228,6 @@ pub async fn dbus_clients(
                             )
                             .await
                             .map_err(|e| format!("the empty call failed: {e}"))?;
-                    }
-                    Call::Ping => {
-                        connection
-                            .call_method(
-                                Some(BUS_NAME),
-                                OBJECT_PATH,
-                                Some("org.freedesktop.DBus.Peer"),
-                                "Ping",
-                                &(),
-                            )
-                            .await
-                            .map_err(|e| format!("Ping to the daemon failed: {e}"))?;
                     }
                     Call::AddFootprint | Call::DurableFloor => {
                         let (destination, what) = if call == Call::AddFootprint {
@@ -326,6 +311,59 @@ pub async fn dbus_clients(
 }
 
 /// GetBlock for each hash over one connection (hot: the same hash again and again).
+/// The empty call, a Ping to the daemon and a hot GetBlock of `hash`, one after the other on
+/// one connection, `n` times: the three see the same state of the machine, call by call.
+/// Returns (empty, ping, GetBlock).
+pub async fn dbus_hot_read_trio(
+    connection: &zbus::Connection,
+    hash: &str,
+    n: usize,
+) -> Result<(Sample, Sample, Sample), String> {
+    let (mut empty, mut ping, mut hot) = (Sample::default(), Sample::default(), Sample::default());
+    let record = |sample: &mut Sample, elapsed: Duration| {
+        sample.elapsed += elapsed;
+        sample.latencies.push(elapsed);
+        sample.ops += 1;
+    };
+    for _ in 0..n {
+        let t0 = Instant::now();
+        connection
+            .call_method(Some(FLOOR_NAME), FLOOR_PATH, Some(FLOOR_NAME), "Empty", &())
+            .await
+            .map_err(|e| format!("the empty call failed: {e}"))?;
+        record(&mut empty, t0.elapsed());
+        let t0 = Instant::now();
+        connection
+            .call_method(
+                Some(BUS_NAME),
+                OBJECT_PATH,
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            )
+            .await
+            .map_err(|e| format!("Ping to the daemon failed: {e}"))?;
+        record(&mut ping, t0.elapsed());
+        let t0 = Instant::now();
+        let reply = connection
+            .call_method(
+                Some(BUS_NAME),
+                OBJECT_PATH,
+                Some(BUS_NAME),
+                "GetBlock",
+                &(hash,),
+            )
+            .await
+            .map_err(|e| format!("GetBlock {hash} failed: {e}"))?;
+        record(&mut hot, t0.elapsed());
+        let _json: String = reply
+            .body()
+            .deserialize()
+            .map_err(|e| format!("GetBlock replied oddly: {e}"))?;
+    }
+    Ok((empty, ping, hot))
+}
+
 pub async fn dbus_get_block(
     connection: &zbus::Connection,
     hashes: &[String],
