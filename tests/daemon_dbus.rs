@@ -458,17 +458,9 @@ async fn add_footprints_is_one_all_or_nothing_write() {
             )
         })
         .collect();
-    let reply = writer
-        .call_method(
-            Some(BUS_NAME),
-            OBJECT_PATH,
-            Some(BUS_NAME),
-            "AddFootprints",
-            &(batch,),
-        )
+    let added = add_footprints(&writer, &batch)
         .await
         .expect("AddFootprints");
-    let added: Vec<(u64, String)> = reply.body().deserialize().expect("a(ts)");
     assert_eq!(
         added.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
         vec![1, 2, 3]
@@ -487,7 +479,8 @@ async fn add_footprints_is_one_all_or_nothing_write() {
             .expect("stream open")
             .expect("message");
         let header = message.header();
-        if header.reply_serial() == reply.header().reply_serial() {
+        // The only method return this connection receives after its stream opened.
+        if message.message_type() == zbus::message::Type::MethodReturn {
             seen_reply = true;
         } else if header.member().is_some_and(|m| m.as_str() == "BlockAdded") {
             assert!(seen_reply, "BlockAdded came before the reply");
@@ -501,16 +494,7 @@ async fn add_footprints_is_one_all_or_nothing_write() {
     // One bad footprint refuses the batch, naming it; nothing is written.
     let mut bad: Vec<(&str, &str, &str)> = vec![("network", "create", "{}"); 4];
     bad[2] = ("network", "create", "{not json");
-    let err = writer
-        .call_method(
-            Some(BUS_NAME),
-            OBJECT_PATH,
-            Some(BUS_NAME),
-            "AddFootprints",
-            &(bad,),
-        )
-        .await
-        .expect_err("refused");
+    let err = add_footprints(&writer, &bad).await.expect_err("refused");
     assert_eq!(
         error_name(&err),
         "org.opdbus.Blockchain.Error.InvalidArgument"
@@ -522,16 +506,7 @@ async fn add_footprints_is_one_all_or_nothing_write() {
     );
     for (size, expected) in [(0, "no footprint"), (1001, "the limit is 1000")] {
         let batch: Vec<(&str, &str, &str)> = vec![("network", "create", "{}"); size];
-        let err = writer
-            .call_method(
-                Some(BUS_NAME),
-                OBJECT_PATH,
-                Some(BUS_NAME),
-                "AddFootprints",
-                &(batch,),
-            )
-            .await
-            .expect_err("refused");
+        let err = add_footprints(&writer, &batch).await.expect_err("refused");
         assert!(err.to_string().contains(expected), "{err}");
     }
     let (ok, out, _) = bus.call("GetBlockByHeight", "t", &["4"]);
@@ -546,4 +521,21 @@ async fn add_footprints_is_one_all_or_nothing_write() {
     assert!(ok, "{err}");
     assert!(out.starts_with("a(ts) 2 4 \""), "{out}");
     assert!(out.contains(" 5 \""), "{out}");
+}
+
+/// AddFootprints on `connection`; the reply as (height, hash) pairs.
+async fn add_footprints<T: serde::Serialize + zbus::zvariant::Type>(
+    connection: &zbus::Connection,
+    batch: &[T],
+) -> zbus::Result<Vec<(u64, String)>> {
+    let reply = connection
+        .call_method(
+            Some(BUS_NAME),
+            OBJECT_PATH,
+            Some(BUS_NAME),
+            "AddFootprints",
+            &(batch,),
+        )
+        .await?;
+    reply.body().deserialize()
 }
