@@ -677,18 +677,26 @@ mod tests {
         (reader.head(), first, open)
     }
 
+    /// Where the records of an open segment end: the writer preallocates past them.
+    fn data_end(open: &Path) -> u64 {
+        let bytes = fs::read(open).expect("read segment");
+        segment::trailing_zeros_start(&bytes) as u64
+    }
+
     #[test]
     fn the_open_segment_is_cut_right_after_the_head() {
         let dir = tempfile::tempdir().expect("tempdir");
         let chain = dir.path().join("chain");
         let ((height, hash), first, open) = chain_with(&chain, 5);
-        let len_at_barrier = fs::metadata(&open).expect("meta").len();
-        // Bytes past the barrier (a record written after the pause, or never acknowledged).
-        let mut file = fs::OpenOptions::new()
-            .append(true)
+        let len_at_barrier = data_end(&open);
+        // Bytes past the barrier (a record written after the pause, or never acknowledged),
+        // written where the next record would go: over the preallocated zeros.
+        let file = fs::OpenOptions::new()
+            .write(true)
             .open(&open)
             .expect("open");
-        io::Write::write_all(&mut file, &[0xAB; 100]).expect("junk");
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0xAB; 100], len_at_barrier)
+            .expect("junk");
         let dest = dir.path().join("snap");
         fs::create_dir(&dest).expect("mkdir");
         copy_open_segment(&open, first, len_at_barrier + 100, height, &hash, &dest).expect("copy");
@@ -709,7 +717,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let chain = dir.path().join("chain");
         let ((height, hash), first, open) = chain_with(&chain, 3);
-        let len = fs::metadata(&open).expect("meta").len();
+        let len = data_end(&open);
         let dest = dir.path().join("snap");
         fs::create_dir(&dest).expect("mkdir");
         let wrong_hash = [0u8; 32];
