@@ -130,6 +130,7 @@ async fn accept_write(
         log_refusal(
             &caller,
             &footprints,
+            tracing::Level::WARN,
             "footprint refused: the caller may not write",
         );
         return refuse(refused).await;
@@ -144,7 +145,13 @@ async fn accept_write(
         WriteMethod::Many => chain.validate_batch(&footprints),
     };
     if let Err(err) = checked {
-        log_refusal(&caller, &footprints, &format!("footprint refused: {err}"));
+        // The caller's mistake, answered with InvalidArgument: info, not warning.
+        log_refusal(
+            &caller,
+            &footprints,
+            tracing::Level::INFO,
+            &format!("footprint refused: {err}"),
+        );
         return refuse(err.into()).await;
     }
     let room = match chain.try_room(footprints.len()) {
@@ -170,7 +177,12 @@ async fn accept_write(
 /// A refused write, for the operator of a misbehaving plugin: throttled, so that a caller
 /// looping on a refused call cannot fill the journal. Names are shown escaped and cut (they may
 /// be what was refused).
-fn log_refusal(caller: &Caller, footprints: &[PluginFootprint], message: &str) {
+fn log_refusal(
+    caller: &Caller,
+    footprints: &[PluginFootprint],
+    level: tracing::Level,
+    message: &str,
+) {
     let Some(left_out) = crate::journal::REFUSALS.admit() else {
         return;
     };
@@ -181,16 +193,26 @@ fn log_refusal(caller: &Caller, footprints: &[PluginFootprint], message: &str) {
             .collect()
     };
     let first = footprints.first();
-    tracing::warn!(
-        message_id = crate::journal::FOOTPRINT_REFUSED,
-        PLUGIN = first.map(|f| shown(&f.plugin_id)),
-        OPERATION = first.map(|f| shown(&f.operation)),
-        FOOTPRINTS = footprints.len(),
-        CALLER_UID = caller.uid,
-        CALLER_UNIT = crate::journal::non_empty(&caller.unit),
-        LEFT_OUT = (left_out > 0).then_some(left_out),
-        "{message}"
-    );
+    // tracing's macros take the level as a constant: one call per level.
+    macro_rules! refused {
+        ($event:ident) => {
+            tracing::$event!(
+                message_id = crate::journal::FOOTPRINT_REFUSED,
+                PLUGIN = first.map(|f| shown(&f.plugin_id)),
+                OPERATION = first.map(|f| shown(&f.operation)),
+                FOOTPRINTS = footprints.len(),
+                CALLER_UID = caller.uid,
+                CALLER_UNIT = crate::journal::non_empty(&caller.unit),
+                LEFT_OUT = (left_out > 0).then_some(left_out),
+                "{message}"
+            )
+        };
+    }
+    if level == tracing::Level::WARN {
+        refused!(warn);
+    } else {
+        refused!(info);
+    }
 }
 
 async fn reply_error(connection: &Connection, header: &Header<'_>, error: Error) {
