@@ -22,6 +22,7 @@ pub mod marker;
 pub mod numa;
 pub mod predict;
 pub mod query;
+pub mod replica;
 pub mod service;
 pub mod snapshot;
 pub mod tlog;

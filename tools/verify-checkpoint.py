@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Independent verifier of the chain's transparency log, written from RFC 9162 §2.1 (Merkle tree,
-inclusion and consistency proofs), c2sp.org/tlog-tiles, c2sp.org/tlog-checkpoint and
-c2sp.org/signed-note, and from docs/format.md ("Merkle tree and tiles"). It shares no code with
+inclusion and consistency proofs), c2sp.org/tlog-tiles, c2sp.org/tlog-checkpoint,
+c2sp.org/signed-note, c2sp.org/tlog-cosignature (Ed25519 cosignature/v1) and from
+docs/format.md ("Merkle tree and tiles"). It shares no code with
 the daemon on purpose; it reads chain segments with tools/verify-chain.py.
 
 Usage:
-  verify-checkpoint.py note --vkey VKEY FILE
+  verify-checkpoint.py note --vkey VKEY [--witness W_VKEY]... FILE
   verify-checkpoint.py root --chain DIR --size N
   verify-checkpoint.py inclusion --leaf BLOCKHASH_HEX --index I --size N --root HEX --proof HEX,...
   verify-checkpoint.py consistency --old N --old-root HEX --new M --new-root HEX --proof HEX,...
@@ -35,6 +36,7 @@ TILE_WIDTH = 256
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 ED25519 = 0x01
+COSIGNATURE_V1 = 0x04
 
 
 class CheckFailed(Exception):
@@ -196,7 +198,7 @@ def valid_key_name(name):
 class Verifier:
     """A verifier key: `<name>+<hex key id>+<base64(type || public key)>`."""
 
-    def __init__(self, vkey):
+    def __init__(self, vkey, key_type=ED25519):
         # Neither the name nor the id holds '+'; the base64 key may.
         parts = vkey.strip().split("+", 2)
         if len(parts) != 3:
@@ -211,9 +213,9 @@ class Verifier:
             raise BadUsage(f"vkey {vkey!r}: {err}") from None
         if len(wanted_id) != 4 or id_hex != id_hex.lower():
             raise BadUsage(f"vkey key id {id_hex!r} is not 8 lowercase hex digits")
-        if len(material) != 33 or material[0] != ED25519:
-            raise BadUsage("vkey is not an Ed25519 key (type 0x01 and 32 bytes)")
-        if key_id(name, ED25519, material[1:]) != wanted_id:
+        if len(material) != 33 or material[0] != key_type:
+            raise BadUsage(f"vkey is not a key of type {key_type:#04x} with 32 bytes")
+        if key_id(name, key_type, material[1:]) != wanted_id:
             raise BadUsage(f"vkey key id {id_hex} does not match its name and key")
         self.name, self.id, self.public = name, wanted_id, material[1:]
         self.key = Ed25519PublicKey.from_public_bytes(self.public)
@@ -255,6 +257,31 @@ def open_note(data, verifier):
     if ours == 0:
         raise CheckFailed(f"the note carries no signature by {verifier.name}+{verifier.id.hex()}")
     return text
+
+
+def cosigned_at(data, witness):
+    """The timestamp of `witness`'s valid cosignature/v1 on the note `data` (c2sp.org/
+    tlog-cosignature): Ed25519 over the lines "cosignature/v1" and "time <ts>" followed by the
+    note text; the signature is an 8-byte big-endian timestamp and the 64-byte signature."""
+    note = data.decode("utf-8")
+    split = note.rfind("\n\n")
+    text, signatures = note[: split + 1], note[split + 2 :]
+    for line in signatures.rstrip("\n").split("\n"):
+        name, _, encoded = line[2:].rpartition(" ")
+        try:
+            sig = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            continue
+        if name != witness.name or sig[:4] != witness.id or len(sig) != 4 + 8 + 64:
+            continue
+        timestamp = int.from_bytes(sig[4:12], "big")
+        message = f"cosignature/v1\ntime {timestamp}\n{text}".encode()
+        try:
+            witness.key.verify(sig[12:], message)
+        except InvalidSignature:
+            raise CheckFailed(f"the cosignature by {name} does not verify") from None
+        return timestamp
+    raise CheckFailed(f"the note carries no cosignature by {witness.name}+{witness.id.hex()}")
 
 
 def parse_checkpoint(text):
@@ -456,10 +483,13 @@ def hex_list(text):
 
 def cmd_note(args):
     verifier = Verifier(args.vkey)
+    witnesses = [Verifier(w, COSIGNATURE_V1) for w in args.witness]
     with open(args.file, "rb") as f:
-        text = open_note(f.read(), verifier)
+        data = f.read()
+    text = open_note(data, verifier)
     origin, size, root = parse_checkpoint(text)
-    return {"origin": origin, "size": size, "root": root.hex()}
+    cosigned = [{"name": w.name, "timestamp": cosigned_at(data, w)} for w in witnesses]
+    return {"origin": origin, "size": size, "root": root.hex(), "cosigned": cosigned}
 
 
 def cmd_root(args):
@@ -768,6 +798,8 @@ def main(argv):
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("note", help="verify a signed checkpoint file")
     p.add_argument("--vkey", required=True)
+    p.add_argument("--witness", action="append", default=[],
+                   help="a witness's cosigner vkey (type 0x04); its cosignature must verify")
     p.add_argument("file")
     p = sub.add_parser("root", help="the Merkle root of the first N blocks of a chain")
     p.add_argument("--chain", required=True)

@@ -70,6 +70,12 @@ impl<R: Read> RecordReader<R> {
         }
     }
 
+    /// The bytes of the record the last [`RecordReader::next_record`] parsed, as read (a
+    /// replica copies them verbatim).
+    pub fn record_bytes(&self) -> &[u8] {
+        &self.record
+    }
+
     /// Capacity of what this reader holds: the read buffer plus the largest record so far.
     pub fn held_bytes(&self) -> usize {
         self.inner.capacity() + self.record.capacity()

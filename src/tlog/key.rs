@@ -37,6 +37,8 @@ pub enum KeyError {
 pub struct SigningKey {
     signer: signed_note::StandardSigner,
     vkey: String,
+    /// The Ed25519 private key (a witness signs cosignatures with it, see `cosign.rs`).
+    seed: [u8; 32],
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -69,7 +71,7 @@ impl SigningKey {
         let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
         let vkey =
             signed_note::new_ed25519_verifier_key(signed_note::Signer::name(&signer), &public);
-        Ok(SigningKey { signer, vkey })
+        Ok(SigningKey { signer, vkey, seed })
     }
 
     /// Reads the key at `path`. The file must not be readable by others (a systemd credential
@@ -146,6 +148,10 @@ impl SigningKey {
     /// The verifier key in note vkey format, `<name>+<hash>+<base64>`.
     pub fn vkey(&self) -> &str {
         &self.vkey
+    }
+
+    pub(crate) fn seed(&self) -> &[u8; 32] {
+        &self.seed
     }
 
     pub(crate) fn signer(&self) -> &signed_note::StandardSigner {

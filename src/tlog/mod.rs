@@ -8,6 +8,7 @@
 //! against code written from the RFC, and `tools/verify-checkpoint.py` checks it from outside.
 
 pub mod checkpoint;
+pub mod cosign;
 pub mod key;
 pub mod tiles;
 

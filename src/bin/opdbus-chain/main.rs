@@ -9,6 +9,7 @@ mod online;
 mod proofs;
 mod prune;
 mod repair;
+mod replicate;
 mod report;
 mod transparency;
 
@@ -129,9 +130,69 @@ enum Command {
         /// The log's verifier key (as `key show` prints it), or a file holding it.
         #[arg(long, value_name = "VKEY", requires = "checkpoint")]
         vkey: Option<String>,
+        /// A witness's verifier key (`key show --witness` on the replica, or the
+        /// witness_vkey `replicate --json` prints), or a file holding it; repeat for each
+        /// witness. The --checkpoint must carry valid cosignatures
+        /// (c2sp.org/tlog-cosignature) of at least --quorum of them.
+        #[arg(long = "witness", value_name = "W_VKEY", requires = "checkpoint")]
+        witnesses: Vec<String>,
+        /// How many of the --witness keys must have cosigned [default: all of them].
+        #[arg(long, value_name = "N", requires = "witnesses")]
+        quorum: Option<usize>,
         /// Print one JSON object (ok, chain, tiles, published_checkpoint, checkpoint,
         /// failures) instead of lines.
         #[arg(long, conflicts_with = "repair")]
+        json: bool,
+    },
+    /// Copy another host's chain, verifying it, up to its newest signed checkpoint, and
+    /// cosign that checkpoint as a witness.
+    ///
+    /// SOURCE is the URL (http:// or https://) where the source's chain directory is published:
+    /// its segment files at SOURCE/segment-<first height>.chain and its transparency log at
+    /// SOURCE/tlog/ (--tlog-url otherwise), as docs/operations.md ("Replicas") serves them.
+    /// The copy in DIR has the chain directory's format (segments, and tlog/ with tiles and
+    /// checkpoints), so verify, prove, consistency and restore work on it as they are.
+    ///
+    /// Every record is re-hashed and linked as the daemon's start-up checks it, the Merkle
+    /// tree recomputed, and the source's checkpoint must be signed by --vkey (given here,
+    /// never fetched from the source) and give the root of the copied blocks. Run again, it
+    /// first checks that the source still holds the newest block it verified, then copies only
+    /// what is new. The checkpoint it verified is published in DIR/tlog/checkpoint with this
+    /// replica's cosignature (c2sp.org/tlog-cosignature) added, so that `verify --checkpoint
+    /// … --witness` can require it.
+    ///
+    /// Exit 0 when the copy is verified up to the source's newest checkpoint. Exit 1 when the
+    /// source diverged (a rollback, truncation, rewrite or fork: the line names the tree size
+    /// where it parts from the copy) or sent invalid data; the copy keeps exactly what it had
+    /// verified. Exit 2 when the source cannot be reached or DIR cannot be used (another
+    /// replicate or a daemon holds it).
+    Replicate {
+        /// The published chain's URL.
+        #[arg(value_name = "SOURCE")]
+        source: String,
+        /// The replica's directory (made when missing).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The source log's verifier key (its `opdbus-chain key show`), or a file holding it.
+        #[arg(long, value_name = "VKEY")]
+        vkey: String,
+        /// Where the source's transparency log is published [default: SOURCE/tlog/].
+        #[arg(long, value_name = "URL")]
+        tlog_url: Option<String>,
+        /// This witness's cosigning key (a signed-note Ed25519 private key, mode 0600), made
+        /// when missing. Keep it outside DIR.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/var/lib/op-dbus/keys/witness.key"
+        )]
+        witness_key: PathBuf,
+        /// The name of a new witness key [default: <host name>/opdbus-witness].
+        #[arg(long, value_name = "NAME")]
+        witness_name: Option<String>,
+        /// Print one JSON object: ok, source, dir, size, root, origin, copied, witness_vkey,
+        /// note; or ok false with failure (and diverged_at).
+        #[arg(long)]
         json: bool,
     },
     /// Show the checkpoint signing key's verifier key.
@@ -489,6 +550,11 @@ enum KeyCommand {
     Show {
         #[command(flatten)]
         key: KeyFile,
+        /// Print the key's cosigner verifier key instead (c2sp.org/tlog-cosignature): for a
+        /// replica's witness key (--key /var/lib/op-dbus/keys/witness.key), what `verify
+        /// --witness` takes.
+        #[arg(long)]
+        witness: bool,
         /// Print one JSON object: ok, key, name, vkey; or ok false and failure.
         #[arg(long)]
         json: bool,
@@ -642,6 +708,8 @@ fn run(cli: Cli) -> Outcome {
             vectors,
             checkpoint,
             vkey,
+            witnesses,
+            quorum,
             json,
             ..
         } => offline::verify(
@@ -651,12 +719,31 @@ fn run(cli: Cli) -> Outcome {
                 vectors,
                 tlog_dir: transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
                 checkpoint: checkpoint.zip(vkey),
+                witnesses,
+                quorum,
                 json,
             },
         ),
         Command::Key {
-            command: KeyCommand::Show { key, json },
-        } => transparency::key_show(&key.path(), json),
+            command: KeyCommand::Show { key, witness, json },
+        } => transparency::key_show(&key.path(), witness, json),
+        Command::Replicate {
+            source,
+            to,
+            vkey,
+            tlog_url,
+            witness_key,
+            witness_name,
+            json,
+        } => replicate::replicate(replicate::ReplicateArgs {
+            source: &source,
+            tlog: tlog_url.as_deref(),
+            to: &to,
+            vkey: &vkey,
+            witness_key: &witness_key,
+            witness_name: witness_name.as_deref(),
+            json,
+        }),
         Command::Checkpoint {
             dir,
             tlog,
@@ -815,6 +902,10 @@ fn man_pages() -> docs::Pages<'static> {
             (
                 "/var/lib/op-dbus/keys/signing.key",
                 "The checkpoint signing key (--key), root only.",
+            ),
+            (
+                "/var/lib/op-dbus/keys/witness.key",
+                "A replica's cosigning key (replicate --witness-key), root only.",
             ),
         ],
         see_also: &["opdbus-blockchaind(8)", "journalctl(1)", "busctl(1)"],

@@ -6,6 +6,7 @@ use opdbus_blockchain::chain::block::parse_hash;
 use opdbus_blockchain::chain::store;
 use opdbus_blockchain::chain::verify::{self, verify_dir_each};
 use opdbus_blockchain::footprint;
+use opdbus_blockchain::tlog::cosign::valid_cosignatures;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,6 +18,9 @@ pub struct VerifyArgs {
     pub tlog_dir: PathBuf,
     /// `--checkpoint FILE --vkey VKEY`.
     pub checkpoint: Option<(PathBuf, String)>,
+    /// `--witness W_VKEY...`: cosigners the checkpoint needs `quorum` of (default all).
+    pub witnesses: Vec<String>,
+    pub quorum: Option<usize>,
     pub json: bool,
 }
 
@@ -26,6 +30,18 @@ pub fn verify(dir: PathBuf, args: VerifyArgs) -> Outcome {
         .as_deref()
         .map(verify::parse_expected_head)
         .transpose()?;
+    let witnesses = args
+        .witnesses
+        .iter()
+        .map(|given| crate::transparency::witness_arg(given))
+        .collect::<Result<Vec<_>, _>>()?;
+    let quorum = args.quorum.unwrap_or(witnesses.len());
+    if quorum > witnesses.len() || (quorum == 0 && !witnesses.is_empty()) {
+        return Err(format!(
+            "--quorum {quorum}: between 1 and the number of --witness keys ({})",
+            witnesses.len()
+        ));
+    }
     let mut log = LogCheck::prepare(
         args.tlog_dir,
         args.checkpoint
@@ -45,7 +61,36 @@ pub fn verify(dir: PathBuf, args: VerifyArgs) -> Outcome {
     } else {
         None
     };
-    let log = log.finish(&dir, &report)?;
+    let mut log = log.finish(&dir, &report)?;
+    if let (Some((path, _)), false) = (&args.checkpoint, witnesses.is_empty()) {
+        let note = crate::transparency::read_note(path)?;
+        let cosigned = valid_cosignatures(&note, &witnesses);
+        let line = format!(
+            "checkpoint {}: cosigned by {} of the {} witnesses given (quorum {quorum}){}",
+            path.display(),
+            cosigned.len(),
+            witnesses.len(),
+            cosigned
+                .iter()
+                .map(|(vkey, at)| format!("; {} at {at}", vkey.split('+').next().unwrap_or("")))
+                .collect::<String>()
+        );
+        if cosigned.len() < quorum {
+            log.failures.push(line.clone());
+        }
+        log.json.insert(
+            "witnesses".into(),
+            serde_json::json!({
+                "given": witnesses.len(),
+                "quorum": quorum,
+                "cosigned": cosigned
+                    .iter()
+                    .map(|(vkey, at)| serde_json::json!({ "vkey": vkey, "timestamp": at }))
+                    .collect::<Vec<_>>(),
+            }),
+        );
+        log.lines.push(line);
+    }
     let ok = report.ok() && vectors.as_ref().is_none_or(|(ok, _)| *ok) && log.failures.is_empty();
     if args.json {
         let mut out = serde_json::Map::new();

@@ -50,6 +50,21 @@ pub fn vkey_arg(given: &str) -> Result<String, String> {
     Ok(vkey)
 }
 
+/// A witness's verifier key given on the command line (the key or a file holding it).
+pub fn witness_arg(given: &str) -> Result<tlog::cosign::CosignatureVerifier, String> {
+    let path = Path::new(given);
+    let vkey = if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("reading the witness key {given}: {err}"))?;
+        text.lines().next().unwrap_or_default().trim().to_string()
+    } else {
+        given.trim().to_string()
+    };
+    tlog::cosign::CosignatureVerifier::new(&vkey).map_err(|err| {
+        format!("--witness {given}: {err}; `opdbus-chain key show --witness` prints a replica's")
+    })
+}
+
 /// A checkpoint file's bytes; a missing or unreadable file is an error (exit 2).
 pub fn read_note(path: &Path) -> Result<Vec<u8>, String> {
     files::read(path).map_err(|err| format!("reading the checkpoint {}: {err}", path.display()))
@@ -89,7 +104,7 @@ pub fn no_checkpoint(tlog_dir: &Path) -> String {
 }
 
 /// `key show`: the verifier key of the signing key at `path`.
-pub fn key_show(path: &Path, json: bool) -> Outcome {
+pub fn key_show(path: &Path, witness: bool, json: bool) -> Outcome {
     let key = match SigningKey::load(path) {
         Ok(key) => key,
         Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -107,16 +122,21 @@ pub fn key_show(path: &Path, json: bool) -> Outcome {
         }
         Err(err) => return Err(err.to_string()),
     };
+    let vkey = if witness {
+        tlog::cosign::Cosigner::new(&key).vkey()
+    } else {
+        key.vkey().to_string()
+    };
     if json {
         let out = serde_json::json!({
             "ok": true,
             "key": path,
             "name": key.name(),
-            "vkey": key.vkey(),
+            "vkey": vkey,
         });
         println!("{out}");
     } else {
-        println!("{}", key.vkey());
+        println!("{vkey}");
     }
     Ok(ExitCode::SUCCESS)
 }

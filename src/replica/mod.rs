@@ -1,0 +1,654 @@
+//! A replica: a verified copy of another host's chain, in the same on-disk format, that also
+//! witnesses the source's checkpoints.
+//!
+//! One [`Replica::round`] brings the copy up to the source's newest signed checkpoint:
+//! 1. the copy is scanned up to the checkpoint it accepted last (`DIR/tlog/checkpoint`, signed
+//!    by the source's key, which the replica is given and never fetches) and must give its root;
+//!    anything past it (a round a crash interrupted) is cut;
+//! 2. the source's checkpoint is fetched and must be signed by that key, name the same log and
+//!    not be smaller than the accepted one (a rollback);
+//! 3. the source's copy of the newest verified record is fetched and must be byte for byte the
+//!    replica's (a truncation, rewrite or fork below it fails here);
+//! 4. the records after it, up to the checkpoint's size, are read, each re-hashed, linked and
+//!    checked as start-up recovery checks them, and appended verbatim (segments are cut where
+//!    the source cut them);
+//! 5. the Merkle tree over the copy must give the checkpoint's root; then the segments are
+//!    synced, the tiles written, the checkpoint cosigned (c2sp.org/tlog-cosignature) and
+//!    published in `DIR/tlog`, its history first, as the daemon publishes its own.
+//!
+//! A check that fails stops the round: the records it appended are cut again, so the copy keeps
+//! exactly what it verified before. A source whose history no longer contains the copy's is
+//! [`ReplicaError::Diverged`] at the exact tree size where they part, found by comparing the
+//! source's segments with the copy's from the newest back.
+
+pub mod http;
+
+use crate::chain::block::Block;
+use crate::chain::scan::{self, RecordReader, ScanState};
+use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
+use crate::chain::store;
+use crate::tlog::checkpoint::History;
+use crate::tlog::cosign::Cosigner;
+use crate::tlog::tiles::{Settle, TileCheck, TileWriter};
+use crate::tlog::Checkpoint;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The largest checkpoint note a source may send (a signed note with a few signatures is well
+/// under 1 KiB; `signed_note` itself refuses notes over 1 MB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 64 * 1024;
+
+/// Leaves replayed between two tile checks when the copy is opened (memory stays flat).
+const SETTLE_EVERY: u64 = 1 << 16;
+
+/// Where a replica reads from: the source's published chain and checkpoint.
+pub trait Source {
+    /// What to call the source in messages (its URL).
+    fn describe(&self) -> String;
+    /// The source's newest signed checkpoint, at most [`MAX_CHECKPOINT_BYTES`].
+    fn checkpoint(&self) -> Result<Vec<u8>, SourceError>;
+    /// The segment whose first height is `first`, from byte `offset` to its end; `None` when
+    /// the source has no such segment. A segment shorter than `offset` reads as empty.
+    fn segment(&self, first: u64, offset: u64) -> Result<Option<Box<dyn Read>>, SourceError>;
+}
+
+/// The source could not be reached or answered outside the protocol (retry later).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// Why a round did not bring the copy up to the source's checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The source no longer extends what the replica verified: it parts from the copy after
+    /// `size` blocks. The copy is kept as it was.
+    #[error("the source diverged at tree size {size}: {reason}")]
+    Diverged { size: u64, reason: String },
+    /// The source sent something that is not a valid continuation (garbage, a record that does
+    /// not link or hash, another chain, a checkpoint not signed by the key given). Nothing of
+    /// it was kept.
+    #[error("the source sent invalid data: {0}")]
+    BadSource(String),
+    /// The source could not be read.
+    #[error("cannot read the source: {0}")]
+    Source(#[from] SourceError),
+    /// The replica's own directory cannot be used.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl ReplicaError {
+    /// The exit status of `opdbus-chain replicate`: 1 when the source failed a check, 2 when
+    /// the replica could not run.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ReplicaError::Diverged { .. } | ReplicaError::BadSource(_) => 1,
+            ReplicaError::Source(_) | ReplicaError::Local(_) => 2,
+        }
+    }
+}
+
+type Result<T, E = ReplicaError> = std::result::Result<T, E>;
+
+fn local(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> ReplicaError {
+    move |err| ReplicaError::Local(format!("{what}: {err}"))
+}
+
+/// What a round achieved.
+#[derive(Debug, Clone)]
+pub struct Round {
+    /// The checkpoint the copy is now verified up to, with this replica's cosignature.
+    pub checkpoint: Checkpoint,
+    /// Blocks appended in this round.
+    pub copied: u64,
+}
+
+/// A replica directory: the chain's segments, and `tlog/` with the tiles of the copy and the
+/// newest checkpoint it verified (cosigned).
+pub struct Replica {
+    dir: PathBuf,
+    tlog: PathBuf,
+    vkey: String,
+    cosigner: Option<Cosigner>,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// The newest record of the copy: where the tail check reads it back from the source.
+#[derive(Clone)]
+struct Tail {
+    segment: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// The copy as it stands after [`Replica::open_copy`].
+struct Copy {
+    chain_id: Option<ChainId>,
+    state: Option<ScanState>,
+    tail: Option<Tail>,
+    tiles: TileWriter,
+}
+
+impl Replica {
+    /// Opens (or makes) the replica directory `dir` for the log whose verifier key is `vkey`;
+    /// takes the chain's lock, so no daemon or other replica writes it meanwhile.
+    pub fn open(dir: &Path, vkey: &str, cosigner: Option<Cosigner>) -> Result<Replica> {
+        if !dir.exists() {
+            crate::files::create_dir_all(dir).map_err(local(dir.display()))?;
+        }
+        let lock = store::take_lock(dir).map_err(|err| ReplicaError::Local(err.to_string()))?;
+        let tlog = dir.join("tlog");
+        if !tlog.exists() {
+            crate::files::create_dir(&tlog).map_err(local(tlog.display()))?;
+        }
+        Ok(Replica {
+            dir: dir.to_path_buf(),
+            tlog,
+            vkey: vkey.trim().to_string(),
+            cosigner,
+            _lock: lock,
+        })
+    }
+
+    /// The checkpoint the copy was last verified up to (`None` before the first round).
+    pub fn accepted(&self) -> Result<Option<Checkpoint>> {
+        let path = self.tlog.join("checkpoint");
+        let note = match crate::files::read(&path) {
+            Ok(note) => note,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(local(path.display())(err)),
+        };
+        Checkpoint::open(&note, &self.vkey)
+            .map(Some)
+            .map_err(|err| {
+                ReplicaError::Local(format!(
+                    "{}: {err}: this replica was made for another log (another --vkey)",
+                    path.display()
+                ))
+            })
+    }
+
+    /// Brings the copy up to `source`'s newest checkpoint; see the module documentation.
+    pub fn round(&mut self, source: &dyn Source) -> Result<Round> {
+        let accepted = self.accepted()?;
+        let mut copy = self.open_copy(accepted.as_ref())?;
+        let note = source.checkpoint()?;
+        let offered = Checkpoint::open(&note, &self.vkey)
+            .map_err(|err| ReplicaError::BadSource(format!("its checkpoint: {err}")))?;
+        let accepted_size = accepted.as_ref().map_or(0, |c| c.size);
+        if let Some(accepted) = &accepted {
+            if offered.origin != accepted.origin {
+                return Err(ReplicaError::BadSource(format!(
+                    "its checkpoint names the log {:?}, the copy is of {:?}",
+                    offered.origin, accepted.origin
+                )));
+            }
+            if offered.size < accepted.size {
+                let (size, why) = self.locate(source)?;
+                return Err(ReplicaError::Diverged {
+                    size: size.min(offered.size),
+                    reason: format!(
+                        "its checkpoint covers {} blocks, the replica verified {} (a rollback); {why}",
+                        offered.size, accepted.size
+                    ),
+                });
+            }
+            if offered.size == accepted.size && offered.root != accepted.root {
+                let (size, why) = self.locate(source)?;
+                return Err(ReplicaError::Diverged {
+                    size,
+                    reason: format!(
+                        "its checkpoint of {} blocks has another root than the one verified (a fork); {why}",
+                        offered.size
+                    ),
+                });
+            }
+        }
+        let before = copy.state.as_ref().map_or(0, |s| s.next_height);
+        let appended = match self.copy_up_to(source, &mut copy, offered.size) {
+            Ok(appended) => appended,
+            Err(err) => {
+                self.cut_to(accepted_size)?;
+                return Err(match err {
+                    Fetched::Diverged => {
+                        let (size, why) = self.locate(source)?;
+                        ReplicaError::Diverged { size, reason: why }
+                    }
+                    Fetched::Failed(err) => err,
+                });
+            }
+        };
+        if copy.tiles.root() != offered.root {
+            self.cut_to(accepted_size)?;
+            return Err(ReplicaError::Diverged {
+                size: accepted_size,
+                reason: format!(
+                    "its blocks {accepted_size}..{} link and hash but do not give its checkpoint's \
+                     root {}: the chain it serves is not the tree it signed",
+                    offered.size,
+                    hex::encode(offered.root)
+                ),
+            });
+        }
+        for file in &appended {
+            file.sync_data().map_err(local(self.dir.display()))?;
+        }
+        crate::files::sync_dir(&self.dir).map_err(local(self.dir.display()))?;
+        copy.tiles
+            .flush()
+            .map_err(|err| ReplicaError::Local(err.to_string()))?;
+        let published = self.publish(&offered)?;
+        Ok(Round {
+            checkpoint: published,
+            copied: offered.size - before,
+        })
+    }
+
+    /// Scans the copy up to the accepted checkpoint, checks it gives that checkpoint's root,
+    /// cuts what lies past it and replays its leaves into the tiles.
+    fn open_copy(&self, accepted: Option<&Checkpoint>) -> Result<Copy> {
+        let size = accepted.map_or(0, |c| c.size);
+        self.cut_to(size)?;
+        let mut tiles = TileWriter::new(&self.tlog);
+        if size == 0 {
+            return Ok(Copy {
+                chain_id: None,
+                state: None,
+                tail: None,
+                tiles,
+            });
+        }
+        let listed = segment::list(&self.dir).map_err(local(self.dir.display()))?;
+        let mut check = TileCheck::default();
+        let mut settle_error = None;
+        let mut last = None;
+        let scan = scan::scan_chain(
+            &listed,
+            None,
+            Some(size - 1),
+            false,
+            &mut |i, block, at, len| {
+                tiles.push(&block.hash);
+                last = Some((listed[i].0, at, len));
+                if tiles.size().is_multiple_of(SETTLE_EVERY) && settle_error.is_none() {
+                    settle_error = tiles.settle(Settle::Repair, &mut check).err();
+                }
+            },
+        )
+        .map_err(|err| ReplicaError::Local(format!("the copy in {}: {err}", self.dir.display())))?;
+        if let Some(err) = settle_error {
+            return Err(ReplicaError::Local(err.to_string()));
+        }
+        tiles
+            .settle(Settle::Repair, &mut check)
+            .and_then(|()| tiles.settle_partials(Settle::Repair, &mut check))
+            .map_err(|err| ReplicaError::Local(err.to_string()))?;
+        tiles.forget_flushed();
+        let accepted = accepted.expect("size > 0");
+        if scan.state.next_height != size || tiles.root() != accepted.root {
+            return Err(ReplicaError::Local(format!(
+                "the copy in {} holds {} blocks that do not give the checkpoint of {size} it \
+                 accepted (damaged or changed locally); `opdbus-chain verify --dir {}` says where",
+                self.dir.display(),
+                scan.state.next_height,
+                self.dir.display()
+            )));
+        }
+        let (segment, offset, len) = last.expect("size > 0");
+        let path = self.dir.join(segment::file_name(segment));
+        let mut bytes = vec![0; len as usize];
+        crate::files::open_read(&path)
+            .and_then(|file| file.read_exact_at(&mut bytes, offset))
+            .map_err(local(path.display()))?;
+        Ok(Copy {
+            chain_id: Some(scan.chain_id),
+            state: Some(scan.state),
+            tail: Some(Tail {
+                segment,
+                offset,
+                bytes,
+            }),
+            tiles,
+        })
+    }
+
+    /// Reads the source from the copy's newest record on and appends every block up to `size`.
+    /// Returns the segment files written to (to sync).
+    fn copy_up_to(
+        &self,
+        source: &dyn Source,
+        copy: &mut Copy,
+        size: u64,
+    ) -> Result<Vec<File>, Fetched> {
+        let mut written: Vec<File> = Vec::new();
+        let mut tail = copy.tail.clone();
+        let mut next_segment = tail.as_ref().map_or(0, |t| t.segment);
+        while copy.state.as_ref().map_or(0, |s| s.next_height) < size {
+            let height = copy.state.as_ref().map_or(0, |s| s.next_height);
+            let offset = tail.as_ref().map_or(0, |t| t.offset);
+            let Some(mut stream) = source.segment(next_segment, offset)? else {
+                if tail.is_some() {
+                    return Err(Fetched::Diverged);
+                }
+                return Err(Fetched::Failed(cut_off(height, size)));
+            };
+            let mut out = match &tail {
+                Some(tail) => {
+                    let mut theirs = vec![0; tail.bytes.len()];
+                    if read_full(&mut stream, &mut theirs)? != theirs.len() || theirs != tail.bytes
+                    {
+                        return Err(Fetched::Diverged);
+                    }
+                    let path = self.dir.join(segment::file_name(tail.segment));
+                    crate::files::open(
+                        crate::files::options(crate::files::FILE_MODE).append(true),
+                        &path,
+                    )
+                    .map_err(|err| Fetched::Failed(local(path.display())(err)))?
+                }
+                None => self.start_segment(&mut stream, next_segment, copy)?,
+            };
+            let start = offset
+                + tail
+                    .as_ref()
+                    .map_or(HEADER_LEN as u64, |t| t.bytes.len() as u64);
+            let name = segment::file_name(next_segment);
+            let mut records = RecordReader::new(stream, start);
+            loop {
+                if copy.state.as_ref().map_or(0, |s| s.next_height) == size {
+                    break;
+                }
+                let height = copy.state.as_ref().map_or(0, |s| s.next_height);
+                let next = records
+                    .next_record()
+                    .map_err(|err| SourceError(format!("reading {name}: {err}")))?;
+                match next {
+                    None | Some((_, Parsed::Free)) => break,
+                    Some((at, Parsed::Torn)) => {
+                        return Err(Fetched::Failed(ReplicaError::BadSource(format!(
+                            "{name} ends inside the record of height {height} (offset {at}), \
+                             which its checkpoint covers"
+                        ))))
+                    }
+                    Some((at, Parsed::Damaged(why))) => {
+                        return Err(Fetched::Failed(ReplicaError::BadSource(format!(
+                            "{name} at offset {at}, height {height}: {why}"
+                        ))))
+                    }
+                    Some((at, Parsed::Record { block, .. })) => {
+                        self.check(copy, &block, &name, at)?;
+                        out.write_all(records.record_bytes())
+                            .map_err(|err| Fetched::Failed(local(name.as_str())(err)))?;
+                        copy.tiles.push(&block.hash);
+                        if copy.tiles.size().is_multiple_of(SETTLE_EVERY) {
+                            // Full tiles leave memory; those of a round that fails are
+                            // replaced when the copy grows past them again.
+                            copy.tiles.flush().map_err(|err| {
+                                Fetched::Failed(ReplicaError::Local(err.to_string()))
+                            })?;
+                        }
+                        let state = copy.state.as_mut().expect("set by check");
+                        state.next_height += 1;
+                        state.prev_hash = block.hash;
+                        state.prev_timestamp_ns = block.timestamp_ns;
+                    }
+                }
+            }
+            written.push(out);
+            let now = copy.state.as_ref().map_or(0, |s| s.next_height);
+            if now == height && tail.is_none() {
+                // A new segment with no record: the source has none past this height.
+                return Err(Fetched::Failed(cut_off(height, size)));
+            }
+            // The rest is in the segment that starts at the next height.
+            tail = None;
+            next_segment = now;
+        }
+        Ok(written)
+    }
+
+    /// Checks `block` where the copy stands; the first block sets the chain.
+    fn check(&self, copy: &mut Copy, block: &Block, name: &str, at: u64) -> Result<(), Fetched> {
+        let chain_id = copy.chain_id.expect("a segment header was read");
+        let state = copy.state.get_or_insert(ScanState {
+            chain_id,
+            next_height: 0,
+            prev_hash: crate::chain::block::ZERO_HASH,
+            prev_timestamp_ns: 0,
+        });
+        scan::check_block(block, state).map_err(|err| {
+            Fetched::Failed(ReplicaError::BadSource(format!(
+                "{name} at offset {at}: {err}"
+            )))
+        })
+    }
+
+    /// Reads the header of the source's segment starting at `first` and makes the copy's.
+    fn start_segment(
+        &self,
+        stream: &mut Box<dyn Read>,
+        first: u64,
+        copy: &mut Copy,
+    ) -> Result<File, Fetched> {
+        let name = segment::file_name(first);
+        let mut header = [0u8; HEADER_LEN];
+        if read_full(stream, &mut header)? != HEADER_LEN {
+            return Err(Fetched::Failed(ReplicaError::BadSource(format!(
+                "{name} is shorter than a segment header"
+            ))));
+        }
+        let id = segment::check_header(&header, first)
+            .map_err(|err| Fetched::Failed(ReplicaError::BadSource(format!("{name}: {err}"))))?;
+        match copy.chain_id {
+            Some(ours) if ours != id => {
+                return Err(Fetched::Failed(ReplicaError::BadSource(format!(
+                    "{name} belongs to chain {}, the copy is of chain {}",
+                    hex::encode(id),
+                    hex::encode(ours)
+                ))))
+            }
+            _ => copy.chain_id = Some(id),
+        }
+        let path = self.dir.join(&name);
+        let mut file = crate::files::create_new(&path, crate::files::FILE_MODE)
+            .map_err(|err| Fetched::Failed(local(path.display())(err)))?;
+        file.write_all(&header)
+            .map_err(|err| Fetched::Failed(local(path.display())(err)))?;
+        Ok(file)
+    }
+
+    /// Cuts the copy to its first `size` blocks: the segment holding height `size` is
+    /// truncated before it, later segments removed, and a segment left with no record removed.
+    fn cut_to(&self, size: u64) -> Result<()> {
+        let listed = segment::list(&self.dir).map_err(local(self.dir.display()))?;
+        let mut removed = false;
+        for (first, path) in listed.iter().rev() {
+            if *first >= size {
+                std::fs::remove_file(path).map_err(local(path.display()))?;
+                removed = true;
+                continue;
+            }
+            // The segment holding the last block to keep: cut after it.
+            let end = end_of_height(path, *first, size - 1)?;
+            let file = crate::files::open(
+                crate::files::options(crate::files::FILE_MODE).write(true),
+                path,
+            )
+            .map_err(local(path.display()))?;
+            let len = file.metadata().map_err(local(path.display()))?.len();
+            if len > end {
+                file.set_len(end).map_err(local(path.display()))?;
+                file.sync_all().map_err(local(path.display()))?;
+            }
+            break;
+        }
+        if removed {
+            crate::files::sync_dir(&self.dir).map_err(local(self.dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Where the source parts from the copy: (tree size, why), comparing the source's segments
+    /// with the copy's record by record, from the newest segment back.
+    fn locate(&self, source: &dyn Source) -> Result<(u64, String)> {
+        let listed = segment::list(&self.dir).map_err(local(self.dir.display()))?;
+        let mut later = String::from("the source still holds every block of the copy");
+        for (first, path) in listed.iter().rev() {
+            let name = segment::file_name(*first);
+            let Some(mut theirs) = source.segment(*first, 0)? else {
+                later = format!(
+                    "the source has no segment {name}: blocks from {first} on were cut off"
+                );
+                continue;
+            };
+            let mut ours = crate::files::open_read(path).map_err(local(path.display()))?;
+            let mut our_header = [0u8; HEADER_LEN];
+            ours.read_exact(&mut our_header)
+                .map_err(local(path.display()))?;
+            let mut header = [0u8; HEADER_LEN];
+            if read_full(&mut theirs, &mut header).map_err(Fetched::into_error)? != HEADER_LEN
+                || header != our_header
+            {
+                later = format!("the source's {name} has another header: the chain was replaced");
+                continue;
+            }
+            let mut ours = RecordReader::new(ours, HEADER_LEN as u64);
+            let mut theirs = RecordReader::new(theirs, HEADER_LEN as u64);
+            let mut matched = 0u64;
+            let why = loop {
+                let Some((_, Parsed::Record { .. })) =
+                    ours.next_record().map_err(local(path.display()))?
+                else {
+                    break None;
+                };
+                let height = first + matched;
+                match theirs
+                    .next_record()
+                    .map_err(|err| SourceError(format!("reading {name}: {err}")))?
+                {
+                    Some((_, Parsed::Record { .. }))
+                        if theirs.record_bytes() == ours.record_bytes() =>
+                    {
+                        matched += 1;
+                    }
+                    Some((_, Parsed::Record { block, .. })) => {
+                        break Some(format!(
+                            "its block at height {height} ({}) is not the one the replica \
+                             verified: the chain was rewritten or forked there",
+                            block.hash_hex()
+                        ))
+                    }
+                    Some((at, Parsed::Damaged(why))) => {
+                        break Some(format!(
+                            "its {name} at offset {at} (height {height}): {why}"
+                        ))
+                    }
+                    _ => {
+                        break Some(format!(
+                            "its chain ends before height {height}: blocks from {height} on were \
+                             cut off (a truncation)"
+                        ))
+                    }
+                }
+            };
+            match why {
+                Some(why) if matched > 0 => return Ok((first + matched, why)),
+                Some(why) => later = why,
+                None => return Ok((first + matched, later)),
+            }
+        }
+        Ok((0, later))
+    }
+
+    /// Cosigns `checkpoint` and publishes it in `DIR/tlog` (history first, then the file).
+    fn publish(&mut self, checkpoint: &Checkpoint) -> Result<Checkpoint> {
+        let mut published = checkpoint.clone();
+        if let Some(cosigner) = &mut self.cosigner {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            published.note = cosigner
+                .cosign(checkpoint, now)
+                .map_err(|err| ReplicaError::Local(err.to_string()))?;
+        }
+        let history = self.tlog.join("checkpoints");
+        History::new(&history)
+            .append(&published)
+            .map_err(local(history.display()))?;
+        let path = self.tlog.join("checkpoint");
+        crate::files::write_atomic(&path, published.note.as_bytes(), 0o644)
+            .map_err(local(path.display()))?;
+        Ok(published)
+    }
+}
+
+/// How copying stopped early.
+enum Fetched {
+    /// The source does not continue the copy: locate where it parts.
+    Diverged,
+    Failed(ReplicaError),
+}
+
+impl From<SourceError> for Fetched {
+    fn from(err: SourceError) -> Fetched {
+        Fetched::Failed(ReplicaError::Source(err))
+    }
+}
+
+impl Fetched {
+    fn into_error(self) -> ReplicaError {
+        match self {
+            Fetched::Diverged => ReplicaError::BadSource("unexpected end of data".into()),
+            Fetched::Failed(err) => err,
+        }
+    }
+}
+
+/// The source's checkpoint covers `size` blocks but its chain ends before `height`.
+fn cut_off(height: u64, size: u64) -> ReplicaError {
+    ReplicaError::Diverged {
+        size: height,
+        reason: format!(
+            "its checkpoint covers {size} blocks but its chain ends before height {height}: \
+             blocks from {height} on were cut off (a truncation)"
+        ),
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; how many bytes were read.
+fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> Result<usize, Fetched> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(SourceError(format!("reading: {err}")).into()),
+        }
+    }
+    Ok(filled)
+}
+
+/// The file offset just past the record of `height` in the segment `path` (first height
+/// `first`).
+fn end_of_height(path: &Path, first: u64, height: u64) -> Result<u64> {
+    let mut file = crate::files::open_read(path).map_err(local(path.display()))?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(HEADER_LEN as u64))
+        .map_err(local(path.display()))?;
+    let mut records = RecordReader::new(file, HEADER_LEN as u64);
+    let mut end = HEADER_LEN as u64;
+    for h in first..=height {
+        match records.next_record().map_err(local(path.display()))? {
+            Some((at, Parsed::Record { .. })) => end = at + records.record_bytes().len() as u64,
+            _ => {
+                return Err(ReplicaError::Local(format!(
+                    "{} holds no record of height {h}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(end)
+}

@@ -1,0 +1,478 @@
+//! Replicas over HTTP: a real daemon writes the source chain, a real nginx serves its chain
+//! directory live with the locations docs/operations.md gives, and `opdbus-chain replicate`
+//! copies, verifies and cosigns it; then the source is rolled back, truncated and fed garbage,
+//! and the replica must say where it parted and keep what it verified.
+//!
+//! Without nginx the tests say SKIP, or fail when `CI=1` is set.
+
+mod common;
+
+use common::*;
+use opdbus_blockchain::chain::scan::RecordReader;
+use opdbus_blockchain::chain::segment::{self, Parsed, HEADER_LEN};
+use opdbus_testkit::nginx::{self, Nginx};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn nginx_or_skip(test: &str) -> bool {
+    if nginx::program().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("1"),
+        "{test}: nginx is not installed (apt-get install nginx) and CI=1 requires it"
+    );
+    eprintln!("SKIP {test}: nginx is not installed (apt-get install nginx)");
+    false
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 temp path")
+}
+
+/// The inside of docs/operations.md's replica server block, without `listen`, `server_name`
+/// and `root`.
+fn documented_locations() -> String {
+    let doc = std::fs::read_to_string(repo_path("docs/operations.md")).expect("operations.md");
+    let block = doc
+        .split("## Replicas")
+        .nth(1)
+        .and_then(|section| section.split("```nginx").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("an nginx block in 'Replicas'");
+    let lines: Vec<&str> = block.lines().map(str::trim).collect();
+    let start = lines.iter().position(|l| *l == "server {").expect("server");
+    let end = lines.iter().rposition(|l| *l == "}").expect("its end");
+    lines[start + 1..end]
+        .iter()
+        .filter(|l| {
+            !["listen ", "server_name ", "root "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn checkpoint_size(tlog: &Path) -> Option<u64> {
+    let note = std::fs::read_to_string(tlog.join("checkpoint")).ok()?;
+    note.lines().nth(1)?.parse().ok()
+}
+
+/// A source daemon with a fast checkpoint interval, served by nginx.
+struct Source {
+    dir: tempfile::TempDir,
+    bus: Bus,
+    daemon: Daemon,
+    runtime: tokio::runtime::Runtime,
+    connection: zbus::Connection,
+    nginx: Nginx,
+    vkey: String,
+}
+
+impl Source {
+    fn start() -> Source {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = dir.path().join("chain");
+        let key = dir.path().join("keys/signing.key");
+        let bus = Bus::start();
+        // Small segments, so that a replica crosses segment boundaries.
+        let daemon = Daemon::start_with_env(
+            &bus,
+            &chain,
+            &dir.path().join("cache"),
+            &[
+                ("OPDBUS_SIGNING_KEY", path_str(&key)),
+                ("OPDBUS_CHECKPOINT_INTERVAL", "100ms"),
+                ("OPDBUS_SEGMENT_BYTES", "65536"),
+            ],
+        );
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let connection = runtime.block_on(bus.connect());
+        let nginx = Nginx::serve_with(&chain, &documented_locations()).expect("nginx");
+        let (code, vkey, err) = cli(&["key", "show", "--key", path_str(&key)]);
+        assert_eq!(code, 0, "{err}");
+        Source {
+            dir,
+            bus,
+            daemon,
+            runtime,
+            connection,
+            nginx,
+            vkey: vkey.trim().to_string(),
+        }
+    }
+
+    fn chain(&self) -> PathBuf {
+        self.dir.path().join("chain")
+    }
+
+    fn tlog(&self) -> PathBuf {
+        self.chain().join("tlog")
+    }
+
+    /// Adds `n` footprints and waits for the checkpoint that covers them; returns its size.
+    fn add(&self, n: usize) -> u64 {
+        let mut last = 0;
+        self.runtime.block_on(async {
+            for i in 0..n {
+                let data = format!(
+                    r#"{{"interface":"eth{i}","padding":"{}"}}"#,
+                    "x".repeat(200)
+                );
+                let (height, _) = add_footprint(&self.connection, "network", "create", &data)
+                    .await
+                    .expect("AddFootprint");
+                last = height;
+            }
+        });
+        let size = last + 1;
+        wait_until(Duration::from_secs(30), "the checkpoint", || {
+            checkpoint_size(&self.tlog()) == Some(size)
+        });
+        size
+    }
+
+    fn url(&self) -> String {
+        self.nginx.url()
+    }
+}
+
+/// `opdbus-chain replicate --json`: (exit code, JSON out, stderr).
+fn replicate(
+    url: &str,
+    to: &Path,
+    vkey: &str,
+    witness_key: &Path,
+) -> (i32, serde_json::Value, String) {
+    let (code, out, err) = cli(&[
+        "replicate",
+        url,
+        "--to",
+        path_str(to),
+        "--vkey",
+        vkey,
+        "--witness-key",
+        path_str(witness_key),
+        "--witness-name",
+        "replica.test/w1",
+        "--json",
+    ]);
+    let json = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
+    (code, json, err)
+}
+
+/// The segment files of `dir` and their bytes up to the end of their records.
+fn records_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    segment::list(dir)
+        .expect("list")
+        .into_iter()
+        .map(|(_, path)| {
+            let bytes = std::fs::read(&path).expect("read");
+            let end = segment::trailing_zeros_start(&bytes);
+            (
+                path.file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned(),
+                bytes[..end].to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// The file offset where the record of `height` starts, and the segment holding it.
+fn record_at(chain: &Path, height: u64) -> (PathBuf, u64) {
+    let (first, path) = segment::list(chain)
+        .expect("list")
+        .into_iter()
+        .rfind(|(first, _)| *first <= height)
+        .expect("a segment");
+    let mut file = std::fs::File::open(&path).expect("open");
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(HEADER_LEN as u64)).expect("seek");
+    let mut records = RecordReader::new(file, HEADER_LEN as u64);
+    for h in first.. {
+        match records.next_record().expect("read") {
+            Some((at, Parsed::Record { .. })) if h == height => return (path, at),
+            Some((_, Parsed::Record { .. })) => {}
+            other => panic!("no record of height {height}: {other:?}"),
+        }
+    }
+    unreachable!()
+}
+
+fn verify_replica(dir: &Path) -> serde_json::Value {
+    let (code, out, err) = cli(&["verify", "--chain-dir", path_str(dir), "--json"]);
+    assert_eq!(code, 0, "the replica must verify: {out}{err}");
+    serde_json::from_str(out.trim()).expect("JSON")
+}
+
+#[test]
+fn a_replica_copies_verifies_and_cosigns_the_live_chain_over_nginx() {
+    if !nginx_or_skip("a_replica_copies_verifies_and_cosigns_the_live_chain_over_nginx") {
+        return;
+    }
+    let source = Source::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let replica = work.path().join("replica");
+    let witness_key = work.path().join("keys/witness.key");
+
+    let size = source.add(300);
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["size"], size, "{out}");
+    assert_eq!(out["copied"], size, "{out}");
+    assert!(records_of(&replica).len() > 1, "segments were crossed");
+    // The copy is the source's records, segment by segment, byte for byte.
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+    let verified = verify_replica(&replica);
+    assert_eq!(verified["chain"]["head_height"], size - 1, "{verified}");
+
+    // What a crash in the middle of a round leaves (records past the accepted checkpoint, a
+    // segment begun) is cut by the next round before it copies.
+    let (_, newest) = segment::list(&replica)
+        .expect("list")
+        .pop()
+        .expect("a segment");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .expect("open");
+    std::io::Write::write_all(&mut file, &[0xAB; 100]).expect("append");
+    std::fs::write(
+        replica.join(segment::file_name(size + 1000)),
+        [0u8; HEADER_LEN],
+    )
+    .expect("a begun segment");
+
+    // It follows: only what is new is copied; a run with nothing new copies nothing.
+    let grown = source.add(150);
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(
+        (out["size"].as_u64(), out["copied"].as_u64()),
+        (Some(grown), Some(grown - size))
+    );
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["copied"], 0, "{out}");
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+    verify_replica(&replica);
+
+    // Its checkpoint carries the source's signature and the witness's cosignature.
+    let cosigned = replica.join("tlog/checkpoint");
+    let (code, w1, err) = cli(&["key", "show", "--key", path_str(&witness_key), "--witness"]);
+    assert_eq!(code, 0, "{err}");
+    let w1 = w1.trim().to_string();
+    assert_eq!(out["witness_vkey"], w1.as_str());
+    assert!(w1.starts_with("replica.test/w1+"), "{w1}");
+    let other_key = work.path().join("keys/other.key");
+    let (_, out, _) = replicate(
+        &source.url(),
+        &work.path().join("other"),
+        &source.vkey,
+        &other_key,
+    );
+    let w2 = out["witness_vkey"]
+        .as_str()
+        .expect("a second witness")
+        .to_string();
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--chain-dir",
+            path_str(&replica),
+            "--checkpoint",
+            path_str(&cosigned),
+            "--vkey",
+            &source.vkey,
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let (code, out, err) = check(&["--witness", &w1]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("cosigned by 1 of the 1 witnesses given"),
+        "{out}"
+    );
+    // The cosignature checks with code written from the C2SP text alone.
+    let python = |witness: &str| {
+        std::process::Command::new("python3")
+            .arg(repo_path("tools/verify-checkpoint.py"))
+            .args(["note", "--vkey", &source.vkey, "--witness", witness])
+            .arg(&cosigned)
+            .output()
+            .expect("python3 must be installed")
+    };
+    let checked = python(&w1);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let checked: serde_json::Value = serde_json::from_slice(&checked.stdout).expect("JSON");
+    assert_eq!(checked["size"], grown);
+    assert_eq!(checked["cosigned"][0]["name"], "replica.test/w1");
+    assert_eq!(python(&w2).status.code(), Some(1), "w2 never cosigned it");
+    let (code, out, err) = check(&["--witness", &w1, "--witness", &w2]);
+    assert_eq!(
+        code, 1,
+        "the second witness never cosigned this copy: {out}{err}"
+    );
+    let (code, out, err) = check(&["--witness", &w1, "--witness", &w2, "--quorum", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The source's own key is not a witness key; a quorum above the witnesses is a usage error.
+    assert_eq!(check(&["--witness", &source.vkey]).0, 2);
+    assert_eq!(check(&["--witness", &w1, "--quorum", "2"]).0, 2);
+    // A cosignature on another size does not count.
+    let forged = work.path().join("forged");
+    let note = std::fs::read_to_string(&cosigned).expect("note");
+    std::fs::write(&forged, note.replacen(&format!("\n{grown}\n"), "\n3\n", 1)).expect("write");
+    let (code, _, _) = cli(&[
+        "verify",
+        "--chain-dir",
+        path_str(&replica),
+        "--checkpoint",
+        path_str(&forged),
+        "--vkey",
+        &source.vkey,
+        "--witness",
+        &w1,
+    ]);
+    assert_eq!(code, 1);
+
+    // A second replicate on the same directory at the same time is refused (exit 2).
+    let _lock = opdbus_blockchain::chain::store::take_lock(&replica).expect("lock");
+    let (code, _, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn a_replica_names_where_the_source_diverged_and_keeps_what_it_verified() {
+    if !nginx_or_skip("a_replica_names_where_the_source_diverged_and_keeps_what_it_verified") {
+        return;
+    }
+    let mut source = Source::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let replica = work.path().join("replica");
+    let witness_key = work.path().join("keys/witness.key");
+    let first = source.add(120);
+    let old_checkpoint = std::fs::read(source.tlog().join("checkpoint")).expect("checkpoint");
+    let size = source.add(120);
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    let kept = records_of(&replica);
+
+    // Garbage from the source, past what the replica holds: a clear error, nothing kept.
+    let garbage = tempfile::tempdir().expect("tempdir");
+    source.add(30);
+    copy_published(&source.chain(), garbage.path());
+    let (segment, at) = record_at(garbage.path(), size + 5);
+    flip_byte(&segment, at + 20);
+    let served = Nginx::serve_with(garbage.path(), &documented_locations()).expect("nginx");
+    let (code, out, err) = replicate(&served.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(err.contains("invalid data"), "{err}");
+    assert_eq!(
+        records_of(&replica),
+        kept,
+        "nothing of the bad round was kept"
+    );
+    // An oversized record (a length far past the limit, with a valid check field).
+    copy_published(&source.chain(), garbage.path());
+    let (segment, at) = record_at(garbage.path(), size + 2);
+    let len = 0x7fff_fff0u32;
+    let mut head = len.to_le_bytes().to_vec();
+    head.extend_from_slice(&(len ^ u32::MAX).to_le_bytes());
+    write_at(&segment, at, &head);
+    let (code, out, err) = replicate(&served.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(records_of(&replica), kept);
+
+    // A rollback: the source serves an older checkpoint than the replica verified.
+    source.daemon.stop();
+    let newest = std::fs::read(source.tlog().join("checkpoint")).expect("checkpoint");
+    std::fs::write(source.tlog().join("checkpoint"), &old_checkpoint).expect("roll back");
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(out["diverged_at"], first, "{out} {err}");
+    assert!(err.contains("rollback"), "{err}");
+    std::fs::write(source.tlog().join("checkpoint"), &newest).expect("restore");
+
+    // A truncation: the source's chain is cut at height 200 and the daemon restarted (its
+    // transparency log halts and keeps serving its last checkpoint).
+    let cut = 200;
+    let (segment, at) = record_at(&source.chain(), cut);
+    for (first_height, path) in segment::list(&source.chain()).expect("list") {
+        if first_height > cut {
+            std::fs::remove_file(path).expect("remove later segments");
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
+    file.set_len(at).expect("truncate");
+    drop(file);
+    source.daemon.restart(&source.bus);
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(out["diverged_at"], cut, "{out} {err}");
+    assert!(err.contains("cut off"), "{err}");
+    // New blocks on the truncated chain make it a fork at the same place.
+    source.runtime.block_on(async {
+        add_footprint(&source.connection, "network", "create", r#"{"fork":true}"#)
+            .await
+            .expect("AddFootprint");
+    });
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(out["diverged_at"], cut, "{out} {err}");
+    assert!(err.contains("rewritten or forked"), "{err}");
+    // The replica kept everything it verified, and still verifies.
+    assert_eq!(records_of(&replica), kept);
+    let verified = verify_replica(&replica);
+    assert_eq!(verified["chain"]["head_height"], size - 1, "{verified}");
+}
+
+/// A static copy of a chain directory's published part (segments and tlog).
+fn copy_published(chain: &Path, to: &Path) {
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read dir") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+    for (_, path) in segment::list(chain).expect("list") {
+        std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+    }
+    copy_tree(&chain.join("tlog"), &to.join("tlog"));
+}
+
+fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    file.write_all_at(bytes, at).expect("write");
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).expect("read");
+    file.write_all_at(&[byte[0] ^ 0x55], at).expect("write");
+}
