@@ -476,3 +476,71 @@ fn flip_byte(path: &Path, at: u64) {
     file.read_exact_at(&mut byte, at).expect("read");
     file.write_all_at(&[byte[0] ^ 0x55], at).expect("write");
 }
+
+/// Catch-up speed (issue 19: ≥ 100k blocks/s): a chain of `OPDBUS_BENCH_BLOCKS` (default
+/// 200,000) footprints written through the library, its tiles and checkpoint made by the real
+/// daemon, served by nginx on loopback, copied by one `opdbus-chain replicate`. Run with
+/// `cargo test --release --test replica -- --ignored --nocapture catch_up`; docs/benchmarks.md.
+#[test]
+#[ignore = "a measurement: run it on purpose, in release"]
+fn catch_up_speed_over_loopback_http() {
+    use opdbus_blockchain::chain::block::Caller;
+    use opdbus_blockchain::chain::store::{self, StoreOptions};
+    use opdbus_blockchain::footprint::PluginFootprint;
+    if !nginx_or_skip("catch_up_speed_over_loopback_http") {
+        return;
+    }
+    let blocks: u64 = std::env::var("OPDBUS_BENCH_BLOCKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = dir.path().join("chain");
+    {
+        let (mut writer, _, _) = store::open(&chain, StoreOptions::default()).expect("open");
+        for batch in 0..blocks.div_ceil(1000) {
+            let items: Vec<_> = (0..1000)
+                .map(|i| {
+                    let data = serde_json::json!({ "interface": format!("eth{i}"), "batch": batch, "mtu": 1500 });
+                    (PluginFootprint::new("network", "create", data), Caller::default())
+                })
+                .collect();
+            writer.append(&items).expect("append");
+        }
+    }
+    let key = dir.path().join("keys/signing.key");
+    let bus = Bus::start();
+    let mut daemon = Daemon::start_with_env(
+        &bus,
+        &chain,
+        &dir.path().join("cache"),
+        &[("OPDBUS_SIGNING_KEY", path_str(&key))],
+    );
+    let size = blocks.div_ceil(1000) * 1000 + 1;
+    wait_until(Duration::from_secs(120), "the checkpoint", || {
+        checkpoint_size(&chain.join("tlog")) == Some(size)
+    });
+    daemon.stop();
+    let (_, vkey, _) = cli(&["key", "show", "--key", path_str(&key)]);
+    let served = Nginx::serve_with(&chain, &documented_locations()).expect("nginx");
+    let replica = dir.path().join("replica");
+    let started = std::time::Instant::now();
+    let (code, out, err) = replicate(
+        &served.url(),
+        &replica,
+        vkey.trim(),
+        &dir.path().join("keys/witness.key"),
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["copied"], size);
+    let bytes: u64 = records_of(&replica)
+        .iter()
+        .map(|(_, b)| b.len() as u64)
+        .sum();
+    println!(
+        "catch-up: {size} blocks ({:.1} MB) in {seconds:.2} s: {:.0} blocks/s",
+        bytes as f64 / 1e6,
+        size as f64 / seconds
+    );
+}
