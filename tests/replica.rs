@@ -342,6 +342,16 @@ fn a_replica_copies_verifies_and_cosigns_the_live_chain_over_nginx() {
     ]);
     assert_eq!(code, 1);
 
+    // A witness key inside the copy would be published with it: refused.
+    let (code, _, err) = replicate(
+        &source.url(),
+        &replica,
+        &source.vkey,
+        &replica.join("tlog/witness.key"),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("inside"), "{err}");
+
     // A second replicate on the same directory at the same time is refused (exit 2).
     let _lock = opdbus_blockchain::chain::store::take_lock(&replica).expect("lock");
     let (code, _, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);

@@ -26,6 +26,15 @@ pub fn replicate(args: ReplicateArgs) -> Outcome {
         Some(name) => name.to_string(),
         None => format!("{}/opdbus-witness", host_name()),
     };
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if absolute(args.witness_key).starts_with(absolute(args.to)) {
+        return Err(format!(
+            "the witness key {} is inside {}: it would be published with the copy; keep it \
+             elsewhere (--witness-key)",
+            args.witness_key.display(),
+            args.to.display()
+        ));
+    }
     let (key, made) = SigningKey::load_or_create(args.witness_key, &name)
         .map_err(|err| format!("the witness key: {err}"))?;
     let cosigner = Cosigner::new(&key);
