@@ -342,6 +342,15 @@ fn a_replica_copies_verifies_and_cosigns_the_live_chain_over_nginx() {
     ]);
     assert_eq!(code, 1);
 
+    // A copy whose checkpoint went missing is left alone, not wiped and copied again.
+    let kept = records_of(&replica);
+    std::fs::rename(&cosigned, work.path().join("aside")).expect("move aside");
+    let (code, _, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no verified checkpoint"), "{err}");
+    assert_eq!(records_of(&replica), kept);
+    std::fs::rename(work.path().join("aside"), &cosigned).expect("move back");
+
     // A witness key inside the copy would be published with it: refused.
     let (code, _, err) = replicate(
         &source.url(),
@@ -408,6 +417,13 @@ fn a_replica_names_where_the_source_diverged_and_keeps_what_it_verified() {
     assert_eq!(code, 1, "{out} {err}");
     assert_eq!(out["diverged_at"], first, "{out} {err}");
     assert!(err.contains("rollback"), "{err}");
+    // A fresh directory with the same witness key: the witness remembers what it cosigned for
+    // this log and refuses the smaller tree (a split view), keeping nothing of it.
+    let fresh = work.path().join("fresh");
+    let (code, out, err) = replicate(&source.url(), &fresh, &source.vkey, &witness_key);
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(err.contains("already cosigned"), "{err}");
+    assert!(records_of(&fresh).is_empty(), "nothing of it was kept");
     std::fs::write(source.tlog().join("checkpoint"), &newest).expect("restore");
 
     // A truncation: the source's chain is cut at height 200 and the daemon restarted (its

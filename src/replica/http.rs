@@ -54,14 +54,27 @@ impl HttpSource {
             request = request.set("Range", &format!("bytes={range_from}-"));
         }
         match request.call() {
-            Ok(response) => Ok(Some(response)),
+            Ok(response) if response.status() == 200 || response.status() == 206 => {
+                Ok(Some(response))
+            }
+            // ureq hands back what it does not follow (redirects are not followed: the
+            // published URL is the operator's, a redirect is the server's choice).
+            Ok(response) => Err(SourceError(format!(
+                "{url}: HTTP {} {}{}",
+                response.status(),
+                response.status_text(),
+                response
+                    .header("Location")
+                    .map_or(String::new(), |to| format!(" (to {to}; give that URL)"))
+            ))),
             Err(ureq::Error::Status(404, _)) => Ok(None),
             Err(ureq::Error::Status(416, _)) => Ok(Some(empty_response()?)),
             Err(ureq::Error::Status(code, response)) => Err(SourceError(format!(
                 "{url}: HTTP {code} {}",
                 response.status_text()
             ))),
-            Err(err) => Err(SourceError(format!("{url}: {err}"))),
+            // ureq's transport errors name the URL already.
+            Err(err) => Err(SourceError(err.to_string())),
         }
     }
 }
@@ -101,7 +114,21 @@ impl Source for HttpSource {
             return Ok(None);
         };
         let partial = response.status() == 206;
-        let mut body: Box<dyn Read> = Box::new(response.into_reader());
+        if partial {
+            // "bytes START-END/LEN": the part must start where it was asked to.
+            let starts_at = response
+                .header("Content-Range")
+                .and_then(|range| range.strip_prefix("bytes "))
+                .and_then(|range| range.split('-').next())
+                .and_then(|start| start.parse::<u64>().ok());
+            if starts_at != Some(offset) {
+                return Err(SourceError(format!(
+                    "{url}: asked for bytes from {offset}, the server sent Content-Range {:?}",
+                    response.header("Content-Range").unwrap_or("")
+                )));
+            }
+        }
+        let mut body: Box<dyn Read> = Box::new(ZeroRunLimit::new(response.into_reader()));
         if offset > 0 && !partial {
             // A server that ignores ranges sends the whole file: skip to the offset.
             let skipped = std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
@@ -111,5 +138,61 @@ impl Source for HttpSource {
             }
         }
         Ok(Some(body))
+    }
+}
+
+/// The longest run of zero bytes a source may send: free space after the last record is at
+/// most a few extension chunks (docs/format.md), and a record holds no such run (its data is
+/// JSON text). Longer is a server streaming zeros forever: an error, not the end of the data.
+const MAX_ZERO_RUN: u64 = 64 * 1024 * 1024;
+
+/// A body that fails after [`MAX_ZERO_RUN`] zero bytes in a row.
+struct ZeroRunLimit<R> {
+    inner: R,
+    zeros: u64,
+}
+
+impl<R: Read> ZeroRunLimit<R> {
+    fn new(inner: R) -> Self {
+        ZeroRunLimit { inner, zeros: 0 }
+    }
+}
+
+impl<R: Read> Read for ZeroRunLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match buf[..n].iter().rposition(|&b| b != 0) {
+            Some(last) => self.zeros = (n - last - 1) as u64,
+            None => self.zeros += n as u64,
+        }
+        if self.zeros > MAX_ZERO_RUN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("more than {MAX_ZERO_RUN} zero bytes in a row: not a segment"),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_run_of_zeros_is_an_error() {
+        let mut zeros = ZeroRunLimit::new(std::io::repeat(0));
+        let err = std::io::copy(&mut zeros, &mut std::io::sink()).expect_err("endless zeros");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        // Zeros between non-zero bytes start the count again.
+        let mut mixed = std::io::repeat(0).take(MAX_ZERO_RUN - 1).chain(&b"x"[..]);
+        let mut mixed = mixed
+            .by_ref()
+            .chain(std::io::repeat(0).take(MAX_ZERO_RUN - 1));
+        let mut limited = ZeroRunLimit::new(&mut mixed);
+        assert_eq!(
+            std::io::copy(&mut limited, &mut std::io::sink()).expect("within the limit"),
+            2 * MAX_ZERO_RUN - 1
+        );
     }
 }

@@ -23,7 +23,7 @@
 
 pub mod http;
 
-use crate::chain::block::Block;
+use crate::chain::block::{Block, Hash};
 use crate::chain::scan::{self, RecordReader, ScanState};
 use crate::chain::segment::{self, ChainId, Parsed, HEADER_LEN};
 use crate::chain::store;
@@ -39,6 +39,9 @@ use std::path::{Path, PathBuf};
 /// The largest checkpoint note a source may send (a signed note with a few signatures is well
 /// under 1 KiB; `signed_note` itself refuses notes over 1 MB).
 pub const MAX_CHECKPOINT_BYTES: u64 = 64 * 1024;
+
+/// Marks a replica directory whose first round has not finished: its segments may be cut.
+const FIRST_ROUND: &str = "first-round";
 
 /// Leaves replayed between two tile checks when the copy is opened (memory stays flat).
 const SETTLE_EVERY: u64 = 1 << 16;
@@ -111,7 +114,7 @@ pub struct Replica {
     dir: PathBuf,
     tlog: PathBuf,
     vkey: String,
-    cosigner: Option<Cosigner>,
+    witness: Option<Witness>,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -129,12 +132,16 @@ struct Copy {
     state: Option<ScanState>,
     tail: Option<Tail>,
     tiles: TileWriter,
+    /// What the witness cosigned last for this log (size, root), and the copy's root at that
+    /// size once the copy reaches it.
+    remembered: Option<(u64, Hash)>,
+    root_at_remembered: Option<Hash>,
 }
 
 impl Replica {
     /// Opens (or makes) the replica directory `dir` for the log whose verifier key is `vkey`;
     /// takes the chain's lock, so no daemon or other replica writes it meanwhile.
-    pub fn open(dir: &Path, vkey: &str, cosigner: Option<Cosigner>) -> Result<Replica> {
+    pub fn open(dir: &Path, vkey: &str, witness: Option<Witness>) -> Result<Replica> {
         if !dir.exists() {
             crate::files::create_dir_all(dir).map_err(local(dir.display()))?;
         }
@@ -143,11 +150,24 @@ impl Replica {
         if !tlog.exists() {
             crate::files::create_dir(&tlog).map_err(local(tlog.display()))?;
         }
+        for checked in [dir, tlog.as_path()] {
+            crate::files::check_dir(checked).map_err(|err| ReplicaError::Local(err.to_string()))?;
+        }
+        if std::fs::symlink_metadata(&tlog)
+            .map_err(local(tlog.display()))?
+            .is_symlink()
+        {
+            return Err(ReplicaError::Local(format!(
+                "{} is a symbolic link: the replica writes its tiles and checkpoints only into \
+                 its own directory",
+                tlog.display()
+            )));
+        }
         Ok(Replica {
             dir: dir.to_path_buf(),
             tlog,
             vkey: vkey.trim().to_string(),
-            cosigner,
+            witness,
             _lock: lock,
         })
     }
@@ -173,6 +193,22 @@ impl Replica {
     /// Brings the copy up to `source`'s newest checkpoint; see the module documentation.
     pub fn round(&mut self, source: &dyn Source) -> Result<Round> {
         let accepted = self.accepted()?;
+        let first_round = self.tlog.join(FIRST_ROUND);
+        if accepted.is_none() {
+            let listed = segment::list(&self.dir).map_err(local(self.dir.display()))?;
+            if !listed.is_empty() && !first_round.exists() {
+                return Err(ReplicaError::Local(format!(
+                    "{} holds segments but no verified checkpoint ({}): not a replica, or its \
+                     checkpoint was removed; nothing was changed. Restore the checkpoint, or \
+                     replicate into an empty directory",
+                    self.dir.display(),
+                    self.tlog.join("checkpoint").display()
+                )));
+            }
+            // What the first round writes before its checkpoint may be cut by the next one.
+            crate::files::write_atomic(&first_round, b"", crate::files::FILE_MODE)
+                .map_err(local(first_round.display()))?;
+        }
         let mut copy = self.open_copy(accepted.as_ref())?;
         let note = source.checkpoint()?;
         let offered = Checkpoint::open(&note, &self.vkey)
@@ -206,6 +242,17 @@ impl Replica {
                 });
             }
         }
+        if let Some(witness) = &self.witness {
+            copy.remembered = witness.last(&offered.origin)?;
+            if let Some((size, _)) = copy.remembered {
+                if size <= copy.tiles.size() && size > 0 {
+                    let root = crate::tlog::TileReader::new(&self.tlog)
+                        .root(size)
+                        .map_err(|err| ReplicaError::Local(err.to_string()))?;
+                    copy.root_at_remembered = Some(root);
+                }
+            }
+        }
         let before = copy.state.as_ref().map_or(0, |s| s.next_height);
         let appended = match self.copy_up_to(source, &mut copy, offered.size) {
             Ok(appended) => appended,
@@ -232,6 +279,10 @@ impl Replica {
                 ),
             });
         }
+        if let Err(err) = self.check_witness_memory(&offered, &copy) {
+            self.cut_to(accepted_size)?;
+            return Err(err);
+        }
         for file in &appended {
             file.sync_data().map_err(local(self.dir.display()))?;
         }
@@ -239,7 +290,14 @@ impl Replica {
         copy.tiles
             .flush()
             .map_err(|err| ReplicaError::Local(err.to_string()))?;
-        let published = self.publish(&offered)?;
+        let published = match &accepted {
+            // Nothing new: the published checkpoint stays as it is.
+            Some(accepted) if accepted.size == offered.size => accepted.clone(),
+            _ => self.publish(&offered)?,
+        };
+        if first_round.exists() {
+            std::fs::remove_file(&first_round).map_err(local(first_round.display()))?;
+        }
         Ok(Round {
             checkpoint: published,
             copied: offered.size - before,
@@ -258,6 +316,8 @@ impl Replica {
                 state: None,
                 tail: None,
                 tiles,
+                remembered: None,
+                root_at_remembered: None,
             });
         }
         let listed = segment::list(&self.dir).map_err(local(self.dir.display()))?;
@@ -311,6 +371,8 @@ impl Replica {
                 bytes,
             }),
             tiles,
+            remembered: None,
+            root_at_remembered: None,
         })
     }
 
@@ -381,13 +443,14 @@ impl Replica {
                         self.check(copy, &block, &name, at)?;
                         out.write_all(records.record_bytes())
                             .map_err(|err| Fetched::Failed(local(name.as_str())(err)))?;
+                        // Held in memory until the root is checked: no tile of an unverified
+                        // block is ever written (32 bytes per leaf, ~2 % more in full tiles).
                         copy.tiles.push(&block.hash);
-                        if copy.tiles.size().is_multiple_of(SETTLE_EVERY) {
-                            // Full tiles leave memory; those of a round that fails are
-                            // replaced when the copy grows past them again.
-                            copy.tiles.flush().map_err(|err| {
-                                Fetched::Failed(ReplicaError::Local(err.to_string()))
-                            })?;
+                        if copy
+                            .remembered
+                            .is_some_and(|(size, _)| size == copy.tiles.size())
+                        {
+                            copy.root_at_remembered = Some(copy.tiles.root());
                         }
                         let state = copy.state.as_mut().expect("set by check");
                         state.next_height += 1;
@@ -565,13 +628,16 @@ impl Replica {
     /// Cosigns `checkpoint` and publishes it in `DIR/tlog` (history first, then the file).
     fn publish(&mut self, checkpoint: &Checkpoint) -> Result<Checkpoint> {
         let mut published = checkpoint.clone();
-        if let Some(cosigner) = &mut self.cosigner {
+        if let Some(Witness { cosigner, .. }) = &mut self.witness {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             published.note = cosigner
                 .cosign(checkpoint, now)
                 .map_err(|err| ReplicaError::Local(err.to_string()))?;
+        }
+        if let Some(witness) = &self.witness {
+            witness.remember(checkpoint)?;
         }
         let history = self.tlog.join("checkpoints");
         History::new(&history)
@@ -581,6 +647,112 @@ impl Replica {
         crate::files::write_atomic(&path, published.note.as_bytes(), 0o644)
             .map_err(local(path.display()))?;
         Ok(published)
+    }
+}
+
+impl Replica {
+    /// Whether cosigning `offered` keeps the witness consistent with what it cosigned last for
+    /// this log, from any replica directory: never a smaller tree, never another root at a size
+    /// it cosigned, and the copy must give that root at that size.
+    fn check_witness_memory(&self, offered: &Checkpoint, copy: &Copy) -> Result<()> {
+        let Some((size, root)) = copy.remembered else {
+            return Ok(());
+        };
+        let parted = |reason: String| ReplicaError::Diverged {
+            size: size.min(offered.size),
+            reason,
+        };
+        if offered.size < size {
+            return Err(parted(format!(
+                "this witness already cosigned tree size {size} of {} (maybe from another \
+                 replica directory); it cosigns nothing smaller",
+                offered.origin
+            )));
+        }
+        if copy.root_at_remembered != Some(root) {
+            return Err(parted(format!(
+                "the copy's tree at size {size} is not the one this witness cosigned for {} \
+                 (maybe from another replica directory): a split view",
+                offered.origin
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A witness: its cosigning key, and what it cosigned last for each log in a file beside the
+/// key (`<key>.cosigned`, one JSON object: origin → size and root), locked while a round runs.
+/// So one key never cosigns two inconsistent checkpoints of a log, whichever replica directory
+/// asks (c2sp.org/tlog-cosignature: "the largest consistent tree the cosigner has observed").
+pub struct Witness {
+    cosigner: Cosigner,
+    state: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cosigned {
+    size: u64,
+    root: String,
+}
+
+impl Witness {
+    /// The witness whose key file is `key`; waits while another round uses it.
+    pub fn open(cosigner: Cosigner, key: &Path) -> Result<Witness> {
+        let mut name = key.as_os_str().to_owned();
+        name.push(".cosigned");
+        let state = PathBuf::from(name);
+        let mut lock_name = state.as_os_str().to_owned();
+        lock_name.push(".lock");
+        let lock_path = PathBuf::from(lock_name);
+        let file = crate::files::open(
+            crate::files::options(0o600)
+                .create(true)
+                .truncate(false)
+                .write(true),
+            &lock_path,
+        )
+        .map_err(local(lock_path.display()))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, err)| ReplicaError::Local(format!("{}: {err}", lock_path.display())))?;
+        Ok(Witness {
+            cosigner,
+            state,
+            _lock: lock,
+        })
+    }
+
+    fn all(&self) -> Result<std::collections::BTreeMap<String, Cosigned>> {
+        match crate::files::read(&self.state) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|err| ReplicaError::Local(format!("{}: {err}", self.state.display()))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(err) => Err(local(self.state.display())(err)),
+        }
+    }
+
+    fn last(&self, origin: &str) -> Result<Option<(u64, Hash)>> {
+        let Some(cosigned) = self.all()?.remove(origin) else {
+            return Ok(None);
+        };
+        let root = crate::chain::block::parse_hash(&cosigned.root).ok_or_else(|| {
+            ReplicaError::Local(format!("{}: a root is not a hash", self.state.display()))
+        })?;
+        Ok(Some((cosigned.size, root)))
+    }
+
+    fn remember(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let mut all = self.all()?;
+        all.insert(
+            checkpoint.origin.clone(),
+            Cosigned {
+                size: checkpoint.size,
+                root: hex::encode(checkpoint.root),
+            },
+        );
+        let bytes =
+            serde_json::to_vec_pretty(&all).map_err(|err| ReplicaError::Local(err.to_string()))?;
+        crate::files::write_atomic(&self.state, &bytes, 0o600).map_err(local(self.state.display()))
     }
 }
 
@@ -606,15 +778,13 @@ impl Fetched {
     }
 }
 
-/// The source's checkpoint covers `size` blocks but its chain ends before `height`.
+/// The source's checkpoint covers `size` blocks but its chain ends before `height`, past what
+/// the copy verified: the source contradicts itself (the copy has nothing to part from there).
 fn cut_off(height: u64, size: u64) -> ReplicaError {
-    ReplicaError::Diverged {
-        size: height,
-        reason: format!(
-            "its checkpoint covers {size} blocks but its chain ends before height {height}: \
-             blocks from {height} on were cut off (a truncation)"
-        ),
-    }
+    ReplicaError::BadSource(format!(
+        "its checkpoint covers {size} blocks but its chain ends before height {height} (cut \
+         off after the checkpoint, or the connection ended early)"
+    ))
 }
 
 /// Reads until `buf` is full or the stream ends; how many bytes were read.

@@ -165,6 +165,11 @@ impl CosignatureVerifier {
         &self.vkey
     }
 
+    /// The witness's Ed25519 public key (one witness, however its vkey was written).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// The time this witness's valid cosignature on `note` states, `None` when the note has
     /// none from this key (or one that does not check).
     pub fn cosigned_at(&self, note: &[u8]) -> Option<u64> {

@@ -35,6 +35,12 @@ pub fn verify(dir: PathBuf, args: VerifyArgs) -> Outcome {
         .iter()
         .map(|given| crate::transparency::witness_arg(given))
         .collect::<Result<Vec<_>, _>>()?;
+    // The same witness given twice (as a key and as a file) counts once.
+    let mut seen = std::collections::HashSet::new();
+    let witnesses: Vec<_> = witnesses
+        .into_iter()
+        .filter(|w| seen.insert(w.public_key()))
+        .collect();
     let quorum = args.quorum.unwrap_or(witnesses.len());
     if quorum > witnesses.len() || (quorum == 0 && !witnesses.is_empty()) {
         return Err(format!(

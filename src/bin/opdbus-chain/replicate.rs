@@ -3,7 +3,7 @@
 use crate::transparency::{failed, vkey_arg};
 use crate::Outcome;
 use opdbus_blockchain::replica::http::HttpSource;
-use opdbus_blockchain::replica::{Replica, ReplicaError, Source};
+use opdbus_blockchain::replica::{Replica, ReplicaError, Source, Witness};
 use opdbus_blockchain::tlog::cosign::Cosigner;
 use opdbus_blockchain::tlog::SigningKey;
 use std::path::Path;
@@ -45,8 +45,9 @@ pub fn replicate(args: ReplicateArgs) -> Outcome {
             args.witness_key.display()
         );
     }
+    let witness = Witness::open(cosigner, args.witness_key).map_err(|err| err.to_string())?;
     let mut replica =
-        Replica::open(args.to, &vkey, Some(cosigner)).map_err(|err| err.to_string())?;
+        Replica::open(args.to, &vkey, Some(witness)).map_err(|err| err.to_string())?;
     match replica.round(&source) {
         Ok(round) => {
             let checkpoint = &round.checkpoint;
