@@ -135,6 +135,9 @@ fn sighup_reloads_the_log_filter_from_the_config_file_and_names_what_needs_a_res
         bus.busctl(&["status", BUS_NAME]).status.success()
     });
     add(&bus, "before");
+    // A block's debug line follows its reply (the reply task answers first, then logs and
+    // signals): let it pass, at info, before the filter changes.
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(
         &config,
         "OPDBUS_LOG=debug\nOPDBUS_SEGMENT_BYTES=1048576\nOPDBUS_SNAPSHOT_INTERVAL=daily\n",

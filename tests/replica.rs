@@ -145,6 +145,17 @@ fn replicate(
     vkey: &str,
     witness_key: &Path,
 ) -> (i32, serde_json::Value, String) {
+    replicate_with(&[], url, to, vkey, witness_key)
+}
+
+/// The same with more options.
+fn replicate_with(
+    extra: &[&str],
+    url: &str,
+    to: &Path,
+    vkey: &str,
+    witness_key: &Path,
+) -> (i32, serde_json::Value, String) {
     let (code, out, err) = cli(&[
         "replicate",
         url,
@@ -157,7 +168,10 @@ fn replicate(
         "--witness-name",
         "replica.test/w1",
         "--json",
-    ]);
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect::<Vec<_>>());
     let json = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
     (code, json, err)
 }
@@ -460,6 +474,124 @@ fn a_replica_names_where_the_source_diverged_and_keeps_what_it_verified() {
     assert_eq!(records_of(&replica), kept);
     let verified = verify_replica(&replica);
     assert_eq!(verified["chain"]["head_height"], size - 1, "{verified}");
+}
+
+#[test]
+fn a_replica_follows_over_ssh_from_another_network_namespace_and_survives_a_cut_link() {
+    let Some(host) = opdbus_testkit::ssh::SshHost::start() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("1"),
+            "CI=1 requires root, sshd and network namespaces"
+        );
+        return;
+    };
+    let source = Source::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let replica = work.path().join("replica");
+    let witness_key = work.path().join("keys/witness.key");
+    let mut options = host.ssh_options();
+    let destination = options.pop().expect("the destination comes last");
+    let ssh_command = format!("ssh -o ConnectTimeout=3 {}", options.join(" "));
+    let url = format!("ssh://{destination}{}", source.chain().display());
+    let over_ssh = [
+        "--ssh-command",
+        ssh_command.as_str(),
+        "--remote-program",
+        CLI,
+    ];
+    let size = source.add(200);
+    let (code, out, err) = replicate_with(&over_ssh, &url, &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(
+        (out["size"].as_u64(), out["copied"].as_u64()),
+        (Some(size), Some(size))
+    );
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+
+    // The link to the source goes down: the source cannot be reached (exit 2), the copy is
+    // as it was; the link comes back and the replica catches up by itself.
+    let grown = source.add(100);
+    let peer_down = |state: &str| {
+        let peer = host.netns.replace("opdbk", "vbk") + "b";
+        let status = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &host.netns,
+                "ip",
+                "link",
+                "set",
+                &peer,
+                state,
+            ])
+            .status()
+            .expect("ip");
+        assert!(status.success());
+    };
+    peer_down("down");
+    let kept = records_of(&replica);
+    let (code, out, err) = replicate_with(&over_ssh, &url, &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 2, "{out} {err}");
+    assert_eq!(records_of(&replica), kept);
+    peer_down("up");
+    wait_until(Duration::from_secs(20), "the link back up", || {
+        std::process::Command::new("ssh")
+            .args(host.ssh_options())
+            .arg("true")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let (code, out, err) = replicate_with(&over_ssh, &url, &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(
+        (out["size"].as_u64(), out["copied"].as_u64()),
+        (Some(grown), Some(grown - size))
+    );
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+    verify_replica(&replica);
+}
+
+#[test]
+fn export_from_ssh_serves_only_this_chain() {
+    let source = Source::start();
+    source.add(3);
+    let chain = source.chain();
+    let export = |request: &str| {
+        std::process::Command::new(CLI)
+            .args(["export", "--from-ssh", "--chain-dir", path_str(&chain)])
+            .env("SSH_ORIGINAL_COMMAND", request)
+            .output()
+            .expect("run export")
+    };
+    let dir = path_str(&chain);
+    let out = export(&format!(
+        "opdbus-chain export segment 0 --offset 0 --chain-dir {dir}"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let segment = std::fs::read(chain.join(segment::file_name(0))).expect("segment");
+    assert_eq!(out.stdout[0], b'+');
+    assert_eq!(&out.stdout[1..], &segment[..]);
+    let out = export(&format!("opdbus-chain export checkpoint --chain-dir {dir}"));
+    assert!(out.stdout.starts_with(b"+"), "the checkpoint");
+    let out = export(&format!(
+        "opdbus-chain export segment 99999 --chain-dir {dir}"
+    ));
+    assert_eq!(out.status.code(), Some(3), "no such segment");
+    assert!(out.stdout.is_empty());
+    for refused in [
+        "opdbus-chain export segment 0 --chain-dir /etc".to_string(),
+        format!("opdbus-chain export checkpoint --chain-dir {dir}; rm -rf /"),
+        "cat /etc/shadow".to_string(),
+        format!("opdbus-chain export segment ../../etc/passwd --chain-dir {dir}"),
+    ] {
+        let out = export(&refused);
+        assert_eq!(out.status.code(), Some(2), "{refused}");
+        assert!(out.stdout.is_empty(), "{refused}");
+    }
 }
 
 /// A static copy of a chain directory's published part (segments and tlog).

@@ -147,13 +147,13 @@ impl Source for HttpSource {
 const MAX_ZERO_RUN: u64 = 64 * 1024 * 1024;
 
 /// A body that fails after [`MAX_ZERO_RUN`] zero bytes in a row.
-struct ZeroRunLimit<R> {
+pub(super) struct ZeroRunLimit<R> {
     inner: R,
     zeros: u64,
 }
 
 impl<R: Read> ZeroRunLimit<R> {
-    fn new(inner: R) -> Self {
+    pub(super) fn new(inner: R) -> Self {
         ZeroRunLimit { inner, zeros: 0 }
     }
 }

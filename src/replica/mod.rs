@@ -22,6 +22,7 @@
 //! source's segments with the copy's from the newest back.
 
 pub mod http;
+pub mod ssh;
 
 use crate::chain::block::{Block, Hash};
 use crate::chain::scan::{self, RecordReader, ScanState};

@@ -149,7 +149,9 @@ enum Command {
     ///
     /// SOURCE is the URL (http:// or https://) where the source's chain directory is published:
     /// its segment files at SOURCE/segment-<first height>.chain and its transparency log at
-    /// SOURCE/tlog/ (--tlog-url otherwise), as docs/operations.md ("Replicas") serves them.
+    /// SOURCE/tlog/ (--tlog-url otherwise), as docs/operations.md ("Replicas") serves them; or
+    /// ssh://[USER@]HOST[:PORT]/CHAIN_DIR, read by running `opdbus-chain export` there over ssh
+    /// (--ssh-command, --remote-program).
     /// The copy in DIR has the chain directory's format (segments, and tlog/ with tiles and
     /// checkpoints), so verify, prove, consistency and restore work on it as they are.
     ///
@@ -190,10 +192,44 @@ enum Command {
         /// The name of a new witness key [default: <host name>/opdbus-witness].
         #[arg(long, value_name = "NAME")]
         witness_name: Option<String>,
+        /// For an ssh:// SOURCE: the ssh command and its options, split as a POSIX shell
+        /// would (no expansion), e.g. "ssh -i /root/.ssh/replica -o BatchMode=yes".
+        #[arg(long, value_name = "COMMAND", default_value = "ssh -o BatchMode=yes")]
+        ssh_command: String,
+        /// For an ssh:// SOURCE: the opdbus-chain program on the source.
+        #[arg(long, value_name = "PATH", default_value = "opdbus-chain")]
+        remote_program: String,
         /// Print one JSON object: ok, source, dir, size, root, origin, copied, witness_vkey,
         /// note; or ok false with failure (and diverged_at).
         #[arg(long)]
         json: bool,
+    },
+    /// Serve a replica over ssh: write one published file of the chain to stdout.
+    ///
+    /// What `replicate ssh://…` runs on the source (as an HTTP server serves the same files):
+    /// `export checkpoint` writes TLOG/checkpoint; `export segment FIRST [--offset N]` writes
+    /// the segment file whose first height is FIRST from byte N on. Either is preceded by one
+    /// byte, `+`; a segment that does not exist is exit 3 with nothing written (HTTP's 404).
+    /// Files are opened without following symbolic links; nothing is written.
+    ///
+    /// To let a replica's key run only this, put
+    /// `command="opdbus-chain export --from-ssh",restrict` before it in authorized_keys:
+    /// --from-ssh takes the request from SSH_ORIGINAL_COMMAND and refuses anything but an
+    /// export of this chain directory.
+    Export {
+        /// `checkpoint`, or `segment FIRST` (a decimal height).
+        #[arg(value_name = "WHAT", num_args = 0..=2)]
+        what: Vec<String>,
+        /// For a segment: the byte to start at.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        offset: u64,
+        /// Read the request from SSH_ORIGINAL_COMMAND (an authorized_keys forced command).
+        #[arg(long, conflicts_with = "what")]
+        from_ssh: bool,
+        #[command(flatten)]
+        dir: ChainDir,
+        #[command(flatten)]
+        tlog: TlogDir,
     },
     /// Show the checkpoint signing key's verifier key.
     Key {
@@ -727,6 +763,19 @@ fn run(cli: Cli) -> Outcome {
         Command::Key {
             command: KeyCommand::Show { key, witness, json },
         } => transparency::key_show(&key.path(), witness, json),
+        Command::Export {
+            what,
+            offset,
+            from_ssh,
+            dir,
+            tlog,
+        } => replicate::export(replicate::ExportArgs {
+            what,
+            offset,
+            from_ssh,
+            tlog_dir: transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
+            chain_dir: dir.chain_dir,
+        }),
         Command::Replicate {
             source,
             to,
@@ -734,6 +783,8 @@ fn run(cli: Cli) -> Outcome {
             tlog_url,
             witness_key,
             witness_name,
+            ssh_command,
+            remote_program,
             json,
         } => replicate::replicate(replicate::ReplicateArgs {
             source: &source,
@@ -742,6 +793,8 @@ fn run(cli: Cli) -> Outcome {
             vkey: &vkey,
             witness_key: &witness_key,
             witness_name: witness_name.as_deref(),
+            ssh_command: &ssh_command,
+            remote_program: &remote_program,
             json,
         }),
         Command::Checkpoint {

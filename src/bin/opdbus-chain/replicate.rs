@@ -3,10 +3,12 @@
 use crate::transparency::{failed, vkey_arg};
 use crate::Outcome;
 use opdbus_blockchain::replica::http::HttpSource;
+use opdbus_blockchain::replica::ssh::{SshSource, NOT_FOUND};
 use opdbus_blockchain::replica::{Replica, ReplicaError, Source, Witness};
 use opdbus_blockchain::tlog::cosign::Cosigner;
 use opdbus_blockchain::tlog::SigningKey;
-use std::path::Path;
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub struct ReplicateArgs<'a> {
@@ -16,12 +18,28 @@ pub struct ReplicateArgs<'a> {
     pub vkey: &'a str,
     pub witness_key: &'a Path,
     pub witness_name: Option<&'a str>,
+    pub ssh_command: &'a str,
+    pub remote_program: &'a str,
     pub json: bool,
 }
 
 pub fn replicate(args: ReplicateArgs) -> Outcome {
     let vkey = vkey_arg(args.vkey)?;
-    let source = HttpSource::new(args.source, args.tlog).map_err(|err| err.to_string())?;
+    let source: Box<dyn Source> = if args.source.starts_with("ssh://") {
+        if args.tlog.is_some() {
+            return Err(
+                "--tlog-url is for http(s) sources: over ssh the source's export finds its \
+                        transparency log"
+                    .into(),
+            );
+        }
+        Box::new(
+            SshSource::new(args.source, args.ssh_command, args.remote_program)
+                .map_err(|err| err.to_string())?,
+        )
+    } else {
+        Box::new(HttpSource::new(args.source, args.tlog).map_err(|err| err.to_string())?)
+    };
     let name = match args.witness_name {
         Some(name) => name.to_string(),
         None => format!("{}/opdbus-witness", host_name()),
@@ -48,7 +66,7 @@ pub fn replicate(args: ReplicateArgs) -> Outcome {
     let witness = Witness::open(cosigner, args.witness_key).map_err(|err| err.to_string())?;
     let mut replica =
         Replica::open(args.to, &vkey, Some(witness)).map_err(|err| err.to_string())?;
-    match replica.round(&source) {
+    match replica.round(source.as_ref()) {
         Ok(round) => {
             let checkpoint = &round.checkpoint;
             if args.json {
@@ -110,4 +128,82 @@ fn host_name() -> String {
     } else {
         host
     }
+}
+
+pub struct ExportArgs {
+    pub what: Vec<String>,
+    pub offset: u64,
+    pub from_ssh: bool,
+    pub chain_dir: PathBuf,
+    pub tlog_dir: PathBuf,
+}
+
+/// `export`: one published file of the chain on stdout, after a `+` (see its --help).
+pub fn export(args: ExportArgs) -> Outcome {
+    let (what, offset) = if args.from_ssh {
+        let request = std::env::var("SSH_ORIGINAL_COMMAND")
+            .map_err(|_| "--from-ssh: SSH_ORIGINAL_COMMAND is not set (not run by sshd)")?;
+        from_ssh(&request, &args.chain_dir)?
+    } else {
+        (args.what, args.offset)
+    };
+    let path = match what.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["checkpoint"] => args.tlog_dir.join("checkpoint"),
+        ["segment", first] => {
+            let first: u64 = first
+                .parse()
+                .map_err(|_| format!("segment {first:?}: not a height"))?;
+            args.chain_dir
+                .join(opdbus_blockchain::chain::segment::file_name(first))
+        }
+        _ => return Err("export what? `checkpoint`, or `segment FIRST`".into()),
+    };
+    let mut file = match opdbus_blockchain::files::open_read(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ExitCode::from(NOT_FOUND as u8))
+        }
+        Err(err) => return Err(format!("{}: {err}", path.display())),
+    };
+    file.seek(std::io::SeekFrom::Start(offset))
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    let sent = out
+        .write_all(b"+")
+        .and_then(|()| std::io::copy(&mut file, &mut out).map(|_| ()))
+        .and_then(|()| out.flush());
+    match sent {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The replica had what it needed and hung up.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(err) => Err(format!("{}: {err}", path.display())),
+    }
+}
+
+/// The request in SSH_ORIGINAL_COMMAND: only an export of `chain_dir` (what `replicate`
+/// sends: `PROGRAM export checkpoint|segment FIRST [--offset N] --chain-dir DIR`).
+fn from_ssh(request: &str, chain_dir: &Path) -> Result<(Vec<String>, u64), String> {
+    let refused = || format!("--from-ssh: refusing {request:?}: only an export of this chain");
+    let words = shlex::split(request).ok_or_else(refused)?;
+    let mut words = words.into_iter().skip_while(|w| w != "export").skip(1);
+    let (mut what, mut offset) = (Vec::new(), 0);
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--offset" => {
+                offset = words
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(refused)?
+            }
+            "--chain-dir" => {
+                if words.next().map(PathBuf::from).as_deref() != Some(chain_dir) {
+                    return Err(refused());
+                }
+            }
+            "checkpoint" | "segment" if what.is_empty() => what.push(word),
+            _ if what.first().is_some_and(|w| w == "segment") && what.len() == 1 => what.push(word),
+            _ => return Err(refused()),
+        }
+    }
+    Ok((what, offset))
 }
