@@ -601,8 +601,9 @@ fn origin(value: &str) -> Result<String, String> {
     }
 }
 
-/// A duration written as a whole number and a unit (ms, s, m, h), from `min_ms` to `max_ms`.
-fn duration(value: &str, min_ms: u64, max_ms: u64) -> Result<std::time::Duration, String> {
+/// A duration written as a whole number and a unit (ms, s, m, h), from `min_ms` to `max_ms`
+/// (also for the CLI's duration options).
+pub fn duration(value: &str, min_ms: u64, max_ms: u64) -> Result<std::time::Duration, String> {
     let refused = || {
         format!(
             "expected a duration from {} to {}, such as 250ms, 1s, 30s, 5m or 1h",

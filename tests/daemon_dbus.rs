@@ -522,20 +522,3 @@ async fn add_footprints_is_one_all_or_nothing_write() {
     assert!(out.starts_with("a(ts) 2 4 \""), "{out}");
     assert!(out.contains(" 5 \""), "{out}");
 }
-
-/// AddFootprints on `connection`; the reply as (height, hash) pairs.
-async fn add_footprints<T: serde::Serialize + zbus::zvariant::Type>(
-    connection: &zbus::Connection,
-    batch: &[T],
-) -> zbus::Result<Vec<(u64, String)>> {
-    let reply = connection
-        .call_method(
-            Some(BUS_NAME),
-            OBJECT_PATH,
-            Some(BUS_NAME),
-            "AddFootprints",
-            &(batch,),
-        )
-        .await?;
-    reply.body().deserialize()
-}

@@ -551,6 +551,121 @@ fn a_replica_follows_over_ssh_from_another_network_namespace_and_survives_a_cut_
     verify_replica(&replica);
 }
 
+/// `replicate --follow` as a child process, its stdout read line by line on a thread.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Follower {
+    fn start(url: &str, to: &Path, vkey: &str, witness_key: &Path, interval: &str) -> Follower {
+        let mut child = std::process::Command::new(CLI)
+            .args(["replicate", url, "--to", path_str(to), "--vkey", vkey])
+            .args(["--witness-key", path_str(witness_key)])
+            .args(["--follow", "--interval", interval, "--json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("replicate --follow");
+        let stdout = child.stdout.take().expect("stdout");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { return };
+                if let Ok(value) = serde_json::from_str(&line) {
+                    if send.send(value).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_following_replica_keeps_up_with_2000_footprints_and_stops_at_a_truncation() {
+    if !nginx_or_skip("a_following_replica_keeps_up_with_2000_footprints_and_stops_at_a_truncation")
+    {
+        return;
+    }
+    let mut source = Source::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let replica = work.path().join("replica");
+    let witness_key = work.path().join("keys/witness.key");
+    let mut follower =
+        Follower::start(&source.url(), &replica, &source.vkey, &witness_key, "200ms");
+    // 2,000 footprints from 4 writers while the replica follows.
+    let last_ack = source.runtime.block_on(async {
+        let writers = (0..4).map(|w| {
+            let connection = source.connection.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                for i in 0..500 {
+                    let data = format!(r#"{{"writer":{w},"i":{i}}}"#);
+                    let (height, _) = add_footprint(&connection, "network", "create", &data)
+                        .await
+                        .expect("AddFootprint");
+                    last = last.max(height);
+                }
+                last
+            })
+        });
+        let mut last = 0;
+        for writer in writers {
+            last = last.max(writer.await.expect("writer"));
+        }
+        last
+    });
+    let acked = std::time::Instant::now();
+    assert_eq!(last_ack, 2000);
+    wait_until(
+        Duration::from_secs(5),
+        "the replica at the source's head",
+        || checkpoint_size(&replica.join("tlog")) == Some(2001),
+    );
+    eprintln!("replica caught up {:?} after the last ack", acked.elapsed());
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+    let verified = verify_replica(&replica);
+    assert_eq!(verified["chain"]["head_height"], 2000, "{verified}");
+    let lines: Vec<_> = follower.lines.try_iter().collect();
+    assert!(lines.iter().all(|l| l["ok"] == true), "{lines:?}");
+    assert_eq!(lines.last().expect("lines")["size"], 2001, "{lines:?}");
+
+    // The source is truncated at height 1500 and restarted: the follower stops, exit 1,
+    // naming 1500, and the copy keeps its 2,001 blocks.
+    source.daemon.stop();
+    let (segment, at) = record_at(&source.chain(), 1500);
+    for (first_height, path) in segment::list(&source.chain()).expect("list") {
+        if first_height > 1500 {
+            std::fs::remove_file(path).expect("remove later segments");
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
+    file.set_len(at).expect("truncate");
+    drop(file);
+    source.daemon.restart(&source.bus);
+    let line = follower
+        .lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the follower reports the divergence");
+    assert_eq!(line["ok"], false, "{line}");
+    assert_eq!(line["diverged_at"], 1500, "{line}");
+    let status = follower.child.wait().expect("the follower exits");
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(checkpoint_size(&replica.join("tlog")), Some(2001));
+    verify_replica(&replica);
+}
+
 #[test]
 fn export_from_ssh_serves_only_this_chain() {
     let source = Source::start();
@@ -697,8 +812,36 @@ fn catch_up_speed_over_loopback_http() {
         .map(|(_, b)| b.len() as u64)
         .sum();
     println!(
-        "catch-up: {size} blocks ({:.1} MB) in {seconds:.2} s: {:.0} blocks/s",
+        "catch-up over HTTP: {size} blocks ({:.1} MB) in {seconds:.2} s: {:.0} blocks/s",
         bytes as f64 / 1e6,
+        size as f64 / seconds
+    );
+    // The same over ssh, to sshd in another network namespace (a veth pair).
+    let Some(host) = opdbus_testkit::ssh::SshHost::start() else {
+        return;
+    };
+    let mut options = host.ssh_options();
+    let destination = options.pop().expect("destination");
+    let ssh_command = format!("ssh {}", options.join(" "));
+    let url = format!("ssh://{destination}{}", chain.display());
+    let over_ssh = [
+        "--ssh-command",
+        ssh_command.as_str(),
+        "--remote-program",
+        CLI,
+    ];
+    let started = std::time::Instant::now();
+    let (code, out, err) = replicate_with(
+        &over_ssh,
+        &url,
+        &dir.path().join("replica-ssh"),
+        vkey.trim(),
+        &dir.path().join("keys/witness.key"),
+    );
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{out} {err}");
+    println!(
+        "catch-up over ssh: {size} blocks in {seconds:.2} s: {:.0} blocks/s",
         size as f64 / seconds
     );
 }

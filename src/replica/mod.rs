@@ -41,6 +41,9 @@ use std::path::{Path, PathBuf};
 /// under 1 KiB; `signed_note` itself refuses notes over 1 MB).
 pub const MAX_CHECKPOINT_BYTES: u64 = 64 * 1024;
 
+/// The longest wait between two tries of a source that cannot be read.
+pub const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Marks a replica directory whose first round has not finished: its segments may be cut.
 const FIRST_ROUND: &str = "first-round";
 
@@ -243,6 +246,7 @@ impl Replica {
                 });
             }
         }
+        let _held = self.witness.as_ref().map(Witness::hold).transpose()?;
         if let Some(witness) = &self.witness {
             copy.remembered = witness.last(&offered.origin)?;
             if let Some((size, _)) = copy.remembered {
@@ -303,6 +307,35 @@ impl Replica {
             checkpoint: published,
             copied: offered.size - before,
         })
+    }
+
+    /// Runs rounds one after the other, `interval` apart, until `each` (called with every
+    /// round's outcome) returns false or the source diverges or sends invalid data (the copy is
+    /// then kept as verified and the error returned). A source that cannot be read is retried,
+    /// waiting twice as long each time up to [`MAX_RETRY_WAIT`].
+    pub fn follow(
+        &mut self,
+        source: &dyn Source,
+        interval: std::time::Duration,
+        mut each: impl FnMut(&Result<Round>) -> bool,
+    ) -> Result<()> {
+        let mut wait = interval;
+        loop {
+            let outcome = self.round(source);
+            let go_on = each(&outcome);
+            match outcome {
+                Err(err @ (ReplicaError::Diverged { .. } | ReplicaError::BadSource(_))) => {
+                    return Err(err)
+                }
+                Err(ReplicaError::Local(why)) => return Err(ReplicaError::Local(why)),
+                Err(ReplicaError::Source(_)) => wait = (wait * 2).min(MAX_RETRY_WAIT.max(interval)),
+                Ok(_) => wait = interval,
+            }
+            if !go_on {
+                return Ok(());
+            }
+            std::thread::sleep(wait);
+        }
     }
 
     /// Scans the copy up to the accepted checkpoint, checks it gives that checkpoint's root,
@@ -388,7 +421,11 @@ impl Replica {
         let mut written: Vec<File> = Vec::new();
         let mut tail = copy.tail.clone();
         let mut next_segment = tail.as_ref().map_or(0, |t| t.segment);
-        while copy.state.as_ref().map_or(0, |s| s.next_height) < size {
+        // The tail is read back even when there is nothing to copy: a source cut or rewritten
+        // below a checkpoint that did not move shows there.
+        let mut check_tail = tail.is_some();
+        while check_tail || copy.state.as_ref().map_or(0, |s| s.next_height) < size {
+            check_tail = false;
             let height = copy.state.as_ref().map_or(0, |s| s.next_height);
             let offset = tail.as_ref().map_or(0, |t| t.offset);
             let Some(mut stream) = source.segment(next_segment, offset)? else {
@@ -688,7 +725,7 @@ impl Replica {
 pub struct Witness {
     cosigner: Cosigner,
     state: PathBuf,
-    _lock: nix::fcntl::Flock<File>,
+    lock: PathBuf,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -698,29 +735,33 @@ struct Cosigned {
 }
 
 impl Witness {
-    /// The witness whose key file is `key`; waits while another round uses it.
+    /// The witness whose key file is `key`.
     pub fn open(cosigner: Cosigner, key: &Path) -> Result<Witness> {
         let mut name = key.as_os_str().to_owned();
         name.push(".cosigned");
         let state = PathBuf::from(name);
-        let mut lock_name = state.as_os_str().to_owned();
-        lock_name.push(".lock");
-        let lock_path = PathBuf::from(lock_name);
+        let mut lock = state.as_os_str().to_owned();
+        lock.push(".lock");
+        Ok(Witness {
+            cosigner,
+            state,
+            lock: PathBuf::from(lock),
+        })
+    }
+
+    /// Holds the witness for one round (waits while a round of another replica directory
+    /// with the same key runs): what it remembers is read and written under it.
+    fn hold(&self) -> Result<nix::fcntl::Flock<File>> {
         let file = crate::files::open(
             crate::files::options(0o600)
                 .create(true)
                 .truncate(false)
                 .write(true),
-            &lock_path,
+            &self.lock,
         )
-        .map_err(local(lock_path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, err)| ReplicaError::Local(format!("{}: {err}", lock_path.display())))?;
-        Ok(Witness {
-            cosigner,
-            state,
-            _lock: lock,
-        })
+        .map_err(local(self.lock.display()))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, err)| ReplicaError::Local(format!("{}: {err}", self.lock.display())))
     }
 
     fn all(&self) -> Result<std::collections::BTreeMap<String, Cosigned>> {

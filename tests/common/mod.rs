@@ -292,3 +292,20 @@ fn plain_dict(data: &serde_json::Value) -> serde_json::Map<String, serde_json::V
         })
         .collect()
 }
+
+/// AddFootprints on `connection`; the reply as (height, hash) pairs.
+pub async fn add_footprints<T: serde::Serialize + zbus::zvariant::Type>(
+    connection: &zbus::Connection,
+    batch: &[T],
+) -> zbus::Result<Vec<(u64, String)>> {
+    let reply = connection
+        .call_method(
+            Some(BUS_NAME),
+            OBJECT_PATH,
+            Some(BUS_NAME),
+            "AddFootprints",
+            &(batch,),
+        )
+        .await?;
+    reply.body().deserialize()
+}

@@ -199,6 +199,16 @@ enum Command {
         /// For an ssh:// SOURCE: the opdbus-chain program on the source.
         #[arg(long, value_name = "PATH", default_value = "opdbus-chain")]
         remote_program: String,
+        /// Keep following the source: a round every --interval, one line for each round that
+        /// copied blocks or failed (one JSON object per line with --json). A source that cannot
+        /// be read is retried (waiting up to 30 s); it stops (exit 1) when the source diverges
+        /// or sends invalid data, keeping the copy as verified. For a service: see
+        /// docs/operations.md.
+        #[arg(long)]
+        follow: bool,
+        /// The time between two rounds with --follow (e.g. 500ms, 1s, 1min).
+        #[arg(long, value_name = "DURATION", default_value = "1s", requires = "follow", value_parser = parse_interval)]
+        interval: std::time::Duration,
         /// Print one JSON object: ok, source, dir, size, root, origin, copied, witness_vkey,
         /// note; or ok false with failure (and diverged_at).
         #[arg(long)]
@@ -651,6 +661,11 @@ impl KeyFile {
 }
 
 /// A path that may be empty: an empty OPDBUS_* variable means "the default", as for the daemon.
+/// `--interval`: 100ms to 1h.
+fn parse_interval(value: &str) -> Result<std::time::Duration, String> {
+    opdbus_blockchain::config::duration(value, 100, 3_600_000)
+}
+
 fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
     use clap::builder::TypedValueParser as _;
     clap::builder::OsStringValueParser::new().map(PathBuf::from)
@@ -785,6 +800,8 @@ fn run(cli: Cli) -> Outcome {
             witness_name,
             ssh_command,
             remote_program,
+            follow,
+            interval,
             json,
         } => replicate::replicate(replicate::ReplicateArgs {
             source: &source,
@@ -795,6 +812,7 @@ fn run(cli: Cli) -> Outcome {
             witness_name: witness_name.as_deref(),
             ssh_command: &ssh_command,
             remote_program: &remote_program,
+            follow: follow.then_some(interval),
             json,
         }),
         Command::Checkpoint {

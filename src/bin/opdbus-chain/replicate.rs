@@ -20,6 +20,8 @@ pub struct ReplicateArgs<'a> {
     pub witness_name: Option<&'a str>,
     pub ssh_command: &'a str,
     pub remote_program: &'a str,
+    /// `--follow`: the time between rounds.
+    pub follow: Option<std::time::Duration>,
     pub json: bool,
 }
 
@@ -66,6 +68,15 @@ pub fn replicate(args: ReplicateArgs) -> Outcome {
     let witness = Witness::open(cosigner, args.witness_key).map_err(|err| err.to_string())?;
     let mut replica =
         Replica::open(args.to, &vkey, Some(witness)).map_err(|err| err.to_string())?;
+    if let Some(interval) = args.follow {
+        return follow(
+            &mut replica,
+            source.as_ref(),
+            interval,
+            &args,
+            &witness_vkey,
+        );
+    }
     match replica.round(source.as_ref()) {
         Ok(round) => {
             let checkpoint = &round.checkpoint;
@@ -206,4 +217,64 @@ fn from_ssh(request: &str, chain_dir: &Path) -> Result<(Vec<String>, u64), Strin
         }
     }
     Ok((what, offset))
+}
+
+/// `--follow`: rounds until the source diverges; a line for each round that did something.
+fn follow(
+    replica: &mut Replica,
+    source: &dyn Source,
+    interval: std::time::Duration,
+    args: &ReplicateArgs,
+    witness_vkey: &str,
+) -> Outcome {
+    let mut failing = false;
+    let ended = replica.follow(source, interval, |outcome| {
+        match outcome {
+            Ok(round) if round.copied > 0 || failing => {
+                failing = false;
+                let checkpoint = &round.checkpoint;
+                if args.json {
+                    let line = serde_json::json!({
+                        "ok": true,
+                        "size": checkpoint.size,
+                        "root": hex::encode(checkpoint.root),
+                        "copied": round.copied,
+                        "witness_vkey": witness_vkey,
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "verified up to tree size {} (root {}): {} block(s) copied",
+                        checkpoint.size,
+                        hex::encode(checkpoint.root),
+                        round.copied
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(ReplicaError::Source(err)) => {
+                if !failing {
+                    eprintln!("opdbus-chain: cannot read the source, retrying: {err}");
+                }
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        true
+    });
+    match ended {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err @ ReplicaError::Local(_)) => Err(err.to_string()),
+        Err(err) => {
+            if args.json {
+                let mut line = serde_json::json!({ "ok": false, "failure": err.to_string() });
+                if let ReplicaError::Diverged { size, .. } = &err {
+                    line["diverged_at"] = (*size).into();
+                }
+                println!("{line}");
+            }
+            eprintln!("opdbus-chain: {}: {err}", source.describe());
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
