@@ -672,6 +672,129 @@ fn a_following_replica_keeps_up_with_2000_footprints_and_stops_at_a_truncation()
 }
 
 #[test]
+fn kill_9_of_the_replica_or_the_source_loses_nothing_and_duplicates_nothing() {
+    if !nginx_or_skip("kill_9_of_the_replica_or_the_source_loses_nothing_and_duplicates_nothing") {
+        return;
+    }
+    let mut source = Source::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let replica = work.path().join("replica");
+    let witness_key = work.path().join("keys/witness.key");
+    // 16 writers; the replica is killed (SIGKILL) at several points of its catch-up, then
+    // runs again to the end.
+    let write = |source: &Source, each: usize| {
+        source.runtime.block_on(async {
+            let writers = (0..16).map(|w| {
+                let connection = source.connection.clone();
+                tokio::spawn(async move {
+                    let batch: Vec<(String, String, String)> = (0..50)
+                        .map(|i| {
+                            (
+                                "network".into(),
+                                "create".into(),
+                                format!(r#"{{"w":{w},"i":{i}}}"#),
+                            )
+                        })
+                        .collect();
+                    let mut last = 0;
+                    for _ in 0..each {
+                        let added = add_footprints(&connection, &batch).await;
+                        if let Ok(added) = added {
+                            last = added.last().map_or(last, |(h, _)| *h);
+                        }
+                    }
+                    last
+                })
+            });
+            let mut last = 0;
+            for writer in writers {
+                last = last.max(writer.await.expect("writer"));
+            }
+            last
+        })
+    };
+    let head = write(&source, 25);
+    wait_until(Duration::from_secs(30), "the checkpoint", || {
+        checkpoint_size(&source.tlog()) == Some(head + 1)
+    });
+    for delay_ms in [5, 20, 60] {
+        let mut child = std::process::Command::new(CLI)
+            .args(["replicate", &source.url(), "--to", path_str(&replica)])
+            .args([
+                "--vkey",
+                &source.vkey,
+                "--witness-key",
+                path_str(&witness_key),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("replicate");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["size"], head + 1);
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+
+    // The source is killed (SIGKILL) while 16 writers write and the replica follows; restarted,
+    // it keeps every acknowledged block and the replica ends with all of them, once each.
+    let follower = Follower::start(&source.url(), &replica, &source.vkey, &witness_key, "200ms");
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writers = {
+        let address = source.bus.address.clone();
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(async {
+                let tasks = (0..16).map(|w| {
+                    let address = address.clone();
+                    let acked = acked.clone();
+                    tokio::spawn(async move {
+                        let Ok(connection) = zbus::connection::Builder::address(address.as_str())
+                            .expect("address")
+                            .build()
+                            .await
+                        else {
+                            return;
+                        };
+                        for i in 0..200 {
+                            let data = format!(r#"{{"w":{w},"i":{i}}}"#);
+                            match add_footprint(&connection, "network", "create", &data).await {
+                                Ok((height, _)) => {
+                                    acked.fetch_max(height, std::sync::atomic::Ordering::SeqCst);
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                    })
+                });
+                for task in tasks {
+                    let _ = task.await;
+                }
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    source.daemon.kill9();
+    let _ = writers.join();
+    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
+    source.daemon.restart(&source.bus);
+    let head = source.add(1);
+    assert!(head > acked, "every acknowledged block survived the kill");
+    wait_until(
+        Duration::from_secs(20),
+        "the replica at the restarted source's head",
+        || checkpoint_size(&replica.join("tlog")) == Some(head),
+    );
+    drop(follower);
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+    verify_replica(&replica);
+}
+
+#[test]
 fn export_from_ssh_serves_only_this_chain() {
     let source = Source::start();
     source.add(3);
