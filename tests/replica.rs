@@ -361,6 +361,46 @@ fn a_replica_copies_verifies_and_cosigns_the_live_chain_over_nginx() {
     ]);
     assert_eq!(code, 1);
 
+    // The source sees which replicas hold which tree, with whose cosignatures: one replica
+    // published over HTTP, one as a file, and a split view (a tree the source's key signed
+    // but its chain does not give).
+    let published = Nginx::serve(&replica).expect("nginx");
+    let key =
+        opdbus_blockchain::tlog::SigningKey::load(&source.dir.path().join("keys/signing.key"))
+            .expect("the source's key");
+    let origin = opdbus_blockchain::tlog::Checkpoint::parse_unverified(note.as_bytes())
+        .expect("note")
+        .origin;
+    let split = work.path().join("split");
+    let bogus =
+        opdbus_blockchain::tlog::Checkpoint::sign(&key, &origin, 5, &[7u8; 32]).expect("sign");
+    std::fs::write(&split, bogus.note).expect("write");
+    let tlog = source.tlog();
+    let witnesses = |replicas: &[&str]| {
+        let mut args = vec!["witnesses", "--tlog-dir", path_str(&tlog)];
+        args.extend([
+            "--vkey",
+            source.vkey.as_str(),
+            "--witness",
+            w1.as_str(),
+            "--json",
+        ]);
+        args.extend_from_slice(replicas);
+        cli(&args)
+    };
+    let url = format!("{}/tlog/checkpoint", published.url());
+    let (code, out, err) = witnesses(&[&url, path_str(&cosigned)]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    for row in report["replicas"].as_array().expect("rows") {
+        assert_eq!(row["size"], grown, "{row}");
+        assert_eq!(row["consistent"], true, "{row}");
+        assert_eq!(row["cosigned"][0]["vkey"], w1.as_str(), "{row}");
+    }
+    let (code, out, _) = witnesses(&[&url, path_str(&split)]);
+    assert_eq!(code, 1, "a split view: {out}");
+    assert!(out.contains("\"consistent\":false"), "{out}");
+
     // A copy whose checkpoint went missing is left alone, not wiped and copied again.
     let kept = records_of(&replica);
     std::fs::rename(&cosigned, work.path().join("aside")).expect("move aside");

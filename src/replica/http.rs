@@ -48,6 +48,25 @@ impl HttpSource {
         Ok(HttpSource { base, tlog, agent })
     }
 
+    /// A signed note at `url` (a checkpoint), at most [`MAX_CHECKPOINT_BYTES`].
+    pub fn note(&self, url: &str) -> Result<Vec<u8>, SourceError> {
+        let response = self
+            .get(url, 0)?
+            .ok_or_else(|| SourceError(format!("{url}: not found (HTTP 404)")))?;
+        let mut note = Vec::new();
+        response
+            .into_reader()
+            .take(MAX_CHECKPOINT_BYTES + 1)
+            .read_to_end(&mut note)
+            .map_err(|err| SourceError(format!("{url}: {err}")))?;
+        if note.len() as u64 > MAX_CHECKPOINT_BYTES {
+            return Err(SourceError(format!(
+                "{url}: larger than {MAX_CHECKPOINT_BYTES} bytes: not a checkpoint"
+            )));
+        }
+        Ok(note)
+    }
+
     fn get(&self, url: &str, range_from: u64) -> Result<Option<ureq::Response>, SourceError> {
         let mut request = self.agent.get(url);
         if range_from > 0 {
@@ -90,22 +109,7 @@ impl Source for HttpSource {
     }
 
     fn checkpoint(&self) -> Result<Vec<u8>, SourceError> {
-        let url = format!("{}checkpoint", self.tlog);
-        let response = self
-            .get(&url, 0)?
-            .ok_or_else(|| SourceError(format!("{url}: not found (HTTP 404)")))?;
-        let mut note = Vec::new();
-        response
-            .into_reader()
-            .take(MAX_CHECKPOINT_BYTES + 1)
-            .read_to_end(&mut note)
-            .map_err(|err| SourceError(format!("{url}: {err}")))?;
-        if note.len() as u64 > MAX_CHECKPOINT_BYTES {
-            return Err(SourceError(format!(
-                "{url}: larger than {MAX_CHECKPOINT_BYTES} bytes: not a checkpoint"
-            )));
-        }
-        Ok(note)
+        self.note(&format!("{}checkpoint", self.tlog))
     }
 
     fn segment(&self, first: u64, offset: u64) -> Result<Option<Box<dyn Read>>, SourceError> {

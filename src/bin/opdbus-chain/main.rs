@@ -222,6 +222,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show which replicas hold which tree of this log, with whose cosignatures.
+    ///
+    /// Each REPLICA is where a replica publishes its checkpoint: an http(s):// URL of its
+    /// tlog/checkpoint, or a file. Each must be signed by --vkey (this log's key) and give, at
+    /// its size, the root this log's own tiles give: a replica holding another tree is a split
+    /// view (or this chain was rewritten), exit 1. Prints, per replica, its size, whether it is
+    /// consistent, and the cosignatures on it: those of --witness keys checked, others listed by
+    /// name as unchecked. A replica that cannot be read is a line too (exit 2 when none could).
+    Witnesses {
+        /// The replicas' published checkpoints (URLs or files).
+        #[arg(value_name = "REPLICA", required = true)]
+        replicas: Vec<String>,
+        /// This log's verifier key (`key show`), or a file holding it.
+        #[arg(long, value_name = "VKEY")]
+        vkey: String,
+        /// A witness's verifier key to check its cosignature with; repeat for each.
+        #[arg(long = "witness", value_name = "W_VKEY")]
+        witnesses: Vec<String>,
+        #[command(flatten)]
+        dir: ChainDir,
+        #[command(flatten)]
+        tlog: TlogDir,
+        /// One JSON object: ok, replicas (source, size, root, consistent, cosigned, error).
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a replica over ssh: write one published file of the chain to stdout.
     ///
     /// What `replicate ssh://…` runs on the source (as an HTTP server serves the same files):
@@ -786,6 +812,20 @@ fn run(cli: Cli) -> Outcome {
         Command::Key {
             command: KeyCommand::Show { key, witness, json },
         } => transparency::key_show(&key.path(), witness, json),
+        Command::Witnesses {
+            replicas,
+            vkey,
+            witnesses,
+            dir,
+            tlog,
+            json,
+        } => replicate::witnesses(
+            &replicas,
+            &vkey,
+            &witnesses,
+            &transparency::tlog_dir(tlog.tlog_dir.as_deref(), &dir.chain_dir),
+            json,
+        ),
         Command::Export {
             what,
             offset,

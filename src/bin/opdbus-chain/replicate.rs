@@ -278,3 +278,155 @@ fn follow(
         }
     }
 }
+
+/// `witnesses`: who holds which tree of this log.
+pub fn witnesses(
+    replicas: &[String],
+    vkey: &str,
+    witnesses: &[String],
+    tlog_dir: &Path,
+    json: bool,
+) -> Outcome {
+    let vkey = vkey_arg(vkey)?;
+    let witnesses = witnesses
+        .iter()
+        .map(|given| crate::transparency::witness_arg(given))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tiles = opdbus_blockchain::tlog::TileReader::new(tlog_dir);
+    let http = HttpSource::new("http://unused/", None).map_err(|err| err.to_string())?;
+    let (mut rows, mut split, mut unread) = (Vec::new(), false, 0);
+    for replica in replicas {
+        let note = if replica.starts_with("http://") || replica.starts_with("https://") {
+            http.note(replica).map_err(|err| err.to_string())
+        } else {
+            crate::transparency::read_note(Path::new(replica))
+        };
+        let row = note.and_then(|note| {
+            let checkpoint = crate::transparency::open_signed(&note, &vkey, Path::new(replica))?;
+            let ours = tiles.root(checkpoint.size).map_err(|err| {
+                format!(
+                    "size {}: this log's tiles cannot give that tree ({err}): the replica is \
+                     ahead of this log, or this log was cut",
+                    checkpoint.size
+                )
+            });
+            let consistent = ours.as_ref().is_ok_and(|root| *root == checkpoint.root);
+            let cosigned: Vec<serde_json::Value> =
+                opdbus_blockchain::tlog::cosign::valid_cosignatures(&note, &witnesses)
+                    .into_iter()
+                    .map(|(vkey, at)| serde_json::json!({ "vkey": vkey, "timestamp": at }))
+                    .collect();
+            let others = other_signers(&note, &vkey, &witnesses);
+            Ok(serde_json::json!({
+                "source": replica,
+                "size": checkpoint.size,
+                "root": hex::encode(checkpoint.root),
+                "consistent": consistent,
+                "why": ours.err(),
+                "cosigned": cosigned,
+                "unchecked_signers": others,
+            }))
+        });
+        match row {
+            Ok(row) => {
+                split |= row["consistent"] == false;
+                rows.push(row);
+            }
+            Err(error) => {
+                unread += 1;
+                rows.push(serde_json::json!({ "source": replica, "error": error }));
+            }
+        }
+    }
+    if json {
+        let out = serde_json::json!({ "ok": !split && unread < replicas.len(), "replicas": rows });
+        println!("{out}");
+    } else {
+        for row in &rows {
+            if let Some(error) = row["error"].as_str() {
+                println!(
+                    "{}: cannot read: {error}",
+                    row["source"].as_str().unwrap_or("")
+                );
+                continue;
+            }
+            let cosigned: Vec<String> = row["cosigned"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let name = c["vkey"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split('+')
+                        .next()
+                        .unwrap_or("");
+                    format!("{name} at {}", c["timestamp"])
+                })
+                .collect();
+            println!(
+                "{}: size {} root {} {}; cosigned by {}{}",
+                row["source"].as_str().unwrap_or(""),
+                row["size"],
+                &row["root"].as_str().unwrap_or("")
+                    [..16.min(row["root"].as_str().unwrap_or("").len())],
+                if row["consistent"] == true {
+                    "consistent with this log".to_string()
+                } else {
+                    format!(
+                        "NOT consistent with this log ({})",
+                        row["why"]
+                            .as_str()
+                            .unwrap_or("another root at that size: a split view")
+                    )
+                },
+                if cosigned.is_empty() {
+                    "no witness given".to_string()
+                } else {
+                    cosigned.join(", ")
+                },
+                match row["unchecked_signers"].as_array() {
+                    Some(names) if !names.is_empty() => format!(
+                        " (unchecked: {})",
+                        names
+                            .iter()
+                            .filter_map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+    if split {
+        eprintln!("opdbus-chain: a replica holds a tree this log does not give: a split view");
+        return Ok(ExitCode::FAILURE);
+    }
+    if unread == replicas.len() {
+        return Err("no replica could be read".into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Names of the signature lines on `note` that are neither the log's nor a given witness's.
+fn other_signers(
+    note: &[u8],
+    vkey: &str,
+    witnesses: &[opdbus_blockchain::tlog::cosign::CosignatureVerifier],
+) -> Vec<String> {
+    let Ok(parsed) = signed_note::Note::from_bytes(note) else {
+        return Vec::new();
+    };
+    let mut known: Vec<Box<dyn signed_note::Verifier>> = Vec::new();
+    if let Ok(log) = signed_note::StandardVerifier::new(vkey) {
+        known.push(Box::new(log));
+    }
+    for witness in witnesses {
+        known.push(Box::new(witness.clone()));
+    }
+    match parsed.verify(&signed_note::VerifierList::new(known)) {
+        Ok((_, unverified)) => unverified.iter().map(|s| s.name().to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
