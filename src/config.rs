@@ -85,6 +85,10 @@ pub struct Config {
     pub origin: String,
     /// How often the tree's growth is checked for a new checkpoint.
     pub checkpoint_interval: std::time::Duration,
+    /// Sources to follow as a replica (`--replica-of`).
+    pub replica_of: Vec<ReplicaSpec>,
+    pub replicas_dir: PathBuf,
+    pub witness_key: PathBuf,
     /// Whether the transparency log runs: always, except for the bench's comparison run
     /// (a hidden flag, not a setting).
     pub transparency: bool,
@@ -122,6 +126,9 @@ impl Default for Config {
             retention: RetentionPolicy::default(),
             tlog_dir: None,
             signing_key: None,
+            replica_of: Vec::new(),
+            replicas_dir: PathBuf::from("/var/lib/op-dbus/replicas"),
+            witness_key: PathBuf::from("/var/lib/op-dbus/keys/witness.key"),
             origin: String::new(),
             checkpoint_interval: std::time::Duration::from_secs(1),
             transparency: true,
@@ -291,7 +298,63 @@ pub const KEYS: &[Key] = &[
           accepts: "a duration from 100ms to 1h, such as 250ms, 1s, 30s, 5m or 1h",
           set: |c, v| duration(v, 100, 3_600_000).map(|x| c.checkpoint_interval = x),
           show: |c| show_duration(c.checkpoint_interval) },
+    Key { name: "OPDBUS_REPLICA_OF", flag: Some(("replica-of", "SOURCE VKEY")), reload: false,
+          help: "Other hosts' chains to follow as a verified, cosigning replica, each into its own \
+                 directory under OPDBUS_REPLICAS_DIR (empty: none)",
+          accepts: "empty, or entries SOURCE VKEY separated by commas: an http(s):// or ssh:// URL \
+                    and that log's verifier key",
+          set: |c, v| replica_list(v).map(|x| c.replica_of = x),
+          show: |c| c.replica_of.iter().map(|r| format!("{} {}", r.source, r.vkey)).collect::<Vec<_>>().join(", ") },
+    Key { name: "OPDBUS_REPLICAS_DIR", flag: None, reload: false,
+          help: "Directory of the replicas' copies, one directory per source",
+          accepts: "an absolute path",
+          set: |c, v| absolute_dir(v).map(|x| c.replicas_dir = x),
+          show: |c| c.replicas_dir.display().to_string() },
+    Key { name: "OPDBUS_WITNESS_KEY", flag: None, reload: false,
+          help: "The key a replica cosigns the checkpoints it verified with, made if missing; \
+                 never in a replica's directory",
+          accepts: "an absolute path",
+          set: |c, v| absolute_dir(v).map(|x| c.witness_key = x),
+          show: |c| c.witness_key.display().to_string() },
 ];
+
+/// One `OPDBUS_REPLICA_OF` entry: a source and its log's verifier key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSpec {
+    pub source: String,
+    pub vkey: String,
+}
+
+/// `SOURCE VKEY, SOURCE VKEY, …` (empty: none).
+fn replica_list(value: &str) -> Result<Vec<ReplicaSpec>, String> {
+    let refused = || {
+        "expected empty, or entries SOURCE VKEY separated by commas: an http(s):// or ssh:// URL \
+         and that log's verifier key"
+            .to_string()
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let mut words = entry.split_whitespace();
+            let (Some(source), Some(vkey), None) = (words.next(), words.next(), words.next())
+            else {
+                return Err(refused());
+            };
+            let url = ["http://", "https://", "ssh://"]
+                .iter()
+                .any(|scheme| source.starts_with(scheme));
+            if !url || signed_note::StandardVerifier::new(vkey).is_err() {
+                return Err(refused());
+            }
+            Ok(ReplicaSpec {
+                source: source.to_string(),
+                vkey: vkey.to_string(),
+            })
+        })
+        .collect()
+}
 
 /// The group that reads the chain by default: the one that reads the journal and /var/log.
 pub const DEFAULT_READ_GROUP: &str = "adm";
@@ -988,6 +1051,10 @@ mod tests {
                 "OPDBUS_SIGNING_KEY" => "/elsewhere/signing.key",
                 "OPDBUS_ORIGIN" => "example.org/audit",
                 "OPDBUS_CHECKPOINT_INTERVAL" => "5m",
+                "OPDBUS_REPLICA_OF" => {
+                    "https://host1.example.org/ PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+                }
+                "OPDBUS_WITNESS_KEY" => "/elsewhere/witness.key",
                 k if k.ends_with("_DIR") || k.ends_with("_ROOT") => "/elsewhere",
                 k if k.starts_with("OPDBUS_RETAIN_") => "9",
                 _ => "131072",

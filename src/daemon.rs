@@ -44,6 +44,8 @@ pub enum DaemonError {
     Marker(#[from] crate::marker::MarkerError),
     #[error(transparent)]
     UnsafeDir(#[from] crate::files::DirError),
+    #[error("cannot start the replicas (OPDBUS_REPLICA_OF): {0}")]
+    Replicas(String),
 }
 
 impl DaemonError {
@@ -159,7 +161,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         bus: bus.clone(),
         source,
     })?;
-    let object = BlockchainObject::new(chain.clone(), config.writer_uids.clone());
+    let replicas = match crate::replica::run::Replicas::start(
+        &config.replica_of,
+        &config.replicas_dir,
+        &config.witness_key,
+    ) {
+        Ok(replicas) => replicas,
+        Err(err) => {
+            chain.shutdown().await;
+            return Err(DaemonError::Replicas(err));
+        }
+    };
+    let object = BlockchainObject::new(chain.clone(), config.writer_uids.clone())
+        .with_replicas(replicas.clone());
     let in_flight = object.in_flight();
     let connection = builder
         .serve_at(OBJECT_PATH, BlockchainInterface::new(object))
@@ -193,6 +207,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             transparency.subscribe(),
         ))
     });
+    let divergences = tokio::spawn(crate::dbus::announce_divergences(
+        connection.clone(),
+        replicas.subscribe(),
+    ));
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&status_line(&chain)),
@@ -250,6 +268,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(announcer) = announcer {
         announcer.abort();
     }
+    divergences.abort();
+    // Off the runtime's workers: a thread may be in the middle of a round.
+    let stopping = replicas.clone();
+    let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
     // From here on calls to the name find no owner. Calls the bus routed to us before are
     // ahead of the bus's reply to `flush_incoming` on our socket, so once it is answered every
     // one of them has reached our connection's queue for the object server. The object stays

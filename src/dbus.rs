@@ -78,6 +78,8 @@ pub struct BlockchainObject {
     in_flight: InFlight,
     /// Verify, FindSimilar* and Query calls in progress, by caller.
     expensive: ExpensiveCalls,
+    /// The chains this daemon follows as a replica (`--replica-of`).
+    replicas: Option<crate::replica::run::Replicas>,
 }
 
 impl BlockchainObject {
@@ -88,7 +90,14 @@ impl BlockchainObject {
             writer_uids,
             in_flight: InFlight::default(),
             expensive: ExpensiveCalls::default(),
+            replicas: None,
         }
+    }
+
+    /// Serves `ReplicaStatus` for these replicas.
+    pub fn with_replicas(mut self, replicas: crate::replica::run::Replicas) -> Self {
+        self.replicas = Some(replicas);
+        self
     }
 
     /// The count of AddFootprint calls not yet answered, for the daemon to drain at shutdown.
@@ -441,6 +450,58 @@ impl BlockchainObject {
         self.chain.verifying_key().unwrap_or_default()
     }
 
+    /// How each chain this daemon follows as a replica stands (`--replica-of`, in its order;
+    /// empty when it follows none): `source`, `dir`, `verified_size` (the tree size the copy is
+    /// verified up to), `source_size` (of the newest checkpoint the source served),
+    /// `lag_blocks`, `lag_seconds` (since the copy last reached the source's checkpoint; absent
+    /// before it did), `last_error` (empty when none), `diverged` and, when it did,
+    /// `diverged_at` (the tree size where the source parts from the copy).
+    #[zbus(out_args("replicas"))]
+    async fn replica_status(&self) -> Vec<HashMap<String, OwnedValue>> {
+        let Some(replicas) = &self.replicas else {
+            return Vec::new();
+        };
+        replicas
+            .statuses()
+            .into_iter()
+            .map(|status| {
+                let mut dict: HashMap<String, OwnedValue> = HashMap::new();
+                let mut put = |key: &str, value: zbus::zvariant::Value<'_>| {
+                    if let Ok(value) = OwnedValue::try_from(value) {
+                        dict.insert(key.to_string(), value);
+                    }
+                };
+                put("source", status.source.as_str().into());
+                put("dir", status.dir.to_string_lossy().as_ref().into());
+                put("verified_size", status.verified_size.into());
+                put("source_size", status.source_size.into());
+                put("lag_blocks", status.lag_blocks().into());
+                if let Some(lag) = status.lag_seconds() {
+                    put("lag_seconds", lag.into());
+                }
+                put(
+                    "last_error",
+                    status.last_error.as_deref().unwrap_or("").into(),
+                );
+                put("diverged", status.diverged.is_some().into());
+                if let Some((size, _)) = &status.diverged {
+                    put("diverged_at", (*size).into());
+                }
+                dict
+            })
+            .collect()
+    }
+
+    /// Sent when a chain this daemon follows as a replica diverged (rollback, truncation,
+    /// rewrite, fork) or sent invalid data: the replica stopped at tree size `size`.
+    #[zbus(signal)]
+    async fn replica_diverged(
+        emitter: &SignalEmitter<'_>,
+        source: &str,
+        size: u64,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
     /// Sent after each checkpoint is published.
     #[zbus(signal)]
     async fn checkpoint_issued(
@@ -489,6 +550,29 @@ pub async fn announce_checkpoints(
                         .await
                 {
                     tracing::debug!(%err, "cannot emit CheckpointIssued");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Emits ReplicaDiverged for every replica that stops at a divergence.
+pub async fn announce_divergences(
+    connection: Connection,
+    mut diverged: tokio::sync::broadcast::Receiver<crate::replica::run::Diverged>,
+) {
+    let Ok(emitter) = SignalEmitter::new(&connection, OBJECT_PATH) else {
+        return;
+    };
+    loop {
+        match diverged.recv().await {
+            Ok(d) => {
+                if let Err(err) =
+                    BlockchainObject::replica_diverged(&emitter, &d.source, d.size, &d.reason).await
+                {
+                    tracing::debug!(%err, "cannot emit ReplicaDiverged");
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,

@@ -48,6 +48,9 @@ pub const PRUNE_FAILED: &str = "ef810bc7280f4b72b97aa8cd4856e675";
 pub const CHECKPOINT_ISSUED: &str = "5e0e1cd8c5214a6bb931c0512b3d0862";
 /// The transparency log could not start, halted, or could not issue a checkpoint (error).
 pub const CHECKPOINT_FAILED: &str = "8e3c4130e10d448ebb4115d8be1fe395";
+/// A replica's source diverged (rollback, truncation, rewrite, fork) or sent invalid data: the
+/// replica stopped at the tree size given, its copy kept (error).
+pub const REPLICA_DIVERGED: &str = "e5164604d79f4e46b9119ae52c332a9e";
 
 /// Every id, with the constant's name, for the catalog test and the documentation.
 pub const ALL: &[(&str, &str)] = &[
@@ -64,6 +67,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("PRUNE_FAILED", PRUNE_FAILED),
     ("CHECKPOINT_ISSUED", CHECKPOINT_ISSUED),
     ("CHECKPOINT_FAILED", CHECKPOINT_FAILED),
+    ("REPLICA_DIVERGED", REPLICA_DIVERGED),
 ];
 
 /// Refused footprints: a caller looping on a refused call must not fill the journal (and trip

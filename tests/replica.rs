@@ -834,6 +834,117 @@ fn kill_9_of_the_replica_or_the_source_loses_nothing_and_duplicates_nothing() {
     verify_replica(&replica);
 }
 
+/// ReplicaStatus of the daemon on `bus`: one map of plain JSON values per replica.
+fn replica_status(bus: &Bus) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let out = bus.busctl(&[
+        "--json=short",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "ReplicaStatus",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
+    reply["data"][0]
+        .as_array()
+        .expect("aa{sv}")
+        .iter()
+        .map(|dict| {
+            dict.as_object()
+                .expect("a{sv}")
+                .iter()
+                .map(|(key, variant)| (key.clone(), variant["data"].clone()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence() {
+    if !nginx_or_skip(
+        "a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence",
+    ) {
+        return;
+    }
+    let mut source = Source::start();
+    let size = source.add(100);
+    let work = tempfile::tempdir().expect("tempdir");
+    let replicas = work.path().join("replicas");
+    let spec = format!("{} {}", source.url(), source.vkey);
+    let bus = Bus::start();
+    let daemon = Daemon::start_with_env(
+        &bus,
+        &work.path().join("chain"),
+        &work.path().join("cache"),
+        &[
+            (
+                "OPDBUS_SIGNING_KEY",
+                path_str(&work.path().join("keys/signing.key")),
+            ),
+            ("OPDBUS_REPLICA_OF", &spec),
+            ("OPDBUS_REPLICAS_DIR", path_str(&replicas)),
+            (
+                "OPDBUS_WITNESS_KEY",
+                path_str(&work.path().join("keys/witness.key")),
+            ),
+        ],
+    );
+    let verified = || replica_status(&bus)[0]["verified_size"].as_u64();
+    wait_until(
+        Duration::from_secs(20),
+        "the replica at the source's checkpoint",
+        || verified() == Some(size),
+    );
+    let status = &replica_status(&bus)[0];
+    assert_eq!(status["source"], source.url().as_str(), "{status:?}");
+    assert_eq!(status["diverged"], false, "{status:?}");
+    assert_eq!(status["lag_blocks"], 0, "{status:?}");
+    let copy = PathBuf::from(status["dir"].as_str().expect("dir"));
+    assert!(copy.starts_with(&replicas), "{copy:?}");
+    let grown = source.add(50);
+    wait_until(Duration::from_secs(20), "the replica following", || {
+        verified() == Some(grown)
+    });
+    assert_eq!(records_of(&copy), records_of(&source.chain()));
+    verify_replica(&copy);
+
+    // A truncation at 120: the replica stops there, says so, and keeps its copy.
+    source.daemon.stop();
+    let (segment, at) = record_at(&source.chain(), 120);
+    for (first_height, path) in segment::list(&source.chain()).expect("list") {
+        if first_height > 120 {
+            std::fs::remove_file(path).expect("remove later segments");
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
+    file.set_len(at).expect("truncate");
+    drop(file);
+    source.daemon.restart(&source.bus);
+    wait_until(Duration::from_secs(20), "the divergence reported", || {
+        replica_status(&bus)[0]["diverged"] == true
+    });
+    let status = &replica_status(&bus)[0];
+    assert_eq!(status["diverged_at"], 120, "{status:?}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cut off")),
+        "{status:?}"
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("stopped at tree size 120"), "{log}");
+    assert_eq!(checkpoint_size(&copy.join("tlog")), Some(grown));
+    verify_replica(&copy);
+}
+
 #[test]
 fn export_from_ssh_serves_only_this_chain() {
     let source = Source::start();

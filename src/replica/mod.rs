@@ -22,6 +22,7 @@
 //! source's segments with the copy's from the newest back.
 
 pub mod http;
+pub mod run;
 pub mod ssh;
 
 use crate::chain::block::{Block, Hash};
@@ -312,14 +313,16 @@ impl Replica {
     /// Runs rounds one after the other, `interval` apart, until `each` (called with every
     /// round's outcome) returns false or the source diverges or sends invalid data (the copy is
     /// then kept as verified and the error returned). A source that cannot be read is retried,
-    /// waiting twice as long each time up to [`MAX_RETRY_WAIT`].
+    /// waiting twice as long each time up to [`MAX_RETRY_WAIT`]. `wait` waits between rounds
+    /// and returns false to stop.
     pub fn follow(
         &mut self,
         source: &dyn Source,
         interval: std::time::Duration,
         mut each: impl FnMut(&Result<Round>) -> bool,
+        mut wait: impl FnMut(std::time::Duration) -> bool,
     ) -> Result<()> {
-        let mut wait = interval;
+        let mut pause = interval;
         loop {
             let outcome = self.round(source);
             let go_on = each(&outcome);
@@ -328,13 +331,14 @@ impl Replica {
                     return Err(err)
                 }
                 Err(ReplicaError::Local(why)) => return Err(ReplicaError::Local(why)),
-                Err(ReplicaError::Source(_)) => wait = (wait * 2).min(MAX_RETRY_WAIT.max(interval)),
-                Ok(_) => wait = interval,
+                Err(ReplicaError::Source(_)) => {
+                    pause = (pause * 2).min(MAX_RETRY_WAIT.max(interval))
+                }
+                Ok(_) => pause = interval,
             }
-            if !go_on {
+            if !go_on || !wait(pause) {
                 return Ok(());
             }
-            std::thread::sleep(wait);
         }
     }
 

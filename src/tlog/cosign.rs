@@ -43,6 +43,7 @@ fn signed_message(timestamp: u64, body: &[u8]) -> Vec<u8> {
 
 /// A witness's key, signing cosignatures (the key file is a signed-note private key, as the
 /// checkpoint signing key; only the key id and the signed message differ).
+#[derive(Clone)]
 pub struct Cosigner {
     name: String,
     key: ed25519_dalek::SigningKey,

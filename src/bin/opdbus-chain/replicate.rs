@@ -44,7 +44,10 @@ pub fn replicate(args: ReplicateArgs) -> Outcome {
     };
     let name = match args.witness_name {
         Some(name) => name.to_string(),
-        None => format!("{}/opdbus-witness", host_name()),
+        None => format!(
+            "{}/opdbus-witness",
+            opdbus_blockchain::replica::run::host_name()
+        ),
     };
     let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     if absolute(args.witness_key).starts_with(absolute(args.to)) {
@@ -124,20 +127,6 @@ pub fn replicate(args: ReplicateArgs) -> Outcome {
             Ok(failed(args.json, &format!("{}: {err}", source.describe())))
         }
         Err(err) => Err(err.to_string()),
-    }
-}
-
-fn host_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || ".-_".contains(*c))
-        .collect();
-    if host.is_empty() {
-        "localhost".into()
-    } else {
-        host
     }
 }
 
@@ -228,40 +217,48 @@ fn follow(
     witness_vkey: &str,
 ) -> Outcome {
     let mut failing = false;
-    let ended = replica.follow(source, interval, |outcome| {
-        match outcome {
-            Ok(round) if round.copied > 0 || failing => {
-                failing = false;
-                let checkpoint = &round.checkpoint;
-                if args.json {
-                    let line = serde_json::json!({
-                        "ok": true,
-                        "size": checkpoint.size,
-                        "root": hex::encode(checkpoint.root),
-                        "copied": round.copied,
-                        "witness_vkey": witness_vkey,
-                    });
-                    println!("{line}");
-                } else {
-                    println!(
-                        "verified up to tree size {} (root {}): {} block(s) copied",
-                        checkpoint.size,
-                        hex::encode(checkpoint.root),
-                        round.copied
-                    );
+    let ended = replica.follow(
+        source,
+        interval,
+        |outcome| {
+            match outcome {
+                Ok(round) if round.copied > 0 || failing => {
+                    failing = false;
+                    let checkpoint = &round.checkpoint;
+                    if args.json {
+                        let line = serde_json::json!({
+                            "ok": true,
+                            "size": checkpoint.size,
+                            "root": hex::encode(checkpoint.root),
+                            "copied": round.copied,
+                            "witness_vkey": witness_vkey,
+                        });
+                        println!("{line}");
+                    } else {
+                        println!(
+                            "verified up to tree size {} (root {}): {} block(s) copied",
+                            checkpoint.size,
+                            hex::encode(checkpoint.root),
+                            round.copied
+                        );
+                    }
                 }
-            }
-            Ok(_) => {}
-            Err(ReplicaError::Source(err)) => {
-                if !failing {
-                    eprintln!("opdbus-chain: cannot read the source, retrying: {err}");
+                Ok(_) => {}
+                Err(ReplicaError::Source(err)) => {
+                    if !failing {
+                        eprintln!("opdbus-chain: cannot read the source, retrying: {err}");
+                    }
+                    failing = true;
                 }
-                failing = true;
+                Err(_) => {}
             }
-            Err(_) => {}
-        }
-        true
-    });
+            true
+        },
+        |pause| {
+            std::thread::sleep(pause);
+            true
+        },
+    );
     match ended {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err @ ReplicaError::Local(_)) => Err(err.to_string()),

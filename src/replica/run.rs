@@ -1,0 +1,342 @@
+//! The replicas a daemon follows (`--replica-of`): one thread each ("opdbus-replica"), running
+//! [`Replica::follow`] into its own directory, with a status for `ReplicaStatus` and a
+//! notice for the `ReplicaDiverged` signal and the journal when a source diverges (the thread
+//! then stops, the copy kept as verified, until an operator acts and restarts the daemon).
+
+use super::http::HttpSource;
+use super::ssh::SshSource;
+use super::{Replica, ReplicaError, Source, Witness};
+use crate::config::ReplicaSpec;
+use crate::tlog::cosign::Cosigner;
+use crate::tlog::SigningKey;
+use parking_lot::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Time between two rounds of a following replica (docs/benchmarks.md: p99 lag ~1.6 s with
+/// the source's 1 s checkpoints).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How a replica stands.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub source: String,
+    pub dir: PathBuf,
+    /// The tree size the copy is verified up to.
+    pub verified_size: u64,
+    /// The size of the newest checkpoint the source served.
+    pub source_size: u64,
+    /// When the copy last reached the source's newest checkpoint.
+    pub caught_up_at: Option<SystemTime>,
+    pub last_error: Option<String>,
+    /// Where and why the source diverged: the replica stopped there.
+    pub diverged: Option<(u64, String)>,
+}
+
+impl Status {
+    /// Blocks the copy lacks of the source's newest checkpoint.
+    pub fn lag_blocks(&self) -> u64 {
+        self.source_size.saturating_sub(self.verified_size)
+    }
+
+    /// Seconds since the copy last reached the source's newest checkpoint.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        self.caught_up_at
+            .and_then(|at| at.elapsed().ok())
+            .map(|lag| lag.as_secs_f64())
+    }
+}
+
+/// A divergence, for the signal and the journal.
+#[derive(Clone, Debug)]
+pub struct Diverged {
+    pub source: String,
+    pub size: u64,
+    pub reason: String,
+}
+
+/// The running replicas; cheap to clone.
+#[derive(Clone)]
+pub struct Replicas {
+    statuses: Vec<Arc<RwLock<Status>>>,
+    /// Dropped to stop: every thread's receiver then reports the channel closed.
+    stop: Arc<parking_lot::Mutex<Option<crossbeam_channel::Sender<()>>>>,
+    threads: Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    diverged: tokio::sync::broadcast::Sender<Diverged>,
+}
+
+impl Replicas {
+    /// Starts one thread per source, each into `dir/<source's host>`, cosigning with the key at
+    /// `witness_key` (made when missing).
+    pub fn start(
+        specs: &[ReplicaSpec],
+        dir: &Path,
+        witness_key: &Path,
+    ) -> Result<Replicas, String> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let (diverged, _) = tokio::sync::broadcast::channel(16);
+        let mut replicas = Replicas {
+            statuses: Vec::new(),
+            stop: Arc::new(parking_lot::Mutex::new(Some(stop))),
+            threads: Arc::default(),
+            diverged,
+        };
+        if specs.is_empty() {
+            return Ok(replicas);
+        }
+        let name = format!("{}/opdbus-witness", host_name());
+        let (key, made) = SigningKey::load_or_create(witness_key, &name)
+            .map_err(|err| format!("the witness key: {err}"))?;
+        if made {
+            tracing::info!(
+                key = %witness_key.display(),
+                VKEY = %Cosigner::new(&key).vkey(),
+                "made a new witness key; its verifier key: {}",
+                Cosigner::new(&key).vkey()
+            );
+        }
+        let mut names: Vec<String> = Vec::new();
+        for spec in specs {
+            let mut name = dir_name(&spec.source);
+            let base = name.clone();
+            let mut n = 1;
+            while names.contains(&name) {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            names.push(name.clone());
+            let replica_dir = dir.join(&name);
+            if witness_key.starts_with(&replica_dir) {
+                return Err(format!(
+                    "the witness key {} is inside the replica directory {}",
+                    witness_key.display(),
+                    replica_dir.display()
+                ));
+            }
+            let source = source_of(&spec.source)?;
+            let status = Arc::new(RwLock::new(Status {
+                source: spec.source.clone(),
+                dir: replica_dir.clone(),
+                ..Status::default()
+            }));
+            replicas.statuses.push(status.clone());
+            let run = Run {
+                source,
+                vkey: spec.vkey.clone(),
+                dir: replica_dir,
+                witness: Cosigner::new(&key),
+                witness_key: witness_key.to_path_buf(),
+                status,
+                stopped: stopped.clone(),
+                diverged: replicas.diverged.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name("opdbus-replica".into())
+                .spawn(move || run.run())
+                .map_err(|err| format!("starting a replica thread: {err}"))?;
+            replicas.threads.lock().push(thread);
+        }
+        Ok(replicas)
+    }
+
+    /// How each replica stands, in the order of `--replica-of`.
+    pub fn statuses(&self) -> Vec<Status> {
+        self.statuses.iter().map(|s| s.read().clone()).collect()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Diverged> {
+        self.diverged.subscribe()
+    }
+
+    /// Stops every thread after its current round (a round cut short is cut again next time).
+    pub fn stop(&self) {
+        self.stop.lock().take();
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One replica's thread.
+struct Run {
+    source: Box<dyn Source + Send>,
+    vkey: String,
+    dir: PathBuf,
+    witness: Cosigner,
+    witness_key: PathBuf,
+    status: Arc<RwLock<Status>>,
+    stopped: crossbeam_channel::Receiver<()>,
+    diverged: tokio::sync::broadcast::Sender<Diverged>,
+}
+
+impl Run {
+    fn run(self) {
+        let wait = |pause: Duration| {
+            matches!(
+                self.stopped.recv_timeout(pause),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout)
+            )
+        };
+        // The directory may be in use (another replicate) or unusable for now: retry.
+        let mut replica = loop {
+            let opened = Witness::open(self.witness.clone(), &self.witness_key)
+                .and_then(|witness| Replica::open(&self.dir, &self.vkey, Some(witness)));
+            match opened {
+                Ok(replica) => break replica,
+                Err(err) => {
+                    self.fail(&err);
+                    if !wait(super::MAX_RETRY_WAIT) {
+                        return;
+                    }
+                }
+            }
+        };
+        let mut failing = false;
+        let ended = replica.follow(
+            self.source.as_ref(),
+            FOLLOW_INTERVAL,
+            |outcome| {
+                match outcome {
+                    Ok(round) => {
+                        let mut status = self.status.write();
+                        status.verified_size = round.checkpoint.size;
+                        status.source_size = round.checkpoint.size;
+                        status.caught_up_at = Some(SystemTime::now());
+                        status.last_error = None;
+                        drop(status);
+                        if failing {
+                            failing = false;
+                            tracing::info!(SOURCE = %self.source.describe(), "replica: the source is read again");
+                        }
+                    }
+                    Err(ReplicaError::Source(err)) => {
+                        if !failing {
+                            tracing::warn!(
+                                SOURCE = %self.source.describe(),
+                                %err,
+                                "replica: cannot read the source, retrying: {err}"
+                            );
+                        }
+                        failing = true;
+                        self.status.write().last_error = Some(err.to_string());
+                    }
+                    Err(_) => {}
+                }
+                true
+            },
+            wait,
+        );
+        match ended {
+            Ok(()) => {}
+            Err(err @ (ReplicaError::Diverged { .. } | ReplicaError::BadSource(_))) => {
+                let size = match &err {
+                    ReplicaError::Diverged { size, .. } => *size,
+                    _ => self.status.read().verified_size,
+                };
+                let reason = err.to_string();
+                tracing::error!(
+                    message_id = crate::journal::REPLICA_DIVERGED,
+                    SOURCE = %self.source.describe(),
+                    REPLICA_DIR = %self.dir.display(),
+                    SIZE = size,
+                    REASON = %reason,
+                    "replica of {} stopped at tree size {size}: {reason}; the copy keeps what it \
+                     verified (docs/operations.md, Replicas)",
+                    self.source.describe()
+                );
+                let mut status = self.status.write();
+                status.diverged = Some((size, reason.clone()));
+                status.last_error = Some(reason.clone());
+                drop(status);
+                let _ = self.diverged.send(Diverged {
+                    source: self.source.describe(),
+                    size,
+                    reason,
+                });
+            }
+            Err(err) => self.fail(&err),
+        }
+    }
+
+    fn fail(&self, err: &ReplicaError) {
+        tracing::error!(
+            SOURCE = %self.source.describe(),
+            REPLICA_DIR = %self.dir.display(),
+            %err,
+            "replica of {}: {err}",
+            self.source.describe()
+        );
+        self.status.write().last_error = Some(err.to_string());
+    }
+}
+
+/// The source for a `--replica-of` URL (ssh with `ssh -o BatchMode=yes` and the
+/// `opdbus-chain` on the source's PATH).
+fn source_of(url: &str) -> Result<Box<dyn Source + Send>, String> {
+    if url.starts_with("ssh://") {
+        SshSource::new(url, "ssh -o BatchMode=yes", "opdbus-chain")
+            .map(|s| Box::new(s) as Box<dyn Source + Send>)
+            .map_err(|err| err.to_string())
+    } else {
+        HttpSource::new(url, None)
+            .map(|s| Box::new(s) as Box<dyn Source + Send>)
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// A directory name for a source: its host (and port), letters, digits, `.`, `-` and `_`.
+fn dir_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match name.trim_matches('.') {
+        "" => "source".into(),
+        name => name.into(),
+    }
+}
+
+/// This host's name, as a key name part (letters, digits, `.`, `-`, `_`).
+pub fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || ".-_".contains(*c))
+        .collect();
+    if host.is_empty() {
+        "localhost".into()
+    } else {
+        host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_a_directory_named_after_its_host() {
+        assert_eq!(
+            dir_name("https://host1.example.org/chain/"),
+            "host1.example.org"
+        );
+        assert_eq!(dir_name("http://127.0.0.1:8080/"), "127.0.0.1_8080");
+        assert_eq!(
+            dir_name("ssh://replica@host2/var/lib/op-dbus/blockchain"),
+            "host2"
+        );
+        assert_eq!(dir_name("https://../"), "source");
+    }
+}
