@@ -271,7 +271,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     divergences.abort();
     // Off the runtime's workers: a thread may be in the middle of a round.
     let stopping = replicas.clone();
-    let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
+    let _ = tokio::task::spawn_blocking(move || stopping.stop(Duration::from_secs(2))).await;
     // From here on calls to the name find no owner. Calls the bus routed to us before are
     // ahead of the bus's reply to `flush_incoming` on our socket, so once it is answered every
     // one of them has reached our connection's queue for the object server. The object stays

@@ -477,10 +477,11 @@ fn a_replica_names_where_the_source_diverged_and_keeps_what_it_verified() {
     assert_eq!(out["diverged_at"], first, "{out} {err}");
     assert!(err.contains("rollback"), "{err}");
     // A fresh directory with the same witness key: the witness remembers what it cosigned for
-    // this log and refuses the smaller tree (a split view), keeping nothing of it.
+    // this log and cosigns nothing smaller (exit 2: it waits for the source to reach it),
+    // keeping nothing of it.
     let fresh = work.path().join("fresh");
     let (code, out, err) = replicate(&source.url(), &fresh, &source.vkey, &witness_key);
-    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(code, 2, "{out} {err}");
     assert!(err.contains("already cosigned"), "{err}");
     assert!(records_of(&fresh).is_empty(), "nothing of it was kept");
     std::fs::write(source.tlog().join("checkpoint"), &newest).expect("restore");
@@ -943,6 +944,53 @@ fn a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence
     assert!(log.contains("stopped at tree size 120"), "{log}");
     assert_eq!(checkpoint_size(&copy.join("tlog")), Some(grown));
     verify_replica(&copy);
+}
+
+#[test]
+fn a_daemon_stops_promptly_while_a_replica_waits_on_a_silent_source() {
+    // A "server" that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let work = tempfile::tempdir().expect("tempdir");
+    let spec = format!(
+        "http://127.0.0.1:{port}/ PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+    );
+    let bus = Bus::start();
+    let mut daemon = Daemon::start_with_env(
+        &bus,
+        &work.path().join("chain"),
+        &work.path().join("cache"),
+        &[
+            (
+                "OPDBUS_SIGNING_KEY",
+                path_str(&work.path().join("keys/signing.key")),
+            ),
+            ("OPDBUS_REPLICA_OF", &spec),
+            (
+                "OPDBUS_REPLICAS_DIR",
+                path_str(&work.path().join("replicas")),
+            ),
+            (
+                "OPDBUS_WITNESS_KEY",
+                path_str(&work.path().join("keys/witness.key")),
+            ),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let status = daemon.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

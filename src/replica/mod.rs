@@ -247,7 +247,8 @@ impl Replica {
                 });
             }
         }
-        let _held = self.witness.as_ref().map(Witness::hold).transpose()?;
+        // What the witness remembers now; read again under its lock before cosigning (the
+        // lock is not held over the network: a slow source must not stall other replicas).
         if let Some(witness) = &self.witness {
             copy.remembered = witness.last(&offered.origin)?;
             if let Some((size, _)) = copy.remembered {
@@ -285,7 +286,18 @@ impl Replica {
                 ),
             });
         }
-        if let Err(err) = self.check_witness_memory(&offered, &copy) {
+        let _held = self.witness.as_ref().map(Witness::hold).transpose()?;
+        let checked = match &self.witness {
+            Some(witness) if witness.last(&offered.origin)? != copy.remembered => {
+                Err(ReplicaError::Source(SourceError(
+                    "the witness cosigned another tree of this log meanwhile (another replica \
+                     directory); trying again"
+                        .into(),
+                )))
+            }
+            _ => self.check_witness_memory(&offered, &copy),
+        };
+        if let Err(err) = checked {
             self.cut_to(accepted_size)?;
             return Err(err);
         }
@@ -705,11 +717,13 @@ impl Replica {
             reason,
         };
         if offered.size < size {
-            return Err(parted(format!(
-                "this witness already cosigned tree size {size} of {} (maybe from another \
-                 replica directory); it cosigns nothing smaller",
+            // Consistent or not cannot be told from here (the copy does not reach that size):
+            // not a divergence of this source, but nothing this witness may cosign. Retried.
+            return Err(ReplicaError::Source(SourceError(format!(
+                "this witness already cosigned tree size {size} of {} (from another replica \
+                 directory); it cosigns nothing smaller, waiting for the source to reach it",
                 offered.origin
-            )));
+            ))));
         }
         if copy.root_at_remembered != Some(root) {
             return Err(parted(format!(

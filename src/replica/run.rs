@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// ssh for `--replica-of` (and `replicate`'s default): no prompt, and a dead connection is
+/// noticed within half a minute instead of hanging a round.
+pub const DEFAULT_SSH_COMMAND: &str =
+    "ssh -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=10 -o ServerAliveCountMax=3";
+
 /// Time between two rounds of a following replica (docs/benchmarks.md: p99 lag ~1.6 s with
 /// the source's 1 s checkpoints).
 pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
@@ -96,17 +101,8 @@ impl Replicas {
                 Cosigner::new(&key).vkey()
             );
         }
-        let mut names: Vec<String> = Vec::new();
         for spec in specs {
-            let mut name = dir_name(&spec.source);
-            let base = name.clone();
-            let mut n = 1;
-            while names.contains(&name) {
-                n += 1;
-                name = format!("{base}-{n}");
-            }
-            names.push(name.clone());
-            let replica_dir = dir.join(&name);
+            let replica_dir = dir.join(dir_name(&spec.source));
             if witness_key.starts_with(&replica_dir) {
                 return Err(format!(
                     "the witness key {} is inside the replica directory {}",
@@ -116,7 +112,7 @@ impl Replicas {
             }
             let source = source_of(&spec.source)?;
             let status = Arc::new(RwLock::new(Status {
-                source: spec.source.clone(),
+                source: redacted(&spec.source),
                 dir: replica_dir.clone(),
                 ..Status::default()
             }));
@@ -149,12 +145,22 @@ impl Replicas {
         self.diverged.subscribe()
     }
 
-    /// Stops every thread after its current round (a round cut short is cut again next time).
-    pub fn stop(&self) {
+    /// Stops every thread: each ends after its current round, waited for up to `grace`; a
+    /// thread still in a round then (a slow source) is left to the process's exit, which cuts
+    /// the round short (the next round cuts what it appended: nothing verified is lost).
+    pub fn stop(&self, grace: Duration) {
         self.stop.lock().take();
         let threads = std::mem::take(&mut *self.threads.lock());
+        let deadline = std::time::Instant::now() + grace;
         for thread in threads {
-            let _ = thread.join();
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!("a replica is still in a round at the stop; it is cut short");
+            }
         }
     }
 }
@@ -173,12 +179,30 @@ struct Run {
 
 impl Run {
     fn run(self) {
-        let wait = |pause: Duration| {
+        let wait = |pause: Duration| -> bool {
             matches!(
                 self.stopped.recv_timeout(pause),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout)
             )
         };
+        loop {
+            match self.follow_once(&wait) {
+                // Stopped, or diverged (logged, reported): the thread ends.
+                None => return,
+                // The directory cannot be used for now (full, in use): retried.
+                Some(err) => {
+                    self.fail(&err);
+                    if !wait(super::MAX_RETRY_WAIT) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the copy and follows the source until a stop (`None`), a divergence (reported,
+    /// `None`) or a local error (returned).
+    fn follow_once(&self, wait: &dyn Fn(Duration) -> bool) -> Option<ReplicaError> {
         // The directory may be in use (another replicate) or unusable for now: retry.
         let mut replica = loop {
             let opened = Witness::open(self.witness.clone(), &self.witness_key)
@@ -188,11 +212,16 @@ impl Run {
                 Err(err) => {
                     self.fail(&err);
                     if !wait(super::MAX_RETRY_WAIT) {
-                        return;
+                        return None;
                     }
                 }
             }
         };
+        if let Ok(Some(accepted)) = replica.accepted() {
+            let mut status = self.status.write();
+            status.verified_size = accepted.size;
+            status.source_size = status.source_size.max(accepted.size);
+        }
         let mut failing = false;
         let ended = replica.follow(
             self.source.as_ref(),
@@ -229,7 +258,7 @@ impl Run {
             wait,
         );
         match ended {
-            Ok(()) => {}
+            Ok(()) => None,
             Err(err @ (ReplicaError::Diverged { .. } | ReplicaError::BadSource(_))) => {
                 let size = match &err {
                     ReplicaError::Diverged { size, .. } => *size,
@@ -255,8 +284,9 @@ impl Run {
                     size,
                     reason,
                 });
+                None
             }
-            Err(err) => self.fail(&err),
+            Err(err) => Some(err),
         }
     }
 
@@ -276,7 +306,7 @@ impl Run {
 /// `opdbus-chain` on the source's PATH).
 fn source_of(url: &str) -> Result<Box<dyn Source + Send>, String> {
     if url.starts_with("ssh://") {
-        SshSource::new(url, "ssh -o BatchMode=yes", "opdbus-chain")
+        SshSource::new(url, DEFAULT_SSH_COMMAND, "opdbus-chain")
             .map(|s| Box::new(s) as Box<dyn Source + Send>)
             .map_err(|err| err.to_string())
     } else {
@@ -286,8 +316,30 @@ fn source_of(url: &str) -> Result<Box<dyn Source + Send>, String> {
     }
 }
 
-/// A directory name for a source: its host (and port), letters, digits, `.`, `-` and `_`.
+/// `url` without a password (`user:password@` becomes `user@`): ReplicaStatus is open to all.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}/{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A directory name for a source: its host (and port), letters, digits, `.`, `-` and `_`,
+/// then 8 hex digits of the URL's SHA-256: the same source always gets the same directory,
+/// whatever the order of `OPDBUS_REPLICA_OF`, and two sources on one host never share one.
 fn dir_name(url: &str) -> String {
+    let hash = hex::encode(&crate::chain::block::sha256(url.as_bytes())[..4]);
+    format!("{}-{hash}", host_part(url))
+}
+
+fn host_part(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
@@ -327,16 +379,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_source_gets_a_directory_named_after_its_host() {
+    fn a_source_gets_a_directory_named_after_its_host_and_url() {
         assert_eq!(
-            dir_name("https://host1.example.org/chain/"),
+            host_part("https://host1.example.org/chain/"),
             "host1.example.org"
         );
-        assert_eq!(dir_name("http://127.0.0.1:8080/"), "127.0.0.1_8080");
+        assert_eq!(host_part("http://127.0.0.1:8080/"), "127.0.0.1_8080");
         assert_eq!(
-            dir_name("ssh://replica@host2/var/lib/op-dbus/blockchain"),
+            host_part("ssh://replica@host2/var/lib/op-dbus/blockchain"),
             "host2"
         );
-        assert_eq!(dir_name("https://../"), "source");
+        assert_eq!(host_part("https://../"), "source");
+        let one = dir_name("https://host1.example.org/a/");
+        assert!(
+            one.starts_with("host1.example.org-") && one.len() == "host1.example.org-".len() + 8
+        );
+        assert_ne!(one, dir_name("https://host1.example.org/b/"));
+        assert_eq!(one, dir_name("https://host1.example.org/a/"));
+    }
+
+    #[test]
+    fn a_password_in_a_source_url_is_not_shown() {
+        assert_eq!(redacted("https://u:secret@h/x/"), "https://u@h/x/");
+        assert_eq!(
+            redacted("ssh://replica@h/var/lib"),
+            "ssh://replica@h/var/lib"
+        );
+        assert_eq!(redacted("https://h/"), "https://h/");
     }
 }

@@ -43,8 +43,15 @@ impl SshSource {
             ),
             None => (authority, None),
         };
-        if destination.is_empty() || destination.starts_with('-') || dir.len() < 2 {
-            return Err(bad("no host or no chain directory"));
+        // A host name, an IPv4 address or a user@host: nothing a shell or ssh's %h expansions
+        // could read as more.
+        let plain = |c: char| c.is_ascii_alphanumeric() || ".-_@".contains(c);
+        if destination.is_empty()
+            || destination.starts_with('-')
+            || !destination.chars().all(plain)
+            || dir.len() < 2
+        {
+            return Err(bad("no host, a host with characters other than letters, digits, '.', '-', '_' and '@', or no chain directory"));
         }
         let mut ssh = shlex::split(ssh_command)
             .filter(|words| !words.is_empty())
@@ -99,6 +106,11 @@ impl SshSource {
                 stdout,
                 what: format!("{}: export {}", self.url, args.join(" ")),
             }));
+        }
+        // Not an export's output: stop reading (a remote writing on would block the wait).
+        drop(stdout);
+        if got == 1 {
+            let _ = child.kill();
         }
         let status = child
             .wait()

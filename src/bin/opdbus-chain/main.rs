@@ -194,7 +194,11 @@ enum Command {
         witness_name: Option<String>,
         /// For an ssh:// SOURCE: the ssh command and its options, split as a POSIX shell
         /// would (no expansion), e.g. "ssh -i /root/.ssh/replica -o BatchMode=yes".
-        #[arg(long, value_name = "COMMAND", default_value = "ssh -o BatchMode=yes")]
+        #[arg(
+            long,
+            value_name = "COMMAND",
+            default_value = opdbus_blockchain::replica::run::DEFAULT_SSH_COMMAND
+        )]
         ssh_command: String,
         /// For an ssh:// SOURCE: the opdbus-chain program on the source.
         #[arg(long, value_name = "PATH", default_value = "opdbus-chain")]

@@ -300,13 +300,23 @@ pub fn witnesses(
         };
         let row = note.and_then(|note| {
             let checkpoint = crate::transparency::open_signed(&note, &vkey, Path::new(replica))?;
-            let ours = tiles.root(checkpoint.size).map_err(|err| {
-                format!(
-                    "size {}: this log's tiles cannot give that tree ({err}): the replica is \
-                     ahead of this log, or this log was cut",
+            // This log's tree at that size: beyond its published checkpoint, the replica is
+            // ahead of the log (which only a rewrite or truncation here explains); a tile that
+            // cannot be read is this command's problem, not the replica's (exit 2).
+            let published = crate::transparency::published(tlog_dir)?
+                .transpose()?
+                .map_or(0, |c| c.size);
+            let ours = if checkpoint.size > published {
+                Err(format!(
+                    "size {}: beyond this log's published checkpoint ({published}): this log \
+                     was cut or rolled back",
                     checkpoint.size
-                )
-            });
+                ))
+            } else {
+                Ok(tiles
+                    .root(checkpoint.size)
+                    .map_err(|err| format!("cannot check against this log's tiles: {err}"))?)
+            };
             let consistent = ours.as_ref().is_ok_and(|root| *root == checkpoint.root);
             let cosigned: Vec<serde_json::Value> =
                 opdbus_blockchain::tlog::cosign::valid_cosignatures(&note, &witnesses)
