@@ -120,6 +120,10 @@ pub struct Replica {
     tlog: PathBuf,
     vkey: String,
     witness: Option<Witness>,
+    /// The copy as the last successful round left it, with the checkpoint it is verified up
+    /// to: the next round goes on from it instead of re-reading the whole copy (nothing else
+    /// writes the directory while the lock is held; a failed round drops it).
+    verified: Option<(Checkpoint, Copy)>,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -173,6 +177,7 @@ impl Replica {
             tlog,
             vkey: vkey.trim().to_string(),
             witness,
+            verified: None,
             _lock: lock,
         })
     }
@@ -214,7 +219,18 @@ impl Replica {
             crate::files::write_atomic(&first_round, b"", crate::files::FILE_MODE)
                 .map_err(local(first_round.display()))?;
         }
-        let mut copy = self.open_copy(accepted.as_ref())?;
+        let mut copy = match self.verified.take() {
+            Some((checkpoint, copy))
+                if accepted
+                    .as_ref()
+                    .is_some_and(|a| (a.size, a.root) == (checkpoint.size, checkpoint.root)) =>
+            {
+                copy
+            }
+            _ => self.open_copy(accepted.as_ref())?,
+        };
+        copy.remembered = None;
+        copy.root_at_remembered = None;
         let note = source.checkpoint()?;
         let offered = Checkpoint::open(&note, &self.vkey)
             .map_err(|err| ReplicaError::BadSource(format!("its checkpoint: {err}")))?;
@@ -316,9 +332,11 @@ impl Replica {
         if first_round.exists() {
             std::fs::remove_file(&first_round).map_err(local(first_round.display()))?;
         }
+        let copied = offered.size - before;
+        self.verified = Some((published.clone(), copy));
         Ok(Round {
             checkpoint: published,
-            copied: offered.size - before,
+            copied,
         })
     }
 
@@ -470,6 +488,9 @@ impl Replica {
                 + tail
                     .as_ref()
                     .map_or(HEADER_LEN as u64, |t| t.bytes.len() as u64);
+            // Where the next record goes in the copy's own segment (the copy's segments are cut
+            // where the source's are, so the offsets are the same).
+            let mut local_at = start;
             let name = segment::file_name(next_segment);
             let mut records = RecordReader::new(stream, start);
             loop {
@@ -495,8 +516,15 @@ impl Replica {
                     }
                     Some((at, Parsed::Record { block, .. })) => {
                         self.check(copy, &block, &name, at)?;
-                        out.write_all(records.record_bytes())
+                        let bytes = records.record_bytes();
+                        out.write_all(bytes)
                             .map_err(|err| Fetched::Failed(local(name.as_str())(err)))?;
+                        copy.tail = Some(Tail {
+                            segment: next_segment,
+                            offset: local_at,
+                            bytes: bytes.to_vec(),
+                        });
+                        local_at += bytes.len() as u64;
                         // Held in memory until the root is checked: no tile of an unverified
                         // block is ever written (32 bytes per leaf, ~2 % more in full tiles).
                         copy.tiles.push(&block.hash);
