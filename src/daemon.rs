@@ -194,6 +194,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 source,
             },
         })?;
+    for ((name, index), status) in replicas.indexes().iter().zip(replicas.statuses()) {
+        let path = crate::dbus::replica::object_path(name);
+        let object = crate::dbus::replica::ReplicaChainObject::new(index.clone(), status.source);
+        if let Err(err) = connection.object_server().at(path.as_str(), object).await {
+            tracing::warn!(%err, path, "cannot serve a replica's copy on the bus");
+        }
+    }
     tracing::info!(
         message_id = journal::STARTED,
         bus = %bus,

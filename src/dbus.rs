@@ -15,6 +15,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedValue, Type};
 use zbus::{interface, Connection};
 
+pub mod replica;
 mod writes;
 pub use writes::BlockchainInterface;
 
@@ -46,6 +47,8 @@ pub enum Error {
     /// The transparency log cannot answer now: it is starting, halted because the chain no
     /// longer extends its checkpoint, or not running.
     Unavailable(String),
+    /// A replica's copy takes no writes.
+    ReadOnly(String),
 }
 
 /// The one mapping from the core's errors to the names callers see: the footprint refused is

@@ -914,6 +914,59 @@ fn a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence
     assert_eq!(records_of(&copy), records_of(&source.chain()));
     verify_replica(&copy);
 
+    // The copy is served read-only on the replica's bus, as the source serves its chain.
+    let name = copy
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let path = opdbus_blockchain::dbus::replica::object_path(&name);
+    const REPLICA: &str = "org.opdbus.Blockchain.Replica";
+    let on = |bus: &Bus, path: &str, interface: &str, args: &[&str]| {
+        let mut all = vec!["--json=short", "call", BUS_NAME, path, interface];
+        all.extend_from_slice(args);
+        let out = bus.busctl(&all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for height in ["0", "7", "149"] {
+        let (ok, theirs, err) = on(&bus, &path, REPLICA, &["GetBlockByHeight", "t", height]);
+        assert!(ok, "{err}");
+        let (_, ours, _) = on(
+            &source.bus,
+            OBJECT_PATH,
+            BUS_NAME,
+            &["GetBlockByHeight", "t", height],
+        );
+        assert_eq!(theirs, ours, "height {height}");
+    }
+    let (ok, _, err) = on(
+        &bus,
+        &path,
+        REPLICA,
+        &["GetBlockByHeight", "t", &grown.to_string()],
+    );
+    assert!(!ok && err.contains("no block"), "{err}");
+    let (ok, _, err) = on(
+        &bus,
+        &path,
+        REPLICA,
+        &["AddFootprint", "sss", "p", "o", "{}"],
+    );
+    assert!(!ok && err.to_lowercase().contains("read-only"), "{err}");
+    let (ok, note, err) = on(&bus, &path, REPLICA, &["GetCheckpoint"]);
+    assert!(ok && note.contains("opdbus-witness"), "{note}{err}");
+    let (ok, proof, err) = on(
+        &bus,
+        &path,
+        REPLICA,
+        &["GetInclusionProof", "tt", "7", &grown.to_string()],
+    );
+    assert!(ok && proof.contains("aay"), "{proof}{err}");
+
     // A truncation at 120: the replica stops there, says so, and keeps its copy.
     source.daemon.stop();
     let (segment, at) = record_at(&source.chain(), 120);

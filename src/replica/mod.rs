@@ -124,6 +124,8 @@ pub struct Replica {
     /// to: the next round goes on from it instead of re-reading the whole copy (nothing else
     /// writes the directory while the lock is held; a failed round drops it).
     verified: Option<(Checkpoint, Copy)>,
+    /// Kept up to date when the copy's blocks are served ([`Replica::serve`]).
+    index: Option<SharedIndex>,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -145,6 +147,10 @@ struct Copy {
     /// size once the copy reaches it.
     remembered: Option<(u64, Hash)>,
     root_at_remembered: Option<Hash>,
+    /// Blocks read or appended since the index was last brought up to date: (segment, offset,
+    /// record length, hash), in height order; `rebuilt` when they start at height 0.
+    staged: Vec<(u64, u64, u32, Hash)>,
+    rebuilt: bool,
 }
 
 impl Replica {
@@ -178,8 +184,17 @@ impl Replica {
             vkey: vkey.trim().to_string(),
             witness,
             verified: None,
+            index: None,
             _lock: lock,
         })
+    }
+
+    /// Keeps `index` up to date with the copy's verified blocks from the next round on.
+    pub fn serve(&mut self, index: SharedIndex) {
+        index.write().dir = self.dir.clone();
+        self.index = Some(index);
+        // The next round reads the copy again, so that the index gets every block.
+        self.verified = None;
     }
 
     /// The checkpoint the copy was last verified up to (`None` before the first round).
@@ -333,6 +348,17 @@ impl Replica {
             std::fs::remove_file(&first_round).map_err(local(first_round.display()))?;
         }
         let copied = offered.size - before;
+        if let Some(index) = &self.index {
+            let mut index = index.write();
+            if copy.rebuilt {
+                index.locations.clear();
+                index.by_hash.clear();
+            }
+            for (segment, offset, len, hash) in copy.staged.drain(..) {
+                index.push(segment, offset, len, &hash);
+            }
+        }
+        copy.rebuilt = false;
         self.verified = Some((published.clone(), copy));
         Ok(Round {
             checkpoint: published,
@@ -386,12 +412,16 @@ impl Replica {
                 tiles,
                 remembered: None,
                 root_at_remembered: None,
+                staged: Vec::new(),
+                rebuilt: true,
             });
         }
         let listed = segment::list(&self.dir).map_err(local(self.dir.display()))?;
         let mut check = TileCheck::default();
         let mut settle_error = None;
         let mut last = None;
+        let serving = self.index.is_some();
+        let mut staged = Vec::new();
         let scan = scan::scan_chain(
             &listed,
             None,
@@ -400,6 +430,9 @@ impl Replica {
             &mut |i, block, at, len| {
                 tiles.push(&block.hash);
                 last = Some((listed[i].0, at, len));
+                if serving {
+                    staged.push((listed[i].0, at, len, block.hash));
+                }
                 if tiles.size().is_multiple_of(SETTLE_EVERY) && settle_error.is_none() {
                     settle_error = tiles.settle(Settle::Repair, &mut check).err();
                 }
@@ -441,6 +474,8 @@ impl Replica {
             tiles,
             remembered: None,
             root_at_remembered: None,
+            staged,
+            rebuilt: true,
         })
     }
 
@@ -524,6 +559,14 @@ impl Replica {
                             offset: local_at,
                             bytes: bytes.to_vec(),
                         });
+                        if self.index.is_some() {
+                            copy.staged.push((
+                                next_segment,
+                                local_at,
+                                bytes.len() as u32,
+                                block.hash,
+                            ));
+                        }
                         local_at += bytes.len() as u64;
                         // Held in memory until the root is checked: no tile of an unverified
                         // block is ever written (32 bytes per leaf, ~2 % more in full tiles).
@@ -841,6 +884,61 @@ impl Witness {
         let bytes =
             serde_json::to_vec_pretty(&all).map_err(|err| ReplicaError::Local(err.to_string()))?;
         crate::files::write_atomic(&self.state, &bytes, 0o600).map_err(local(self.state.display()))
+    }
+}
+
+/// Where each verified block of a copy is, to read it back (the daemon serves its copies'
+/// blocks): per height its segment, offset and record length, and the height of each hash.
+/// Only what a checkpoint covered is in it. 52 bytes a block and the hash map's share.
+#[derive(Default)]
+pub struct CopyIndex {
+    dir: PathBuf,
+    locations: Vec<(u64, u64, u32)>,
+    by_hash: std::collections::HashMap<Hash, u64>,
+}
+
+/// A copy's index, shared by its replica (which extends it after each round) and readers.
+pub type SharedIndex = std::sync::Arc<parking_lot::RwLock<CopyIndex>>;
+
+impl CopyIndex {
+    /// The verified tree size: blocks `0..size` can be read.
+    pub fn size(&self) -> u64 {
+        self.locations.len() as u64
+    }
+
+    pub fn height_of(&self, hash: &Hash) -> Option<u64> {
+        self.by_hash.get(hash).copied()
+    }
+
+    /// The copy's tlog directory (its tiles and cosigned checkpoint).
+    pub fn tlog_dir(&self) -> PathBuf {
+        self.dir.join("tlog")
+    }
+
+    /// The block at `height`, read from the copy and checked again (its record's hash); `None`
+    /// past the verified size.
+    pub fn block_at(&self, height: u64) -> Result<Option<Block>, String> {
+        let Some(&(segment, offset, len)) = self.locations.get(height as usize) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(segment::file_name(segment));
+        let mut bytes = vec![0; len as usize];
+        crate::files::open_read(&path)
+            .and_then(|file| file.read_exact_at(&mut bytes, offset))
+            .map_err(|err| format!("{}: {err}", path.display()))?;
+        match segment::parse_complete(&bytes) {
+            Parsed::Record { block, .. } if block.height == height => Ok(Some(block)),
+            _ => Err(format!(
+                "{} at offset {offset}: the record of height {height} no longer checks out \
+                 (changed on disk since it was verified)",
+                path.display()
+            )),
+        }
+    }
+
+    fn push(&mut self, segment: u64, offset: u64, len: u32, hash: &Hash) {
+        self.by_hash.insert(*hash, self.locations.len() as u64);
+        self.locations.push((segment, offset, len));
     }
 }
 

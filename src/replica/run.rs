@@ -65,6 +65,8 @@ pub struct Diverged {
 #[derive(Clone)]
 pub struct Replicas {
     statuses: Vec<Arc<RwLock<Status>>>,
+    /// Each copy's name (its directory's) and index, for serving its blocks.
+    indexes: Vec<(String, super::SharedIndex)>,
     /// Dropped to stop: every thread's receiver then reports the channel closed.
     stop: Arc<parking_lot::Mutex<Option<crossbeam_channel::Sender<()>>>>,
     threads: Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>>,
@@ -83,6 +85,7 @@ impl Replicas {
         let (diverged, _) = tokio::sync::broadcast::channel(16);
         let mut replicas = Replicas {
             statuses: Vec::new(),
+            indexes: Vec::new(),
             stop: Arc::new(parking_lot::Mutex::new(Some(stop))),
             threads: Arc::default(),
             diverged,
@@ -102,7 +105,10 @@ impl Replicas {
             );
         }
         for spec in specs {
-            let replica_dir = dir.join(dir_name(&spec.source));
+            let name = dir_name(&spec.source);
+            let replica_dir = dir.join(&name);
+            let index = super::SharedIndex::default();
+            replicas.indexes.push((name, index.clone()));
             if witness_key.starts_with(&replica_dir) {
                 return Err(format!(
                     "the witness key {} is inside the replica directory {}",
@@ -118,6 +124,7 @@ impl Replicas {
             }));
             replicas.statuses.push(status.clone());
             let run = Run {
+                index,
                 source,
                 vkey: spec.vkey.clone(),
                 dir: replica_dir,
@@ -134,6 +141,11 @@ impl Replicas {
             replicas.threads.lock().push(thread);
         }
         Ok(replicas)
+    }
+
+    /// Each copy's directory name and the index its blocks are read through.
+    pub fn indexes(&self) -> &[(String, super::SharedIndex)] {
+        &self.indexes
     }
 
     /// How each replica stands, in the order of `--replica-of`.
@@ -167,6 +179,7 @@ impl Replicas {
 
 /// One replica's thread.
 struct Run {
+    index: super::SharedIndex,
     source: Box<dyn Source + Send>,
     vkey: String,
     dir: PathBuf,
@@ -206,7 +219,11 @@ impl Run {
         // The directory may be in use (another replicate) or unusable for now: retry.
         let mut replica = loop {
             let opened = Witness::open(self.witness.clone(), &self.witness_key)
-                .and_then(|witness| Replica::open(&self.dir, &self.vkey, Some(witness)));
+                .and_then(|witness| Replica::open(&self.dir, &self.vkey, Some(witness)))
+                .map(|mut replica| {
+                    replica.serve(self.index.clone());
+                    replica
+                });
             match opened {
                 Ok(replica) => break replica,
                 Err(err) => {
