@@ -959,6 +959,8 @@ fn a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence
     assert!(!ok && err.to_lowercase().contains("read-only"), "{err}");
     let (ok, note, err) = on(&bus, &path, REPLICA, &["GetCheckpoint"]);
     assert!(ok && note.contains("opdbus-witness"), "{note}{err}");
+    let (ok, verified, err) = on(&bus, &path, REPLICA, &["Verify"]);
+    assert!(ok && verified.contains("true"), "{verified}{err}");
     let (ok, proof, err) = on(
         &bus,
         &path,

@@ -22,11 +22,17 @@ pub fn object_path(name: &str) -> String {
 pub struct ReplicaChainObject {
     index: SharedIndex,
     source: String,
+    /// A Verify of this copy is running: one at a time (it reads the whole copy).
+    verifying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ReplicaChainObject {
     pub fn new(index: SharedIndex, source: String) -> Self {
-        ReplicaChainObject { index, source }
+        ReplicaChainObject {
+            index,
+            source,
+            verifying: Default::default(),
+        }
     }
 
     /// The block at `height` as JSON, read off the runtime's workers.
@@ -130,6 +136,32 @@ impl ReplicaChainObject {
             .consistency_proof(old_size, new_size)
             .map(|proof| proof.iter().map(|hash| hash.to_vec()).collect())
             .map_err(|err| Error::StorageFailure(err.to_string()))
+    }
+
+    /// Re-hashes and links every block of the copy up to its verified size, as the source's
+    /// Verify does for its chain. One at a time per copy (`LimitsExceeded` meanwhile).
+    #[zbus(out_args("ok", "blocks_checked", "message"))]
+    async fn verify(&self) -> Result<(bool, u64, String), Error> {
+        use std::sync::atomic::Ordering;
+        if self.verifying.swap(true, Ordering::AcqRel) {
+            return Err(Error::LimitsExceeded(
+                "a Verify of this copy is running; retry once it has answered".into(),
+            ));
+        }
+        let verifying = self.verifying.clone();
+        let (dir, size) = {
+            let index = self.index.read();
+            (index.dir().to_path_buf(), index.size())
+        };
+        let report = tokio::task::spawn_blocking(move || {
+            let report = crate::chain::verify::verify_dir(&dir, size.checked_sub(1), &mut |_| {});
+            verifying.store(false, Ordering::Release);
+            report
+        })
+        .await
+        .map_err(|err| Error::StorageFailure(err.to_string()))?
+        .map_err(|err| Error::StorageFailure(err.to_string()))?;
+        Ok((report.ok(), report.blocks_checked, report.summary()))
     }
 
     /// A copy takes no footprints: always `ReadOnly`.

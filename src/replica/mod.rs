@@ -910,6 +910,11 @@ impl CopyIndex {
         self.by_hash.get(hash).copied()
     }
 
+    /// The copy's chain directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The copy's tlog directory (its tiles and cosigned checkpoint).
     pub fn tlog_dir(&self) -> PathBuf {
         self.dir.join("tlog")
