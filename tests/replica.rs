@@ -1049,6 +1049,65 @@ fn a_daemon_stops_promptly_while_a_replica_waits_on_a_silent_source() {
 }
 
 #[test]
+fn a_replica_on_a_full_disk_keeps_what_it_verified_and_catches_up_once_there_is_room() {
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("1"),
+            "CI=1 requires root (tmpfs)"
+        );
+        eprintln!("SKIP: needs root to mount a small tmpfs");
+        return;
+    }
+    if !nginx_or_skip(
+        "a_replica_on_a_full_disk_keeps_what_it_verified_and_catches_up_once_there_is_room",
+    ) {
+        return;
+    }
+    let source = Source::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let small = work.path().join("small");
+    std::fs::create_dir(&small).expect("mount point");
+    let mount = |options: &str| {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", path_str(&small)])
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount {options}");
+    };
+    mount("size=1m,mode=0755");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(&small);
+    let replica = small.join("replica");
+    let witness_key = work.path().join("keys/witness.key");
+    let first = source.add(300);
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    // More than the disk holds: the round fails (exit 2), the copy stays as verified.
+    let size = source.add(3000);
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 2, "the disk is full: {out} {err}");
+    assert!(err.contains("No space left"), "{err}");
+    let verified = verify_replica(&replica);
+    assert_eq!(verified["chain"]["head_height"], first - 1, "{verified}");
+    assert_eq!(checkpoint_size(&replica.join("tlog")), Some(first));
+    // Room again: the next round catches up with every block, once.
+    mount("remount,size=32m");
+    let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["size"], size);
+    assert_eq!(records_of(&replica), records_of(&source.chain()));
+    verify_replica(&replica);
+}
+
+#[test]
 fn export_from_ssh_serves_only_this_chain() {
     let source = Source::start();
     source.add(3);
