@@ -165,6 +165,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.replica_of,
         &config.replicas_dir,
         &config.witness_key,
+        chain.numa_topology(),
     ) {
         Ok(replicas) => replicas,
         Err(err) => {

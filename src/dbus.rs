@@ -879,6 +879,18 @@ pub struct NumaInfoDict {
     cache_placement_applied: Option<bool>,
     cache_placement_reason: Option<String>,
     nodes: Vec<NumaNodeDict>,
+    /// Where each replica thread placed itself (absent when there is none).
+    replicas: Option<Vec<ReplicaPlacementDict>>,
+}
+
+#[derive(zbus::zvariant::SerializeDict, Type)]
+#[zvariant(signature = "a{sv}", crate = "zbus::zvariant")]
+pub struct ReplicaPlacementDict {
+    source: String,
+    interface: Option<String>,
+    node: u32,
+    applied: bool,
+    reason: String,
 }
 
 #[derive(zbus::zvariant::SerializeDict, Type)]
@@ -931,6 +943,18 @@ impl From<&crate::numa::NumaInfo> for NumaInfoDict {
                 |c| c.reason.clone(),
             )),
             nodes: info.nodes().values().map(NumaNodeDict::from).collect(),
+            replicas: (!info.replica_placements().is_empty()).then(|| {
+                info.replica_placements()
+                    .iter()
+                    .map(|p| ReplicaPlacementDict {
+                        source: p.source.clone(),
+                        interface: p.interface.clone(),
+                        node: p.node,
+                        applied: p.applied,
+                        reason: p.reason.clone(),
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -959,6 +983,7 @@ impl NumaInfoDict {
             cache_placement_applied: None,
             cache_placement_reason: None,
             nodes: vec![NumaNodeDict::from(&crate::numa::report::whole_machine())],
+            replicas: None,
         }
     }
 }

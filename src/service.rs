@@ -646,6 +646,11 @@ impl OptimizedBlockchain {
         self.numa.as_ref().ok().map(|numa| numa.info())
     }
 
+    /// The NUMA topology, when there is one (replica threads place themselves with it).
+    pub fn numa_topology(&self) -> Option<Arc<NumaTopology>> {
+        self.numa.as_ref().ok().cloned()
+    }
+
     /// Why [`OptimizedBlockchain::numa_info`] is `None`, if it is.
     pub fn numa_unavailable(&self) -> Option<&str> {
         self.numa.as_ref().err().map(|reason| &**reason)

@@ -259,3 +259,98 @@ fn an_unknown_placement_stops_start_up_naming_the_accepted_values() {
         "nothing is created before the configuration is valid"
     );
 }
+
+/// A replica's thread goes to the node of the NIC its source is routed through (a fake
+/// `/sys/class/net` and routing table), on 2- and 4-node synthetic topologies; a source routed
+/// through a device without a node gets the chain's node.
+#[test]
+fn replica_threads_are_placed_on_their_nics_node() {
+    for (desc, nic_node) in [("node:2 core:2 pu:1", 1u64), ("node:4 core:1 pu:1", 2)] {
+        let bus = Bus::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sysfs = dir.path().join("sysfs");
+        let count: u32 = desc[5..6].parse().expect("count");
+        // Node 0 has the most free memory: the chain's node.
+        let nodes: Vec<_> = (0..count)
+            .map(|id| (id, 8_000_000, 6_000_000 - u64::from(id) * 1_000_000))
+            .collect();
+        fake_sysfs(&sysfs, &nodes);
+        let net = dir.path().join("net");
+        for (iface, node) in [("eth9", nic_node.to_string()), ("eth3", "-1".to_string())] {
+            std::fs::create_dir_all(net.join(iface).join("device")).expect("mkdir");
+            std::fs::write(
+                net.join(iface).join("device/numa_node"),
+                format!("{node}\n"),
+            )
+            .expect("numa_node");
+        }
+        // 10.77.0.0/16 via eth9, 10.78.0.0/16 via eth3.
+        let route = dir.path().join("route");
+        std::fs::write(
+            &route,
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+             eth9\t00004D0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+             eth3\t00004E0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n",
+        )
+        .expect("route");
+        let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+        let sources = format!("http://10.77.1.2:9/ {vkey}, http://10.78.1.2:9/ {vkey}");
+        let mut daemon = Daemon::start_with_env(
+            &bus,
+            &dir.path().join("chain"),
+            &dir.path().join("cache"),
+            &[
+                ("HWLOC_SYNTHETIC", desc),
+                ("OPDBUS_NUMA_SYSFS_ROOT", sysfs.to_str().expect("utf-8")),
+                ("OPDBUS_NUMA_SYSFS_NET_ROOT", net.to_str().expect("utf-8")),
+                ("OPDBUS_NUMA_ROUTE_TABLE", route.to_str().expect("utf-8")),
+                ("OPDBUS_REPLICA_OF", &sources),
+                (
+                    "OPDBUS_REPLICAS_DIR",
+                    dir.path().join("replicas").to_str().expect("utf-8"),
+                ),
+                (
+                    "OPDBUS_WITNESS_KEY",
+                    dir.path().join("keys/witness.key").to_str().expect("utf-8"),
+                ),
+                (
+                    "OPDBUS_SIGNING_KEY",
+                    dir.path().join("keys/signing.key").to_str().expect("utf-8"),
+                ),
+            ],
+        );
+        let mut info = numa_info(&bus);
+        wait_until(
+            Duration::from_secs(10),
+            "both replica threads placed",
+            || {
+                info = numa_info(&bus);
+                info.get("replicas")
+                    .and_then(Value::as_array)
+                    .is_some_and(|r| r.len() == 2)
+            },
+        );
+        assert_eq!(info["optimal_node"], 0, "{info:?}");
+        let replicas = info["replicas"].as_array().expect("replicas");
+        let of = |source: &str| {
+            replicas
+                .iter()
+                .find(|r| r["source"] == source)
+                .unwrap_or_else(|| panic!("{source} in {replicas:?}"))
+        };
+        let on_nic = of("http://10.77.1.2:9/");
+        assert_eq!(on_nic["node"], nic_node, "{on_nic}");
+        assert_eq!(on_nic["interface"], "eth9", "{on_nic}");
+        assert_eq!(on_nic["applied"], false, "synthetic: never bound");
+        let no_node = of("http://10.78.1.2:9/");
+        assert_eq!(no_node["node"], 0, "the chain's node: {no_node}");
+        assert!(
+            no_node["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no NUMA node"),
+            "{no_node}"
+        );
+        daemon.stop();
+    }
+}

@@ -316,3 +316,76 @@ fn policy_name(policy: Option<MemoryBindingPolicy>) -> &'static str {
         _ => "unknown",
     }
 }
+
+/// Where a replica thread placed itself: on the NUMA node of the network interface that
+/// carries its source's traffic, else on the chain's (the writer's) node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplicaPlacement {
+    pub source: String,
+    /// The interface the source is routed through, when it could be found.
+    pub interface: Option<String>,
+    pub node: u32,
+    pub applied: bool,
+    pub reason: String,
+}
+
+impl NumaTopology {
+    /// Pins the *calling* thread (a replica's) to the CPUs of `nic_node` when the topology has
+    /// that node, else to the writer's node, and records it for NumaInfo.
+    pub fn place_replica_thread(
+        &self,
+        source: &str,
+        interface: Option<String>,
+        nic_node: Option<u32>,
+    ) -> ReplicaPlacement {
+        let (node, why) = match (&interface, nic_node) {
+            (Some(iface), Some(node)) if self.nodes.contains_key(&node) => {
+                (node, format!("{iface} (the source's route) is on node {node}"))
+            }
+            (Some(iface), Some(node)) => (
+                self.optimal,
+                format!("{iface} reports node {node}, which the topology does not have; the chain's node"),
+            ),
+            (Some(iface), None) => (
+                self.optimal,
+                format!("{iface} (the source's route) has no NUMA node; the chain's node"),
+            ),
+            (None, _) => (
+                self.optimal,
+                "no route to the source found; the chain's node".to_owned(),
+            ),
+        };
+        let (applied, reason) = if !self.topology.is_this_system() {
+            (false, format!("{why}; {NOT_THIS_SYSTEM}"))
+        } else {
+            match self.cpusets.get(&node) {
+                Some(cpuset) if cpuset.weight() != Some(0) => {
+                    match self.topology.bind_cpu(cpuset, CpuBindingFlags::THREAD) {
+                        Ok(()) => (true, format!("{why}: applied")),
+                        Err(err) => (false, format!("{why}: not applied: hwloc: {err}")),
+                    }
+                }
+                _ => (
+                    false,
+                    format!("{why}: not applied: node {node} has no CPUs"),
+                ),
+            }
+        };
+        let placement = ReplicaPlacement {
+            source: source.to_owned(),
+            interface,
+            node,
+            applied,
+            reason,
+        };
+        tracing::info!(
+            SOURCE = %placement.source,
+            node,
+            applied,
+            "replica thread placement: {}",
+            placement.reason
+        );
+        self.replica_placements.lock().push(placement.clone());
+        placement
+    }
+}

@@ -15,13 +15,14 @@
 //! [`NumaInfo`].
 
 mod binding;
+pub mod nic;
 mod options;
 pub mod report;
 mod sysfs;
 #[cfg(test)]
 mod tests;
 
-pub use binding::{BindingOutcome, CacheBinding};
+pub use binding::{BindingOutcome, CacheBinding, ReplicaPlacement};
 pub use options::{
     CachePlacement, MemoryPolicy, NumaOptions, DEFAULT_SYSFS_BLOCK_ROOT, DEFAULT_SYSFS_NODE_ROOT,
 };
@@ -84,6 +85,7 @@ pub struct NumaInfo {
     memory_policy_applied: bool,
     memory_policy_reason: String,
     cache_binding: Option<CacheBinding>,
+    replica_placements: Vec<ReplicaPlacement>,
 }
 
 impl NumaInfo {
@@ -150,6 +152,11 @@ impl NumaInfo {
     pub fn cache_binding(&self) -> Option<&CacheBinding> {
         self.cache_binding.as_ref()
     }
+
+    /// Where each replica thread (`--replica-of`) placed itself.
+    pub fn replica_placements(&self) -> &[ReplicaPlacement] {
+        &self.replica_placements
+    }
 }
 
 /// The machine's NUMA layout as hwloc reads it, plus the choices made from it.
@@ -168,6 +175,10 @@ pub struct NumaTopology {
     all_nodeset: NodeSet,
     binding: Mutex<Option<BindingOutcome>>,
     cache_binding: Mutex<Option<CacheBinding>>,
+    /// Each node's CPUs (a replica thread goes to its NIC's node).
+    cpusets: BTreeMap<u32, CpuSet>,
+    /// Where each replica thread was placed, in the order they placed themselves.
+    replica_placements: Mutex<Vec<ReplicaPlacement>>,
 }
 
 impl std::fmt::Debug for NumaTopology {
@@ -318,6 +329,8 @@ impl NumaTopology {
             all_nodeset,
             binding: Mutex::new(None),
             cache_binding: Mutex::new(None),
+            cpusets,
+            replica_placements: Mutex::new(Vec::new()),
         }
     }
 
@@ -358,6 +371,7 @@ impl NumaTopology {
             memory_policy_applied: mem_applied,
             memory_policy_reason: mem_reason,
             cache_binding: self.cache_binding.lock().clone(),
+            replica_placements: self.replica_placements.lock().clone(),
         }
     }
 

@@ -121,6 +121,10 @@ pub struct NumaOptions {
     pub sysfs_node_root: PathBuf,
     /// Holds `MAJOR:MINOR` links to block devices (used to find the chain disk's node).
     pub sysfs_block_root: PathBuf,
+    /// Holds one directory per network interface (`/sys/class/net`): a replica's NIC node.
+    pub sysfs_net_root: PathBuf,
+    /// The kernel's IPv4 routing table (`/proc/net/route`): which NIC reaches a source.
+    pub route_table: PathBuf,
     /// The chain directory; the node local to its block device is preferred.
     pub chain_dir: PathBuf,
 }
@@ -132,6 +136,8 @@ impl Default for NumaOptions {
             memory_policy: MemoryPolicy::default(),
             sysfs_node_root: PathBuf::from(DEFAULT_SYSFS_NODE_ROOT),
             sysfs_block_root: PathBuf::from(DEFAULT_SYSFS_BLOCK_ROOT),
+            sysfs_net_root: PathBuf::from("/sys/class/net"),
+            route_table: PathBuf::from("/proc/net/route"),
             chain_dir: PathBuf::from("/"),
         }
     }

@@ -32,6 +32,7 @@ fn opts(node_root: &Path, placement: CachePlacement, policy: MemoryPolicy) -> Nu
         sysfs_node_root: node_root.to_path_buf(),
         sysfs_block_root: NumaOptions::default().sysfs_block_root,
         chain_dir: node_root.to_path_buf(),
+        ..NumaOptions::default()
     }
 }
 
@@ -548,4 +549,32 @@ fn real_binding_the_kernel_refuses_is_reported_not_applied() {
     let info = topo.info();
     assert!(!info.binding_applied());
     assert_ne!(info.writer_cpus_observed(), Some(info.writer_cpus()));
+}
+
+#[test]
+fn a_replica_thread_goes_to_its_nics_node_else_the_chains() {
+    for (desc, nic_node) in [("node:2 core:2 pu:1", 0u32), ("node:4 core:1 pu:1", 2)] {
+        // The chain's (optimal) node is the one with most free memory: the last.
+        let count: u32 = desc[5..6].parse().expect("count");
+        let nodes: Vec<_> = (0..count)
+            .map(|id| (id, 8_000_000, 1_000_000 + u64::from(id) * 1_000_000))
+            .collect();
+        let root = fake_node_root(&nodes);
+        let topo = synthetic(desc, &root, CachePlacement::LocalNode);
+        let chain_node = count - 1;
+        assert_eq!(topo.optimal_node(), chain_node);
+        let on_nic = topo.place_replica_thread("https://a/", Some("eth1".into()), Some(nic_node));
+        assert_eq!(on_nic.node, nic_node, "{}", on_nic.reason);
+        assert!(on_nic.reason.contains("eth1"), "{}", on_nic.reason);
+        assert!(!on_nic.applied, "a synthetic topology is never bound");
+        let unknown = topo.place_replica_thread("https://b/", Some("eth2".into()), Some(7));
+        assert_eq!(unknown.node, chain_node, "{}", unknown.reason);
+        let no_node = topo.place_replica_thread("https://c/", Some("lo".into()), None);
+        assert_eq!(no_node.node, chain_node, "{}", no_node.reason);
+        let no_route = topo.place_replica_thread("https://d/", None, None);
+        assert_eq!(no_route.node, chain_node, "{}", no_route.reason);
+        let shown = topo.info();
+        assert_eq!(shown.replica_placements().len(), 4);
+        assert_eq!(shown.replica_placements()[0].source, "https://a/");
+    }
 }

@@ -80,6 +80,7 @@ impl Replicas {
         specs: &[ReplicaSpec],
         dir: &Path,
         witness_key: &Path,
+        numa: Option<Arc<crate::numa::NumaTopology>>,
     ) -> Result<Replicas, String> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (diverged, _) = tokio::sync::broadcast::channel(16);
@@ -124,6 +125,8 @@ impl Replicas {
             }));
             replicas.statuses.push(status.clone());
             let run = Run {
+                numa: numa.clone(),
+                url: spec.source.clone(),
                 index,
                 source,
                 vkey: spec.vkey.clone(),
@@ -179,6 +182,8 @@ impl Replicas {
 
 /// One replica's thread.
 struct Run {
+    numa: Option<Arc<crate::numa::NumaTopology>>,
+    url: String,
     index: super::SharedIndex,
     source: Box<dyn Source + Send>,
     vkey: String,
@@ -192,6 +197,10 @@ struct Run {
 
 impl Run {
     fn run(self) {
+        if let Some(numa) = &self.numa {
+            let (interface, node) = nic_of(&self.url, numa.options());
+            numa.place_replica_thread(&self.source.describe(), interface, node);
+        }
         let wait = |pause: Duration| -> bool {
             matches!(
                 self.stopped.recv_timeout(pause),
@@ -331,6 +340,40 @@ fn source_of(url: &str) -> Result<Box<dyn Source + Send>, String> {
             .map(|s| Box::new(s) as Box<dyn Source + Send>)
             .map_err(|err| err.to_string())
     }
+}
+
+/// The interface the kernel routes `url`'s host through, and its device's NUMA node.
+fn nic_of(url: &str, options: &crate::numa::NumaOptions) -> (Option<String>, Option<u32>) {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let default_port = if url.starts_with("https://") {
+        443
+    } else if url.starts_with("ssh://") {
+        22
+    } else {
+        80
+    };
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().unwrap_or(default_port)),
+        None => (host_port, default_port),
+    };
+    let address = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| {
+            addresses.find_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+        });
+    let table = std::fs::read_to_string(&options.route_table).unwrap_or_default();
+    let interface = address.and_then(|address| crate::numa::nic::route_interface(&table, address));
+    let node = interface
+        .as_deref()
+        .and_then(|iface| crate::numa::nic::interface_node(&options.sysfs_net_root, iface));
+    (interface, node)
 }
 
 /// `url` without a password (`user:password@` becomes `user@`): ReplicaStatus is open to all.
