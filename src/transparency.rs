@@ -298,14 +298,27 @@ fn each_chunk(
 
 /// `<host name>/opdbus-blockchain/<first 16 hex digits of the chain id>`.
 pub fn default_origin(chain_id: &crate::chain::segment::ChainId) -> String {
+    format!(
+        "{}/opdbus-blockchain/{}",
+        host_name(),
+        &hex::encode(chain_id)[..16]
+    )
+}
+
+/// This host's name as a key or origin name part: letters, digits, `.`, `-` and `_` only
+/// (`localhost` when there is none).
+pub fn host_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host: String = host
         .trim()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || ".-_".contains(*c))
         .collect();
-    let host = if host.is_empty() { "localhost" } else { &host };
-    format!("{host}/opdbus-blockchain/{}", &hex::encode(chain_id)[..16])
+    if host.is_empty() {
+        "localhost".into()
+    } else {
+        host
+    }
 }
 
 /// Refuses a key path inside any of `dirs` (compared after resolving links, and for a key

@@ -10,21 +10,9 @@ mod common;
 use common::*;
 use opdbus_blockchain::chain::scan::RecordReader;
 use opdbus_blockchain::chain::segment::{self, Parsed, HEADER_LEN};
-use opdbus_testkit::nginx::{self, Nginx};
+use opdbus_testkit::nginx::{nginx_or_skip, Nginx};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn nginx_or_skip(test: &str) -> bool {
-    if nginx::program().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("1"),
-        "{test}: nginx is not installed (apt-get install nginx) and CI=1 requires it"
-    );
-    eprintln!("SKIP {test}: nginx is not installed (apt-get install nginx)");
-    false
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 temp path")
@@ -140,6 +128,25 @@ impl Source {
 
     fn url(&self) -> String {
         self.nginx.url()
+    }
+
+    /// Cuts the stopped daemon's chain before `height` (its segment truncated, later segments
+    /// removed) and starts the daemon again: its transparency log then halts and keeps serving
+    /// its last checkpoint.
+    fn truncate_at(&mut self, height: u64) {
+        let (segment, at) = record_at(&self.chain(), height);
+        for (first_height, path) in segment::list(&self.chain()).expect("list") {
+            if first_height > height {
+                std::fs::remove_file(path).expect("remove later segments");
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("open");
+        file.set_len(at).expect("truncate");
+        drop(file);
+        self.daemon.restart(&self.bus);
     }
 }
 
@@ -443,8 +450,9 @@ fn a_replica_names_where_the_source_diverged_and_keeps_what_it_verified() {
     let kept = records_of(&replica);
 
     // Garbage from the source, past what the replica holds: a clear error, nothing kept.
+    // (200 blocks more: past the end of the replica's newest segment.)
     let garbage = tempfile::tempdir().expect("tempdir");
-    source.add(30);
+    source.add(200);
     copy_published(&source.chain(), garbage.path());
     let (segment, at) = record_at(garbage.path(), size + 5);
     flip_byte(&segment, at + 20);
@@ -466,6 +474,18 @@ fn a_replica_names_where_the_source_diverged_and_keeps_what_it_verified() {
     write_at(&segment, at, &head);
     let (code, out, err) = replicate(&served.url(), &replica, &source.vkey, &witness_key);
     assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(records_of(&replica), kept);
+    // A segment of another chain (its header's chain id) where the copy needs a new segment.
+    copy_published(&source.chain(), garbage.path());
+    let (_, next) = segment::list(garbage.path())
+        .expect("list")
+        .into_iter()
+        .find(|(first, _)| *first >= size)
+        .expect("a segment past the copy");
+    write_at(&next, 24, &[0x5A; 16]);
+    let (code, out, err) = replicate(&served.url(), &replica, &source.vkey, &witness_key);
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(err.contains("belongs to chain"), "{err}");
     assert_eq!(records_of(&replica), kept);
 
     // A rollback: the source serves an older checkpoint than the replica verified.
@@ -489,19 +509,7 @@ fn a_replica_names_where_the_source_diverged_and_keeps_what_it_verified() {
     // A truncation: the source's chain is cut at height 200 and the daemon restarted (its
     // transparency log halts and keeps serving its last checkpoint).
     let cut = 200;
-    let (segment, at) = record_at(&source.chain(), cut);
-    for (first_height, path) in segment::list(&source.chain()).expect("list") {
-        if first_height > cut {
-            std::fs::remove_file(path).expect("remove later segments");
-        }
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("open");
-    file.set_len(at).expect("truncate");
-    drop(file);
-    source.daemon.restart(&source.bus);
+    source.truncate_at(cut);
     let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
     assert_eq!(code, 1, "{out} {err}");
     assert_eq!(out["diverged_at"], cut, "{out} {err}");
@@ -580,13 +588,7 @@ fn a_replica_follows_over_ssh_from_another_network_namespace_and_survives_a_cut_
     assert_eq!(code, 2, "{out} {err}");
     assert_eq!(records_of(&replica), kept);
     peer_down("up");
-    wait_until(Duration::from_secs(20), "the link back up", || {
-        std::process::Command::new("ssh")
-            .args(host.ssh_options())
-            .arg("true")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    host.wait_until_answering();
     let (code, out, err) = replicate_with(&over_ssh, &url, &replica, &source.vkey, &witness_key);
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(
@@ -687,19 +689,7 @@ fn a_following_replica_keeps_up_with_2000_footprints_and_stops_at_a_truncation()
     // The source is truncated at height 1500 and restarted: the follower stops, exit 1,
     // naming 1500, and the copy keeps its 2,001 blocks.
     source.daemon.stop();
-    let (segment, at) = record_at(&source.chain(), 1500);
-    for (first_height, path) in segment::list(&source.chain()).expect("list") {
-        if first_height > 1500 {
-            std::fs::remove_file(path).expect("remove later segments");
-        }
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("open");
-    file.set_len(at).expect("truncate");
-    drop(file);
-    source.daemon.restart(&source.bus);
+    source.truncate_at(1500);
     let line = follower
         .lines
         .recv_timeout(Duration::from_secs(10))
@@ -971,19 +961,7 @@ fn a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence
 
     // A truncation at 120: the replica stops there, says so, and keeps its copy.
     source.daemon.stop();
-    let (segment, at) = record_at(&source.chain(), 120);
-    for (first_height, path) in segment::list(&source.chain()).expect("list") {
-        if first_height > 120 {
-            std::fs::remove_file(path).expect("remove later segments");
-        }
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("open");
-    file.set_len(at).expect("truncate");
-    drop(file);
-    source.daemon.restart(&source.bus);
+    source.truncate_at(120);
     wait_until(Duration::from_secs(20), "the divergence reported", || {
         replica_status(&bus)[0]["diverged"] == true
     });
@@ -1104,6 +1082,106 @@ fn a_replica_on_a_full_disk_keeps_what_it_verified_and_catches_up_once_there_is_
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(out["size"], size);
     assert_eq!(records_of(&replica), records_of(&source.chain()));
+    verify_replica(&replica);
+}
+
+#[test]
+fn a_source_with_a_full_disk_loses_nothing_its_following_replica_ends_with() {
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("1"),
+            "CI=1 requires root (tmpfs)"
+        );
+        eprintln!("SKIP: needs root to mount a small tmpfs");
+        return;
+    }
+    if !nginx_or_skip("a_source_with_a_full_disk_loses_nothing_its_following_replica_ends_with") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let small = work.path().join("small");
+    std::fs::create_dir(&small).expect("mount point");
+    let mount = |options: &str| {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", path_str(&small)])
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount {options}");
+    };
+    mount("size=2m,mode=0755");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(&small);
+    let chain = small.join("chain");
+    let key = work.path().join("keys/signing.key");
+    let bus = Bus::start();
+    let _daemon = Daemon::start_with_env(
+        &bus,
+        &chain,
+        &work.path().join("cache"),
+        &[
+            ("OPDBUS_SIGNING_KEY", path_str(&key)),
+            ("OPDBUS_CHECKPOINT_INTERVAL", "100ms"),
+            ("OPDBUS_SEGMENT_BYTES", "65536"),
+        ],
+    );
+    let nginx = Nginx::serve_with(&chain, &documented_locations()).expect("nginx");
+    let (_, vkey, _) = cli(&["key", "show", "--key", path_str(&key)]);
+    let replica = work.path().join("replica");
+    let follower = Follower::start(
+        &nginx.url(),
+        &replica,
+        vkey.trim(),
+        &work.path().join("keys/witness.key"),
+        "200ms",
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let connection = runtime.block_on(bus.connect());
+    // Footprints until the disk is full: every acknowledged one must reach the replica.
+    let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+    let (acked, refused) = runtime.block_on(async {
+        let mut acked = 0;
+        for _ in 0..5000 {
+            match add_footprint(&connection, "network", "create", &data).await {
+                Ok((height, _)) => acked = height,
+                Err(err) => return (acked, Some(err.to_string())),
+            }
+        }
+        (acked, None)
+    });
+    assert!(
+        refused.is_some(),
+        "the 2 MiB disk never filled (acked {acked})"
+    );
+    // Room again: the source takes footprints and issues checkpoints again, and the replica
+    // ends with every block the source acknowledged, once.
+    mount("remount,size=64m");
+    let head = runtime.block_on(async {
+        let mut head = acked;
+        for _ in 0..50 {
+            if let Ok((height, _)) = add_footprint(&connection, "network", "create", "{}").await {
+                head = height;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        head
+    });
+    assert!(head > acked, "the source writes again once there is room");
+    wait_until(
+        Duration::from_secs(30),
+        "the replica at the source's head",
+        || checkpoint_size(&replica.join("tlog")) == Some(head + 1),
+    );
+    drop(follower);
+    assert_eq!(records_of(&replica), records_of(&chain));
     verify_replica(&replica);
 }
 

@@ -12,7 +12,7 @@ use common::*;
 use opdbus_blockchain::chain::block::{Block, Caller, Hash};
 use opdbus_blockchain::chain::segment::{encode_header, encode_record, ChainId};
 use opdbus_blockchain::chain::store::genesis_data;
-use opdbus_testkit::nginx::{self, Nginx};
+use opdbus_testkit::nginx::{nginx_or_skip, Nginx};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -297,19 +297,6 @@ fn the_merkle_tree_vectors_match_the_document_our_code_tlog_tiles_and_the_python
 
 // ---------------------------------------------------------------------------------------------
 // The published log of the running daemon
-
-/// nginx is there, or the test says why it skips (a failure when `CI=1`).
-fn nginx_or_skip(test: &str) -> bool {
-    if nginx::program().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("1"),
-        "{test}: nginx is not installed (apt-get install nginx) and CI=1 requires it"
-    );
-    eprintln!("SKIP {test}: nginx is not installed (apt-get install nginx)");
-    false
-}
 
 /// The inside of docs/operations.md's nginx server block, without `listen`, `server_name` and
 /// `root` (the kit sets its own port and root).

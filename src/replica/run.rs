@@ -94,7 +94,7 @@ impl Replicas {
         if specs.is_empty() {
             return Ok(replicas);
         }
-        let name = format!("{}/opdbus-witness", host_name());
+        let name = format!("{}/opdbus-witness", crate::transparency::host_name());
         let (key, made) = SigningKey::load_or_create(witness_key, &name)
             .map_err(|err| format!("the witness key: {err}"))?;
         if made {
@@ -416,21 +416,6 @@ fn host_part(url: &str) -> String {
     match name.trim_matches('.') {
         "" => "source".into(),
         name => name.into(),
-    }
-}
-
-/// This host's name, as a key name part (letters, digits, `.`, `-`, `_`).
-pub fn host_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || ".-_".contains(*c))
-        .collect();
-    if host.is_empty() {
-        "localhost".into()
-    } else {
-        host
     }
 }
 

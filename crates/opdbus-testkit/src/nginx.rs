@@ -22,6 +22,20 @@ pub fn program() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Whether nginx is there; if not, the test `test` says why it skips, or fails when `CI=1` is
+/// set (CI installs nginx: a test that silently skips there proves nothing).
+pub fn nginx_or_skip(test: &str) -> bool {
+    if program().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("1"),
+        "{test}: nginx is not installed (apt-get install nginx) and CI=1 requires it"
+    );
+    eprintln!("SKIP {test}: nginx is not installed (apt-get install nginx)");
+    false
+}
+
 /// The locations of a plain static server: every file under the root, as bytes.
 pub const PLAIN_LOCATIONS: &str = "location / {\n    default_type application/octet-stream;\n}\n";
 

@@ -128,14 +128,19 @@ impl SshHost {
                 .spawn()
                 .expect("start sshd"),
         );
+        host.wait_until_answering();
+        Some(host)
+    }
+
+    /// Waits (up to 20 s) until an ssh session to this host succeeds.
+    pub fn wait_until_answering(&self) {
         wait_until(Duration::from_secs(20), "sshd in the namespace", || {
             std::process::Command::new("ssh")
-                .args(host.ssh_options())
+                .args(self.ssh_options())
                 .arg("true")
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
-        Some(host)
     }
 
     /// ssh's options and destination (`root@ADDRESS`) for this host.

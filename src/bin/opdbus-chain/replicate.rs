@@ -46,7 +46,7 @@ pub fn replicate(args: ReplicateArgs) -> Outcome {
         Some(name) => name.to_string(),
         None => format!(
             "{}/opdbus-witness",
-            opdbus_blockchain::replica::run::host_name()
+            opdbus_blockchain::transparency::host_name()
         ),
     };
     let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
