@@ -977,6 +977,15 @@ fn a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence
     assert!(log.contains("stopped at tree size 120"), "{log}");
     assert_eq!(checkpoint_size(&copy.join("tlog")), Some(grown));
     verify_replica(&copy);
+    // The copy stays served after the divergence, and after a restart of the replica's daemon
+    // (which stops again at the divergence).
+    let (ok, _, err) = on(&bus, &path, REPLICA, &["GetBlockByHeight", "t", "149"]);
+    assert!(ok, "{err}");
+    let mut daemon = daemon;
+    daemon.restart(&bus);
+    wait_until(Duration::from_secs(20), "the copy served again", || {
+        on(&bus, &path, REPLICA, &["GetBlockByHeight", "t", "149"]).0
+    });
 }
 
 #[test]

@@ -19,9 +19,14 @@ pub fn object_path(name: &str) -> String {
 }
 
 /// One copy, served read-only.
+/// Block reads of one copy at a time (each holds a record of up to the chain's record limit,
+/// three times over while it becomes JSON).
+const MAX_READS: usize = 4;
+
 pub struct ReplicaChainObject {
     index: SharedIndex,
     source: String,
+    reads: tokio::sync::Semaphore,
     /// A Verify of this copy is running: one at a time (it reads the whole copy).
     verifying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -31,23 +36,31 @@ impl ReplicaChainObject {
         ReplicaChainObject {
             index,
             source,
+            reads: tokio::sync::Semaphore::new(MAX_READS),
             verifying: Default::default(),
         }
     }
 
-    /// The block at `height` as JSON, read off the runtime's workers.
+    /// The block at `height` as JSON, read off the runtime's workers and outside the index's
+    /// lock; at most [`MAX_READS`] at a time per copy (`LimitsExceeded` beyond).
     async fn block_json(&self, height: u64) -> Result<String, Error> {
-        let index = self.index.clone();
-        let block = tokio::task::spawn_blocking(move || index.read().block_at(height))
+        let Ok(_permit) = self.reads.try_acquire() else {
+            return Err(Error::LimitsExceeded(format!(
+                "{MAX_READS} reads of this copy are in progress; retry once one has answered"
+            )));
+        };
+        let location = self.index.read().location(height);
+        let Some(location) = location else {
+            return Err(Error::NotFound(format!(
+                "no block at height {height} in the copy (verified size {})",
+                self.size()
+            )));
+        };
+        tokio::task::spawn_blocking(move || crate::replica::read_block(location, height))
             .await
             .map_err(|err| Error::StorageFailure(err.to_string()))?
-            .map_err(Error::StorageFailure)?;
-        block.map(|block| block.to_json()).ok_or_else(|| {
-            Error::NotFound(format!(
-                "no block at height {height} in the copy (verified size {})",
-                self.index.read().size()
-            ))
-        })
+            .map(|block| block.to_json())
+            .map_err(Error::StorageFailure)
     }
 
     fn size(&self) -> u64 {
@@ -143,20 +156,29 @@ impl ReplicaChainObject {
     #[zbus(out_args("ok", "blocks_checked", "message"))]
     async fn verify(&self) -> Result<(bool, u64, String), Error> {
         use std::sync::atomic::Ordering;
+        /// Clears the flag however the verification ends (a panic included).
+        struct Running(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         if self.verifying.swap(true, Ordering::AcqRel) {
             return Err(Error::LimitsExceeded(
                 "a Verify of this copy is running; retry once it has answered".into(),
             ));
         }
-        let verifying = self.verifying.clone();
+        let running = Running(self.verifying.clone());
         let (dir, size) = {
             let index = self.index.read();
             (index.dir().to_path_buf(), index.size())
         };
+        if size == 0 {
+            return Ok((true, 0, "the copy holds no verified block yet".into()));
+        }
         let report = tokio::task::spawn_blocking(move || {
-            let report = crate::chain::verify::verify_dir(&dir, size.checked_sub(1), &mut |_| {});
-            verifying.store(false, Ordering::Release);
-            report
+            let _running = running;
+            crate::chain::verify::verify_dir(&dir, Some(size - 1), &mut |_| {})
         })
         .await
         .map_err(|err| Error::StorageFailure(err.to_string()))?

@@ -14,22 +14,31 @@ pub fn route_interface(table: &str, to: Ipv4Addr) -> Option<String> {
         return Some("lo".into());
     }
     let target = u32::from(to);
+    // RTF_UP, RTF_REJECT (linux/route.h).
+    const UP: u32 = 0x0001;
+    const REJECT: u32 = 0x0200;
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // Iface Destination Gateway Flags RefCnt Use Metric Mask …; addresses are the
-            // kernel's u32 in host order, printed in hex (little-endian bytes on x86).
+            // kernel's __be32 printed as a native u32 in hex.
             let iface = *fields.first()?;
             let destination = u32::from_str_radix(fields.get(1)?, 16).ok()?;
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            let metric: u32 = fields.get(6)?.parse().ok()?;
             let mask = u32::from_str_radix(fields.get(7)?, 16).ok()?;
-            let as_network = |raw: u32| u32::from(Ipv4Addr::from(raw.to_le_bytes()));
+            if iface == "*" || flags & UP == 0 || flags & REJECT != 0 {
+                return None;
+            }
+            let as_network = |raw: u32| u32::from(Ipv4Addr::from(raw.to_ne_bytes()));
             let (destination, mask) = (as_network(destination), as_network(mask));
-            (target & mask == destination).then(|| (mask.count_ones(), iface.to_string()))
+            (target & mask == destination).then(|| (mask.count_ones(), metric, iface.to_string()))
         })
-        .max_by_key(|(prefix, _)| *prefix)
-        .map(|(_, iface)| iface)
+        // The longest prefix; among equal ones the lowest metric, as the kernel chooses.
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, _, iface)| iface)
 }
 
 /// The NUMA node of `iface`'s device under `sysfs_net` (`/sys/class/net`), if it has one.
@@ -52,7 +61,10 @@ mod tests {
         "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
         eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
         eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-        eth1\t00004D0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        eth1\t00004D0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+        wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+        *\t0000500A\t00000000\t0201\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+        eth2\t0000510A\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
 
     #[test]
     fn the_longest_prefix_names_the_interface() {
@@ -73,6 +85,15 @@ mod tests {
             Some("lo")
         );
         assert_eq!(route_interface("Iface\n", Ipv4Addr::new(8, 8, 8, 8)), None);
+        // A reject route and a route that is down are no way out.
+        assert_eq!(
+            route_interface(TABLE, Ipv4Addr::new(10, 80, 0, 1)).as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            route_interface(TABLE, Ipv4Addr::new(10, 81, 0, 1)).as_deref(),
+            Some("eth0")
+        );
     }
 
     #[test]

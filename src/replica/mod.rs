@@ -189,6 +189,22 @@ impl Replica {
         })
     }
 
+    /// Adds the blocks `copy` verified (checked against a durable checkpoint) to the index.
+    fn commit_index(&self, copy: &mut Copy) {
+        if let Some(index) = &self.index {
+            let mut index = index.write();
+            if copy.rebuilt {
+                index.locations.clear();
+                index.by_hash.clear();
+            }
+            for (segment, offset, len, hash) in copy.staged.drain(..) {
+                index.push(segment, offset, len, &hash);
+            }
+        }
+        copy.staged.clear();
+        copy.rebuilt = false;
+    }
+
     /// Keeps `index` up to date with the copy's verified blocks from the next round on.
     pub fn serve(&mut self, index: SharedIndex) {
         index.write().dir = self.dir.clone();
@@ -242,13 +258,33 @@ impl Replica {
             {
                 copy
             }
-            _ => self.open_copy(accepted.as_ref())?,
+            _ => {
+                let mut copy = self.open_copy(accepted.as_ref())?;
+                // What the copy holds up to its accepted checkpoint is served at once, also
+                // while the source cannot be read or has diverged.
+                self.commit_index(&mut copy);
+                copy
+            }
         };
         copy.remembered = None;
         copy.root_at_remembered = None;
-        let note = source.checkpoint()?;
-        let offered = Checkpoint::open(&note, &self.vkey)
-            .map_err(|err| ReplicaError::BadSource(format!("its checkpoint: {err}")))?;
+        // Nothing below changes the copy until it is copied to: a failure keeps it for the
+        // next round (no re-read of the whole copy for a source that is down).
+        let offered = match source
+            .checkpoint()
+            .map_err(ReplicaError::from)
+            .and_then(|note| {
+                Checkpoint::open(&note, &self.vkey)
+                    .map_err(|err| ReplicaError::BadSource(format!("its checkpoint: {err}")))
+            }) {
+            Ok(offered) => offered,
+            Err(err) => {
+                if let Some(accepted) = &accepted {
+                    self.verified = Some((accepted.clone(), copy));
+                }
+                return Err(err);
+            }
+        };
         let accepted_size = accepted.as_ref().map_or(0, |c| c.size);
         if let Some(accepted) = &accepted {
             if offered.origin != accepted.origin {
@@ -348,17 +384,7 @@ impl Replica {
             std::fs::remove_file(&first_round).map_err(local(first_round.display()))?;
         }
         let copied = offered.size - before;
-        if let Some(index) = &self.index {
-            let mut index = index.write();
-            if copy.rebuilt {
-                index.locations.clear();
-                index.by_hash.clear();
-            }
-            for (segment, offset, len, hash) in copy.staged.drain(..) {
-                index.push(segment, offset, len, &hash);
-            }
-        }
-        copy.rebuilt = false;
+        self.commit_index(&mut copy);
         self.verified = Some((published.clone(), copy));
         Ok(Round {
             checkpoint: published,
@@ -920,27 +946,33 @@ impl CopyIndex {
         self.dir.join("tlog")
     }
 
-    /// The block at `height`, read from the copy and checked again (its record's hash); `None`
-    /// past the verified size.
-    pub fn block_at(&self, height: u64) -> Result<Option<Block>, String> {
-        let Some(&(segment, offset, len)) = self.locations.get(height as usize) else {
-            return Ok(None);
-        };
-        let path = self.dir.join(segment::file_name(segment));
-        let mut bytes = vec![0; len as usize];
-        crate::files::open_read(&path)
-            .and_then(|file| file.read_exact_at(&mut bytes, offset))
-            .map_err(|err| format!("{}: {err}", path.display()))?;
-        match segment::parse_complete(&bytes) {
-            Parsed::Record { block, .. } if block.height == height => Ok(Some(block)),
-            _ => Err(format!(
-                "{} at offset {offset}: the record of height {height} no longer checks out \
-                 (changed on disk since it was verified)",
-                path.display()
-            )),
-        }
+    /// Where the record of `height` is: (segment file, offset, length); `None` past the
+    /// verified size. Read it with [`read_block`] after the index's lock is let go.
+    pub fn location(&self, height: u64) -> Option<(PathBuf, u64, u32)> {
+        let &(segment, offset, len) = self.locations.get(height as usize)?;
+        Some((self.dir.join(segment::file_name(segment)), offset, len))
     }
+}
 
+/// The block of `height` at `location` ([`CopyIndex::location`]), checked again (its record's
+/// hash): a copy changed on disk since it was verified is an error, never a wrong block.
+pub fn read_block(location: (PathBuf, u64, u32), height: u64) -> Result<Block, String> {
+    let (path, offset, len) = location;
+    let mut bytes = vec![0; len as usize];
+    crate::files::open_read(&path)
+        .and_then(|file| file.read_exact_at(&mut bytes, offset))
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    match segment::parse_complete(&bytes) {
+        Parsed::Record { block, .. } if block.height == height => Ok(block),
+        _ => Err(format!(
+            "{} at offset {offset}: the record of height {height} no longer checks out \
+             (changed on disk since it was verified)",
+            path.display()
+        )),
+    }
+}
+
+impl CopyIndex {
     fn push(&mut self, segment: u64, offset: u64, len: u32, hash: &Hash) {
         self.by_hash.insert(*hash, self.locations.len() as u64);
         self.locations.push((segment, offset, len));

@@ -199,7 +199,7 @@ impl Run {
     fn run(self) {
         if let Some(numa) = &self.numa {
             let (interface, node) = nic_of(&self.url, numa.options());
-            numa.place_replica_thread(&self.source.describe(), interface, node);
+            numa.place_replica_thread(&self.shown(), interface, node);
         }
         let wait = |pause: Duration| -> bool {
             matches!(
@@ -263,19 +263,20 @@ impl Run {
                         drop(status);
                         if failing {
                             failing = false;
-                            tracing::info!(SOURCE = %self.source.describe(), "replica: the source is read again");
+                            tracing::info!(SOURCE = %self.shown(), "replica: the source is read again");
                         }
                     }
                     Err(ReplicaError::Source(err)) => {
                         if !failing {
+                            let err = self.scrub(&err.to_string());
                             tracing::warn!(
-                                SOURCE = %self.source.describe(),
+                                SOURCE = %self.shown(),
                                 %err,
                                 "replica: cannot read the source, retrying: {err}"
                             );
                         }
                         failing = true;
-                        self.status.write().last_error = Some(err.to_string());
+                        self.status.write().last_error = Some(self.scrub(&err.to_string()));
                     }
                     Err(_) => {}
                 }
@@ -290,23 +291,23 @@ impl Run {
                     ReplicaError::Diverged { size, .. } => *size,
                     _ => self.status.read().verified_size,
                 };
-                let reason = err.to_string();
+                let reason = self.scrub(&err.to_string());
                 tracing::error!(
                     message_id = crate::journal::REPLICA_DIVERGED,
-                    SOURCE = %self.source.describe(),
+                    SOURCE = %self.shown(),
                     REPLICA_DIR = %self.dir.display(),
                     SIZE = size,
                     REASON = %reason,
                     "replica of {} stopped at tree size {size}: {reason}; the copy keeps what it \
                      verified (docs/operations.md, Replicas)",
-                    self.source.describe()
+                    self.shown()
                 );
                 let mut status = self.status.write();
                 status.diverged = Some((size, reason.clone()));
                 status.last_error = Some(reason.clone());
                 drop(status);
                 let _ = self.diverged.send(Diverged {
-                    source: self.source.describe(),
+                    source: self.shown(),
                     size,
                     reason,
                 });
@@ -316,15 +317,30 @@ impl Run {
         }
     }
 
+    /// The source as everyone may see it (ReplicaStatus, NumaInfo and the signal are open to
+    /// all local users): without a password.
+    fn shown(&self) -> String {
+        redacted(&self.url)
+    }
+
+    /// `text` without the source URL's password (transport errors quote the URL).
+    fn scrub(&self, text: &str) -> String {
+        match password(&self.url) {
+            Some(secret) if !secret.is_empty() => text.replace(secret, "***"),
+            _ => text.to_string(),
+        }
+    }
+
     fn fail(&self, err: &ReplicaError) {
+        let err = self.scrub(&err.to_string());
         tracing::error!(
-            SOURCE = %self.source.describe(),
+            SOURCE = %self.shown(),
             REPLICA_DIR = %self.dir.display(),
             %err,
             "replica of {}: {err}",
-            self.source.describe()
+            self.shown()
         );
-        self.status.write().last_error = Some(err.to_string());
+        self.status.write().last_error = Some(err);
     }
 }
 
@@ -374,6 +390,14 @@ fn nic_of(url: &str, options: &crate::numa::NumaOptions) -> (Option<String>, Opt
         .as_deref()
         .and_then(|iface| crate::numa::nic::interface_node(&options.sysfs_net_root, iface));
     (interface, node)
+}
+
+/// The password in `url`'s `user:password@`, if any.
+fn password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let (user, _) = authority.rsplit_once('@')?;
+    user.split_once(':').map(|(_, password)| password)
 }
 
 /// `url` without a password (`user:password@` becomes `user@`): ReplicaStatus is open to all.
