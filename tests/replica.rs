@@ -428,9 +428,50 @@ fn a_replica_copies_verifies_and_cosigns_the_live_chain_over_nginx() {
     assert!(err.contains("inside"), "{err}");
 
     // A second replicate on the same directory at the same time is refused (exit 2).
-    let _lock = opdbus_blockchain::chain::store::take_lock(&replica).expect("lock");
+    let lock = opdbus_blockchain::chain::store::take_lock(&replica).expect("lock");
     let (code, _, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
     assert_eq!(code, 2, "{err}");
+    drop(lock);
+
+    // After losing the source, the copy is restored as a working chain (as a backup is), and a
+    // daemon started on it goes on from the verified head.
+    let restored = work.path().join("restored");
+    let (code, out, err) = cli(&[
+        "restore",
+        "--from",
+        path_str(&replica),
+        "--chain-dir",
+        path_str(&restored.join("chain")),
+        "--cache-dir",
+        path_str(&restored.join("cache")),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !restored.join("chain/tlog").exists(),
+        "a new log, not the source's"
+    );
+    assert_eq!(records_of(&restored.join("chain")), records_of(&replica));
+    let bus = Bus::start();
+    let _promoted = Daemon::start_with_env(
+        &bus,
+        &restored.join("chain"),
+        &restored.join("cache"),
+        &[(
+            "OPDBUS_SIGNING_KEY",
+            path_str(&work.path().join("keys/promoted.key")),
+        )],
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let connection = runtime.block_on(bus.connect());
+    let (height, _) = runtime
+        .block_on(add_footprint(
+            &connection,
+            "network",
+            "create",
+            r#"{"after":"promotion"}"#,
+        ))
+        .expect("AddFootprint on the promoted copy");
+    assert_eq!(height, grown, "the chain goes on from the copy's head");
 }
 
 #[test]

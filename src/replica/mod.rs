@@ -676,32 +676,7 @@ impl Replica {
     /// Cuts the copy to its first `size` blocks: the segment holding height `size` is
     /// truncated before it, later segments removed, and a segment left with no record removed.
     fn cut_to(&self, size: u64) -> Result<()> {
-        let listed = segment::list(&self.dir).map_err(local(self.dir.display()))?;
-        let mut removed = false;
-        for (first, path) in listed.iter().rev() {
-            if *first >= size {
-                std::fs::remove_file(path).map_err(local(path.display()))?;
-                removed = true;
-                continue;
-            }
-            // The segment holding the last block to keep: cut after it.
-            let end = end_of_height(path, *first, size - 1)?;
-            let file = crate::files::open(
-                crate::files::options(crate::files::FILE_MODE).write(true),
-                path,
-            )
-            .map_err(local(path.display()))?;
-            let len = file.metadata().map_err(local(path.display()))?.len();
-            if len > end {
-                file.set_len(end).map_err(local(path.display()))?;
-                file.sync_all().map_err(local(path.display()))?;
-            }
-            break;
-        }
-        if removed {
-            crate::files::sync_dir(&self.dir).map_err(local(self.dir.display()))?;
-        }
-        Ok(())
+        cut_chain_to(&self.dir, size)
     }
 
     /// Where the source parts from the copy: (tree size, why), comparing the source's segments
@@ -1022,6 +997,45 @@ fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> Result<usize, Fetched> {
         }
     }
     Ok(filled)
+}
+
+/// Cuts the chain in `dir` to its first `size` blocks: the segment holding height `size` is
+/// truncated before it, later segments removed (synced).
+pub fn cut_chain_to(dir: &Path, size: u64) -> Result<()> {
+    let listed = segment::list(dir).map_err(local(dir.display()))?;
+    let mut removed = false;
+    for (first, path) in listed.iter().rev() {
+        if *first >= size {
+            std::fs::remove_file(path).map_err(local(path.display()))?;
+            removed = true;
+            continue;
+        }
+        // The segment holding the last block to keep: cut after it.
+        let end = end_of_height(path, *first, size - 1)?;
+        let file = crate::files::open(
+            crate::files::options(crate::files::FILE_MODE).write(true),
+            path,
+        )
+        .map_err(local(path.display()))?;
+        let len = file.metadata().map_err(local(path.display()))?.len();
+        if len > end {
+            file.set_len(end).map_err(local(path.display()))?;
+            file.sync_all().map_err(local(path.display()))?;
+        }
+        break;
+    }
+    if removed {
+        crate::files::sync_dir(dir).map_err(local(dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a replica's copy: segments and a verified checkpoint in `tlog/`, and no
+/// `chain/` (a backup or snapshot holds its chain there).
+pub fn is_copy(dir: &Path) -> bool {
+    !dir.join("chain").exists()
+        && dir.join("tlog").join("checkpoint").is_file()
+        && segment::list(dir).is_ok_and(|listed| !listed.is_empty())
 }
 
 /// The file offset just past the record of `height` in the segment `path` (first height

@@ -378,6 +378,9 @@ pub fn restore(
     chain_dir: &Path,
     cache_dir: &Path,
 ) -> Result<RestoreReport, BackupError> {
+    if crate::replica::is_copy(from) {
+        return restore_copy(from, chain_dir, cache_dir);
+    }
     let verified = verify_backup(from)?;
     for dest in [chain_dir, cache_dir] {
         if dest.symlink_metadata().is_ok() {
@@ -421,6 +424,109 @@ pub fn restore(
         Err(err) => {
             for dir in made {
                 let _ = remove_snapshot_dir(&dir);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// [`restore`] from a replica's copy (docs/operations.md, "Replicas"): its blocks up to the
+/// checkpoint it verified, re-verified (hashes, links and the checkpoint's Merkle root), copied
+/// into a new chain directory (plain files), with an empty cache. The copy's `tlog/` (the
+/// source's checkpoints, signed with the source's key) is not taken: the daemon started on the
+/// result begins its own log, signed with its own key. The copy itself is only read.
+fn restore_copy(
+    from: &Path,
+    chain_dir: &Path,
+    cache_dir: &Path,
+) -> Result<RestoreReport, BackupError> {
+    let fail = |reason: String| BackupError::Verification {
+        path: from.to_owned(),
+        reason,
+    };
+    let note = crate::files::read(&from.join("tlog").join("checkpoint"))
+        .map_err(io_err(&from.join("tlog").join("checkpoint")))?;
+    let checkpoint = crate::tlog::Checkpoint::parse_unverified(&note)
+        .map_err(|err| fail(format!("its checkpoint: {err}")))?;
+    let size = checkpoint.size;
+    if size == 0 {
+        return Err(fail("its checkpoint covers no block".into()));
+    }
+    for dest in [chain_dir, cache_dir] {
+        if dest.symlink_metadata().is_ok() {
+            return Err(BackupError::Exists(dest.to_owned()));
+        }
+    }
+    let mut tree = crate::tlog::CompactRange::default();
+    let report =
+        crate::chain::verify::verify_dir_each(from, Some(size - 1), &mut |_| {}, &mut |block| {
+            tree.push(&block.hash)
+        })?;
+    if !report.ok() || report.head.map(|(h, _)| h) != Some(size - 1) {
+        return Err(fail(format!(
+            "the copy does not check out: {}",
+            report.summary()
+        )));
+    }
+    if tree.root() != checkpoint.root {
+        return Err(fail(format!(
+            "its blocks do not give the root of the checkpoint it verified (size {size})"
+        )));
+    }
+    let head_hash = report
+        .head
+        .map(|(_, hash)| hex::encode(hash))
+        .unwrap_or_default();
+    let mut made = Vec::new();
+    let result = (|| {
+        crate::files::create_dir_all(chain_dir).map_err(io_err(chain_dir))?;
+        made.push(chain_dir.to_owned());
+        for (_, path) in crate::chain::segment::list(from).map_err(io_err(from))? {
+            let name = path.file_name().unwrap_or_default();
+            let dest = chain_dir.join(name);
+            let mut src = crate::files::open_read(&path).map_err(io_err(&path))?;
+            let mut out =
+                crate::files::create_new(&dest, crate::files::FILE_MODE).map_err(io_err(&dest))?;
+            io::copy(&mut src, &mut out).map_err(io_err(&dest))?;
+            out.sync_all().map_err(io_err(&dest))?;
+        }
+        crate::replica::cut_chain_to(chain_dir, size).map_err(|err| fail(err.to_string()))?;
+        crate::files::sync_dir(chain_dir).map_err(io_err(chain_dir))?;
+        let again = verify_dir(chain_dir, None, &mut |_| {})?;
+        if !again.ok() || again.head.map(|(h, _)| h) != Some(size - 1) {
+            return Err(fail(format!(
+                "the restored chain does not check out: {}",
+                again.summary()
+            )));
+        }
+        crate::files::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+        made.push(cache_dir.to_owned());
+        let marker = crate::marker::ChainMarker::beside(chain_dir);
+        match marker.on_disk() {
+            Ok(crate::marker::OnDisk::Chain(id)) => marker.write(&id),
+            Ok(_) => Err(crate::marker::MarkerError::Invalid {
+                marker: marker.path.clone(),
+                reason: format!("cannot read the chain id of {}", chain_dir.display()),
+            }),
+            Err(err) => Err(err),
+        }
+        .map_err(|err| BackupError::Marker(err.to_string()))?;
+        give_to_parent_owner(&[chain_dir, cache_dir, &marker.path])?;
+        Ok(marker.path)
+    })();
+    match result {
+        Ok(marker) => Ok(RestoreReport {
+            verified: VerifiedBackup {
+                height: size - 1,
+                head_hash,
+                blocks_checked: report.blocks_checked,
+            },
+            chain_subvolume: false,
+            marker,
+        }),
+        Err(err) => {
+            for dir in made {
+                let _ = fs::remove_dir_all(&dir);
             }
             Err(err)
         }

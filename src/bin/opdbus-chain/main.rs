@@ -555,7 +555,9 @@ enum Command {
     /// The backup is verified first and the restored chain again afterwards. Start the daemon
     /// on the restored directories; new footprints continue the chain.
     Restore {
-        /// The backup: TARGET/<snapshot name> (or a local .snapshots/<snapshot name>).
+        /// The backup: TARGET/<snapshot name> (or a local .snapshots/<snapshot name>), or a
+        /// replica's directory (`replicate --to`, OPDBUS_REPLICAS_DIR/<name>): its blocks up to the
+        /// checkpoint it verified, with an empty cache; the daemon then starts its own log.
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
         #[command(flatten)]
