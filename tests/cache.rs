@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use opdbus_testkit::corpus;
+use opdbus_testkit::tmpfs::Tmpfs;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 /// CacheStats over busctl, as a JSON object of plain values.
@@ -44,54 +44,6 @@ async fn add_corpus(bus: &Bus, seed: u64, n: usize) -> Vec<(u64, String)> {
         added.push(reply);
     }
     added
-}
-
-fn mount(args: &[&str]) {
-    let out = Command::new("mount").args(args).output().expect("mount");
-    assert!(
-        out.status.success(),
-        "mount {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A tmpfs mounted on a directory, unmounted on drop (also when the test fails).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mount point");
-        mount(&[
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size},mode=0755"),
-            "tmpfs",
-            path_str(at),
-        ]);
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Remounts with `options`. Read-only waits, as an admin would, until the daemon's cache
-    /// thread has been idle long enough to close its pack (half a second after its last write).
-    fn remount(&self, options: &str) {
-        let args = ["-o", &format!("remount,{options}"), path_str(&self.0)];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while options.starts_with("ro") && std::time::Instant::now() < deadline {
-            let out = Command::new("mount").args(args).output().expect("mount");
-            if out.status.success() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        mount(&args);
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
 }
 
 fn path_str(path: &Path) -> &str {

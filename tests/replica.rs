@@ -10,7 +10,8 @@ mod common;
 use common::*;
 use opdbus_blockchain::chain::scan::RecordReader;
 use opdbus_blockchain::chain::segment::{self, Parsed, HEADER_LEN};
-use opdbus_testkit::nginx::{nginx_or_skip, Nginx};
+use opdbus_testkit::nginx::{self, nginx_or_skip, Nginx};
+use opdbus_testkit::tmpfs::Tmpfs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,33 +19,10 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 temp path")
 }
 
-/// The inside of docs/operations.md's replica server block, without `listen`, `server_name`
-/// and `root`.
+/// The nginx locations docs/operations.md gives for a replica's source.
 fn documented_locations() -> String {
     let doc = std::fs::read_to_string(repo_path("docs/operations.md")).expect("operations.md");
-    let block = doc
-        .split("## Replicas")
-        .nth(1)
-        .and_then(|section| section.split("```nginx").nth(1))
-        .and_then(|rest| rest.split("```").next())
-        .expect("an nginx block in 'Replicas'");
-    let lines: Vec<&str> = block.lines().map(str::trim).collect();
-    let start = lines.iter().position(|l| *l == "server {").expect("server");
-    let end = lines.iter().rposition(|l| *l == "}").expect("its end");
-    lines[start + 1..end]
-        .iter()
-        .filter(|l| {
-            !["listen ", "server_name ", "root "]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-fn checkpoint_size(tlog: &Path) -> Option<u64> {
-    let note = std::fs::read_to_string(tlog.join("checkpoint")).ok()?;
-    note.lines().nth(1)?.parse().ok()
+    nginx::documented_locations(&doc, "## Replicas")
 }
 
 /// A source daemon with a fast checkpoint interval, served by nginx.
@@ -868,32 +846,7 @@ fn kill_9_of_the_replica_or_the_source_loses_nothing_and_duplicates_nothing() {
 
 /// ReplicaStatus of the daemon on `bus`: one map of plain JSON values per replica.
 fn replica_status(bus: &Bus) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let out = bus.busctl(&[
-        "--json=short",
-        "call",
-        BUS_NAME,
-        OBJECT_PATH,
-        BUS_NAME,
-        "ReplicaStatus",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
-    reply["data"][0]
-        .as_array()
-        .expect("aa{sv}")
-        .iter()
-        .map(|dict| {
-            dict.as_object()
-                .expect("a{sv}")
-                .iter()
-                .map(|(key, variant)| (key.clone(), variant["data"].clone()))
-                .collect()
-        })
-        .collect()
+    bus.call_dicts("ReplicaStatus")
 }
 
 #[test]
@@ -1094,25 +1047,7 @@ fn a_replica_on_a_full_disk_keeps_what_it_verified_and_catches_up_once_there_is_
     let source = Source::start();
     let work = tempfile::tempdir().expect("tempdir");
     let small = work.path().join("small");
-    std::fs::create_dir(&small).expect("mount point");
-    let mount = |options: &str| {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs", path_str(&small)])
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mount {options}");
-    };
-    mount("size=1m,mode=0755");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(&small);
+    let disk = Tmpfs::mount(&small, "1m");
     let replica = small.join("replica");
     let witness_key = work.path().join("keys/witness.key");
     let first = source.add(300);
@@ -1127,7 +1062,7 @@ fn a_replica_on_a_full_disk_keeps_what_it_verified_and_catches_up_once_there_is_
     assert_eq!(verified["chain"]["head_height"], first - 1, "{verified}");
     assert_eq!(checkpoint_size(&replica.join("tlog")), Some(first));
     // Room again: the next round catches up with every block, once.
-    mount("remount,size=32m");
+    disk.remount("size=32m");
     let (code, out, err) = replicate(&source.url(), &replica, &source.vkey, &witness_key);
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(out["size"], size);
@@ -1150,25 +1085,7 @@ fn a_source_with_a_full_disk_loses_nothing_its_following_replica_ends_with() {
     }
     let work = tempfile::tempdir().expect("tempdir");
     let small = work.path().join("small");
-    std::fs::create_dir(&small).expect("mount point");
-    let mount = |options: &str| {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs", path_str(&small)])
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mount {options}");
-    };
-    mount("size=2m,mode=0755");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(&small);
+    let disk = Tmpfs::mount(&small, "2m");
     let chain = small.join("chain");
     let key = work.path().join("keys/signing.key");
     let bus = Bus::start();
@@ -1212,7 +1129,7 @@ fn a_source_with_a_full_disk_loses_nothing_its_following_replica_ends_with() {
     );
     // Room again: the source takes footprints and issues checkpoints again, and the replica
     // ends with every block the source acknowledged, once.
-    mount("remount,size=64m");
+    disk.remount("size=64m");
     let head = runtime.block_on(async {
         let mut head = acked;
         for _ in 0..50 {

@@ -12,7 +12,7 @@ use common::*;
 use opdbus_blockchain::chain::block::{Block, Caller, Hash};
 use opdbus_blockchain::chain::segment::{encode_header, encode_record, ChainId};
 use opdbus_blockchain::chain::store::genesis_data;
-use opdbus_testkit::nginx::{nginx_or_skip, Nginx};
+use opdbus_testkit::nginx::{self, nginx_or_skip, Nginx};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -298,31 +298,10 @@ fn the_merkle_tree_vectors_match_the_document_our_code_tlog_tiles_and_the_python
 // ---------------------------------------------------------------------------------------------
 // The published log of the running daemon
 
-/// The inside of docs/operations.md's nginx server block, without `listen`, `server_name` and
-/// `root` (the kit sets its own port and root).
+/// The nginx locations docs/operations.md gives for a published log.
 fn documented_locations() -> String {
     let doc = std::fs::read_to_string(repo_path("docs/operations.md")).expect("operations.md");
-    let block = doc
-        .split("## Publishing the log")
-        .nth(1)
-        .and_then(|section| section.split("```nginx").nth(1))
-        .and_then(|rest| rest.split("```").next())
-        .expect("an nginx block in 'Publishing the log'");
-    let lines: Vec<&str> = block.lines().map(str::trim).collect();
-    let start = lines
-        .iter()
-        .position(|l| *l == "server {")
-        .expect("a server block");
-    let end = lines.iter().rposition(|l| *l == "}").expect("its end");
-    lines[start + 1..end]
-        .iter()
-        .filter(|l| {
-            !["listen ", "server_name ", "root "]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
+    nginx::documented_locations(&doc, "## Publishing the log")
 }
 
 /// Copies `from` to `to` as docs/operations.md says: everything but the checkpoint files,
@@ -348,11 +327,6 @@ fn publish(from: &Path, to: &Path) {
     for name in ["checkpoints", "checkpoint"] {
         std::fs::copy(from.join(name), to.join(name)).expect("copy the checkpoint files");
     }
-}
-
-fn checkpoint_size(tlog: &Path) -> Option<u64> {
-    let note = std::fs::read_to_string(tlog.join("checkpoint")).ok()?;
-    note.lines().nth(1)?.parse().ok()
 }
 
 #[test]

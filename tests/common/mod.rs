@@ -65,6 +65,21 @@ impl Bus {
     /// Calls a method of ours that returns `a{sv}` (through `busctl --json=short`) and gives the
     /// dictionary as plain JSON values; nested `aa{sv}` become arrays of objects.
     pub fn call_dict(&self, member: &str) -> serde_json::Map<String, serde_json::Value> {
+        plain_dict(&self.call_json(member))
+    }
+
+    /// The same for a method that returns `aa{sv}`: one dictionary per element.
+    pub fn call_dicts(&self, member: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        self.call_json(member)
+            .as_array()
+            .expect("aa{sv}")
+            .iter()
+            .map(plain_dict)
+            .collect()
+    }
+
+    /// The first value a method of ours without arguments returns, as busctl's JSON.
+    fn call_json(&self, member: &str) -> serde_json::Value {
         let out = self.busctl(&[
             "--json=short",
             "call",
@@ -78,8 +93,9 @@ impl Bus {
             "busctl {member}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("busctl JSON");
-        plain_dict(&reply["data"][0])
+        let mut reply: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("busctl JSON");
+        reply["data"][0].take()
     }
 
     /// `dbus-send --print-reply` on our object (prints D-Bus error names, unlike busctl).
@@ -308,4 +324,10 @@ pub async fn add_footprints<T: serde::Serialize + zbus::zvariant::Type>(
         )
         .await?;
     reply.body().deserialize()
+}
+
+/// The tree size of the checkpoint in `tlog/checkpoint`, if there is one.
+pub fn checkpoint_size(tlog: &Path) -> Option<u64> {
+    let note = std::fs::read_to_string(tlog.join("checkpoint")).ok()?;
+    note.lines().nth(1)?.parse().ok()
 }

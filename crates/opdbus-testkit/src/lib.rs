@@ -1,6 +1,6 @@
 //! Test and bench support for opdbus-blockchain, kept out of the product: the private bus and
 //! the daemon process (tests, `opdbus-bench bench` and `torture`), the corpus and the one
-//! seeded RNG, a loop-mounted btrfs, a real nginx serving a directory, sshd in a network namespace, and the vector and
+//! seeded RNG, a loop-mounted btrfs, a real nginx serving a directory, sshd in a network namespace, a small tmpfs, and the vector and
 //! read-prediction bench workloads.
 //!
 //! `corpus.rs` and `loop_btrfs.rs` are also compiled into the library's own unit tests (by
@@ -17,6 +17,7 @@ pub mod nginx;
 pub mod process;
 pub mod read_bench;
 pub mod ssh;
+pub mod tmpfs;
 pub mod vector_bench;
 
 pub use corpus::SplitMix64;

@@ -36,6 +36,33 @@ pub fn nginx_or_skip(test: &str) -> bool {
     false
 }
 
+/// The inside of the nginx `server` block in the section of `doc` (markdown) that starts with
+/// `heading`, without `listen`, `server_name` and `root` (the kit sets its own port and
+/// root): what an operator's configuration serves, for [`Nginx::serve_with`].
+pub fn documented_locations(doc: &str, heading: &str) -> String {
+    let block = doc
+        .split(heading)
+        .nth(1)
+        .and_then(|section| section.split("```nginx").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("an nginx block in {heading:?}"));
+    let lines: Vec<&str> = block.lines().map(str::trim).collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "server {")
+        .expect("a server block");
+    let end = lines.iter().rposition(|l| *l == "}").expect("its end");
+    lines[start + 1..end]
+        .iter()
+        .filter(|l| {
+            !["listen ", "server_name ", "root "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// The locations of a plain static server: every file under the root, as bytes.
 pub const PLAIN_LOCATIONS: &str = "location / {\n    default_type application/octet-stream;\n}\n";
 
