@@ -17,7 +17,25 @@ pub struct HttpSource {
     base: String,
     /// The transparency log's URL, ending in '/'.
     tlog: String,
+    http: Http,
+}
+
+/// An HTTP(S) client with the replica's rules: timeouts, no redirects followed, only the
+/// statuses that are answers.
+pub struct Http {
     agent: ureq::Agent,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(CONNECT_TIMEOUT)
+                .timeout_read(READ_TIMEOUT)
+                .redirects(0)
+                .build(),
+        }
+    }
 }
 
 impl HttpSource {
@@ -40,14 +58,15 @@ impl HttpSource {
             }
         }
         let tlog = tlog.map_or_else(|| format!("{base}tlog/"), slash);
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout_read(READ_TIMEOUT)
-            .redirects(0)
-            .build();
-        Ok(HttpSource { base, tlog, agent })
+        Ok(HttpSource {
+            base,
+            tlog,
+            http: Http::default(),
+        })
     }
+}
 
+impl Http {
     /// A signed note at `url` (a checkpoint), at most [`MAX_CHECKPOINT_BYTES`].
     pub fn note(&self, url: &str) -> Result<Vec<u8>, SourceError> {
         let response = self
@@ -109,12 +128,12 @@ impl Source for HttpSource {
     }
 
     fn checkpoint(&self) -> Result<Vec<u8>, SourceError> {
-        self.note(&format!("{}checkpoint", self.tlog))
+        self.http.note(&format!("{}checkpoint", self.tlog))
     }
 
     fn segment(&self, first: u64, offset: u64) -> Result<Option<Box<dyn Read>>, SourceError> {
         let url = format!("{}{}", self.base, segment::file_name(first));
-        let Some(response) = self.get(&url, offset)? else {
+        let Some(response) = self.http.get(&url, offset)? else {
             return Ok(None);
         };
         let partial = response.status() == 206;
@@ -132,7 +151,8 @@ impl Source for HttpSource {
                 )));
             }
         }
-        let mut body: Box<dyn Read> = Box::new(ZeroRunLimit::new(response.into_reader()));
+        let mut body: Box<dyn Read> =
+            Box::new(super::stream::ZeroRunLimit::new(response.into_reader()));
         if offset > 0 && !partial {
             // A server that ignores ranges sends the whole file: skip to the offset.
             let skipped = std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
@@ -142,61 +162,5 @@ impl Source for HttpSource {
             }
         }
         Ok(Some(body))
-    }
-}
-
-/// The longest run of zero bytes a source may send: free space after the last record is at
-/// most a few extension chunks (docs/format.md), and a record holds no such run (its data is
-/// JSON text). Longer is a server streaming zeros forever: an error, not the end of the data.
-const MAX_ZERO_RUN: u64 = 64 * 1024 * 1024;
-
-/// A body that fails after [`MAX_ZERO_RUN`] zero bytes in a row.
-pub(super) struct ZeroRunLimit<R> {
-    inner: R,
-    zeros: u64,
-}
-
-impl<R: Read> ZeroRunLimit<R> {
-    pub(super) fn new(inner: R) -> Self {
-        ZeroRunLimit { inner, zeros: 0 }
-    }
-}
-
-impl<R: Read> Read for ZeroRunLimit<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        match buf[..n].iter().rposition(|&b| b != 0) {
-            Some(last) => self.zeros = (n - last - 1) as u64,
-            None => self.zeros += n as u64,
-        }
-        if self.zeros > MAX_ZERO_RUN {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("more than {MAX_ZERO_RUN} zero bytes in a row: not a segment"),
-            ));
-        }
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_endless_run_of_zeros_is_an_error() {
-        let mut zeros = ZeroRunLimit::new(std::io::repeat(0));
-        let err = std::io::copy(&mut zeros, &mut std::io::sink()).expect_err("endless zeros");
-        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-        // Zeros between non-zero bytes start the count again.
-        let mut mixed = std::io::repeat(0).take(MAX_ZERO_RUN - 1).chain(&b"x"[..]);
-        let mut mixed = mixed
-            .by_ref()
-            .chain(std::io::repeat(0).take(MAX_ZERO_RUN - 1));
-        let mut limited = ZeroRunLimit::new(&mut mixed);
-        assert_eq!(
-            std::io::copy(&mut limited, &mut std::io::sink()).expect("within the limit"),
-            2 * MAX_ZERO_RUN - 1
-        );
     }
 }

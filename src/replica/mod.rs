@@ -24,6 +24,7 @@
 pub mod http;
 pub mod run;
 pub mod ssh;
+pub mod stream;
 
 use crate::chain::block::{Block, Hash};
 use crate::chain::scan::{self, RecordReader, ScanState};
@@ -85,17 +86,6 @@ pub enum ReplicaError {
     /// The replica's own directory cannot be used.
     #[error("{0}")]
     Local(String),
-}
-
-impl ReplicaError {
-    /// The exit status of `opdbus-chain replicate`: 1 when the source failed a check, 2 when
-    /// the replica could not run.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ReplicaError::Diverged { .. } | ReplicaError::BadSource(_) => 1,
-            ReplicaError::Source(_) | ReplicaError::Local(_) => 2,
-        }
-    }
 }
 
 type Result<T, E = ReplicaError> = std::result::Result<T, E>;
@@ -331,7 +321,7 @@ impl Replica {
         let appended = match self.copy_up_to(source, &mut copy, offered.size) {
             Ok(appended) => appended,
             Err(err) => {
-                self.cut_to(accepted_size)?;
+                cut_chain_to(&self.dir, accepted_size)?;
                 return Err(match err {
                     Fetched::Diverged => {
                         let (size, why) = self.locate(source)?;
@@ -342,7 +332,7 @@ impl Replica {
             }
         };
         if copy.tiles.root() != offered.root {
-            self.cut_to(accepted_size)?;
+            cut_chain_to(&self.dir, accepted_size)?;
             return Err(ReplicaError::Diverged {
                 size: accepted_size,
                 reason: format!(
@@ -365,7 +355,7 @@ impl Replica {
             _ => self.check_witness_memory(&offered, &copy),
         };
         if let Err(err) = checked {
-            self.cut_to(accepted_size)?;
+            cut_chain_to(&self.dir, accepted_size)?;
             return Err(err);
         }
         for file in &appended {
@@ -428,7 +418,7 @@ impl Replica {
     /// cuts what lies past it and replays its leaves into the tiles.
     fn open_copy(&self, accepted: Option<&Checkpoint>) -> Result<Copy> {
         let size = accepted.map_or(0, |c| c.size);
-        self.cut_to(size)?;
+        cut_chain_to(&self.dir, size)?;
         let mut tiles = TileWriter::new(&self.tlog);
         if size == 0 {
             return Ok(Copy {
@@ -671,12 +661,6 @@ impl Replica {
         file.write_all(&header)
             .map_err(|err| Fetched::Failed(local(path.display())(err)))?;
         Ok(file)
-    }
-
-    /// Cuts the copy to its first `size` blocks: the segment holding height `size` is
-    /// truncated before it, later segments removed, and a segment left with no record removed.
-    fn cut_to(&self, size: u64) -> Result<()> {
-        cut_chain_to(&self.dir, size)
     }
 
     /// Where the source parts from the copy: (tree size, why), comparing the source's segments

@@ -211,7 +211,7 @@ impl Run {
             match self.follow_once(&wait) {
                 // Stopped, or diverged (logged, reported): the thread ends.
                 None => return,
-                // The directory cannot be used for now (full, in use): retried.
+                // The directory cannot be opened or written for now (full, in use): retried.
                 Some(err) => {
                     self.fail(&err);
                     if !wait(super::MAX_RETRY_WAIT) {
@@ -223,26 +223,17 @@ impl Run {
     }
 
     /// Opens the copy and follows the source until a stop (`None`), a divergence (reported,
-    /// `None`) or a local error (returned).
+    /// `None`) or a local error, opening included (returned).
     fn follow_once(&self, wait: &dyn Fn(Duration) -> bool) -> Option<ReplicaError> {
-        // The directory may be in use (another replicate) or unusable for now: retry.
-        let mut replica = loop {
-            let opened = Witness::open(self.witness.clone(), &self.witness_key)
-                .and_then(|witness| Replica::open(&self.dir, &self.vkey, Some(witness)))
-                .map(|mut replica| {
-                    replica.serve(self.index.clone());
-                    replica
-                });
-            match opened {
-                Ok(replica) => break replica,
-                Err(err) => {
-                    self.fail(&err);
-                    if !wait(super::MAX_RETRY_WAIT) {
-                        return None;
-                    }
-                }
-            }
+        // The directory may be in use (another replicate) or unusable for now: returned, and
+        // retried by the caller.
+        let mut replica = match Witness::open(self.witness.clone(), &self.witness_key)
+            .and_then(|witness| Replica::open(&self.dir, &self.vkey, Some(witness)))
+        {
+            Ok(replica) => replica,
+            Err(err) => return Some(err),
         };
+        replica.serve(self.index.clone());
         if let Ok(Some(accepted)) = replica.accepted() {
             let mut status = self.status.write();
             status.verified_size = accepted.size;

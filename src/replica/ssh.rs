@@ -197,6 +197,6 @@ impl Source for SshSource {
         ];
         Ok(self
             .export(&args)?
-            .map(|exported| Box::new(super::http::ZeroRunLimit::new(exported)) as Box<dyn Read>))
+            .map(|exported| Box::new(super::stream::ZeroRunLimit::new(exported)) as Box<dyn Read>))
     }
 }

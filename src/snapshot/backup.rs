@@ -382,11 +382,7 @@ pub fn restore(
         return restore_copy(from, chain_dir, cache_dir);
     }
     let verified = verify_backup(from)?;
-    for dest in [chain_dir, cache_dir] {
-        if dest.symlink_metadata().is_ok() {
-            return Err(BackupError::Exists(dest.to_owned()));
-        }
-    }
+    refuse_existing(chain_dir, cache_dir)?;
     let mut made = Vec::new();
     let result = (|| {
         let chain_subvolume = restore_part(&from.join(CHAIN_LEAF), chain_dir, &mut made)?;
@@ -402,18 +398,8 @@ pub fn restore(
                 ),
             });
         }
-        let marker = crate::marker::ChainMarker::beside(chain_dir);
-        match marker.on_disk() {
-            Ok(crate::marker::OnDisk::Chain(id)) => marker.write(&id),
-            Ok(_) => Err(crate::marker::MarkerError::Invalid {
-                marker: marker.path.clone(),
-                reason: format!("cannot read the chain id of {}", chain_dir.display()),
-            }),
-            Err(err) => Err(err),
-        }
-        .map_err(|err| BackupError::Marker(err.to_string()))?;
-        give_to_parent_owner(&[chain_dir, cache_dir, &marker.path])?;
-        Ok((chain_subvolume, marker.path))
+        let marker = adopt_restored(chain_dir, cache_dir)?;
+        Ok((chain_subvolume, marker))
     })();
     match result {
         Ok((chain_subvolume, marker)) => Ok(RestoreReport {
@@ -452,11 +438,7 @@ fn restore_copy(
     if size == 0 {
         return Err(fail("its checkpoint covers no block".into()));
     }
-    for dest in [chain_dir, cache_dir] {
-        if dest.symlink_metadata().is_ok() {
-            return Err(BackupError::Exists(dest.to_owned()));
-        }
-    }
+    refuse_existing(chain_dir, cache_dir)?;
     let mut tree = crate::tlog::CompactRange::default();
     let report =
         crate::chain::verify::verify_dir_each(from, Some(size - 1), &mut |_| {}, &mut |block| {
@@ -501,18 +483,7 @@ fn restore_copy(
         }
         crate::files::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
         made.push(cache_dir.to_owned());
-        let marker = crate::marker::ChainMarker::beside(chain_dir);
-        match marker.on_disk() {
-            Ok(crate::marker::OnDisk::Chain(id)) => marker.write(&id),
-            Ok(_) => Err(crate::marker::MarkerError::Invalid {
-                marker: marker.path.clone(),
-                reason: format!("cannot read the chain id of {}", chain_dir.display()),
-            }),
-            Err(err) => Err(err),
-        }
-        .map_err(|err| BackupError::Marker(err.to_string()))?;
-        give_to_parent_owner(&[chain_dir, cache_dir, &marker.path])?;
-        Ok(marker.path)
+        adopt_restored(chain_dir, cache_dir)
     })();
     match result {
         Ok(marker) => Ok(RestoreReport {
@@ -531,6 +502,33 @@ fn restore_copy(
             Err(err)
         }
     }
+}
+
+/// A restore makes its directories: existing ones (or links) are refused, never overwritten.
+fn refuse_existing(chain_dir: &Path, cache_dir: &Path) -> Result<(), BackupError> {
+    for dest in [chain_dir, cache_dir] {
+        if dest.symlink_metadata().is_ok() {
+            return Err(BackupError::Exists(dest.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// The last step of a restore: the chain-id marker beside `chain_dir` names the restored
+/// chain, and what was made goes to the owner of its parent. Returns the marker's path.
+fn adopt_restored(chain_dir: &Path, cache_dir: &Path) -> Result<PathBuf, BackupError> {
+    let marker = crate::marker::ChainMarker::beside(chain_dir);
+    match marker.on_disk() {
+        Ok(crate::marker::OnDisk::Chain(id)) => marker.write(&id),
+        Ok(_) => Err(crate::marker::MarkerError::Invalid {
+            marker: marker.path.clone(),
+            reason: format!("cannot read the chain id of {}", chain_dir.display()),
+        }),
+        Err(err) => Err(err),
+    }
+    .map_err(|err| BackupError::Marker(err.to_string()))?;
+    give_to_parent_owner(&[chain_dir, cache_dir, &marker.path])?;
+    Ok(marker.path)
 }
 
 /// Root restoring into a directory another user owns (the service user's `/var/lib/op-dbus`)

@@ -290,7 +290,7 @@ pub fn witnesses(
         .map(|given| crate::transparency::witness_arg(given))
         .collect::<Result<Vec<_>, _>>()?;
     let tiles = opdbus_blockchain::tlog::TileReader::new(tlog_dir);
-    let http = HttpSource::new("http://unused/", None).map_err(|err| err.to_string())?;
+    let http = opdbus_blockchain::replica::http::Http::default();
     let (mut rows, mut split, mut unread) = (Vec::new(), false, 0);
     for replica in replicas {
         let note = if replica.starts_with("http://") || replica.starts_with("https://") {
