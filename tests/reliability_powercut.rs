@@ -108,15 +108,21 @@ impl ModelIo {
                 .unwrap_or(durable.len().min(written.len()));
             let extra = written.len().saturating_sub(same);
             if extra > 0 {
-                // A prefix of them reached the disk; past it, what was durable stays.
+                // A prefix of them reached the disk; past it, what was durable stays. Where
+                // they were written over durable bytes (the zeros a segment was extended by),
+                // the disk keeps whole sectors, old or new: the prefix ends at a sector
+                // boundary there. Past the durable size it ends where the file's size does.
                 let keep = rng.below(extra as u64 + 1) as usize;
-                let end = same + keep;
+                let sector = opdbus_blockchain::chain::segment::SECTOR as usize;
+                let end = match same + keep {
+                    end if end < durable.len() => end / sector * sector,
+                    end => end,
+                };
                 image = written[..end].to_vec();
                 image.extend_from_slice(durable.get(end..).unwrap_or_default());
                 if rng.below(2) == 0 {
                     // The size (or the extent) reached the disk, the newest sectors did not.
                     let from = same + rng.below(keep as u64 + 1) as usize;
-                    let sector = opdbus_blockchain::chain::segment::SECTOR as usize;
                     let zero_from = from.div_ceil(sector) * sector;
                     if zero_from < end {
                         image[zero_from..end].fill(0);
@@ -490,4 +496,11 @@ async fn a_failed_fdatasync_latches_the_store_and_tells_the_daemon_to_exit() {
         .expect("writes work after the restart");
     let report = verify_dir(&chain, None, &mut |_| {}).expect("verify");
     assert!(report.ok(), "{}", report.summary());
+}
+
+/// A case the property test found (2026-12-06): bytes written over a segment's extended zeros,
+/// cut mid-sector by the model, a crash image no disk leaves (it keeps whole sectors).
+#[test]
+fn a_power_cut_over_extended_zeros_keeps_whole_sectors() {
+    power_cut_case(520, 10691258923789553393).unwrap_or_else(|e| panic!("{e}"));
 }
