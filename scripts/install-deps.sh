@@ -24,6 +24,8 @@ packages=(
   debootstrap       # the minimal Debian those containers run
   e2fsprogs       # mkfs.ext4: the small filesystems of the full-disk tests
   nginx           # serves a published transparency log in tests/transparency_publish.rs
+  redis-server    # the shared cache tier's tests start real Redis servers and a cluster
+  redis-tools     # redis-cli --cluster create
   man-db          # man -l: tests/man_pages.rs renders the generated pages (groff with it)
   zsh             # zsh -n and fish -n check the generated completions (tests/man_pages.rs)
   fish

@@ -76,6 +76,9 @@ pub struct Config {
     pub cache_preload_blocks: u64,
     pub cache_queue_blocks: usize,
     pub cache_predict: bool,
+    /// The shared cache tier (`None`: none) and each of its commands' deadline.
+    pub shared_cache: Option<crate::cache::shared::SharedCacheUrl>,
+    pub shared_cache_timeout: std::time::Duration,
     pub snapshot_interval: SnapshotInterval,
     pub retention: RetentionPolicy,
     /// Where the tiles and checkpoints go; `None`: `<chain dir>/tlog`.
@@ -126,6 +129,8 @@ impl Default for Config {
             cache_preload_blocks: cache.preload_blocks,
             cache_queue_blocks: cache.queue_blocks,
             cache_predict: true,
+            shared_cache: cache.shared,
+            shared_cache_timeout: cache.shared_timeout,
             snapshot_interval: SnapshotInterval::Off,
             retention: RetentionPolicy::default(),
             tlog_dir: None,
@@ -271,6 +276,19 @@ pub const KEYS: &[Key] = &[
           accepts: "on, off",
           set: |c, v| on_off(v).map(|x| c.cache_predict = x),
           show: |c| show_on_off(c.cache_predict) },
+    Key { name: "OPDBUS_SHARED_CACHE", flag: Some(("shared-cache", "URL")), reload: false,
+          help: "A Redis server or cluster shared with other daemons of the same chain, read after \
+                 the local cache and before the chain, and given every block the cache stores \
+                 (empty: none). Its password is never shown",
+          accepts: SHARED_CACHE_ACCEPTS,
+          set: |c, v| shared_cache(v).map(|x| c.shared_cache = x),
+          show: |c| c.shared_cache.as_ref().map(|u| u.redacted()).unwrap_or_default() },
+    Key { name: "OPDBUS_SHARED_CACHE_TIMEOUT", flag: None, reload: false,
+          help: "How long one command to the shared cache may take before it is a miss (and the \
+                 shared cache is left alone for a while); connecting may take ten times as long",
+          accepts: "a duration from 1ms to 10s",
+          set: |c, v| duration(v, 1, 10_000).map(|x| c.shared_cache_timeout = x),
+          show: |c| show_duration(c.shared_cache_timeout) },
     Key { name: "OPDBUS_SNAPSHOT_INTERVAL", flag: None, reload: true,
           help: "When the daemon takes unified snapshots by itself",
           accepts: "every-N-minutes (N a whole number ≥ 1, e.g. every-15-minutes), hourly, daily, off",
@@ -331,6 +349,20 @@ pub const KEYS: &[Key] = &[
           set: |c, v| absolute_dir(v).map(|x| c.witness_key = x),
           show: |c| c.witness_key.display().to_string() },
 ];
+
+const SHARED_CACHE_ACCEPTS: &str = "empty, redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss://… \
+    (TLS), redis+unix:///PATH, or redis+cluster://[USER:PASSWORD@]H1:P1,H2:P2,… \
+    (rediss+cluster:// for TLS); valkey in place of redis also";
+
+/// `OPDBUS_SHARED_CACHE`: empty for none, else a Redis URL.
+fn shared_cache(value: &str) -> Result<Option<crate::cache::shared::SharedCacheUrl>, String> {
+    match value.trim() {
+        "" => Ok(None),
+        url => crate::cache::shared::SharedCacheUrl::parse(url)
+            .map(Some)
+            .map_err(|err| format!("{err}; expected {SHARED_CACHE_ACCEPTS}")),
+    }
+}
 
 /// One `OPDBUS_REPLICA_OF` entry: a source and its log's verifier key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,6 +558,8 @@ impl Config {
             hot_bytes: self.cache_hot_bytes,
             preload_blocks: self.cache_preload_blocks,
             queue_blocks: self.cache_queue_blocks,
+            shared: self.shared_cache.clone(),
+            shared_timeout: self.shared_cache_timeout,
         }
     }
 }
@@ -1071,6 +1105,8 @@ mod tests {
                     "https://host1.example.org/ PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
                 }
                 "OPDBUS_WITNESS_KEY" => "/elsewhere/witness.key",
+                "OPDBUS_SHARED_CACHE" => "redis+cluster://:secret@127.0.0.1:7000,127.0.0.1:7001",
+                "OPDBUS_SHARED_CACHE_TIMEOUT" => "5ms",
                 "OPDBUS_NUMA_ROUTE_TABLE" => "/elsewhere/route",
                 k if k.ends_with("_DIR") || k.ends_with("_ROOT") => "/elsewhere",
                 k if k.starts_with("OPDBUS_RETAIN_") => "9",

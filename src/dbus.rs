@@ -823,6 +823,12 @@ pub struct CacheStatsDict {
     dictionaries: u64,
     dictionary_bytes: u64,
     dictionary_id: u64,
+    shared_hits: u64,
+    shared_misses: u64,
+    shared_errors: u64,
+    shared_bytes_written: u64,
+    shared_dropped: u64,
+    shared_skipped: u64,
 }
 
 impl From<crate::cache::CacheStats> for CacheStatsDict {
@@ -851,6 +857,12 @@ impl From<crate::cache::CacheStats> for CacheStatsDict {
             dictionaries: s.dictionaries,
             dictionary_bytes: s.dictionary_bytes,
             dictionary_id: u64::from(s.dictionary_id),
+            shared_hits: s.shared_hits,
+            shared_misses: s.shared_misses,
+            shared_errors: s.shared_errors,
+            shared_bytes_written: s.shared_bytes_written,
+            shared_dropped: s.shared_dropped,
+            shared_skipped: s.shared_skipped,
         }
     }
 }
@@ -1030,7 +1042,7 @@ mod tests {
     fn cache_stats_go_out_as_a_dictionary_of_t_x_and_d() {
         assert_eq!(CacheStatsDict::SIGNATURE.to_string(), "a{sv}");
         let types = wire_types(&CacheStatsDict::from(crate::cache::CacheStats::default()));
-        assert_eq!(types.len(), 23);
+        assert_eq!(types.len(), 29);
         for (key, signature) in &types {
             let expected = match key.as_str() {
                 "complete_through" => "x",

@@ -574,6 +574,17 @@ impl OptimizedBlockchain {
         let chain =
             StreamingBlockchain::open_with(options, on_writer_start, Some(Box::new(feed.hook())))
                 .await?;
+        if let Some(url) = cache_options.shared.clone() {
+            let attached = cache.attach_shared(
+                url,
+                cache_options.shared_timeout,
+                &chain.reader().chain_id(),
+            );
+            if let Err(err) = attached {
+                chain.shutdown().await;
+                return Err(ServiceError::CacheOpen(err));
+            }
+        }
         if let Ok(numa) = &numa {
             let numa = Arc::clone(numa);
             feed.on_thread_start(move || {

@@ -114,6 +114,11 @@ impl Dictionaries {
         self.decoders.read().get(&id).cloned()
     }
 
+    /// The bytes of dictionary `id` as its file holds them (the shared tier uploads them).
+    pub fn file_bytes(&self, id: u32) -> std::io::Result<Vec<u8>> {
+        crate::files::read(&self.dir.join(file_name(id)))
+    }
+
     /// Writes a new dictionary durably and makes it available to readers.
     fn add(&self, id: u32, bytes: &[u8]) -> std::io::Result<()> {
         crate::files::create_dir_all(&self.dir)?;

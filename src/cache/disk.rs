@@ -41,6 +41,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use zstd::dict::DecoderDictionary;
 
 /// A block encoding larger than this is damage, not a block (the chain's own bound).
 const MAX_ENCODING: u64 = crate::chain::segment::MAX_BODY_LEN as u64;
@@ -201,23 +202,7 @@ impl DiskTier {
     }
 
     fn decode(&self, frame: &[u8]) -> Result<Block, String> {
-        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
-            Ok(Some(size)) if size <= MAX_ENCODING => size as usize,
-            Ok(Some(size)) => return Err(format!("claims {size} bytes of content")),
-            _ => return Err("not a zstd frame with a content size".into()),
-        };
-        let encoding = match zstd::zstd_safe::get_dict_id_from_frame(frame) {
-            Some(id) => {
-                let dictionary = self.dictionaries.decoder(id.get()).ok_or_else(|| {
-                    format!("needs dictionary {:08x}, which is missing", id.get())
-                })?;
-                zstd::bulk::Decompressor::with_prepared_dictionary(&dictionary)
-                    .and_then(|mut d| d.decompress(frame, size))
-            }
-            None => zstd::bulk::decompress(frame, size),
-        }
-        .map_err(|e| format!("does not decompress: {e}"))?;
-        Block::decode(&encoding).map_err(|e| format!("not a block: {e}"))
+        decode_frame(frame, |id| self.dictionaries.decoder(id))
     }
 
     /// Forgets a bad record (its bytes stay in the pack) and counts it; returns the reason for
@@ -263,17 +248,17 @@ impl DiskTier {
         self.count(entry);
     }
 
-    /// Appends `block` unless the index has it; returns whether it wrote. `replace` writes
-    /// even then (used to recompress with a newer dictionary).
+    /// Appends `block` unless the index has it; returns the frame it wrote (`None`: it was
+    /// there). `replace` writes even then (used to recompress with a newer dictionary).
     pub fn store(
         &self,
         block: &Block,
         encoding: &[u8],
         encoder: &mut Encoder,
         replace: bool,
-    ) -> std::io::Result<bool> {
+    ) -> std::io::Result<Option<Vec<u8>>> {
         if !replace && self.contains(&block.hash) {
-            return Ok(false);
+            return Ok(None);
         }
         let frame = encoder.compress(encoding)?;
         let key = hash_prefix(&block.hash);
@@ -288,7 +273,7 @@ impl DiskTier {
                 canonical_len: encoding.len() as u32,
             },
         );
-        Ok(true)
+        Ok(Some(frame))
     }
 
     /// Writes `record` at the end of this process's pack (a new one when there is none or it
@@ -550,6 +535,31 @@ impl DiskTier {
 }
 
 /// A record: its head (frame length, hash prefix), then the frame.
+/// Decompresses one zstd frame of a block encoding (with the dictionary its header names,
+/// from `dictionary`) and decodes the block, whose hash is computed from what was decoded.
+/// Bounded: a frame claiming more than the chain's largest block is refused undecompressed.
+pub(super) fn decode_frame(
+    frame: &[u8],
+    dictionary: impl FnOnce(u32) -> Option<Arc<DecoderDictionary<'static>>>,
+) -> Result<Block, String> {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size <= MAX_ENCODING => size as usize,
+        Ok(Some(size)) => return Err(format!("claims {size} bytes of content")),
+        _ => return Err("not a zstd frame with a content size".into()),
+    };
+    let encoding = match zstd::zstd_safe::get_dict_id_from_frame(frame) {
+        Some(id) => {
+            let dictionary = dictionary(id.get())
+                .ok_or_else(|| format!("needs dictionary {:08x}, which is missing", id.get()))?;
+            zstd::bulk::Decompressor::with_prepared_dictionary(&dictionary)
+                .and_then(|mut d| d.decompress(frame, size))
+        }
+        None => zstd::bulk::decompress(frame, size),
+    }
+    .map_err(|e| format!("does not decompress: {e}"))?;
+    Block::decode(&encoding).map_err(|e| format!("not a block: {e}"))
+}
+
 fn record(frame_len: u32, key: u64, frame: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(RECORD_HEAD + frame.len());
     record.extend_from_slice(&frame_len.to_le_bytes());

@@ -322,13 +322,14 @@ impl<S: BlockSource> Worker<S> {
     }
 
     /// Loads the newest `count` blocks into RAM, walking back from the head through each
-    /// block's `prev_hash`: from the disk tier when it has them, else from the chain.
+    /// block's `prev_hash`: from the disk tier when it has them, else from the shared tier,
+    /// else from the chain.
     fn preload(&mut self, count: u64) {
         let (head, mut hash) = self.source.head();
         let mut loaded = 0;
         let mut height = head;
         while loaded < count {
-            let block = match self.cache().load_from_disk(&hash) {
+            let block = match self.cache().load_local_or_shared(&hash) {
                 Some(block) => block,
                 None => match self.source.block_at(height) {
                     Some(block) if block.hash == hash => {
@@ -413,6 +414,7 @@ impl<S: BlockSource> Worker<S> {
             if self.first_missing.is_some() && self.last_retry.elapsed() >= RETRY_EVERY {
                 self.retry();
             }
+            self.cache().flush_shared();
             self.publish(false);
         }
     }
@@ -528,6 +530,7 @@ impl<S: BlockSource> Worker<S> {
                 Message::Wake | Message::Stop => {}
             }
         }
+        self.cache().flush_shared();
         self.publish(true);
     }
 

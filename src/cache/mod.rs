@@ -1,16 +1,18 @@
 //! The block cache: the chain's secondary copy, for fast reads and for repair.
 //!
-//! Two tiers, looked up in order:
+//! Two tiers, and a third when configured, looked up in order:
 //! - **hot**: decoded blocks in RAM (`quick_cache`, bounded in bytes by
 //!   `OPDBUS_CACHE_HOT_BYTES`), shared by every reader thread;
 //! - **disk**: one zstd frame per block, appended to pack files under the cache directory and
 //!   found through an index in RAM, compressed with dictionaries trained from recent blocks
-//!   (see `disk.rs` and `dictionary.rs` for the layout).
+//!   (see `disk.rs` and `dictionary.rs` for the layout);
+//! - **shared** (`OPDBUS_SHARED_CACHE`): the same frames in a Redis server or cluster that
+//!   other daemons of the same chain read too (`shared.rs`).
 //!
 //! Promises:
-//! - Never a wrong block: a disk load is decompressed, decoded and re-hashed, and compared with
-//!   the hash asked for; a record that does not check out is dropped and counted
-//!   (`corrupt_dropped`), and the lookup is a miss.
+//! - Never a wrong block: a disk or shared load is decompressed, decoded and re-hashed, and
+//!   compared with the hash asked for; a record that does not check out is dropped and counted
+//!   (`corrupt_dropped`, `shared_dropped`), and the lookup is a miss.
 //! - Never in the way of the chain: blocks arrive from the chain writer through a bounded queue
 //!   drained by the cache's own thread (`feed.rs`); a full queue skips (counted, and filled in
 //!   later from the chain), a failing disk is a warning and a counter, never an error of
@@ -22,6 +24,7 @@ mod dictionary;
 mod disk;
 pub(crate) mod feed;
 pub mod repair;
+pub mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -32,9 +35,11 @@ use disk::{DiskTier, Loaded};
 use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
+use shared::{SharedCacheUrl, SharedTier};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Subtracts `by` from `counter`, stopping at 0 (a counter of what comes and goes).
 fn sub_saturating(counter: &AtomicU64, by: u64) {
@@ -66,6 +71,9 @@ pub struct CacheOptions {
     /// Blocks that may wait between the chain writer and the cache thread; past this, blocks
     /// are skipped (and filled in from the chain later).
     pub queue_blocks: usize,
+    /// The shared tier's address (`None`: no shared tier) and each command's deadline.
+    pub shared: Option<SharedCacheUrl>,
+    pub shared_timeout: Duration,
 }
 
 impl CacheOptions {
@@ -75,6 +83,8 @@ impl CacheOptions {
             hot_bytes: DEFAULT_HOT_BYTES,
             preload_blocks: DEFAULT_PRELOAD_BLOCKS,
             queue_blocks: DEFAULT_QUEUE_BLOCKS,
+            shared: None,
+            shared_timeout: shared::DEFAULT_TIMEOUT,
         }
     }
 }
@@ -96,6 +106,9 @@ pub enum CacheError {
         first_missing: u64,
         reason: String,
     },
+    /// The shared tier's address cannot be used.
+    #[error(transparent)]
+    Shared(#[from] shared::SharedCacheUrlError),
     /// The cache thread has stopped (shutdown) or was never started.
     #[error("the cache thread is not running")]
     Stopped,
@@ -146,6 +159,16 @@ pub struct CacheStats {
     pub dictionaries: u64,
     pub dictionary_bytes: u64,
     pub dictionary_id: u32,
+    /// Shared tier (all 0 without one): blocks found there and not (by readers and by the
+    /// start-up preload; a reader's shared hit also counts in `hits`), commands that failed,
+    /// bytes of values it took, values that did not check out (ignored, never served), and
+    /// blocks not uploaded because it was failing.
+    pub shared_hits: u64,
+    pub shared_misses: u64,
+    pub shared_errors: u64,
+    pub shared_bytes_written: u64,
+    pub shared_dropped: u64,
+    pub shared_skipped: u64,
 }
 
 /// RAM a block is charged in the hot tier: its canonical size plus [`HOT_OVERHEAD_BYTES`]
@@ -200,6 +223,8 @@ type HotTier = Cache<Hash, HotBlock, BlockWeight, quick_cache::DefaultHashBuilde
 struct Counters {
     hot_hits: AtomicU64,
     disk_hits: AtomicU64,
+    /// Reader lookups answered by the shared tier (the tier counts its preloads too).
+    shared_hits: AtomicU64,
     misses: AtomicU64,
     write_failures: AtomicU64,
     skipped_writes: AtomicU64,
@@ -222,6 +247,8 @@ struct Inner {
     hot: HotTier,
     evictions: CountEvictions,
     disk: DiskTier,
+    /// Set once the chain id is known ([`BlockCache::attach_shared`]).
+    shared: OnceLock<SharedTier>,
     /// The writing side; only the cache thread (and tests, repair) write, so it is uncontended.
     encoder: Mutex<dictionary::Encoder>,
     counters: Counters,
@@ -270,6 +297,7 @@ impl BlockCache {
                 hot,
                 evictions,
                 disk,
+                shared: OnceLock::new(),
                 counters: Counters {
                     dictionary_id: encoder.current_id().into(),
                     ..Counters::default()
@@ -283,22 +311,66 @@ impl BlockCache {
         &self.inner.dir
     }
 
-    /// The block with `hash` from RAM, else from disk (re-hashed, then kept in RAM); counted
-    /// as a hot hit, a disk hit or a miss.
+    /// Adds the shared tier (of the chain `chain_id`); once only, before the cache thread
+    /// starts. It connects on first use.
+    pub fn attach_shared(
+        &self,
+        url: SharedCacheUrl,
+        timeout: Duration,
+        chain_id: &[u8; 16],
+    ) -> Result<(), CacheError> {
+        let tier = SharedTier::new(url, timeout, chain_id)?;
+        let _ = self.inner.shared.set(tier);
+        Ok(())
+    }
+
+    /// The shared tier, if there is one.
+    pub fn shared(&self) -> Option<&SharedTier> {
+        self.inner.shared.get()
+    }
+
+    /// The block with `hash` from RAM, else from disk, else from the shared tier (re-hashed,
+    /// then kept in RAM); counted as a hot, disk or shared hit, or a miss.
     pub fn get(&self, hash: &Hash) -> Option<Arc<Block>> {
         let counters = &self.inner.counters;
         if let Some(block) = self.get_hot(hash) {
             return Some(block);
         }
-        match self.load_from_disk(hash) {
+        if let Some(block) = self.load_from_disk(hash) {
+            counters.disk_hits.fetch_add(1, Relaxed);
+            return Some(block);
+        }
+        match self.load_from_shared(hash) {
             Some(block) => {
-                counters.disk_hits.fetch_add(1, Relaxed);
+                counters.shared_hits.fetch_add(1, Relaxed);
                 Some(block)
             }
             None => {
                 counters.misses.fetch_add(1, Relaxed);
                 None
             }
+        }
+    }
+
+    /// The block from the shared tier, verified, and kept in RAM (the cache thread stores it
+    /// on disk when it catches up); not counted as a reader lookup.
+    fn load_from_shared(&self, hash: &Hash) -> Option<Arc<Block>> {
+        let block = Arc::new(self.shared()?.get(hash, &self.inner.disk.dictionaries)?);
+        self.inner.hot.insert(*hash, HotBlock::new(block.clone()));
+        Some(block)
+    }
+
+    /// The block from disk, else from the shared tier, kept in RAM; not counted as a reader
+    /// lookup (the start-up preload).
+    fn load_local_or_shared(&self, hash: &Hash) -> Option<Arc<Block>> {
+        self.load_from_disk(hash)
+            .or_else(|| self.load_from_shared(hash))
+    }
+
+    /// Sends what waits for the shared tier (the cache thread calls it after each batch).
+    pub fn flush_shared(&self) {
+        if let Some(shared) = self.shared() {
+            shared.flush();
         }
     }
 
@@ -433,9 +505,13 @@ impl BlockCache {
             }
         };
         let mut encoder = self.inner.encoder.lock();
-        self.inner
+        let frame = self
+            .inner
             .disk
             .store(block, encoding, &mut encoder, false)?;
+        if let (Some(shared), Some(frame)) = (self.shared(), frame) {
+            shared.queue(&block.hash, frame, &self.inner.disk.dictionaries);
+        }
         let training = encoder.observe(encoding, &self.inner.disk.dictionaries);
         self.inner
             .counters
@@ -476,7 +552,11 @@ impl BlockCache {
         let hot_hits = c.hot_hits.load(Relaxed);
         let disk_hits = c.disk_hits.load(Relaxed);
         let misses = c.misses.load(Relaxed);
-        let hits = hot_hits + disk_hits;
+        let hits = hot_hits + disk_hits + c.shared_hits.load(Relaxed);
+        let shared = |counter: fn(&shared::SharedCounters) -> &AtomicU64| {
+            self.shared()
+                .map_or(0, |tier| counter(&tier.counters).load(Relaxed))
+        };
         let lookups = hits + misses;
         let canonical_bytes = d.canonical_bytes.load(Relaxed);
         let compressed_bytes = d.stored_bytes.load(Relaxed);
@@ -505,6 +585,12 @@ impl BlockCache {
             dictionaries,
             dictionary_bytes,
             dictionary_id: c.dictionary_id.load(Relaxed),
+            shared_hits: shared(|s| &s.hits),
+            shared_misses: shared(|s| &s.misses),
+            shared_errors: shared(|s| &s.errors),
+            shared_bytes_written: shared(|s| &s.bytes_written),
+            shared_dropped: shared(|s| &s.dropped),
+            shared_skipped: shared(|s| &s.skipped),
         }
     }
 
@@ -519,6 +605,7 @@ impl BlockCache {
         let c = &self.inner.counters;
         c.hot_hits.store(0, Relaxed);
         c.disk_hits.store(0, Relaxed);
+        c.shared_hits.store(0, Relaxed);
         c.misses.store(0, Relaxed);
     }
 }

@@ -1,6 +1,7 @@
 //! Test and bench support for opdbus-blockchain, kept out of the product: the private bus and
 //! the daemon process (tests, `opdbus-bench bench` and `torture`), the corpus and the one
-//! seeded RNG, a loop-mounted btrfs, a real nginx serving a directory, sshd in a network namespace, a small tmpfs, and the vector and
+//! seeded RNG, a loop-mounted btrfs, a real nginx serving a directory, sshd in a network namespace,
+//! real Redis servers and a Redis Cluster, a small tmpfs, and the vector and
 //! read-prediction bench workloads.
 //!
 //! `corpus.rs` and `loop_btrfs.rs` are also compiled into the library's own unit tests (by
@@ -16,6 +17,7 @@ mod loop_btrfs;
 pub mod nginx;
 pub mod process;
 pub mod read_bench;
+pub mod redis;
 pub mod ssh;
 pub mod tmpfs;
 pub mod vector_bench;

@@ -1,0 +1,508 @@
+//! The shared tier: blocks in a Redis server or a Redis Cluster (or Valkey), shared by every
+//! daemon pointed at it, looked up after RAM and the local disk tier and before the chain.
+//!
+//! What it stores, per chain (the 16-byte chain id of the genesis block, in hex):
+//!
+//! ```text
+//! opdbus:<chain id>:b:<block hash>   the zstd frame the disk tier wrote for the block
+//! opdbus:<chain id>:d:<dict id>      a dictionary such a frame names (8 hex digits)
+//! ```
+//! Every value is written once (`SET … NX`) and never overwritten; there is no expiry: what
+//! goes is Redis's choice (`maxmemory` and `maxmemory-policy`, e.g. `allkeys-lru`). Keys carry
+//! no hash tag, so a cluster spreads them over all its slots.
+//!
+//! Promises:
+//! - Not trusted: a value is read with `GETRANGE` up to [`MAX_FRAME`] bytes (a dictionary up
+//!   to [`MAX_DICTIONARY`]), decompressed within the chain's bound on a block, decoded and
+//!   re-hashed, and used only if its hash is the one asked for. Anything else is counted
+//!   (`shared_dropped`), logged, and the lookup goes on to the chain; it is never served and
+//!   never stored locally. A dictionary must carry the id the frame names.
+//! - Never in the way of writers: uploads are made by the cache thread, after the disk tier,
+//!   in one pipeline per batch. Every command has a deadline (`OPDBUS_SHARED_CACHE_TIMEOUT`);
+//!   a failure sets the tier aside for a backoff (1 s, doubling to 30 s), during which reads
+//!   skip it and uploads are dropped (`shared_skipped`). One warning per outage, one line when
+//!   it works again.
+//! - Bounded: at most [`MAX_CONNECTIONS`] idle connections are kept; dictionaries fetched from
+//!   the shared tier are kept in RAM up to [`MAX_FETCHED_DICTIONARIES`].
+
+use super::dictionary::Dictionaries;
+use super::disk::decode_frame;
+use crate::chain::block::{Block, Hash};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zstd::dict::DecoderDictionary;
+
+/// Default deadline of one command (`OPDBUS_SHARED_CACHE_TIMEOUT`); connecting may take
+/// [`CONNECT_FACTOR`] times as long.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
+/// Connecting (TCP, TLS, AUTH) may take this many command deadlines.
+const CONNECT_FACTOR: u32 = 10;
+/// The largest value read as a block's frame: the chain's largest block, plus zstd's worst
+/// case growth.
+pub const MAX_FRAME: usize = crate::chain::segment::MAX_BODY_LEN + 4096;
+/// The largest value read as a dictionary (ours are at most 16 KiB).
+pub const MAX_DICTIONARY: usize = 256 * 1024;
+/// Idle connections kept for readers and the cache thread.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Dictionaries fetched from the shared tier kept in RAM (then forgotten and fetched again).
+pub const MAX_FETCHED_DICTIONARIES: usize = 64;
+/// Uploads waiting for the cache thread's next flush; past this they are flushed at once.
+const FLUSH_AT: usize = 512;
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Why a shared cache address was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SharedCacheUrlError(String);
+
+/// A parsed `OPDBUS_SHARED_CACHE` address: one server, or the seed nodes of a cluster.
+#[derive(Clone)]
+pub struct SharedCacheUrl {
+    /// As written, for errors and `--show-config` (the password is left out there).
+    text: String,
+    target: Target,
+}
+
+#[derive(Clone)]
+enum Target {
+    One(Box<redis::Client>),
+    /// The seed nodes' URLs; the client is built with the deadlines ([`SharedTier::new`]).
+    Cluster(Vec<String>),
+}
+
+/// A cluster client for `nodes` with these deadlines.
+fn cluster_client(
+    nodes: &[String],
+    timeout: Duration,
+) -> redis::RedisResult<redis::cluster::ClusterClient> {
+    redis::cluster::ClusterClient::builder(nodes.to_vec())
+        .connection_timeout(timeout * CONNECT_FACTOR)
+        .response_timeout(timeout)
+        // Bounded: a node failing over is a miss now, not a stall of the reader.
+        .retries(1)
+        .build()
+}
+
+impl std::fmt::Debug for SharedCacheUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl SharedCacheUrl {
+    /// Parses `redis://`, `rediss://` (TLS), `valkey://`, `valkeys://`, `redis+unix:///path`
+    /// (one server), or `redis+cluster://` / `rediss+cluster://` followed by a comma-separated
+    /// list of `host:port` seed nodes (a cluster). A user and password go before the first
+    /// host (`redis+cluster://user:secret@h1:7000,h2:7001`); a `/db` number after the last.
+    pub fn parse(text: &str) -> Result<SharedCacheUrl, SharedCacheUrlError> {
+        let refuse = |why: String| SharedCacheUrlError(format!("{}: {why}", redact(text)));
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+            refuse("not a URL (redis://host:port or redis+cluster://h1:p1,h2:p2)".into())
+        })?;
+        let target = match scheme {
+            "redis+cluster" | "rediss+cluster" | "valkey+cluster" | "valkeys+cluster" => {
+                let node_scheme = scheme.trim_end_matches("+cluster");
+                let (authority, path) = match rest.split_once('/') {
+                    Some((authority, path)) => (authority, format!("/{path}")),
+                    None => (rest, String::new()),
+                };
+                let (user, hosts) = match authority.rsplit_once('@') {
+                    Some((user, hosts)) => (format!("{user}@"), hosts),
+                    None => (String::new(), authority),
+                };
+                let nodes: Vec<String> = hosts
+                    .split(',')
+                    .map(|host| format!("{node_scheme}://{user}{host}{path}"))
+                    .collect();
+                if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
+                    return Err(refuse("names no seed node (h1:p1,h2:p2,…)".into()));
+                }
+                cluster_client(&nodes, DEFAULT_TIMEOUT).map_err(|err| refuse(err.to_string()))?;
+                Target::Cluster(nodes)
+            }
+            "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "valkey+unix"
+            | "unix" => Target::One(Box::new(
+                redis::Client::open(text).map_err(|err| refuse(err.to_string()))?,
+            )),
+            other => {
+                return Err(refuse(format!(
+                    "unknown scheme {other:?} (redis, rediss, redis+unix, redis+cluster, rediss+cluster, or the valkey ones)"
+                )))
+            }
+        };
+        Ok(SharedCacheUrl {
+            text: text.to_string(),
+            target,
+        })
+    }
+
+    /// The address without its password (shown to every local user).
+    pub fn redacted(&self) -> String {
+        redact(&self.text)
+    }
+}
+
+/// `url` with the password of its `user:password@` left out.
+fn redact(url: &str) -> String {
+    crate::replica::run::redacted(url)
+}
+
+/// What connections are made from.
+enum Client {
+    One(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// One connection, to a server or a cluster.
+enum Connection {
+    One(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Connection {
+    fn open(client: &Client, timeout: Duration) -> redis::RedisResult<Connection> {
+        Ok(match client {
+            Client::One(client) => {
+                let connection = client.get_connection_with_timeout(timeout * CONNECT_FACTOR)?;
+                connection.set_read_timeout(Some(timeout))?;
+                connection.set_write_timeout(Some(timeout))?;
+                Connection::One(connection)
+            }
+            Client::Cluster(client) => {
+                let connection = client.get_connection()?;
+                connection.set_read_timeout(Some(timeout))?;
+                connection.set_write_timeout(Some(timeout))?;
+                Connection::Cluster(Box::new(connection))
+            }
+        })
+    }
+
+    fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Connection::One(connection) => cmd.query(connection),
+            Connection::Cluster(connection) => cmd.query(connection.as_mut()),
+        }
+    }
+
+    /// Sends every `SET key value NX` of `uploads` in one pipeline; returns the bytes of the
+    /// values Redis took (those already there are not written again).
+    fn set_new(&mut self, uploads: &[(String, Vec<u8>)]) -> redis::RedisResult<u64> {
+        let replies: Vec<redis::Value> = match self {
+            Connection::One(connection) => {
+                let mut pipe = redis::pipe();
+                for (key, value) in uploads {
+                    pipe.cmd("SET").arg(key).arg(value).arg("NX");
+                }
+                pipe.query(connection)?
+            }
+            Connection::Cluster(connection) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for (key, value) in uploads {
+                    pipe.cmd("SET").arg(key).arg(value).arg("NX");
+                }
+                pipe.query(connection.as_mut())?
+            }
+        };
+        Ok(replies
+            .iter()
+            .zip(uploads)
+            .filter(|(reply, _)| matches!(reply, redis::Value::Okay))
+            .map(|(_, (_, value))| value.len() as u64)
+            .sum())
+    }
+}
+
+/// The shared tier's counters (see [`super::CacheStats`]).
+#[derive(Default)]
+pub struct SharedCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+/// Whether the tier works, and when to try again if not.
+#[derive(Default)]
+struct Health {
+    /// Failures since the outage began (`None`: no outage).
+    failures: Option<u64>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// What waits for the next upload: `(key, value)` in the order they must land (a
+/// dictionary before the first frame that needs it).
+#[derive(Default)]
+struct Pending {
+    uploads: Vec<(String, Vec<u8>)>,
+    /// Blocks among `uploads` (for `shared_skipped` when they are dropped).
+    blocks: u64,
+    /// Dictionaries uploaded (or queued) by this process.
+    dictionaries: HashSet<u32>,
+}
+
+/// The shared tier of one chain.
+pub struct SharedTier {
+    url: SharedCacheUrl,
+    client: Client,
+    timeout: Duration,
+    /// `opdbus:<chain id hex>:`
+    prefix: String,
+    idle: Mutex<Vec<Connection>>,
+    health: Mutex<Health>,
+    fetched: parking_lot::RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
+    pending: Mutex<Pending>,
+    pub counters: SharedCounters,
+}
+
+impl SharedTier {
+    /// The tier of chain `chain_id` at `url`, each command given `timeout`. Connects on first
+    /// use, not here.
+    pub fn new(
+        url: SharedCacheUrl,
+        timeout: Duration,
+        chain_id: &[u8; 16],
+    ) -> Result<SharedTier, SharedCacheUrlError> {
+        let client = match &url.target {
+            Target::One(client) => Client::One(client.as_ref().clone()),
+            Target::Cluster(nodes) => Client::Cluster(
+                cluster_client(nodes, timeout)
+                    .map_err(|err| SharedCacheUrlError(format!("{}: {err}", url.redacted())))?,
+            ),
+        };
+        Ok(SharedTier {
+            url,
+            client,
+            timeout,
+            prefix: format!("opdbus:{}:", hex::encode(chain_id)),
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::new(Health::default()),
+            fetched: Default::default(),
+            pending: Mutex::new(Pending::default()),
+            counters: SharedCounters::default(),
+        })
+    }
+
+    /// The key of block `hash`.
+    pub fn block_key(&self, hash: &Hash) -> String {
+        format!("{}b:{}", self.prefix, hex::encode(hash))
+    }
+
+    /// The key of dictionary `id`.
+    pub fn dictionary_key(&self, id: u32) -> String {
+        format!("{}d:{id:08x}", self.prefix)
+    }
+
+    /// The verified block `hash` from the shared tier; counted as a hit or a miss (or an
+    /// error, or a drop). `local` are the disk tier's dictionaries, tried before fetching one.
+    /// `None` also when the tier is set aside after a failure.
+    pub fn get(&self, hash: &Hash, local: &Dictionaries) -> Option<Block> {
+        let key = self.block_key(hash);
+        let frame = self.with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_FRAME)))?;
+        // GETRANGE answers "" for a missing key; no frame is empty.
+        if frame.is_empty() {
+            self.counters.misses.fetch_add(1, Relaxed);
+            return None;
+        }
+        let checked = if frame.len() > MAX_FRAME {
+            Err(format!("is longer than {MAX_FRAME} bytes"))
+        } else {
+            decode_frame(&frame, |id| {
+                local.decoder(id).or_else(|| self.dictionary(id))
+            })
+            .and_then(|block| match block.hash == *hash {
+                true => Ok(block),
+                false => Err(format!(
+                    "holds a block whose hash is {}",
+                    hex::encode(block.hash)
+                )),
+            })
+        };
+        match checked {
+            Ok(block) => {
+                self.counters.hits.fetch_add(1, Relaxed);
+                Some(block)
+            }
+            Err(reason) => {
+                self.counters.dropped.fetch_add(1, Relaxed);
+                self.counters.misses.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    key,
+                    %reason,
+                    shared_cache = %self.url.redacted(),
+                    "ignored a shared cache value that does not check out"
+                );
+                None
+            }
+        }
+    }
+
+    /// Dictionary `id` from RAM, else from the shared tier (kept if it carries that id).
+    fn dictionary(&self, id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+        if let Some(dictionary) = self.fetched.read().get(&id) {
+            return Some(Arc::clone(dictionary));
+        }
+        let key = self.dictionary_key(id);
+        let bytes =
+            self.with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_DICTIONARY)))?;
+        if bytes.len() > MAX_DICTIONARY
+            || zstd::zstd_safe::get_dict_id_from_dict(&bytes).map(u32::from) != Some(id)
+        {
+            return None;
+        }
+        let dictionary = Arc::new(DecoderDictionary::copy(&bytes));
+        let mut fetched = self.fetched.write();
+        if fetched.len() >= MAX_FETCHED_DICTIONARIES {
+            fetched.clear();
+        }
+        fetched.insert(id, Arc::clone(&dictionary));
+        Some(dictionary)
+    }
+
+    /// Queues the upload of `frame` (of block `hash`), preceded by its dictionary the first
+    /// time this process sees it; `local` holds that dictionary's file. Flushed by
+    /// [`SharedTier::flush`] (at once past [`FLUSH_AT`] waiting).
+    pub fn queue(&self, hash: &Hash, frame: Vec<u8>, local: &Dictionaries) {
+        if !self.usable() {
+            self.counters.skipped.fetch_add(1, Relaxed);
+            return;
+        }
+        let full = {
+            let mut pending = self.pending.lock();
+            if let Some(id) = zstd::zstd_safe::get_dict_id_from_frame(&frame).map(u32::from) {
+                if !pending.dictionaries.contains(&id) {
+                    match local.file_bytes(id) {
+                        Ok(bytes) => {
+                            pending.uploads.push((self.dictionary_key(id), bytes));
+                            pending.dictionaries.insert(id);
+                        }
+                        // Retired meanwhile: this frame is useless to others without it.
+                        Err(_) => {
+                            self.counters.skipped.fetch_add(1, Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }
+            pending.uploads.push((self.block_key(hash), frame));
+            pending.blocks += 1;
+            pending.uploads.len() >= FLUSH_AT
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Uploads what is queued, in one pipeline. A failure drops the batch (counted as
+    /// skipped) and forgets which dictionaries were uploaded, so they are sent again.
+    pub fn flush(&self) {
+        let (uploads, blocks) = {
+            let mut pending = self.pending.lock();
+            let blocks = std::mem::take(&mut pending.blocks);
+            (std::mem::take(&mut pending.uploads), blocks)
+        };
+        if uploads.is_empty() {
+            return;
+        }
+        match self.with_connection(|c| c.set_new(&uploads)) {
+            Some(bytes) => {
+                self.counters.bytes_written.fetch_add(bytes, Relaxed);
+            }
+            None => {
+                self.counters.skipped.fetch_add(blocks, Relaxed);
+                self.pending.lock().dictionaries.clear();
+            }
+        }
+    }
+
+    /// Whether the tier is not set aside after a failure.
+    fn usable(&self) -> bool {
+        self.health
+            .lock()
+            .retry_at
+            .is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Runs `op` on an idle connection (or a new one); `None` when the tier is set aside or
+    /// `op` fails (counted, and the tier is set aside).
+    fn with_connection<T>(
+        &self,
+        op: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        if !self.usable() {
+            return None;
+        }
+        let idle = self.idle.lock().pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => match Connection::open(&self.client, self.timeout) {
+                Ok(connection) => connection,
+                Err(err) => {
+                    self.failed(&err);
+                    return None;
+                }
+            },
+        };
+        match op(&mut connection) {
+            Ok(answer) => {
+                self.succeeded();
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_CONNECTIONS {
+                    idle.push(connection);
+                }
+                Some(answer)
+            }
+            Err(err) => {
+                // The connection may hold half a reply: it is not reused.
+                self.failed(&err);
+                None
+            }
+        }
+    }
+
+    fn failed(&self, err: &redis::RedisError) {
+        self.counters.errors.fetch_add(1, Relaxed);
+        let mut health = self.health.lock();
+        health.backoff = (health.backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX);
+        health.retry_at = Some(Instant::now() + health.backoff);
+        match &mut health.failures {
+            Some(failures) => *failures += 1,
+            None => {
+                health.failures = Some(1);
+                tracing::warn!(
+                    %err,
+                    shared_cache = %self.url.redacted(),
+                    "the shared cache does not answer; reads go to the local cache and the chain, and uploads are skipped until it does (retried after {} s, then less often)",
+                    health.backoff.as_secs()
+                );
+            }
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut health = self.health.lock();
+        if let Some(failures) = health.failures.take() {
+            tracing::info!(
+                failures,
+                shared_cache = %self.url.redacted(),
+                "the shared cache works again"
+            );
+        }
+        health.retry_at = None;
+        health.backoff = Duration::ZERO;
+    }
+}
+
+/// `GETRANGE key 0 limit`: at most `limit + 1` bytes of the value, so that a value longer
+/// than any we write is seen as such without reading it whole.
+fn getrange(key: &str, limit: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("GETRANGE");
+    cmd.arg(key).arg(0).arg(limit);
+    cmd
+}

@@ -1,0 +1,346 @@
+//! The shared cache tier on real Redis: Debian's `redis-server` alone and as a three-node
+//! Redis Cluster made with `redis-cli --cluster create`, through the library's cache and
+//! through the daemon on a private bus. Values written into Redis by hand are refused; a
+//! stopped, stalled or killed node is a miss, never an error of a reader or a writer.
+
+mod common;
+
+use common::*;
+use opdbus_blockchain::cache::shared::SharedCacheUrl;
+use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats};
+use opdbus_blockchain::Block;
+use opdbus_testkit::corpus;
+use opdbus_testkit::redis::{redis_or_skip, RedisCluster, RedisServer};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CHAIN_ID: [u8; 16] = [0x5a; 16];
+const TIMEOUT: Duration = Duration::from_millis(50);
+
+/// A cache in `dir` with the shared tier at `url` (chain [`CHAIN_ID`]); nothing preloaded.
+fn open(dir: &Path, url: &str) -> BlockCache {
+    let cache = BlockCache::open(&CacheOptions::new(dir)).expect("open the cache");
+    let url = SharedCacheUrl::parse(url).expect("a shared cache URL");
+    cache
+        .attach_shared(url, TIMEOUT, &CHAIN_ID)
+        .expect("attach the shared tier");
+    cache
+}
+
+/// `blocks` put into a fresh cache in `dir` that uploads them to `url`.
+fn upload(dir: &Path, url: &str, blocks: &[Block]) -> CacheStats {
+    let cache = open(dir, url);
+    for block in blocks {
+        cache.put(block).expect("put");
+    }
+    cache.flush_shared();
+    cache.stats()
+}
+
+/// The key of `hash` under [`CHAIN_ID`], as the docs give it.
+fn block_key(block: &Block) -> String {
+    format!(
+        "opdbus:{}:b:{}",
+        hex::encode(CHAIN_ID),
+        hex::encode(block.hash)
+    )
+}
+
+fn redis_set(url: &str, key: &str, value: &[u8]) {
+    let client = redis::Client::open(url).expect("client");
+    let mut connection = client.get_connection().expect("connect");
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .exec(&mut connection)
+        .expect("SET");
+}
+
+fn redis_get(url: &str, key: &str) -> Vec<u8> {
+    let client = redis::Client::open(url).expect("client");
+    let mut connection = client.get_connection().expect("connect");
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut connection)
+        .expect("GET")
+}
+
+#[test]
+fn blocks_come_back_from_redis_checked_and_forged_values_are_refused() {
+    if !redis_or_skip("blocks_come_back_from_redis_checked_and_forged_values_are_refused") {
+        return;
+    }
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let blocks = corpus::blocks(31, 400);
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    let written = upload(&tmp.path().join("a"), &url, &blocks);
+    assert!(written.shared_bytes_written > 0, "{written:#?}");
+    assert_eq!(written.shared_errors, 0, "{written:#?}");
+    // The values are the disk tier's frames, compressed with a trained dictionary, which is
+    // stored under its id beside them.
+    let frame = redis_get(&url, &block_key(&blocks[300]));
+    let dictionary = zstd::zstd_safe::get_dict_id_from_frame(&frame)
+        .expect("a frame compressed with a dictionary");
+    let dictionary_key = format!(
+        "opdbus:{}:d:{:08x}",
+        hex::encode(CHAIN_ID),
+        dictionary.get()
+    );
+    assert!(!redis_get(&url, &dictionary_key).is_empty());
+    assert!(
+        written.shared_bytes_written < written.canonical_bytes,
+        "compressed in Redis too: {written:#?}"
+    );
+
+    // Another cache (another host), empty: every block from the shared tier, dictionaries
+    // fetched from it.
+    let reader = open(&tmp.path().join("b"), &url);
+    for block in &blocks {
+        assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
+    }
+    let stats = reader.stats();
+    assert_eq!((stats.shared_hits, stats.hits), (400, 400), "{stats:#?}");
+    assert_eq!(stats.shared_dropped, 0);
+
+    // Written once: a second upload of the same blocks writes nothing.
+    let again = upload(&tmp.path().join("c"), &url, &blocks[..10]);
+    assert_eq!(again.shared_bytes_written, 0, "{again:#?}");
+
+    // Forged by hand: another block's frame (a real block, the wrong hash), bytes that are
+    // not a frame, and a value far larger than any block. None is served; each is counted.
+    let another = redis_get(&url, &block_key(&blocks[11]));
+    redis_set(&url, &block_key(&blocks[10]), &another);
+    redis_set(&url, &block_key(&blocks[12]), b"not a zstd frame");
+    redis_set(&url, &block_key(&blocks[13]), &vec![0x28; 4 << 20]);
+    let fresh = open(&tmp.path().join("d"), &url);
+    for forged in &blocks[10..11] {
+        assert!(fresh.get(&forged.hash).is_none());
+    }
+    assert!(fresh.get(&blocks[12].hash).is_none());
+    assert!(fresh.get(&blocks[13].hash).is_none());
+    assert_eq!(fresh.get(&blocks[11].hash).as_deref(), Some(&blocks[11]));
+    let stats = fresh.stats();
+    assert_eq!(stats.shared_dropped, 3, "{stats:#?}");
+    assert_eq!((stats.shared_hits, stats.misses), (1, 3), "{stats:#?}");
+    assert_eq!(stats.hot_entries, 1, "nothing forged kept: {stats:#?}");
+    assert_eq!(stats.total_entries, 0, "nothing forged stored: {stats:#?}");
+}
+
+#[test]
+fn a_stalled_or_stopped_redis_is_a_quick_miss_and_it_is_used_again_when_back() {
+    if !redis_or_skip("a_stalled_or_stopped_redis_is_a_quick_miss_and_it_is_used_again_when_back") {
+        return;
+    }
+    let mut redis =
+        RedisServer::start_with(false, &["--enable-debug-command", "yes"]).expect("redis-server");
+    let url = redis.url();
+    let blocks = corpus::blocks(32, 50);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    upload(&tmp.path().join("a"), &url, &blocks);
+
+    // Stalled: the server sleeps for two seconds. A lookup gives up after its deadline.
+    let reader = open(&tmp.path().join("b"), &url);
+    assert!(reader.get(&blocks[0].hash).is_some(), "connected");
+    let sleeper = {
+        let redis_cli = redis.address();
+        std::thread::spawn(move || {
+            let client = redis::Client::open(format!("redis://{redis_cli}")).expect("client");
+            let mut connection = client.get_connection().expect("connect");
+            let _ = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(2)
+                .exec(&mut connection);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    assert!(reader.get(&blocks[1].hash).is_none());
+    let stalled = started.elapsed();
+    // Then set aside: no further wait at all until the backoff ends.
+    let started = Instant::now();
+    assert!(reader.get(&blocks[2].hash).is_none());
+    let set_aside = started.elapsed();
+    sleeper.join().expect("sleeper");
+    assert!(stalled < Duration::from_millis(500), "{stalled:?}");
+    assert!(set_aside < Duration::from_millis(20), "{set_aside:?}");
+    let stats = reader.stats();
+    assert_eq!(stats.shared_errors, 1, "{stats:#?}");
+
+    // Stopped: uploads are skipped, not waited for.
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(1100));
+    let writer = open(&tmp.path().join("c"), &url);
+    let more = corpus::blocks(33, 20);
+    let started = Instant::now();
+    for block in &more {
+        writer.put(block).expect("the disk tier takes it");
+    }
+    writer.flush_shared();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let stats = writer.stats();
+    assert_eq!(stats.total_entries, 20);
+    assert!(stats.shared_errors >= 1, "{stats:#?}");
+    assert!(stats.shared_skipped >= 1, "{stats:#?}");
+
+    // Back (empty: its data was not saved): used again once the backoff ends.
+    redis.restart().expect("restart redis-server");
+    upload(&tmp.path().join("d"), &url, &blocks[..5]);
+    wait_until(
+        Duration::from_secs(40),
+        "the reader to use Redis again",
+        || reader.get(&blocks[3].hash).is_some(),
+    );
+    assert!(reader.stats().shared_hits >= 2);
+}
+
+#[test]
+fn a_three_node_cluster_holds_the_tier_and_a_killed_node_costs_misses_only() {
+    if !redis_or_skip("a_three_node_cluster_holds_the_tier_and_a_killed_node_costs_misses_only") {
+        return;
+    }
+    let mut cluster = RedisCluster::start().expect("a Redis Cluster");
+    let url = cluster.url();
+    let blocks = corpus::blocks(34, 300);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let written = upload(&tmp.path().join("a"), &url, &blocks);
+    assert_eq!(written.shared_errors, 0, "{written:#?}");
+    for node in &cluster.nodes {
+        let keys: u64 = node
+            .cli(&["DBSIZE"])
+            .expect("DBSIZE")
+            .trim()
+            .parse()
+            .expect("n");
+        assert!(
+            keys > 50,
+            "keys spread over the slots, this node has {keys}"
+        );
+    }
+
+    let reader = open(&tmp.path().join("b"), &url);
+    for block in &blocks[..100] {
+        assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
+    }
+    assert_eq!(reader.stats().shared_hits, 100);
+
+    // One node killed during reads: every answer is right or a miss, and quick.
+    let victim = cluster
+        .node_of(&block_key(&blocks[150]))
+        .expect("the node of a key");
+    cluster.nodes[victim].kill();
+    let started = Instant::now();
+    let mut served = 0;
+    for block in &blocks[100..] {
+        if let Some(found) = reader.get(&block.hash) {
+            assert_eq!(found.as_ref(), block);
+            served += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let stats = reader.stats();
+    eprintln!("with a node killed: {served} of 200 served in {elapsed:?}; {stats:#?}");
+    assert!(stats.shared_errors >= 1, "{stats:#?}");
+    assert!(served < 200);
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    // The node back (empty) and the cluster whole again: the tier is used again.
+    cluster.nodes[victim].restart().expect("restart the node");
+    wait_until(
+        Duration::from_secs(30),
+        "the cluster to be ok again",
+        || cluster.is_ok(),
+    );
+    let survivor = blocks
+        .iter()
+        .rev()
+        .find(|b| {
+            cluster.node_of(&block_key(b)).is_ok_and(|n| n != victim) && !reader.is_hot(&b.hash)
+        })
+        .expect("a block on another node, not read yet");
+    wait_until(
+        Duration::from_secs(40),
+        "the reader to use the cluster again",
+        || reader.get(&survivor.hash).is_some(),
+    );
+}
+
+/// The bar: a daemon with the shared tier adds footprints; restarted with an empty cache
+/// directory it serves GetBlock from the shared tier; then Redis stops, and footprints are
+/// still acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bar_a_daemon_restarted_without_its_cache_reads_redis_and_writes_without_it() {
+    if !redis_or_skip("bar_a_daemon_restarted_without_its_cache_reads_redis_and_writes_without_it")
+    {
+        return;
+    }
+    let mut redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain_dir, cache_dir) = (dir.path().join("chain"), dir.path().join("cache"));
+    let env = [("OPDBUS_SHARED_CACHE", url.as_str())];
+    let mut daemon = Daemon::start_with_env(&bus, &chain_dir, &cache_dir, &env);
+    let connection = bus.connect().await;
+    let mut added = Vec::new();
+    for footprint in corpus::footprints(35, 120) {
+        added.push(
+            add_footprint(
+                &connection,
+                &footprint.plugin_id,
+                &footprint.operation,
+                footprint.data_json(),
+            )
+            .await
+            .expect("AddFootprint is acknowledged"),
+        );
+    }
+    wait_until(Duration::from_secs(60), "the blocks to reach Redis", || {
+        let keys: u64 = redis
+            .cli(&["DBSIZE"])
+            .expect("DBSIZE")
+            .trim()
+            .parse()
+            .expect("n");
+        keys > 120
+    });
+    daemon.stop();
+    std::fs::remove_dir_all(&cache_dir).expect("delete the cache");
+
+    daemon.restart(&bus);
+    let connection = bus.connect().await;
+    for (height, hash) in &added {
+        let block = get_block(&connection, hash).await.expect("GetBlock");
+        assert_eq!(block["height"], *height);
+    }
+    let stats: serde_json::Value = bus.call_dict("CacheStats").into();
+    eprintln!("CacheStats after a restart without a cache: {stats}");
+    assert!(stats["shared_hits"].as_u64() > Some(100), "{stats}");
+    assert_eq!(stats["shared_dropped"].as_u64(), Some(0), "{stats}");
+
+    redis.kill();
+    for footprint in corpus::footprints(36, 30) {
+        add_footprint(
+            &connection,
+            &footprint.plugin_id,
+            &footprint.operation,
+            footprint.data_json(),
+        )
+        .await
+        .expect("acknowledged with Redis gone");
+    }
+    let (height, hash) = added[7].clone();
+    let block = get_block(&connection, &hash).await.expect("GetBlock");
+    assert_eq!(block["height"], height);
+    wait_until(Duration::from_secs(30), "the outage to be counted", || {
+        let stats: serde_json::Value = bus.call_dict("CacheStats").into();
+        stats["shared_errors"].as_u64() >= Some(1)
+    });
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("the shared cache does not answer").count(),
+        1,
+        "one warning per outage:\n{log}"
+    );
+}
