@@ -344,3 +344,114 @@ async fn bar_a_daemon_restarted_without_its_cache_reads_redis_and_writes_without
         "one warning per outage:\n{log}"
     );
 }
+
+fn p50(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Measurement, not a check (`cargo test --release --test shared_cache -- --ignored
+/// --nocapture`): Redis memory per block, and the shared-tier hit p50 against a plain GET of
+/// the same values from the same client library, interleaved.
+#[test]
+#[ignore]
+fn measure_redis_bytes_per_block_and_hit_latency() {
+    if !redis_or_skip("measure_redis_bytes_per_block_and_hit_latency") {
+        return;
+    }
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let used = || -> u64 {
+        let info = redis.cli(&["INFO", "memory"]).expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory")
+    };
+    let n = 20_000;
+    let blocks = corpus::blocks(41, n);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let before = used();
+    let written = upload(&tmp.path().join("a"), &url, &blocks);
+    let after = used();
+    let canonical: usize = blocks.iter().map(|b| b.encode().len()).sum();
+    eprintln!(
+        "{n} blocks: Redis used_memory grew {} bytes = {:.0} bytes per block (canonical {:.0}, value {:.0}); {:.0} MB per million blocks",
+        after - before,
+        (after - before) as f64 / n as f64,
+        canonical as f64 / n as f64,
+        written.shared_bytes_written as f64 / n as f64,
+        (after - before) as f64 / n as f64
+    );
+
+    let reader = open(&tmp.path().join("b"), &url);
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut connection = client.get_connection().expect("connect");
+    let (mut hits, mut gets) = (Vec::new(), Vec::new());
+    for block in blocks.iter().step_by(7) {
+        let key = block_key(block);
+        let started = Instant::now();
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query(&mut connection)
+            .expect("GET");
+        gets.push(started.elapsed());
+        assert!(!value.is_empty());
+        let started = Instant::now();
+        assert!(reader.get(&block.hash).is_some());
+        hits.push(started.elapsed());
+    }
+    let (hit, get) = (p50(hits), p50(gets));
+    eprintln!(
+        "shared-tier hit p50 {hit:?} (GETRANGE, dictionary, decompress, decode, re-hash), plain GET p50 {get:?}: {:.2}x",
+        hit.as_secs_f64() / get.as_secs_f64()
+    );
+    assert_eq!(reader.stats().shared_dropped, 0);
+}
+
+/// AUTH as the URL says, with the least an ACL user needs (docs/operations.md); a wrong
+/// password is an error counted, never a panic or a wrong answer.
+#[test]
+fn an_acl_user_with_the_documented_rights_is_enough_and_a_wrong_password_is_a_miss() {
+    if !redis_or_skip(
+        "an_acl_user_with_the_documented_rights_is_enough_and_a_wrong_password_is_a_miss",
+    ) {
+        return;
+    }
+    let redis = RedisServer::start().expect("redis-server");
+    let doc = std::fs::read_to_string(repo_path("docs/operations.md")).expect("operations.md");
+    let rule = doc
+        .lines()
+        .find_map(|line| line.split("`ACL SETUSER ").nth(1))
+        .and_then(|rest| rest.split('`').next())
+        .expect("the documented ACL rule");
+    let mut args = vec!["ACL", "SETUSER"];
+    args.extend(rule.split_whitespace());
+    assert_eq!(redis.cli(&args).expect("ACL SETUSER").trim(), "OK");
+    let port = redis.port();
+    let blocks = corpus::blocks(37, 100);
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    let url = format!("redis://opdbus:s3cret@127.0.0.1:{port}");
+    let written = upload(&tmp.path().join("a"), &url, &blocks);
+    assert_eq!(written.shared_errors, 0, "{written:#?}");
+    assert!(written.shared_bytes_written > 0, "{written:#?}");
+    let reader = open(&tmp.path().join("b"), &url);
+    for block in &blocks {
+        assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
+    }
+    assert_eq!(reader.stats().shared_errors, 0);
+
+    let wrong = format!("redis://opdbus:wrong@127.0.0.1:{port}");
+    let refused = open(&tmp.path().join("c"), &wrong);
+    assert!(refused.get(&blocks[0].hash).is_none());
+    let stats = refused.stats();
+    assert_eq!(
+        (stats.shared_errors, stats.shared_hits),
+        (1, 0),
+        "{stats:#?}"
+    );
+    // The password is in no error the daemon could log or show.
+    let shown = format!("{:?}", SharedCacheUrl::parse(&wrong).expect("a valid URL"));
+    assert!(!shown.contains("wrong"), "{shown}");
+}
