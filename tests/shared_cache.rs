@@ -7,19 +7,30 @@ mod common;
 
 use common::*;
 use opdbus_blockchain::cache::shared::SharedCacheUrl;
-use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats};
+use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats, Links};
 use opdbus_blockchain::Block;
 use opdbus_testkit::corpus;
 use opdbus_testkit::redis::{redis_or_skip, RedisCluster, RedisServer};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CHAIN_ID: [u8; 16] = [0x5a; 16];
 const TIMEOUT: Duration = Duration::from_millis(50);
 
-/// A cache in `dir` with the shared tier at `url` (chain [`CHAIN_ID`]); nothing preloaded.
-fn open(dir: &Path, url: &str) -> BlockCache {
+/// The chain's hashes by height for `blocks` (heights 1..=n, linked from a zero hash), as the
+/// daemon gives its cache: blocks are then stored without their `prev_hash`.
+fn links_of(blocks: &[Block]) -> Links {
+    let mut hashes = vec![[0u8; 32]];
+    hashes.extend(blocks.iter().map(|b| b.hash));
+    Arc::new(move |height| hashes.get(height as usize).copied())
+}
+
+/// A cache in `dir` of the chain of `blocks` ([`CHAIN_ID`], its links), with the shared tier
+/// at `url`; nothing preloaded.
+fn open(dir: &Path, url: &str, blocks: &[Block]) -> BlockCache {
     let cache = BlockCache::open(&CacheOptions::new(dir)).expect("open the cache");
+    cache.set_links(links_of(blocks));
     let url = SharedCacheUrl::parse(url).expect("a shared cache URL");
     cache
         .attach_shared(url, TIMEOUT, &CHAIN_ID)
@@ -29,7 +40,7 @@ fn open(dir: &Path, url: &str) -> BlockCache {
 
 /// `blocks` put into a fresh cache in `dir` that uploads them to `url`.
 fn upload(dir: &Path, url: &str, blocks: &[Block]) -> CacheStats {
-    let cache = open(dir, url);
+    let cache = open(dir, url, blocks);
     for block in blocks {
         cache.put(block).expect("put");
     }
@@ -96,13 +107,25 @@ fn blocks_come_back_from_redis_checked_and_forged_values_are_refused() {
 
     // Another cache (another host), empty: every block from the shared tier, dictionaries
     // fetched from it.
-    let reader = open(&tmp.path().join("b"), &url);
+    let reader = open(&tmp.path().join("b"), &url, &blocks);
     for block in &blocks {
         assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
     }
     let stats = reader.stats();
     assert_eq!((stats.shared_hits, stats.hits), (400, 400), "{stats:#?}");
     assert_eq!(stats.shared_dropped, 0);
+
+    // Frames are stored without their prev_hash (the chain has it): a daemon whose chain is
+    // behind (it lacks the block below) misses, and drops nothing.
+    let behind = open(&tmp.path().join("behind"), &url, &blocks[..100]);
+    assert!(behind.get(&blocks[300].hash).is_none());
+    assert_eq!(behind.get(&blocks[50].hash).as_deref(), Some(&blocks[50]));
+    let stats = behind.stats();
+    assert_eq!(
+        (stats.shared_dropped, stats.shared_misses),
+        (0, 1),
+        "{stats:#?}"
+    );
 
     // Written once: a second upload of the same blocks writes nothing.
     let again = upload(&tmp.path().join("c"), &url, &blocks[..10]);
@@ -114,7 +137,7 @@ fn blocks_come_back_from_redis_checked_and_forged_values_are_refused() {
     redis_set(&url, &block_key(&blocks[10]), &another);
     redis_set(&url, &block_key(&blocks[12]), b"not a zstd frame");
     redis_set(&url, &block_key(&blocks[13]), &vec![0x28; 4 << 20]);
-    let fresh = open(&tmp.path().join("d"), &url);
+    let fresh = open(&tmp.path().join("d"), &url, &blocks);
     for forged in &blocks[10..11] {
         assert!(fresh.get(&forged.hash).is_none());
     }
@@ -141,7 +164,7 @@ fn a_stalled_or_stopped_redis_is_a_quick_miss_and_it_is_used_again_when_back() {
     upload(&tmp.path().join("a"), &url, &blocks);
 
     // Stalled: the server sleeps for two seconds. A lookup gives up after its deadline.
-    let reader = open(&tmp.path().join("b"), &url);
+    let reader = open(&tmp.path().join("b"), &url, &blocks);
     assert!(reader.get(&blocks[0].hash).is_some(), "connected");
     let sleeper = {
         let redis_cli = redis.address();
@@ -171,8 +194,8 @@ fn a_stalled_or_stopped_redis_is_a_quick_miss_and_it_is_used_again_when_back() {
     // Stopped: uploads are skipped, not waited for.
     redis.kill();
     std::thread::sleep(Duration::from_millis(1100));
-    let writer = open(&tmp.path().join("c"), &url);
     let more = corpus::blocks(33, 20);
+    let writer = open(&tmp.path().join("c"), &url, &more);
     let started = Instant::now();
     for block in &more {
         writer.put(block).expect("the disk tier takes it");
@@ -219,7 +242,7 @@ fn a_three_node_cluster_holds_the_tier_and_a_killed_node_costs_misses_only() {
         );
     }
 
-    let reader = open(&tmp.path().join("b"), &url);
+    let reader = open(&tmp.path().join("b"), &url, &blocks);
     for block in &blocks[..100] {
         assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
     }
@@ -384,7 +407,7 @@ fn measure_redis_bytes_per_block_and_hit_latency() {
         (after - before) as f64 / n as f64
     );
 
-    let reader = open(&tmp.path().join("b"), &url);
+    let reader = open(&tmp.path().join("b"), &url, &blocks);
     let client = redis::Client::open(url.as_str()).expect("client");
     let mut connection = client.get_connection().expect("connect");
     let (mut hits, mut gets) = (Vec::new(), Vec::new());
@@ -436,14 +459,14 @@ fn an_acl_user_with_the_documented_rights_is_enough_and_a_wrong_password_is_a_mi
     let written = upload(&tmp.path().join("a"), &url, &blocks);
     assert_eq!(written.shared_errors, 0, "{written:#?}");
     assert!(written.shared_bytes_written > 0, "{written:#?}");
-    let reader = open(&tmp.path().join("b"), &url);
+    let reader = open(&tmp.path().join("b"), &url, &blocks);
     for block in &blocks {
         assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
     }
     assert_eq!(reader.stats().shared_errors, 0);
 
     let wrong = format!("redis://opdbus:wrong@127.0.0.1:{port}");
-    let refused = open(&tmp.path().join("c"), &wrong);
+    let refused = open(&tmp.path().join("c"), &wrong, &blocks);
     assert!(refused.get(&blocks[0].hash).is_none());
     let stats = refused.stats();
     assert_eq!(

@@ -26,14 +26,24 @@
 //! process appends to packs of its own (a new one after a restart), so it never writes after
 //! bytes it has not written itself.
 //!
+//! **Links left out.** When the cache knows the chain's hashes by height ([`Links`], the
+//! daemon's chain index), a block above genesis is stored with its `prev_hash` zeroed and the
+//! top bit of its first byte (the encoding version) set to say so: 32 random bytes that no
+//! compressor can shrink, a fifth of a typical frame, and the hash of the block below, which
+//! the chain knows. A load puts the chain's hash and the version back before it decodes and
+//! re-hashes, so a frame whose link was not the chain's gives another hash and is refused as
+//! any damage is. A frame without the bit (stored without links) is read as it is; one with it
+//! read without the hash below it is a miss, not damage.
+//!
 //! Two blocks whose hashes share the first 8 bytes (2^32 work to make on purpose, never by
 //! chance) share an index slot: the newer one stored is found, the other is a miss, which the
 //! chain answers.
 
 use super::dictionary::{Dictionaries, Encoder, Trained};
 use super::sub_saturating;
-use crate::chain::block::{hash_prefix, Block, Hash};
+use crate::chain::block::{hash_prefix, Block, Hash, ENCODED_HEIGHT, ENCODED_PREV_HASH};
 use parking_lot::{Mutex, RwLock};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
@@ -51,6 +61,8 @@ const PACK_MAGIC: &[u8; 8] = b"OPDBPAK1";
 const RECORD_HEAD: usize = 12;
 /// A pack is closed for appends once it holds this much (a record may cross it).
 const PACK_LIMIT: u64 = 64 * 1024 * 1024;
+/// Set in a stored encoding's first byte (its version, 1) when its `prev_hash` was left out.
+const LINK_LEFT_OUT: u8 = 0x80;
 /// The largest zstd frame header (what the scan reads of each frame).
 const FRAME_HEADER_MAX: usize = 18;
 
@@ -65,6 +77,20 @@ pub struct DiskCounters {
     /// Sum of the pack files' sizes (record heads and records no longer indexed included).
     pub pack_bytes: AtomicU64,
     pub corrupt_dropped: AtomicU64,
+}
+
+/// The chain's block hashes by height (`None` past its head): what a stored block's left-out
+/// `prev_hash` is taken from.
+pub type Links = Arc<dyn Fn(u64) -> Option<Hash> + Send + Sync>;
+
+/// Why a frame gave no block.
+#[derive(Debug)]
+pub enum FrameError {
+    /// It was stored without its `prev_hash`, and the hash of block `height - 1` is not known
+    /// here (no links, or a chain behind): a miss, nothing is wrong with it.
+    Unlinked,
+    /// It does not check out; the reason is for the log.
+    Bad(String),
 }
 
 /// What a disk load found.
@@ -109,6 +135,8 @@ pub struct DiskTier {
     /// Read handles of the packs, opened on first use.
     readers: RwLock<HashMap<u32, Arc<File>>>,
     appender: Mutex<Appender>,
+    /// See [`Links`]; `None` until the cache is given them.
+    links: RwLock<Option<Links>>,
 }
 
 fn pack_name(number: u32) -> String {
@@ -144,6 +172,7 @@ impl DiskTier {
             index: RwLock::default(),
             readers: RwLock::default(),
             appender: Mutex::default(),
+            links: RwLock::default(),
         };
         (tier, current)
     }
@@ -182,7 +211,9 @@ impl DiskTier {
         if len != entry.frame_len || stored_key != key {
             return Err("its record head changed since it was indexed".into());
         }
-        let block = self.decode(&record[RECORD_HEAD..])?;
+        let Some(block) = self.decode(&record[RECORD_HEAD..])? else {
+            return Ok(None);
+        };
         if hash_prefix(&block.hash) != key {
             return Err(format!(
                 "holds a block whose hash is {}",
@@ -201,8 +232,42 @@ impl DiskTier {
         Some(self.readers.write().entry(number).or_insert(file).clone())
     }
 
-    fn decode(&self, frame: &[u8]) -> Result<Block, String> {
-        decode_frame(frame, |id| self.dictionaries.decoder(id))
+    fn decode(&self, frame: &[u8]) -> Result<Option<Block>, String> {
+        let links = self.links();
+        match decode_frame(frame, |id| self.dictionaries.decoder(id), links.as_ref()) {
+            Ok(block) => Ok(Some(block)),
+            Err(FrameError::Unlinked) => Ok(None),
+            Err(FrameError::Bad(reason)) => Err(reason),
+        }
+    }
+
+    /// The chain's hashes by height, if the cache was given them.
+    pub fn links(&self) -> Option<Links> {
+        self.links.read().clone()
+    }
+
+    /// Gives the cache the chain's hashes by height: from now on blocks are stored without
+    /// their `prev_hash`, and frames stored so are read.
+    pub fn set_links(&self, links: Links) {
+        *self.links.write() = Some(links);
+    }
+
+    /// What is compressed for `block`'s `encoding`: without its `prev_hash` when the cache's
+    /// links give that very hash for the block below (see the module text).
+    pub fn stored_form<'a>(&self, block: &Block, encoding: &'a [u8]) -> Cow<'a, [u8]> {
+        let linked = block.height > 0
+            && encoding.len() >= ENCODED_PREV_HASH.end
+            && self
+                .links()
+                .and_then(|links| links(block.height - 1))
+                .is_some_and(|below| below == block.prev_hash);
+        if !linked {
+            return Cow::Borrowed(encoding);
+        }
+        let mut stored = encoding.to_vec();
+        stored[0] |= LINK_LEFT_OUT;
+        stored[ENCODED_PREV_HASH].fill(0);
+        Cow::Owned(stored)
     }
 
     /// Forgets a bad record (its bytes stay in the pack) and counts it; returns the reason for
@@ -260,7 +325,7 @@ impl DiskTier {
         if !replace && self.contains(&block.hash) {
             return Ok(None);
         }
-        let frame = encoder.compress(encoding)?;
+        let frame = encoder.compress(&self.stored_form(block, encoding))?;
         let key = hash_prefix(&block.hash);
         let frame_len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
         let (pack, offset) = self.append(&record(frame_len, key, &frame))?;
@@ -536,28 +601,45 @@ impl DiskTier {
 
 /// A record: its head (frame length, hash prefix), then the frame.
 /// Decompresses one zstd frame of a block encoding (with the dictionary its header names,
-/// from `dictionary`) and decodes the block, whose hash is computed from what was decoded.
-/// Bounded: a frame claiming more than the chain's largest block is refused undecompressed.
+/// from `dictionary`), puts back a left-out `prev_hash` from `links`, and decodes the block,
+/// whose hash is computed from what was decoded. Bounded: a frame claiming more than the
+/// chain's largest block is refused undecompressed.
 pub(super) fn decode_frame(
     frame: &[u8],
     dictionary: impl FnOnce(u32) -> Option<Arc<DecoderDictionary<'static>>>,
-) -> Result<Block, String> {
+    links: Option<&Links>,
+) -> Result<Block, FrameError> {
+    let bad = FrameError::Bad;
     let size = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(size)) if size <= MAX_ENCODING => size as usize,
-        Ok(Some(size)) => return Err(format!("claims {size} bytes of content")),
-        _ => return Err("not a zstd frame with a content size".into()),
+        Ok(Some(size)) => return Err(bad(format!("claims {size} bytes of content"))),
+        _ => return Err(bad("not a zstd frame with a content size".into())),
     };
-    let encoding = match zstd::zstd_safe::get_dict_id_from_frame(frame) {
+    let mut encoding = match zstd::zstd_safe::get_dict_id_from_frame(frame) {
         Some(id) => {
-            let dictionary = dictionary(id.get())
-                .ok_or_else(|| format!("needs dictionary {:08x}, which is missing", id.get()))?;
+            let dictionary = dictionary(id.get()).ok_or_else(|| {
+                bad(format!(
+                    "needs dictionary {:08x}, which is missing",
+                    id.get()
+                ))
+            })?;
             zstd::bulk::Decompressor::with_prepared_dictionary(&dictionary)
                 .and_then(|mut d| d.decompress(frame, size))
         }
         None => zstd::bulk::decompress(frame, size),
     }
-    .map_err(|e| format!("does not decompress: {e}"))?;
-    Block::decode(&encoding).map_err(|e| format!("not a block: {e}"))
+    .map_err(|e| bad(format!("does not decompress: {e}")))?;
+    if encoding.len() >= ENCODED_PREV_HASH.end && encoding[0] & LINK_LEFT_OUT != 0 {
+        let mut height = [0u8; 8];
+        height.copy_from_slice(&encoding[ENCODED_HEIGHT]);
+        let prev = u64::from_le_bytes(height)
+            .checked_sub(1)
+            .and_then(|below| links.and_then(|links| links(below)))
+            .ok_or(FrameError::Unlinked)?;
+        encoding[0] &= !LINK_LEFT_OUT;
+        encoding[ENCODED_PREV_HASH].copy_from_slice(&prev);
+    }
+    Block::decode(&encoding).map_err(|e| bad(format!("not a block: {e}")))
 }
 
 fn record(frame_len: u32, key: u64, frame: &[u8]) -> Vec<u8> {

@@ -28,6 +28,7 @@ pub mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use disk::Links;
 pub use feed::{BlockSource, CacheFeed, Counted};
 
 use crate::chain::block::{Block, EncodedBlock, Hash};
@@ -324,6 +325,13 @@ impl BlockCache {
         Ok(())
     }
 
+    /// Gives the cache the chain's hashes by height: blocks are then stored without their
+    /// `prev_hash` (the chain has it), a fifth less to store per block (`disk.rs`). Set before
+    /// the first write; frames stored before stay readable.
+    pub fn set_links(&self, links: Links) {
+        self.inner.disk.set_links(links);
+    }
+
     /// The shared tier, if there is one.
     pub fn shared(&self) -> Option<&SharedTier> {
         self.inner.shared.get()
@@ -355,7 +363,9 @@ impl BlockCache {
     /// The block from the shared tier, verified, and kept in RAM (the cache thread stores it
     /// on disk when it catches up); not counted as a reader lookup.
     fn load_from_shared(&self, hash: &Hash) -> Option<Arc<Block>> {
-        let block = Arc::new(self.shared()?.get(hash, &self.inner.disk.dictionaries)?);
+        let links = self.inner.disk.links();
+        let shared = self.shared()?;
+        let block = Arc::new(shared.get(hash, &self.inner.disk.dictionaries, links.as_ref())?);
         self.inner.hot.insert(*hash, HotBlock::new(block.clone()));
         Some(block)
     }
@@ -512,7 +522,8 @@ impl BlockCache {
         if let (Some(shared), Some(frame)) = (self.shared(), frame) {
             shared.queue(&block.hash, frame, &self.inner.disk.dictionaries);
         }
-        let training = encoder.observe(encoding, &self.inner.disk.dictionaries);
+        let stored = self.inner.disk.stored_form(block, encoding);
+        let training = encoder.observe(&stored, &self.inner.disk.dictionaries);
         self.inner
             .counters
             .dictionary_id

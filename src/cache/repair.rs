@@ -102,6 +102,11 @@ fn repair_one(
     height: u64,
     prev: &Hash,
 ) -> Result<Repaired, String> {
+    // Stored blocks leave their prev_hash to the chain: here it is the intact block below.
+    let below = *prev;
+    cache.set_links(std::sync::Arc::new(move |h| {
+        (h + 1 == height).then_some(below)
+    }));
     let record = DamagedRecord::find(chain_dir, height)?;
     let mut candidates = record.claimed_hashes();
     if candidates.is_empty() {

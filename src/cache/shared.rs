@@ -26,7 +26,7 @@
 //!   the shared tier are kept in RAM up to [`MAX_FETCHED_DICTIONARIES`].
 
 use super::dictionary::Dictionaries;
-use super::disk::decode_frame;
+use super::disk::{decode_frame, FrameError, Links};
 use crate::chain::block::{Block, Hash};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -302,7 +302,7 @@ impl SharedTier {
     /// The verified block `hash` from the shared tier; counted as a hit or a miss (or an
     /// error, or a drop). `local` are the disk tier's dictionaries, tried before fetching one.
     /// `None` also when the tier is set aside after a failure.
-    pub fn get(&self, hash: &Hash, local: &Dictionaries) -> Option<Block> {
+    pub fn get(&self, hash: &Hash, local: &Dictionaries, links: Option<&Links>) -> Option<Block> {
         let key = self.block_key(hash);
         let frame = self.with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_FRAME)))?;
         // GETRANGE answers "" for a missing key; no frame is empty.
@@ -311,17 +311,19 @@ impl SharedTier {
             return None;
         }
         let checked = if frame.len() > MAX_FRAME {
-            Err(format!("is longer than {MAX_FRAME} bytes"))
+            Err(FrameError::Bad(format!("is longer than {MAX_FRAME} bytes")))
         } else {
-            decode_frame(&frame, |id| {
-                local.decoder(id).or_else(|| self.dictionary(id))
-            })
+            decode_frame(
+                &frame,
+                |id| local.decoder(id).or_else(|| self.dictionary(id)),
+                links,
+            )
             .and_then(|block| match block.hash == *hash {
                 true => Ok(block),
-                false => Err(format!(
+                false => Err(FrameError::Bad(format!(
                     "holds a block whose hash is {}",
                     hex::encode(block.hash)
-                )),
+                ))),
             })
         };
         match checked {
@@ -329,7 +331,12 @@ impl SharedTier {
                 self.counters.hits.fetch_add(1, Relaxed);
                 Some(block)
             }
-            Err(reason) => {
+            // Stored without its link, and this chain lacks the block below (it is behind).
+            Err(FrameError::Unlinked) => {
+                self.counters.misses.fetch_add(1, Relaxed);
+                None
+            }
+            Err(FrameError::Bad(reason)) => {
                 self.counters.dropped.fetch_add(1, Relaxed);
                 self.counters.misses.fetch_add(1, Relaxed);
                 tracing::warn!(

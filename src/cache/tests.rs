@@ -750,3 +750,54 @@ fn measure_put_rate() {
     let load = 25_000.0 / started.elapsed().as_secs_f64();
     eprintln!("put {put:.0} blocks/s; compression alone {compress:.0} blocks/s; disk loads {load:.0} blocks/s");
 }
+
+/// The chain's hashes by height for `blocks` (heights 1..=n linked from a zero hash).
+fn links_of(blocks: &[Block]) -> Links {
+    let mut hashes = vec![crate::chain::block::ZERO_HASH];
+    hashes.extend(blocks.iter().map(|b| b.hash));
+    Arc::new(move |height| hashes.get(height as usize).copied())
+}
+
+#[test]
+fn blocks_are_stored_without_their_link_and_read_back_with_the_chains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = corpus::blocks(5, 300);
+    let plain_dir = tempfile::tempdir().expect("tempdir");
+    let plain = open(plain_dir.path(), DEFAULT_HOT_BYTES);
+    let linked = open(dir.path(), DEFAULT_HOT_BYTES);
+    linked.set_links(links_of(&blocks));
+    for block in &blocks {
+        plain.put(block).expect("put");
+        linked.put(block).expect("put");
+    }
+    let (plain, stats) = (plain.stats(), linked.stats());
+    eprintln!(
+        "ratio with the link stored {:.2}x, without {:.2}x",
+        plain.compression_ratio, stats.compression_ratio
+    );
+    assert!(stats.compressed_bytes + 300 * 25 < plain.compressed_bytes);
+    drop(linked);
+
+    // Read by a process that has the chain: every block, re-hashed.
+    let reader = open(dir.path(), DEFAULT_HOT_BYTES);
+    reader.set_links(links_of(&blocks));
+    for block in &blocks {
+        assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
+    }
+    assert_eq!(reader.stats().disk_hits, 300);
+
+    // Without the chain's hashes: misses, and nothing is dropped as damage.
+    let unlinked = open(dir.path(), DEFAULT_HOT_BYTES);
+    assert!(unlinked.get(&blocks[10].hash).is_none());
+    let stats = unlinked.stats();
+    assert_eq!((stats.misses, stats.corrupt_dropped), (1, 0), "{stats:#?}");
+    assert_eq!(stats.total_entries, 300);
+
+    // With a link that is not the chain's (another chain's hashes): the block re-hashes to
+    // something else and is refused as damage.
+    let other = corpus::blocks(6, 300);
+    let forged = open(dir.path(), DEFAULT_HOT_BYTES);
+    forged.set_links(links_of(&other));
+    assert!(forged.get(&blocks[10].hash).is_none());
+    assert_eq!(forged.stats().corrupt_dropped, 1);
+}

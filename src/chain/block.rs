@@ -28,6 +28,10 @@ use std::sync::Arc;
 pub const ENCODING_VERSION: u8 = 1;
 /// Size of the fixed part of the encoding, before the first length-prefixed field.
 const FIXED_LEN: usize = 1 + 8 + 8 + 32 + 4 + 4;
+/// Where [`Block::encode`] puts the height and the `prev_hash` (the block cache leaves the
+/// latter out of what it stores, see `cache/disk.rs`).
+pub const ENCODED_HEIGHT: std::ops::Range<usize> = 1..9;
+pub const ENCODED_PREV_HASH: std::ops::Range<usize> = 17..49;
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
 /// The `prev_hash` of the genesis block.

@@ -2,6 +2,7 @@
 //! `cargo build --release --workspace`, it finds opdbus-blockchaind beside itself in target/.
 
 mod bench;
+mod bench_cache;
 mod bench_log;
 mod bench_tlog;
 mod bench_vectors;
@@ -75,6 +76,18 @@ enum Command {
         /// Runs of each measurement (the median is printed).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
         runs: u64,
+    },
+    /// Measure the block cache: its compression ratio on the project's corpus and on a
+    /// held-out one, for the disk tier and the shared tier, and the shared tier on a real
+    /// redis-server started here (a hit against a plain GET of the same values; the hit rates
+    /// of two daemons of one chain reading through it). The last part of `bench` too.
+    BenchCache {
+        /// A short run (2,000 blocks per corpus instead of 20,000).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the figures as one flat JSON object to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Crash harness: kill -9 the real daemon under concurrent writers, restart, check.
     ///
@@ -152,6 +165,15 @@ fn main() -> ExitCode {
             segment_bytes,
         }),
         Command::Bench(args) => bench::run(args),
+        Command::BenchCache { quick, json } => {
+            bench_cache::run(&bench_cache::CacheBenchPlan::new(quick)).and_then(|figures| {
+                match json {
+                    Some(path) => bench::write_json(&path, figures),
+                    None => Ok(()),
+                }
+                .map(|()| ExitCode::SUCCESS)
+            })
+        }
         Command::DurableFloor { address, dir } => bench::serve_durable_floor(&address, &dir),
         Command::BenchLog { blocks, dir, runs } => bench_log::run(bench_log::LogArgs {
             blocks,

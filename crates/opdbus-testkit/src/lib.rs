@@ -13,6 +13,7 @@ use opdbus_blockchain::{chain, footprint};
 
 pub mod chain_files;
 pub mod corpus;
+pub mod corpus_fleet;
 mod loop_btrfs;
 pub mod nginx;
 pub mod process;

@@ -133,6 +133,12 @@ pub fn run(args: BenchArgs) -> Outcome {
         runtime.block_on(measure_all(&plan, args.btrfs))?
     };
     print_table(&figures);
+    let mut figures = figures;
+    if args.soak.is_none() && !args.transparency_only {
+        eprintln!("bench: the block cache's compression and shared tier");
+        let cache = crate::bench_cache::run(&crate::bench_cache::CacheBenchPlan::new(args.quick))?;
+        figures.json.extend(cache);
+    }
     if let (Some(path), Some(mut file)) = (&args.json, json_file) {
         let text = serde_json::to_string_pretty(&Value::Object(figures.json))
             .map_err(|e| format!("cannot encode the figures: {e}"))?;
@@ -143,6 +149,13 @@ pub fn run(args: BenchArgs) -> Outcome {
     eprintln!("bench: cleaning up");
     drop(stage);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `figures` as one pretty JSON object to `path`.
+pub fn write_json(path: &Path, figures: serde_json::Map<String, Value>) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(&Value::Object(figures))
+        .map_err(|e| format!("cannot encode the figures: {e}"))?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// AddFootprint with 16 clients for `duration`, nothing else.
