@@ -478,3 +478,138 @@ fn an_acl_user_with_the_documented_rights_is_enough_and_a_wrong_password_is_a_mi
     let shown = format!("{:?}", SharedCacheUrl::parse(&wrong).expect("a valid URL"));
     assert!(!shown.contains("wrong"), "{shown}");
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// TLS as the URL says (`rediss://`), checked against the system's CA store, which
+/// `SSL_CERT_FILE` points at a test CA here: the daemon uploads through TLS; a client that
+/// does not trust the CA gets nothing and counts an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_uploads_over_tls_and_an_untrusted_certificate_is_refused() {
+    if !redis_or_skip("rediss_uploads_over_tls_and_an_untrusted_certificate_is_refused") {
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=opdbus test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &csr);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let path = |name: &str| dir.join(name).to_str().expect("utf-8").to_owned();
+    let (cert, key, ca_pem) = (path("server.pem"), path("server.key"), path("ca.pem"));
+    let redis = RedisServer::start_with(
+        false,
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca_pem,
+            "--tls-auth-clients",
+            "no",
+        ],
+    )
+    .expect("redis-server with TLS");
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+
+    let bus = Bus::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("OPDBUS_SHARED_CACHE", url.as_str()),
+        ("SSL_CERT_FILE", ca_pem.as_str()),
+    ];
+    let _daemon = Daemon::start_with_env(
+        &bus,
+        &work.path().join("chain"),
+        &work.path().join("cache"),
+        &env,
+    );
+    let connection = bus.connect().await;
+    for footprint in corpus::footprints(38, 30) {
+        add_footprint(
+            &connection,
+            &footprint.plugin_id,
+            &footprint.operation,
+            footprint.data_json(),
+        )
+        .await
+        .expect("AddFootprint");
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "the blocks to reach Redis over TLS",
+        || {
+            let keys: u64 = redis
+                .cli(&["DBSIZE"])
+                .expect("DBSIZE")
+                .trim()
+                .parse()
+                .expect("n");
+            keys > 30
+        },
+    );
+    let stats: serde_json::Value = bus.call_dict("CacheStats").into();
+    assert_eq!(stats["shared_errors"].as_u64(), Some(0), "{stats}");
+
+    // This test process trusts only the system's CAs, not the test CA.
+    let blocks = corpus::blocks(38, 5);
+    let untrusting = open(&work.path().join("other"), &url, &blocks);
+    assert!(untrusting.get(&blocks[0].hash).is_none());
+    let stats = untrusting.stats();
+    assert_eq!(
+        (stats.shared_errors, stats.shared_hits),
+        (1, 0),
+        "{stats:#?}"
+    );
+}
