@@ -492,7 +492,8 @@ enum Command {
         bus: Bus,
     },
     /// Print the running daemon's cache counters and sizes (CacheStats over D-Bus): entries
-    /// in RAM and on disk, hits, misses, hit rate, compression ratio, write failures.
+    /// in RAM and on disk, hits, misses, hit rate, compression ratio, write failures, and the
+    /// shared tier's hits, misses, errors and bytes written (OPDBUS_SHARED_CACHE).
     Stats {
         #[command(flatten)]
         bus: Bus,
