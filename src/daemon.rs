@@ -166,6 +166,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.replicas_dir,
         &config.witness_key,
         chain.numa_topology(),
+        config
+            .shared_cache
+            .clone()
+            .map(|url| (url, config.shared_cache_timeout)),
     ) {
         Ok(replicas) => replicas,
         Err(err) => {

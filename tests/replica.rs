@@ -43,6 +43,11 @@ impl Source {
 
     /// A source whose transparency log issues a checkpoint at most every `interval`.
     fn start_with_interval(interval: &str) -> Source {
+        Source::start_with(interval, &[])
+    }
+
+    /// As [`Source::start_with_interval`], with more settings for the daemon.
+    fn start_with(interval: &str, env: &[(&str, &str)]) -> Source {
         let dir = tempfile::tempdir().expect("tempdir");
         let chain = dir.path().join("chain");
         let key = dir.path().join("keys/signing.key");
@@ -53,10 +58,15 @@ impl Source {
             &chain,
             &dir.path().join("cache"),
             &[
-                ("OPDBUS_SIGNING_KEY", path_str(&key)),
-                ("OPDBUS_CHECKPOINT_INTERVAL", interval),
-                ("OPDBUS_SEGMENT_BYTES", "65536"),
-            ],
+                [
+                    ("OPDBUS_SIGNING_KEY", path_str(&key)),
+                    ("OPDBUS_CHECKPOINT_INTERVAL", interval),
+                    ("OPDBUS_SEGMENT_BYTES", "65536"),
+                ]
+                .as_slice(),
+                env,
+            ]
+            .concat(),
         );
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let connection = runtime.block_on(bus.connect());
@@ -1420,4 +1430,83 @@ fn lag_of_a_following_replica_under_5k_footprints_per_second() {
         lags.last().expect("samples"),
         lags.len()
     );
+}
+
+/// A replica and its source sharing a Redis serve each other's reads from it: the source
+/// writes while Redis is down (nothing of it reaches Redis), the daemon following it as a
+/// replica gives the blocks it verified to Redis, and the source, restarted without its cache,
+/// loads them from there.
+#[test]
+fn a_replica_gives_what_it_verified_to_the_shared_cache_and_the_source_reads_it_there() {
+    let test = "a_replica_gives_what_it_verified_to_the_shared_cache_and_the_source_reads_it_there";
+    if !nginx_or_skip(test) || !opdbus_testkit::redis::redis_or_skip(test) {
+        return;
+    }
+    let mut redis = opdbus_testkit::redis::RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let dbsize = |redis: &opdbus_testkit::redis::RedisServer| -> u64 {
+        redis
+            .cli(&["DBSIZE"])
+            .expect("DBSIZE")
+            .trim()
+            .parse()
+            .expect("a count")
+    };
+    redis.kill();
+    let mut source = Source::start_with("100ms", &[("OPDBUS_SHARED_CACHE", &url)]);
+    let size = source.add(100);
+    redis.restart().expect("restart redis-server");
+    assert_eq!(
+        dbsize(&redis),
+        0,
+        "the source uploaded nothing while Redis was down"
+    );
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let spec = format!("{} {}", source.url(), source.vkey);
+    let bus = Bus::start();
+    let _replica = Daemon::start_with_env(
+        &bus,
+        &work.path().join("chain"),
+        &work.path().join("cache"),
+        &[
+            (
+                "OPDBUS_SIGNING_KEY",
+                path_str(&work.path().join("keys/signing.key")),
+            ),
+            ("OPDBUS_REPLICA_OF", &spec),
+            (
+                "OPDBUS_REPLICAS_DIR",
+                path_str(&work.path().join("replicas")),
+            ),
+            (
+                "OPDBUS_WITNESS_KEY",
+                path_str(&work.path().join("keys/witness.key")),
+            ),
+            ("OPDBUS_SHARED_CACHE", &url),
+        ],
+    );
+    // Block keys by chain: the replica daemon's own chain has its genesis there too.
+    let most_blocks_of_one_chain = || -> u64 {
+        let keys = redis
+            .cli(&["--scan", "--pattern", "opdbus:*:b:*"])
+            .expect("SCAN");
+        let mut chains = std::collections::BTreeMap::<String, u64>::new();
+        for key in keys.lines() {
+            let chain = key.split(':').nth(1).unwrap_or_default().to_string();
+            *chains.entry(chain).or_default() += 1;
+        }
+        chains.into_values().max().unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(30), "the replica's uploads", || {
+        most_blocks_of_one_chain() == size
+    });
+
+    source.daemon.stop();
+    std::fs::remove_dir_all(source.dir.path().join("cache")).expect("delete the cache");
+    source.daemon.restart(&source.bus);
+    let stats: serde_json::Value = source.bus.call_dict("CacheStats").into();
+    let from_redis = stats["shared_hits"].as_u64().expect("shared_hits");
+    assert!(from_redis >= size - 1, "{stats}");
+    assert_eq!(stats["shared_dropped"].as_u64(), Some(0), "{stats}");
 }

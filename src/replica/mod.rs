@@ -186,6 +186,7 @@ impl Replica {
             if copy.rebuilt {
                 index.locations.clear();
                 index.by_hash.clear();
+                index.hashes.clear();
             }
             for (segment, offset, len, hash) in copy.staged.drain(..) {
                 index.push(segment, offset, len, &hash);
@@ -874,12 +875,13 @@ impl Witness {
 
 /// Where each verified block of a copy is, to read it back (the daemon serves its copies'
 /// blocks): per height its segment, offset and record length, and the height of each hash.
-/// Only what a checkpoint covered is in it. 52 bytes a block and the hash map's share.
+/// Only what a checkpoint covered is in it. 84 bytes a block and the hash map's share.
 #[derive(Default)]
 pub struct CopyIndex {
     dir: PathBuf,
     locations: Vec<(u64, u64, u32)>,
     by_hash: std::collections::HashMap<Hash, u64>,
+    hashes: Vec<Hash>,
 }
 
 /// A copy's index, shared by its replica (which extends it after each round) and readers.
@@ -893,6 +895,11 @@ impl CopyIndex {
 
     pub fn height_of(&self, hash: &Hash) -> Option<u64> {
         self.by_hash.get(hash).copied()
+    }
+
+    /// The hash of the verified block at `height`.
+    pub fn hash_at(&self, height: u64) -> Option<Hash> {
+        self.hashes.get(height as usize).copied()
     }
 
     /// The copy's chain directory.
@@ -935,6 +942,7 @@ impl CopyIndex {
     fn push(&mut self, segment: u64, offset: u64, len: u32, hash: &Hash) {
         self.by_hash.insert(*hash, self.locations.len() as u64);
         self.locations.push((segment, offset, len));
+        self.hashes.push(*hash);
     }
 }
 

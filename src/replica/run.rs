@@ -2,10 +2,17 @@
 //! [`Replica::follow`] into its own directory, with a status for `ReplicaStatus` and a
 //! notice for the `ReplicaDiverged` signal and the journal when a source diverges (the thread
 //! then stops, the copy kept as verified, until an operator acts and restarts the daemon).
+//!
+//! With a shared cache tier (`OPDBUS_SHARED_CACHE`), each replica also gives the blocks it
+//! verified to that tier, compressed as the source's own cache would (through a block cache of
+//! its own beside the copy, `<copy>.cache`): a source, or a host restored from the copy, whose
+//! cache is empty then reads them there before its chain.
 
 use super::http::HttpSource;
 use super::ssh::SshSource;
-use super::{Replica, ReplicaError, Source, Witness};
+use super::{Replica, ReplicaError, SharedIndex, Source, Witness};
+use crate::cache::shared::SharedCacheUrl;
+use crate::cache::{BlockCache, CacheOptions};
 use crate::config::ReplicaSpec;
 use crate::tlog::cosign::Cosigner;
 use crate::tlog::SigningKey;
@@ -81,6 +88,7 @@ impl Replicas {
         dir: &Path,
         witness_key: &Path,
         numa: Option<Arc<crate::numa::NumaTopology>>,
+        shared: Option<(SharedCacheUrl, Duration)>,
     ) -> Result<Replicas, String> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (diverged, _) = tokio::sync::broadcast::channel(16);
@@ -136,6 +144,7 @@ impl Replicas {
                 status,
                 stopped: stopped.clone(),
                 diverged: replicas.diverged.clone(),
+                shared: shared.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name("opdbus-replica".into())
@@ -193,6 +202,74 @@ struct Run {
     status: Arc<RwLock<Status>>,
     stopped: crossbeam_channel::Receiver<()>,
     diverged: tokio::sync::broadcast::Sender<Diverged>,
+    /// The shared cache tier the verified blocks are given to.
+    shared: Option<(SharedCacheUrl, Duration)>,
+}
+
+/// Where a replica's uploads to the shared tier stand.
+enum Uploading {
+    /// Not opened yet (or the copy has no genesis block yet).
+    NotYet,
+    To(Box<Upload>),
+    /// Opening failed (logged).
+    GaveUp,
+}
+
+/// Gives a copy's verified blocks to the shared cache tier.
+struct Upload {
+    cache: BlockCache,
+    /// Every verified block below this height was handed to the cache.
+    next: u64,
+}
+
+impl Upload {
+    /// A block cache in `<copy>.cache` of the copy's chain, with its links and the shared
+    /// tier; `Ok(None)` while the copy has no genesis block yet.
+    fn open(
+        copy: &Path,
+        index: &SharedIndex,
+        (url, timeout): &(SharedCacheUrl, Duration),
+    ) -> Result<Option<Upload>, String> {
+        let chain_id = match crate::chain::rewrite::chain_id(copy) {
+            Ok(Some(id)) => id,
+            Ok(None) => return Ok(None),
+            Err(err) => return Err(err.to_string()),
+        };
+        let mut options = CacheOptions::new(format!("{}.cache", copy.display()));
+        options.hot_bytes = 1 << 20;
+        let cache = BlockCache::open(&options).map_err(|err| err.to_string())?;
+        let index = index.clone();
+        cache.set_links(Arc::new(move |height| index.read().hash_at(height)));
+        cache
+            .attach_shared(url.clone(), *timeout, &chain_id)
+            .map_err(|err| err.to_string())?;
+        Ok(Some(Upload { cache, next: 0 }))
+    }
+
+    /// Hands the blocks verified since the last call to the cache, which stores those it
+    /// lacks and uploads them (blocks it has were uploaded before).
+    fn verified(&mut self, index: &SharedIndex) {
+        loop {
+            let location = index.read().location(self.next);
+            let Some(location) = location else { break };
+            match super::read_block(location, self.next) {
+                Ok(block) => {
+                    if let Err(err) = self.cache.put(&block) {
+                        tracing::debug!(%err, height = self.next, "replica: a block not cached");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "replica: a verified block is not readable");
+                    break;
+                }
+            }
+            self.next += 1;
+            if self.next.is_multiple_of(256) {
+                self.cache.flush_shared();
+            }
+        }
+        self.cache.flush_shared();
+    }
 }
 
 impl Run {
@@ -222,6 +299,30 @@ impl Run {
         }
     }
 
+    /// Gives what the copy verified to the shared tier (opening the uploader on the first
+    /// round that has a genesis block; a failure to open is logged once and not retried until
+    /// the copy is opened again).
+    fn upload(&self, upload: &mut Uploading) {
+        let Some(shared) = &self.shared else { return };
+        if let Uploading::NotYet = upload {
+            match Upload::open(&self.dir, &self.index, shared) {
+                Ok(Some(opened)) => *upload = Uploading::To(Box::new(opened)),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(
+                        SOURCE = %self.shown(),
+                        %err,
+                        "replica: cannot give its blocks to the shared cache: {err}"
+                    );
+                    *upload = Uploading::GaveUp;
+                }
+            }
+        }
+        if let Uploading::To(upload) = upload {
+            upload.verified(&self.index);
+        }
+    }
+
     /// Opens the copy and follows the source until a stop (`None`), a divergence (reported,
     /// `None`) or a local error, opening included (returned).
     fn follow_once(&self, wait: &dyn Fn(Duration) -> bool) -> Option<ReplicaError> {
@@ -240,12 +341,14 @@ impl Run {
             status.source_size = status.source_size.max(accepted.size);
         }
         let mut failing = false;
+        let mut upload = Uploading::NotYet;
         let ended = replica.follow(
             self.source.as_ref(),
             FOLLOW_INTERVAL,
             |outcome| {
                 match outcome {
                     Ok(round) => {
+                        self.upload(&mut upload);
                         let mut status = self.status.write();
                         status.verified_size = round.checkpoint.size;
                         status.source_size = round.checkpoint.size;

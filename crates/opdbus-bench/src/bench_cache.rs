@@ -194,7 +194,7 @@ fn store(dir: &Path, redis: Option<&RedisServer>, blocks: &[Block]) -> Result<Ca
         cache
             .put(block)
             .map_err(|e| format!("cannot store a block: {e}"))?;
-        if block.height % 256 == 0 {
+        if block.height.is_multiple_of(256) {
             cache.flush_shared();
         }
     }
