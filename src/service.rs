@@ -574,8 +574,7 @@ impl OptimizedBlockchain {
         let chain =
             StreamingBlockchain::open_with(options, on_writer_start, Some(Box::new(feed.hook())))
                 .await?;
-        let reader = chain.reader().clone();
-        cache.set_links(Arc::new(move |height| reader.hash_at(height)));
+        cache.set_links(Arc::new(chain.reader().clone()));
         if let Some(url) = cache_options.shared.clone() {
             let attached = cache.attach_shared(
                 url,

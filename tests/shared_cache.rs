@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use opdbus_blockchain::cache::shared::SharedCacheUrl;
-use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats, Links};
+use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats, ChainHashes, Links};
 use opdbus_blockchain::Block;
 use opdbus_testkit::corpus;
 use opdbus_testkit::redis::{redis_or_skip, RedisCluster, RedisServer};
@@ -23,7 +23,7 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 fn links_of(blocks: &[Block]) -> Links {
     let mut hashes = vec![[0u8; 32]];
     hashes.extend(blocks.iter().map(|b| b.hash));
-    Arc::new(move |height| hashes.get(height as usize).copied())
+    Arc::new(ChainHashes::new(hashes))
 }
 
 /// A cache in `dir` of the chain of `blocks` ([`CHAIN_ID`], its links), with the shared tier
@@ -115,40 +115,93 @@ fn blocks_come_back_from_redis_checked_and_forged_values_are_refused() {
     assert_eq!((stats.shared_hits, stats.hits), (400, 400), "{stats:#?}");
     assert_eq!(stats.shared_dropped, 0);
 
-    // Frames are stored without their prev_hash (the chain has it): a daemon whose chain is
-    // behind (it lacks the block below) misses, and drops nothing.
+    // A daemon whose chain is behind does not ask for blocks it does not have (it could not
+    // tell them from forgeries), and reads those it has.
     let behind = open(&tmp.path().join("behind"), &url, &blocks[..100]);
     assert!(behind.get(&blocks[300].hash).is_none());
     assert_eq!(behind.get(&blocks[50].hash).as_deref(), Some(&blocks[50]));
     let stats = behind.stats();
     assert_eq!(
         (stats.shared_dropped, stats.shared_misses),
-        (0, 1),
+        (0, 0),
         "{stats:#?}"
     );
 
     // Written once: a second upload of the same blocks writes nothing.
     let again = upload(&tmp.path().join("c"), &url, &blocks[..10]);
     assert_eq!(again.shared_bytes_written, 0, "{again:#?}");
+    assert_eq!(again.shared_errors, 0, "{again:#?}");
 
     // Forged by hand: another block's frame (a real block, the wrong hash), bytes that are
-    // not a frame, and a value far larger than any block. None is served; each is counted.
+    // not a frame, and a value longer than any frame the daemon reads (GETRANGE stops there).
+    // None is served; each is counted once and not asked for again.
     let another = redis_get(&url, &block_key(&blocks[11]));
     redis_set(&url, &block_key(&blocks[10]), &another);
     redis_set(&url, &block_key(&blocks[12]), b"not a zstd frame");
-    redis_set(&url, &block_key(&blocks[13]), &vec![0x28; 4 << 20]);
+    let mut long = redis_get(&url, &block_key(&blocks[14]));
+    long.resize(opdbus_blockchain::cache::shared::MAX_FRAME + 10, 0);
+    redis_set(&url, &block_key(&blocks[13]), &long);
+    drop(long);
     let fresh = open(&tmp.path().join("d"), &url, &blocks);
-    for forged in &blocks[10..11] {
-        assert!(fresh.get(&forged.hash).is_none());
+    for _ in 0..2 {
+        assert!(fresh.get(&blocks[10].hash).is_none());
+        assert!(fresh.get(&blocks[12].hash).is_none());
+        assert!(fresh.get(&blocks[13].hash).is_none());
     }
-    assert!(fresh.get(&blocks[12].hash).is_none());
-    assert!(fresh.get(&blocks[13].hash).is_none());
     assert_eq!(fresh.get(&blocks[11].hash).as_deref(), Some(&blocks[11]));
     let stats = fresh.stats();
     assert_eq!(stats.shared_dropped, 3, "{stats:#?}");
-    assert_eq!((stats.shared_hits, stats.misses), (1, 3), "{stats:#?}");
+    assert_eq!((stats.shared_hits, stats.misses), (1, 6), "{stats:#?}");
     assert_eq!(stats.hot_entries, 1, "nothing forged kept: {stats:#?}");
     assert_eq!(stats.total_entries, 0, "nothing forged stored: {stats:#?}");
+}
+
+/// A block that is not in this chain is never read from Redis, however well it hashes: one
+/// made by whoever can write there, stored under its own (correct) hash and the chain's id.
+/// And a key of another type (a tenant's LPUSH) is a miss that costs only that read.
+#[test]
+fn a_well_hashed_block_of_no_chain_and_a_key_of_another_type_are_misses() {
+    if !redis_or_skip("a_well_hashed_block_of_no_chain_and_a_key_of_another_type_are_misses") {
+        return;
+    }
+    let redis = RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let blocks = corpus::blocks(39, 50);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    upload(&tmp.path().join("a"), &url, &blocks);
+    // The forger's block: height 20, linked to this chain's block 19, any content.
+    let genuine = &blocks[19];
+    let forged = Block::new(
+        genuine.height,
+        genuine.timestamp_ns,
+        genuine.prev_hash,
+        genuine.caller.clone(),
+        genuine.plugin.clone(),
+        "forged".into(),
+        r#"{"forged":true}"#.into(),
+    );
+    let frame = zstd::bulk::compress(&forged.encode(), 3).expect("zstd");
+    redis_set(&url, &block_key(&forged), &frame);
+    let reader = open(&tmp.path().join("b"), &url, &blocks);
+    assert!(reader.get(&forged.hash).is_none());
+    let stats = reader.stats();
+    assert_eq!(
+        (stats.shared_hits, stats.shared_misses, stats.misses),
+        (0, 0, 1),
+        "not even asked for: {stats:#?}"
+    );
+
+    let key = block_key(&blocks[5]);
+    let _ = redis.cli(&["DEL", &key]).expect("DEL");
+    assert_eq!(redis.cli(&["LPUSH", &key, "x"]).expect("LPUSH").trim(), "1");
+    assert!(reader.get(&blocks[5].hash).is_none());
+    assert_eq!(reader.get(&blocks[6].hash).as_deref(), Some(&blocks[6]));
+    let stats = reader.stats();
+    assert_eq!(
+        (stats.shared_errors, stats.shared_hits),
+        (1, 1),
+        "{stats:#?}"
+    );
 }
 
 #[test]

@@ -79,9 +79,52 @@ pub struct DiskCounters {
     pub corrupt_dropped: AtomicU64,
 }
 
-/// The chain's block hashes by height (`None` past its head): what a stored block's left-out
-/// `prev_hash` is taken from.
-pub type Links = Arc<dyn Fn(u64) -> Option<Hash> + Send + Sync>;
+/// The chain's index of its blocks: what a stored block's left-out `prev_hash` is taken from,
+/// and what decides whether a block from the shared tier belongs to this chain.
+pub trait ChainIndex: Send + Sync {
+    /// The hash of the chain's block at `height` (`None` past its head).
+    fn hash_at(&self, height: u64) -> Option<Hash>;
+    /// The height of the chain's block with `hash`, if the chain has it.
+    fn height_of(&self, hash: &Hash) -> Option<u64>;
+}
+
+/// A cache's view of its chain's index.
+pub type Links = Arc<dyn ChainIndex>;
+
+impl ChainIndex for crate::chain::store::ChainReader {
+    fn hash_at(&self, height: u64) -> Option<Hash> {
+        crate::chain::store::ChainReader::hash_at(self, height)
+    }
+    fn height_of(&self, hash: &Hash) -> Option<u64> {
+        crate::chain::store::ChainReader::height_of(self, hash)
+    }
+}
+
+/// The hashes of a chain held in RAM, by height and by hash (tests, the bench, repair).
+pub struct ChainHashes {
+    by_height: Vec<Hash>,
+    by_hash: HashMap<Hash, u64>,
+}
+
+impl ChainHashes {
+    /// `hashes[h]` is the hash at height `h`.
+    pub fn new(hashes: Vec<Hash>) -> ChainHashes {
+        let by_hash = (0u64..).zip(&hashes).map(|(h, hash)| (*hash, h)).collect();
+        ChainHashes {
+            by_height: hashes,
+            by_hash,
+        }
+    }
+}
+
+impl ChainIndex for ChainHashes {
+    fn hash_at(&self, height: u64) -> Option<Hash> {
+        self.by_height.get(usize::try_from(height).ok()?).copied()
+    }
+    fn height_of(&self, hash: &Hash) -> Option<u64> {
+        self.by_hash.get(hash).copied()
+    }
+}
 
 /// Why a frame gave no block.
 #[derive(Debug)]
@@ -89,6 +132,8 @@ pub enum FrameError {
     /// It was stored without its `prev_hash`, and the hash of block `height - 1` is not known
     /// here (no links, or a chain behind): a miss, nothing is wrong with it.
     Unlinked,
+    /// It needs dictionary `.0`, which is not at hand.
+    NoDictionary(u32),
     /// It does not check out; the reason is for the log.
     Bad(String),
 }
@@ -237,6 +282,9 @@ impl DiskTier {
         match decode_frame(frame, |id| self.dictionaries.decoder(id), links.as_ref()) {
             Ok(block) => Ok(Some(block)),
             Err(FrameError::Unlinked) => Ok(None),
+            Err(FrameError::NoDictionary(id)) => {
+                Err(format!("needs dictionary {id:08x}, which is missing"))
+            }
             Err(FrameError::Bad(reason)) => Err(reason),
         }
     }
@@ -259,7 +307,7 @@ impl DiskTier {
             && encoding.len() >= ENCODED_PREV_HASH.end
             && self
                 .links()
-                .and_then(|links| links(block.height - 1))
+                .and_then(|links| links.hash_at(block.height - 1))
                 .is_some_and(|below| below == block.prev_hash);
         if !linked {
             return Cow::Borrowed(encoding);
@@ -617,12 +665,7 @@ pub(super) fn decode_frame(
     };
     let mut encoding = match zstd::zstd_safe::get_dict_id_from_frame(frame) {
         Some(id) => {
-            let dictionary = dictionary(id.get()).ok_or_else(|| {
-                bad(format!(
-                    "needs dictionary {:08x}, which is missing",
-                    id.get()
-                ))
-            })?;
+            let dictionary = dictionary(id.get()).ok_or(FrameError::NoDictionary(id.get()))?;
             zstd::bulk::Decompressor::with_prepared_dictionary(&dictionary)
                 .and_then(|mut d| d.decompress(frame, size))
         }
@@ -634,7 +677,7 @@ pub(super) fn decode_frame(
         height.copy_from_slice(&encoding[ENCODED_HEIGHT]);
         let prev = u64::from_le_bytes(height)
             .checked_sub(1)
-            .and_then(|below| links.and_then(|links| links(below)))
+            .and_then(|below| links.and_then(|links| links.hash_at(below)))
             .ok_or(FrameError::Unlinked)?;
         encoding[0] &= !LINK_LEFT_OUT;
         encoding[ENCODED_PREV_HASH].copy_from_slice(&prev);

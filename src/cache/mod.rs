@@ -28,7 +28,7 @@ pub mod shared;
 #[cfg(test)]
 mod tests;
 
-pub use disk::Links;
+pub use disk::{ChainHashes, ChainIndex, Links};
 pub use feed::{BlockSource, CacheFeed, Counted};
 
 use crate::chain::block::{Block, EncodedBlock, Hash};
@@ -360,12 +360,16 @@ impl BlockCache {
         }
     }
 
-    /// The block from the shared tier, verified, and kept in RAM (the cache thread stores it
-    /// on disk when it catches up); not counted as a reader lookup.
+    /// The block from the shared tier if the chain's index has its hash (so without links
+    /// there is no shared read), verified, and kept in RAM (the cache thread stores it on disk
+    /// when it catches up); not counted as a reader lookup.
     fn load_from_shared(&self, hash: &Hash) -> Option<Arc<Block>> {
-        let links = self.inner.disk.links();
         let shared = self.shared()?;
-        let block = Arc::new(shared.get(hash, &self.inner.disk.dictionaries, links.as_ref())?);
+        // Only blocks of this chain are asked for: a block whose hash the chain does not have
+        // is not read from a store anyone may write to, however well it hashes.
+        let links = self.inner.disk.links()?;
+        let height = links.height_of(hash)?;
+        let block = Arc::new(shared.get(hash, height, &self.inner.disk.dictionaries, &links)?);
         self.inner.hot.insert(*hash, HotBlock::new(block.clone()));
         Some(block)
     }

@@ -96,6 +96,21 @@ pub fn repair_from_cache(chain_dir: &Path, cache_dir: &Path) -> Result<RepairRep
     }
 }
 
+/// The one block of the chain a repair knows to be intact: the one below the damaged block.
+struct Below {
+    height: u64,
+    hash: Hash,
+}
+
+impl super::ChainIndex for Below {
+    fn hash_at(&self, height: u64) -> Option<Hash> {
+        (height == self.height).then_some(self.hash)
+    }
+    fn height_of(&self, hash: &Hash) -> Option<u64> {
+        (*hash == self.hash).then_some(self.height)
+    }
+}
+
 fn repair_one(
     chain_dir: &Path,
     cache: &BlockCache,
@@ -103,10 +118,12 @@ fn repair_one(
     prev: &Hash,
 ) -> Result<Repaired, String> {
     // Stored blocks leave their prev_hash to the chain: here it is the intact block below.
-    let below = *prev;
-    cache.set_links(std::sync::Arc::new(move |h| {
-        (h + 1 == height).then_some(below)
-    }));
+    if let Some(below) = height.checked_sub(1) {
+        cache.set_links(std::sync::Arc::new(Below {
+            height: below,
+            hash: *prev,
+        }));
+    }
     let record = DamagedRecord::find(chain_dir, height)?;
     let mut candidates = record.claimed_hashes();
     if candidates.is_empty() {

@@ -51,6 +51,12 @@ pub const MAX_CONNECTIONS: usize = 8;
 pub const MAX_FETCHED_DICTIONARIES: usize = 64;
 /// Uploads waiting for the cache thread's next flush; past this they are flushed at once.
 const FLUSH_AT: usize = 512;
+/// Blocks between two uploads of the dictionaries in use (in case Redis evicted them).
+const RESEND_DICTIONARIES_EVERY: u64 = 4096;
+/// Blocks whose shared value was refused, remembered so as not to fetch it again.
+const MAX_REFUSED_REMEMBERED: usize = 4096;
+/// Error replies of Redis (OOM, NOPERM, WRONGTYPE…) are logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -82,8 +88,11 @@ fn cluster_client(
     redis::cluster::ClusterClient::builder(nodes.to_vec())
         .connection_timeout(timeout * CONNECT_FACTOR)
         .response_timeout(timeout)
-        // Bounded: a node failing over is a miss now, not a stall of the reader.
+        // Bounded: a node failing over is a miss now, not a stall of the reader (the library
+        // would otherwise wait 1.28 s or more between tries).
         .retries(1)
+        .min_retry_wait(1)
+        .max_retry_wait(timeout.as_millis().clamp(2, 1000) as u64)
         .build()
 }
 
@@ -146,9 +155,19 @@ impl SharedCacheUrl {
     }
 }
 
-/// `url` with the password of its `user:password@` left out.
+/// `url` with the password of its `user:password@` left out. The user part ends at the last
+/// `@` of the whole address, so a password holding `/` or `@` is left out too.
 fn redact(url: &str) -> String {
-    crate::replica::run::redacted(url)
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((user, hosts)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{hosts}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// What connections are made from.
@@ -197,7 +216,9 @@ impl Connection {
                 for (key, value) in uploads {
                     pipe.cmd("SET").arg(key).arg(value).arg("NX");
                 }
-                pipe.query(connection)?
+                // Each reply on its own: one refused SET (OOM, a key of another type) does
+                // not hide what the others did.
+                pipe.ignore_errors().query(connection)?
             }
             Connection::Cluster(connection) => {
                 let mut pipe = redis::cluster::cluster_pipe();
@@ -207,6 +228,12 @@ impl Connection {
                 pipe.query(connection.as_mut())?
             }
         };
+        if let Some(refused) = replies.iter().find_map(|reply| match reply {
+            redis::Value::ServerError(err) => Some(err.clone()),
+            _ => None,
+        }) {
+            return Err(refused.into());
+        }
         Ok(replies
             .iter()
             .zip(uploads)
@@ -243,8 +270,11 @@ struct Pending {
     uploads: Vec<(String, Vec<u8>)>,
     /// Blocks among `uploads` (for `shared_skipped` when they are dropped).
     blocks: u64,
-    /// Dictionaries uploaded (or queued) by this process.
+    /// Dictionaries uploaded (or queued) by this process; forgotten every
+    /// [`RESEND_DICTIONARIES_EVERY`] blocks, so that one Redis evicted is sent again.
     dictionaries: HashSet<u32>,
+    /// Blocks queued since `dictionaries` was last forgotten.
+    since_forgotten: u64,
 }
 
 /// The shared tier of one chain.
@@ -258,6 +288,11 @@ pub struct SharedTier {
     health: Mutex<Health>,
     fetched: parking_lot::RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
     pending: Mutex<Pending>,
+    /// Blocks whose value did not check out: not asked for again (up to
+    /// [`MAX_REFUSED_REMEMBERED`], then forgotten all at once).
+    refused: Mutex<HashSet<Hash>>,
+    /// When Redis last refused a command (an error reply) with a warning logged.
+    refusal_logged: Mutex<Option<Instant>>,
     pub counters: SharedCounters,
 }
 
@@ -285,6 +320,8 @@ impl SharedTier {
             health: Mutex::new(Health::default()),
             fetched: Default::default(),
             pending: Mutex::new(Pending::default()),
+            refused: Mutex::default(),
+            refusal_logged: Mutex::default(),
             counters: SharedCounters::default(),
         })
     }
@@ -299,10 +336,21 @@ impl SharedTier {
         format!("{}d:{id:08x}", self.prefix)
     }
 
-    /// The verified block `hash` from the shared tier; counted as a hit or a miss (or an
-    /// error, or a drop). `local` are the disk tier's dictionaries, tried before fetching one.
-    /// `None` also when the tier is set aside after a failure.
-    pub fn get(&self, hash: &Hash, local: &Dictionaries, links: Option<&Links>) -> Option<Block> {
+    /// The block `hash`, which this chain's index has at `height`, from the shared tier:
+    /// decompressed, its link put back from `links`, re-hashed, and used only if it is that
+    /// block. Counted as a hit or a miss (or an error, or a drop). `local` are the disk tier's
+    /// dictionaries, tried before fetching one. `None` also when the tier is set aside after a
+    /// failure, and for a block whose value was refused before.
+    pub fn get(
+        &self,
+        hash: &Hash,
+        height: u64,
+        local: &Dictionaries,
+        links: &Links,
+    ) -> Option<Block> {
+        if self.refused.lock().contains(hash) {
+            return None;
+        }
         let key = self.block_key(hash);
         let frame = self.with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_FRAME)))?;
         // GETRANGE answers "" for a missing key; no frame is empty.
@@ -310,40 +358,60 @@ impl SharedTier {
             self.counters.misses.fetch_add(1, Relaxed);
             return None;
         }
+        let mut fetched_dictionary = None;
         let checked = if frame.len() > MAX_FRAME {
             Err(FrameError::Bad(format!("is longer than {MAX_FRAME} bytes")))
         } else {
             decode_frame(
                 &frame,
-                |id| local.decoder(id).or_else(|| self.dictionary(id)),
-                links,
+                |id| {
+                    local.decoder(id).or_else(|| {
+                        fetched_dictionary = Some(id);
+                        self.dictionary(id)
+                    })
+                },
+                Some(links),
             )
-            .and_then(|block| match block.hash == *hash {
-                true => Ok(block),
-                false => Err(FrameError::Bad(format!(
-                    "holds a block whose hash is {}",
-                    hex::encode(block.hash)
-                ))),
-            })
+            .and_then(
+                |block| match block.hash == *hash && block.height == height {
+                    true => Ok(block),
+                    false => Err(FrameError::Bad(format!(
+                        "holds a block whose hash is {} at height {}",
+                        hex::encode(block.hash),
+                        block.height
+                    ))),
+                },
+            )
         };
         match checked {
             Ok(block) => {
                 self.counters.hits.fetch_add(1, Relaxed);
                 Some(block)
             }
-            // Stored without its link, and this chain lacks the block below (it is behind).
-            Err(FrameError::Unlinked) => {
+            // Stored without its link and this chain lacks the block below (it is behind), or
+            // its dictionary is not (or no longer) in Redis: a miss, nothing is wrong.
+            Err(FrameError::Unlinked | FrameError::NoDictionary(_)) => {
                 self.counters.misses.fetch_add(1, Relaxed);
                 None
             }
             Err(FrameError::Bad(reason)) => {
                 self.counters.dropped.fetch_add(1, Relaxed);
                 self.counters.misses.fetch_add(1, Relaxed);
+                // A dictionary fetched for it may be the forged part: fetched again next time.
+                if let Some(id) = fetched_dictionary {
+                    self.fetched.write().remove(&id);
+                }
+                let mut refused = self.refused.lock();
+                if refused.len() >= MAX_REFUSED_REMEMBERED {
+                    refused.clear();
+                }
+                refused.insert(*hash);
+                drop(refused);
                 tracing::warn!(
                     key,
                     %reason,
                     shared_cache = %self.url.redacted(),
-                    "ignored a shared cache value that does not check out"
+                    "ignored a shared cache value that does not check out (it is not asked for again)"
                 );
                 None
             }
@@ -382,6 +450,11 @@ impl SharedTier {
         }
         let full = {
             let mut pending = self.pending.lock();
+            pending.since_forgotten += 1;
+            if pending.since_forgotten >= RESEND_DICTIONARIES_EVERY {
+                pending.since_forgotten = 0;
+                pending.dictionaries.clear();
+            }
             if let Some(id) = zstd::zstd_safe::get_dict_id_from_frame(&frame).map(u32::from) {
                 if !pending.dictionaries.contains(&id) {
                     match local.file_bytes(id) {
@@ -437,7 +510,9 @@ impl SharedTier {
     }
 
     /// Runs `op` on an idle connection (or a new one); `None` when the tier is set aside or
-    /// `op` fails (counted, and the tier is set aside).
+    /// `op` fails. A failure is counted; one of the connection (refused, reset, timed out,
+    /// unparsable) sets the tier aside and closes every idle connection; an error reply of
+    /// Redis (OOM, NOPERM, WRONGTYPE, a cluster redirection) costs only this command.
     fn with_connection<T>(
         &self,
         op: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
@@ -459,17 +534,46 @@ impl SharedTier {
         match op(&mut connection) {
             Ok(answer) => {
                 self.succeeded();
-                let mut idle = self.idle.lock();
-                if idle.len() < MAX_CONNECTIONS {
-                    idle.push(connection);
-                }
+                self.idle_again(connection);
                 Some(answer)
             }
-            Err(err) => {
-                // The connection may hold half a reply: it is not reused.
-                self.failed(&err);
+            Err(err) if is_reply(&err) => {
+                self.refused(&err);
+                // The reply was read whole, so the connection can go on, except after a
+                // redirection: a new cluster connection learns the slots again.
+                if !err.is_cluster_error() {
+                    self.idle_again(connection);
+                }
                 None
             }
+            Err(err) => {
+                // The connection may hold half a reply: it is not reused, nor are the idle
+                // ones (a restarted server has closed them all).
+                self.failed(&err);
+                self.idle.lock().clear();
+                None
+            }
+        }
+    }
+
+    fn idle_again(&self, connection: Connection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_CONNECTIONS {
+            idle.push(connection);
+        }
+    }
+
+    /// An error reply: counted, and logged at most every [`REFUSAL_LOG_EVERY`].
+    fn refused(&self, err: &redis::RedisError) {
+        self.counters.errors.fetch_add(1, Relaxed);
+        let mut logged = self.refusal_logged.lock();
+        if logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+            *logged = Some(Instant::now());
+            tracing::warn!(
+                %err,
+                shared_cache = %self.url.redacted(),
+                "the shared cache refused a command; that read is a miss and those uploads are skipped (further refusals within a minute are only counted)"
+            );
         }
     }
 
@@ -504,6 +608,15 @@ impl SharedTier {
         health.retry_at = None;
         health.backoff = Duration::ZERO;
     }
+}
+
+/// Whether `err` is an error reply of Redis (the server answered and refused), not a failure
+/// of the connection.
+fn is_reply(err: &redis::RedisError) -> bool {
+    matches!(
+        err.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
 }
 
 /// `GETRANGE key 0 limit`: at most `limit + 1` bytes of the value, so that a value longer

@@ -757,7 +757,7 @@ fn measure_put_rate() {
 fn links_of(blocks: &[Block]) -> Links {
     let mut hashes = vec![crate::chain::block::ZERO_HASH];
     hashes.extend(blocks.iter().map(|b| b.hash));
-    Arc::new(move |height| hashes.get(height as usize).copied())
+    Arc::new(ChainHashes::new(hashes))
 }
 
 #[test]

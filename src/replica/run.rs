@@ -215,6 +215,18 @@ enum Uploading {
     GaveUp,
 }
 
+/// A copy's verified blocks as the chain index of its cache.
+struct CopyLinks(SharedIndex);
+
+impl crate::cache::ChainIndex for CopyLinks {
+    fn hash_at(&self, height: u64) -> Option<crate::chain::block::Hash> {
+        self.0.read().hash_at(height)
+    }
+    fn height_of(&self, hash: &crate::chain::block::Hash) -> Option<u64> {
+        self.0.read().height_of(hash)
+    }
+}
+
 /// Gives a copy's verified blocks to the shared cache tier.
 struct Upload {
     cache: BlockCache,
@@ -235,11 +247,24 @@ impl Upload {
             Ok(None) => return Ok(None),
             Err(err) => return Err(err.to_string()),
         };
-        let mut options = CacheOptions::new(format!("{}.cache", copy.display()));
+        let dir = PathBuf::from(format!("{}.cache", copy.display()));
+        // The daemon writes there as root: its own directory, never one reached by a link.
+        for checked in [dir.clone(), dir.join("packs"), dir.join("dict")] {
+            if std::fs::symlink_metadata(&checked).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(format!(
+                    "{} is a symbolic link; remove it (the daemon makes the directory)",
+                    checked.display()
+                ));
+            }
+        }
+        if !dir.exists() {
+            crate::files::create_dir(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+        }
+        crate::files::check_dir(&dir).map_err(|err| err.to_string())?;
+        let mut options = CacheOptions::new(dir);
         options.hot_bytes = 1 << 20;
         let cache = BlockCache::open(&options).map_err(|err| err.to_string())?;
-        let index = index.clone();
-        cache.set_links(Arc::new(move |height| index.read().hash_at(height)));
+        cache.set_links(Arc::new(CopyLinks(index.clone())));
         cache
             .attach_shared(url.clone(), *timeout, &chain_id)
             .map_err(|err| err.to_string())?;

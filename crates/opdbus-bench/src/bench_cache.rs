@@ -9,7 +9,7 @@
 //! are stored without their `prev_hash`. Figures are reported, never asserted.
 
 use opdbus_blockchain::cache::shared::SharedCacheUrl;
-use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats, Links};
+use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats, ChainHashes, Links};
 use opdbus_blockchain::Block;
 use opdbus_testkit::redis::RedisServer;
 use opdbus_testkit::{corpus, corpus_fleet, SplitMix64};
@@ -163,7 +163,7 @@ fn ratio(of: u64, to: u64) -> f64 {
 fn links_of(blocks: &[Block]) -> Links {
     let mut hashes = vec![[0u8; 32]];
     hashes.extend(blocks.iter().map(|b| b.hash));
-    std::sync::Arc::new(move |height| hashes.get(height as usize).copied())
+    std::sync::Arc::new(ChainHashes::new(hashes))
 }
 
 /// A cache in `dir` with the chain's links for `blocks`, as the daemon opens it, and the
