@@ -44,7 +44,7 @@ fn upload(dir: &Path, url: &str, blocks: &[Block]) -> CacheStats {
     for block in blocks {
         cache.put(block).expect("put");
     }
-    cache.flush_shared();
+    cache.flush_shared_and_wait(Duration::from_secs(30));
     cache.stats()
 }
 
@@ -253,7 +253,7 @@ fn a_stalled_or_stopped_redis_is_a_quick_miss_and_it_is_used_again_when_back() {
     for block in &more {
         writer.put(block).expect("the disk tier takes it");
     }
-    writer.flush_shared();
+    writer.flush_shared_and_wait(Duration::from_secs(30));
     assert!(started.elapsed() < Duration::from_secs(2));
     let stats = writer.stats();
     assert_eq!(stats.total_entries, 20);

@@ -381,10 +381,20 @@ impl BlockCache {
             .or_else(|| self.load_from_shared(hash))
     }
 
-    /// Sends what waits for the shared tier (the cache thread calls it after each batch).
+    /// Hands what waits for the shared tier to its uploader thread (the cache thread calls it
+    /// after each batch); never waits for Redis.
     pub fn flush_shared(&self) {
         if let Some(shared) = self.shared() {
             shared.flush();
+        }
+    }
+
+    /// [`BlockCache::flush_shared`], then waits (up to `timeout`) until the uploader has sent
+    /// it (tests, the bench).
+    pub fn flush_shared_and_wait(&self, timeout: Duration) {
+        if let Some(shared) = self.shared() {
+            shared.flush();
+            shared.wait_uploaded(timeout);
         }
     }
 
@@ -570,7 +580,7 @@ impl BlockCache {
         let hits = hot_hits + disk_hits + c.shared_hits.load(Relaxed);
         let shared = |counter: fn(&shared::SharedCounters) -> &AtomicU64| {
             self.shared()
-                .map_or(0, |tier| counter(&tier.counters).load(Relaxed))
+                .map_or(0, |tier| counter(tier.counters()).load(Relaxed))
         };
         let lookups = hits + misses;
         let canonical_bytes = d.canonical_bytes.load(Relaxed);

@@ -17,11 +17,13 @@
 //!   re-hashed, and used only if its hash is the one asked for. Anything else is counted
 //!   (`shared_dropped`), logged, and the lookup goes on to the chain; it is never served and
 //!   never stored locally. A dictionary must carry the id the frame names.
-//! - Never in the way of writers: uploads are made by the cache thread, after the disk tier,
-//!   in one pipeline per batch. Every command has a deadline (`OPDBUS_SHARED_CACHE_TIMEOUT`);
-//!   a failure sets the tier aside for a backoff (1 s, doubling to 30 s), during which reads
-//!   skip it and uploads are dropped (`shared_skipped`). One warning per outage, one line when
-//!   it works again.
+//! - Never in the way of writers, nor of the cache thread: the cache thread queues the frames
+//!   it stored and hands each batch to the tier's own thread ("shared-cache"), which sends
+//!   what waits in one pipeline; with [`UPLOADS_WAITING`] batches waiting a batch is dropped
+//!   (`shared_skipped`), never waited for. Every command has a deadline
+//!   (`OPDBUS_SHARED_CACHE_TIMEOUT`); a connection failure sets the tier aside for a backoff
+//!   (1 s, doubling to 30 s), during which reads skip it and uploads are dropped. One warning
+//!   per outage, one line when it works again. An error reply costs only its command.
 //! - Bounded: at most [`MAX_CONNECTIONS`] idle connections are kept; dictionaries fetched from
 //!   the shared tier are kept in RAM up to [`MAX_FETCHED_DICTIONARIES`].
 
@@ -45,12 +47,14 @@ const CONNECT_FACTOR: u32 = 10;
 pub const MAX_FRAME: usize = crate::chain::segment::MAX_BODY_LEN + 4096;
 /// The largest value read as a dictionary (ours are at most 16 KiB).
 pub const MAX_DICTIONARY: usize = 256 * 1024;
-/// Idle connections kept for readers and the cache thread.
+/// Idle connections kept for readers and the uploader.
 pub const MAX_CONNECTIONS: usize = 8;
 /// Dictionaries fetched from the shared tier kept in RAM (then forgotten and fetched again).
 pub const MAX_FETCHED_DICTIONARIES: usize = 64;
 /// Uploads waiting for the cache thread's next flush; past this they are flushed at once.
 const FLUSH_AT: usize = 512;
+/// Batches waiting for the uploader thread; past this a batch is dropped (skipped).
+const UPLOADS_WAITING: usize = 64;
 /// Blocks between two uploads of the dictionaries in use (in case Redis evicted them).
 const RESEND_DICTIONARIES_EVERY: u64 = 4096;
 /// Blocks whose shared value was refused, remembered so as not to fetch it again.
@@ -279,21 +283,39 @@ struct Pending {
 
 /// The shared tier of one chain.
 pub struct SharedTier {
-    url: SharedCacheUrl,
-    client: Client,
-    timeout: Duration,
+    redis: Arc<Redis>,
     /// `opdbus:<chain id hex>:`
     prefix: String,
-    idle: Mutex<Vec<Connection>>,
-    health: Mutex<Health>,
     fetched: parking_lot::RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
     pending: Mutex<Pending>,
     /// Blocks whose value did not check out: not asked for again (up to
     /// [`MAX_REFUSED_REMEMBERED`], then forgotten all at once).
     refused: Mutex<HashSet<Hash>>,
+    /// Batches for the uploader thread ("shared-cache"); it ends when this is dropped.
+    uploads: crossbeam_channel::Sender<Batch>,
+}
+
+/// The connections to Redis and their state, shared by readers and the uploader thread.
+struct Redis {
+    url: SharedCacheUrl,
+    client: Client,
+    timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    health: Mutex<Health>,
     /// When Redis last refused a command (an error reply) with a warning logged.
     refusal_logged: Mutex<Option<Instant>>,
-    pub counters: SharedCounters,
+    counters: SharedCounters,
+    /// Set by the uploader when a batch was lost: the dictionaries are sent again.
+    lost_batch: std::sync::atomic::AtomicBool,
+    /// Batches handed to the uploader, and batches it has finished with.
+    handed: AtomicU64,
+    done: AtomicU64,
+}
+
+/// One pipeline of uploads, and the blocks among them.
+struct Batch {
+    uploads: Vec<(String, Vec<u8>)>,
+    blocks: u64,
 }
 
 impl SharedTier {
@@ -311,19 +333,50 @@ impl SharedTier {
                     .map_err(|err| SharedCacheUrlError(format!("{}: {err}", url.redacted())))?,
             ),
         };
-        Ok(SharedTier {
+        let redis = Arc::new(Redis {
             url,
             client,
             timeout,
-            prefix: format!("opdbus:{}:", hex::encode(chain_id)),
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
+            refusal_logged: Mutex::default(),
+            counters: SharedCounters::default(),
+            lost_batch: Default::default(),
+            handed: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        });
+        let (uploads, batches) = crossbeam_channel::bounded::<Batch>(UPLOADS_WAITING);
+        let uploader = Arc::clone(&redis);
+        std::thread::Builder::new()
+            .name("shared-cache".into())
+            .spawn(move || {
+                // What waited meanwhile goes in the same pipeline (one round trip for many
+                // batches when Redis is far or slow).
+                while let Ok(mut batch) = batches.recv() {
+                    let mut merged = 1;
+                    while batch.uploads.len() < FLUSH_AT * 4 {
+                        let Ok(more) = batches.try_recv() else { break };
+                        batch.uploads.extend(more.uploads);
+                        batch.blocks += more.blocks;
+                        merged += 1;
+                    }
+                    uploader.upload(batch, merged);
+                }
+            })
+            .map_err(|err| SharedCacheUrlError(format!("starting the uploader thread: {err}")))?;
+        Ok(SharedTier {
+            redis,
+            prefix: format!("opdbus:{}:", hex::encode(chain_id)),
             fetched: Default::default(),
             pending: Mutex::new(Pending::default()),
             refused: Mutex::default(),
-            refusal_logged: Mutex::default(),
-            counters: SharedCounters::default(),
+            uploads,
         })
+    }
+
+    /// The tier's counters.
+    pub fn counters(&self) -> &SharedCounters {
+        &self.redis.counters
     }
 
     /// The key of block `hash`.
@@ -352,10 +405,12 @@ impl SharedTier {
             return None;
         }
         let key = self.block_key(hash);
-        let frame = self.with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_FRAME)))?;
+        let frame = self
+            .redis
+            .with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_FRAME)))?;
         // GETRANGE answers "" for a missing key; no frame is empty.
         if frame.is_empty() {
-            self.counters.misses.fetch_add(1, Relaxed);
+            self.redis.counters.misses.fetch_add(1, Relaxed);
             return None;
         }
         let mut fetched_dictionary = None;
@@ -385,18 +440,18 @@ impl SharedTier {
         };
         match checked {
             Ok(block) => {
-                self.counters.hits.fetch_add(1, Relaxed);
+                self.redis.counters.hits.fetch_add(1, Relaxed);
                 Some(block)
             }
             // Stored without its link and this chain lacks the block below (it is behind), or
             // its dictionary is not (or no longer) in Redis: a miss, nothing is wrong.
             Err(FrameError::Unlinked | FrameError::NoDictionary(_)) => {
-                self.counters.misses.fetch_add(1, Relaxed);
+                self.redis.counters.misses.fetch_add(1, Relaxed);
                 None
             }
             Err(FrameError::Bad(reason)) => {
-                self.counters.dropped.fetch_add(1, Relaxed);
-                self.counters.misses.fetch_add(1, Relaxed);
+                self.redis.counters.dropped.fetch_add(1, Relaxed);
+                self.redis.counters.misses.fetch_add(1, Relaxed);
                 // A dictionary fetched for it may be the forged part: fetched again next time.
                 if let Some(id) = fetched_dictionary {
                     self.fetched.write().remove(&id);
@@ -410,7 +465,7 @@ impl SharedTier {
                 tracing::warn!(
                     key,
                     %reason,
-                    shared_cache = %self.url.redacted(),
+                    shared_cache = %self.redis.url.redacted(),
                     "ignored a shared cache value that does not check out (it is not asked for again)"
                 );
                 None
@@ -424,8 +479,9 @@ impl SharedTier {
             return Some(Arc::clone(dictionary));
         }
         let key = self.dictionary_key(id);
-        let bytes =
-            self.with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_DICTIONARY)))?;
+        let bytes = self
+            .redis
+            .with_connection(|c| c.query::<Vec<u8>>(&getrange(&key, MAX_DICTIONARY)))?;
         if bytes.len() > MAX_DICTIONARY
             || zstd::zstd_safe::get_dict_id_from_dict(&bytes).map(u32::from) != Some(id)
         {
@@ -444,14 +500,16 @@ impl SharedTier {
     /// time this process sees it; `local` holds that dictionary's file. Flushed by
     /// [`SharedTier::flush`] (at once past [`FLUSH_AT`] waiting).
     pub fn queue(&self, hash: &Hash, frame: Vec<u8>, local: &Dictionaries) {
-        if !self.usable() {
-            self.counters.skipped.fetch_add(1, Relaxed);
+        if !self.redis.usable() {
+            self.redis.counters.skipped.fetch_add(1, Relaxed);
             return;
         }
         let full = {
             let mut pending = self.pending.lock();
             pending.since_forgotten += 1;
-            if pending.since_forgotten >= RESEND_DICTIONARIES_EVERY {
+            if pending.since_forgotten >= RESEND_DICTIONARIES_EVERY
+                || self.redis.lost_batch.swap(false, Relaxed)
+            {
                 pending.since_forgotten = 0;
                 pending.dictionaries.clear();
             }
@@ -464,7 +522,7 @@ impl SharedTier {
                         }
                         // Retired meanwhile: this frame is useless to others without it.
                         Err(_) => {
-                            self.counters.skipped.fetch_add(1, Relaxed);
+                            self.redis.counters.skipped.fetch_add(1, Relaxed);
                             return;
                         }
                     }
@@ -479,26 +537,57 @@ impl SharedTier {
         }
     }
 
-    /// Uploads what is queued, in one pipeline. A failure drops the batch (counted as
-    /// skipped) and forgets which dictionaries were uploaded, so they are sent again.
+    /// Hands what is queued to the uploader thread as one pipeline; never waits for Redis.
+    /// When [`UPLOADS_WAITING`] batches wait already (Redis slow), the batch is dropped and
+    /// counted as skipped, and its dictionaries are sent again with a later one.
     pub fn flush(&self) {
-        let (uploads, blocks) = {
+        let batch = {
             let mut pending = self.pending.lock();
-            let blocks = std::mem::take(&mut pending.blocks);
-            (std::mem::take(&mut pending.uploads), blocks)
+            Batch {
+                uploads: std::mem::take(&mut pending.uploads),
+                blocks: std::mem::take(&mut pending.blocks),
+            }
         };
-        if uploads.is_empty() {
+        if batch.uploads.is_empty() {
             return;
         }
-        match self.with_connection(|c| c.set_new(&uploads)) {
+        let blocks = batch.blocks;
+        self.redis.handed.fetch_add(1, Relaxed);
+        if self.uploads.try_send(batch).is_err() {
+            self.redis.done.fetch_add(1, Relaxed);
+            self.redis.counters.skipped.fetch_add(blocks, Relaxed);
+            self.pending.lock().dictionaries.clear();
+        }
+    }
+
+    /// Waits until the uploader thread has sent every batch handed to it so far (tests,
+    /// the bench); gives up after `timeout`.
+    pub fn wait_uploaded(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let handed = self.redis.handed.load(Relaxed);
+        while self.redis.done.load(Relaxed) < handed {
+            if Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Redis {
+    /// Sends one batch, made of `merged` handed ones (the uploader thread). A failure drops it (counted as skipped) and has
+    /// the dictionaries sent again.
+    fn upload(&self, batch: Batch, merged: u64) {
+        match self.with_connection(|c| c.set_new(&batch.uploads)) {
             Some(bytes) => {
                 self.counters.bytes_written.fetch_add(bytes, Relaxed);
             }
             None => {
-                self.counters.skipped.fetch_add(blocks, Relaxed);
-                self.pending.lock().dictionaries.clear();
+                self.counters.skipped.fetch_add(batch.blocks, Relaxed);
+                self.lost_batch.store(true, Relaxed);
             }
         }
+        self.done.fetch_add(merged, Relaxed);
     }
 
     /// Whether the tier is not set aside after a failure.

@@ -195,10 +195,10 @@ fn store(dir: &Path, redis: Option<&RedisServer>, blocks: &[Block]) -> Result<Ca
             .put(block)
             .map_err(|e| format!("cannot store a block: {e}"))?;
         if block.height.is_multiple_of(256) {
-            cache.flush_shared();
+            cache.flush_shared_and_wait(Duration::from_secs(30));
         }
     }
-    cache.flush_shared();
+    cache.flush_shared_and_wait(Duration::from_secs(30));
     Ok(cache.stats())
 }
 
@@ -257,7 +257,7 @@ fn two_daemon_mix(
             .put(block)
             .map_err(|e| format!("cannot store a block: {e}"))?;
     }
-    first.flush_shared();
+    first.flush_shared_and_wait(Duration::from_secs(30));
     let second = open(&dir.join("second"), Some(redis), 2 << 20, blocks)?;
     first.reset_lookup_counters();
     let mut order: Vec<usize> = (0..blocks.len()).collect();
