@@ -86,6 +86,11 @@ pub trait ChainIndex: Send + Sync {
     fn hash_at(&self, height: u64) -> Option<Hash>;
     /// The height of the chain's block with `hash`, if the chain has it.
     fn height_of(&self, hash: &Hash) -> Option<u64>;
+    /// At least the length of the encoding of the chain's block at `height`, if known: a
+    /// frame from the shared tier that claims more is refused before it is decompressed.
+    fn encoded_len_at(&self, _height: u64) -> Option<u64> {
+        None
+    }
 }
 
 /// A cache's view of its chain's index.
@@ -97,6 +102,10 @@ impl ChainIndex for crate::chain::store::ChainReader {
     }
     fn height_of(&self, hash: &Hash) -> Option<u64> {
         crate::chain::store::ChainReader::height_of(self, hash)
+    }
+    fn encoded_len_at(&self, height: u64) -> Option<u64> {
+        // The record holds the encoding and a little more.
+        self.record_len(height).map(u64::from)
     }
 }
 

@@ -414,8 +414,19 @@ impl SharedTier {
             return None;
         }
         let mut fetched_dictionary = None;
+        // The chain knows how long this block is: a frame claiming more is not decompressed.
+        let claimed = zstd::zstd_safe::get_frame_content_size(&frame)
+            .ok()
+            .flatten();
+        let too_long = claimed
+            .zip(links.encoded_len_at(height))
+            .filter(|(c, b)| c > b);
         let checked = if frame.len() > MAX_FRAME {
             Err(FrameError::Bad(format!("is longer than {MAX_FRAME} bytes")))
+        } else if let Some((claimed, bound)) = too_long {
+            Err(FrameError::Bad(format!(
+                "claims {claimed} bytes of content; the chain's block is {bound} at most"
+            )))
         } else {
             decode_frame(
                 &frame,

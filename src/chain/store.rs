@@ -638,6 +638,17 @@ impl ChainReader {
         read_record(&segment.file, &location, height).map(Some)
     }
 
+    /// The length of the durable record at `height` (its block's encoding and the record's
+    /// head and trailer); `None` past the head.
+    pub fn record_len(&self, height: u64) -> Option<u32> {
+        self.shared
+            .index
+            .read()
+            .locations
+            .get(usize::try_from(height).ok()?)
+            .map(|location| location.len)
+    }
+
     /// The hash of the durable block at `height`; `None` past the head.
     pub fn hash_at(&self, height: u64) -> Option<Hash> {
         self.shared
