@@ -29,23 +29,6 @@ fn wait_for_cache(bus: &Bus, height: u64) {
     });
 }
 
-async fn add_corpus(bus: &Bus, seed: u64, n: usize) -> Vec<(u64, String)> {
-    let connection = bus.connect().await;
-    let mut added = Vec::new();
-    for footprint in corpus::footprints(seed, n) {
-        let reply = add_footprint(
-            &connection,
-            &footprint.plugin_id,
-            &footprint.operation,
-            footprint.data_json(),
-        )
-        .await
-        .expect("AddFootprint is acknowledged");
-        added.push(reply);
-    }
-    added
-}
-
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }

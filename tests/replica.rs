@@ -854,6 +854,28 @@ fn kill_9_of_the_replica_or_the_source_loses_nothing_and_duplicates_nothing() {
     verify_replica(&replica);
 }
 
+/// A daemon in `work` that follows `spec` ("SOURCE VKEY") as a replica, with keys and the
+/// replicas' directory under `work`, and `more` settings.
+fn replica_daemon(bus: &Bus, work: &Path, spec: &str, more: &[(&str, &str)]) -> Daemon {
+    let (signing, replicas, witness) = (
+        work.join("keys/signing.key"),
+        work.join("replicas"),
+        work.join("keys/witness.key"),
+    );
+    let env = [
+        ("OPDBUS_SIGNING_KEY", path_str(&signing)),
+        ("OPDBUS_REPLICA_OF", spec),
+        ("OPDBUS_REPLICAS_DIR", path_str(&replicas)),
+        ("OPDBUS_WITNESS_KEY", path_str(&witness)),
+    ];
+    Daemon::start_with_env(
+        bus,
+        &work.join("chain"),
+        &work.join("cache"),
+        &[env.as_slice(), more].concat(),
+    )
+}
+
 /// ReplicaStatus of the daemon on `bus`: one map of plain JSON values per replica.
 fn replica_status(bus: &Bus) -> Vec<serde_json::Map<String, serde_json::Value>> {
     bus.call_dicts("ReplicaStatus")
@@ -872,23 +894,7 @@ fn a_daemon_with_replica_of_follows_reports_its_status_and_stops_at_a_divergence
     let replicas = work.path().join("replicas");
     let spec = format!("{} {}", source.url(), source.vkey);
     let bus = Bus::start();
-    let daemon = Daemon::start_with_env(
-        &bus,
-        &work.path().join("chain"),
-        &work.path().join("cache"),
-        &[
-            (
-                "OPDBUS_SIGNING_KEY",
-                path_str(&work.path().join("keys/signing.key")),
-            ),
-            ("OPDBUS_REPLICA_OF", &spec),
-            ("OPDBUS_REPLICAS_DIR", path_str(&replicas)),
-            (
-                "OPDBUS_WITNESS_KEY",
-                path_str(&work.path().join("keys/witness.key")),
-            ),
-        ],
-    );
+    let daemon = replica_daemon(&bus, work.path(), &spec, &[]);
     let verified = || replica_status(&bus)[0]["verified_size"].as_u64();
     wait_until(
         Duration::from_secs(20),
@@ -1008,26 +1014,7 @@ fn a_daemon_stops_promptly_while_a_replica_waits_on_a_silent_source() {
         "http://127.0.0.1:{port}/ PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
     );
     let bus = Bus::start();
-    let mut daemon = Daemon::start_with_env(
-        &bus,
-        &work.path().join("chain"),
-        &work.path().join("cache"),
-        &[
-            (
-                "OPDBUS_SIGNING_KEY",
-                path_str(&work.path().join("keys/signing.key")),
-            ),
-            ("OPDBUS_REPLICA_OF", &spec),
-            (
-                "OPDBUS_REPLICAS_DIR",
-                path_str(&work.path().join("replicas")),
-            ),
-            (
-                "OPDBUS_WITNESS_KEY",
-                path_str(&work.path().join("keys/witness.key")),
-            ),
-        ],
-    );
+    let mut daemon = replica_daemon(&bus, work.path(), &spec, &[]);
     std::thread::sleep(Duration::from_millis(500));
     let started = std::time::Instant::now();
     let status = daemon.stop();
@@ -1465,27 +1452,7 @@ fn a_replica_gives_what_it_verified_to_the_shared_cache_and_the_source_reads_it_
     let work = tempfile::tempdir().expect("tempdir");
     let spec = format!("{} {}", source.url(), source.vkey);
     let bus = Bus::start();
-    let _replica = Daemon::start_with_env(
-        &bus,
-        &work.path().join("chain"),
-        &work.path().join("cache"),
-        &[
-            (
-                "OPDBUS_SIGNING_KEY",
-                path_str(&work.path().join("keys/signing.key")),
-            ),
-            ("OPDBUS_REPLICA_OF", &spec),
-            (
-                "OPDBUS_REPLICAS_DIR",
-                path_str(&work.path().join("replicas")),
-            ),
-            (
-                "OPDBUS_WITNESS_KEY",
-                path_str(&work.path().join("keys/witness.key")),
-            ),
-            ("OPDBUS_SHARED_CACHE", &url),
-        ],
-    );
+    let _replica = replica_daemon(&bus, work.path(), &spec, &[("OPDBUS_SHARED_CACHE", &url)]);
     // Block keys by chain: the replica daemon's own chain has its genesis there too.
     let most_blocks_of_one_chain = || -> u64 {
         let keys = redis
@@ -1505,8 +1472,10 @@ fn a_replica_gives_what_it_verified_to_the_shared_cache_and_the_source_reads_it_
     source.daemon.stop();
     std::fs::remove_dir_all(source.dir.path().join("cache")).expect("delete the cache");
     source.daemon.restart(&source.bus);
-    let stats: serde_json::Value = source.bus.call_dict("CacheStats").into();
-    let from_redis = stats["shared_hits"].as_u64().expect("shared_hits");
-    assert!(from_redis >= size - 1, "{stats}");
-    assert_eq!(stats["shared_dropped"].as_u64(), Some(0), "{stats}");
+    // The start-up preload (in the background) walks back from the head through Redis.
+    let stats = || -> serde_json::Value { source.bus.call_dict("CacheStats").into() };
+    wait_until(Duration::from_secs(30), "the preload from Redis", || {
+        stats()["shared_hits"].as_u64() >= Some(size - 1)
+    });
+    assert_eq!(stats()["shared_dropped"].as_u64(), Some(0), "{}", stats());
 }

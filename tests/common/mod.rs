@@ -309,6 +309,25 @@ fn plain_dict(data: &serde_json::Value) -> serde_json::Map<String, serde_json::V
         .collect()
 }
 
+/// `corpus::footprints(seed, n)` added one by one over a new connection to `bus`; each
+/// acknowledgement as (height, hash).
+pub async fn add_corpus(bus: &Bus, seed: u64, n: usize) -> Vec<(u64, String)> {
+    let connection = bus.connect().await;
+    let mut added = Vec::new();
+    for footprint in opdbus_testkit::corpus::footprints(seed, n) {
+        let reply = add_footprint(
+            &connection,
+            &footprint.plugin_id,
+            &footprint.operation,
+            footprint.data_json(),
+        )
+        .await
+        .expect("AddFootprint is acknowledged");
+        added.push(reply);
+    }
+    added
+}
+
 /// AddFootprints on `connection`; the reply as (height, hash) pairs.
 pub async fn add_footprints<T: serde::Serialize + zbus::zvariant::Type>(
     connection: &zbus::Connection,
