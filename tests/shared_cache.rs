@@ -286,7 +286,11 @@ fn a_three_node_cluster_holds_the_tier_and_a_killed_node_costs_misses_only() {
         return;
     }
     let mut cluster = RedisCluster::start().expect("a Redis Cluster");
-    let url = cluster.url();
+    // As the documented ACL user, whose rights must do for a cluster too.
+    for node in &cluster.nodes {
+        add_documented_acl_user(node);
+    }
+    let url = cluster.url().replace("://", "://opdbus:s3cret@");
     let blocks = corpus::blocks(34, 300);
     let tmp = tempfile::tempdir().expect("tempdir");
     let written = upload(&tmp.path().join("a"), &url, &blocks);
@@ -332,6 +336,7 @@ fn a_three_node_cluster_holds_the_tier_and_a_killed_node_costs_misses_only() {
 
     // The node back (empty) and the cluster whole again: the tier is used again.
     cluster.nodes[victim].restart().expect("restart the node");
+    add_documented_acl_user(&cluster.nodes[victim]);
     wait_until(
         Duration::from_secs(30),
         "the cluster to be ok again",
@@ -476,6 +481,19 @@ fn measure_redis_bytes_per_block_and_hit_latency() {
     assert_eq!(reader.stats().shared_dropped, 0);
 }
 
+/// Adds the ACL user docs/operations.md gives (`opdbus`, password `s3cret`) to `redis`.
+fn add_documented_acl_user(redis: &RedisServer) {
+    let doc = std::fs::read_to_string(repo_path("docs/operations.md")).expect("operations.md");
+    let rule = doc
+        .lines()
+        .find_map(|line| line.split("`ACL SETUSER ").nth(1))
+        .and_then(|rest| rest.split('`').next())
+        .expect("the documented ACL rule");
+    let mut args = vec!["ACL", "SETUSER"];
+    args.extend(rule.split_whitespace());
+    assert_eq!(redis.cli(&args).expect("ACL SETUSER").trim(), "OK");
+}
+
 /// AUTH as the URL says, with the least an ACL user needs (docs/operations.md); a wrong
 /// password is an error counted, never a panic or a wrong answer.
 #[test]
@@ -486,15 +504,7 @@ fn an_acl_user_with_the_documented_rights_is_enough_and_a_wrong_password_is_a_mi
         return;
     }
     let redis = RedisServer::start().expect("redis-server");
-    let doc = std::fs::read_to_string(repo_path("docs/operations.md")).expect("operations.md");
-    let rule = doc
-        .lines()
-        .find_map(|line| line.split("`ACL SETUSER ").nth(1))
-        .and_then(|rest| rest.split('`').next())
-        .expect("the documented ACL rule");
-    let mut args = vec!["ACL", "SETUSER"];
-    args.extend(rule.split_whitespace());
-    assert_eq!(redis.cli(&args).expect("ACL SETUSER").trim(), "OK");
+    add_documented_acl_user(&redis);
     let port = redis.port();
     let blocks = corpus::blocks(37, 100);
     let tmp = tempfile::tempdir().expect("tempdir");
