@@ -166,6 +166,34 @@ fn blocks_come_back_from_redis_checked_and_forged_values_are_refused() {
     assert_eq!(stats.total_entries, 0, "nothing forged stored: {stats:#?}");
 }
 
+/// A full Redis (`maxmemory` with `noeviction`) refuses SETs with OOM: counted, what it took
+/// before is counted as written, and the tier stays in use for reads.
+#[test]
+fn a_full_redis_refuses_uploads_and_is_still_read() {
+    if !redis_or_skip("a_full_redis_refuses_uploads_and_is_still_read") {
+        return;
+    }
+    let redis = RedisServer::start_with(
+        false,
+        &["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"],
+    )
+    .expect("redis-server");
+    let url = redis.url();
+    let blocks = corpus::blocks(40, 20_000);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stats = upload(&tmp.path().join("a"), &url, &blocks);
+    eprintln!("{stats:#?}");
+    assert!(stats.shared_bytes_written > 0, "{stats:#?}");
+    assert!(stats.shared_errors >= 1, "OOM refusals counted: {stats:#?}");
+    assert!(stats.shared_skipped >= 1, "{stats:#?}");
+    assert!(
+        stats.shared_skipped < 20_000,
+        "not the whole upload: {stats:#?}"
+    );
+    let reader = open(&tmp.path().join("b"), &url, &blocks);
+    assert_eq!(reader.get(&blocks[10].hash).as_deref(), Some(&blocks[10]));
+}
+
 /// A block that is not in this chain is never read from Redis, however well it hashes: one
 /// made by whoever can write there, stored under its own (correct) hash and the chain's id.
 /// And a key of another type (a tenant's LPUSH) is a miss that costs only that read.

@@ -368,7 +368,9 @@ impl BlockCache {
         // Only blocks of this chain are asked for: a block whose hash the chain does not have
         // is not read from a store anyone may write to, however well it hashes.
         let links = self.inner.disk.links()?;
-        let height = links.height_of(hash)?;
+        let height = links
+            .height_of(hash)
+            .filter(|&height| links.hash_at(height) == Some(*hash))?;
         let block = Arc::new(shared.get(hash, height, &self.inner.disk.dictionaries, &links)?);
         self.inner.hot.insert(*hash, HotBlock::new(block.clone()));
         Some(block)
@@ -386,6 +388,14 @@ impl BlockCache {
     pub fn flush_shared(&self) {
         if let Some(shared) = self.shared() {
             shared.flush();
+        }
+    }
+
+    /// [`BlockCache::flush_shared`], but waits for room among the batches waiting for the
+    /// uploader instead of dropping one (replicas: nobody waits on them).
+    pub fn flush_shared_waiting(&self) {
+        if let Some(shared) = self.shared() {
+            shared.flush_waiting();
         }
     }
 

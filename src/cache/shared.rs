@@ -165,12 +165,31 @@ fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.rsplit_once('@') {
+    let url = match rest.rsplit_once('@') {
         Some((user, hosts)) => {
             let user = user.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}@{hosts}")
         }
         None => url.to_string(),
+    };
+    // A Unix socket's password goes in the query: `…/redis.sock?user=u&pass=secret`.
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("pass")
+                            || key.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
     }
 }
 
@@ -211,9 +230,9 @@ impl Connection {
         }
     }
 
-    /// Sends every `SET key value NX` of `uploads` in one pipeline; returns the bytes of the
-    /// values Redis took (those already there are not written again).
-    fn set_new(&mut self, uploads: &[(String, Vec<u8>)]) -> redis::RedisResult<u64> {
+    /// Sends every `SET key value NX` of `uploads` in one pipeline; returns what each got.
+    /// On a cluster, an error reply fails the whole pipeline (the client's way).
+    fn set_new(&mut self, uploads: &[(String, Vec<u8>)]) -> redis::RedisResult<Vec<redis::Value>> {
         let replies: Vec<redis::Value> = match self {
             Connection::One(connection) => {
                 let mut pipe = redis::pipe();
@@ -232,18 +251,7 @@ impl Connection {
                 pipe.query(connection.as_mut())?
             }
         };
-        if let Some(refused) = replies.iter().find_map(|reply| match reply {
-            redis::Value::ServerError(err) => Some(err.clone()),
-            _ => None,
-        }) {
-            return Err(refused.into());
-        }
-        Ok(replies
-            .iter()
-            .zip(uploads)
-            .filter(|(reply, _)| matches!(reply, redis::Value::Okay))
-            .map(|(_, (_, value))| value.len() as u64)
-            .sum())
+        Ok(replies)
     }
 }
 
@@ -571,12 +579,33 @@ impl SharedTier {
         }
     }
 
+    /// As [`SharedTier::flush`], but waits for room when [`UPLOADS_WAITING`] batches wait
+    /// (a replica, which has no caller waiting on it, uploads every block it verified).
+    pub fn flush_waiting(&self) {
+        let batch = {
+            let mut pending = self.pending.lock();
+            Batch {
+                uploads: std::mem::take(&mut pending.uploads),
+                blocks: std::mem::take(&mut pending.blocks),
+            }
+        };
+        if batch.uploads.is_empty() {
+            return;
+        }
+        self.redis.handed.fetch_add(1, Relaxed);
+        let blocks = batch.blocks;
+        if self.uploads.send(batch).is_err() {
+            self.redis.done.fetch_add(1, Relaxed);
+            self.redis.counters.skipped.fetch_add(blocks, Relaxed);
+        }
+    }
+
     /// Waits until the uploader thread has sent every batch handed to it so far (tests,
     /// the bench); gives up after `timeout`.
     pub fn wait_uploaded(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let handed = self.redis.handed.load(Relaxed);
-        while self.redis.done.load(Relaxed) < handed {
+        while self.redis.done.load(std::sync::atomic::Ordering::Acquire) < handed {
             if Instant::now() > deadline {
                 return;
             }
@@ -590,15 +619,36 @@ impl Redis {
     /// the dictionaries sent again.
     fn upload(&self, batch: Batch, merged: u64) {
         match self.with_connection(|c| c.set_new(&batch.uploads)) {
-            Some(bytes) => {
+            Some(replies) => {
+                // Each reply on its own: what Redis took, and what it refused.
+                let (mut bytes, mut refused, mut lost) = (0, None, 0);
+                for (reply, (key, value)) in replies.iter().zip(&batch.uploads) {
+                    match reply {
+                        redis::Value::Okay => bytes += value.len() as u64,
+                        redis::Value::ServerError(err) => {
+                            refused.get_or_insert_with(|| err.clone());
+                            if key.contains(":d:") {
+                                self.lost_batch.store(true, Relaxed);
+                            } else {
+                                lost += 1;
+                            }
+                        }
+                        _ => {} // nil: there already
+                    }
+                }
                 self.counters.bytes_written.fetch_add(bytes, Relaxed);
+                self.counters.skipped.fetch_add(lost, Relaxed);
+                if let Some(err) = refused {
+                    self.refused(&err.into());
+                }
             }
             None => {
                 self.counters.skipped.fetch_add(batch.blocks, Relaxed);
                 self.lost_batch.store(true, Relaxed);
             }
         }
-        self.done.fetch_add(merged, Relaxed);
+        self.done
+            .fetch_add(merged, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether the tier is not set aside after a failure.
@@ -725,4 +775,37 @@ fn getrange(key: &str, limit: usize) -> redis::Cmd {
     let mut cmd = redis::cmd("GETRANGE");
     cmd.arg(key).arg(0).arg(limit);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_left_out_wherever_the_address_puts_them() {
+        for (url, secret) in [
+            ("redis://opdbus:s3cret@10.0.0.1:6379/0", "s3cret"),
+            ("redis://:pa/ss@w@rd@10.0.0.1:6379", "pa/ss"),
+            ("rediss+cluster://opdbus:s3cret@h1:7000,h2:7001", "s3cret"),
+            (
+                "redis+unix:///run/redis/redis.sock?user=opdbus&pass=s3cret",
+                "s3cret",
+            ),
+            (
+                "redis+unix:///run/redis/redis.sock?password=s3cret&db=2",
+                "s3cret",
+            ),
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains(secret), "{url} shown as {shown}");
+            assert!(
+                shown.contains("opdbus") || !url.contains("opdbus"),
+                "{shown}"
+            );
+        }
+        let refused = SharedCacheUrl::parse("redis://opdbus:s3cret@").map(|_| ());
+        if let Err(err) = refused {
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+    }
 }

@@ -290,10 +290,10 @@ impl Upload {
             }
             self.next += 1;
             if self.next.is_multiple_of(256) {
-                self.cache.flush_shared();
+                self.cache.flush_shared_waiting();
             }
         }
-        self.cache.flush_shared();
+        self.cache.flush_shared_waiting();
     }
 }
 
