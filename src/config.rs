@@ -496,7 +496,11 @@ impl Config {
         };
         result.map_err(|reason| ConfigError::Invalid {
             key: name.to_owned(),
-            value: value.to_owned(),
+            // The error is logged: a password in the value is not.
+            value: match name {
+                "OPDBUS_SHARED_CACHE" => crate::cache::shared::redact(value),
+                _ => value.to_owned(),
+            },
             reason,
         })
     }
@@ -1082,6 +1086,19 @@ mod tests {
             .expect("valid")
             .numa_options()
             .is_none());
+    }
+
+    #[test]
+    fn a_refused_shared_cache_address_does_not_show_its_password() {
+        let mut config = Config::default();
+        for value in ["mysql://opdbus:s3cret@host", "redis://opdbus:s3cret@"] {
+            let err = config
+                .set("OPDBUS_SHARED_CACHE", value)
+                .expect_err("refused")
+                .to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("OPDBUS_SHARED_CACHE="), "{err}");
+        }
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub struct SharedCacheUrlError(String);
 /// A parsed `OPDBUS_SHARED_CACHE` address: one server, or the seed nodes of a cluster.
 #[derive(Clone)]
 pub struct SharedCacheUrl {
-    /// As written, for errors and `--show-config` (the password is left out there).
+    /// As written, for errors (the password is left out there).
     text: String,
     target: Target,
 }
@@ -161,7 +161,7 @@ impl SharedCacheUrl {
 
 /// `url` with the password of its `user:password@` left out. The user part ends at the last
 /// `@` of the whole address, so a password holding `/` or `@` is left out too.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
