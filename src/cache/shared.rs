@@ -560,28 +560,17 @@ impl SharedTier {
     /// When [`UPLOADS_WAITING`] batches wait already (Redis slow), the batch is dropped and
     /// counted as skipped, and its dictionaries are sent again with a later one.
     pub fn flush(&self) {
-        let batch = {
-            let mut pending = self.pending.lock();
-            Batch {
-                uploads: std::mem::take(&mut pending.uploads),
-                blocks: std::mem::take(&mut pending.blocks),
-            }
-        };
-        if batch.uploads.is_empty() {
-            return;
-        }
-        let blocks = batch.blocks;
-        self.redis.handed.fetch_add(1, Relaxed);
-        if self.uploads.try_send(batch).is_err() {
-            self.redis.done.fetch_add(1, Relaxed);
-            self.redis.counters.skipped.fetch_add(blocks, Relaxed);
-            self.pending.lock().dictionaries.clear();
-        }
+        self.hand_over(false);
     }
 
     /// As [`SharedTier::flush`], but waits for room when [`UPLOADS_WAITING`] batches wait
     /// (a replica, which has no caller waiting on it, uploads every block it verified).
     pub fn flush_waiting(&self) {
+        self.hand_over(true);
+    }
+
+    /// What is queued, as one batch, to the uploader: waiting for room (`wait`) or dropped.
+    fn hand_over(&self, wait: bool) {
         let batch = {
             let mut pending = self.pending.lock();
             Batch {
@@ -592,11 +581,16 @@ impl SharedTier {
         if batch.uploads.is_empty() {
             return;
         }
-        self.redis.handed.fetch_add(1, Relaxed);
         let blocks = batch.blocks;
-        if self.uploads.send(batch).is_err() {
+        self.redis.handed.fetch_add(1, Relaxed);
+        let handed = match wait {
+            true => self.uploads.send(batch).is_ok(),
+            false => self.uploads.try_send(batch).is_ok(),
+        };
+        if !handed {
             self.redis.done.fetch_add(1, Relaxed);
             self.redis.counters.skipped.fetch_add(blocks, Relaxed);
+            self.pending.lock().dictionaries.clear();
         }
     }
 
