@@ -520,7 +520,7 @@ fn password(url: &str) -> Option<&str> {
 }
 
 /// `url` without a password (`user:password@` becomes `user@`): ReplicaStatus is open to all.
-pub fn redacted(url: &str) -> String {
+fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
