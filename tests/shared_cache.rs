@@ -7,30 +7,21 @@ mod common;
 
 use common::*;
 use opdbus_blockchain::cache::shared::SharedCacheUrl;
-use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats, ChainHashes, Links};
+use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats};
 use opdbus_blockchain::Block;
 use opdbus_testkit::corpus;
 use opdbus_testkit::redis::{redis_or_skip, RedisCluster, RedisServer};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CHAIN_ID: [u8; 16] = [0x5a; 16];
 const TIMEOUT: Duration = Duration::from_millis(50);
 
-/// The chain's hashes by height for `blocks` (heights 1..=n, linked from a zero hash), as the
-/// daemon gives its cache: blocks are then stored without their `prev_hash`.
-fn links_of(blocks: &[Block]) -> Links {
-    let mut hashes = vec![[0u8; 32]];
-    hashes.extend(blocks.iter().map(|b| b.hash));
-    Arc::new(ChainHashes::new(hashes))
-}
-
 /// A cache in `dir` of the chain of `blocks` ([`CHAIN_ID`], its links), with the shared tier
 /// at `url`; nothing preloaded.
 fn open(dir: &Path, url: &str, blocks: &[Block]) -> BlockCache {
     let cache = BlockCache::open(&CacheOptions::new(dir)).expect("open the cache");
-    cache.set_links(links_of(blocks));
+    cache.set_links(corpus::links(blocks));
     let url = SharedCacheUrl::parse(url).expect("a shared cache URL");
     cache
         .attach_shared(url, TIMEOUT, &CHAIN_ID)

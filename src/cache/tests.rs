@@ -625,7 +625,7 @@ fn measure_compression_on_the_corpus() {
         let cache = open(dir.path(), DEFAULT_HOT_BYTES);
         let blocks = corpus::blocks(1, n);
         // As the daemon's cache: with the chain's links, so prev_hash is left out.
-        cache.set_links(links_of(&blocks));
+        cache.set_links(corpus::links(&blocks));
         let mut plain = 0usize;
         for block in &blocks {
             cache.put(block).expect("put");
@@ -753,13 +753,6 @@ fn measure_put_rate() {
     eprintln!("put {put:.0} blocks/s; compression alone {compress:.0} blocks/s; disk loads {load:.0} blocks/s");
 }
 
-/// The chain's hashes by height for `blocks` (heights 1..=n linked from a zero hash).
-fn links_of(blocks: &[Block]) -> Links {
-    let mut hashes = vec![crate::chain::block::ZERO_HASH];
-    hashes.extend(blocks.iter().map(|b| b.hash));
-    Arc::new(ChainHashes::new(hashes))
-}
-
 #[test]
 fn blocks_are_stored_without_their_link_and_read_back_with_the_chains() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -767,7 +760,7 @@ fn blocks_are_stored_without_their_link_and_read_back_with_the_chains() {
     let plain_dir = tempfile::tempdir().expect("tempdir");
     let plain = open(plain_dir.path(), DEFAULT_HOT_BYTES);
     let linked = open(dir.path(), DEFAULT_HOT_BYTES);
-    linked.set_links(links_of(&blocks));
+    linked.set_links(corpus::links(&blocks));
     for block in &blocks {
         plain.put(block).expect("put");
         linked.put(block).expect("put");
@@ -782,7 +775,7 @@ fn blocks_are_stored_without_their_link_and_read_back_with_the_chains() {
 
     // Read by a process that has the chain: every block, re-hashed.
     let reader = open(dir.path(), DEFAULT_HOT_BYTES);
-    reader.set_links(links_of(&blocks));
+    reader.set_links(corpus::links(&blocks));
     for block in &blocks {
         assert_eq!(reader.get(&block.hash).as_deref(), Some(block));
     }
@@ -799,7 +792,7 @@ fn blocks_are_stored_without_their_link_and_read_back_with_the_chains() {
     // something else and is refused as damage.
     let other = corpus::blocks(6, 300);
     let forged = open(dir.path(), DEFAULT_HOT_BYTES);
-    forged.set_links(links_of(&other));
+    forged.set_links(corpus::links(&other));
     assert!(forged.get(&blocks[10].hash).is_none());
     assert_eq!(forged.stats().corrupt_dropped, 1);
 }

@@ -9,7 +9,7 @@
 //! are stored without their `prev_hash`. Figures are reported, never asserted.
 
 use opdbus_blockchain::cache::shared::SharedCacheUrl;
-use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats, ChainHashes, Links};
+use opdbus_blockchain::cache::{BlockCache, CacheOptions, CacheStats};
 use opdbus_blockchain::Block;
 use opdbus_testkit::redis::RedisServer;
 use opdbus_testkit::{corpus, corpus_fleet, SplitMix64};
@@ -158,14 +158,6 @@ fn ratio(of: u64, to: u64) -> f64 {
     }
 }
 
-/// The chain's hashes by height, as the daemon gives its cache: for `blocks` (heights 1..=n,
-/// linked from a zero hash).
-fn links_of(blocks: &[Block]) -> Links {
-    let mut hashes = vec![[0u8; 32]];
-    hashes.extend(blocks.iter().map(|b| b.hash));
-    std::sync::Arc::new(ChainHashes::new(hashes))
-}
-
 /// A cache in `dir` with the chain's links for `blocks`, as the daemon opens it, and the
 /// shared tier when there is a Redis.
 fn open(
@@ -177,7 +169,7 @@ fn open(
     let mut options = CacheOptions::new(dir);
     options.hot_bytes = hot_bytes;
     let cache = BlockCache::open(&options).map_err(|e| format!("cannot open a cache: {e}"))?;
-    cache.set_links(links_of(blocks));
+    cache.set_links(corpus::links(blocks));
     if let Some(redis) = redis {
         let url = SharedCacheUrl::parse(&redis.url()).map_err(|e| e.to_string())?;
         cache

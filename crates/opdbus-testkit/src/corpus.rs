@@ -52,6 +52,14 @@ pub fn blocks(seed: u64, n: usize) -> Vec<Block> {
         .collect()
 }
 
+/// The chain index a daemon would give its cache for [`blocks`]: the zero hash at height 0
+/// (where `blocks` link from), then each block's hash at its height.
+pub fn links(blocks: &[Block]) -> crate::cache::Links {
+    let mut hashes = vec![ZERO_HASH];
+    hashes.extend(blocks.iter().map(|b| b.hash));
+    std::sync::Arc::new(crate::cache::ChainHashes::new(hashes))
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and identical on every platform, which is
 /// all a corpus needs; nothing here is security-relevant.
 pub struct SplitMix64(pub u64);

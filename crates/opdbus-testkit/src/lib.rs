@@ -9,7 +9,7 @@
 //! come from a second copy of the library. So they name the library's items as `crate::chain`
 //! and `crate::footprint`, which the two imports below make true here as well.
 
-use opdbus_blockchain::{chain, footprint};
+use opdbus_blockchain::{cache, chain, footprint};
 
 pub mod chain_files;
 pub mod corpus;
