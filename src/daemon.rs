@@ -157,9 +157,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     let bus = config.bus.to_string();
-    let builder = bus_builder(&config.bus).map_err(|source| DaemonError::Connect {
-        bus: bus.clone(),
-        source,
+    let builder = crate::dbus::socket::daemon_builder(&config.bus).map_err(|source| {
+        DaemonError::Connect {
+            bus: bus.clone(),
+            source,
+        }
     })?;
     let replicas = match crate::replica::run::Replicas::start(
         &config.replica_of,

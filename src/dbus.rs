@@ -16,6 +16,7 @@ use zbus::zvariant::{OwnedValue, Type};
 use zbus::{interface, Connection};
 
 pub mod replica;
+pub mod socket;
 mod writes;
 pub use writes::BlockchainInterface;
 

@@ -522,3 +522,79 @@ async fn add_footprints_is_one_all_or_nothing_write() {
     assert!(out.starts_with("a(ts) 2 4 \""), "{out}");
     assert!(out.contains(" 5 \""), "{out}");
 }
+
+/// The daemon's own buffered connection (src/dbus/socket.rs) on a bus at an abstract socket
+/// address: it says hello, and messages of every size (a few bytes to many times the read
+/// buffer) come through whole and in order, with other messages queued behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffered_connection_reads_whole_messages_from_an_abstract_socket() {
+    use opdbus_blockchain::config::BusChoice;
+    use std::io::BufRead;
+    let name = format!("opdbus-test-{}-buffered", std::process::id());
+    let mut bus = std::process::Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1"])
+        .arg(format!("--address=unix:abstract={name}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("dbus-daemon");
+    let mut address = String::new();
+    std::io::BufReader::new(bus.stdout.take().expect("stdout"))
+        .read_line(&mut address)
+        .expect("the bus prints its address");
+    let address = address.trim().to_string();
+    assert!(address.starts_with("unix:abstract="), "{address}");
+
+    let choice = BusChoice::Address(address.clone());
+    let server = opdbus_blockchain::dbus::socket::daemon_builder(&choice)
+        .expect("builder")
+        .name("org.opdbus.BufferedTest")
+        .expect("name")
+        .build();
+    let server = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the hello takes less than 10 s")
+        .expect("the buffered connection says hello and owns its name");
+    let client = zbus::connection::Builder::address(address.as_str())
+        .expect("address")
+        .build()
+        .await
+        .expect("client");
+    // The client sends signals of growing size without waiting; the server must read each
+    // whole, in order, whatever the boundaries of its reads.
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.opdbus.BufferedTest")
+        .expect("interface")
+        .build();
+    let mut received = zbus::MessageStream::for_match_rule(rule, &server, Some(64))
+        .await
+        .expect("match rule");
+    let sizes = [
+        0usize, 1, 15, 16, 17, 4095, 65_535, 65_536, 65_537, 300_000, 5, 1_000_000,
+    ];
+    for (i, size) in sizes.iter().enumerate() {
+        client
+            .emit_signal(
+                None::<()>,
+                "/org/opdbus/BufferedTest",
+                "org.opdbus.BufferedTest",
+                "Sized",
+                &(i as u32, "y".repeat(*size)),
+            )
+            .await
+            .expect("emit");
+    }
+    for (i, size) in sizes.iter().enumerate() {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), received.next())
+            .await
+            .expect("each message arrives within 10 s")
+            .expect("stream open")
+            .expect("a whole message");
+        let (index, text): (u32, String) = message.body().deserialize().expect("body");
+        assert_eq!((index as usize, text.len()), (i, *size));
+        assert!(text.bytes().all(|b| b == b'y'));
+    }
+    drop((server, client));
+    let _ = bus.kill();
+    let _ = bus.wait();
+}
