@@ -226,11 +226,18 @@ impl Encoder {
     /// Remembers a written block as a training sample and trains a dictionary when it is time:
     /// first once enough samples exist, then every [`RETRAIN_EVERY`] blocks.
     pub fn observe(&mut self, encoding: &[u8], dictionaries: &Dictionaries) -> Training {
-        if self.samples.len() == SAMPLES_KEPT {
-            self.samples.pop_front();
-        }
-        self.samples.push_back(encoding.to_vec());
         self.written_since_training += 1;
+        // Past the young phase, only what the next training uses is kept: the last
+        // SAMPLES_KEPT blocks before it, not a copy of every block (issue 18: this was a tenth
+        // of the cache thread's CPU).
+        let sampled =
+            self.young || self.written_since_training + SAMPLES_KEPT as u64 > self.retrain_every;
+        if sampled {
+            if self.samples.len() == SAMPLES_KEPT {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(encoding.to_vec());
+        }
         // A young cache retrains as its samples double (64, 128, … SAMPLES_KEPT): each
         // dictionary is better than the last; after that, every RETRAIN_EVERY blocks.
         let young = self.young;

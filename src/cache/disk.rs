@@ -57,6 +57,8 @@ use zstd::dict::DecoderDictionary;
 const MAX_ENCODING: u64 = crate::chain::segment::MAX_BODY_LEN as u64;
 /// The first bytes of every pack.
 const PACK_MAGIC: &[u8; 8] = b"OPDBPAK1";
+/// Records of one batch are written together up to about this many bytes.
+const WRITE_TOGETHER_BYTES: usize = 1024 * 1024;
 /// A record's head: frame length and hash prefix.
 const RECORD_HEAD: usize = 12;
 /// A pack is closed for appends once it holds this much (a record may cross it).
@@ -398,6 +400,88 @@ impl DiskTier {
         Ok(Some(frame))
     }
 
+    /// [`DiskTier::store`] of several blocks not to be replaced, with one write: their records
+    /// go to the pack together and enter the index once written, so a reader never finds an
+    /// entry whose bytes are not there yet. Per block, in order: `None` when it was there
+    /// already, else what was stored (the frame, and the form it compressed for the encoder's
+    /// samples). A failed write fails the blocks it held.
+    pub fn store_many<'a>(
+        &self,
+        blocks: &[(&Block, &'a [u8])],
+        encoder: &mut Encoder,
+    ) -> Vec<std::io::Result<Option<Stored<'a>>>> {
+        let mut results = Vec::with_capacity(blocks.len());
+        let mut records = Vec::new();
+        let mut unwritten = Vec::new();
+        for (block, encoding) in blocks {
+            if self.contains(&block.hash) {
+                results.push(Ok(None));
+                continue;
+            }
+            let form = self.stored_form(block, encoding);
+            let frame = encoder.compress(&form).and_then(|frame| {
+                let frame_len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
+                Ok((frame, frame_len))
+            });
+            match frame {
+                Ok((frame, frame_len)) => {
+                    let key = hash_prefix(&block.hash);
+                    unwritten.push(Unwritten {
+                        result: results.len(),
+                        key,
+                        at: records.len(),
+                        frame_len,
+                        canonical_len: encoding.len() as u32,
+                    });
+                    push_record(&mut records, frame_len, key, &frame);
+                    results.push(Ok(Some(Stored { frame, form })));
+                }
+                Err(err) => results.push(Err(err)),
+            }
+            if records.len() >= WRITE_TOGETHER_BYTES {
+                self.write_records(&mut records, &mut unwritten, &mut results);
+            }
+        }
+        self.write_records(&mut records, &mut unwritten, &mut results);
+        results
+    }
+
+    /// Appends `records` (emptied) and indexes each of `unwritten` (emptied), or fails them.
+    fn write_records(
+        &self,
+        records: &mut Vec<u8>,
+        unwritten: &mut Vec<Unwritten>,
+        results: &mut [std::io::Result<Option<Stored<'_>>>],
+    ) {
+        if unwritten.is_empty() {
+            return;
+        }
+        let appended = self.append(records);
+        for record in unwritten.drain(..) {
+            let offset = appended
+                .as_ref()
+                .map_err(copy_error)
+                .and_then(|&(pack, start)| {
+                    let offset = u32::try_from(u64::from(start) + record.at as u64)
+                        .map_err(std::io::Error::other)?;
+                    Ok((pack, offset))
+                });
+            match offset {
+                Ok((pack, offset)) => self.index_entry(
+                    record.key,
+                    Entry {
+                        pack,
+                        offset,
+                        frame_len: record.frame_len,
+                        canonical_len: record.canonical_len,
+                    },
+                ),
+                Err(err) => results[record.result] = Err(err),
+            }
+        }
+        records.clear();
+    }
+
     /// Writes `record` at the end of this process's pack (a new one when there is none or it
     /// is full); returns the pack's number and the record's offset.
     fn append(&self, record: &[u8]) -> std::io::Result<(u32, u32)> {
@@ -696,10 +780,36 @@ pub(super) fn decode_frame(
 
 fn record(frame_len: u32, key: u64, frame: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(RECORD_HEAD + frame.len());
-    record.extend_from_slice(&frame_len.to_le_bytes());
-    record.extend_from_slice(&key.to_le_bytes());
-    record.extend_from_slice(frame);
+    push_record(&mut record, frame_len, key, frame);
     record
+}
+
+fn push_record(records: &mut Vec<u8>, frame_len: u32, key: u64, frame: &[u8]) {
+    records.extend_from_slice(&frame_len.to_le_bytes());
+    records.extend_from_slice(&key.to_le_bytes());
+    records.extend_from_slice(frame);
+}
+
+/// The same error again, for each block a failed write held.
+fn copy_error(err: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(err.kind(), err.to_string())
+}
+
+/// A block stored by [`DiskTier::store_many`]: its frame, and the form it compressed.
+pub struct Stored<'a> {
+    pub frame: Vec<u8>,
+    pub form: Cow<'a, [u8]>,
+}
+
+/// A record built by [`DiskTier::store_many`] and not yet written.
+struct Unwritten {
+    /// Its block's place in the results.
+    result: usize,
+    key: u64,
+    /// Its offset in the records written together.
+    at: usize,
+    frame_len: u32,
+    canonical_len: u32,
 }
 
 /// (frame length, hash prefix) of a record starting at `bytes`.

@@ -384,6 +384,18 @@ impl<S: BlockSource> Worker<S> {
                 }
             };
             match message {
+                Some(Message::Committed(blocks)) if is_run(&blocks) => {
+                    // A committed batch: consecutive heights, stored with one write.
+                    self.dequeued(&blocks);
+                    if let Some(first) = blocks.first() {
+                        self.catch_up_to(first.height);
+                    }
+                    let puts = self.shared.cache.put_encoded_many(&blocks);
+                    for (block, put) in blocks.iter().zip(puts) {
+                        self.stored(block.height, put);
+                        self.next = self.next.max(block.height + 1);
+                    }
+                }
                 Some(Message::Committed(blocks)) => {
                     self.dequeued(&blocks);
                     for block in &blocks {
@@ -614,4 +626,11 @@ pub(crate) fn run_when_idle(thread: &str) {
             "cannot give the {thread} thread idle priority; it competes with writes"
         );
     }
+}
+
+/// Whether `blocks` hold consecutive heights, as a batch the writer committed does.
+fn is_run(blocks: &[Arc<EncodedBlock>]) -> bool {
+    blocks
+        .windows(2)
+        .all(|pair| pair[1].height == pair[0].height + 1)
 }

@@ -506,6 +506,52 @@ impl BlockCache {
         })
     }
 
+    /// [`BlockCache::put_encoded`] of a batch just committed, with one file write for all of
+    /// them (the cache thread's work per block was a third `pwrite`); results in order.
+    pub fn put_encoded_many(&self, blocks: &[Arc<EncodedBlock>]) -> Vec<std::io::Result<Put>> {
+        let items: Vec<(&Block, &[u8])> = blocks
+            .iter()
+            .map(|block| (&*block.block, &block.encoding[..]))
+            .collect();
+        let mut encoder = self.inner.encoder.lock();
+        let stored = self.inner.disk.store_many(&items, &mut encoder);
+        let mut young_dictionary = None;
+        let results: Vec<_> = blocks
+            .iter()
+            .zip(stored)
+            .map(|(block, stored)| {
+                let result = stored.map(|stored| match stored {
+                    None => Put::Present,
+                    Some(disk::Stored { frame, form }) => {
+                        let dictionaries = &self.inner.disk.dictionaries;
+                        if let Some(shared) = self.shared() {
+                            shared.queue(&block.hash, frame, dictionaries);
+                        }
+                        if let dictionary::Training::Trained { id, young: true } =
+                            encoder.observe(&form, dictionaries)
+                        {
+                            young_dictionary = Some(id);
+                        }
+                        Put::Written
+                    }
+                });
+                self.after_write(&block.hash, &result, || Arc::clone(&block.block));
+                result
+            })
+            .collect();
+        self.inner
+            .counters
+            .dictionary_id
+            .store(encoder.current_id(), Relaxed);
+        drop(encoder);
+        if let Some(id) = young_dictionary {
+            if self.inner.disk.counters.entries.load(Relaxed) <= RECOMPRESS_UP_TO {
+                self.recompress_entries(id);
+            }
+        }
+        results
+    }
+
     fn put_with(
         &self,
         block: &Block,
@@ -513,17 +559,27 @@ impl BlockCache {
         shared: impl FnOnce() -> Arc<Block>,
     ) -> std::io::Result<Put> {
         let result = self.write(block, encoding);
-        match &result {
+        self.after_write(&block.hash, &result, shared);
+        result
+    }
+
+    /// Keeps a block just written in RAM, or counts a failed write.
+    fn after_write(
+        &self,
+        hash: &Hash,
+        result: &std::io::Result<Put>,
+        shared: impl FnOnce() -> Arc<Block>,
+    ) {
+        match result {
             // A block just written is likely read soon (BlockAdded listeners); one that was
             // there already (a catch-up pass over stored blocks) is not, and stays on disk.
             // (A block filled in after a miss is in RAM already: no copy then.)
-            Ok(Put::Written) if !self.is_hot(&block.hash) => self.insert_hot(shared()),
+            Ok(Put::Written) if !self.is_hot(hash) => self.insert_hot(shared()),
             Ok(Put::Written | Put::Present) => {}
             Err(_) => {
                 self.inner.counters.write_failures.fetch_add(1, Relaxed);
             }
         }
-        result
     }
 
     fn write(&self, block: &Block, encoding: Option<&[u8]>) -> std::io::Result<Put> {

@@ -796,3 +796,94 @@ fn blocks_are_stored_without_their_link_and_read_back_with_the_chains() {
     assert!(forged.get(&blocks[10].hash).is_none());
     assert_eq!(forged.stats().corrupt_dropped, 1);
 }
+
+#[test]
+fn a_batch_is_stored_back_to_back_and_reads_back_block_by_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks: Vec<Arc<EncodedBlock>> = corpus::blocks(8, 300)
+        .into_iter()
+        .map(|block| Arc::new(EncodedBlock::from(block)))
+        .collect();
+    {
+        let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+        cache.set_links(corpus::links(
+            &blocks
+                .iter()
+                .map(|b| (*b.block).clone())
+                .collect::<Vec<_>>(),
+        ));
+        assert_eq!(cache.put_encoded(&blocks[5]).expect("put"), Put::Written);
+        let before = cache.inner.disk.counters.pack_bytes.load(Relaxed);
+        // Batches of 1, 7 and 292 blocks; the one stored already is left alone.
+        let mut results = Vec::new();
+        for range in [0..1, 1..8, 8..300] {
+            results.extend(cache.put_encoded_many(&blocks[range]));
+        }
+        for (height, result) in results.iter().enumerate() {
+            let expected = if height == 5 {
+                Put::Present
+            } else {
+                Put::Written
+            };
+            assert_eq!(
+                result.as_ref().expect("stored"),
+                &expected,
+                "height {height}"
+            );
+        }
+        let stats = cache.stats();
+        assert_eq!(stats.total_entries, 300, "{stats:#?}");
+        // Every record went in whole, back to back after those before.
+        let written = cache.inner.disk.counters.pack_bytes.load(Relaxed) - before;
+        let [pack] = &packs(dir.path())[..] else {
+            panic!("one pack: {:?}", packs(dir.path()));
+        };
+        assert_eq!(
+            std::fs::metadata(pack).expect("stat").len(),
+            before + written
+        );
+        for block in &blocks {
+            let (_, offset, len) = cache.inner.disk.locate(&block.hash).expect("indexed");
+            assert!(offset + len as u64 <= before + written);
+        }
+    }
+    // A fresh process finds each block on disk, re-hashed.
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    cache.set_links(corpus::links(
+        &blocks
+            .iter()
+            .map(|b| (*b.block).clone())
+            .collect::<Vec<_>>(),
+    ));
+    for block in &blocks {
+        assert_eq!(cache.get(&block.hash).as_deref(), Some(&*block.block));
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.disk_hits, stats.corrupt_dropped),
+        (300, 0),
+        "{stats:#?}"
+    );
+}
+
+#[test]
+fn a_batch_that_cannot_be_written_fails_each_of_its_blocks_and_indexes_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A file where the packs directory belongs: every write fails.
+    std::fs::write(dir.path().join("packs"), b"in the way").expect("block it");
+    let cache = open(dir.path(), DEFAULT_HOT_BYTES);
+    let blocks: Vec<Arc<EncodedBlock>> = corpus::blocks(9, 20)
+        .into_iter()
+        .map(|block| Arc::new(EncodedBlock::from(block)))
+        .collect();
+    let results = cache.put_encoded_many(&blocks);
+    assert_eq!(results.len(), 20);
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.total_entries, stats.write_failures),
+        (0, 20),
+        "{stats:#?}"
+    );
+    assert!(blocks.iter().all(|b| !cache.on_disk(&b.hash)));
+}
