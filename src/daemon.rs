@@ -157,7 +157,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     let bus = config.bus.to_string();
-    let builder = crate::dbus::socket::daemon_builder(&config.bus).map_err(|source| {
+    let daemon_bus = crate::dbus::socket::DaemonBus::new(&config.bus).map_err(|source| {
         DaemonError::Connect {
             bus: bus.clone(),
             source,
@@ -182,8 +182,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let object = BlockchainObject::new(chain.clone(), config.writer_uids.clone())
         .with_replicas(replicas.clone());
     let in_flight = object.in_flight();
-    let connection = builder
-        .serve_at(OBJECT_PATH, BlockchainInterface::new(object))
+    let connected = daemon_bus.connect().await;
+    let connection = connected
+        .and_then(|builder| builder.serve_at(OBJECT_PATH, BlockchainInterface::new(object)))
         .and_then(|b| b.name(BUS_NAME))
         .map_err(|source| DaemonError::Connect {
             bus: bus.clone(),

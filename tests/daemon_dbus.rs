@@ -545,8 +545,11 @@ async fn the_buffered_connection_reads_whole_messages_from_an_abstract_socket() 
     assert!(address.starts_with("unix:abstract="), "{address}");
 
     let choice = BusChoice::Address(address.clone());
-    let server = opdbus_blockchain::dbus::socket::daemon_builder(&choice)
-        .expect("builder")
+    let server = opdbus_blockchain::dbus::socket::DaemonBus::new(&choice)
+        .expect("a Unix socket address")
+        .connect()
+        .await
+        .expect("connect")
         .name("org.opdbus.BufferedTest")
         .expect("name")
         .build();
@@ -594,6 +597,24 @@ async fn the_buffered_connection_reads_whole_messages_from_an_abstract_socket() 
         assert_eq!((index as usize, text.len()), (i, *size));
         assert!(text.bytes().all(|b| b == b'y'));
     }
+    // After all of that, the connection reads on.
+    client
+        .emit_signal(
+            None::<()>,
+            "/org/opdbus/BufferedTest",
+            "org.opdbus.BufferedTest",
+            "Sized",
+            &(99u32, "after".to_string()),
+        )
+        .await
+        .expect("emit");
+    let after = tokio::time::timeout(std::time::Duration::from_secs(10), received.next())
+        .await
+        .expect("the connection still reads")
+        .expect("stream open")
+        .expect("a whole message");
+    let (index, _): (u32, String) = after.body().deserialize().expect("body");
+    assert_eq!(index, 99);
     drop((server, client));
     let _ = bus.kill();
     let _ = bus.wait();

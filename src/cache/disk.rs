@@ -14,8 +14,8 @@
 //! frame    one zstd frame of the block's canonical encoding (`chain::block`), the bytes the
 //!          chain hashes; its header carries the content size and the dictionary id
 //! ```
-//! A block costs one `pwrite` of about 150 bytes instead of a file of its own (whose creation
-//! dominated the cache's CPU). The index maps each prefix to its newest record; it is built at
+//! A block costs about 150 bytes appended to a pack instead of a file of its own (whose
+//! creation dominated the cache's CPU), and a committed batch one `pwrite` for all its blocks. The index maps each prefix to its newest record; it is built at
 //! start by reading the record heads of every pack, newest record winning.
 //!
 //! Nothing here is synced: the cache never holds the only copy of a block, and every load
