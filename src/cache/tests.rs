@@ -800,18 +800,14 @@ fn blocks_are_stored_without_their_link_and_read_back_with_the_chains() {
 #[test]
 fn a_batch_is_stored_back_to_back_and_reads_back_block_by_block() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let blocks: Vec<Arc<EncodedBlock>> = corpus::blocks(8, 300)
-        .into_iter()
-        .map(|block| Arc::new(EncodedBlock::from(block)))
+    let plain = corpus::blocks(8, 300);
+    let blocks: Vec<Arc<EncodedBlock>> = plain
+        .iter()
+        .map(|block| Arc::new(EncodedBlock::from(block.clone())))
         .collect();
     {
         let cache = open(dir.path(), DEFAULT_HOT_BYTES);
-        cache.set_links(corpus::links(
-            &blocks
-                .iter()
-                .map(|b| (*b.block).clone())
-                .collect::<Vec<_>>(),
-        ));
+        cache.set_links(corpus::links(&plain));
         assert_eq!(cache.put_encoded(&blocks[5]).expect("put"), Put::Written);
         let before = cache.inner.disk.counters.pack_bytes.load(Relaxed);
         // Batches of 1, 7 and 292 blocks; the one stored already is left alone.
@@ -849,12 +845,7 @@ fn a_batch_is_stored_back_to_back_and_reads_back_block_by_block() {
     }
     // A fresh process finds each block on disk, re-hashed.
     let cache = open(dir.path(), DEFAULT_HOT_BYTES);
-    cache.set_links(corpus::links(
-        &blocks
-            .iter()
-            .map(|b| (*b.block).clone())
-            .collect::<Vec<_>>(),
-    ));
+    cache.set_links(corpus::links(&plain));
     for block in &blocks {
         assert_eq!(cache.get(&block.hash).as_deref(), Some(&*block.block));
     }
