@@ -15,8 +15,9 @@
 //!          chain hashes; its header carries the content size and the dictionary id
 //! ```
 //! A block costs about 150 bytes appended to a pack instead of a file of its own (whose
-//! creation dominated the cache's CPU), and a committed batch one `pwrite` for all its blocks. The index maps each prefix to its newest record; it is built at
-//! start by reading the record heads of every pack, newest record winning.
+//! creation dominated the cache's CPU), and a committed batch one `pwrite` for all its blocks.
+//! The index maps each prefix to its newest record; it is built at start by reading the record
+//! heads of every pack, newest record winning.
 //!
 //! Nothing here is synced: the cache never holds the only copy of a block, and every load
 //! re-hashes what it read and compares it with the hash asked for, so a record lost or damaged
@@ -381,40 +382,28 @@ impl DiskTier {
         encoder: &mut Encoder,
         replace: bool,
     ) -> std::io::Result<Option<Vec<u8>>> {
-        if !replace && self.contains(&block.hash) {
-            return Ok(None);
-        }
-        let frame = encoder.compress(&self.stored_form(block, encoding))?;
-        let key = hash_prefix(&block.hash);
-        let frame_len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
-        let (pack, offset) = self.append(&record(frame_len, key, &frame))?;
-        self.index_entry(
-            key,
-            Entry {
-                pack,
-                offset,
-                frame_len,
-                canonical_len: encoding.len() as u32,
-            },
-        );
-        Ok(Some(frame))
+        let stored = self
+            .store_many(&[(block, encoding)], encoder, replace)
+            .pop();
+        Ok(stored.transpose()?.flatten().map(|stored| stored.frame))
     }
 
-    /// [`DiskTier::store`] of several blocks not to be replaced, with one write: their records
-    /// go to the pack together and enter the index once written, so a reader never finds an
-    /// entry whose bytes are not there yet. Per block, in order: `None` when it was there
-    /// already, else what was stored (the frame, and the form it compressed for the encoder's
+    /// [`DiskTier::store`] of several blocks with one write: their records go to the pack
+    /// together and enter the index once written, so a reader never finds an entry whose bytes
+    /// are not there yet. Per block, in order: `None` when it was there already (and not to be
+    /// replaced), else what was stored (the frame, and the form it compressed for the encoder's
     /// samples). A failed write fails the blocks it held.
     pub fn store_many<'a>(
         &self,
         blocks: &[(&Block, &'a [u8])],
         encoder: &mut Encoder,
+        replace: bool,
     ) -> Vec<std::io::Result<Option<Stored<'a>>>> {
         let mut results = Vec::with_capacity(blocks.len());
         let mut records = Vec::new();
         let mut unwritten = Vec::new();
         for (block, encoding) in blocks {
-            if self.contains(&block.hash) {
+            if !replace && self.contains(&block.hash) {
                 results.push(Ok(None));
                 continue;
             }
@@ -735,12 +724,12 @@ impl DiskTier {
     /// Appends a record of `frame` under `hash`'s prefix, whatever the frame holds.
     #[cfg(test)]
     pub fn plant(&self, hash: &Hash, frame: &[u8]) {
-        self.append(&record(frame.len() as u32, hash_prefix(hash), frame))
-            .expect("plant a record");
+        let mut record = Vec::new();
+        push_record(&mut record, frame.len() as u32, hash_prefix(hash), frame);
+        self.append(&record).expect("plant a record");
     }
 }
 
-/// A record: its head (frame length, hash prefix), then the frame.
 /// Decompresses one zstd frame of a block encoding (with the dictionary its header names,
 /// from `dictionary`), puts back a left-out `prev_hash` from `links`, and decodes the block,
 /// whose hash is computed from what was decoded. Bounded: a frame claiming more than the
@@ -778,12 +767,7 @@ pub(super) fn decode_frame(
     Block::decode(&encoding).map_err(|e| bad(format!("not a block: {e}")))
 }
 
-fn record(frame_len: u32, key: u64, frame: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(RECORD_HEAD + frame.len());
-    push_record(&mut record, frame_len, key, frame);
-    record
-}
-
+/// Appends a record to `records`: its head (frame length, hash prefix), then the frame.
 fn push_record(records: &mut Vec<u8>, frame_len: u32, key: u64, frame: &[u8]) {
     records.extend_from_slice(&frame_len.to_le_bytes());
     records.extend_from_slice(&key.to_le_bytes());

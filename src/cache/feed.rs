@@ -384,28 +384,15 @@ impl<S: BlockSource> Worker<S> {
                 }
             };
             match message {
-                Some(Message::Committed(blocks)) if is_run(&blocks) => {
-                    // A committed batch: consecutive heights, stored with one write.
+                Some(Message::Committed(blocks)) => {
+                    // Stored with one write; heights the queue skipped before a block are
+                    // then filled in from the chain.
                     self.dequeued(&blocks);
-                    if let Some(first) = blocks.first() {
-                        self.catch_up_to(first.height);
-                    }
                     let puts = self.shared.cache.put_encoded_many(&blocks);
                     for (block, put) in blocks.iter().zip(puts) {
+                        self.catch_up_to(block.height);
                         self.stored(block.height, put);
                         self.next = self.next.max(block.height + 1);
-                    }
-                }
-                Some(Message::Committed(blocks)) => {
-                    self.dequeued(&blocks);
-                    for block in &blocks {
-                        if block.height >= self.next {
-                            self.catch_up_to(block.height);
-                            self.store_encoded(block);
-                            self.next = block.height + 1;
-                        } else {
-                            self.store_encoded(block);
-                        }
                     }
                 }
                 Some(Message::Fill(block)) => {
@@ -626,11 +613,4 @@ pub(crate) fn run_when_idle(thread: &str) {
             "cannot give the {thread} thread idle priority; it competes with writes"
         );
     }
-}
-
-/// Whether `blocks` hold consecutive heights, as a batch the writer committed does.
-fn is_run(blocks: &[Arc<EncodedBlock>]) -> bool {
-    blocks
-        .windows(2)
-        .all(|pair| pair[1].height == pair[0].height + 1)
 }

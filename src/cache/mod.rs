@@ -513,41 +513,9 @@ impl BlockCache {
             .iter()
             .map(|block| (&*block.block, &block.encoding[..]))
             .collect();
-        let mut encoder = self.inner.encoder.lock();
-        let stored = self.inner.disk.store_many(&items, &mut encoder);
-        let mut young_dictionary = None;
-        let results: Vec<_> = blocks
-            .iter()
-            .zip(stored)
-            .map(|(block, stored)| {
-                let result = stored.map(|stored| match stored {
-                    None => Put::Present,
-                    Some(disk::Stored { frame, form }) => {
-                        let dictionaries = &self.inner.disk.dictionaries;
-                        if let Some(shared) = self.shared() {
-                            shared.queue(&block.hash, frame, dictionaries);
-                        }
-                        if let dictionary::Training::Trained { id, young: true } =
-                            encoder.observe(&form, dictionaries)
-                        {
-                            young_dictionary = Some(id);
-                        }
-                        Put::Written
-                    }
-                });
-                self.after_write(&block.hash, &result, || Arc::clone(&block.block));
-                result
-            })
-            .collect();
-        self.inner
-            .counters
-            .dictionary_id
-            .store(encoder.current_id(), Relaxed);
-        drop(encoder);
-        if let Some(id) = young_dictionary {
-            if self.inner.disk.counters.entries.load(Relaxed) <= RECOMPRESS_UP_TO {
-                self.recompress_entries(id);
-            }
+        let results = self.write_many(&items);
+        for (block, result) in blocks.iter().zip(&results) {
+            self.after_write(&block.hash, result, || Arc::clone(&block.block));
         }
         results
     }
@@ -594,27 +562,50 @@ impl BlockCache {
                 &made
             }
         };
+        self.write_many(&[(block, encoding)])
+            .pop()
+            .unwrap_or(Ok(Put::Present))
+    }
+
+    /// Writes `blocks` to the disk tier (those not there already) with one file write, hands
+    /// each new frame to the shared tier and to the encoder's samples, and recompresses a young
+    /// cache when that trained a new dictionary; results in order.
+    fn write_many(&self, blocks: &[(&Block, &[u8])]) -> Vec<std::io::Result<Put>> {
+        let dictionaries = &self.inner.disk.dictionaries;
         let mut encoder = self.inner.encoder.lock();
-        let frame = self
-            .inner
-            .disk
-            .store(block, encoding, &mut encoder, false)?;
-        if let (Some(shared), Some(frame)) = (self.shared(), frame) {
-            shared.queue(&block.hash, frame, &self.inner.disk.dictionaries);
-        }
-        let stored = self.inner.disk.stored_form(block, encoding);
-        let training = encoder.observe(&stored, &self.inner.disk.dictionaries);
+        let stored = self.inner.disk.store_many(blocks, &mut encoder, false);
+        let mut young_dictionary = None;
+        let results = blocks
+            .iter()
+            .zip(stored)
+            .map(|((block, _), stored)| {
+                stored.map(|stored| match stored {
+                    None => Put::Present,
+                    Some(disk::Stored { frame, form }) => {
+                        if let Some(shared) = self.shared() {
+                            shared.queue(&block.hash, frame, dictionaries);
+                        }
+                        if let dictionary::Training::Trained { id, young: true } =
+                            encoder.observe(&form, dictionaries)
+                        {
+                            young_dictionary = Some(id);
+                        }
+                        Put::Written
+                    }
+                })
+            })
+            .collect();
         self.inner
             .counters
             .dictionary_id
             .store(encoder.current_id(), Relaxed);
-        if let dictionary::Training::Trained { id, young: true } = training {
-            drop(encoder);
+        drop(encoder);
+        if let Some(id) = young_dictionary {
             if self.inner.disk.counters.entries.load(Relaxed) <= RECOMPRESS_UP_TO {
                 self.recompress_entries(id);
             }
         }
-        Ok(Put::Written)
+        results
     }
 
     /// While the cache is young (a few thousand blocks), each new dictionary is better than
