@@ -37,6 +37,11 @@ trait Blockchain {
     #[zbus(property)]
     fn head_hash(&self) -> zbus::Result<String>;
 
+    /// Asks for BlockAdded, which the daemon emits only while someone is subscribed.
+    fn subscribe(&self) -> zbus::Result<()>;
+
+    fn unsubscribe(&self) -> zbus::Result<()>;
+
     #[zbus(signal)]
     fn block_added(
         &self,

@@ -2,7 +2,7 @@
 //!
 //! Thin by design: validate arguments, find out who is calling (from the bus, never from the
 //! payload), call the core, map its errors to typed D-Bus errors, and emit `BlockAdded` once
-//! the reply has been sent.
+//! the reply has been sent, while any client is subscribed to it.
 
 use crate::chain::block::{parse_hash, Caller, EncodedBlock};
 use crate::service::{OptimizedBlockchain, ServiceError};
@@ -17,7 +17,9 @@ use zbus::{interface, Connection};
 
 pub mod replica;
 pub mod socket;
+mod subscribers;
 mod writes;
+pub use subscribers::{Subscribers, MAX_SUBSCRIBERS, MAX_SUBSCRIBERS_PER_UID};
 pub use writes::BlockchainInterface;
 
 /// Well-known bus name and interface name.
@@ -84,6 +86,8 @@ pub struct BlockchainObject {
     expensive: ExpensiveCalls,
     /// The chains this daemon follows as a replica (`--replica-of`).
     replicas: Option<crate::replica::run::Replicas>,
+    /// The clients that asked for `BlockAdded`.
+    subscribers: Subscribers,
 }
 
 impl BlockchainObject {
@@ -95,6 +99,7 @@ impl BlockchainObject {
             in_flight: InFlight::default(),
             expensive: ExpensiveCalls::default(),
             replicas: None,
+            subscribers: Subscribers::default(),
         }
     }
 
@@ -107,6 +112,11 @@ impl BlockchainObject {
     /// The count of AddFootprint calls not yet answered, for the daemon to drain at shutdown.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.clone()
+    }
+
+    /// The clients that asked for `BlockAdded`, for the task that emits it.
+    pub fn subscribers(&self) -> Subscribers {
+        self.subscribers.clone()
     }
 
     /// Who sent `header`'s message, asked of the bus once per connection.
@@ -514,6 +524,29 @@ impl BlockchainObject {
         note: &str,
     ) -> zbus::Result<()>;
 
+    /// Asks for `BlockAdded`, which is emitted only while at least one client that called
+    /// this is on the bus. Ends with `Unsubscribe` or when the caller leaves the bus; calling it
+    /// again changes nothing.
+    async fn subscribe(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), Error> {
+        let caller = self.caller(&header, connection).await?;
+        let counted = !caller
+            .uid
+            .is_some_and(|uid| uid == 0 || uid == nix::unistd::getuid().as_raw());
+        self.subscribers
+            .subscribe(connection, header.sender(), caller.uid, counted)
+            .await
+            .map_err(Error::LimitsExceeded)
+    }
+
+    /// Ends the caller's `Subscribe`; not an error when there is none.
+    async fn unsubscribe(&self, #[zbus(header)] header: Header<'_>) {
+        self.subscribers.unsubscribe(header.sender());
+    }
+
     /// Height of the newest durable block (not announced through PropertiesChanged).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn height(&self) -> u64 {
@@ -527,7 +560,7 @@ impl BlockchainObject {
     }
 
     /// Sent for each block added, after the reply to the AddFootprint or AddFootprints call
-    /// that added it.
+    /// that added it, while at least one client is subscribed (Subscribe).
     #[zbus(signal)]
     async fn block_added(
         emitter: &SignalEmitter<'_>,

@@ -125,10 +125,16 @@ async fn zbus_client_round_trip_keeps_data_verbatim() {
     assert_eq!(block["hash"], hash.as_str());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn block_added_reaches_a_subscriber_after_the_reply() {
-    let (bus, _daemon, _dir) = start();
-    let listener = bus.connect().await;
+/// Calls a method of the daemon that takes and returns nothing (Subscribe, Unsubscribe).
+async fn call_void(connection: &zbus::Connection, member: &str) {
+    connection
+        .call_method(Some(BUS_NAME), OBJECT_PATH, Some(BUS_NAME), member, &())
+        .await
+        .unwrap_or_else(|e| panic!("{member}: {e}"));
+}
+
+/// `BlockAdded` signals as `listener` receives them, with only a match rule (no Subscribe).
+async fn block_added_stream(listener: &zbus::Connection) -> zbus::MessageStream {
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .interface(BUS_NAME)
@@ -136,24 +142,80 @@ async fn block_added_reaches_a_subscriber_after_the_reply() {
         .member("BlockAdded")
         .expect("member")
         .build();
-    let mut signals = zbus::MessageStream::for_match_rule(rule, &listener, None)
+    zbus::MessageStream::for_match_rule(rule, listener, None)
         .await
-        .expect("match");
-    let writer = bus.connect().await;
-    let (height, hash) = add_footprint(&writer, "firewall", "add_rule", r#"{"port":22}"#)
-        .await
-        .expect("add");
+        .expect("match")
+}
+
+async fn next_block_added(signals: &mut zbus::MessageStream) -> (u64, String, String, String) {
     let message = tokio::time::timeout(std::time::Duration::from_secs(10), signals.next())
         .await
         .expect("BlockAdded within 10 s")
         .expect("stream open")
         .expect("message");
-    let (h, s, plugin, operation): (u64, String, String, String) =
-        message.body().deserialize().expect("tsss");
+    message.body().deserialize().expect("tsss")
+}
+
+/// BlockAdded goes out, broadcast, only while a client that called Subscribe is on the bus:
+/// not before, not after its Unsubscribe, not after it left the bus. Signals arrive in order,
+/// so a height the listener skips was not signalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_added_is_emitted_while_a_client_is_subscribed() {
+    let (bus, _daemon, _dir) = start();
+    let listener = bus.connect().await;
+    let mut signals = block_added_stream(&listener).await;
+    let writer = bus.connect().await;
+    let add = |data: &'static str| {
+        let writer = writer.clone();
+        async move {
+            add_footprint(&writer, "firewall", "add_rule", data)
+                .await
+                .expect("add")
+        }
+    };
+    let (unsignalled, _) = add("{}").await;
+
+    let subscriber = bus.connect().await;
+    call_void(&subscriber, "Subscribe").await;
+    call_void(&subscriber, "Subscribe").await; // again: no error, one subscription
+    let (height, hash) = add(r#"{"port":22}"#).await;
+    assert_eq!(height, unsignalled + 1);
     assert_eq!(
-        (h, s.as_str(), plugin.as_str(), operation.as_str()),
-        (height, hash.as_str(), "firewall", "add_rule")
+        next_block_added(&mut signals).await,
+        (height, hash, "firewall".into(), "add_rule".into()),
+        "the first signal is the first block added after Subscribe"
     );
+
+    call_void(&subscriber, "Unsubscribe").await;
+    let (quiet, _) = add("{}").await;
+    call_void(&subscriber, "Subscribe").await;
+    let (loud, _) = add("{}").await;
+    assert_eq!(
+        next_block_added(&mut signals).await.0,
+        loud,
+        "{quiet} signalled"
+    );
+
+    // Leaving the bus ends the subscription once the daemon has seen the name go.
+    drop(subscriber);
+    for attempt in 0.. {
+        let (quiet, _) = add("{}").await;
+        let again = bus.connect().await;
+        call_void(&again, "Subscribe").await;
+        let (loud, _) = add("{}").await;
+        let seen = next_block_added(&mut signals).await.0;
+        call_void(&again, "Unsubscribe").await;
+        if seen == loud {
+            break;
+        }
+        assert_eq!(seen, quiet);
+        assert_eq!(next_block_added(&mut signals).await.0, loud);
+        assert!(
+            attempt < 50,
+            "BlockAdded still emitted 5 s after the subscriber left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,6 +510,7 @@ async fn add_footprints_is_one_all_or_nothing_write() {
         )
         .await
         .expect("match");
+    call_void(&writer, "Subscribe").await;
     let mut incoming = zbus::MessageStream::from(&writer);
     let batch: Vec<(String, String, String)> = (0..3)
         .map(|i| {

@@ -85,9 +85,24 @@ fn root_an_unprivileged_flood_of_reads_keeps_memory_bounded_and_root_writes_prom
         &[("OPDBUS_SEGMENT_BYTES", &SEGMENT_BYTES.to_string())],
     );
     let pid = daemon.pid();
-    // Let the daemon build its block vectors (a first query waits for them).
-    let (ok, _, err) = bus.call("FindSimilar", "su", &[&planted, "1"]);
-    assert!(ok, "{err}");
+    // Let the daemon build its block vectors (a first query waits for them: 20-25 s in a debug
+    // build on a slow 2-CPU machine, so more than busctl's default 25 s timeout is allowed).
+    let out = bus.busctl(&[
+        "--timeout=300",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        BUS_NAME,
+        "FindSimilar",
+        "su",
+        &planted,
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before_kb = status_kb(pid, "VmRSS:");
 
     let done = Arc::new(AtomicBool::new(false));
@@ -317,6 +332,82 @@ async fn flood(address: &str, planted: &str) {
         println!("planted_query_ms {}", started.elapsed().as_millis());
         break;
     }
+}
+
+/// Subscribe is open to everyone, so one uid may hold only 16 subscriptions (each is a name the
+/// daemon keeps and a match rule on its connection), and each ends with its connection. The
+/// subscribers are `opdbus-chain log --follow --bus` processes as uid 65534, which subscribe
+/// for as long as they run; `dbus-send` as the same uid is refused while 16 run, root is not.
+#[test]
+fn root_subscriptions_are_limited_per_uid_and_end_with_their_connection() {
+    if !is_root() {
+        eprintln!("SKIP root_subscriptions_are_limited_per_uid_and_end_with_their_connection: needs root for setpriv");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = Bus::start();
+    let daemon = Daemon::start(&bus, &dir.path().join("chain"), &dir.path().join("cache"));
+    let subscribe_as_nobody = || {
+        let out = bus.dbus_send(Some(NOBODY), "Subscribe", &[]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = subscribe_as_nobody();
+    assert!(ok, "{err}");
+
+    let followers: Vec<_> = (0..opdbus_blockchain::dbus::MAX_SUBSCRIBERS_PER_UID)
+        .map(|_| {
+            Command::new("setpriv")
+                .args([
+                    &format!("--reuid={NOBODY}"),
+                    &format!("--regid={NOBODY}"),
+                    "--clear-groups",
+                    CLI,
+                    "log",
+                    "--follow",
+                    "--bus",
+                    &bus.address,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("setpriv opdbus-chain log --follow")
+        })
+        .collect();
+    // Each prints the genesis block after it subscribed (Subscribe comes before its first Query).
+    let mut followers = followers;
+    for follower in &mut followers {
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(follower.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("a line of log --follow");
+        assert!(!line.is_empty(), "log --follow as uid {NOBODY} exited");
+    }
+    let (ok, refusal) = subscribe_as_nobody();
+    assert!(!ok, "a 17th subscription of uid {NOBODY} was taken");
+    assert!(
+        refusal.contains("org.opdbus.Blockchain.Error.LimitsExceeded")
+            && refusal.contains("uid 65534 holds 16 subscriptions"),
+        "{refusal}"
+    );
+    let (ok, _, err) = bus.call("Subscribe", "", &[]);
+    assert!(ok, "root is not limited per uid: {err}");
+
+    for mut follower in followers {
+        let _ = follower.kill();
+        let _ = follower.wait();
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "subscriptions to end with their connections",
+        || subscribe_as_nobody().0,
+    );
+    let log = daemon.log_text();
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 /// Any number of concurrent Verify calls cost one pass over the chain at a time.

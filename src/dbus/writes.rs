@@ -8,11 +8,11 @@
 //! its own, as long as nothing makes it wait (the caller is known, the payload is small, the
 //! writer's queue has room); otherwise it goes on as a task. The writer thread hands each
 //! committed batch to one reply task, woken once per batch, which sends the replies and then
-//! each block's `BlockAdded`, so a signal never precedes its reply.
+//! each block's `BlockAdded` (while anyone is subscribed), so a signal never precedes its reply.
 //!
 //! Every other method is dispatched to [`BlockchainObject`] as zbus would, in a task of its own.
 
-use super::{BlockchainObject, Error, InFlightCall, BUS_NAME, OBJECT_PATH};
+use super::{BlockchainObject, Error, InFlightCall, Subscribers, BUS_NAME, OBJECT_PATH};
 use crate::chain::block::{Caller, EncodedBlock};
 use crate::chain::error::ChainError;
 use crate::chain::writer::Ack;
@@ -42,7 +42,7 @@ impl BlockchainInterface {
     /// Serves `object`; starts the reply task (call within the runtime).
     pub fn new(object: BlockchainObject) -> Self {
         let (answers, queued) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(send_answers(queued));
+        tokio::spawn(send_answers(queued, object.subscribers()));
         BlockchainInterface {
             object: Arc::new(object),
             answers,
@@ -224,8 +224,9 @@ async fn reply_error(connection: &Connection, header: &Header<'_>, error: Error)
     }
 }
 
-/// The reply task: for each batch the writer committed, every reply, then every `BlockAdded`.
-async fn send_answers(mut queued: UnboundedReceiver<Answer>) {
+/// The reply task: for each batch the writer committed, every reply, then every `BlockAdded`
+/// (while anyone is subscribed).
+async fn send_answers(mut queued: UnboundedReceiver<Answer>, subscribers: Subscribers) {
     let mut answers = Vec::new();
     while queued.recv_many(&mut answers, 4096).await > 0 {
         for answer in &answers {
@@ -233,9 +234,6 @@ async fn send_answers(mut queued: UnboundedReceiver<Answer>) {
         }
         for answer in answers.drain(..) {
             let Ok(blocks) = &answer.outcome else {
-                continue;
-            };
-            let Ok(emitter) = SignalEmitter::new(&answer.connection, OBJECT_PATH) else {
                 continue;
             };
             for block in blocks {
@@ -251,6 +249,16 @@ async fn send_answers(mut queued: UnboundedReceiver<Answer>) {
                     block.plugin,
                     block.operation
                 );
+            }
+            // Read for each call, so that a block committed after a Subscribe was answered is
+            // signalled.
+            if !subscribers.any() {
+                continue;
+            }
+            let Ok(emitter) = SignalEmitter::new(&answer.connection, OBJECT_PATH) else {
+                continue;
+            };
+            for block in blocks {
                 super::emit_block_added(&emitter, block).await;
             }
         }

@@ -251,7 +251,7 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
     };
     crate::online::with_connection(bus, |connection| async move {
         // Subscribed before the first Query, so that no block added meanwhile is missed.
-        let mut added = if args.follow {
+        let added = if args.follow {
             let rule = zbus::MatchRule::builder()
                 .msg_type(zbus::message::Type::Signal)
                 .interface(BUS_NAME)
@@ -259,11 +259,26 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
                 .and_then(|b| b.path(OBJECT_PATH))
                 .map_err(|e| e.to_string())?
                 .build();
-            Some(
-                zbus::MessageStream::for_match_rule(rule, &connection, None)
-                    .await
-                    .map_err(|e| format!("cannot subscribe to BlockAdded: {e}"))?,
-            )
+            let stream = zbus::MessageStream::for_match_rule(rule, &connection, None)
+                .await
+                .map_err(|e| format!("cannot subscribe to BlockAdded: {e}"))?;
+            // Signals are read as they come, by a task of their own: zbus stops reading the
+            // connection (Query's replies too) while a stream's queue is full.
+            let added = std::sync::Arc::new(tokio::sync::Notify::new());
+            tokio::spawn(notify_each(stream, added.clone()));
+            // The daemon emits BlockAdded only while someone is subscribed. A daemon from
+            // before Subscribe emits it always; when the call is refused (too many
+            // subscribers, an older bus policy), the 1 s poll below still follows.
+            let _ = connection
+                .call_method(
+                    Some(BUS_NAME),
+                    OBJECT_PATH,
+                    Some(BUS_NAME),
+                    "Subscribe",
+                    &(),
+                )
+                .await;
+            Some(added)
         } else {
             None
         };
@@ -305,7 +320,7 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
                 next
             }
         };
-        let Some(added) = added.as_mut() else {
+        let Some(added) = added else {
             return Ok(ExitCode::SUCCESS);
         };
         loop {
@@ -313,7 +328,7 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
                 return Ok(ExitCode::SUCCESS);
             }
             // A signal says a block was added; the timeout covers a signal the bus dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(1), next_message(added)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), added.notified()).await;
             let mut closed = false;
             next = online
                 .each(Some(next), filter.to_height, |block| {
@@ -329,9 +344,15 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
     })
 }
 
-async fn next_message(stream: &mut zbus::MessageStream) {
+/// Wakes `added` for each message of `stream` (one wake-up is kept while nobody waits).
+async fn notify_each(mut stream: zbus::MessageStream, added: std::sync::Arc<tokio::sync::Notify>) {
     use zbus::export::futures_core::Stream;
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await;
+    while std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx))
+        .await
+        .is_some()
+    {
+        added.notify_one();
+    }
 }
 
 /// Query calls with one filter.
@@ -378,17 +399,7 @@ impl Online<'_> {
             if let Some(h) = to {
                 dict.insert("to_height", h.into());
             }
-            let reply = self
-                .connection
-                .call_method(
-                    Some(BUS_NAME),
-                    OBJECT_PATH,
-                    Some(BUS_NAME),
-                    "Query",
-                    &(dict, 1000u32),
-                )
-                .await
-                .map_err(|e| format!("Query: {e}"))?;
+            let reply = self.query(&dict).await?;
             let (blocks, next, complete): (Vec<QueryBlock>, u64, bool) = reply
                 .body()
                 .deserialize()
@@ -402,6 +413,39 @@ impl Online<'_> {
                 return Ok(next);
             }
             from = Some(next);
+        }
+    }
+
+    /// One Query call. The daemon refuses one with `LimitsExceeded` while the same uid has two
+    /// expensive calls in progress (other `log --bus` runs of the user, say): that is retried
+    /// for up to 10 s.
+    async fn query(
+        &self,
+        dict: &HashMap<&str, zbus::zvariant::Value<'_>>,
+    ) -> Result<zbus::Message, String> {
+        let mut waited = Duration::ZERO;
+        loop {
+            match self
+                .connection
+                .call_method(
+                    Some(BUS_NAME),
+                    OBJECT_PATH,
+                    Some(BUS_NAME),
+                    "Query",
+                    &(dict, 1000u32),
+                )
+                .await
+            {
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str() == "org.opdbus.Blockchain.Error.LimitsExceeded"
+                        && waited < Duration::from_secs(10) =>
+                {
+                    let pause = Duration::from_millis(50);
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                reply => return reply.map_err(|e| format!("Query: {e}")),
+            }
         }
     }
 
