@@ -197,6 +197,86 @@ pub async fn connect(address: &str, n: usize) -> Result<Vec<zbus::Connection>, S
     Ok(connections)
 }
 
+/// A client that receives every `BlockAdded` while it is subscribed, as a program watching the
+/// chain would: its own connection, a match rule and a task reading each signal. It listens
+/// only between [`BlockAddedListener::subscribe`] and [`Listening::stop`], so that a daemon
+/// that always emits (one from before `Subscribe`) is measured without a listener elsewhere.
+pub struct BlockAddedListener {
+    connection: zbus::Connection,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A listener's match rule and reading task, until [`Listening::stop`].
+pub struct Listening<'a> {
+    listener: &'a BlockAddedListener,
+    reader: tokio::task::JoinHandle<()>,
+    subscribed: bool,
+}
+
+impl BlockAddedListener {
+    pub async fn connect(address: &str) -> Result<BlockAddedListener, String> {
+        Ok(BlockAddedListener {
+            connection: connect(address, 1).await?.remove(0),
+            received: Default::default(),
+        })
+    }
+
+    /// Adds the match rule, starts reading, then calls `Subscribe` (an older daemon has none
+    /// and emits anyway).
+    pub async fn subscribe(&self) -> Result<Listening<'_>, String> {
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface(BUS_NAME)
+            .and_then(|b| b.member("BlockAdded"))
+            .map_err(|e| e.to_string())?
+            .build();
+        let mut signals =
+            zbus::MessageStream::for_match_rule(rule, &self.connection, Some(1 << 16))
+                .await
+                .map_err(|e| format!("cannot listen to BlockAdded: {e}"))?;
+        let counter = self.received.clone();
+        let reader = tokio::spawn(async move {
+            use zbus::export::futures_core::Stream;
+            while std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx))
+                .await
+                .is_some()
+            {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let subscribed = self.call("Subscribe").await.is_ok();
+        Ok(Listening {
+            listener: self,
+            reader,
+            subscribed,
+        })
+    }
+
+    async fn call(&self, member: &str) -> Result<(), String> {
+        self.connection
+            .call_method(Some(BUS_NAME), OBJECT_PATH, Some(BUS_NAME), member, &())
+            .await
+            .map(drop)
+            .map_err(|e| format!("{member}: {e}"))
+    }
+
+    /// Signals received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Listening<'_> {
+    /// Unsubscribes and stops listening (dropping the stream removes its match rule).
+    pub async fn stop(self) -> Result<(), String> {
+        if self.subscribed {
+            self.listener.call("Unsubscribe").await?;
+        }
+        self.reader.abort();
+        Ok(())
+    }
+}
+
 /// Each connection calls `call` back to back for `duration`; every call is awaited before the
 /// next (a client that waits for its durable ack). Returns the hashes of some added blocks.
 pub async fn dbus_clients(

@@ -183,6 +183,12 @@ struct Samples {
     /// The durable floor's AddFootprint, with as many clients as `empty`.
     durable: [Sample; 4],
     add: [Sample; 4],
+    /// AddFootprint with 16 clients while one more client is subscribed to `BlockAdded` and
+    /// reads every signal (the daemon emits none without a subscriber).
+    subscribed: Sample,
+    subscribed_cpu: measure::Cpu,
+    /// `BlockAdded` signals that listener received.
+    subscribed_signals: u64,
     /// AddFootprints (batches of [`measure::BATCH`]) with 16 clients; ops are footprints.
     batch: Sample,
     /// The same AddFootprint load through libdbus, on the daemon and on the durable floor.
@@ -265,6 +271,7 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
     let sqlite = peers::sqlite_create(&work.join("sqlite"))?;
     let files_dir = work.join("file-per-block");
 
+    let listener = measure::BlockAddedListener::connect(&stage.address).await?;
     let mut s = Samples::default();
     let (bus_pid, floor_pid, daemon_pid) = (stage.bus_pid(), stage.floor_pid(), stage.daemon_pid());
     let durable_pid = stage.durable_floor_pid();
@@ -298,6 +305,19 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
             }
             s.add[i].merge(sample);
             dbus_hashes.extend(hashes);
+            if i == AT_16 {
+                // What BlockAdded costs when someone listens: the same load with one more
+                // client subscribed and reading every signal, right after it (not after the
+                // batches, whose blocks the cache thread is still storing for a while).
+                let listening = listener.subscribe().await?;
+                let before = measure::Cpu::now(bus_pid, daemon_pid);
+                let (sample, _) =
+                    measure::dbus_clients(set, Call::AddFootprint, plan.slice).await?;
+                s.subscribed_cpu
+                    .add(measure::Cpu::now(bus_pid, daemon_pid).since(before));
+                s.subscribed.merge(sample);
+                listening.stop().await?;
+            }
         }
         if batches {
             let threads = Threads::read(daemon_pid);
@@ -353,6 +373,8 @@ async fn measure_all(plan: &Plan, btrfs: bool) -> Result<(Figures, Stage), Strin
         s.hot_dbus.merge(got);
     }
 
+    s.subscribed_signals = listener.received();
+    drop(listener);
     numa_on.shutdown().await;
     numa_off.shutdown().await;
     let transparency = transparency_ab::compare(

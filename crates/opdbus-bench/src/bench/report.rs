@@ -87,6 +87,15 @@ impl Figures {
             "ratio_add_footprints_batch_rate_16_to_add_footprint",
             ratio(s.batch.rate(), s.add[AT_16].rate()),
         );
+        f.put("add_footprint_rate_16_subscribed", s.subscribed.rate());
+        f.put(
+            "ratio_add_footprint_rate_16_subscribed_to_durable_floor",
+            ratio(s.subscribed.rate(), s.durable[AT_16].rate()),
+        );
+        f.put(
+            "block_added_signals_per_footprint_subscribed",
+            ratio(s.subscribed_signals as f64, s.subscribed.ops as f64),
+        );
         let (libdbus_add, libdbus_durable) = (s.libdbus_add.rate(), s.libdbus_durable.rate());
         f.put("independent_client_add_footprint_rate_16", libdbus_add);
         f.put("independent_client_durable_floor_rate_16", libdbus_durable);
@@ -139,6 +148,7 @@ impl Figures {
             ("durable_floor", &s.durable_cpu[AT_16], &s.durable[AT_16]),
             ("add_footprint", &s.add_cpu[AT_16], &s.add[AT_16]),
             ("add_footprints_batch", &s.batch_cpu, &s.batch),
+            ("add_footprint_subscribed", &s.subscribed_cpu, &s.subscribed),
         ] {
             let (bus, server, clients) = cpu.per_op_us(sample.ops);
             f.put(&format!("{name}_cpu_us_per_op_16_bus"), bus);
@@ -239,6 +249,13 @@ impl Figures {
             );
         }
         f.row(
+            "AddFootprint, 16, with a BlockAdded subscriber",
+            s.subscribed.rate(),
+            "/s",
+            Some(("durable floor, 16".into(), s.durable[AT_16].rate())),
+            "",
+        );
+        f.row(
             "durable floor p50, 1 client",
             durable_p50,
             "µs",
@@ -294,6 +311,11 @@ impl Figures {
                 &s.add[AT_16],
             ),
             ("CPU µs per batched footprint, 16", &s.batch_cpu, &s.batch),
+            (
+                "CPU µs per AddFootprint, 16, subscribed",
+                &s.subscribed_cpu,
+                &s.subscribed,
+            ),
         ] {
             f.cpu_row(label, cpu, sample.ops);
         }
