@@ -19,7 +19,7 @@ pub mod replica;
 pub mod socket;
 mod subscribers;
 mod writes;
-pub use subscribers::{Subscribers, MAX_SUBSCRIBERS, MAX_SUBSCRIBERS_PER_UID};
+pub use subscribers::{SubscribeError, Subscribers, MAX_SUBSCRIBERS, MAX_SUBSCRIBERS_PER_UID};
 pub use writes::BlockchainInterface;
 
 /// Well-known bus name and interface name.
@@ -44,11 +44,13 @@ pub enum Error {
     StorageFailure(String),
     /// The caller may not do this.
     AccessDenied(String),
-    /// Too many expensive calls (Verify, FindSimilar*, Query) in progress, from this caller or from
-    /// all; nothing was done. Retry once one has answered.
+    /// Too many expensive calls (Verify, FindSimilar*, Query) in progress, or too many
+    /// subscriptions (Subscribe), from this caller or from all; nothing was done. Retry once one
+    /// has answered (or unsubscribed).
     LimitsExceeded(String),
     /// The transparency log cannot answer now: it is starting, halted because the chain no
-    /// longer extends its checkpoint, or not running.
+    /// longer extends its checkpoint, or not running; or the bus did not take what Subscribe
+    /// needs from it.
     Unavailable(String),
     /// A replica's copy takes no writes.
     ReadOnly(String),
@@ -539,7 +541,10 @@ impl BlockchainObject {
         self.subscribers
             .subscribe(connection, header.sender(), caller.uid, counted)
             .await
-            .map_err(Error::LimitsExceeded)
+            .map_err(|err| match err {
+                SubscribeError::Limit(message) => Error::LimitsExceeded(message),
+                SubscribeError::Bus(message) => Error::Unavailable(message),
+            })
     }
 
     /// Ends the caller's `Subscribe`; not an error when there is none.

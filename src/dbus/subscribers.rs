@@ -29,6 +29,29 @@ pub const MAX_SUBSCRIBERS_PER_UID: usize = 16;
 pub const MAX_SUBSCRIBERS: usize = 256;
 
 const BUS_DRIVER: &str = "org.freedesktop.DBus";
+/// How long a second Subscribe of one connection waits for the first (the bus's own default
+/// call timeout).
+const PENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// Why a `Subscribe` was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// A limit on subscriptions (per uid, in all).
+    Limit(String),
+    /// The bus did not take the daemon's watch of the caller, or could not say whether the
+    /// caller is still there.
+    Bus(String),
+}
+
+/// What [`Subscribers::reserve`] found.
+enum Reserved {
+    /// A new reservation.
+    Token(u64),
+    /// The name is subscribed.
+    Active,
+    /// A Subscribe of the name is in progress.
+    Pending,
+}
 
 /// The subscribers of `BlockAdded`; cheap to clone, all clones share one set.
 #[derive(Debug, Clone, Default)]
@@ -84,13 +107,28 @@ impl Subscribers {
         sender: Option<&UniqueName<'_>>,
         uid: Option<u32>,
         counted: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SubscribeError> {
         let key = counted.then_some(uid);
         let name = sender.map_or("", |s| s.as_str());
-        let Some(token) = self.reserve(name, key)? else {
-            // Subscribed already, or a Subscribe of this name is in progress (whose reply
-            // then comes once it is in place).
-            return Ok(());
+        let mut waited = std::time::Duration::ZERO;
+        let token = loop {
+            match self.reserve(name, key)? {
+                Reserved::Token(token) => break token,
+                Reserved::Active => return Ok(()),
+                // Another Subscribe of this connection is in progress: answer once it is done,
+                // so that this reply too comes after the subscription is in place.
+                Reserved::Pending if waited < PENDING_WAIT => {
+                    let pause = std::time::Duration::from_millis(5);
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                Reserved::Pending => {
+                    return Err(SubscribeError::Bus(format!(
+                        "another Subscribe of {name} has waited for the bus for {} s",
+                        PENDING_WAIT.as_secs()
+                    )))
+                }
+            }
         };
         let Some(sender) = sender else {
             // A peer-to-peer connection: the one peer is subscribed until the daemon stops.
@@ -103,7 +141,7 @@ impl Subscribers {
             Ok(None) => self.release(name, token),
             Err(err) => {
                 self.release(name, token);
-                return Err(err);
+                return Err(SubscribeError::Bus(err));
             }
         }
         Ok(())
@@ -150,13 +188,14 @@ impl Subscribers {
     }
 
     /// Counts a subscription of `name` against the limits before any work is done for it.
-    /// `None` when `name` is subscribed already or its Subscribe is in progress.
-    fn reserve(&self, name: &str, uid: Option<Option<u32>>) -> Result<Option<u64>, String> {
+    fn reserve(&self, name: &str, uid: Option<Option<u32>>) -> Result<Reserved, SubscribeError> {
         let mut names = self.0.names.lock();
-        if names.contains_key(name) {
-            return Ok(None);
+        match names.get(name).map(|s| &s.state) {
+            Some(State::Active(_)) => return Ok(Reserved::Active),
+            Some(State::Pending(_)) => return Ok(Reserved::Pending),
+            None => {}
         }
-        limits(&names, uid)?;
+        limits(&names, uid).map_err(SubscribeError::Limit)?;
         let token = self.0.tokens.fetch_add(1, Ordering::Relaxed);
         names.insert(
             name.to_owned(),
@@ -165,7 +204,7 @@ impl Subscribers {
                 state: State::Pending(token),
             },
         );
-        Ok(Some(token))
+        Ok(Reserved::Token(token))
     }
 
     /// Puts the reservation `token` of `name` in place, unless it was ended meanwhile

@@ -268,8 +268,8 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
             tokio::spawn(notify_each(stream, added.clone()));
             // The daemon emits BlockAdded only while someone is subscribed. A daemon from
             // before Subscribe emits it always; when the call is refused (too many
-            // subscribers, an older bus policy), the 1 s poll below still follows.
-            let _ = connection
+            // subscribers, an older bus policy), the 1 s poll below still follows, and says so.
+            let subscribed = connection
                 .call_method(
                     Some(BUS_NAME),
                     OBJECT_PATH,
@@ -278,6 +278,18 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
                     &(),
                 )
                 .await;
+            match subscribed {
+                Err(zbus::Error::MethodError(name, message, _))
+                    if name.as_str() != "org.freedesktop.DBus.Error.UnknownMethod" =>
+                {
+                    eprintln!(
+                        "opdbus-chain: not subscribed to BlockAdded ({name}: {}); \
+                         looking for new blocks once a second",
+                        message.unwrap_or_default()
+                    );
+                }
+                _ => {}
+            }
             Some(added)
         } else {
             None
