@@ -20,11 +20,15 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 /// A cache in `dir` of the chain of `blocks` ([`CHAIN_ID`], its links), with the shared tier
 /// at `url`; nothing preloaded.
 fn open(dir: &Path, url: &str, blocks: &[Block]) -> BlockCache {
+    open_with_timeout(dir, url, blocks, TIMEOUT)
+}
+
+fn open_with_timeout(dir: &Path, url: &str, blocks: &[Block], timeout: Duration) -> BlockCache {
     let cache = BlockCache::open(&CacheOptions::new(dir)).expect("open the cache");
     cache.set_links(corpus::links(blocks));
     let url = SharedCacheUrl::parse(url).expect("a shared cache URL");
     cache
-        .attach_shared(url, TIMEOUT, &CHAIN_ID)
+        .attach_shared(url, timeout, &CHAIN_ID)
         .expect("attach the shared tier");
     cache
 }
@@ -143,7 +147,14 @@ fn blocks_come_back_from_redis_checked_and_forged_values_are_refused() {
     long.resize(opdbus_blockchain::cache::shared::MAX_FRAME + 10, 0);
     redis_set(&url, &block_key(&blocks[13]), &long);
     drop(long);
-    let fresh = open(&tmp.path().join("d"), &url, &blocks);
+    // Reading the 64 MiB value takes longer than TIMEOUT on a slow machine (a timeout sets
+    // the tier aside for a while, and block 11 would not be asked for): this reader waits.
+    let fresh = open_with_timeout(
+        &tmp.path().join("d"),
+        &url,
+        &blocks,
+        Duration::from_secs(10),
+    );
     for _ in 0..2 {
         assert!(fresh.get(&blocks[10].hash).is_none());
         assert!(fresh.get(&blocks[12].hash).is_none());
@@ -641,6 +652,10 @@ async fn rediss_uploads_over_tls_and_an_untrusted_certificate_is_refused() {
     let env = [
         ("OPDBUS_SHARED_CACHE", url.as_str()),
         ("SSL_CERT_FILE", ca_pem.as_str()),
+        // A TLS handshake of a debug build on a busy 2-CPU machine can take longer than the
+        // default's 200 ms to connect; a failed connect drops uploads for a backoff. This test
+        // is about TLS, not deadlines.
+        ("OPDBUS_SHARED_CACHE_TIMEOUT", "500ms"),
     ];
     let _daemon = Daemon::start_with_env(
         &bus,
