@@ -623,6 +623,22 @@ pub async fn announce_divergences(
     }
 }
 
+/// The match rule a listener adds for `BlockAdded` (emitted only while someone is subscribed).
+pub fn block_added_rule() -> zbus::Result<zbus::MatchRule<'static>> {
+    Ok(zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(BUS_NAME)?
+        .member("BlockAdded")?
+        .path(OBJECT_PATH)?
+        .build())
+}
+
+/// The next message of `stream`; `None` once its connection closed.
+pub async fn next_message(stream: &mut zbus::MessageStream) -> Option<zbus::Result<zbus::Message>> {
+    use zbus::export::futures_core::Stream;
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
 async fn emit_block_added(emitter: &SignalEmitter<'_>, block: &EncodedBlock) {
     if let Err(err) = BlockchainObject::block_added(
         emitter,

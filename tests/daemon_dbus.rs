@@ -135,24 +135,26 @@ async fn call_void(connection: &zbus::Connection, member: &str) {
 
 /// `BlockAdded` signals as `listener` receives them, with only a match rule (no Subscribe).
 async fn block_added_stream(listener: &zbus::Connection) -> zbus::MessageStream {
-    let rule = zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .interface(BUS_NAME)
-        .expect("interface")
-        .member("BlockAdded")
-        .expect("member")
-        .build();
-    zbus::MessageStream::for_match_rule(rule, listener, None)
+    zbus::MessageStream::for_match_rule(block_added_rule(), listener, None)
         .await
         .expect("match")
 }
 
-async fn next_block_added(signals: &mut zbus::MessageStream) -> (u64, String, String, String) {
-    let message = tokio::time::timeout(std::time::Duration::from_secs(10), signals.next())
+fn block_added_rule() -> zbus::MatchRule<'static> {
+    opdbus_blockchain::dbus::block_added_rule().expect("the BlockAdded rule")
+}
+
+/// The next message of `stream`, which must come within 10 s (`what` says what it is).
+async fn next_within_10s(stream: &mut zbus::MessageStream, what: &str) -> zbus::Message {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
         .await
-        .expect("BlockAdded within 10 s")
+        .unwrap_or_else(|_| panic!("{what} within 10 s"))
         .expect("stream open")
-        .expect("message");
+        .expect("a whole message")
+}
+
+async fn next_block_added(signals: &mut zbus::MessageStream) -> (u64, String, String, String) {
+    let message = next_within_10s(signals, "BlockAdded").await;
     message.body().deserialize().expect("tsss")
 }
 
@@ -499,15 +501,7 @@ async fn add_footprints_is_one_all_or_nothing_write() {
     zbus::fdo::DBusProxy::new(&writer)
         .await
         .expect("proxy")
-        .add_match_rule(
-            zbus::MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .interface(BUS_NAME)
-                .expect("interface")
-                .member("BlockAdded")
-                .expect("member")
-                .build(),
-        )
+        .add_match_rule(block_added_rule())
         .await
         .expect("match");
     call_void(&writer, "Subscribe").await;
@@ -536,11 +530,7 @@ async fn add_footprints_is_one_all_or_nothing_write() {
     let mut seen_reply = false;
     let mut signals = Vec::new();
     while signals.len() < 3 {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(10), incoming.next())
-            .await
-            .expect("BlockAdded within 10 s")
-            .expect("stream open")
-            .expect("message");
+        let message = next_within_10s(&mut incoming, "BlockAdded").await;
         let header = message.header();
         // The only method return this connection receives after its stream opened.
         if message.message_type() == zbus::message::Type::MethodReturn {
@@ -638,44 +628,33 @@ async fn the_buffered_connection_reads_whole_messages_from_an_abstract_socket() 
     let sizes = [
         0usize, 1, 15, 16, 17, 4095, 65_535, 65_536, 65_537, 300_000, 5, 1_000_000,
     ];
+    let emit_sized = |index: u32, text: String| {
+        let client = client.clone();
+        async move {
+            client
+                .emit_signal(
+                    None::<()>,
+                    "/org/opdbus/BufferedTest",
+                    "org.opdbus.BufferedTest",
+                    "Sized",
+                    &(index, text),
+                )
+                .await
+                .expect("emit");
+        }
+    };
     for (i, size) in sizes.iter().enumerate() {
-        client
-            .emit_signal(
-                None::<()>,
-                "/org/opdbus/BufferedTest",
-                "org.opdbus.BufferedTest",
-                "Sized",
-                &(i as u32, "y".repeat(*size)),
-            )
-            .await
-            .expect("emit");
+        emit_sized(i as u32, "y".repeat(*size)).await;
     }
     for (i, size) in sizes.iter().enumerate() {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(10), received.next())
-            .await
-            .expect("each message arrives within 10 s")
-            .expect("stream open")
-            .expect("a whole message");
+        let message = next_within_10s(&mut received, "each message").await;
         let (index, text): (u32, String) = message.body().deserialize().expect("body");
         assert_eq!((index as usize, text.len()), (i, *size));
         assert!(text.bytes().all(|b| b == b'y'));
     }
     // After all of that, the connection reads on.
-    client
-        .emit_signal(
-            None::<()>,
-            "/org/opdbus/BufferedTest",
-            "org.opdbus.BufferedTest",
-            "Sized",
-            &(99u32, "after".to_string()),
-        )
-        .await
-        .expect("emit");
-    let after = tokio::time::timeout(std::time::Duration::from_secs(10), received.next())
-        .await
-        .expect("the connection still reads")
-        .expect("stream open")
-        .expect("a whole message");
+    emit_sized(99, "after".to_string()).await;
+    let after = next_within_10s(&mut received, "a message after all of that").await;
     let (index, _): (u32, String) = after.body().deserialize().expect("body");
     assert_eq!(index, 99);
     drop((server, client));

@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use zbus::export::futures_core::Stream;
 use zbus::names::{BusName, UniqueName};
 use zbus::{Connection, MatchRule, MessageStream};
 
@@ -271,7 +270,7 @@ fn limits(names: &HashMap<String, Subscription>, uid: Option<Option<u32>>) -> Re
 /// Waits for the bus to say that `name` left, then ends its subscription.
 async fn wait_until_gone(mut gone: MessageStream, subscribers: Subscribers, name: String) {
     loop {
-        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut gone).poll_next(cx)).await;
+        let next = super::next_message(&mut gone).await;
         let Some(message) = next else {
             break; // the daemon's connection closed
         };

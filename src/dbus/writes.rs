@@ -236,6 +236,12 @@ async fn send_answers(mut queued: UnboundedReceiver<Answer>, subscribers: Subscr
             let Ok(blocks) = &answer.outcome else {
                 continue;
             };
+            // Read for each call, so that a block committed after a Subscribe was answered is
+            // signalled.
+            let emitter = subscribers
+                .any()
+                .then(|| SignalEmitter::new(&answer.connection, OBJECT_PATH).ok())
+                .flatten();
             for block in blocks {
                 tracing::debug!(
                     BLOCK_HEIGHT = block.height,
@@ -249,17 +255,9 @@ async fn send_answers(mut queued: UnboundedReceiver<Answer>, subscribers: Subscr
                     block.plugin,
                     block.operation
                 );
-            }
-            // Read for each call, so that a block committed after a Subscribe was answered is
-            // signalled.
-            if !subscribers.any() {
-                continue;
-            }
-            let Ok(emitter) = SignalEmitter::new(&answer.connection, OBJECT_PATH) else {
-                continue;
-            };
-            for block in blocks {
-                super::emit_block_added(&emitter, block).await;
+                if let Some(emitter) = &emitter {
+                    super::emit_block_added(emitter, block).await;
+                }
             }
         }
     }

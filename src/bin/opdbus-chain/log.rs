@@ -252,13 +252,7 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
     crate::online::with_connection(bus, |connection| async move {
         // Subscribed before the first Query, so that no block added meanwhile is missed.
         let added = if args.follow {
-            let rule = zbus::MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .interface(BUS_NAME)
-                .and_then(|b| b.member("BlockAdded"))
-                .and_then(|b| b.path(OBJECT_PATH))
-                .map_err(|e| e.to_string())?
-                .build();
+            let rule = opdbus_blockchain::dbus::block_added_rule().map_err(|e| e.to_string())?;
             let stream = zbus::MessageStream::for_match_rule(rule, &connection, None)
                 .await
                 .map_err(|e| format!("cannot subscribe to BlockAdded: {e}"))?;
@@ -358,8 +352,7 @@ pub fn log_over_bus(bus: &BusChoice, range: &Range, args: LogArgs) -> Outcome {
 
 /// Wakes `added` for each message of `stream` (one wake-up is kept while nobody waits).
 async fn notify_each(mut stream: zbus::MessageStream, added: std::sync::Arc<tokio::sync::Notify>) {
-    use zbus::export::futures_core::Stream;
-    while std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx))
+    while opdbus_blockchain::dbus::next_message(&mut stream)
         .await
         .is_some()
     {

@@ -224,20 +224,14 @@ impl BlockAddedListener {
     /// Adds the match rule, starts reading, then calls `Subscribe` (an older daemon has none
     /// and emits anyway).
     pub async fn subscribe(&self) -> Result<Listening<'_>, String> {
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface(BUS_NAME)
-            .and_then(|b| b.member("BlockAdded"))
-            .map_err(|e| e.to_string())?
-            .build();
+        let rule = opdbus_blockchain::dbus::block_added_rule().map_err(|e| e.to_string())?;
         let mut signals =
             zbus::MessageStream::for_match_rule(rule, &self.connection, Some(1 << 16))
                 .await
                 .map_err(|e| format!("cannot listen to BlockAdded: {e}"))?;
         let counter = self.received.clone();
         let reader = tokio::spawn(async move {
-            use zbus::export::futures_core::Stream;
-            while std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx))
+            while opdbus_blockchain::dbus::next_message(&mut signals)
                 .await
                 .is_some()
             {
