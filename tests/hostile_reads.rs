@@ -341,7 +341,10 @@ async fn flood(address: &str, planted: &str) {
 #[test]
 fn root_subscriptions_are_limited_per_uid_and_end_with_their_connection() {
     if !is_root() {
-        eprintln!("SKIP root_subscriptions_are_limited_per_uid_and_end_with_their_connection: needs root for setpriv");
+        eprintln!(
+            "SKIP root_subscriptions_are_limited_per_uid_and_end_with_their_connection: \
+             needs root for setpriv"
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

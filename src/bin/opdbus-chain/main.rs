@@ -404,7 +404,8 @@ enum Command {
         lines: Option<log::Lines>,
         /// After the blocks asked for, keep printing new blocks as they are added, until
         /// interrupted: every 200 ms the segments are read for new complete records, each
-        /// hash-checked (with --bus: on each BlockAdded signal).
+        /// hash-checked (with --bus: on each BlockAdded signal, which it subscribes to with
+        /// the daemon's Subscribe, and at least once a second).
         #[arg(short = 'f', long, conflicts_with = "until")]
         follow: bool,
         /// How to print each block.
@@ -417,8 +418,8 @@ enum Command {
         #[arg(short = 'r', long, conflicts_with = "follow")]
         reverse: bool,
         /// Ask the running daemon on this bus (system, session or an address) with Query,
-        /// and follow with its BlockAdded signal, instead of reading the chain directory: for
-        /// a user who may read the bus but not the directory. Same output.
+        /// and follow with its BlockAdded signal (subscribed), instead of reading the chain
+        /// directory: for a user who may read the bus but not the directory. Same output.
         #[arg(long, value_name = "BUS")]
         bus: Option<BusChoice>,
         #[command(flatten)]
